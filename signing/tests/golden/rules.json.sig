@@ -1,0 +1,4 @@
+unbrick-signature v1
+purpose: rules
+key: ed25519:4c23e051f810599e3bbc6cd879efe5de
+signature: IEZFJkJj+LC7JYOjq6Ycp45YWLuU4xK8TCEuOmPIbI+sTfkdudDA3/F7iSRjqXGsehjloHFKWh40Qbjhc3YQCA==

@@ -1,0 +1,1 @@
+//! Black-box test helpers live in the test files.
