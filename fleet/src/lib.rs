@@ -1,1 +1,16 @@
+//! The fleet domain shared by the network-boot server and the console: host records, the host
+//! state machine, the boot policy, and the store trait (sled behind it).
+//!
+//! Everything but [`store::SledStore`] is pure: times come in as arguments (milliseconds since the
+//! Unix epoch).
 #![forbid(unsafe_code)]
+
+pub mod host;
+pub mod mac;
+pub mod policy;
+pub mod store;
+
+pub use host::{ClientKind, Arch, Event, EventSource, HostRecord, HostState, TransitionError};
+pub use mac::Mac;
+pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
+pub use store::{Lease, SledStore, Store, StoreError};

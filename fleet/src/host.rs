@@ -1,0 +1,277 @@
+//! Host records and the guarded host state machine of the design.
+use crate::Mac;
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// CPU architecture a network-boot client announces (DHCP option 93, RFC 4578 and IANA registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// 0: x86 BIOS.
+    Bios,
+    /// 6: x86 UEFI (32-bit).
+    UefiIa32,
+    /// 7 and 9: x64 UEFI (both are used for x64 in the field).
+    UefiX64,
+    /// 10: ARM 32-bit UEFI.
+    UefiArm32,
+    /// 11: ARM 64-bit UEFI.
+    UefiArm64,
+    /// 16: x64 UEFI HTTP boot.
+    UefiHttpX64,
+    /// Any other value; kept for the record.
+    Other(u16),
+}
+
+impl Arch {
+    pub fn from_option93(v: u16) -> Arch {
+        match v {
+            0 => Arch::Bios,
+            6 => Arch::UefiIa32,
+            7 | 9 => Arch::UefiX64,
+            10 => Arch::UefiArm32,
+            11 => Arch::UefiArm64,
+            16 => Arch::UefiHttpX64,
+            n => Arch::Other(n),
+        }
+    }
+}
+
+/// What kind of DHCP client sent a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "arch")]
+pub enum ClientKind {
+    /// Firmware PXE (option 60 `PXEClient`), not iPXE.
+    Pxe(Arch),
+    /// iPXE (option 77 `iPXE` or option 175 present), from ROM or chainloaded.
+    Ipxe(Arch),
+    /// UEFI HTTP boot (option 60 `HTTPClient`).
+    HttpBoot(Arch),
+    /// Windows DHCP client (vendor class `MSFT 5.0`): the host is back in Windows.
+    Windows,
+    /// Our own recovery agent.
+    Agent,
+    /// Anything else (an ordinary DHCP client).
+    Other,
+}
+
+/// The states of the design's host state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
+pub enum HostState {
+    Unknown,
+    Seen,
+    Waiting,
+    Booting,
+    AgentUp,
+    Scanning,
+    Unlocked,
+    Remediated,
+    Clean,
+    NeedsAttention(String),
+    Failed(String),
+    Rebooted,
+    Recovered,
+}
+
+impl HostState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            HostState::Unknown => "unknown",
+            HostState::Seen => "seen",
+            HostState::Waiting => "waiting",
+            HostState::Booting => "booting",
+            HostState::AgentUp => "agent-up",
+            HostState::Scanning => "scanning",
+            HostState::Unlocked => "unlocked",
+            HostState::Remediated => "remediated",
+            HostState::Clean => "clean",
+            HostState::NeedsAttention(_) => "needs-attention",
+            HostState::Failed(_) => "failed",
+            HostState::Rebooted => "rebooted",
+            HostState::Recovered => "recovered",
+        }
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            HostState::NeedsAttention(r) | HostState::Failed(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The agent finished its work on this host successfully: it must not get the payload again.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self,
+            HostState::Remediated | HostState::Clean | HostState::Rebooted | HostState::Recovered
+        )
+    }
+
+    /// Whether the state machine allows `self -> to` without an admin's explicit retry.
+    pub fn allows(&self, to: &HostState) -> bool {
+        use HostState::*;
+        if std::mem::discriminant(self) == std::mem::discriminant(to) && self.reason().is_none() {
+            return true;
+        }
+        match (self, to) {
+            (Unknown, _) => true,
+            (Seen, Waiting | Booting | AgentUp) => true,
+            (Waiting, Seen | Booting) => true,
+            // A machine that rebooted mid-run (power cut, agent crash) PXE-boots again.
+            (Booting | AgentUp | Scanning | Unlocked, Booting | Seen) => true,
+            (Booting, AgentUp | Failed(_)) => true,
+            (AgentUp, Scanning | NeedsAttention(_) | Failed(_) | Remediated | Clean) => true,
+            (Scanning, Unlocked | Remediated | Clean | NeedsAttention(_) | Failed(_)) => true,
+            (Unlocked, Remediated | Clean | NeedsAttention(_) | Failed(_)) => true,
+            (Remediated | Clean, Rebooted | Recovered | Failed(_)) => true,
+            (Rebooted, Recovered | Failed(_)) => true,
+            // needs-attention may resolve itself (a key pasted by an admin, the agent waiting).
+            (NeedsAttention(_), Unlocked | Remediated | Clean | Failed(_) | NeedsAttention(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("host {mac}: {from} -> {to} is not an allowed transition")]
+pub struct TransitionError {
+    pub mac: Mac,
+    pub from: &'static str,
+    pub to: &'static str,
+}
+
+/// Who caused an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventSource {
+    Dhcp,
+    Tftp,
+    Http,
+    Agent,
+    Admin,
+    Policy,
+}
+
+/// One entry of a host's append-only history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_ms: u64,
+    pub source: EventSource,
+    /// Short machine-readable kind, e.g. `dhcp-discover`, `tftp-done`, `state`.
+    pub kind: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Everything unbrick knows about one machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub mac: Mac,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub protector_ids: Vec<String>,
+    #[serde(default)]
+    pub notes: String,
+    pub state: HostState,
+    pub state_since_ms: u64,
+    pub first_seen_ms: u64,
+    pub last_seen_ms: u64,
+    #[serde(default)]
+    pub last_kind: Option<ClientKind>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    /// How many times the payload was handed out.
+    #[serde(default)]
+    pub payload_boots: u32,
+    /// The last per-boot token issued (hex); the agent proves itself with it.
+    #[serde(default)]
+    pub boot_token: Option<String>,
+}
+
+impl HostRecord {
+    pub fn new(mac: Mac, now_ms: u64) -> Self {
+        HostRecord {
+            mac,
+            uuid: None,
+            serial: None,
+            hostname: None,
+            site: None,
+            tags: Vec::new(),
+            protector_ids: Vec::new(),
+            notes: String::new(),
+            state: HostState::Unknown,
+            state_since_ms: now_ms,
+            first_seen_ms: now_ms,
+            last_seen_ms: now_ms,
+            last_kind: None,
+            ip: None,
+            payload_boots: 0,
+            boot_token: None,
+        }
+    }
+
+    /// Moves to `to` if the state machine allows it; returns whether the state changed.
+    pub fn transition(&mut self, to: HostState, now_ms: u64) -> Result<bool, TransitionError> {
+        if self.state == to {
+            return Ok(false);
+        }
+        if !self.state.allows(&to) {
+            return Err(TransitionError {
+                mac: self.mac,
+                from: self.state.name(),
+                to: to.name(),
+            });
+        }
+        self.state = to;
+        self.state_since_ms = now_ms;
+        Ok(true)
+    }
+
+    /// An admin's retry: back to `seen`, whatever the state.
+    pub fn reset_for_retry(&mut self, now_ms: u64) {
+        self.state = HostState::Seen;
+        self.state_since_ms = now_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use HostState::*;
+
+    #[test]
+    fn arch_table() {
+        for (v, a) in [(0, Arch::Bios), (6, Arch::UefiIa32), (7, Arch::UefiX64), (9, Arch::UefiX64), (10, Arch::UefiArm32), (11, Arch::UefiArm64), (16, Arch::UefiHttpX64), (99, Arch::Other(99))] {
+            assert_eq!(Arch::from_option93(v), a);
+        }
+    }
+
+    #[test]
+    fn happy_path_and_guards() {
+        let mut h = HostRecord::new("52:54:00:00:00:01".parse().unwrap(), 0);
+        for (i, s) in [Seen, Booting, AgentUp, Scanning, Remediated, Rebooted, Recovered].into_iter().enumerate() {
+            assert!(h.transition(s, i as u64 + 1).unwrap());
+        }
+        assert_eq!(h.state_since_ms, 7);
+        assert!(!h.transition(Recovered, 9).unwrap());
+        assert!(h.transition(Booting, 10).is_err(), "a recovered host never goes back to the payload by itself");
+        h.reset_for_retry(11);
+        assert_eq!(h.state, Seen);
+        let mut h = HostRecord::new("52:54:00:00:00:02".parse().unwrap(), 0);
+        h.transition(Seen, 1).unwrap();
+        assert!(h.transition(Remediated, 2).is_err(), "cannot be remediated without an agent");
+        h.transition(Booting, 2).unwrap();
+        h.transition(Failed("no disk".into()), 3).unwrap();
+        assert!(h.transition(Failed("other".into()), 4).is_err(), "a failure is final until retried");
+    }
+}

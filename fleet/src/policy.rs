@@ -1,0 +1,75 @@
+//! The one decision point per host: what does this machine get when it network-boots now?
+use crate::{ClientKind, HostRecord, Mac};
+
+/// What the network-boot server knows when it asks.
+#[derive(Debug, Clone)]
+pub struct BootQuery {
+    pub mac: Mac,
+    pub kind: ClientKind,
+    pub now_ms: u64,
+}
+
+/// The answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootDecision {
+    /// Boot the signed recovery payload.
+    Payload,
+    /// Show the waiting-room screen and poll again later.
+    WaitingRoom { reason: String },
+    /// Boot from the local disk (iPXE `exit`, grub `exit`); in proxy mode the server stays silent.
+    LocalBoot,
+    /// Do not answer at all.
+    Ignore,
+}
+
+impl BootDecision {
+    pub fn name(&self) -> &'static str {
+        match self {
+            BootDecision::Payload => "payload",
+            BootDecision::WaitingRoom { .. } => "waiting-room",
+            BootDecision::LocalBoot => "local-boot",
+            BootDecision::Ignore => "ignore",
+        }
+    }
+}
+
+/// Decides per host. Pure: the host view and the time come in as arguments.
+pub trait BootPolicy: Send + Sync {
+    fn decide(&self, query: &BootQuery, host: Option<&HostRecord>) -> BootDecision;
+}
+
+/// Everyone gets the payload, except hosts whose run already finished (remediated, clean,
+/// rebooted, recovered): those boot locally, so a fixed machine never loops back into recovery.
+#[derive(Debug, Default, Clone)]
+pub struct DefaultPolicy;
+
+impl BootPolicy for DefaultPolicy {
+    fn decide(&self, q: &BootQuery, host: Option<&HostRecord>) -> BootDecision {
+        match q.kind {
+            ClientKind::Windows | ClientKind::Agent | ClientKind::Other => BootDecision::Ignore,
+            _ if host.is_some_and(|h| h.state.is_done()) => BootDecision::LocalBoot,
+            _ => BootDecision::Payload,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Arch, HostState};
+
+    #[test]
+    fn default_policy_table() {
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let q = |kind| BootQuery { mac, kind, now_ms: 0 };
+        let mut h = HostRecord::new(mac, 0);
+        let p = DefaultPolicy;
+        assert_eq!(p.decide(&q(ClientKind::Pxe(Arch::Bios)), None), BootDecision::Payload);
+        assert_eq!(p.decide(&q(ClientKind::Windows), None), BootDecision::Ignore);
+        assert_eq!(p.decide(&q(ClientKind::Other), None), BootDecision::Ignore);
+        h.state = HostState::Remediated;
+        assert_eq!(p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)), BootDecision::LocalBoot);
+        h.state = HostState::Failed("x".into());
+        assert_eq!(p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)), BootDecision::Payload);
+    }
+}

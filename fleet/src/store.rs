@@ -1,0 +1,290 @@
+//! Persistent fleet state behind the [`Store`] trait; [`SledStore`] is the sled implementation.
+//!
+//! Layout (schema version 1): tree `hosts` (MAC bytes -> JSON [`HostRecord`]), tree `events`
+//! (MAC bytes ++ big-endian sequence -> JSON [`Event`]), tree `leases` (IPv4 bytes -> JSON
+//! [`Lease`]), tree `audit` (sequence -> JSON), tree `meta` (`schema_version`).
+//! Writes are durable once [`Store::flush`] returns; callers flush before acknowledging.
+use crate::{Event, HostRecord, Mac};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open { path: String, source: sled::Error },
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store record is corrupt ({what}): {source}")]
+    Corrupt { what: String, source: serde_json::Error },
+    #[error("store schema version {found} is newer than this unbrick understands ({SCHEMA_VERSION}); upgrade unbrick")]
+    TooNew { found: u32 },
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// A DHCP lease handed out in full mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    pub expires_ms: u64,
+    /// Offered but not yet requested: reclaimed quickly if the client goes away.
+    pub offered_only: bool,
+}
+
+/// An entry of the audit log (admin actions, key releases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub time_ms: u64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+}
+
+/// Fleet persistence. Object-safe so servers can hold `Arc<dyn Store>`.
+pub trait Store: Send + Sync + 'static {
+    fn host(&self, mac: Mac) -> Result<Option<HostRecord>, StoreError>;
+    fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;
+    /// Atomic read-modify-write of one host (created with `HostRecord::new` if absent). The
+    /// closure may run more than once under contention and may refuse with `Err`.
+    fn update_host(
+        &self,
+        mac: Mac,
+        now_ms: u64,
+        f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
+    ) -> Result<HostRecord, StoreError>;
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError>;
+    fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError>;
+    fn lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError>;
+    fn put_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    fn remove_lease(&self, ip: Ipv4Addr) -> Result<(), StoreError>;
+    fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+    fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+pub struct SledStore {
+    db: sled::Db,
+    hosts: sled::Tree,
+    events: sled::Tree,
+    leases: sled::Tree,
+    audit: sled::Tree,
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        what: what.to_string(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records serialize")
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`, migrating older schemas.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|source| StoreError::Open {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema_version")? {
+            None => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0xff; 4]));
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew { found });
+                }
+                // Migrations from older schema versions go here, one step at a time, each
+                // committed with the new version number in the same flush.
+            }
+        }
+        Ok(SledStore {
+            hosts: db.open_tree("hosts")?,
+            events: db.open_tree("events")?,
+            leases: db.open_tree("leases")?,
+            audit: db.open_tree("audit")?,
+            db,
+        })
+    }
+}
+
+impl Store for SledStore {
+    fn host(&self, mac: Mac) -> Result<Option<HostRecord>, StoreError> {
+        self.hosts
+            .get(mac.0)?
+            .map(|v| decode(&format!("host {mac}"), &v))
+            .transpose()
+    }
+
+    fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.hosts.insert(host.mac.0, encode(host))?;
+        Ok(())
+    }
+
+    fn update_host(
+        &self,
+        mac: Mac,
+        now_ms: u64,
+        f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
+    ) -> Result<HostRecord, StoreError> {
+        loop {
+            let old = self.hosts.get(mac.0)?;
+            let mut rec = match &old {
+                Some(v) => decode(&format!("host {mac}"), v)?,
+                None => HostRecord::new(mac, now_ms),
+            };
+            f(&mut rec).map_err(StoreError::Rejected)?;
+            let new = encode(&rec);
+            match self.hosts.compare_and_swap(mac.0, old, Some(new))? {
+                Ok(()) => return Ok(rec),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn hosts(&self) -> Result<Vec<HostRecord>, StoreError> {
+        self.hosts
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("host", &v)
+            })
+            .collect()
+    }
+
+    fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError> {
+        let mut key = mac.0.to_vec();
+        key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+        self.events.insert(key, encode(event))?;
+        Ok(())
+    }
+
+    fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError> {
+        self.events
+            .scan_prefix(mac.0)
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode(&format!("event of {mac}"), &v)
+            })
+            .collect()
+    }
+
+    fn lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+        self.leases
+            .get(ip.octets())?
+            .map(|v| decode(&format!("lease {ip}"), &v))
+            .transpose()
+    }
+
+    fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.leases.insert(lease.ip.octets(), encode(lease))?;
+        Ok(())
+    }
+
+    fn remove_lease(&self, ip: Ipv4Addr) -> Result<(), StoreError> {
+        self.leases.remove(ip.octets())?;
+        Ok(())
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.leases
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("lease", &v)
+            })
+            .collect()
+    }
+
+    fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.audit
+            .insert(self.db.generate_id()?.to_be_bytes(), encode(entry))?;
+        Ok(())
+    }
+
+    fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError> {
+        self.audit
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("audit entry", &v)
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventSource, HostState};
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("unbrick-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn hosts_events_leases_survive_reopen() {
+        let dir = tmp("reopen");
+        let mac: Mac = "52:54:00:00:00:07".parse().unwrap();
+        {
+            let s = SledStore::open(&dir).unwrap();
+            s.update_host(mac, 5, &mut |h| {
+                h.transition(HostState::Seen, 5).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .unwrap();
+            for i in 0..3 {
+                s.append_event(mac, &Event { time_ms: i, source: EventSource::Dhcp, kind: "dhcp-discover".into(), message: format!("#{i}") }).unwrap();
+            }
+            s.put_lease(&Lease { ip: Ipv4Addr::new(10, 0, 0, 5), mac, expires_ms: 99, offered_only: false }).unwrap();
+            s.flush().unwrap();
+        }
+        let s = SledStore::open(&dir).unwrap();
+        assert_eq!(s.host(mac).unwrap().unwrap().state, HostState::Seen);
+        let ev = s.events(mac).unwrap();
+        assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["#0", "#1", "#2"]);
+        assert_eq!(s.leases().unwrap().len(), 1);
+        let refused = s.update_host(mac, 6, &mut |h| {
+            h.transition(HostState::Recovered, 6).map(|_| ()).map_err(|e| e.to_string())
+        });
+        assert!(matches!(refused, Err(StoreError::Rejected(_))));
+        assert_eq!(s.host(mac).unwrap().unwrap().state, HostState::Seen, "refused update changes nothing");
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tmp("schema");
+        {
+            let db = sled::open(&dir).unwrap();
+            db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(SledStore::open(&dir), Err(StoreError::TooNew { found: 99 })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
