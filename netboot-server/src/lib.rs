@@ -1,1 +1,3 @@
-#![forbid(unsafe_code)]
+pub mod dhcp;
+pub mod net;
+pub mod tftp;

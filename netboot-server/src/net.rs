@@ -1,0 +1,97 @@
+//! Socket set-up shared by the DHCP, TFTP and HTTP drivers, and interface look-up.
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+/// An IPv4 interface: name, index, address and prefix length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub index: u32,
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Interface {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0))
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let m = u32::from(self.netmask());
+        u32::from(ip) & m == u32::from(self.addr) & m
+    }
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !u32::from(self.netmask()))
+    }
+}
+
+/// Finds `name`'s first IPv4 address. Errors name the interfaces that do exist.
+pub fn find_interface(name: &str) -> Result<Interface, String> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
+    let mut names = std::collections::BTreeSet::new();
+    let mut found_name = false;
+    for a in addrs {
+        names.insert(a.interface_name.clone());
+        if a.interface_name != name {
+            continue;
+        }
+        found_name = true;
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else { continue };
+        let (Some(sin), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else { continue };
+        let index = nix::net::if_::if_nametoindex(name).map_err(|e| format!("interface {name}: {e}"))?;
+        return Ok(Interface {
+            name: name.to_string(),
+            index,
+            addr: sin.ip(),
+            prefix_len: u32::from(m.ip()).count_ones() as u8,
+        });
+    }
+    if found_name {
+        Err(format!("interface {name} has no IPv4 address; add one (ip addr add 10.0.0.1/24 dev {name}) or pick another interface"))
+    } else {
+        let list: Vec<String> = names.into_iter().collect();
+        Err(format!("interface {name} not found; pass --interface with one of: {}", list.join(", ")))
+    }
+}
+
+/// A UDP socket bound to `addr` on interface `device` (SO_BINDTODEVICE), non-blocking.
+pub fn udp_socket(addr: SocketAddrV4, device: Option<&str>, broadcast: bool) -> std::io::Result<std::net::UdpSocket> {
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if broadcast {
+        s.set_broadcast(true)?;
+    }
+    if let Some(d) = device {
+        s.bind_device(Some(d.as_bytes()))?;
+    }
+    // Large buffers keep bursts (windowed TFTP, DHCP storms) from being dropped by the kernel.
+    let _ = s.set_recv_buffer_size(1 << 20);
+    let _ = s.set_send_buffer_size(1 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V4(addr).into())?;
+    Ok(s.into())
+}
+
+/// Explains a bind failure in one line.
+pub fn bind_error(what: &str, addr: SocketAddrV4, e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!("{what}: port {} on {} is already in use (another DHCP/TFTP/HTTP server running? stop it or pick another port)", addr.port(), addr.ip()),
+        std::io::ErrorKind::PermissionDenied => format!("{what}: binding {addr} needs root or CAP_NET_BIND_SERVICE"),
+        std::io::ErrorKind::AddrNotAvailable => format!("{what}: {} is not an address of this machine", addr.ip()),
+        _ => format!("{what}: cannot bind {addr}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn subnet_math() {
+        let i = Interface { name: "x".into(), index: 1, addr: Ipv4Addr::new(10, 99, 0, 1), prefix_len: 24 };
+        assert_eq!(i.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert!(i.contains(Ipv4Addr::new(10, 99, 0, 200)));
+        assert!(!i.contains(Ipv4Addr::new(10, 99, 1, 1)));
+        assert_eq!(i.broadcast(), Ipv4Addr::new(10, 99, 0, 255));
+        assert!(find_interface("lo").is_ok());
+        assert!(find_interface("nope0").unwrap_err().contains("lo"));
+    }
+}

@@ -1,0 +1,201 @@
+//! The tokio TFTP driver: one socket on port 69 for requests, one ephemeral socket (a new
+//! transfer ID) per transfer, timers from the state machine's deadlines.
+use super::transfer::{Limits, Outcome, Transfer};
+use super::{check_request, packet, to_netascii, ErrorCode};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+/// Where TFTP files come from. Implementations serve from memory.
+pub trait FileSource: Send + Sync + 'static {
+    /// The file at the normalized `path` for the client at `peer`, or `None` (file not found).
+    fn open(&self, path: &str, peer: SocketAddr) -> Option<Arc<[u8]>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    pub bind: SocketAddrV4,
+    pub device: Option<String>,
+    pub limits: Limits,
+    pub max_transfers: usize,
+}
+
+/// One finished transfer, for the record.
+#[derive(Debug, Clone)]
+pub struct TransferRecord {
+    pub peer: SocketAddr,
+    pub path: String,
+    pub bytes: u64,
+    pub size: u64,
+    pub duration_ms: u64,
+    pub blksize: usize,
+    pub windowsize: u16,
+    pub outcome: Outcome,
+}
+
+/// Counters for /metrics and the logs.
+#[derive(Debug, Default)]
+pub struct TftpStats {
+    pub requests: AtomicU64,
+    pub refused: AtomicU64,
+    pub malformed: AtomicU64,
+    pub busy: AtomicU64,
+    pub completed: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub struct TftpServer {
+    socket: UdpSocket,
+    cfg: TftpConfig,
+    source: Arc<dyn FileSource>,
+    records: mpsc::UnboundedSender<TransferRecord>,
+    pub stats: Arc<TftpStats>,
+    slots: Arc<Semaphore>,
+}
+
+impl TftpServer {
+    pub fn bind(cfg: TftpConfig, source: Arc<dyn FileSource>, records: mpsc::UnboundedSender<TransferRecord>) -> Result<Self, String> {
+        let std = crate::net::udp_socket(cfg.bind, cfg.device.as_deref(), false)
+            .map_err(|e| crate::net::bind_error("TFTP", cfg.bind, &e))?;
+        let socket = UdpSocket::from_std(std).map_err(|e| format!("TFTP: {e}"))?;
+        Ok(TftpServer { socket, slots: Arc::new(Semaphore::new(cfg.max_transfers)), cfg, source, records, stats: Arc::default() })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// Serves until `shutdown` turns true, then lets transfers in flight finish for up to
+    /// `grace`, and cuts the rest (each gets an ERROR so the client does not hang).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let mut buf = vec![0u8; 2048];
+        let (cut_tx, cut_rx) = watch::channel(false);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => if *shutdown.borrow() { break },
+                r = self.socket.recv_from(&mut buf) => {
+                    let Ok((n, peer)) = r else { continue };
+                    self.on_request(&buf[..n], peer, cut_rx.clone()).await;
+                }
+            }
+        }
+        let all = self.cfg.max_transfers as u32;
+        if tokio::time::timeout(grace, self.slots.acquire_many(all)).await.is_err() {
+            tracing::warn!("TFTP: cutting transfers still running after {grace:?}");
+            let _ = cut_tx.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.slots.acquire_many(all)).await;
+        }
+    }
+
+    async fn on_request(&self, datagram: &[u8], peer: SocketAddr, cut: watch::Receiver<bool>) {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let req = match check_request(datagram) {
+            Ok(r) => r,
+            Err(refusal) => {
+                if refusal.code == ErrorCode::IllegalOperation {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(%peer, reason = %refusal.message, "TFTP request refused");
+                let _ = self.socket.send_to(&refusal.packet(), peer).await;
+                return;
+            }
+        };
+        let Some(file) = self.source.open(&req.path, peer) else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, path = %req.path, "TFTP file not found");
+            let _ = self.socket.send_to(&packet::error_packet(ErrorCode::FileNotFound as u16, "file not found"), peer).await;
+            return;
+        };
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "TFTP: {} transfers already running; refusing", self.cfg.max_transfers);
+            let _ = self.socket.send_to(&packet::error_packet(0, "server busy, try again"), peer).await;
+            return;
+        };
+        let file: Arc<[u8]> = if req.netascii { Arc::from(to_netascii(&file)) } else { file };
+        let bind = SocketAddrV4::new(*self.cfg.bind.ip(), 0);
+        let sock = match crate::net::udp_socket(bind, self.cfg.device.as_deref(), false).and_then(UdpSocket::from_std) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("TFTP: cannot open a transfer socket: {e}");
+                return;
+            }
+        };
+        let limits = self.cfg.limits.clone();
+        let records = self.records.clone();
+        let stats = self.stats.clone();
+        tokio::spawn(async move {
+            let rec = transfer(sock, peer, req.path, file, req.options, limits, cut).await;
+            if rec.outcome == Outcome::Complete {
+                stats.completed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(peer = %rec.peer, path = %rec.path, bytes = rec.bytes, ms = rec.duration_ms, outcome = rec.outcome.name(), "TFTP transfer");
+            let _ = records.send(rec);
+            drop(permit);
+        });
+    }
+}
+
+async fn transfer(
+    sock: UdpSocket,
+    peer: SocketAddr,
+    path: String,
+    file: Arc<[u8]>,
+    options: Vec<(String, String)>,
+    limits: Limits,
+    mut cut: watch::Receiver<bool>,
+) -> TransferRecord {
+    let start = Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let size = file.len() as u64;
+    let (mut t, first) = Transfer::start(file, &options, &limits, 0);
+    for p in &first {
+        let _ = sock.send_to(p, peer).await;
+    }
+    let mut buf = vec![0u8; 2048];
+    while !t.is_finished() {
+        let deadline = start + Duration::from_millis(t.deadline_ms().unwrap_or(0));
+        let out = tokio::select! {
+            r = sock.recv_from(&mut buf) => match r {
+                Ok((n, from)) if from == peer => t.on_packet(&buf[..n], now()),
+                Ok((_, from)) => {
+                    // RFC 1350: a packet from another transfer ID gets ERROR 5, and ours goes on.
+                    let _ = sock.send_to(&packet::error_packet(ErrorCode::UnknownTid as u16, "unknown transfer ID"), from).await;
+                    Vec::new()
+                }
+                Err(_) => Vec::new(),
+            },
+            _ = tokio::time::sleep_until(deadline) => t.on_timeout(now()),
+            _ = cut.changed() => {
+                let _ = sock.send_to(&packet::error_packet(0, "server shutting down"), peer).await;
+                return record(peer, path, &t, size, start, Outcome::Protocol("cut at shutdown".into()));
+            }
+        };
+        for p in &out {
+            let _ = sock.send_to(p, peer).await;
+        }
+    }
+    let outcome = t.outcome().cloned().unwrap_or(Outcome::TimedOut);
+    record(peer, path, &t, size, start, outcome)
+}
+
+fn record(peer: SocketAddr, path: String, t: &Transfer, size: u64, start: Instant, outcome: Outcome) -> TransferRecord {
+    TransferRecord {
+        peer,
+        path,
+        bytes: t.bytes_sent(),
+        size,
+        duration_ms: start.elapsed().as_millis() as u64,
+        blksize: t.blksize(),
+        windowsize: t.windowsize(),
+        outcome,
+    }
+}

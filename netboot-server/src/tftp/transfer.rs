@@ -1,0 +1,298 @@
+//! One read transfer as a deterministic state machine (sans-IO, no clock).
+//!
+//! The driver feeds it packets from the client's transfer ID and timer expiries, both with the
+//! current time in milliseconds, and sends whatever datagrams it returns. Implements RFC 1350
+//! (lock-step DATA/ACK), RFC 2347 (OACK, client ERROR 8 after OACK), RFC 2348 (blksize), RFC 2349
+//! (tsize, timeout) and RFC 7440 (windowsize).
+use super::packet::{data_packet, error_packet, ErrorCode, Packet};
+use std::sync::Arc;
+
+/// Server-side limits applied to what a client asks for.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_blksize: usize,
+    pub max_windowsize: u16,
+    /// Initial retransmission timeout when the client does not ask for one.
+    pub default_timeout_ms: u64,
+    /// Retransmissions of the same window before giving up.
+    pub max_retries: u32,
+    /// Hard cap on one transfer's duration.
+    pub max_duration_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_blksize: 65464,
+            max_windowsize: 64,
+            default_timeout_ms: 1000,
+            max_retries: 6,
+            max_duration_ms: 15 * 60 * 1000,
+        }
+    }
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The client acknowledged the last block.
+    Complete,
+    /// The client sent an ERROR (EDK2 ends its tsize probe this way with code 8).
+    ClientError { code: u16, message: String },
+    /// No acknowledgement after every retransmission.
+    TimedOut,
+    /// The per-transfer duration cap was reached.
+    TooLong,
+    /// The client sent something that makes no sense for a read transfer.
+    Protocol(String),
+}
+
+impl Outcome {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::ClientError { .. } => "client-error",
+            Outcome::TimedOut => "timed-out",
+            Outcome::TooLong => "too-long",
+            Outcome::Protocol(_) => "protocol-error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// OACK sent, waiting for ACK 0.
+    Oack,
+    /// Sending data.
+    Data,
+    Finished,
+}
+
+/// A read transfer of one in-memory file.
+#[derive(Debug)]
+pub struct Transfer {
+    file: Arc<[u8]>,
+    blksize: usize,
+    windowsize: u16,
+    timeout_ms: u64,
+    limits: Limits,
+    oack: Option<Vec<u8>>,
+    phase: Phase,
+    /// Highest block (1-based, not wrapped) the client acknowledged.
+    acked: u64,
+    /// Highest block sent in the current window.
+    sent_upto: u64,
+    total_blocks: u64,
+    retries: u32,
+    deadline_ms: u64,
+    started_ms: u64,
+    bytes_sent: u64,
+    outcome: Option<Outcome>,
+}
+
+/// The options negotiated for a request; `None` fields were not asked for or not accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Negotiated {
+    pub blksize: Option<usize>,
+    pub windowsize: Option<u16>,
+    pub timeout_s: Option<u8>,
+    pub tsize: Option<u64>,
+}
+
+/// Applies RFC 2348/2349/7440 to the client's options. Unknown or out-of-range options are left
+/// out of the OACK (RFC 2347: the server simply does not acknowledge them).
+pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -> Negotiated {
+    let mut n = Negotiated::default();
+    for (k, v) in options {
+        let Ok(val) = v.trim().parse::<u64>() else { continue };
+        match k.as_str() {
+            "blksize" if (8..=65464).contains(&val) => n.blksize = Some((val as usize).min(limits.max_blksize)),
+            "windowsize" if (1..=65535).contains(&val) => n.windowsize = Some((val as u16).min(limits.max_windowsize)),
+            "timeout" if (1..=255).contains(&val) => n.timeout_s = Some(val as u8),
+            "tsize" => n.tsize = Some(file_len),
+            _ => {}
+        }
+    }
+    n
+}
+
+impl Transfer {
+    /// Starts a transfer; returns it with the first datagrams to send (an OACK, or the first
+    /// window of data when no option was accepted).
+    pub fn start(file: Arc<[u8]>, options: &[(String, String)], limits: &Limits, now_ms: u64) -> (Self, Vec<Vec<u8>>) {
+        let n = negotiate(options, file.len() as u64, limits);
+        let mut oack = Vec::new();
+        if let Some(b) = n.blksize {
+            oack.push(("blksize".to_string(), b.to_string()));
+        }
+        if let Some(t) = n.tsize {
+            oack.push(("tsize".to_string(), t.to_string()));
+        }
+        if let Some(t) = n.timeout_s {
+            oack.push(("timeout".to_string(), t.to_string()));
+        }
+        if let Some(w) = n.windowsize {
+            oack.push(("windowsize".to_string(), w.to_string()));
+        }
+        let blksize = n.blksize.unwrap_or(512);
+        let timeout_ms = n.timeout_s.map_or(limits.default_timeout_ms, |s| u64::from(s) * 1000);
+        let mut t = Transfer {
+            total_blocks: file.len() as u64 / blksize as u64 + 1,
+            file,
+            blksize,
+            windowsize: n.windowsize.unwrap_or(1),
+            timeout_ms,
+            limits: limits.clone(),
+            oack: (!oack.is_empty()).then(|| Packet::Oack(oack).encode()),
+            phase: Phase::Oack,
+            acked: 0,
+            sent_upto: 0,
+            retries: 0,
+            deadline_ms: now_ms + timeout_ms,
+            started_ms: now_ms,
+            bytes_sent: 0,
+            outcome: None,
+        };
+        let out = match &t.oack {
+            Some(o) => vec![o.clone()],
+            None => {
+                t.phase = Phase::Data;
+                t.send_window(now_ms)
+            }
+        };
+        (t, out)
+    }
+
+    pub fn outcome(&self) -> Option<&Outcome> {
+        self.outcome.as_ref()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Finished
+    }
+
+    /// When the driver must call [`Transfer::on_timeout`] next.
+    pub fn deadline_ms(&self) -> Option<u64> {
+        (self.phase != Phase::Finished).then_some(self.deadline_ms)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    pub fn blksize(&self) -> usize {
+        self.blksize
+    }
+
+    pub fn windowsize(&self) -> u16 {
+        self.windowsize
+    }
+
+    fn block(&self, n: u64) -> Vec<u8> {
+        let start = ((n - 1) * self.blksize as u64) as usize;
+        let end = (start + self.blksize).min(self.file.len());
+        let data = if start <= self.file.len() { &self.file[start..end] } else { &[][..] };
+        // Block numbers wrap from 65535 to 0 (the convention of atftp, curl, tftp-hpa and iPXE).
+        data_packet((n & 0xffff) as u16, data)
+    }
+
+    /// Sends blocks acked+1 ..= acked+windowsize.
+    fn send_window(&mut self, now_ms: u64) -> Vec<Vec<u8>> {
+        let last = (self.acked + u64::from(self.windowsize)).min(self.total_blocks);
+        let out: Vec<Vec<u8>> = (self.acked + 1..=last).map(|n| self.block(n)).collect();
+        self.bytes_sent += out.iter().map(|p| p.len() as u64 - 4).sum::<u64>();
+        self.sent_upto = last;
+        self.deadline_ms = now_ms + (self.timeout_ms << self.retries.min(6));
+        out
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.phase = Phase::Finished;
+        self.outcome = Some(outcome);
+    }
+
+    /// Handles one datagram from the client's transfer ID.
+    pub fn on_packet(&mut self, datagram: &[u8], now_ms: u64) -> Vec<Vec<u8>> {
+        if self.phase == Phase::Finished {
+            return Vec::new();
+        }
+        if now_ms.saturating_sub(self.started_ms) > self.limits.max_duration_ms {
+            self.finish(Outcome::TooLong);
+            return vec![error_packet(ErrorCode::NotDefined as u16, "transfer took too long")];
+        }
+        match Packet::parse(datagram) {
+            Ok(Packet::Error { code, message }) => {
+                // RFC 2347: the client may end the transfer after the OACK; never answer an ERROR.
+                self.finish(Outcome::ClientError { code, message });
+                Vec::new()
+            }
+            Ok(Packet::Ack(wire)) => self.on_ack(wire, now_ms),
+            Ok(other) => {
+                let why = format!("unexpected {} during a read transfer", kind(&other));
+                self.finish(Outcome::Protocol(why.clone()));
+                vec![error_packet(ErrorCode::IllegalOperation as u16, &why)]
+            }
+            // A garbled datagram is ignored; the retransmission timer covers it.
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn on_ack(&mut self, wire: u16, now_ms: u64) -> Vec<Vec<u8>> {
+        if self.phase == Phase::Oack {
+            if wire != 0 {
+                return Vec::new();
+            }
+            self.phase = Phase::Data;
+            self.retries = 0;
+            return self.send_window(now_ms);
+        }
+        // Map the 16-bit block number onto the blocks in flight (acked ..= sent_upto).
+        let Some(n) = (self.acked..=self.sent_upto).rev().find(|n| (n & 0xffff) as u16 == wire) else {
+            // An old duplicate ACK: ignoring it avoids the Sorcerer's Apprentice bug (RFC 1123 4.2.3.1).
+            return Vec::new();
+        };
+        if n == self.acked {
+            // Duplicate of what we already had.
+            return Vec::new();
+        }
+        self.acked = n;
+        self.retries = 0;
+        if self.acked == self.total_blocks {
+            self.finish(Outcome::Complete);
+            return Vec::new();
+        }
+        // Either the whole window arrived, or (RFC 7440) only part of it did: in both cases the
+        // next window starts right after the acknowledged block.
+        self.send_window(now_ms)
+    }
+
+    /// The retransmission timer fired.
+    pub fn on_timeout(&mut self, now_ms: u64) -> Vec<Vec<u8>> {
+        if self.phase == Phase::Finished || now_ms < self.deadline_ms {
+            return Vec::new();
+        }
+        if self.retries >= self.limits.max_retries {
+            self.finish(Outcome::TimedOut);
+            return vec![error_packet(ErrorCode::NotDefined as u16, "timed out waiting for ACK")];
+        }
+        self.retries += 1;
+        match self.phase {
+            Phase::Oack => {
+                self.deadline_ms = now_ms + (self.timeout_ms << self.retries.min(6));
+                vec![self.oack.clone().unwrap_or_default()]
+            }
+            _ => self.send_window(now_ms),
+        }
+    }
+}
+
+fn kind(p: &Packet<'_>) -> &'static str {
+    match p {
+        Packet::Rrq { .. } => "RRQ",
+        Packet::Wrq { .. } => "WRQ",
+        Packet::Data { .. } => "DATA",
+        Packet::Ack(_) => "ACK",
+        Packet::Error { .. } => "ERROR",
+        Packet::Oack(_) => "OACK",
+    }
+}
