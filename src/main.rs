@@ -1,1 +1,424 @@
-fn main() {}
+//! `unbrick`: command-line interface and wiring. Protocol and domain logic live in the workspace
+//! crates; this file only parses flags, merges configuration and calls them.
+#![forbid(unsafe_code)]
+
+mod config;
+mod init;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use config::{ConfigFile, DataDir};
+use fleet::Store as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "unbrick", version, about = "Network-boot recovery of boot-looping Windows fleets", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a data directory: configuration, signing key, boot loaders, signed rules, store.
+    Init {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        /// Use this existing signing key instead of making one.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
+    /// Serve DHCP (proxy or full), TFTP and HTTP boot on one interface.
+    Serve(ServeArgs),
+    /// Signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Recovery images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Signed remediation rules.
+    #[command(subcommand)]
+    Rules(RulesCmd),
+    /// The fleet's hosts.
+    #[command(subcommand)]
+    Hosts(HostsCmd),
+}
+
+#[derive(Clone, Copy, ValueEnum, Debug)]
+enum DhcpArg {
+    Proxy,
+    Full,
+    Off,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+    data_dir: PathBuf,
+    /// The recovery LAN interface (nothing is served on any other).
+    #[arg(long, env = "UNBRICK_INTERFACE")]
+    interface: Option<String>,
+    /// Address clients reach us on (default: the interface's IPv4 address).
+    #[arg(long, env = "UNBRICK_SERVER_IP")]
+    server_ip: Option<Ipv4Addr>,
+    /// proxy: beside the office DHCP server; full: hand out addresses; off: no DHCP.
+    #[arg(long, env = "UNBRICK_DHCP", value_enum)]
+    dhcp: Option<DhcpArg>,
+    /// Full mode: FIRST-LAST addresses to hand out.
+    #[arg(long, env = "UNBRICK_POOL")]
+    pool: Option<String>,
+    #[arg(long, env = "UNBRICK_ROUTER")]
+    router: Option<Ipv4Addr>,
+    #[arg(long, env = "UNBRICK_DNS", value_delimiter = ',')]
+    dns: Vec<Ipv4Addr>,
+    #[arg(long, env = "UNBRICK_LEASE_SECS")]
+    lease_secs: Option<u32>,
+    #[arg(long, env = "UNBRICK_HTTP_PORT")]
+    http_port: Option<u16>,
+    #[arg(long, env = "UNBRICK_TFTP_PORT")]
+    tftp_port: Option<u16>,
+    /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
+    #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
+    secure_boot_off: bool,
+    /// Extra words for the recovery kernel command line.
+    #[arg(long, env = "UNBRICK_KERNEL_CMDLINE")]
+    kernel_cmdline: Option<String>,
+    /// Testing only: DHCP server and PXE ports instead of 67 and 4011, as "67,4011".
+    #[arg(long, env = "UNBRICK_DHCP_PORTS", hide = true)]
+    dhcp_ports: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Write a new Ed25519 key pair: DIR/signing.key (PKCS#8, 0600) and DIR/signing.pub.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the fingerprint of a public or private key (default: the data directory's).
+    Show {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        /// A signing.key or signing.pub file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Write manifest.json and manifest.json.sig over every file in DIR.
+    Sign {
+        dir: PathBuf,
+        /// Private key (default: DIR/../keys/signing.key).
+        #[arg(long, env = "UNBRICK_SIGNING_KEY")]
+        key: Option<PathBuf>,
+        /// Image version (default: the current UTC time, YYYY.MMDD.HHMMSS).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Check DIR against its signed manifest: every file present, unchanged, nothing extra.
+    Verify {
+        dir: PathBuf,
+        /// Trusted public key (default: DIR/../keys/signing.pub).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCmd {
+    /// Check a rules document and write FILE.sig next to it.
+    Sign {
+        file: PathBuf,
+        #[arg(long, env = "UNBRICK_SIGNING_KEY")]
+        key: PathBuf,
+    },
+    /// Verify FILE against FILE.sig, the trusted key and the current time.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        pubkey: PathBuf,
+    },
+    /// Print the built-in CrowdStrike C-00000291 rules, to edit and sign.
+    Default {
+        /// Days until the rules expire.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostsCmd {
+    /// Every host with its state and result.
+    List {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One host with its full history.
+    Show {
+        mac: String,
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn now_unix() -> u64 {
+    netboot_server::now_ms() / 1000
+}
+
+pub fn image_version_now() -> String {
+    let t = signing::time::format_utc(now_unix());
+    // 2026-11-21T11:23:17Z -> 2026.1121.112317
+    let d: String = t.chars().filter(char::is_ascii_digit).collect();
+    format!("{}.{}.{}", &d[0..4], &d[4..8], &d[8..14])
+}
+
+/// Errors the admin must fix; printed on one line (or a short list), exit code 2.
+struct Fail(String);
+
+impl<E: std::fmt::Display> From<E> for Fail {
+    fn from(e: E) -> Self {
+        Fail(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("UNBRICK_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let r = match cli.cmd {
+        Cmd::Init { data_dir, signing_key } => init::run(&data_dir, signing_key.as_deref()).map_err(Fail),
+        Cmd::Serve(a) => serve(a),
+        Cmd::Keys(k) => keys(k),
+        Cmd::Image(i) => image(i),
+        Cmd::Rules(r) => rules(r),
+        Cmd::Hosts(h) => hosts(h),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail(msg)) => {
+            eprintln!("unbrick: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), Fail> {
+    let (a, b) = s.split_once('-').ok_or_else(|| Fail(format!("--pool {s:?}: expected FIRST-LAST, e.g. 10.99.0.100-10.99.0.200")))?;
+    let p = |x: &str| x.trim().parse::<Ipv4Addr>().map_err(|_| Fail(format!("--pool {s:?}: {x:?} is not an IPv4 address")));
+    Ok((p(a)?, p(b)?))
+}
+
+fn serve(a: ServeArgs) -> Result<(), Fail> {
+    let d = DataDir(a.data_dir.clone());
+    if !d.config().exists() && !d.store().exists() {
+        return Err(Fail(format!("{} is not an unbrick data directory; run `unbrick init --data-dir {}` first", a.data_dir.display(), a.data_dir.display())));
+    }
+    let f = ConfigFile::load(&d.config())?.serve;
+    let interface = a.interface.or(f.interface).ok_or_else(|| Fail("no interface: pass --interface IF (or set UNBRICK_INTERFACE, or [serve] interface in unbrick.toml)".into()))?;
+    let dhcp = match a.dhcp {
+        Some(DhcpArg::Proxy) => netboot_server::DhcpMode::Proxy,
+        Some(DhcpArg::Full) => netboot_server::DhcpMode::Full,
+        Some(DhcpArg::Off) => netboot_server::DhcpMode::Off,
+        None => match f.dhcp.as_deref().unwrap_or("proxy") {
+            "proxy" => netboot_server::DhcpMode::Proxy,
+            "full" => netboot_server::DhcpMode::Full,
+            "off" => netboot_server::DhcpMode::Off,
+            o => return Err(Fail(format!("{}: dhcp = {o:?}; expected proxy, full or off", d.config().display()))),
+        },
+    };
+    let ip = |what: &str, s: Option<String>| -> Result<Option<Ipv4Addr>, Fail> {
+        s.map(|v| v.parse().map_err(|_| Fail(format!("{}: {what} = {v:?} is not an IPv4 address", d.config().display())))).transpose()
+    };
+    let pool = match a.pool.or(f.pool) {
+        Some(p) => Some(parse_pool(&p)?),
+        None => None,
+    };
+    let dns = if a.dns.is_empty() {
+        f.dns.unwrap_or_default().into_iter().map(|s| ip("dns", Some(s)).map(Option::unwrap)).collect::<Result<Vec<_>, _>>()?
+    } else {
+        a.dns
+    };
+    let dhcp_ports = match a.dhcp_ports {
+        Some(s) => {
+            let (x, y) = s.split_once(',').ok_or_else(|| Fail("--dhcp-ports: expected \"67,4011\"".into()))?;
+            Some((x.parse().map_err(|_| Fail("--dhcp-ports: bad port".into()))?, y.parse().map_err(|_| Fail("--dhcp-ports: bad port".into()))?))
+        }
+        None => None,
+    };
+    let trusted = signing::PublicKey::load(&d.public_key()).map_err(|e| Fail(format!("{e} (the trusted signing key; `unbrick init` writes it)")))?;
+    let cfg = netboot_server::ServerConfig {
+        interface,
+        server_ip: a.server_ip.or(ip("server_ip", f.server_ip)?),
+        dhcp,
+        pool,
+        router: a.router.or(ip("router", f.router)?),
+        dns,
+        lease_secs: a.lease_secs.or(f.lease_secs).unwrap_or(3600),
+        http_port: a.http_port.or(f.http_port).unwrap_or(8080),
+        tftp_port: a.tftp_port.or(f.tftp_port).unwrap_or(69),
+        dhcp_ports,
+        secure_boot_off: a.secure_boot_off || f.secure_boot_off.unwrap_or(false),
+        extra_cmdline: a.kernel_cmdline.or(f.kernel_cmdline).unwrap_or_default(),
+        image_dir: d.image(),
+        rules_dir: d.rules(),
+        trusted_key: trusted,
+        max_tftp_transfers: f.max_tftp_transfers.unwrap_or(128),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?;
+        let store: Arc<dyn fleet::Store> = Arc::new(store);
+        let server = netboot_server::start(cfg, store, Arc::new(fleet::DefaultPolicy)).await.map_err(Fail)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down: letting transfers in flight finish (up to 10 s), then flushing the store");
+        server.shutdown(std::time::Duration::from_secs(10)).await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+fn keys(k: KeysCmd) -> Result<(), Fail> {
+    match k {
+        KeysCmd::Generate { out } => {
+            let kp = signing::KeyPair::generate()?;
+            kp.write_to_dir(&out)?;
+            println!("wrote {} (private, mode 0600) and {}", out.join("signing.key").display(), out.join("signing.pub").display());
+            println!("fingerprint {}", kp.public_key().fingerprint());
+        }
+        KeysCmd::Show { data_dir, key } => {
+            let path = key.unwrap_or_else(|| DataDir(data_dir).public_key());
+            let data = std::fs::read(&path).map_err(|e| Fail(format!("{}: {e}", path.display())))?;
+            let pk = match signing::PublicKey::parse(&data) {
+                Ok(pk) => pk,
+                Err(_) => signing::KeyPair::from_pkcs8(&data).map_err(|e| Fail(format!("{}: neither a public nor a private key: {e}", path.display())))?.public_key(),
+            };
+            println!("{}", pk.fingerprint());
+        }
+    }
+    Ok(())
+}
+
+fn sibling_key(dir: &Path, name: &str) -> PathBuf {
+    let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    abs.parent().unwrap_or(Path::new(".")).join("keys").join(name)
+}
+
+fn image(i: ImageCmd) -> Result<(), Fail> {
+    match i {
+        ImageCmd::Sign { dir, key, version } => {
+            let key = key.unwrap_or_else(|| sibling_key(&dir, "signing.key"));
+            let kp = signing::KeyPair::load(&key)?;
+            let m = netboot_server::image::sign_dir(&dir, &kp, &version.unwrap_or_else(image_version_now), now_unix())?;
+            println!("signed {} artefacts in {} as version {} (kernel {}) with {}", m.artefacts.len(), dir.display(), m.image_version, m.kernel_version, m.key_fingerprint);
+            for a in &m.artefacts {
+                println!("  {:<16} {:>10}  {}", a.name, a.size, a.sha256);
+            }
+        }
+        ImageCmd::Verify { dir, pubkey } => {
+            let pubkey = pubkey.unwrap_or_else(|| sibling_key(&dir, "signing.pub"));
+            let pk = signing::PublicKey::load(&pubkey)?;
+            match netboot_server::image::Image::load(&dir, &pk) {
+                Ok(img) => println!("OK: {} version {} ({} artefacts) signed by {}", dir.display(), img.manifest.image_version, img.manifest.artefacts.len(), pk.fingerprint()),
+                Err(problems) => return Err(Fail(format!("{} fails verification:\n  {}", dir.display(), problems.join("\n  ")))),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rules(r: RulesCmd) -> Result<(), Fail> {
+    match r {
+        RulesCmd::Sign { file, key } => {
+            let kp = signing::KeyPair::load(&key)?;
+            let doc = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let sig = signing::RuleSet::sign_document(&kp, &doc).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let sig_path = PathBuf::from(format!("{}.sig", file.display()));
+            std::fs::write(&sig_path, sig.to_text()).map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
+            let rs = signing::RuleSet::parse(&doc)?;
+            println!("signed {} ({} v{}, {} rules, expires {}) -> {}", file.display(), rs.id, rs.version, rs.rules.len(), rs.expires, sig_path.display());
+        }
+        RulesCmd::Verify { file, pubkey } => {
+            let pk = signing::PublicKey::load(&pubkey)?;
+            let doc = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let sig_path = PathBuf::from(format!("{}.sig", file.display()));
+            let sig = std::fs::read(&sig_path).map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
+            let rs = signing::RuleSet::verify_signed(&pk, &doc, &sig, now_unix()).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            println!("OK: {} v{} signed by {}, expires {}", rs.id, rs.version, pk.fingerprint(), rs.expires);
+            for r in &rs.rules {
+                println!("  {:<20} {:?} {}", r.id, r.action, r.path);
+            }
+        }
+        RulesCmd::Default { days } => {
+            let rs = signing::RuleSet::default_crowdstrike(now_unix() + days * 86400);
+            print!("{}", String::from_utf8_lossy(&rs.to_json()));
+        }
+    }
+    Ok(())
+}
+
+fn open_store(data_dir: &Path) -> Result<fleet::SledStore, Fail> {
+    let d = DataDir(data_dir.to_path_buf());
+    if !d.store().exists() {
+        return Err(Fail(format!("{} has no store; run `unbrick init --data-dir {}`", data_dir.display(), data_dir.display())));
+    }
+    fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (while `unbrick serve` runs it holds the store; stop it or ask its API)")))
+}
+
+fn fmt_time(ms: u64) -> String {
+    signing::time::format_utc(ms / 1000)
+}
+
+fn hosts(h: HostsCmd) -> Result<(), Fail> {
+    match h {
+        HostsCmd::List { data_dir, json } => {
+            let store = open_store(&data_dir)?;
+            let hosts = store.hosts()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hosts)?);
+                return Ok(());
+            }
+            println!("{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  REASON", "MAC", "STATE", "IP", "LAST SEEN", "BOOTS");
+            for h in &hosts {
+                println!(
+                    "{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  {}",
+                    h.mac.to_string(),
+                    h.state.name(),
+                    h.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    fmt_time(h.last_seen_ms),
+                    h.payload_boots,
+                    h.state.reason().unwrap_or("")
+                );
+            }
+            println!("{} hosts", hosts.len());
+        }
+        HostsCmd::Show { mac, data_dir, json } => {
+            let mac: fleet::Mac = mac.parse().map_err(Fail)?;
+            let store = open_store(&data_dir)?;
+            let host = store.host(mac)?.ok_or_else(|| Fail(format!("no host {mac} in the store")))?;
+            let events = store.events(mac)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "host": host, "events": events }))?);
+                return Ok(());
+            }
+            println!("{}  state {}  since {}", host.mac, host.state.name(), fmt_time(host.state_since_ms));
+            for e in events {
+                println!("  {}  {:<6?}  {:<14}  {}", fmt_time(e.time_ms), e.source, e.kind, e.message);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,3 +1,257 @@
+//! unbrick's network-boot server: proxyDHCP and full DHCP (with the PXE :4011 exchange), TFTP,
+//! and HTTP boot, all answering from one [`fleet::BootPolicy`] and recording into one
+//! [`fleet::Store`].
+//!
+//! Protocol logic is pure (`dhcp::decide`, `dhcp::pool`, `tftp::transfer`, `boot`); the drivers
+//! (`dhcp::server`, `tftp::server`, `http`) only move bytes and timers.
+#![forbid(unsafe_code)]
+
+pub mod boot;
 pub mod dhcp;
+pub mod fleetio;
+pub mod http;
+pub mod image;
 pub mod net;
 pub mod tftp;
+
+use fleet::{BootPolicy, BootQuery, ClientKind, EventSource, Mac, Store};
+use fleetio::FleetIo;
+use image::{Image, SignedRules};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A fresh per-boot token: 128 random bits, hex.
+pub fn new_token() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut b).expect("system random source");
+    hex::encode(b)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpMode {
+    Proxy,
+    Full,
+    Off,
+}
+
+/// Everything `unbrick serve` decided, validated.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub interface: String,
+    pub server_ip: Option<Ipv4Addr>,
+    pub dhcp: DhcpMode,
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub lease_secs: u32,
+    pub http_port: u16,
+    pub tftp_port: u16,
+    /// Non-standard DHCP ports, for tests only.
+    pub dhcp_ports: Option<(u16, u16)>,
+    pub secure_boot_off: bool,
+    pub extra_cmdline: String,
+    pub image_dir: std::path::PathBuf,
+    pub rules_dir: std::path::PathBuf,
+    pub trusted_key: signing::PublicKey,
+    pub max_tftp_transfers: usize,
+}
+
+/// State shared by the HTTP and TFTP handlers.
+pub struct Shared {
+    pub fleet: Arc<FleetIo>,
+    pub image: Arc<Image>,
+    pub rules: Option<SignedRules>,
+    pub http_base: String,
+    pub server_ip: Ipv4Addr,
+    pub extra_cmdline: String,
+}
+
+/// TFTP files: the verified image, plus grub's configuration rendered per host.
+struct TftpFiles(Arc<Shared>);
+
+impl tftp::server::FileSource for TftpFiles {
+    fn open(&self, path: &str, peer: SocketAddr) -> Option<Arc<[u8]>> {
+        let s = &self.0;
+        if path == "grub/grub.cfg" {
+            return Some(Arc::from(boot::grub_stub().into_bytes()));
+        }
+        if let Some(mac) = path.strip_prefix("grub/host-").and_then(|r| r.strip_suffix(".cfg")) {
+            let mac: Mac = mac.parse().ok()?;
+            s.fleet.remember_peer(peer.ip(), mac);
+            let now = now_ms();
+            let host = s.fleet.host(mac);
+            let kind = host.as_ref().and_then(|h| h.last_kind).unwrap_or(ClientKind::Pxe(fleet::Arch::UefiX64));
+            let decision = s.fleet.policy().decide(&BootQuery { mac, kind, now_ms: now }, host.as_ref());
+            let token = new_token();
+            let ready = s.image.payload_ready();
+            let cfg = boot::grub_config(&decision, &boot::BootParams { http_base: &s.http_base, server_ip: s.server_ip, mac, token: &token, image_ready: ready, extra_cmdline: &s.extra_cmdline });
+            if decision == fleet::BootDecision::Payload && ready {
+                s.fleet.payload_issued(mac, "grub", &token, now);
+            } else {
+                s.fleet.event(mac, EventSource::Tftp, "script", format!("grub config: {}", decision.name()), now);
+            }
+            return Some(Arc::from(cfg.into_bytes()));
+        }
+        s.image.get(path)
+    }
+}
+
+/// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    pub http_addr: SocketAddr,
+    pub tftp_addr: SocketAddr,
+    pub store: Arc<dyn Store>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight transfers finish (up to `grace`), flushes the store.
+    pub async fn shutdown(self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(grace + Duration::from_secs(3), t).await;
+        }
+        if let Err(e) = self.store.flush() {
+            tracing::error!("store flush at shutdown: {e}");
+        }
+    }
+}
+
+/// Validates the configuration, loads and verifies the image and rules, binds every socket, and
+/// starts serving. Errors are one line each, for the admin.
+pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn BootPolicy>) -> Result<RunningServer, String> {
+    let iface = net::find_interface(&cfg.interface)?;
+    let server_ip = cfg.server_ip.unwrap_or(iface.addr);
+    if let Some((a, b)) = cfg.pool {
+        if !iface.contains(a) || !iface.contains(b) || u32::from(a) > u32::from(b) {
+            return Err(format!("pool {a}-{b} is not inside {}'s subnet {}/{}; pass --pool FIRST-LAST within it", iface.name, iface.addr, iface.prefix_len));
+        }
+    }
+    if cfg.dhcp == DhcpMode::Full && cfg.pool.is_none() {
+        return Err("--dhcp full needs --pool FIRST-LAST (addresses to hand out)".into());
+    }
+    let image = Image::load(&cfg.image_dir, &cfg.trusted_key).map_err(|p| format!("refusing to serve a recovery image that fails verification:\n  {}", p.join("\n  ")))?;
+    tracing::info!("recovery image {} verified: {} artefacts ({})", image.manifest.image_version, image.manifest.artefacts.len(), image.names().collect::<Vec<_>>().join(", "));
+    if !image.payload_ready() {
+        tracing::warn!("the image in {} has no kernel and initrd yet: hosts get a waiting screen until `unbrick image build` runs", cfg.image_dir.display());
+    }
+    let rules = SignedRules::load(&cfg.rules_dir, &cfg.trusted_key, now_ms() / 1000)?;
+    let left = rules.rules.expires_unix().saturating_sub(now_ms() / 1000);
+    if left < 7 * 86400 {
+        tracing::warn!("remediation rules {} expire in {} hours; sign a renewed set soon", rules.rules.id, left / 3600);
+    }
+    tracing::info!("remediation rules {} v{} verified (expire {})", rules.rules.id, rules.rules.version, rules.rules.expires);
+
+    let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
+    let http_base = format!("http://{server_ip}:{}", cfg.http_port);
+    let fleet = Arc::new(FleetIo::new(store.clone(), policy));
+    let shared = Arc::new(Shared { fleet: fleet.clone(), image: Arc::new(image), rules: Some(rules), http_base: http_base.clone(), server_ip, extra_cmdline: cfg.extra_cmdline.clone() });
+    let (tx, rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    // Bind everything first so that a port in use fails before anything starts.
+    let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
+    let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (rec_tx, mut rec_rx) = mpsc::unbounded_channel();
+    let tftp_bind = SocketAddrV4::new(server_ip, cfg.tftp_port);
+    let tftp = tftp::server::TftpServer::bind(
+        tftp::server::TftpConfig { bind: tftp_bind, device: Some(cfg.interface.clone()), limits: tftp::Limits::default(), max_transfers: cfg.max_tftp_transfers },
+        Arc::new(TftpFiles(shared.clone())),
+        rec_tx,
+    )?;
+    let tftp_addr = tftp.local_addr().map_err(|e| e.to_string())?;
+    let dhcp = match cfg.dhcp {
+        DhcpMode::Off => None,
+        mode => {
+            let dcfg = dhcp::DhcpConfig {
+                mode: if mode == DhcpMode::Full { dhcp::Mode::Full } else { dhcp::Mode::Proxy },
+                server_ip,
+                subnet_mask: iface.netmask(),
+                router: cfg.router,
+                dns: cfg.dns.clone(),
+                lease_secs: cfg.lease_secs,
+                http_base: http_base.clone(),
+                secure_boot_off: cfg.secure_boot_off,
+            };
+            let pool = match (mode, cfg.pool) {
+                (DhcpMode::Full, Some((a, b))) => Some(dhcp::pool::LeasePool::new(a, b, server_ip, store.leases().map_err(|e| e.to_string())?)),
+                _ => None,
+            };
+            Some(dhcp::server::DhcpServer::bind(dcfg, &iface.name, iface.index, cfg.dhcp_ports, fleet.clone(), pool)?)
+        }
+    };
+
+    let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let mut srx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            while srx.changed().await.is_ok() {
+                if *srx.borrow() {
+                    break;
+                }
+            }
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!("HTTP server: {e}");
+        }
+    }));
+    tasks.push(tokio::spawn(tftp.run(rx.clone(), Duration::from_secs(10))));
+    let fleet2 = fleet.clone();
+    tasks.push(tokio::spawn(async move {
+        while let Some(r) = rec_rx.recv().await {
+            let mac = fleet2.peer_mac(r.peer.ip());
+            let msg = format!("{} {}/{} bytes to {} in {} ms (blksize {}, windowsize {}): {}", r.path, r.bytes, r.size, r.peer, r.duration_ms, r.blksize, r.windowsize, match &r.outcome {
+                tftp::Outcome::ClientError { code, message } => format!("client ended it with error {code} ({message})"),
+                o => o.name().to_string(),
+            });
+            match mac {
+                Some(mac) => fleet2.event(mac, EventSource::Tftp, "tftp", msg, now_ms()),
+                None => tracing::info!("TFTP from unknown host: {msg}"),
+            }
+        }
+    }));
+    if let Some(d) = dhcp {
+        tasks.push(tokio::spawn(d.run(rx.clone())));
+    }
+    // Periodic flush (events are durable within 250 ms; leases and agent reports flush at once)
+    // and a watch on the image directory.
+    let store2 = store.clone();
+    let shared2 = shared.clone();
+    let mut prx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut n = 0u64;
+        let mut warned = Vec::new();
+        loop {
+            tokio::select! {
+                _ = prx.changed() => if *prx.borrow() { break },
+                _ = tick.tick() => {
+                    let s = store2.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.flush()).await;
+                    n += 1;
+                    if n % 240 == 0 {
+                        let img = shared2.image.clone();
+                        let diff = tokio::task::spawn_blocking(move || img.changed_on_disk()).await.unwrap_or_default();
+                        if !diff.is_empty() && diff != warned {
+                            tracing::warn!("image files changed on disk after start; still serving the verified copy loaded at start (re-sign and restart to change it): {}", diff.join("; "));
+                        }
+                        warned = diff;
+                    }
+                }
+            }
+        }
+    }));
+    tracing::info!(
+        "serving on {} ({}): DHCP {:?}, TFTP {}, HTTP {}",
+        iface.name, server_ip, cfg.dhcp, tftp_addr, http_addr
+    );
+    Ok(RunningServer { shutdown: tx, tasks, http_addr, tftp_addr, store })
+}

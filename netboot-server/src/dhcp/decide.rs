@@ -61,13 +61,51 @@ impl Drop {
     }
 }
 
-pub fn parse(datagram: &[u8]) -> Result<Inbound, Drop> {
-    // dhcproto 0.13's `Message::chaddr()` panics when hlen (byte 2) exceeds 16, so a hostile
-    // packet could crash the server: check the raw header before touching the decoded message.
-    if datagram.len() >= 3 && (datagram[1] != 1 || datagram[2] != 6) {
+/// The options a request may keep: everything the decision reads, nothing else.
+const KEPT_OPTIONS: &[u8] = &[12, 50, 53, 54, 55, 57, 60, 61, 77, 93, 94, 97, 175];
+
+/// Rebuilds a request with only [`KEPT_OPTIONS`], after checking the fixed header and the
+/// option TLVs by hand. dhcproto 0.13 panics on some hostile input (`Message::chaddr()` when hlen
+/// exceeds 16; `debug_assert!`s and an `unwrap()` in rarely used option decoders such as 121), so
+/// only these well-understood options ever reach it.
+fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
+    const COOKIE: [u8; 4] = [99, 130, 83, 99];
+    if datagram.len() < 240 {
+        return Err(Drop::Malformed(format!("{} bytes is shorter than a DHCP header", datagram.len())));
+    }
+    if datagram[1] != 1 || datagram[2] != 6 {
         return Err(Drop::NotEthernet);
     }
-    let msg = Message::decode(&mut Decoder::new(datagram)).map_err(|e| Drop::Malformed(e.to_string()))?;
+    if datagram[236..240] != COOKIE {
+        return Err(Drop::NoMessageType);
+    }
+    let mut out = datagram[..240].to_vec();
+    let mut i = 240;
+    while i < datagram.len() {
+        let code = datagram[i];
+        match code {
+            0 => i += 1,
+            255 => break,
+            _ => {
+                let len = *datagram.get(i + 1).ok_or_else(|| Drop::Malformed(format!("option {code} has no length")))? as usize;
+                let end = i + 2 + len;
+                if end > datagram.len() {
+                    return Err(Drop::Malformed(format!("option {code} runs past the end of the packet")));
+                }
+                if KEPT_OPTIONS.contains(&code) {
+                    out.extend_from_slice(&datagram[i..end]);
+                }
+                i = end;
+            }
+        }
+    }
+    out.push(255);
+    Ok(out)
+}
+
+pub fn parse(datagram: &[u8]) -> Result<Inbound, Drop> {
+    let clean = sanitize(datagram)?;
+    let msg = Message::decode(&mut Decoder::new(&clean)).map_err(|e| Drop::Malformed(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
         return Err(Drop::NotARequest);
     }

@@ -1,0 +1,204 @@
+//! The tokio DHCP driver: sockets on :67 and :4011 bound to one interface, IP_PKTINFO on every
+//! datagram so replies leave on the interface the request came in on, lease changes made durable
+//! before a reply is sent.
+use super::decide::{decide, parse, DhcpConfig, Dest, LeaseChange, PXE_PORT};
+use super::pool::LeasePool;
+use crate::fleetio::FleetIo;
+use dhcproto::{Encodable, Encoder};
+use nix::libc;
+use nix::sys::socket::{recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+
+#[derive(Debug, Default)]
+pub struct DhcpStats {
+    pub received: AtomicU64,
+    pub dropped_malformed: AtomicU64,
+    pub answered: AtomicU64,
+    pub silent: AtomicU64,
+}
+
+pub struct DhcpServer {
+    sockets: Vec<(u16, Arc<UdpSocket>)>,
+    cfg: DhcpConfig,
+    ifindex: u32,
+    fleet: Arc<FleetIo>,
+    pool: Option<Arc<Mutex<LeasePool>>>,
+    pub stats: Arc<DhcpStats>,
+}
+
+struct Received {
+    len: usize,
+    src: SocketAddrV4,
+    ifindex: Option<u32>,
+}
+
+impl DhcpServer {
+    /// Binds :67 and :4011 on `device`. `pool` is `Some` in full mode.
+    pub fn bind(cfg: DhcpConfig, device: &str, ifindex: u32, port_base: Option<(u16, u16)>, fleet: Arc<FleetIo>, pool: Option<LeasePool>) -> Result<Self, String> {
+        let (p67, p4011) = port_base.unwrap_or((67, PXE_PORT));
+        let mut sockets = Vec::new();
+        for port in [p67, p4011] {
+            let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+            let std = crate::net::udp_socket(addr, Some(device), true).map_err(|e| crate::net::bind_error("DHCP", addr, &e))?;
+            setsockopt(&std, sockopt::Ipv4PacketInfo, &true).map_err(|e| format!("DHCP: IP_PKTINFO: {e}"))?;
+            let s = UdpSocket::from_std(std).map_err(|e| format!("DHCP: {e}"))?;
+            // Decisions are made as for the standard ports whatever port numbers tests use.
+            sockets.push((if port == p67 { 67 } else { PXE_PORT }, Arc::new(s)));
+        }
+        Ok(DhcpServer { sockets, cfg, ifindex, fleet, pool: pool.map(|p| Arc::new(Mutex::new(p))), stats: Arc::default() })
+    }
+
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let me = Arc::new(self);
+        let mut tasks = Vec::new();
+        for (port, sock) in me.sockets.clone() {
+            let me = me.clone();
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut buf = vec![0u8; 1500];
+                loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => if *shutdown.borrow() { break },
+                        r = recv(&sock, &mut buf) => match r {
+                            Ok(rx) => me.handle(port, &sock, &buf[..rx.len], rx).await,
+                            Err(e) => tracing::warn!("DHCP receive: {e}"),
+                        }
+                    }
+                }
+            }));
+        }
+        if me.pool.is_some() {
+            let me2 = me.clone();
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => if *shutdown.borrow() { break },
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => me2.expire_leases(),
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    fn expire_leases(&self) {
+        let Some(pool) = &self.pool else { return };
+        let gone = pool.lock().unwrap().expire(crate::now_ms());
+        for l in gone {
+            let _ = self.fleet.store().remove_lease(l.ip);
+        }
+    }
+
+    async fn handle(&self, port: u16, sock: &UdpSocket, datagram: &[u8], rx: Received) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        if rx.ifindex.is_some_and(|i| i != self.ifindex) {
+            return;
+        }
+        let inb = match parse(datagram) {
+            Ok(i) => i,
+            Err(d) => {
+                self.stats.dropped_malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(src = %rx.src, "DHCP dropped: {}", d.reason());
+                return;
+            }
+        };
+        let now = crate::now_ms();
+        let host = self.fleet.host(inb.mac);
+        let outcome = {
+            let mut guard = self.pool.as_ref().map(|p| p.lock().unwrap());
+            decide(&inb, port, rx.src, host.as_ref(), self.fleet.policy(), &self.cfg, guard.as_deref_mut(), now)
+        };
+        // Durable before acknowledged: a lease is on disk before the client hears of it.
+        if !outcome.lease_changes.is_empty() {
+            let store = self.fleet.store();
+            for c in &outcome.lease_changes {
+                let r = match c {
+                    LeaseChange::Put(l) => store.put_lease(l),
+                    LeaseChange::Remove(ip) => store.remove_lease(*ip),
+                };
+                if let Err(e) = r {
+                    tracing::error!("DHCP: cannot record lease: {e}; not answering");
+                    return;
+                }
+            }
+            if outcome.reply.as_ref().is_some_and(|r| r.msg.opts().msg_type() == Some(dhcproto::v4::MessageType::Ack)) {
+                let s = self.fleet.store_arc();
+                if let Err(e) = tokio::task::spawn_blocking(move || s.flush()).await.unwrap_or_else(|e| Err(fleet::StoreError::Rejected(e.to_string()))) {
+                    tracing::error!("DHCP: cannot flush the store: {e}; not acknowledging the lease");
+                    return;
+                }
+            }
+        }
+        let ip_hint = match (&outcome.reply, port) {
+            (Some(r), _) if !r.msg.yiaddr().is_unspecified() => Some(r.msg.yiaddr()),
+            _ if !inb.msg.ciaddr().is_unspecified() => Some(inb.msg.ciaddr()),
+            (_, PXE_PORT) => Some(*rx.src.ip()),
+            _ => None,
+        };
+        self.fleet.dhcp_seen(&inb, port, &outcome, ip_hint, now);
+        let Some(reply) = outcome.reply else {
+            self.stats.silent.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let mut buf = Vec::with_capacity(400);
+        if let Err(e) = reply.msg.encode(&mut Encoder::new(&mut buf)) {
+            tracing::error!("DHCP: cannot encode reply: {e}");
+            return;
+        }
+        let dest = match reply.dest {
+            Dest::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            Dest::Unicast(a) | Dest::Relay(a) => a,
+        };
+        // Test set-ups may run clients on other ports; replies to :68 follow the client's port.
+        let dest = if matches!(reply.dest, Dest::Broadcast) && rx.src.port() != 68 && rx.src.port() != 0 { SocketAddrV4::new(Ipv4Addr::BROADCAST, rx.src.port()) } else { dest };
+        match send(sock, &buf, dest, self.ifindex, self.cfg.server_ip).await {
+            Ok(_) => {
+                self.stats.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(%dest, "DHCP send: {e}"),
+        }
+    }
+}
+
+async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
+    sock.async_io(Interest::READABLE, || {
+        let mut iov = [IoSliceMut::new(buf)];
+        let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+        let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).map_err(std::io::Error::from)?;
+        let mut ifindex = None;
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
+                    ifindex = Some(info.ipi_ifindex as u32);
+                }
+            }
+        }
+        let src = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port())).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        Ok(Received { len: msg.bytes, src, ifindex })
+    })
+    .await
+}
+
+async fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddrV4, ifindex: u32, source: Ipv4Addr) -> std::io::Result<usize> {
+    let info = libc::in_pktinfo {
+        ipi_ifindex: ifindex as libc::c_int,
+        ipi_spec_dst: libc::in_addr { s_addr: u32::from(source).to_be() },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    let to = SockaddrIn::from(dest);
+    sock.async_io(Interest::WRITABLE, || {
+        let iov = [IoSlice::new(data)];
+        sendmsg(sock.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&info)], MsgFlags::empty(), Some(&to)).map_err(std::io::Error::from)
+    })
+    .await
+}

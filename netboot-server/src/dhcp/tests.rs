@@ -212,6 +212,19 @@ fn replies_encode_and_decode() {
 #[test]
 fn malformed_packets_are_dropped_with_a_reason() {
     assert!(matches!(parse(b""), Err(Drop::Malformed(_))));
+    let mut huge_hlen = packet(C::BiosRom, MessageType::Discover, vec![]);
+    huge_hlen[2] = 41;
+    assert_eq!(parse(&huge_hlen).unwrap_err(), Drop::NotEthernet);
+    // Option 121 with a prefix length over 32 panics inside dhcproto; it never gets there.
+    let mut routes = packet(C::BiosRom, MessageType::Discover, vec![]);
+    let end = routes.len() - 1;
+    routes.splice(end..end, [121u8, 5, 40, 10, 0, 0, 1]);
+    assert!(parse(&routes).is_ok());
+    let mut cut = packet(C::BiosRom, MessageType::Discover, vec![]);
+    let end = cut.len() - 1;
+    cut.truncate(end);
+    cut.extend_from_slice(&[60, 200, b'x']);
+    assert!(matches!(parse(&cut), Err(Drop::Malformed(_))));
     let mut reply = packet(C::BiosRom, MessageType::Discover, vec![]);
     reply[0] = 2;
     assert_eq!(parse(&reply).unwrap_err(), Drop::NotARequest);
@@ -238,13 +251,15 @@ proptest! {
     /// Valid-looking requests with random options and fields still never panic, and every reply
     /// encodes.
     #[test]
-    fn mutated_requests_never_panic(flip in prop::collection::vec((0usize..400, any::<u8>()), 0..8), kind in 0u8..7, t in 1u8..9) {
+    fn mutated_requests_never_panic(flip in prop::collection::vec((0usize..400, any::<u8>()), 0..8), tail in prop::collection::vec(any::<u8>(), 0..64), kind in 0u8..7, t in 1u8..9) {
         let c = [C::BiosRom, C::BiosIpxe, C::UefiPxe, C::UefiIpxe, C::Http, C::Windows, C::Plain][kind as usize];
         let mut bytes = packet(c, MessageType::from(t), vec![]);
         for (pos, v) in flip {
             let i = pos % bytes.len();
             if i > 0 { bytes[i] = v; }
         }
+        let end = bytes.len() - 1;
+        bytes.splice(end..end, tail);
         if let Ok(inb) = parse(&bytes) {
             let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
             let o = decide(&inb, 67, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), None, &DefaultPolicy, &cfg(Mode::Full), Some(&mut pool), 0);

@@ -1,0 +1,150 @@
+//! Boot scripts: the per-host iPXE script and grub configuration. Pure rendering: the decision,
+//! the token and the addresses come in as arguments.
+use fleet::{BootDecision, Mac};
+
+/// Names of the recovery kernel and initrd inside the image.
+pub const KERNEL: &str = "vmlinuz";
+pub const INITRD: &str = "initrd.img";
+
+#[derive(Debug, Clone)]
+pub struct BootParams<'a> {
+    /// `http://ip:port`
+    pub http_base: &'a str,
+    pub server_ip: std::net::Ipv4Addr,
+    pub mac: Mac,
+    pub token: &'a str,
+    /// Whether the image holds a kernel and an initrd.
+    pub image_ready: bool,
+    /// Extra kernel command-line words from the configuration.
+    pub extra_cmdline: &'a str,
+}
+
+/// The recovery kernel's command line. `initrd=` lets the EFI stub find the initrd under iPXE.
+pub fn kernel_cmdline(p: &BootParams<'_>) -> String {
+    let mut s = format!(
+        "initrd={INITRD} unbrick.server={} unbrick.token={} unbrick.mac={} console=tty0 console=ttyS0,115200n8 panic=30",
+        p.http_base, p.token, p.mac
+    );
+    if !p.extra_cmdline.trim().is_empty() {
+        s.push(' ');
+        s.push_str(p.extra_cmdline.trim());
+    }
+    s
+}
+
+const POLL_SECONDS: u32 = 30;
+
+pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
+    let mac = p.mac;
+    let again = format!("{}/boot/{mac}.ipxe", p.http_base);
+    match d {
+        BootDecision::Payload if p.image_ready => format!(
+            "#!ipxe\n\
+             echo unbrick: booting the recovery payload for {mac}\n\
+             kernel {base}/image/{KERNEL}?host={mac} {cmdline} || goto failed\n\
+             initrd --name {INITRD} {base}/image/{INITRD}?host={mac} || goto failed\n\
+             boot || goto failed\n\
+             :failed\n\
+             echo unbrick: could not boot the recovery payload; trying again in 10 seconds\n\
+             sleep 10\n\
+             chain --autofree {again}\n",
+            base = p.http_base,
+            cmdline = kernel_cmdline(p),
+        ),
+        BootDecision::Payload => format!(
+            "#!ipxe\n\
+             echo unbrick: this machine ({mac}) will be repaired, but the server has no recovery image yet.\n\
+             echo unbrick: the administrator must run: unbrick image build\n\
+             echo unbrick: checking again in {POLL_SECONDS} seconds\n\
+             sleep {POLL_SECONDS}\n\
+             chain --autofree {again}\n"
+        ),
+        BootDecision::WaitingRoom { reason } => format!(
+            "#!ipxe\n\
+             echo unbrick: {reason}\n\
+             echo unbrick: this machine ({mac}) will be repaired automatically; leave it switched on.\n\
+             sleep {POLL_SECONDS}\n\
+             chain --autofree {again}\n"
+        ),
+        BootDecision::LocalBoot | BootDecision::Ignore => format!(
+            "#!ipxe\n\
+             echo unbrick: nothing to do for {mac}; booting from the local disk\n\
+             exit 0\n"
+        ),
+    }
+}
+
+/// `/grub/grub.cfg`: grub cannot ask us by MAC, so this stub loads the per-host file by the
+/// MAC of the interface it booted from.
+pub fn grub_stub() -> String {
+    "set timeout=0\n\
+     if [ -n \"${net_default_mac}\" ]; then\n\
+     \x20 configfile /grub/host-${net_default_mac}.cfg\n\
+     fi\n\
+     echo \"unbrick: cannot tell this machine's MAC address; booting from the local disk\"\n\
+     sleep 5\n\
+     exit\n"
+        .to_string()
+}
+
+/// The per-host grub configuration. Signed grub has no HTTP: kernel and initrd come over TFTP.
+pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
+    let mac = p.mac;
+    match d {
+        BootDecision::Payload if p.image_ready => format!(
+            "set timeout=0\n\
+             echo \"unbrick: booting the recovery payload for {mac}\"\n\
+             linux /{KERNEL} {cmdline}\n\
+             initrd /{INITRD}\n\
+             boot\n",
+            cmdline = kernel_cmdline(p)
+        ),
+        BootDecision::Payload => format!(
+            "echo \"unbrick: {mac} will be repaired, but the server has no recovery image yet (unbrick image build)\"\n\
+             sleep {POLL_SECONDS}\n\
+             configfile /grub/host-{mac}.cfg\n"
+        ),
+        BootDecision::WaitingRoom { reason } => format!(
+            "echo \"unbrick: {}\"\n\
+             echo \"unbrick: this machine ({mac}) will be repaired automatically; leave it switched on.\"\n\
+             sleep {POLL_SECONDS}\n\
+             configfile /grub/host-{mac}.cfg\n",
+            reason.replace('"', "'")
+        ),
+        BootDecision::LocalBoot | BootDecision::Ignore => format!(
+            "echo \"unbrick: nothing to do for {mac}; booting from the local disk\"\n\
+             exit\n"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(ready: bool) -> BootParams<'static> {
+        BootParams { http_base: "http://10.99.0.1:8080", server_ip: "10.99.0.1".parse().unwrap(), mac: "52:54:00:12:34:56".parse().unwrap(), token: "t0k", image_ready: ready, extra_cmdline: "unbrick.poweroff" }
+    }
+
+    #[test]
+    fn ipxe_payload_script() {
+        let s = ipxe_script(&BootDecision::Payload, &p(true));
+        assert!(s.starts_with("#!ipxe\n"));
+        assert!(s.contains("kernel http://10.99.0.1:8080/image/vmlinuz?host=52:54:00:12:34:56 initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.token=t0k"));
+        assert!(s.contains("unbrick.poweroff"));
+        assert!(s.contains("initrd --name initrd.img http://10.99.0.1:8080/image/initrd.img"));
+        assert!(ipxe_script(&BootDecision::Payload, &p(false)).contains("no recovery image yet"));
+        assert!(ipxe_script(&BootDecision::LocalBoot, &p(true)).contains("exit"));
+        let w = ipxe_script(&BootDecision::WaitingRoom { reason: "waiting for wave 2".into() }, &p(true));
+        assert!(w.contains("waiting for wave 2") && w.contains("sleep 30") && w.contains("chain"));
+    }
+
+    #[test]
+    fn grub_configs() {
+        assert!(grub_stub().contains("configfile /grub/host-${net_default_mac}.cfg"));
+        let g = grub_config(&BootDecision::Payload, &p(true));
+        assert!(g.contains("linux /vmlinuz initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.token=t0k"));
+        assert!(g.contains("initrd /initrd.img"));
+        assert!(grub_config(&BootDecision::LocalBoot, &p(true)).contains("exit"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The bridge between the protocol drivers and the fleet store: records what every client did,
+//! answers "what is this host's record", and remembers which IP address belongs to which MAC
+//! (TFTP and HTTP only see addresses).
+use crate::dhcp::{Inbound, Outcome};
+use fleet::{BootPolicy, ClientKind, Event, EventSource, HostRecord, HostState, Mac, Store};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+pub struct FleetIo {
+    store: Arc<dyn Store>,
+    policy: Arc<dyn BootPolicy>,
+    peers: Mutex<HashMap<IpAddr, Mac>>,
+}
+
+impl FleetIo {
+    pub fn new(store: Arc<dyn Store>, policy: Arc<dyn BootPolicy>) -> Self {
+        FleetIo { store, policy, peers: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    pub fn store_arc(&self) -> Arc<dyn Store> {
+        self.store.clone()
+    }
+
+    pub fn policy(&self) -> &dyn BootPolicy {
+        &*self.policy
+    }
+
+    pub fn host(&self, mac: Mac) -> Option<HostRecord> {
+        self.store.host(mac).unwrap_or_else(|e| {
+            tracing::error!("store: {e}");
+            None
+        })
+    }
+
+    pub fn remember_peer(&self, ip: IpAddr, mac: Mac) {
+        self.peers.lock().unwrap().insert(ip, mac);
+    }
+
+    pub fn peer_mac(&self, ip: IpAddr) -> Option<Mac> {
+        self.peers.lock().unwrap().get(&ip).copied()
+    }
+
+    /// Appends one event to a host's history (creating the host if needed).
+    pub fn event(&self, mac: Mac, source: EventSource, kind: &str, message: String, now_ms: u64) {
+        let ev = Event { time_ms: now_ms, source, kind: kind.to_string(), message };
+        if let Err(e) = self.store.append_event(mac, &ev) {
+            tracing::error!("store: cannot record event for {mac}: {e}");
+        }
+    }
+
+    /// Records a DHCP packet from `inb` and what we did about it.
+    pub fn dhcp_seen(&self, inb: &Inbound, port: u16, out: &Outcome, ip: Option<std::net::Ipv4Addr>, now_ms: u64) {
+        if let Some(ip) = ip {
+            self.remember_peer(IpAddr::V4(ip), inb.mac);
+        }
+        let mut changed: Option<String> = None;
+        let r = self.store.update_host(inb.mac, now_ms, &mut |h| {
+            h.last_seen_ms = now_ms;
+            h.last_kind = Some(inb.kind);
+            if let Some(u) = &inb.uuid {
+                h.uuid = Some(u.clone());
+            }
+            if let Some(ip) = ip {
+                h.ip = Some(ip);
+            }
+            changed = None;
+            if h.state == HostState::Unknown {
+                h.state = HostState::Seen;
+                h.state_since_ms = now_ms;
+                changed = Some("unknown -> seen".into());
+            }
+            // A remediated host that asks for an address as Windows is back: recovered.
+            if inb.kind == ClientKind::Windows && matches!(h.state, HostState::Remediated | HostState::Clean | HostState::Rebooted) {
+                let from = h.state.name();
+                h.state = HostState::Recovered;
+                h.state_since_ms = now_ms;
+                changed = Some(format!("{from} -> recovered (Windows DHCP seen)"));
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("store: cannot record DHCP for {}: {e}", inb.mac);
+            return;
+        }
+        let what = format!(
+            "{:?} on :{port} from {} ({}){}{}",
+            inb.msg_type,
+            inb.mac,
+            kind_name(inb.kind),
+            out.decision.as_ref().map(|d| format!(", decision {}", d.name())).unwrap_or_default(),
+            if out.note.is_empty() { String::new() } else { format!(": {}", out.note) }
+        );
+        tracing::info!("DHCP {what}");
+        self.event(inb.mac, EventSource::Dhcp, &format!("dhcp-{}", format!("{:?}", inb.msg_type).to_lowercase()), what, now_ms);
+        if let Some(c) = changed {
+            self.event(inb.mac, EventSource::Dhcp, "state", c, now_ms);
+        }
+    }
+
+    /// The payload was handed to `mac` with a fresh boot token.
+    pub fn payload_issued(&self, mac: Mac, via: &str, token: &str, now_ms: u64) {
+        let mut note = String::new();
+        let r = self.store.update_host(mac, now_ms, &mut |h| {
+            h.boot_token = Some(token.to_string());
+            h.payload_boots += 1;
+            note = match h.transition(HostState::Booting, now_ms) {
+                Ok(true) => "-> booting".into(),
+                Ok(false) => String::new(),
+                Err(e) => format!("(state kept: {e})"),
+            };
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("store: {e}");
+        }
+        self.event(mac, EventSource::Policy, "payload", format!("recovery payload issued via {via} {note}"), now_ms);
+    }
+}
+
+pub fn kind_name(k: ClientKind) -> String {
+    match k {
+        ClientKind::Pxe(a) => format!("PXE {a:?}"),
+        ClientKind::Ipxe(a) => format!("iPXE {a:?}"),
+        ClientKind::HttpBoot(a) => format!("HTTP boot {a:?}"),
+        ClientKind::Windows => "Windows".into(),
+        ClientKind::Agent => "unbrick agent".into(),
+        ClientKind::Other => "other DHCP client".into(),
+    }
+}

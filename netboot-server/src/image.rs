@@ -1,0 +1,141 @@
+//! The recovery image directory: loaded into memory, verified against its signed manifest, and
+//! served only from that verified copy. Also the signed remediation rules.
+use signing::manifest::{MANIFEST_FILE, SIGNATURE_FILE};
+use signing::{Manifest, PublicKey, RuleSet};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A verified image held in memory.
+#[derive(Debug)]
+pub struct Image {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    files: BTreeMap<String, Arc<[u8]>>,
+}
+
+/// Reads every regular file of `dir` except the manifest and its signature.
+pub fn read_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == MANIFEST_FILE || name == SIGNATURE_FILE || name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{}: only plain files belong in an image directory", path.display()));
+        }
+        let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        out.push((name, data));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The kernel release string inside a bzImage (setup header `kernel_version`, boot protocol 2.00+).
+pub fn bzimage_version(data: &[u8]) -> Option<String> {
+    if data.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let off = u16::from_le_bytes([*data.get(0x20e)?, *data.get(0x20f)?]) as usize + 0x200;
+    let tail = data.get(off..)?;
+    let end = tail.iter().position(|b| *b == 0)?;
+    let s = std::str::from_utf8(&tail[..end]).ok()?;
+    s.split_whitespace().next().map(str::to_string)
+}
+
+/// Signs `dir`: writes `manifest.json` and `manifest.json.sig` over every file in it.
+pub fn sign_dir(dir: &Path, key: &signing::KeyPair, version: &str, now_unix: u64) -> Result<Manifest, String> {
+    let files = read_files(dir)?;
+    let kernel_version = files
+        .iter()
+        .find(|(n, _)| n == crate::boot::KERNEL)
+        .and_then(|(_, d)| bzimage_version(d))
+        .unwrap_or_else(|| "none".into());
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+    let m = Manifest::new(version, now_unix, &kernel_version, &key.public_key(), &refs).map_err(|e| e.to_string())?;
+    let write = |name: &str, data: &[u8]| {
+        let tmp = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, dir.join(name))).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+    };
+    write(MANIFEST_FILE, &m.to_canonical())?;
+    write(SIGNATURE_FILE, m.sign(key).to_text().as_bytes())?;
+    Ok(m)
+}
+
+impl Image {
+    /// Loads and verifies `dir`. Every problem is reported, each naming its file.
+    pub fn load(dir: &Path, trusted: &PublicKey) -> Result<Image, Vec<String>> {
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| vec![format!("{}: {e} (run `unbrick image sign {}`)", dir.join(name).display(), dir.display())]);
+        let mbytes = read(MANIFEST_FILE)?;
+        let sbytes = read(SIGNATURE_FILE)?;
+        let manifest = Manifest::verify_signed(trusted, &mbytes, &sbytes)
+            .map_err(|e| vec![format!("{}: {e}", dir.join(MANIFEST_FILE).display())])?;
+        let files = read_files(dir).map_err(|e| vec![e])?;
+        let problems: Vec<String> = manifest
+            .check_all(files.iter().map(|(n, d)| (n.as_str(), d.as_slice())))
+            .into_iter()
+            .map(|e| format!("{}: {e}", dir.display()))
+            .collect();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let files = files.into_iter().map(|(n, d)| (n, Arc::from(d))).collect();
+        Ok(Image { dir: dir.to_path_buf(), manifest, files })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
+        self.files.get(name).cloned().or_else(|| {
+            // Firmware and loaders are not consistent about case; names are unique regardless.
+            self.files.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.files.keys().map(String::as_str)
+    }
+
+    /// Whether the image can boot the payload (kernel and initrd present).
+    pub fn payload_ready(&self) -> bool {
+        self.files.contains_key(crate::boot::KERNEL) && self.files.contains_key(crate::boot::INITRD)
+    }
+
+    /// Compares the files on disk with the verified copy in memory; returns the differences.
+    /// The server keeps serving the verified copy either way.
+    pub fn changed_on_disk(&self) -> Vec<String> {
+        let on_disk = match read_files(&self.dir) {
+            Ok(f) => f,
+            Err(e) => return vec![e],
+        };
+        self.manifest
+            .check_all(on_disk.iter().map(|(n, d)| (n.as_str(), d.as_slice())))
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+}
+
+/// Signed remediation rules as served to agents: the exact signed bytes and the signature.
+#[derive(Debug, Clone)]
+pub struct SignedRules {
+    pub rules: RuleSet,
+    pub document: Arc<[u8]>,
+    pub signature: Arc<[u8]>,
+}
+
+pub const RULES_FILE: &str = "active.json";
+
+impl SignedRules {
+    pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<SignedRules, String> {
+        let doc_path = dir.join(RULES_FILE);
+        let sig_path = dir.join(format!("{RULES_FILE}.sig"));
+        let document = std::fs::read(&doc_path).map_err(|e| format!("{}: {e}", doc_path.display()))?;
+        let signature = std::fs::read(&sig_path).map_err(|e| format!("{}: {e} (sign the rules with `unbrick rules sign {}`)", sig_path.display(), doc_path.display()))?;
+        let rules = RuleSet::verify_signed(trusted, &document, &signature, now_unix).map_err(|e| format!("{}: {e}", doc_path.display()))?;
+        Ok(SignedRules { rules, document: Arc::from(document), signature: Arc::from(signature) })
+    }
+}

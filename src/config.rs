@@ -1,0 +1,125 @@
+//! The data directory layout and the `unbrick.toml` configuration file.
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "unbrick.toml";
+
+/// Where everything lives inside a data directory.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn config(&self) -> PathBuf {
+        self.0.join(CONFIG_FILE)
+    }
+    pub fn keys(&self) -> PathBuf {
+        self.0.join("keys")
+    }
+    pub fn public_key(&self) -> PathBuf {
+        self.keys().join("signing.pub")
+    }
+    pub fn private_key(&self) -> PathBuf {
+        self.keys().join("signing.key")
+    }
+    pub fn image(&self) -> PathBuf {
+        self.0.join("image")
+    }
+    pub fn rules(&self) -> PathBuf {
+        self.0.join("rules")
+    }
+    pub fn store(&self) -> PathBuf {
+        self.0.join("store")
+    }
+}
+
+/// `[serve]` in unbrick.toml; every field optional (flags and UNBRICK_* variables win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub interface: Option<String>,
+    pub server_ip: Option<String>,
+    pub dhcp: Option<String>,
+    pub pool: Option<String>,
+    pub router: Option<String>,
+    pub dns: Option<Vec<String>>,
+    pub lease_secs: Option<u32>,
+    pub http_port: Option<u16>,
+    pub tftp_port: Option<u16>,
+    pub secure_boot_off: Option<bool>,
+    pub kernel_cmdline: Option<String>,
+    pub max_tftp_transfers: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootLoadersFile {
+    pub undionly_kpxe: Option<PathBuf>,
+    pub snponly_efi: Option<PathBuf>,
+    pub ipxe_efi: Option<PathBuf>,
+    pub shimx64_efi: Option<PathBuf>,
+    pub grubx64_efi: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub serve: ServeFile,
+    #[serde(default)]
+    pub boot_loaders: BootLoadersFile,
+    /// Path of the signing key when it is kept outside the data directory.
+    pub signing_key: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    pub fn load(path: &Path) -> Result<Self, String> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => toml::from_str(&s).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+}
+
+pub const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
+# Precedence: command-line flags, then UNBRICK_* environment variables
+# (e.g. UNBRICK_INTERFACE, UNBRICK_DHCP, UNBRICK_POOL), then this file, then built-in defaults.
+
+[serve]
+# The interface on the recovery LAN. DHCP, TFTP and HTTP answer on this interface only.
+# interface = "eth1"
+
+# The address clients reach us on; defaults to the interface's first IPv4 address.
+# server_ip = "10.99.0.1"
+
+# proxy: answer only network-booting machines, beside the office DHCP server (no addresses).
+# full:  hand out addresses from `pool` too (an isolated recovery VLAN, or behind a relay).
+# off:   no DHCP at all (boot via another DHCP server's next-server/filename).
+# dhcp = "proxy"
+
+# Full mode only: first and last address to hand out, inside the interface's subnet.
+# pool = "10.99.0.100-10.99.0.200"
+# router = "10.99.0.254"
+# dns = ["10.99.0.53"]
+# lease_secs = 3600
+
+# http_port = 8080
+# tftp_port = 69
+
+# UEFI machines get Microsoft-signed shim -> grub by default (works with Secure Boot on or off).
+# Set true only if every machine at this site has Secure Boot off: they then get iPXE's
+# snponly.efi, which is faster but refused by Secure Boot.
+# secure_boot_off = false
+
+# Extra words for the recovery kernel's command line.
+# kernel_cmdline = ""
+
+# max_tftp_transfers = 128
+
+# Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
+[boot_loaders]
+# undionly_kpxe = "/usr/lib/ipxe/undionly.kpxe"
+# snponly_efi = "/usr/lib/ipxe/snponly.efi"
+# ipxe_efi = "/usr/lib/ipxe/ipxe.efi"
+# shimx64_efi = "/usr/lib/shim/shimx64.efi.signed"
+# grubx64_efi = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"
+"#;
