@@ -117,7 +117,7 @@ enum ImageCmd {
         key: Option<PathBuf>,
         /// Image version (default: the current UTC time, YYYY.MMDD.HHMMSS).
         #[arg(long)]
-        version: Option<String>,
+        image_version: Option<String>,
     },
     /// Check DIR against its signed manifest: every file present, unchanged, nothing extra.
     Verify {
@@ -319,10 +319,10 @@ fn sibling_key(dir: &Path, name: &str) -> PathBuf {
 
 fn image(i: ImageCmd) -> Result<(), Fail> {
     match i {
-        ImageCmd::Sign { dir, key, version } => {
+        ImageCmd::Sign { dir, key, image_version } => {
             let key = key.unwrap_or_else(|| sibling_key(&dir, "signing.key"));
             let kp = signing::KeyPair::load(&key)?;
-            let m = netboot_server::image::sign_dir(&dir, &kp, &version.unwrap_or_else(image_version_now), now_unix())?;
+            let m = netboot_server::image::sign_dir(&dir, &kp, &image_version.unwrap_or_else(image_version_now), now_unix())?;
             println!("signed {} artefacts in {} as version {} (kernel {}) with {}", m.artefacts.len(), dir.display(), m.image_version, m.kernel_version, m.key_fingerprint);
             for a in &m.artefacts {
                 println!("  {:<16} {:>10}  {}", a.name, a.size, a.sha256);
@@ -421,4 +421,13 @@ fn hosts(h: HostsCmd) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

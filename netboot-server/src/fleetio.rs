@@ -45,8 +45,30 @@ impl FleetIo {
         self.peers.lock().unwrap().get(&ip).copied()
     }
 
+    /// Records that `mac` asked for something (a script, a grub config) from `ip`.
+    pub fn touch(&self, mac: Mac, ip: IpAddr, now_ms: u64) {
+        self.remember_peer(ip, mac);
+        let r = self.store.update_host(mac, now_ms, &mut |h| {
+            h.last_seen_ms = now_ms;
+            if let IpAddr::V4(v4) = ip {
+                h.ip = Some(v4);
+            }
+            if h.state == HostState::Unknown {
+                h.state = HostState::Seen;
+                h.state_since_ms = now_ms;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("store: {e}");
+        }
+    }
+
     /// Appends one event to a host's history (creating the host if needed).
     pub fn event(&self, mac: Mac, source: EventSource, kind: &str, message: String, now_ms: u64) {
+        if source != EventSource::Dhcp {
+            tracing::info!("{mac} {kind}: {message}");
+        }
         let ev = Event { time_ms: now_ms, source, kind: kind.to_string(), message };
         if let Err(e) = self.store.append_event(mac, &ev) {
             tracing::error!("store: cannot record event for {mac}: {e}");

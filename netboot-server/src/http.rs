@@ -35,8 +35,8 @@ async fn boot_script(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInf
         Ok(m) => m,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    s.fleet.remember_peer(peer.ip(), mac);
     let now = crate::now_ms();
+    s.fleet.touch(mac, peer.ip(), now);
     let host = s.fleet.host(mac);
     let kind = host.as_ref().and_then(|h| h.last_kind).unwrap_or(ClientKind::Ipxe(fleet::Arch::Bios));
     let decision = s.fleet.policy().decide(&BootQuery { mac, kind, now_ms: now }, host.as_ref());

@@ -84,8 +84,8 @@ impl tftp::server::FileSource for TftpFiles {
         }
         if let Some(mac) = path.strip_prefix("grub/host-").and_then(|r| r.strip_suffix(".cfg")) {
             let mac: Mac = mac.parse().ok()?;
-            s.fleet.remember_peer(peer.ip(), mac);
             let now = now_ms();
+            s.fleet.touch(mac, peer.ip(), now);
             let host = s.fleet.host(mac);
             let kind = host.as_ref().and_then(|h| h.last_kind).unwrap_or(ClientKind::Pxe(fleet::Arch::UefiX64));
             let decision = s.fleet.policy().decide(&BootQuery { mac, kind, now_ms: now }, host.as_ref());

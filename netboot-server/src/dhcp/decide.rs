@@ -289,17 +289,18 @@ pub fn decide(
     out
 }
 
-/// proxyDHCP (PXE 2.1): boot information without an address, on :67 for DISCOVER (and a REQUEST
-/// addressed to us), and on :4011 for the boot-server REQUEST.
+/// proxyDHCP (PXE 2.1 section 2.2.4): boot information without an address, on :67 for DISCOVER
+/// and on :4011 for the boot-server REQUEST. A REQUEST on :67 is never acknowledged: PXE firmware
+/// sends it to the DHCP server that gave it an address, and generic clients (dhclient, udhcpc)
+/// that pick a proxy offer by mistake would otherwise bind to 0.0.0.0.
 fn proxy(req: &Inbound, port: u16, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig) -> Outcome {
     let Some(file) = boot else {
         return Outcome::silent("");
     };
     let t = match (req.msg_type, port) {
         (MessageType::Discover, 67) => MessageType::Offer,
-        (MessageType::Request, 67) if server_id(&req.msg) == Some(cfg.server_ip) => MessageType::Ack,
         (MessageType::Request | MessageType::Inform, PXE_PORT) => MessageType::Ack,
-        (MessageType::Request, 67) => return Outcome::silent("REQUEST for another DHCP server"),
+        (MessageType::Request, 67) => return Outcome::silent("REQUEST on :67 is for the DHCP server that hands out addresses"),
         (t, _) => return Outcome::silent(format!("{t:?} not answered in proxy mode")),
     };
     let mut m = reply_base(&req.msg, t, cfg);

@@ -127,7 +127,7 @@ fn proxy_pxe_port_and_requests() {
     let other = DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 99, 0, 254));
     assert!(run(C::UefiPxe, MessageType::Request, 67, Mode::Proxy, None, None, vec![other]).reply.is_none());
     let us = DhcpOption::ServerIdentifier(SERVER);
-    assert_eq!(msg_type(&run(C::UefiPxe, MessageType::Request, 67, Mode::Proxy, None, None, vec![us])), MessageType::Ack);
+    assert!(run(C::UefiPxe, MessageType::Request, 67, Mode::Proxy, None, None, vec![us]).reply.is_none(), "a proxy offer is never acknowledged on :67");
     assert!(run(C::BiosRom, MessageType::Release, 67, Mode::Proxy, None, None, vec![]).reply.is_none());
 }
 

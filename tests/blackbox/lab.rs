@@ -1,0 +1,240 @@
+//! A throw-away network lab: a server namespace with a bridge (10.99.0.1/24, no uplink), client
+//! namespaces attached by veth, and `unbrick serve` running inside. Everything is removed by
+//! PID and namespace name on drop.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SERVER_IP: &str = "10.99.0.1";
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
+}
+
+/// Runs a command and panics with its output when it fails.
+pub fn must(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(o.status.success(), "command failed: {cmd}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn unbrick() -> &'static str {
+    env!("CARGO_BIN_EXE_unbrick")
+}
+
+pub fn require_root() {
+    let uid = must("id -u");
+    assert_eq!(uid.trim(), "0", "the black-box tests create network namespaces and need root (run the README's test command as root)");
+}
+
+pub struct Lab {
+    pub ns: String,
+    pub clients: Vec<String>,
+    pub dir: PathBuf,
+    server: Option<Child>,
+    pub log: PathBuf,
+    extra_children: Vec<Child>,
+}
+
+impl Lab {
+    /// A server namespace `ub<tag><n>-<pid>` with bridge br0 at 10.99.0.1/24 and a data dir.
+    pub fn new(tag: &str) -> Lab {
+        require_root();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let ns = format!("ub{tag}{n}-{}", std::process::id());
+        let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        must(&format!("ip netns add {ns}"));
+        must(&format!("ip -n {ns} link set lo up"));
+        must(&format!("ip -n {ns} link add br0 type bridge stp_state 0 forward_delay 0"));
+        must(&format!("ip -n {ns} addr add {SERVER_IP}/24 dev br0"));
+        must(&format!("ip -n {ns} link set br0 up"));
+        let dir = std::env::temp_dir().join(format!("unbrick-lab-{ns}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("server.log");
+        Lab { ns, clients: Vec::new(), dir, server: None, log, extra_children: Vec::new() }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// `unbrick init` into the lab's data dir.
+    pub fn init(&self) {
+        must(&format!("{} init --data-dir {}", unbrick(), self.data().display()));
+    }
+
+    /// A client namespace joined to the bridge by a veth pair; returns (namespace, interface).
+    pub fn add_client(&mut self, mac: &str) -> (String, String) {
+        let i = self.clients.len();
+        let cns = format!("{}c{i}", self.ns);
+        let _ = sh(&format!("ip netns del {cns} 2>/dev/null"));
+        must(&format!("ip netns add {cns}"));
+        must(&format!("ip -n {cns} link set lo up"));
+        must(&format!("ip -n {} link add h{i} type veth peer name eth0 netns {cns}", self.ns));
+        must(&format!("ip -n {} link set h{i} master br0 up", self.ns));
+        must(&format!("ip -n {cns} link set eth0 address {mac} up"));
+        self.clients.push(cns.clone());
+        (cns, "eth0".into())
+    }
+
+    /// A tap device on the bridge for a QEMU guest.
+    pub fn add_tap(&self, name: &str) {
+        must(&format!("ip -n {} tuntap add dev {name} mode tap", self.ns));
+        must(&format!("ip -n {} link set {name} master br0 up", self.ns));
+    }
+
+    /// Starts `unbrick serve` inside the namespace and waits until HTTP answers.
+    pub fn serve(&mut self, args: &str) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, unbrick(), "serve", "--data-dir"])
+            .arg(self.data())
+            .args(["--interface", "br0"])
+            .args(args.split_whitespace())
+            .env("UNBRICK_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn unbrick serve");
+        self.server = Some(child);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if self.exec_ok(&format!("curl -sf -m 1 http://{SERVER_IP}:8080/healthz")) {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.server.as_mut().map(|c| c.try_wait()) {
+                panic!("unbrick serve exited with {st}:\n{}", self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("unbrick serve did not come up:\n{}", self.server_log());
+    }
+
+    /// Starts a helper process (kept until the lab is dropped).
+    pub fn spawn(&mut self, ns: &str, cmd: &str, log: &Path) {
+        let f = std::fs::File::create(log).unwrap();
+        let c = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")]).stdout(f.try_clone().unwrap()).stderr(f).stdin(Stdio::null()).spawn().unwrap();
+        self.extra_children.push(c);
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().unwrap().id()
+    }
+
+    pub fn exec(&self, cmd: &str) -> Output {
+        sh(&format!("ip netns exec {} sh -c '{}'", self.ns, cmd.replace('\'', r"'\''")))
+    }
+
+    pub fn exec_ok(&self, cmd: &str) -> bool {
+        self.exec(cmd).status.success()
+    }
+
+    pub fn exec_in(&self, ns: &str, cmd: &str) -> Output {
+        sh(&format!("ip netns exec {ns} sh -c '{}'", cmd.replace('\'', r"'\''")))
+    }
+
+    /// Stops the server with SIGTERM (graceful: transfers finish, store flushed) and waits.
+    pub fn stop_server(&mut self) -> std::process::ExitStatus {
+        let mut c = self.server.take().expect("server running");
+        let _ = sh(&format!("kill -TERM {}", c.id()));
+        let t = Instant::now();
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = c.kill();
+                panic!("unbrick serve did not stop within 20 s of SIGTERM:\n{}", self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `unbrick hosts show MAC --json` (the server must be stopped: sled holds a lock).
+    pub fn host_json(&self, mac: &str) -> serde_json::Value {
+        let out = must(&format!("{} hosts show {mac} --json --data-dir {}", unbrick(), self.data().display()));
+        serde_json::from_str(&out).unwrap()
+    }
+
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.server_log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.extra_children.iter_mut() {
+            let _ = sh(&format!("kill -TERM {} 2>/dev/null", c.id()));
+            let _ = c.wait();
+        }
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for c in &self.clients {
+            // Processes left in a client namespace (dhclient daemons) are killed by PID.
+            let pids = sh(&format!("ip netns pids {c}"));
+            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                let _ = sh(&format!("kill -KILL {pid}"));
+            }
+            let _ = sh(&format!("ip netns del {c}"));
+        }
+        let pids = sh(&format!("ip netns pids {}", self.ns));
+        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            let _ = sh(&format!("kill -KILL {pid}"));
+        }
+        let _ = sh(&format!("ip netns del {}", self.ns));
+        if std::env::var_os("UNBRICK_KEEP_LABS").is_none() && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// UDP payloads of the packets in a pcap file (Ethernet, IPv4, UDP), with their UDP source port.
+pub fn pcap_udp_payloads(path: &Path) -> Vec<(u16, Vec<u8>)> {
+    let data = std::fs::read(path).unwrap_or_default();
+    let mut out = Vec::new();
+    if data.len() < 24 {
+        return out;
+    }
+    let mut i = 24;
+    while i + 16 <= data.len() {
+        let incl = u32::from_le_bytes(data[i + 8..i + 12].try_into().unwrap()) as usize;
+        let pkt = &data[i + 16..(i + 16 + incl).min(data.len())];
+        i += 16 + incl;
+        if pkt.len() < 14 + 20 + 8 || pkt[12..14] != [0x08, 0x00] || pkt[23] != 17 {
+            continue;
+        }
+        let ihl = (pkt[14] & 0x0f) as usize * 4;
+        let udp = &pkt[14 + ihl..];
+        if udp.len() < 8 {
+            continue;
+        }
+        let sport = u16::from_be_bytes([udp[0], udp[1]]);
+        out.push((sport, udp[8..].to_vec()));
+    }
+    out
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let d = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    hex(ring::digest::digest(&ring::digest::SHA256, &d).as_ref())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
