@@ -110,12 +110,13 @@ impl FleetIo {
             return;
         }
         let what = format!(
-            "{:?} on :{port} from {} ({}){}{}",
+            "{:?} on :{port} from {} ({}){}{}{}",
             inb.msg_type,
             inb.mac,
             kind_name(inb.kind),
             out.decision.as_ref().map(|d| format!(", decision {}", d.name())).unwrap_or_default(),
-            if out.note.is_empty() { String::new() } else { format!(": {}", out.note) }
+            if out.note.is_empty() { String::new() } else { format!(": {}", out.note) },
+            out.boot_file.as_ref().map(|f| format!(", boot file {f}")).unwrap_or_default()
         );
         tracing::info!("DHCP {what}");
         self.event(inb.mac, EventSource::Dhcp, &format!("dhcp-{}", format!("{:?}", inb.msg_type).to_lowercase()), what, now_ms);
