@@ -9,8 +9,16 @@ pub const BOOT_LOADERS: &[(&str, &str, &str)] = &[
     ("undionly.kpxe", "ipxe", "/usr/lib/ipxe/undionly.kpxe"),
     ("snponly.efi", "ipxe", "/usr/lib/ipxe/snponly.efi"),
     ("ipxe.efi", "ipxe", "/usr/lib/ipxe/ipxe.efi"),
-    ("shimx64.efi", "shim-signed", "/usr/lib/shim/shimx64.efi.signed"),
-    ("grubx64.efi", "grub-efi-amd64-signed", "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"),
+    (
+        "shimx64.efi",
+        "shim-signed",
+        "/usr/lib/shim/shimx64.efi.signed",
+    ),
+    (
+        "grubx64.efi",
+        "grub-efi-amd64-signed",
+        "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+    ),
 ];
 
 /// Default rule lifetime when `init` signs the built-in rules.
@@ -25,35 +33,50 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
     if d.config().exists() {
         say(format!("kept     {}", d.config().display()));
     } else {
-        std::fs::write(d.config(), DEFAULT_CONFIG).map_err(|e| format!("{}: {e}", d.config().display()))?;
+        std::fs::write(d.config(), DEFAULT_CONFIG)
+            .map_err(|e| format!("{}: {e}", d.config().display()))?;
         say(format!("wrote    {}", d.config().display()));
     }
     let cfg = ConfigFile::load(&d.config())?;
 
     // Signing key: given, configured, already there, or made now.
     std::fs::create_dir_all(d.keys()).map_err(|e| format!("{}: {e}", d.keys().display()))?;
-    let key_path: Option<PathBuf> = signing_key.map(Path::to_path_buf).or(cfg.signing_key.clone());
+    let key_path: Option<PathBuf> = signing_key
+        .map(Path::to_path_buf)
+        .or(cfg.signing_key.clone());
     let key: Option<KeyPair> = match &key_path {
         Some(p) => Some(KeyPair::load(p).map_err(|e| e.to_string())?),
-        None if d.private_key().exists() => Some(KeyPair::load(&d.private_key()).map_err(|e| e.to_string())?),
+        None if d.private_key().exists() => {
+            Some(KeyPair::load(&d.private_key()).map_err(|e| e.to_string())?)
+        }
         None if d.public_key().exists() => None,
         None => {
             let k = KeyPair::generate().map_err(|e| e.to_string())?;
             k.write_to_dir(&d.keys()).map_err(|e| e.to_string())?;
-            say(format!("made     signing key {} ({})", d.private_key().display(), k.public_key().fingerprint()));
+            say(format!(
+                "made     signing key {} ({})",
+                d.private_key().display(),
+                k.public_key().fingerprint()
+            ));
             Some(k)
         }
     };
     if let Some(k) = &key {
         if !d.public_key().exists() {
-            signing::keys::write_new(&d.public_key(), k.public_key().as_bytes(), 0o644).map_err(|e| e.to_string())?;
+            signing::keys::write_new(&d.public_key(), k.public_key().as_bytes(), 0o644)
+                .map_err(|e| e.to_string())?;
             say(format!("wrote    {}", d.public_key().display()));
         }
     }
     let trusted = PublicKey::load(&d.public_key()).map_err(|e| e.to_string())?;
     if let Some(k) = &key {
         if k.public_key() != trusted {
-            return Err(format!("the signing key {} does not match {} ({}); move one of them away", key_path.as_deref().unwrap_or(&d.private_key()).display(), d.public_key().display(), trusted.fingerprint()));
+            return Err(format!(
+                "the signing key {} does not match {} ({}); move one of them away",
+                key_path.as_deref().unwrap_or(&d.private_key()).display(),
+                d.public_key().display(),
+                trusted.fingerprint()
+            ));
         }
     }
     say(format!("trusted  key {}", trusted.fingerprint()));
@@ -85,7 +108,10 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
                 added = true;
                 say(format!("copied   {} -> {}", src.display(), dest.display()));
             }
-            Err(_) => missing.push(format!("{name} ({} not found: apt-get install {package})", src.display())),
+            Err(_) => missing.push(format!(
+                "{name} ({} not found: apt-get install {package})",
+                src.display()
+            )),
         }
     }
     let manifest_exists = d.image().join(signing::manifest::MANIFEST_FILE).exists();
@@ -105,10 +131,12 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
     if rules.exists() {
         say(format!("kept     {}", rules.display()));
     } else if let Some(k) = &key {
-        let doc = RuleSet::default_crowdstrike(crate::now_unix() + RULES_LIFETIME_DAYS * 86400).to_json();
+        let doc =
+            RuleSet::default_crowdstrike(crate::now_unix() + RULES_LIFETIME_DAYS * 86400).to_json();
         let sig = RuleSet::sign_document(k, &doc).map_err(|e| e.to_string())?;
         std::fs::write(&rules, &doc).map_err(|e| format!("{}: {e}", rules.display()))?;
-        std::fs::write(rules.with_extension("json.sig"), sig.to_text()).map_err(|e| format!("{}: {e}", rules.display()))?;
+        std::fs::write(rules.with_extension("json.sig"), sig.to_text())
+            .map_err(|e| format!("{}: {e}", rules.display()))?;
         say(format!("wrote    {} (default CrowdStrike C-00000291 rules, signed, expire in {RULES_LIFETIME_DAYS} days)", rules.display()));
     }
 
@@ -116,7 +144,11 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
     let existed = d.store().exists();
     let store = fleet::SledStore::open(&d.store()).map_err(|e| e.to_string())?;
     store.flush().map_err(|e| e.to_string())?;
-    say(format!("{}  {}", if existed { "kept    " } else { "created " }, d.store().display()));
+    say(format!(
+        "{}  {}",
+        if existed { "kept    " } else { "created " },
+        d.store().display()
+    ));
 
     for m in &missing {
         eprintln!("unbrick init: warning: boot loader {m}");

@@ -14,7 +14,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "unbrick", version, about = "Network-boot recovery of boot-looping Windows fleets", propagate_version = true)]
+#[command(
+    name = "unbrick",
+    version,
+    about = "Network-boot recovery of boot-looping Windows fleets",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -192,11 +197,17 @@ impl<E: std::fmt::Display> From<E> for Fail {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("UNBRICK_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("UNBRICK_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let r = match cli.cmd {
-        Cmd::Init { data_dir, signing_key } => init::run(&data_dir, signing_key.as_deref()).map_err(Fail),
+        Cmd::Init {
+            data_dir,
+            signing_key,
+        } => init::run(&data_dir, signing_key.as_deref()).map_err(Fail),
         Cmd::Serve(a) => serve(a),
         Cmd::Keys(k) => keys(k),
         Cmd::Image(i) => image(i),
@@ -213,15 +224,27 @@ fn main() -> ExitCode {
 }
 
 fn parse_pool(s: &str) -> Result<(Ipv4Addr, Ipv4Addr), Fail> {
-    let (a, b) = s.split_once('-').ok_or_else(|| Fail(format!("--pool {s:?}: expected FIRST-LAST, e.g. 10.99.0.100-10.99.0.200")))?;
-    let p = |x: &str| x.trim().parse::<Ipv4Addr>().map_err(|_| Fail(format!("--pool {s:?}: {x:?} is not an IPv4 address")));
+    let (a, b) = s.split_once('-').ok_or_else(|| {
+        Fail(format!(
+            "--pool {s:?}: expected FIRST-LAST, e.g. 10.99.0.100-10.99.0.200"
+        ))
+    })?;
+    let p = |x: &str| {
+        x.trim()
+            .parse::<Ipv4Addr>()
+            .map_err(|_| Fail(format!("--pool {s:?}: {x:?} is not an IPv4 address")))
+    };
     Ok((p(a)?, p(b)?))
 }
 
 fn serve(a: ServeArgs) -> Result<(), Fail> {
     let d = DataDir(a.data_dir.clone());
     if !d.config().exists() && !d.store().exists() {
-        return Err(Fail(format!("{} is not an unbrick data directory; run `unbrick init --data-dir {}` first", a.data_dir.display(), a.data_dir.display())));
+        return Err(Fail(format!(
+            "{} is not an unbrick data directory; run `unbrick init --data-dir {}` first",
+            a.data_dir.display(),
+            a.data_dir.display()
+        )));
     }
     let f = ConfigFile::load(&d.config())?.serve;
     let interface = a.interface.or(f.interface).ok_or_else(|| Fail("no interface: pass --interface IF (or set UNBRICK_INTERFACE, or [serve] interface in unbrick.toml)".into()))?;
@@ -233,29 +256,57 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
             "proxy" => netboot_server::DhcpMode::Proxy,
             "full" => netboot_server::DhcpMode::Full,
             "off" => netboot_server::DhcpMode::Off,
-            o => return Err(Fail(format!("{}: dhcp = {o:?}; expected proxy, full or off", d.config().display()))),
+            o => {
+                return Err(Fail(format!(
+                    "{}: dhcp = {o:?}; expected proxy, full or off",
+                    d.config().display()
+                )))
+            }
         },
     };
     let ip = |what: &str, s: Option<String>| -> Result<Option<Ipv4Addr>, Fail> {
-        s.map(|v| v.parse().map_err(|_| Fail(format!("{}: {what} = {v:?} is not an IPv4 address", d.config().display())))).transpose()
+        s.map(|v| {
+            v.parse().map_err(|_| {
+                Fail(format!(
+                    "{}: {what} = {v:?} is not an IPv4 address",
+                    d.config().display()
+                ))
+            })
+        })
+        .transpose()
     };
     let pool = match a.pool.or(f.pool) {
         Some(p) => Some(parse_pool(&p)?),
         None => None,
     };
     let dns = if a.dns.is_empty() {
-        f.dns.unwrap_or_default().into_iter().map(|s| ip("dns", Some(s)).map(Option::unwrap)).collect::<Result<Vec<_>, _>>()?
+        f.dns
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| ip("dns", Some(s)).map(Option::unwrap))
+            .collect::<Result<Vec<_>, _>>()?
     } else {
         a.dns
     };
     let dhcp_ports = match a.dhcp_ports {
         Some(s) => {
-            let (x, y) = s.split_once(',').ok_or_else(|| Fail("--dhcp-ports: expected \"67,4011\"".into()))?;
-            Some((x.parse().map_err(|_| Fail("--dhcp-ports: bad port".into()))?, y.parse().map_err(|_| Fail("--dhcp-ports: bad port".into()))?))
+            let (x, y) = s
+                .split_once(',')
+                .ok_or_else(|| Fail("--dhcp-ports: expected \"67,4011\"".into()))?;
+            Some((
+                x.parse()
+                    .map_err(|_| Fail("--dhcp-ports: bad port".into()))?,
+                y.parse()
+                    .map_err(|_| Fail("--dhcp-ports: bad port".into()))?,
+            ))
         }
         None => None,
     };
-    let trusted = signing::PublicKey::load(&d.public_key()).map_err(|e| Fail(format!("{e} (the trusted signing key; `unbrick init` writes it)")))?;
+    let trusted = signing::PublicKey::load(&d.public_key()).map_err(|e| {
+        Fail(format!(
+            "{e} (the trusted signing key; `unbrick init` writes it)"
+        ))
+    })?;
     let cfg = netboot_server::ServerConfig {
         interface,
         server_ip: a.server_ip.or(ip("server_ip", f.server_ip)?),
@@ -274,7 +325,9 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
         trusted_key: trusted,
         max_tftp_transfers: f.max_tftp_transfers.unwrap_or(128),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?;
         let store: Arc<dyn fleet::Store> = Arc::new(store);
@@ -296,15 +349,27 @@ fn keys(k: KeysCmd) -> Result<(), Fail> {
         KeysCmd::Generate { out } => {
             let kp = signing::KeyPair::generate()?;
             kp.write_to_dir(&out)?;
-            println!("wrote {} (private, mode 0600) and {}", out.join("signing.key").display(), out.join("signing.pub").display());
+            println!(
+                "wrote {} (private, mode 0600) and {}",
+                out.join("signing.key").display(),
+                out.join("signing.pub").display()
+            );
             println!("fingerprint {}", kp.public_key().fingerprint());
         }
         KeysCmd::Show { data_dir, key } => {
             let path = key.unwrap_or_else(|| DataDir(data_dir).public_key());
-            let data = std::fs::read(&path).map_err(|e| Fail(format!("{}: {e}", path.display())))?;
+            let data =
+                std::fs::read(&path).map_err(|e| Fail(format!("{}: {e}", path.display())))?;
             let pk = match signing::PublicKey::parse(&data) {
                 Ok(pk) => pk,
-                Err(_) => signing::KeyPair::from_pkcs8(&data).map_err(|e| Fail(format!("{}: neither a public nor a private key: {e}", path.display())))?.public_key(),
+                Err(_) => signing::KeyPair::from_pkcs8(&data)
+                    .map_err(|e| {
+                        Fail(format!(
+                            "{}: neither a public nor a private key: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .public_key(),
             };
             println!("{}", pk.fingerprint());
         }
@@ -314,16 +379,35 @@ fn keys(k: KeysCmd) -> Result<(), Fail> {
 
 fn sibling_key(dir: &Path, name: &str) -> PathBuf {
     let abs = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    abs.parent().unwrap_or(Path::new(".")).join("keys").join(name)
+    abs.parent()
+        .unwrap_or(Path::new("."))
+        .join("keys")
+        .join(name)
 }
 
 fn image(i: ImageCmd) -> Result<(), Fail> {
     match i {
-        ImageCmd::Sign { dir, key, image_version } => {
+        ImageCmd::Sign {
+            dir,
+            key,
+            image_version,
+        } => {
             let key = key.unwrap_or_else(|| sibling_key(&dir, "signing.key"));
             let kp = signing::KeyPair::load(&key)?;
-            let m = netboot_server::image::sign_dir(&dir, &kp, &image_version.unwrap_or_else(image_version_now), now_unix())?;
-            println!("signed {} artefacts in {} as version {} (kernel {}) with {}", m.artefacts.len(), dir.display(), m.image_version, m.kernel_version, m.key_fingerprint);
+            let m = netboot_server::image::sign_dir(
+                &dir,
+                &kp,
+                &image_version.unwrap_or_else(image_version_now),
+                now_unix(),
+            )?;
+            println!(
+                "signed {} artefacts in {} as version {} (kernel {}) with {}",
+                m.artefacts.len(),
+                dir.display(),
+                m.image_version,
+                m.kernel_version,
+                m.key_fingerprint
+            );
             for a in &m.artefacts {
                 println!("  {:<16} {:>10}  {}", a.name, a.size, a.sha256);
             }
@@ -332,8 +416,20 @@ fn image(i: ImageCmd) -> Result<(), Fail> {
             let pubkey = pubkey.unwrap_or_else(|| sibling_key(&dir, "signing.pub"));
             let pk = signing::PublicKey::load(&pubkey)?;
             match netboot_server::image::Image::load(&dir, &pk) {
-                Ok(img) => println!("OK: {} version {} ({} artefacts) signed by {}", dir.display(), img.manifest.image_version, img.manifest.artefacts.len(), pk.fingerprint()),
-                Err(problems) => return Err(Fail(format!("{} fails verification:\n  {}", dir.display(), problems.join("\n  ")))),
+                Ok(img) => println!(
+                    "OK: {} version {} ({} artefacts) signed by {}",
+                    dir.display(),
+                    img.manifest.image_version,
+                    img.manifest.artefacts.len(),
+                    pk.fingerprint()
+                ),
+                Err(problems) => {
+                    return Err(Fail(format!(
+                        "{} fails verification:\n  {}",
+                        dir.display(),
+                        problems.join("\n  ")
+                    )))
+                }
             }
         }
     }
@@ -345,19 +441,37 @@ fn rules(r: RulesCmd) -> Result<(), Fail> {
         RulesCmd::Sign { file, key } => {
             let kp = signing::KeyPair::load(&key)?;
             let doc = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
-            let sig = signing::RuleSet::sign_document(&kp, &doc).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let sig = signing::RuleSet::sign_document(&kp, &doc)
+                .map_err(|e| Fail(format!("{}: {e}", file.display())))?;
             let sig_path = PathBuf::from(format!("{}.sig", file.display()));
-            std::fs::write(&sig_path, sig.to_text()).map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
+            std::fs::write(&sig_path, sig.to_text())
+                .map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
             let rs = signing::RuleSet::parse(&doc)?;
-            println!("signed {} ({} v{}, {} rules, expires {}) -> {}", file.display(), rs.id, rs.version, rs.rules.len(), rs.expires, sig_path.display());
+            println!(
+                "signed {} ({} v{}, {} rules, expires {}) -> {}",
+                file.display(),
+                rs.id,
+                rs.version,
+                rs.rules.len(),
+                rs.expires,
+                sig_path.display()
+            );
         }
         RulesCmd::Verify { file, pubkey } => {
             let pk = signing::PublicKey::load(&pubkey)?;
             let doc = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
             let sig_path = PathBuf::from(format!("{}.sig", file.display()));
-            let sig = std::fs::read(&sig_path).map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
-            let rs = signing::RuleSet::verify_signed(&pk, &doc, &sig, now_unix()).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
-            println!("OK: {} v{} signed by {}, expires {}", rs.id, rs.version, pk.fingerprint(), rs.expires);
+            let sig = std::fs::read(&sig_path)
+                .map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
+            let rs = signing::RuleSet::verify_signed(&pk, &doc, &sig, now_unix())
+                .map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            println!(
+                "OK: {} v{} signed by {}, expires {}",
+                rs.id,
+                rs.version,
+                pk.fingerprint(),
+                rs.expires
+            );
             for r in &rs.rules {
                 println!("  {:<20} {:?} {}", r.id, r.action, r.path);
             }
@@ -373,9 +487,17 @@ fn rules(r: RulesCmd) -> Result<(), Fail> {
 fn open_store(data_dir: &Path) -> Result<fleet::SledStore, Fail> {
     let d = DataDir(data_dir.to_path_buf());
     if !d.store().exists() {
-        return Err(Fail(format!("{} has no store; run `unbrick init --data-dir {}`", data_dir.display(), data_dir.display())));
+        return Err(Fail(format!(
+            "{} has no store; run `unbrick init --data-dir {}`",
+            data_dir.display(),
+            data_dir.display()
+        )));
     }
-    fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (while `unbrick serve` runs it holds the store; stop it or ask its API)")))
+    fleet::SledStore::open(&d.store()).map_err(|e| {
+        Fail(format!(
+            "{e} (while `unbrick serve` runs it holds the store; stop it or ask its API)"
+        ))
+    })
 }
 
 fn fmt_time(ms: u64) -> String {
@@ -391,7 +513,10 @@ fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 println!("{}", serde_json::to_string_pretty(&hosts)?);
                 return Ok(());
             }
-            println!("{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  REASON", "MAC", "STATE", "IP", "LAST SEEN", "BOOTS");
+            println!(
+                "{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  REASON",
+                "MAC", "STATE", "IP", "LAST SEEN", "BOOTS"
+            );
             for h in &hosts {
                 println!(
                     "{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  {}",
@@ -405,18 +530,40 @@ fn hosts(h: HostsCmd) -> Result<(), Fail> {
             }
             println!("{} hosts", hosts.len());
         }
-        HostsCmd::Show { mac, data_dir, json } => {
+        HostsCmd::Show {
+            mac,
+            data_dir,
+            json,
+        } => {
             let mac: fleet::Mac = mac.parse().map_err(Fail)?;
             let store = open_store(&data_dir)?;
-            let host = store.host(mac)?.ok_or_else(|| Fail(format!("no host {mac} in the store")))?;
+            let host = store
+                .host(mac)?
+                .ok_or_else(|| Fail(format!("no host {mac} in the store")))?;
             let events = store.events(mac)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "host": host, "events": events }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "host": host, "events": events })
+                    )?
+                );
                 return Ok(());
             }
-            println!("{}  state {}  since {}", host.mac, host.state.name(), fmt_time(host.state_since_ms));
+            println!(
+                "{}  state {}  since {}",
+                host.mac,
+                host.state.name(),
+                fmt_time(host.state_since_ms)
+            );
             for e in events {
-                println!("  {}  {:<6?}  {:<14}  {}", fmt_time(e.time_ms), e.source, e.kind, e.message);
+                println!(
+                    "  {}  {:<6?}  {:<14}  {}",
+                    fmt_time(e.time_ms),
+                    e.source,
+                    e.kind,
+                    e.message
+                );
             }
         }
     }

@@ -127,7 +127,9 @@ impl HostState {
             (Remediated | Clean, Rebooted | Recovered | Failed(_)) => true,
             (Rebooted, Recovered | Failed(_)) => true,
             // needs-attention may resolve itself (a key pasted by an admin, the agent waiting).
-            (NeedsAttention(_), Unlocked | Remediated | Clean | Failed(_) | NeedsAttention(_)) => true,
+            (NeedsAttention(_), Unlocked | Remediated | Clean | Failed(_) | NeedsAttention(_)) => {
+                true
+            }
             _ => false,
         }
     }
@@ -251,7 +253,16 @@ mod tests {
 
     #[test]
     fn arch_table() {
-        for (v, a) in [(0, Arch::Bios), (6, Arch::UefiIa32), (7, Arch::UefiX64), (9, Arch::UefiX64), (10, Arch::UefiArm32), (11, Arch::UefiArm64), (16, Arch::UefiHttpX64), (99, Arch::Other(99))] {
+        for (v, a) in [
+            (0, Arch::Bios),
+            (6, Arch::UefiIa32),
+            (7, Arch::UefiX64),
+            (9, Arch::UefiX64),
+            (10, Arch::UefiArm32),
+            (11, Arch::UefiArm64),
+            (16, Arch::UefiHttpX64),
+            (99, Arch::Other(99)),
+        ] {
             assert_eq!(Arch::from_option93(v), a);
         }
     }
@@ -259,19 +270,33 @@ mod tests {
     #[test]
     fn happy_path_and_guards() {
         let mut h = HostRecord::new("52:54:00:00:00:01".parse().unwrap(), 0);
-        for (i, s) in [Seen, Booting, AgentUp, Scanning, Remediated, Rebooted, Recovered].into_iter().enumerate() {
+        for (i, s) in [
+            Seen, Booting, AgentUp, Scanning, Remediated, Rebooted, Recovered,
+        ]
+        .into_iter()
+        .enumerate()
+        {
             assert!(h.transition(s, i as u64 + 1).unwrap());
         }
         assert_eq!(h.state_since_ms, 7);
         assert!(!h.transition(Recovered, 9).unwrap());
-        assert!(h.transition(Booting, 10).is_err(), "a recovered host never goes back to the payload by itself");
+        assert!(
+            h.transition(Booting, 10).is_err(),
+            "a recovered host never goes back to the payload by itself"
+        );
         h.reset_for_retry(11);
         assert_eq!(h.state, Seen);
         let mut h = HostRecord::new("52:54:00:00:00:02".parse().unwrap(), 0);
         h.transition(Seen, 1).unwrap();
-        assert!(h.transition(Remediated, 2).is_err(), "cannot be remediated without an agent");
+        assert!(
+            h.transition(Remediated, 2).is_err(),
+            "cannot be remediated without an agent"
+        );
         h.transition(Booting, 2).unwrap();
         h.transition(Failed("no disk".into()), 3).unwrap();
-        assert!(h.transition(Failed("other".into()), 4).is_err(), "a failure is final until retried");
+        assert!(
+            h.transition(Failed("other".into()), 4).is_err(),
+            "a failure is final until retried"
+        );
     }
 }

@@ -10,7 +10,7 @@ pub mod mac;
 pub mod policy;
 pub mod store;
 
-pub use host::{ClientKind, Arch, Event, EventSource, HostRecord, HostState, TransitionError};
+pub use host::{Arch, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError};
 pub use mac::Mac;
 pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
 pub use store::{Lease, SledStore, Store, StoreError};

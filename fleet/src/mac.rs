@@ -9,7 +9,11 @@ pub struct Mac(pub [u8; 6]);
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
     }
 }
 
@@ -33,7 +37,9 @@ impl FromStr for Mac {
         let hexdigits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
         let seps = s.len() - hexdigits.len();
         if hexdigits.len() != 12 || !(seps == 0 || seps == 5) {
-            return Err(format!("{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"));
+            return Err(format!(
+                "{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"
+            ));
         }
         let mut out = [0u8; 6];
         for (i, o) in out.iter_mut().enumerate() {
@@ -67,7 +73,13 @@ mod tests {
         assert_eq!("52-54-00-ab-cd-01".parse::<Mac>().unwrap(), m);
         assert_eq!("525400abcd01".parse::<Mac>().unwrap(), m);
         assert_eq!(m.dashed(), "52-54-00-ab-cd-01");
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0g", "5:254:00:ab:cd:01:", "52:54:00-abcd01"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0g",
+            "5:254:00:ab:cd:01:",
+            "52:54:00-abcd01",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
     }

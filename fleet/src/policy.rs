@@ -61,15 +61,31 @@ mod tests {
     #[test]
     fn default_policy_table() {
         let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
-        let q = |kind| BootQuery { mac, kind, now_ms: 0 };
+        let q = |kind| BootQuery {
+            mac,
+            kind,
+            now_ms: 0,
+        };
         let mut h = HostRecord::new(mac, 0);
         let p = DefaultPolicy;
-        assert_eq!(p.decide(&q(ClientKind::Pxe(Arch::Bios)), None), BootDecision::Payload);
-        assert_eq!(p.decide(&q(ClientKind::Windows), None), BootDecision::Ignore);
+        assert_eq!(
+            p.decide(&q(ClientKind::Pxe(Arch::Bios)), None),
+            BootDecision::Payload
+        );
+        assert_eq!(
+            p.decide(&q(ClientKind::Windows), None),
+            BootDecision::Ignore
+        );
         assert_eq!(p.decide(&q(ClientKind::Other), None), BootDecision::Ignore);
         h.state = HostState::Remediated;
-        assert_eq!(p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)), BootDecision::LocalBoot);
+        assert_eq!(
+            p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)),
+            BootDecision::LocalBoot
+        );
         h.state = HostState::Failed("x".into());
-        assert_eq!(p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)), BootDecision::Payload);
+        assert_eq!(
+            p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)),
+            BootDecision::Payload
+        );
     }
 }

@@ -19,7 +19,10 @@ pub enum StoreError {
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
     #[error("store record is corrupt ({what}): {source}")]
-    Corrupt { what: String, source: serde_json::Error },
+    Corrupt {
+        what: String,
+        source: serde_json::Error,
+    },
     #[error("store schema version {found} is newer than this unbrick understands ({SCHEMA_VERSION}); upgrade unbrick")]
     TooNew { found: u32 },
     #[error("{0}")]
@@ -253,25 +256,51 @@ mod tests {
         {
             let s = SledStore::open(&dir).unwrap();
             s.update_host(mac, 5, &mut |h| {
-                h.transition(HostState::Seen, 5).map(|_| ()).map_err(|e| e.to_string())
+                h.transition(HostState::Seen, 5)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             })
             .unwrap();
             for i in 0..3 {
-                s.append_event(mac, &Event { time_ms: i, source: EventSource::Dhcp, kind: "dhcp-discover".into(), message: format!("#{i}") }).unwrap();
+                s.append_event(
+                    mac,
+                    &Event {
+                        time_ms: i,
+                        source: EventSource::Dhcp,
+                        kind: "dhcp-discover".into(),
+                        message: format!("#{i}"),
+                    },
+                )
+                .unwrap();
             }
-            s.put_lease(&Lease { ip: Ipv4Addr::new(10, 0, 0, 5), mac, expires_ms: 99, offered_only: false }).unwrap();
+            s.put_lease(&Lease {
+                ip: Ipv4Addr::new(10, 0, 0, 5),
+                mac,
+                expires_ms: 99,
+                offered_only: false,
+            })
+            .unwrap();
             s.flush().unwrap();
         }
         let s = SledStore::open(&dir).unwrap();
         assert_eq!(s.host(mac).unwrap().unwrap().state, HostState::Seen);
         let ev = s.events(mac).unwrap();
-        assert_eq!(ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["#0", "#1", "#2"]);
+        assert_eq!(
+            ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["#0", "#1", "#2"]
+        );
         assert_eq!(s.leases().unwrap().len(), 1);
         let refused = s.update_host(mac, 6, &mut |h| {
-            h.transition(HostState::Recovered, 6).map(|_| ()).map_err(|e| e.to_string())
+            h.transition(HostState::Recovered, 6)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         });
         assert!(matches!(refused, Err(StoreError::Rejected(_))));
-        assert_eq!(s.host(mac).unwrap().unwrap().state, HostState::Seen, "refused update changes nothing");
+        assert_eq!(
+            s.host(mac).unwrap().unwrap().state,
+            HostState::Seen,
+            "refused update changes nothing"
+        );
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -281,10 +310,16 @@ mod tests {
         let dir = tmp("schema");
         {
             let db = sled::open(&dir).unwrap();
-            db.open_tree("meta").unwrap().insert("schema_version", &99u32.to_be_bytes()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
             db.flush().unwrap();
         }
-        assert!(matches!(SledStore::open(&dir), Err(StoreError::TooNew { found: 99 })));
+        assert!(matches!(
+            SledStore::open(&dir),
+            Err(StoreError::TooNew { found: 99 })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -123,7 +123,14 @@ mod tests {
     use super::*;
 
     fn p(ready: bool) -> BootParams<'static> {
-        BootParams { http_base: "http://10.99.0.1:8080", server_ip: "10.99.0.1".parse().unwrap(), mac: "52:54:00:12:34:56".parse().unwrap(), token: "t0k", image_ready: ready, extra_cmdline: "unbrick.poweroff" }
+        BootParams {
+            http_base: "http://10.99.0.1:8080",
+            server_ip: "10.99.0.1".parse().unwrap(),
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            token: "t0k",
+            image_ready: ready,
+            extra_cmdline: "unbrick.poweroff",
+        }
     }
 
     #[test]
@@ -135,7 +142,12 @@ mod tests {
         assert!(s.contains("initrd --name initrd.img http://10.99.0.1:8080/image/initrd.img"));
         assert!(ipxe_script(&BootDecision::Payload, &p(false)).contains("no recovery image yet"));
         assert!(ipxe_script(&BootDecision::LocalBoot, &p(true)).contains("exit"));
-        let w = ipxe_script(&BootDecision::WaitingRoom { reason: "waiting for wave 2".into() }, &p(true));
+        let w = ipxe_script(
+            &BootDecision::WaitingRoom {
+                reason: "waiting for wave 2".into(),
+            },
+            &p(true),
+        );
         assert!(w.contains("waiting for wave 2") && w.contains("sleep 30") && w.contains("chain"));
     }
 

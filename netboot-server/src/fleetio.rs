@@ -15,7 +15,11 @@ pub struct FleetIo {
 
 impl FleetIo {
     pub fn new(store: Arc<dyn Store>, policy: Arc<dyn BootPolicy>) -> Self {
-        FleetIo { store, policy, peers: Mutex::new(HashMap::new()) }
+        FleetIo {
+            store,
+            policy,
+            peers: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -69,14 +73,26 @@ impl FleetIo {
         if source != EventSource::Dhcp {
             tracing::info!("{mac} {kind}: {message}");
         }
-        let ev = Event { time_ms: now_ms, source, kind: kind.to_string(), message };
+        let ev = Event {
+            time_ms: now_ms,
+            source,
+            kind: kind.to_string(),
+            message,
+        };
         if let Err(e) = self.store.append_event(mac, &ev) {
             tracing::error!("store: cannot record event for {mac}: {e}");
         }
     }
 
     /// Records a DHCP packet from `inb` and what we did about it.
-    pub fn dhcp_seen(&self, inb: &Inbound, port: u16, out: &Outcome, ip: Option<std::net::Ipv4Addr>, now_ms: u64) {
+    pub fn dhcp_seen(
+        &self,
+        inb: &Inbound,
+        port: u16,
+        out: &Outcome,
+        ip: Option<std::net::Ipv4Addr>,
+        now_ms: u64,
+    ) {
         if let Some(ip) = ip {
             self.remember_peer(IpAddr::V4(ip), inb.mac);
         }
@@ -97,7 +113,12 @@ impl FleetIo {
                 changed = Some("unknown -> seen".into());
             }
             // A remediated host that asks for an address as Windows is back: recovered.
-            if inb.kind == ClientKind::Windows && matches!(h.state, HostState::Remediated | HostState::Clean | HostState::Rebooted) {
+            if inb.kind == ClientKind::Windows
+                && matches!(
+                    h.state,
+                    HostState::Remediated | HostState::Clean | HostState::Rebooted
+                )
+            {
                 let from = h.state.name();
                 h.state = HostState::Recovered;
                 h.state_since_ms = now_ms;
@@ -114,12 +135,28 @@ impl FleetIo {
             inb.msg_type,
             inb.mac,
             kind_name(inb.kind),
-            out.decision.as_ref().map(|d| format!(", decision {}", d.name())).unwrap_or_default(),
-            if out.note.is_empty() { String::new() } else { format!(": {}", out.note) },
-            out.boot_file.as_ref().map(|f| format!(", boot file {f}")).unwrap_or_default()
+            out.decision
+                .as_ref()
+                .map(|d| format!(", decision {}", d.name()))
+                .unwrap_or_default(),
+            if out.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", out.note)
+            },
+            out.boot_file
+                .as_ref()
+                .map(|f| format!(", boot file {f}"))
+                .unwrap_or_default()
         );
         tracing::info!("DHCP {what}");
-        self.event(inb.mac, EventSource::Dhcp, &format!("dhcp-{}", format!("{:?}", inb.msg_type).to_lowercase()), what, now_ms);
+        self.event(
+            inb.mac,
+            EventSource::Dhcp,
+            &format!("dhcp-{}", format!("{:?}", inb.msg_type).to_lowercase()),
+            what,
+            now_ms,
+        );
         if let Some(c) = changed {
             self.event(inb.mac, EventSource::Dhcp, "state", c, now_ms);
         }
@@ -141,7 +178,13 @@ impl FleetIo {
         if let Err(e) = r {
             tracing::error!("store: {e}");
         }
-        self.event(mac, EventSource::Policy, "payload", format!("recovery payload issued via {via} {note}"), now_ms);
+        self.event(
+            mac,
+            EventSource::Policy,
+            "payload",
+            format!("recovery payload issued via {via} {note}"),
+            now_ms,
+        );
     }
 }
 

@@ -24,10 +24,19 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.into()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg.into(),
+    )
+        .into_response()
 }
 
-async fn boot_script(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Path(file): Path<String>) -> Response {
+async fn boot_script(
+    State(s): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+) -> Response {
     let Some(mac) = file.strip_suffix(".ipxe") else {
         return text(StatusCode::NOT_FOUND, "expected /boot/<mac>.ipxe\n");
     };
@@ -38,17 +47,58 @@ async fn boot_script(State(s): State<Arc<Shared>>, ConnectInfo(peer): ConnectInf
     let now = crate::now_ms();
     s.fleet.touch(mac, peer.ip(), now);
     let host = s.fleet.host(mac);
-    let kind = host.as_ref().and_then(|h| h.last_kind).unwrap_or(ClientKind::Ipxe(fleet::Arch::Bios));
-    let decision = s.fleet.policy().decide(&BootQuery { mac, kind, now_ms: now }, host.as_ref());
+    let kind = host
+        .as_ref()
+        .and_then(|h| h.last_kind)
+        .unwrap_or(ClientKind::Ipxe(fleet::Arch::Bios));
+    let decision = s.fleet.policy().decide(
+        &BootQuery {
+            mac,
+            kind,
+            now_ms: now,
+        },
+        host.as_ref(),
+    );
     let token = crate::new_token();
     let ready = s.image.payload_ready();
-    let script = ipxe_script(&decision, &BootParams { http_base: &s.http_base, server_ip: s.server_ip, mac, token: &token, image_ready: ready, extra_cmdline: &s.extra_cmdline });
+    let script = ipxe_script(
+        &decision,
+        &BootParams {
+            http_base: &s.http_base,
+            server_ip: s.server_ip,
+            mac,
+            token: &token,
+            image_ready: ready,
+            extra_cmdline: &s.extra_cmdline,
+        },
+    );
     if decision == fleet::BootDecision::Payload && ready {
         s.fleet.payload_issued(mac, "iPXE script", &token, now);
     } else {
-        s.fleet.event(mac, EventSource::Http, "script", format!("iPXE script: {}{}", decision.name(), if ready { "" } else { " (no recovery image yet)" }), now);
+        s.fleet.event(
+            mac,
+            EventSource::Http,
+            "script",
+            format!(
+                "iPXE script: {}{}",
+                decision.name(),
+                if ready {
+                    ""
+                } else {
+                    " (no recovery image yet)"
+                }
+            ),
+            now,
+        );
     }
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], script).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        script,
+    )
+        .into_response()
 }
 
 /// Parses a single `bytes=` range (RFC 9110 14.1.2) against `len`. `Err` means unsatisfiable.
@@ -68,7 +118,11 @@ pub fn parse_range(h: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
         (len.saturating_sub(n), len - 1)
     } else {
         let start: u64 = a.parse().ok()?;
-        let end: u64 = if b.is_empty() { len.saturating_sub(1) } else { b.parse::<u64>().ok()?.min(len.saturating_sub(1)) };
+        let end: u64 = if b.is_empty() {
+            len.saturating_sub(1)
+        } else {
+            b.parse::<u64>().ok()?.min(len.saturating_sub(1))
+        };
         if start >= len || start > end {
             return Some(Err(()));
         }
@@ -86,21 +140,40 @@ async fn artefact(
     headers: HeaderMap,
 ) -> Response {
     let Some(data) = s.image.get(&name) else {
-        return text(StatusCode::NOT_FOUND, format!("{name}: not in the signed recovery image\n"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("{name}: not in the signed recovery image\n"),
+        );
     };
     let len = data.len() as u64;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|h| parse_range(h, len));
-    let mac = q.get("host").and_then(|m| m.parse::<Mac>().ok()).or_else(|| s.fleet.peer_mac(peer.ip()));
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| parse_range(h, len));
+    let mac = q
+        .get("host")
+        .and_then(|m| m.parse::<Mac>().ok())
+        .or_else(|| s.fleet.peer_mac(peer.ip()));
     if method == Method::GET && range.is_none() {
         if let Some(mac) = mac {
-            s.fleet.event(mac, EventSource::Http, "http-download", format!("{name} ({len} bytes) to {}", peer.ip()), crate::now_ms());
+            s.fleet.event(
+                mac,
+                EventSource::Http,
+                "http-download",
+                format!("{name} ({len} bytes) to {}", peer.ip()),
+                crate::now_ms(),
+            );
         }
     }
     let (status, start, end) = match range {
         None => (StatusCode::OK, 0, len.saturating_sub(1)),
         Some(Ok((a, b))) => (StatusCode::PARTIAL_CONTENT, a, b),
         Some(Err(())) => {
-            return (StatusCode::RANGE_NOT_SATISFIABLE, [(header::CONTENT_RANGE, format!("bytes */{len}"))]).into_response();
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response();
         }
     };
     let body_len = if len == 0 { 0 } else { end - start + 1 };
@@ -119,7 +192,8 @@ async fn artefact(
         // Zero-copy: the body borrows the verified in-memory artefact.
         Body::from(bytes_of(data, start as usize, (end + 1) as usize))
     };
-    resp.body(body).unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
+    resp.body(body)
+        .unwrap_or_else(|_| text(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
 fn bytes_of(data: Arc<[u8]>, start: usize, end: usize) -> axum::body::Bytes {
@@ -134,15 +208,29 @@ fn bytes_of(data: Arc<[u8]>, start: usize, end: usize) -> axum::body::Bytes {
 
 async fn rules_doc(State(s): State<Arc<Shared>>) -> Response {
     match &s.rules {
-        Some(r) => ([(header::CONTENT_TYPE, "application/json")], bytes_of(r.document.clone(), 0, r.document.len())).into_response(),
-        None => text(StatusCode::SERVICE_UNAVAILABLE, "no signed remediation rules loaded\n"),
+        Some(r) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            bytes_of(r.document.clone(), 0, r.document.len()),
+        )
+            .into_response(),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no signed remediation rules loaded\n",
+        ),
     }
 }
 
 async fn rules_sig(State(s): State<Arc<Shared>>) -> Response {
     match &s.rules {
-        Some(r) => ([(header::CONTENT_TYPE, "text/plain")], bytes_of(r.signature.clone(), 0, r.signature.len())).into_response(),
-        None => text(StatusCode::SERVICE_UNAVAILABLE, "no signed remediation rules loaded\n"),
+        Some(r) => (
+            [(header::CONTENT_TYPE, "text/plain")],
+            bytes_of(r.signature.clone(), 0, r.signature.len()),
+        )
+            .into_response(),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no signed remediation rules loaded\n",
+        ),
     }
 }
 

@@ -27,7 +27,10 @@ pub fn read_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
         let path = entry.path();
         let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         if !meta.is_file() {
-            return Err(format!("{}: only plain files belong in an image directory", path.display()));
+            return Err(format!(
+                "{}: only plain files belong in an image directory",
+                path.display()
+            ));
         }
         let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         out.push((name, data));
@@ -49,18 +52,29 @@ pub fn bzimage_version(data: &[u8]) -> Option<String> {
 }
 
 /// Signs `dir`: writes `manifest.json` and `manifest.json.sig` over every file in it.
-pub fn sign_dir(dir: &Path, key: &signing::KeyPair, version: &str, now_unix: u64) -> Result<Manifest, String> {
+pub fn sign_dir(
+    dir: &Path,
+    key: &signing::KeyPair,
+    version: &str,
+    now_unix: u64,
+) -> Result<Manifest, String> {
     let files = read_files(dir)?;
     let kernel_version = files
         .iter()
         .find(|(n, _)| n == crate::boot::KERNEL)
         .and_then(|(_, d)| bzimage_version(d))
         .unwrap_or_else(|| "none".into());
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
-    let m = Manifest::new(version, now_unix, &kernel_version, &key.public_key(), &refs).map_err(|e| e.to_string())?;
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.as_slice()))
+        .collect();
+    let m = Manifest::new(version, now_unix, &kernel_version, &key.public_key(), &refs)
+        .map_err(|e| e.to_string())?;
     let write = |name: &str, data: &[u8]| {
         let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, dir.join(name))).map_err(|e| format!("{}: {e}", dir.join(name).display()))
+        std::fs::write(&tmp, data)
+            .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
+            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
     };
     write(MANIFEST_FILE, &m.to_canonical())?;
     write(SIGNATURE_FILE, m.sign(key).to_text().as_bytes())?;
@@ -70,7 +84,15 @@ pub fn sign_dir(dir: &Path, key: &signing::KeyPair, version: &str, now_unix: u64
 impl Image {
     /// Loads and verifies `dir`. Every problem is reported, each naming its file.
     pub fn load(dir: &Path, trusted: &PublicKey) -> Result<Image, Vec<String>> {
-        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| vec![format!("{}: {e} (run `unbrick image sign {}`)", dir.join(name).display(), dir.display())]);
+        let read = |name: &str| {
+            std::fs::read(dir.join(name)).map_err(|e| {
+                vec![format!(
+                    "{}: {e} (run `unbrick image sign {}`)",
+                    dir.join(name).display(),
+                    dir.display()
+                )]
+            })
+        };
         let mbytes = read(MANIFEST_FILE)?;
         let sbytes = read(SIGNATURE_FILE)?;
         let manifest = Manifest::verify_signed(trusted, &mbytes, &sbytes)
@@ -85,13 +107,20 @@ impl Image {
             return Err(problems);
         }
         let files = files.into_iter().map(|(n, d)| (n, Arc::from(d))).collect();
-        Ok(Image { dir: dir.to_path_buf(), manifest, files })
+        Ok(Image {
+            dir: dir.to_path_buf(),
+            manifest,
+            files,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
         self.files.get(name).cloned().or_else(|| {
             // Firmware and loaders are not consistent about case; names are unique regardless.
-            self.files.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+            self.files
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
         })
     }
 
@@ -133,9 +162,21 @@ impl SignedRules {
     pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<SignedRules, String> {
         let doc_path = dir.join(RULES_FILE);
         let sig_path = dir.join(format!("{RULES_FILE}.sig"));
-        let document = std::fs::read(&doc_path).map_err(|e| format!("{}: {e}", doc_path.display()))?;
-        let signature = std::fs::read(&sig_path).map_err(|e| format!("{}: {e} (sign the rules with `unbrick rules sign {}`)", sig_path.display(), doc_path.display()))?;
-        let rules = RuleSet::verify_signed(trusted, &document, &signature, now_unix).map_err(|e| format!("{}: {e}", doc_path.display()))?;
-        Ok(SignedRules { rules, document: Arc::from(document), signature: Arc::from(signature) })
+        let document =
+            std::fs::read(&doc_path).map_err(|e| format!("{}: {e}", doc_path.display()))?;
+        let signature = std::fs::read(&sig_path).map_err(|e| {
+            format!(
+                "{}: {e} (sign the rules with `unbrick rules sign {}`)",
+                sig_path.display(),
+                doc_path.display()
+            )
+        })?;
+        let rules = RuleSet::verify_signed(trusted, &document, &signature, now_unix)
+            .map_err(|e| format!("{}: {e}", doc_path.display()))?;
+        Ok(SignedRules {
+            rules,
+            document: Arc::from(document),
+            signature: Arc::from(signature),
+        })
     }
 }

@@ -23,14 +23,19 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// A fresh per-boot token: 128 random bits, hex.
 pub fn new_token() -> String {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut b).expect("system random source");
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("system random source");
     hex::encode(b)
 }
 
@@ -82,20 +87,49 @@ impl tftp::server::FileSource for TftpFiles {
         if path == "grub/grub.cfg" {
             return Some(Arc::from(boot::grub_stub().into_bytes()));
         }
-        if let Some(mac) = path.strip_prefix("grub/host-").and_then(|r| r.strip_suffix(".cfg")) {
+        if let Some(mac) = path
+            .strip_prefix("grub/host-")
+            .and_then(|r| r.strip_suffix(".cfg"))
+        {
             let mac: Mac = mac.parse().ok()?;
             let now = now_ms();
             s.fleet.touch(mac, peer.ip(), now);
             let host = s.fleet.host(mac);
-            let kind = host.as_ref().and_then(|h| h.last_kind).unwrap_or(ClientKind::Pxe(fleet::Arch::UefiX64));
-            let decision = s.fleet.policy().decide(&BootQuery { mac, kind, now_ms: now }, host.as_ref());
+            let kind = host
+                .as_ref()
+                .and_then(|h| h.last_kind)
+                .unwrap_or(ClientKind::Pxe(fleet::Arch::UefiX64));
+            let decision = s.fleet.policy().decide(
+                &BootQuery {
+                    mac,
+                    kind,
+                    now_ms: now,
+                },
+                host.as_ref(),
+            );
             let token = new_token();
             let ready = s.image.payload_ready();
-            let cfg = boot::grub_config(&decision, &boot::BootParams { http_base: &s.http_base, server_ip: s.server_ip, mac, token: &token, image_ready: ready, extra_cmdline: &s.extra_cmdline });
+            let cfg = boot::grub_config(
+                &decision,
+                &boot::BootParams {
+                    http_base: &s.http_base,
+                    server_ip: s.server_ip,
+                    mac,
+                    token: &token,
+                    image_ready: ready,
+                    extra_cmdline: &s.extra_cmdline,
+                },
+            );
             if decision == fleet::BootDecision::Payload && ready {
                 s.fleet.payload_issued(mac, "grub", &token, now);
             } else {
-                s.fleet.event(mac, EventSource::Tftp, "script", format!("grub config: {}", decision.name()), now);
+                s.fleet.event(
+                    mac,
+                    EventSource::Tftp,
+                    "script",
+                    format!("grub config: {}", decision.name()),
+                    now,
+                );
             }
             return Some(Arc::from(cfg.into_bytes()));
         }
@@ -127,43 +161,83 @@ impl RunningServer {
 
 /// Validates the configuration, loads and verifies the image and rules, binds every socket, and
 /// starts serving. Errors are one line each, for the admin.
-pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn BootPolicy>) -> Result<RunningServer, String> {
+pub async fn start(
+    cfg: ServerConfig,
+    store: Arc<dyn Store>,
+    policy: Arc<dyn BootPolicy>,
+) -> Result<RunningServer, String> {
     let iface = net::find_interface(&cfg.interface)?;
     let server_ip = cfg.server_ip.unwrap_or(iface.addr);
     if let Some((a, b)) = cfg.pool {
         if !iface.contains(a) || !iface.contains(b) || u32::from(a) > u32::from(b) {
-            return Err(format!("pool {a}-{b} is not inside {}'s subnet {}/{}; pass --pool FIRST-LAST within it", iface.name, iface.addr, iface.prefix_len));
+            return Err(format!(
+                "pool {a}-{b} is not inside {}'s subnet {}/{}; pass --pool FIRST-LAST within it",
+                iface.name, iface.addr, iface.prefix_len
+            ));
         }
     }
     if cfg.dhcp == DhcpMode::Full && cfg.pool.is_none() {
         return Err("--dhcp full needs --pool FIRST-LAST (addresses to hand out)".into());
     }
-    let image = Image::load(&cfg.image_dir, &cfg.trusted_key).map_err(|p| format!("refusing to serve a recovery image that fails verification:\n  {}", p.join("\n  ")))?;
-    tracing::info!("recovery image {} verified: {} artefacts ({})", image.manifest.image_version, image.manifest.artefacts.len(), image.names().collect::<Vec<_>>().join(", "));
+    let image = Image::load(&cfg.image_dir, &cfg.trusted_key).map_err(|p| {
+        format!(
+            "refusing to serve a recovery image that fails verification:\n  {}",
+            p.join("\n  ")
+        )
+    })?;
+    tracing::info!(
+        "recovery image {} verified: {} artefacts ({})",
+        image.manifest.image_version,
+        image.manifest.artefacts.len(),
+        image.names().collect::<Vec<_>>().join(", ")
+    );
     if !image.payload_ready() {
         tracing::warn!("the image in {} has no kernel and initrd yet: hosts get a waiting screen until `unbrick image build` runs", cfg.image_dir.display());
     }
     let rules = SignedRules::load(&cfg.rules_dir, &cfg.trusted_key, now_ms() / 1000)?;
     let left = rules.rules.expires_unix().saturating_sub(now_ms() / 1000);
     if left < 7 * 86400 {
-        tracing::warn!("remediation rules {} expire in {} hours; sign a renewed set soon", rules.rules.id, left / 3600);
+        tracing::warn!(
+            "remediation rules {} expire in {} hours; sign a renewed set soon",
+            rules.rules.id,
+            left / 3600
+        );
     }
-    tracing::info!("remediation rules {} v{} verified (expire {})", rules.rules.id, rules.rules.version, rules.rules.expires);
+    tracing::info!(
+        "remediation rules {} v{} verified (expire {})",
+        rules.rules.id,
+        rules.rules.version,
+        rules.rules.expires
+    );
 
     let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
     let fleet = Arc::new(FleetIo::new(store.clone(), policy));
-    let shared = Arc::new(Shared { fleet: fleet.clone(), image: Arc::new(image), rules: Some(rules), http_base: http_base.clone(), server_ip, extra_cmdline: cfg.extra_cmdline.clone() });
+    let shared = Arc::new(Shared {
+        fleet: fleet.clone(),
+        image: Arc::new(image),
+        rules: Some(rules),
+        http_base: http_base.clone(),
+        server_ip,
+        extra_cmdline: cfg.extra_cmdline.clone(),
+    });
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
     // Bind everything first so that a port in use fails before anything starts.
-    let listener = tokio::net::TcpListener::bind(http_addr).await.map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
     let (rec_tx, mut rec_rx) = mpsc::unbounded_channel();
     let tftp_bind = SocketAddrV4::new(server_ip, cfg.tftp_port);
     let tftp = tftp::server::TftpServer::bind(
-        tftp::server::TftpConfig { bind: tftp_bind, device: Some(cfg.interface.clone()), limits: tftp::Limits::default(), max_transfers: cfg.max_tftp_transfers },
+        tftp::server::TftpConfig {
+            bind: tftp_bind,
+            device: Some(cfg.interface.clone()),
+            limits: tftp::Limits::default(),
+            max_transfers: cfg.max_tftp_transfers,
+        },
         Arc::new(TftpFiles(shared.clone())),
         rec_tx,
     )?;
@@ -172,7 +246,11 @@ pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn Boo
         DhcpMode::Off => None,
         mode => {
             let dcfg = dhcp::DhcpConfig {
-                mode: if mode == DhcpMode::Full { dhcp::Mode::Full } else { dhcp::Mode::Proxy },
+                mode: if mode == DhcpMode::Full {
+                    dhcp::Mode::Full
+                } else {
+                    dhcp::Mode::Proxy
+                },
                 server_ip,
                 subnet_mask: iface.netmask(),
                 router: cfg.router,
@@ -182,10 +260,22 @@ pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn Boo
                 secure_boot_off: cfg.secure_boot_off,
             };
             let pool = match (mode, cfg.pool) {
-                (DhcpMode::Full, Some((a, b))) => Some(dhcp::pool::LeasePool::new(a, b, server_ip, store.leases().map_err(|e| e.to_string())?)),
+                (DhcpMode::Full, Some((a, b))) => Some(dhcp::pool::LeasePool::new(
+                    a,
+                    b,
+                    server_ip,
+                    store.leases().map_err(|e| e.to_string())?,
+                )),
                 _ => None,
             };
-            Some(dhcp::server::DhcpServer::bind(dcfg, &iface.name, iface.index, cfg.dhcp_ports, fleet.clone(), pool)?)
+            Some(dhcp::server::DhcpServer::bind(
+                dcfg,
+                &iface.name,
+                iface.index,
+                cfg.dhcp_ports,
+                fleet.clone(),
+                pool,
+            )?)
         }
     };
 
@@ -199,7 +289,10 @@ pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn Boo
                 }
             }
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!("HTTP server: {e}");
         }
     }));
@@ -208,10 +301,21 @@ pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn Boo
     tasks.push(tokio::spawn(async move {
         while let Some(r) = rec_rx.recv().await {
             let mac = fleet2.peer_mac(r.peer.ip());
-            let msg = format!("{} {}/{} bytes to {} in {} ms (blksize {}, windowsize {}): {}", r.path, r.bytes, r.size, r.peer, r.duration_ms, r.blksize, r.windowsize, match &r.outcome {
-                tftp::Outcome::ClientError { code, message } => format!("client ended it with error {code} ({message})"),
-                o => o.name().to_string(),
-            });
+            let msg = format!(
+                "{} {}/{} bytes to {} in {} ms (blksize {}, windowsize {}): {}",
+                r.path,
+                r.bytes,
+                r.size,
+                r.peer,
+                r.duration_ms,
+                r.blksize,
+                r.windowsize,
+                match &r.outcome {
+                    tftp::Outcome::ClientError { code, message } =>
+                        format!("client ended it with error {code} ({message})"),
+                    o => o.name().to_string(),
+                }
+            );
             match mac {
                 Some(mac) => fleet2.event(mac, EventSource::Tftp, "tftp", msg, now_ms()),
                 None => tracing::info!("TFTP from unknown host: {msg}"),
@@ -237,7 +341,7 @@ pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn Boo
                     let s = store2.clone();
                     let _ = tokio::task::spawn_blocking(move || s.flush()).await;
                     n += 1;
-                    if n % 240 == 0 {
+                    if n.is_multiple_of(240) {
                         let img = shared2.image.clone();
                         let diff = tokio::task::spawn_blocking(move || img.changed_on_disk()).await.unwrap_or_default();
                         if !diff.is_empty() && diff != warned {
@@ -251,7 +355,17 @@ pub async fn start(cfg: ServerConfig, store: Arc<dyn Store>, policy: Arc<dyn Boo
     }));
     tracing::info!(
         "serving on {} ({}): DHCP {:?}, TFTP {}, HTTP {}",
-        iface.name, server_ip, cfg.dhcp, tftp_addr, http_addr
+        iface.name,
+        server_ip,
+        cfg.dhcp,
+        tftp_addr,
+        http_addr
     );
-    Ok(RunningServer { shutdown: tx, tasks, http_addr, tftp_addr, store })
+    Ok(RunningServer {
+        shutdown: tx,
+        tasks,
+        http_addr,
+        tftp_addr,
+        store,
+    })
 }

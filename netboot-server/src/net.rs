@@ -13,7 +13,11 @@ pub struct Interface {
 
 impl Interface {
     pub fn netmask(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(self.prefix_len)).unwrap_or(0))
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix_len))
+                .unwrap_or(0),
+        )
     }
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let m = u32::from(self.netmask());
@@ -26,7 +30,8 @@ impl Interface {
 
 /// Finds `name`'s first IPv4 address. Errors name the interfaces that do exist.
 pub fn find_interface(name: &str) -> Result<Interface, String> {
-    let addrs = nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
+    let addrs =
+        nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
     let mut names = std::collections::BTreeSet::new();
     let mut found_name = false;
     for a in addrs {
@@ -35,9 +40,14 @@ pub fn find_interface(name: &str) -> Result<Interface, String> {
             continue;
         }
         found_name = true;
-        let (Some(addr), Some(mask)) = (a.address, a.netmask) else { continue };
-        let (Some(sin), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else { continue };
-        let index = nix::net::if_::if_nametoindex(name).map_err(|e| format!("interface {name}: {e}"))?;
+        let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+            continue;
+        };
+        let (Some(sin), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else {
+            continue;
+        };
+        let index =
+            nix::net::if_::if_nametoindex(name).map_err(|e| format!("interface {name}: {e}"))?;
         return Ok(Interface {
             name: name.to_string(),
             index,
@@ -49,12 +59,19 @@ pub fn find_interface(name: &str) -> Result<Interface, String> {
         Err(format!("interface {name} has no IPv4 address; add one (ip addr add 10.0.0.1/24 dev {name}) or pick another interface"))
     } else {
         let list: Vec<String> = names.into_iter().collect();
-        Err(format!("interface {name} not found; pass --interface with one of: {}", list.join(", ")))
+        Err(format!(
+            "interface {name} not found; pass --interface with one of: {}",
+            list.join(", ")
+        ))
     }
 }
 
 /// A UDP socket bound to `addr` on interface `device` (SO_BINDTODEVICE), non-blocking.
-pub fn udp_socket(addr: SocketAddrV4, device: Option<&str>, broadcast: bool) -> std::io::Result<std::net::UdpSocket> {
+pub fn udp_socket(
+    addr: SocketAddrV4,
+    device: Option<&str>,
+    broadcast: bool,
+) -> std::io::Result<std::net::UdpSocket> {
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
     if broadcast {
@@ -86,7 +103,12 @@ mod tests {
     use super::*;
     #[test]
     fn subnet_math() {
-        let i = Interface { name: "x".into(), index: 1, addr: Ipv4Addr::new(10, 99, 0, 1), prefix_len: 24 };
+        let i = Interface {
+            name: "x".into(),
+            index: 1,
+            addr: Ipv4Addr::new(10, 99, 0, 1),
+            prefix_len: 24,
+        };
         assert_eq!(i.netmask(), Ipv4Addr::new(255, 255, 255, 0));
         assert!(i.contains(Ipv4Addr::new(10, 99, 0, 200)));
         assert!(!i.contains(Ipv4Addr::new(10, 99, 1, 1)));

@@ -160,10 +160,16 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let kp = KeyPair::generate().unwrap();
         kp.write_to_dir(&dir).unwrap();
-        let mode = std::fs::metadata(dir.join("signing.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let again = KeyPair::generate().unwrap();
-        assert!(matches!(again.write_to_dir(&dir), Err(Error::WouldOverwrite { .. })));
+        assert!(matches!(
+            again.write_to_dir(&dir),
+            Err(Error::WouldOverwrite { .. })
+        ));
         let loaded = KeyPair::load(&dir.join("signing.key")).unwrap();
         assert_eq!(loaded.public_key(), kp.public_key());
         std::fs::remove_dir_all(&dir).unwrap();

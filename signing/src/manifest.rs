@@ -53,7 +53,10 @@ impl Manifest {
         }
         artefacts.sort_by(|a, b| a.name.cmp(&b.name));
         if let Some(w) = artefacts.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(Error::MalformedManifest(format!("artefact {} listed twice", w[0].name)));
+            return Err(Error::MalformedManifest(format!(
+                "artefact {} listed twice",
+                w[0].name
+            )));
         }
         Ok(Manifest {
             format: 1,
@@ -76,12 +79,18 @@ impl Manifest {
         let m: Manifest =
             serde_json::from_slice(data).map_err(|e| Error::MalformedManifest(e.to_string()))?;
         if m.format != 1 {
-            return Err(Error::MalformedManifest(format!("unsupported format {}", m.format)));
+            return Err(Error::MalformedManifest(format!(
+                "unsupported format {}",
+                m.format
+            )));
         }
         for a in &m.artefacts {
             check_name(&a.name)?;
             if a.sha256.len() != 64 || hex::decode(&a.sha256).is_err() {
-                return Err(Error::MalformedManifest(format!("artefact {}: sha256 is not 64 hex digits", a.name)));
+                return Err(Error::MalformedManifest(format!(
+                    "artefact {}: sha256 is not 64 hex digits",
+                    a.name
+                )));
             }
         }
         Ok(m)
@@ -92,7 +101,11 @@ impl Manifest {
     }
 
     /// Verifies manifest bytes and their signature against the trusted key, then parses them.
-    pub fn verify_signed(trusted: &PublicKey, manifest: &[u8], signature: &[u8]) -> Result<Self, Error> {
+    pub fn verify_signed(
+        trusted: &PublicKey,
+        manifest: &[u8],
+        signature: &[u8],
+    ) -> Result<Self, Error> {
         crate::sig::verify_detached(trusted, Purpose::Manifest, manifest, signature)?;
         let m = Self::parse(manifest)?;
         if m.key_fingerprint != trusted.fingerprint() {
@@ -110,7 +123,9 @@ impl Manifest {
 
     /// Checks one artefact's content against the manifest.
     pub fn check_artefact(&self, name: &str, data: &[u8]) -> Result<(), Error> {
-        let a = self.artefact(name).ok_or_else(|| Error::ExtraFile { name: name.into() })?;
+        let a = self
+            .artefact(name)
+            .ok_or_else(|| Error::ExtraFile { name: name.into() })?;
         if a.size != data.len() as u64 {
             return Err(Error::SizeMismatch {
                 name: name.into(),
@@ -131,7 +146,10 @@ impl Manifest {
 
     /// Checks a complete set of files (name, content): each listed artefact present and intact,
     /// nothing unlisted. Returns every problem, not only the first.
-    pub fn check_all<'a>(&self, files: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<Error> {
+    pub fn check_all<'a>(
+        &self,
+        files: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Vec<Error> {
         let mut problems = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for (name, data) in files {
@@ -142,7 +160,9 @@ impl Manifest {
         }
         for a in &self.artefacts {
             if !seen.contains(&a.name) {
-                problems.push(Error::MissingFile { name: a.name.clone() });
+                problems.push(Error::MissingFile {
+                    name: a.name.clone(),
+                });
             }
         }
         problems
@@ -159,7 +179,9 @@ fn check_name(name: &str) -> Result<(), Error> {
     if ok {
         Ok(())
     } else {
-        Err(Error::MalformedManifest(format!("{name:?} is not a valid artefact file name")))
+        Err(Error::MalformedManifest(format!(
+            "{name:?} is not a valid artefact file name"
+        )))
     }
 }
 
@@ -197,8 +219,13 @@ mod tests {
         assert!(matches!(problems[0], Error::HashMismatch { .. }));
         assert!(matches!(problems[1], Error::ExtraFile { .. }));
         assert!(matches!(problems[2], Error::MissingFile { .. }));
-        assert!(m.check_all([("vmlinuz", &b"kernel"[..]), ("initrd.img", &b"initrd"[..])]).is_empty());
-        assert!(matches!(m.check_artefact("vmlinuz", b"kern"), Err(Error::SizeMismatch { .. })));
+        assert!(m
+            .check_all([("vmlinuz", &b"kernel"[..]), ("initrd.img", &b"initrd"[..])])
+            .is_empty());
+        assert!(matches!(
+            m.check_artefact("vmlinuz", b"kern"),
+            Err(Error::SizeMismatch { .. })
+        ));
     }
 
     #[test]

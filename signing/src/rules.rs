@@ -119,7 +119,10 @@ impl Rule {
             return Err(format!("rule {}: empty path", self.id));
         }
         if self.path.starts_with(['\\', '/']) || self.path.contains(':') {
-            return Err(format!("rule {}: path must be relative to the volume root, without a drive letter", self.id));
+            return Err(format!(
+                "rule {}: path must be relative to the volume root, without a drive letter",
+                self.id
+            ));
         }
         if parts.iter().any(|c| *c == "." || *c == "..") {
             return Err(format!("rule {}: path may not contain . or ..", self.id));
@@ -136,7 +139,10 @@ impl Rule {
                 .map_err(|e| format!("rule {}: {e}", self.id))
         };
         Ok(Compiled {
-            components: parts.iter().map(|c| c.chars().map(fold).collect()).collect(),
+            components: parts
+                .iter()
+                .map(|c| c.chars().map(fold).collect())
+                .collect(),
             magic,
             before: time(&self.last_write_at_or_before)?,
             after: time(&self.last_write_after)?,
@@ -147,19 +153,29 @@ impl Rule {
     pub fn fixed_prefix(&self) -> Vec<&str> {
         let parts = split_path(&self.path);
         let n = parts.len() - 1;
-        parts[..n].iter().take_while(|c| !c.contains(['*', '?'])).copied().collect()
+        parts[..n]
+            .iter()
+            .take_while(|c| !c.contains(['*', '?']))
+            .copied()
+            .collect()
     }
 
     /// The number of header bytes this rule needs to see.
     pub fn magic_len(&self) -> usize {
-        self.magic.as_ref().map_or(0, |h| h.replace(' ', "").len() / 2)
+        self.magic
+            .as_ref()
+            .map_or(0, |h| h.replace(' ', "").len() / 2)
     }
 }
 
 impl Compiled {
     fn matches(&self, f: &FileFacts<'_>) -> bool {
         f.components.len() == self.components.len()
-            && self.components.iter().zip(f.components).all(|(p, n)| glob_match(p, n))
+            && self
+                .components
+                .iter()
+                .zip(f.components)
+                .all(|(p, n)| glob_match(p, n))
             && f.header.starts_with(&self.magic)
             && self.before.is_none_or(|t| f.last_write_unix <= t)
             && self.after.is_none_or(|t| f.last_write_unix > t)
@@ -199,19 +215,26 @@ impl RuleSet {
 
     pub fn validate(&self) -> Result<(), Error> {
         if self.format != 1 {
-            return Err(Error::MalformedRules(format!("unsupported format {}", self.format)));
+            return Err(Error::MalformedRules(format!(
+                "unsupported format {}",
+                self.format
+            )));
         }
         if self.id.trim().is_empty() {
             return Err(Error::MalformedRules("id is empty".into()));
         }
-        crate::time::parse_utc(&self.expires).map_err(|e| Error::MalformedRules(format!("expires: {e}")))?;
+        crate::time::parse_utc(&self.expires)
+            .map_err(|e| Error::MalformedRules(format!("expires: {e}")))?;
         if self.rules.is_empty() {
             return Err(Error::MalformedRules("no rules".into()));
         }
         let mut ids = std::collections::BTreeSet::new();
         for r in &self.rules {
             if !ids.insert(r.id.as_str()) {
-                return Err(Error::MalformedRules(format!("rule id {} used twice", r.id)));
+                return Err(Error::MalformedRules(format!(
+                    "rule id {} used twice",
+                    r.id
+                )));
             }
             r.compile().map_err(Error::MalformedRules)?;
         }
@@ -279,17 +302,46 @@ mod tests {
     const MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];
 
     fn facts<'a>(c: &'a [&'a str], header: &'a [u8], t: &str) -> FileFacts<'a> {
-        FileFacts { components: c, header, last_write_unix: parse_utc(t).unwrap() as i64 }
+        FileFacts {
+            components: c,
+            header,
+            last_write_unix: parse_utc(t).unwrap() as i64,
+        }
     }
 
     #[test]
     fn default_rules_table() {
         let r = RuleSet::default_crowdstrike(2_000_000_000);
         r.validate().unwrap();
-        let bad = ["Windows", "System32", "drivers", "CrowdStrike", "C-00000291-00000000-00000032.sys"];
-        let mixed = ["windows", "system32", "Drivers", "crowdstrike", "c-00000291-00000000-00000032.SYS"];
-        let other = ["Windows", "System32", "drivers", "CrowdStrike", "C-00000290-00000000-00000032.sys"];
-        let deeper = ["Windows", "System32", "drivers", "CrowdStrike", "x", "C-00000291-1.sys"];
+        let bad = [
+            "Windows",
+            "System32",
+            "drivers",
+            "CrowdStrike",
+            "C-00000291-00000000-00000032.sys",
+        ];
+        let mixed = [
+            "windows",
+            "system32",
+            "Drivers",
+            "crowdstrike",
+            "c-00000291-00000000-00000032.SYS",
+        ];
+        let other = [
+            "Windows",
+            "System32",
+            "drivers",
+            "CrowdStrike",
+            "C-00000290-00000000-00000032.sys",
+        ];
+        let deeper = [
+            "Windows",
+            "System32",
+            "drivers",
+            "CrowdStrike",
+            "x",
+            "C-00000291-1.sys",
+        ];
         let cases: &[(&[&str], &[u8], &str, bool)] = &[
             (&bad, &MAGIC, "2024-07-19T04:09:00Z", true),
             (&bad, &MAGIC, "2024-07-19T05:27:00Z", true),
@@ -308,7 +360,10 @@ mod tests {
             }
         }
         assert_eq!(r.header_len(), 8);
-        assert_eq!(r.rules[0].fixed_prefix(), ["Windows", "System32", "drivers", "CrowdStrike"]);
+        assert_eq!(
+            r.rules[0].fixed_prefix(),
+            ["Windows", "System32", "drivers", "CrowdStrike"]
+        );
     }
 
     #[test]
@@ -328,7 +383,8 @@ mod tests {
         let r = RuleSet::default_crowdstrike(1_800_000_000);
         let doc = r.to_json();
         let sig = RuleSet::sign_document(&kp, &doc).unwrap().to_text();
-        let got = RuleSet::verify_signed(&kp.public_key(), &doc, sig.as_bytes(), 1_700_000_000).unwrap();
+        let got =
+            RuleSet::verify_signed(&kp.public_key(), &doc, sig.as_bytes(), 1_700_000_000).unwrap();
         assert_eq!(got, r);
         assert!(matches!(
             RuleSet::verify_signed(&kp.public_key(), &doc, sig.as_bytes(), 1_800_000_001),

@@ -84,14 +84,19 @@ impl SignatureFile {
                 .ok_or_else(|| bad(&format!("expected \"{name}: ...\", found {line:?}")))
         };
         let purpose = field("purpose")?;
-        let purpose = Purpose::parse(&purpose).ok_or_else(|| bad(&format!("unknown purpose {purpose:?}")))?;
+        let purpose =
+            Purpose::parse(&purpose).ok_or_else(|| bad(&format!("unknown purpose {purpose:?}")))?;
         let key_fingerprint = field("key")?;
         let sig = field("signature")?;
         let raw = base64::engine::general_purpose::STANDARD
             .decode(sig.as_bytes())
             .map_err(|e| bad(&format!("signature is not base64: {e}")))?;
-        let signature = <[u8; 64]>::try_from(raw.as_slice())
-            .map_err(|_| bad(&format!("signature is {} bytes, expected 64 (truncated?)", raw.len())))?;
+        let signature = <[u8; 64]>::try_from(raw.as_slice()).map_err(|_| {
+            bad(&format!(
+                "signature is {} bytes, expected 64 (truncated?)",
+                raw.len()
+            ))
+        })?;
         if lines.any(|l| !l.trim().is_empty()) {
             return Err(bad("unexpected text after the signature line"));
         }
@@ -103,7 +108,12 @@ impl SignatureFile {
     }
 
     /// Verifies `document` against this signature and the trusted key.
-    pub fn verify(&self, trusted: &PublicKey, purpose: Purpose, document: &[u8]) -> Result<(), Error> {
+    pub fn verify(
+        &self,
+        trusted: &PublicKey,
+        purpose: Purpose,
+        document: &[u8],
+    ) -> Result<(), Error> {
         if self.purpose != purpose {
             return Err(Error::WrongPurpose {
                 expected: purpose.as_str().into(),
@@ -161,7 +171,10 @@ mod tests {
         let text = SignatureFile::sign(&kp, Purpose::Manifest, b"x").to_text();
         for cut in [0, 10, 30, text.len() - 20] {
             let r = SignatureFile::parse(&text.as_bytes()[..cut]);
-            assert!(matches!(r, Err(Error::MalformedSignature(_))), "cut at {cut}: {r:?}");
+            assert!(
+                matches!(r, Err(Error::MalformedSignature(_))),
+                "cut at {cut}: {r:?}"
+            );
         }
     }
 }

@@ -8,7 +8,8 @@ pub fn format_utc(unix_seconds: u64) -> String {
 
 /// Parses an RFC 3339 UTC timestamp (`2024-07-19T05:27:00Z`) into seconds since the epoch.
 pub fn parse_utc(s: &str) -> Result<u64, String> {
-    let t = humantime::parse_rfc3339(s).map_err(|e| format!("{s:?} is not an RFC 3339 UTC time: {e}"))?;
+    let t = humantime::parse_rfc3339(s)
+        .map_err(|e| format!("{s:?} is not an RFC 3339 UTC time: {e}"))?;
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .map_err(|_| format!("{s:?} is before 1970"))

@@ -4,7 +4,9 @@ use signing::{sig::verify_detached, KeyPair, Manifest, Purpose, RuleSet, Signatu
 use std::path::PathBuf;
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name)
 }
 
 /// The committed key, rules document and signature must keep verifying, and signing the same
@@ -20,7 +22,14 @@ fn golden_vector() {
         std::fs::write(golden("rules.json"), &doc).unwrap();
         let sig = RuleSet::sign_document(&kp, &doc).unwrap().to_text();
         std::fs::write(golden("rules.json.sig"), sig).unwrap();
-        let m = Manifest::new("golden", 1_721_366_820, "6.12", &kp.public_key(), &[("vmlinuz", b"k")]).unwrap();
+        let m = Manifest::new(
+            "golden",
+            1_721_366_820,
+            "6.12",
+            &kp.public_key(),
+            &[("vmlinuz", b"k")],
+        )
+        .unwrap();
         std::fs::write(golden("manifest.json"), m.to_canonical()).unwrap();
         std::fs::write(golden("manifest.json.sig"), m.sign(&kp).to_text()).unwrap();
     }
@@ -30,13 +39,30 @@ fn golden_vector() {
     let rules = RuleSet::verify_signed(&kp.public_key(), &doc, &sig, 1_800_000_000).unwrap();
     assert_eq!(rules, RuleSet::default_crowdstrike(4_102_444_800));
     assert_eq!(rules.to_json(), doc, "rules serialization drifted");
-    assert_eq!(RuleSet::sign_document(&kp, &doc).unwrap().to_text().as_bytes(), &sig[..]);
+    assert_eq!(
+        RuleSet::sign_document(&kp, &doc)
+            .unwrap()
+            .to_text()
+            .as_bytes(),
+        &sig[..]
+    );
 
     let mdoc = std::fs::read(golden("manifest.json")).unwrap();
     let msig = std::fs::read(golden("manifest.json.sig")).unwrap();
     let m = Manifest::verify_signed(&kp.public_key(), &mdoc, &msig).unwrap();
-    let again = Manifest::new("golden", 1_721_366_820, "6.12", &kp.public_key(), &[("vmlinuz", b"k")]).unwrap();
-    assert_eq!(again.to_canonical(), mdoc, "manifest canonical form drifted");
+    let again = Manifest::new(
+        "golden",
+        1_721_366_820,
+        "6.12",
+        &kp.public_key(),
+        &[("vmlinuz", b"k")],
+    )
+    .unwrap();
+    assert_eq!(
+        again.to_canonical(),
+        mdoc,
+        "manifest canonical form drifted"
+    );
     assert_eq!(m, again);
 }
 

@@ -7,11 +7,16 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/blackbox/helpers/dhcp_probe.py");
+const PROBE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/blackbox/helpers/dhcp_probe.py"
+);
 
 fn start_capture(ns: &str, file: &Path) -> Child {
     let c = Command::new("ip")
-        .args(["netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-n", "-w"])
+        .args([
+            "netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-n", "-w",
+        ])
         .arg(file)
         .args(["udp", "port", "67", "or", "udp", "port", "68"])
         .stderr(std::process::Stdio::null())
@@ -33,12 +38,19 @@ fn server_replies(file: &Path) -> Vec<Message> {
         .into_iter()
         .filter(|(sport, _)| *sport == 67)
         .filter_map(|(_, p)| Message::decode(&mut Decoder::new(&p)).ok())
-        .filter(|m| m.opts().get(OptionCode::ServerIdentifier) == Some(&DhcpOption::ServerIdentifier(SERVER_IP.parse().unwrap())))
+        .filter(|m| {
+            m.opts().get(OptionCode::ServerIdentifier)
+                == Some(&DhcpOption::ServerIdentifier(SERVER_IP.parse().unwrap()))
+        })
         .collect()
 }
 
 fn file_field(m: &Message) -> String {
-    m.fname_str().and_then(|r| r.ok()).unwrap_or("").trim_end_matches('\0').to_string()
+    m.fname_str()
+        .and_then(|r| r.ok())
+        .unwrap_or("")
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 fn dhclient_conf(dir: &Path, name: &str, pxe_arch: Option<u16>) -> std::path::PathBuf {
@@ -55,12 +67,23 @@ fn dhclient_conf(dir: &Path, name: &str, pxe_arch: Option<u16>) -> std::path::Pa
 fn dhclient(lab: &Lab, ns: &str, conf: &Path, tag: &str) -> (bool, String) {
     let lease = lab.dir.join(format!("{tag}.leases"));
     let pid = lab.dir.join(format!("{tag}.pid"));
-    let o = lab.exec_in(ns, &format!("timeout 30 dhclient -1 -v -cf {} -lf {} -pf {} -sf /bin/true eth0", conf.display(), lease.display(), pid.display()));
+    let o = lab.exec_in(
+        ns,
+        &format!(
+            "timeout 30 dhclient -1 -v -cf {} -lf {} -pf {} -sf /bin/true eth0",
+            conf.display(),
+            lease.display(),
+            pid.display()
+        ),
+    );
     // dhclient daemonizes once bound; stop it by its PID.
     if let Ok(p) = std::fs::read_to_string(&pid) {
         let _ = sh(&format!("kill -TERM {} 2>/dev/null", p.trim()));
     }
-    (o.status.success(), std::fs::read_to_string(&lease).unwrap_or_default())
+    (
+        o.status.success(),
+        std::fs::read_to_string(&lease).unwrap_or_default(),
+    )
 }
 
 fn udhcpc(lab: &Lab, ns: &str, args: &str, tag: &str) -> (bool, String) {
@@ -68,13 +91,33 @@ fn udhcpc(lab: &Lab, ns: &str, args: &str, tag: &str) -> (bool, String) {
     let script = lab.dir.join(format!("{tag}.sh"));
     std::fs::write(&script, format!("#!/bin/sh\nif [ \"$1\" = bound ]; then env > {}; ip addr add $ip/$mask dev $interface; fi\nexit 0\n", env.display())).unwrap();
     must(&format!("chmod +x {}", script.display()));
-    let o = lab.exec_in(ns, &format!("timeout 30 udhcpc -i eth0 -f -q -n -t 3 -T 1 -A 1 -s {} {args}", script.display()));
-    (o.status.success(), std::fs::read_to_string(&env).unwrap_or_default())
+    let o = lab.exec_in(
+        ns,
+        &format!(
+            "timeout 30 udhcpc -i eth0 -f -q -n -t 3 -T 1 -A 1 -s {} {args}",
+            script.display()
+        ),
+    );
+    (
+        o.status.success(),
+        std::fs::read_to_string(&env).unwrap_or_default(),
+    )
 }
 
 fn events(lab: &Lab, mac: &str) -> Vec<String> {
     let v = lab.host_json(mac);
-    v["events"].as_array().unwrap().iter().map(|e| format!("{} {}", e["kind"].as_str().unwrap(), e["message"].as_str().unwrap())).collect()
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap(),
+                e["message"].as_str().unwrap()
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -95,22 +138,40 @@ fn proxy_mode_answers_pxe_clients_only() {
     stop_capture(t);
     assert!(!bound, "nobody hands out addresses in proxy mode");
     let replies = server_replies(&cap);
-    assert!(!replies.is_empty(), "dhclient received no proxy offer; server log:\n{}", lab.server_log());
+    assert!(
+        !replies.is_empty(),
+        "dhclient received no proxy offer; server log:\n{}",
+        lab.server_log()
+    );
     for m in &replies {
         // dhclient (unlike PXE firmware) goes on to REQUEST the proxy offer on :67; that is never
         // acknowledged, or it would bind to 0.0.0.0.
         assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
-        assert!(m.yiaddr().is_unspecified(), "proxy offer must not carry an address");
+        assert!(
+            m.yiaddr().is_unspecified(),
+            "proxy offer must not carry an address"
+        );
         assert_eq!(m.siaddr().to_string(), SERVER_IP);
         assert_eq!(file_field(m), "undionly.kpxe");
-        assert_eq!(m.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec())));
-        assert_eq!(m.opts().get(OptionCode::VendorExtensions), Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255])));
+        assert_eq!(
+            m.opts().get(OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert_eq!(
+            m.opts().get(OptionCode::VendorExtensions),
+            Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+        );
     }
 
     // busybox udhcpc as UEFI x64 firmware: shim.
     let cap = lab.dir.join("uefi.pcap");
     let t = start_capture(&uefi, &cap);
-    let (bound, _) = udhcpc(&lab, &uefi, "-V PXEClient:Arch:00007:UNDI:003000 -x 0x5d:0007", "uefi");
+    let (bound, _) = udhcpc(
+        &lab,
+        &uefi,
+        "-V PXEClient:Arch:00007:UNDI:003000 -x 0x5d:0007",
+        "uefi",
+    );
     stop_capture(t);
     assert!(!bound);
     let replies = server_replies(&cap);
@@ -123,33 +184,73 @@ fn proxy_mode_answers_pxe_clients_only() {
     let conf = dhclient_conf(&lab.dir, "plain.conf", None);
     let _ = dhclient(&lab, &plain, &conf, "plain");
     stop_capture(t);
-    assert!(server_replies(&cap).is_empty(), "a non-PXE client was answered in proxy mode");
+    assert!(
+        server_replies(&cap).is_empty(),
+        "a non-PXE client was answered in proxy mode"
+    );
     let cap = lab.dir.join("win.pcap");
     let t = start_capture(&win, &cap);
     let _ = udhcpc(&lab, &win, "-V 'MSFT 5.0'", "win");
     stop_capture(t);
-    assert!(server_replies(&cap).is_empty(), "Windows was answered in proxy mode");
+    assert!(
+        server_replies(&cap).is_empty(),
+        "Windows was answered in proxy mode"
+    );
 
     // The PXE boot-server exchange on :4011, answered by unicast.
     must(&format!("ip -n {uefi} addr add 10.99.0.50/24 dev eth0"));
-    let out = lab.exec_in(&uefi, &format!("python3 {PROBE} pxe4011 {SERVER_IP} 52:54:00:aa:00:02"));
+    let out = lab.exec_in(
+        &uefi,
+        &format!("python3 {PROBE} pxe4011 {SERVER_IP} 52:54:00:aa:00:02"),
+    );
     let out = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.contains("from=10.99.0.1:4011") && out.contains("type=5") && out.contains("file=shimx64.efi") && out.contains("yiaddr=0.0.0.0"), "{out}\n{}", lab.server_log());
+    assert!(
+        out.contains("from=10.99.0.1:4011")
+            && out.contains("type=5")
+            && out.contains("file=shimx64.efi")
+            && out.contains("yiaddr=0.0.0.0"),
+        "{out}\n{}",
+        lab.server_log()
+    );
 
     // A burst of malformed packets is dropped and the server keeps serving.
     let out = lab.exec_in(&uefi, &format!("python3 {PROBE} burst {SERVER_IP} 400"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let out = lab.exec_in(&uefi, &format!("python3 {PROBE} pxe4011 {SERVER_IP} 52:54:00:aa:00:02"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("file=shimx64.efi"), "server stopped answering after malformed packets\n{}", lab.server_log());
+    let out = lab.exec_in(
+        &uefi,
+        &format!("python3 {PROBE} pxe4011 {SERVER_IP} 52:54:00:aa:00:02"),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("file=shimx64.efi"),
+        "server stopped answering after malformed packets\n{}",
+        lab.server_log()
+    );
 
     assert!(lab.stop_server().success());
-    for mac in ["52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03", "52:54:00:aa:00:04"] {
+    for mac in [
+        "52:54:00:aa:00:01",
+        "52:54:00:aa:00:02",
+        "52:54:00:aa:00:03",
+        "52:54:00:aa:00:04",
+    ] {
         let h = lab.host_json(mac);
-        assert_eq!(h["host"]["state"]["state"], "seen", "{mac} recorded as seen: {h}");
+        assert_eq!(
+            h["host"]["state"]["state"], "seen",
+            "{mac} recorded as seen: {h}"
+        );
     }
     let ev = events(&lab, "52:54:00:aa:00:01");
-    assert!(ev.iter().any(|e| e.starts_with("dhcp-discover") && e.contains("decision payload") && e.contains("undionly.kpxe")), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| e.starts_with("dhcp-discover")
+            && e.contains("decision payload")
+            && e.contains("undionly.kpxe")),
+        "{ev:?}"
+    );
     let ev = events(&lab, "52:54:00:aa:00:04");
     assert!(ev.iter().any(|e| e.contains("Windows")), "{ev:?}");
 }
@@ -166,16 +267,32 @@ fn full_mode_leases_to_real_clients() {
     // dhclient as BIOS PXE: address and boot file together.
     let conf = dhclient_conf(&lab.dir, "a.conf", Some(0));
     let (bound, lease) = dhclient(&lab, &a, &conf, "a");
-    assert!(bound, "dhclient got no lease:\n{lease}\n{}", lab.server_log());
+    assert!(
+        bound,
+        "dhclient got no lease:\n{lease}\n{}",
+        lab.server_log()
+    );
     assert!(lease.contains("fixed-address 10.99.0.1"), "{lease}");
     assert!(lease.contains("filename \"undionly.kpxe\""), "{lease}");
-    assert!(lease.contains("option dhcp-server-identifier 10.99.0.1;"), "{lease}");
+    assert!(
+        lease.contains("option dhcp-server-identifier 10.99.0.1;"),
+        "{lease}"
+    );
     assert!(lease.contains("option dhcp-lease-time 600;"), "{lease}");
 
     // udhcpc as UEFI: address, shim, next-server.
-    let (bound, env) = udhcpc(&lab, &b, "-V PXEClient:Arch:00007:UNDI:003000 -x 0x5d:0007", "b1");
+    let (bound, env) = udhcpc(
+        &lab,
+        &b,
+        "-V PXEClient:Arch:00007:UNDI:003000 -x 0x5d:0007",
+        "b1",
+    );
     assert!(bound, "udhcpc got no lease:\n{}", lab.server_log());
-    let ip_b = env.lines().find_map(|l| l.strip_prefix("ip=")).unwrap().to_string();
+    let ip_b = env
+        .lines()
+        .find_map(|l| l.strip_prefix("ip="))
+        .unwrap()
+        .to_string();
     assert!(ip_b.starts_with("10.99.0.1"), "{env}");
     assert!(env.contains("boot_file=shimx64.efi"), "{env}");
     assert!(env.contains("siaddr=10.99.0.1"), "{env}");
@@ -187,23 +304,50 @@ fn full_mode_leases_to_real_clients() {
     let conf = dhclient_conf(&lab.dir, "c.conf", None);
     let (bound, lease) = dhclient(&lab, &c, &conf, "c");
     assert!(bound, "{lease}\n{}", lab.server_log());
-    assert!(lab.server_log().contains("NAK: requested address is not in this server's pool"), "{}", lab.server_log());
-    assert!(lease.matches("fixed-address 10.99.0.1").count() >= 1, "{lease}");
+    assert!(
+        lab.server_log()
+            .contains("NAK: requested address is not in this server's pool"),
+        "{}",
+        lab.server_log()
+    );
+    assert!(
+        lease.matches("fixed-address 10.99.0.1").count() >= 1,
+        "{lease}"
+    );
 
     // Leases survive a restart: the same client gets the same address back.
     assert!(lab.stop_server().success());
     lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.120 --router 10.99.0.1 --lease-secs 600");
-    let (bound, env) = udhcpc(&lab, &b, "-V PXEClient:Arch:00007:UNDI:003000 -x 0x5d:0007", "b2");
+    let (bound, env) = udhcpc(
+        &lab,
+        &b,
+        "-V PXEClient:Arch:00007:UNDI:003000 -x 0x5d:0007",
+        "b2",
+    );
     assert!(bound);
-    assert!(env.contains(&format!("ip={ip_b}")), "lease not kept across restart: {env}");
+    assert!(
+        env.contains(&format!("ip={ip_b}")),
+        "lease not kept across restart: {env}"
+    );
     // RELEASE (busybox 1.35's -R does not put one on the wire here, so the probe sends it).
     let _ = lab.exec_in(&b, &format!("ip addr add {ip_b}/24 dev eth0"));
-    let o = lab.exec_in(&b, &format!("python3 {PROBE} release {SERVER_IP} 52:54:00:bb:00:02 {ip_b}"));
+    let o = lab.exec_in(
+        &b,
+        &format!("python3 {PROBE} release {SERVER_IP} 52:54:00:bb:00:02 {ip_b}"),
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(lab.wait_log(&format!("released {ip_b}"), Duration::from_secs(5)), "RELEASE not handled:\n{}", lab.server_log());
+    assert!(
+        lab.wait_log(&format!("released {ip_b}"), Duration::from_secs(5)),
+        "RELEASE not handled:\n{}",
+        lab.server_log()
+    );
     assert!(lab.stop_server().success());
     let ev = events(&lab, "52:54:00:bb:00:02");
-    assert!(ev.iter().any(|e| e.starts_with("dhcp-request") && e.contains(&format!("leased {ip_b}"))), "{ev:?}");
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with("dhcp-request") && e.contains(&format!("leased {ip_b}"))),
+        "{ev:?}"
+    );
 }
 
 #[test]
@@ -218,62 +362,201 @@ fn tftp_and_http_with_real_clients() {
     std::fs::create_dir_all(&out).unwrap();
 
     // The iPXE script request tells the server which MAC this address belongs to.
-    let o = String::from_utf8_lossy(&lab.exec_in(&c, &format!("curl -sS http://{SERVER_IP}:8080/boot/52:54:00:cc:00:01.ipxe")).stdout).to_string();
-    assert!(o.starts_with("#!ipxe") && o.contains("no recovery image yet"), "{o}");
+    let o = String::from_utf8_lossy(
+        &lab.exec_in(
+            &c,
+            &format!("curl -sS http://{SERVER_IP}:8080/boot/52:54:00:cc:00:01.ipxe"),
+        )
+        .stdout,
+    )
+    .to_string();
+    assert!(
+        o.starts_with("#!ipxe") && o.contains("no recovery image yet"),
+        "{o}"
+    );
     // atftp with blksize, windowsize and tsize.
     let o = lab.exec_in(&c, &format!("atftp --option 'blksize 1468' --option 'windowsize 16' --option 'tsize 0' -g -r ipxe.efi -l {}/ipxe.efi {SERVER_IP}", out.display()));
-    assert!(o.status.success(), "atftp: {}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(sha256_file(&out.join("ipxe.efi")), sha256_file(&img.join("ipxe.efi")));
+    assert!(
+        o.status.success(),
+        "atftp: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out.join("ipxe.efi")),
+        sha256_file(&img.join("ipxe.efi"))
+    );
     // curl, blksize 1468 and the RFC 1350 default.
-    let o = lab.exec_in(&c, &format!("curl -sS --tftp-blksize 1468 -o {}/undionly.kpxe tftp://{SERVER_IP}/undionly.kpxe", out.display()));
-    assert!(o.status.success(), "curl: {}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(sha256_file(&out.join("undionly.kpxe")), sha256_file(&img.join("undionly.kpxe")));
-    let o = lab.exec_in(&c, &format!("curl -sS --tftp-no-options -o {}/grubx64.efi tftp://{SERVER_IP}/grubx64.efi", out.display()));
-    assert!(o.status.success(), "curl: {}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(sha256_file(&out.join("grubx64.efi")), sha256_file(&img.join("grubx64.efi")));
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "curl -sS --tftp-blksize 1468 -o {}/undionly.kpxe tftp://{SERVER_IP}/undionly.kpxe",
+            out.display()
+        ),
+    );
+    assert!(
+        o.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out.join("undionly.kpxe")),
+        sha256_file(&img.join("undionly.kpxe"))
+    );
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "curl -sS --tftp-no-options -o {}/grubx64.efi tftp://{SERVER_IP}/grubx64.efi",
+            out.display()
+        ),
+    );
+    assert!(
+        o.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out.join("grubx64.efi")),
+        sha256_file(&img.join("grubx64.efi"))
+    );
     // grub's stub configuration.
     let o = lab.exec_in(&c, &format!("curl -sS tftp://{SERVER_IP}/grub/grub.cfg"));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("configfile /grub/host-${net_default_mac}.cfg"));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("configfile /grub/host-${net_default_mac}.cfg")
+    );
 
     // Hostile paths: traversal refused, absolute paths only inside the root, writes refused.
-    let o = lab.exec_in(&c, &format!("atftp -g -r ../../etc/passwd -l {}/passwd {SERVER_IP}", out.display()));
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "atftp -g -r ../../etc/passwd -l {}/passwd {SERVER_IP}",
+            out.display()
+        ),
+    );
     assert!(!o.status.success());
-    assert!(std::fs::metadata(out.join("passwd")).map(|m| m.len() == 0).unwrap_or(true), "traversal returned data");
-    let o = lab.exec_in(&c, &format!("curl -sS -o {}/p2 tftp://{SERVER_IP}/etc/passwd", out.display()));
-    assert!(!o.status.success(), "/etc/passwd must not exist under the TFTP root");
+    assert!(
+        std::fs::metadata(out.join("passwd"))
+            .map(|m| m.len() == 0)
+            .unwrap_or(true),
+        "traversal returned data"
+    );
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "curl -sS -o {}/p2 tftp://{SERVER_IP}/etc/passwd",
+            out.display()
+        ),
+    );
+    assert!(
+        !o.status.success(),
+        "/etc/passwd must not exist under the TFTP root"
+    );
     std::fs::write(out.join("up"), b"x").unwrap();
-    let o = lab.exec_in(&c, &format!("atftp -p -l {}/up -r up {SERVER_IP}", out.display()));
+    let o = lab.exec_in(
+        &c,
+        &format!("atftp -p -l {}/up -r up {SERVER_IP}", out.display()),
+    );
     assert!(!o.status.success(), "a write request was accepted");
-    assert!(lab.server_log().contains("path traversal refused"), "{}", lab.server_log());
-    assert!(lab.server_log().contains("read-only"), "{}", lab.server_log());
+    assert!(
+        lab.server_log().contains("path traversal refused"),
+        "{}",
+        lab.server_log()
+    );
+    assert!(
+        lab.server_log().contains("read-only"),
+        "{}",
+        lab.server_log()
+    );
 
     // Malformed burst, then service as before.
     let o = lab.exec_in(&c, &format!("python3 {PROBE} burst {SERVER_IP} 300"));
     assert!(o.status.success());
-    let o = lab.exec_in(&c, &format!("atftp --option 'blksize 1468' -g -r snponly.efi -l {}/snponly.efi {SERVER_IP}", out.display()));
-    assert!(o.status.success(), "TFTP stopped after malformed packets: {}", lab.server_log());
-    assert_eq!(sha256_file(&out.join("snponly.efi")), sha256_file(&img.join("snponly.efi")));
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "atftp --option 'blksize 1468' -g -r snponly.efi -l {}/snponly.efi {SERVER_IP}",
+            out.display()
+        ),
+    );
+    assert!(
+        o.status.success(),
+        "TFTP stopped after malformed packets: {}",
+        lab.server_log()
+    );
+    assert_eq!(
+        sha256_file(&out.join("snponly.efi")),
+        sha256_file(&img.join("snponly.efi"))
+    );
 
     // HTTP: Content-Length, HEAD, Range, no redirects, nothing outside the image.
     let len = std::fs::metadata(img.join("ipxe.efi")).unwrap().len();
-    let o = String::from_utf8_lossy(&lab.exec_in(&c, &format!("curl -sSI http://{SERVER_IP}:8080/image/ipxe.efi")).stdout).to_lowercase();
-    assert!(o.starts_with("http/1.1 200") && o.contains(&format!("content-length: {len}")) && o.contains("accept-ranges: bytes"), "{o}");
-    let o = lab.exec_in(&c, &format!("curl -sS -r 100-199 -D {}/h -o {}/part http://{SERVER_IP}:8080/image/ipxe.efi", out.display(), out.display()));
+    let o = String::from_utf8_lossy(
+        &lab.exec_in(
+            &c,
+            &format!("curl -sSI http://{SERVER_IP}:8080/image/ipxe.efi"),
+        )
+        .stdout,
+    )
+    .to_lowercase();
+    assert!(
+        o.starts_with("http/1.1 200")
+            && o.contains(&format!("content-length: {len}"))
+            && o.contains("accept-ranges: bytes"),
+        "{o}"
+    );
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "curl -sS -r 100-199 -D {}/h -o {}/part http://{SERVER_IP}:8080/image/ipxe.efi",
+            out.display(),
+            out.display()
+        ),
+    );
     assert!(o.status.success());
     let part = std::fs::read(out.join("part")).unwrap();
     assert_eq!(part, std::fs::read(img.join("ipxe.efi")).unwrap()[100..200]);
-    let h = std::fs::read_to_string(out.join("h")).unwrap().to_lowercase();
-    assert!(h.starts_with("http/1.1 206") && h.contains(&format!("content-range: bytes 100-199/{len}")), "{h}");
+    let h = std::fs::read_to_string(out.join("h"))
+        .unwrap()
+        .to_lowercase();
+    assert!(
+        h.starts_with("http/1.1 206") && h.contains(&format!("content-range: bytes 100-199/{len}")),
+        "{h}"
+    );
     let o = String::from_utf8_lossy(&lab.exec_in(&c, &format!("curl -s -o /dev/null -w '%{{http_code}}' -r {len}- http://{SERVER_IP}:8080/image/ipxe.efi")).stdout).to_string();
     assert_eq!(o, "416");
-    for bad in ["/image/..%2Fkeys%2Fsigning.key", "/image/manifest.json.sig", "/image/nothing"] {
-        let o = String::from_utf8_lossy(&lab.exec_in(&c, &format!("curl -s -o /dev/null -w '%{{http_code}}' 'http://{SERVER_IP}:8080{bad}'")).stdout).to_string();
+    for bad in [
+        "/image/..%2Fkeys%2Fsigning.key",
+        "/image/manifest.json.sig",
+        "/image/nothing",
+    ] {
+        let o = String::from_utf8_lossy(
+            &lab.exec_in(
+                &c,
+                &format!("curl -s -o /dev/null -w '%{{http_code}}' 'http://{SERVER_IP}:8080{bad}'"),
+            )
+            .stdout,
+        )
+        .to_string();
         assert_eq!(o, "404", "{bad}");
     }
-    let o = String::from_utf8_lossy(&lab.exec_in(&c, &format!("curl -s -w ' %{{http_code}}' http://{SERVER_IP}:8080/boot/zz.ipxe")).stdout).to_string();
-    assert!(o.ends_with(" 400") && o.contains("not a MAC address"), "{o}");
+    let o = String::from_utf8_lossy(
+        &lab.exec_in(
+            &c,
+            &format!("curl -s -w ' %{{http_code}}' http://{SERVER_IP}:8080/boot/zz.ipxe"),
+        )
+        .stdout,
+    )
+    .to_string();
+    assert!(
+        o.ends_with(" 400") && o.contains("not a MAC address"),
+        "{o}"
+    );
 
     assert!(lab.stop_server().success(), "graceful stop");
     let ev = events(&lab, "52:54:00:cc:00:01");
-    assert!(ev.iter().any(|e| e.contains("ipxe.efi") && e.contains("complete") && e.contains("windowsize 16")), "TFTP transfer recorded for the host: {ev:?}");
+    assert!(
+        ev.iter().any(|e| e.contains("ipxe.efi")
+            && e.contains("complete")
+            && e.contains("windowsize 16")),
+        "TFTP transfer recorded for the host: {ev:?}"
+    );
 }

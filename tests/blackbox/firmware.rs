@@ -38,7 +38,12 @@ impl Drop for Guest {
 pub fn payload_kernel() -> PathBuf {
     let boot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root/boot");
     let entry = std::fs::read_dir(&boot)
-        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/install-deps.sh (the README's test command does)", boot.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/install-deps.sh (the README's test command does)",
+                boot.display()
+            )
+        })
         .filter_map(Result::ok)
         .find(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
         .expect("vmlinuz-* in target/kernel/root/boot");
@@ -72,29 +77,54 @@ pub fn start_guest(lab: &Lab, name: &str, fw: Firmware, mac: &str, disk: Option<
         Firmware::Bios => {}
         Firmware::Uefi | Firmware::UefiFw | Firmware::UefiSb => {
             let (code, vars_src) = if fw == Firmware::UefiSb {
-                ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd")
+                (
+                    "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
+                    "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
+                )
             } else {
-                ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd")
+                (
+                    "/usr/share/OVMF/OVMF_CODE_4M.fd",
+                    "/usr/share/OVMF/OVMF_VARS_4M.fd",
+                )
             };
             let vars = lab.dir.join(format!("{name}.vars.fd"));
             std::fs::copy(vars_src, &vars).unwrap();
             if fw == Firmware::UefiSb {
-                args.extend(["-machine", "q35,smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"].map(String::from));
+                args.extend(
+                    [
+                        "-machine",
+                        "q35,smm=on",
+                        "-global",
+                        "driver=cfi.pflash01,property=secure,value=on",
+                    ]
+                    .map(String::from),
+                );
             } else {
                 args.extend(["-machine", "q35"].map(String::from));
             }
             args.push("-drive".into());
-            args.push(format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"));
+            args.push(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+            ));
             args.push("-drive".into());
-            args.push(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            args.push(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
         }
     }
     args.push("-netdev".into());
     args.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
     args.push("-device".into());
     // SeaBIOS skips the NIC's ROM when it carries a bootindex; OVMF needs it to try PXE first.
-    let bootindex = if fw == Firmware::Bios { "" } else { ",bootindex=1" };
-    args.push(format!("virtio-net-pci,netdev=n0,mac={mac}{rom}{bootindex}"));
+    let bootindex = if fw == Firmware::Bios {
+        ""
+    } else {
+        ",bootindex=1"
+    };
+    args.push(format!(
+        "virtio-net-pci,netdev=n0,mac={mac}{rom}{bootindex}"
+    ));
     if let Some(d) = disk {
         args.push("-drive".into());
         args.push(format!("file={},format=raw,if=none,id=d0", d.display()));
@@ -110,7 +140,13 @@ pub fn start_guest(lab: &Lab, name: &str, fw: Firmware, mac: &str, disk: Option<
         .stderr(log)
         .spawn()
         .expect("qemu-system-x86_64");
-    Guest { name: name.into(), mac: mac.into(), fw, serial, child }
+    Guest {
+        name: name.into(),
+        mac: mac.into(),
+        fw,
+        serial,
+        child,
+    }
 }
 
 impl Guest {
@@ -126,7 +162,10 @@ impl Guest {
 fn stage_kernel(lab: &Lab) {
     let img = lab.data().join("image");
     std::fs::copy(payload_kernel(), img.join("vmlinuz")).unwrap();
-    must(&format!("cd {} && printf '' | cpio --quiet -o -H newc | gzip -9n > initrd.img", img.display()));
+    must(&format!(
+        "cd {} && printf '' | cpio --quiet -o -H newc | gzip -9n > initrd.img",
+        img.display()
+    ));
     must(&format!("{} image sign {}", unbrick(), img.display()));
 }
 
@@ -143,7 +182,10 @@ fn real_firmware_boots_through_unbrick() {
         ("uefisb", Firmware::UefiSb, "52:54:00:f0:00:04"),
     ];
     let start = Instant::now();
-    let mut guests: Vec<Guest> = specs.iter().map(|(n, fw, mac)| start_guest(&lab, n, *fw, mac, None)).collect();
+    let mut guests: Vec<Guest> = specs
+        .iter()
+        .map(|(n, fw, mac)| start_guest(&lab, n, *fw, mac, None))
+        .collect();
     let mut done: Vec<Option<Duration>> = vec![None; guests.len()];
     while start.elapsed() < Duration::from_secs(420) && done.iter().any(Option::is_none) {
         std::thread::sleep(Duration::from_secs(1));
@@ -153,8 +195,18 @@ fn real_firmware_boots_through_unbrick() {
                 continue;
             }
             let fetched = match g.fw {
-                Firmware::Bios | Firmware::Uefi => log.contains(&format!("{} http-download: vmlinuz", g.mac)) && log.contains(&format!("{} http-download: initrd.img", g.mac)),
-                _ => log.lines().any(|l| l.contains(&format!("{} tftp: vmlinuz", g.mac)) && l.ends_with("complete")) && log.lines().any(|l| l.contains(&format!("{} tftp: initrd.img", g.mac)) && l.ends_with("complete")),
+                Firmware::Bios | Firmware::Uefi => {
+                    log.contains(&format!("{} http-download: vmlinuz", g.mac))
+                        && log.contains(&format!("{} http-download: initrd.img", g.mac))
+                }
+                _ => {
+                    log.lines().any(|l| {
+                        l.contains(&format!("{} tftp: vmlinuz", g.mac)) && l.ends_with("complete")
+                    }) && log.lines().any(|l| {
+                        l.contains(&format!("{} tftp: initrd.img", g.mac))
+                            && l.ends_with("complete")
+                    })
+                }
             };
             if fetched && g.serial_text().contains("Linux version 6.") {
                 done[i] = Some(start.elapsed());
@@ -166,29 +218,70 @@ fn real_firmware_boots_through_unbrick() {
     }
     let mut report = String::new();
     for (g, d) in guests.iter().zip(&done) {
-        report += &format!("{:<7} {:?}: {}\n", g.name, g.fw, d.map(|d| format!("kernel started after {:.1} s", d.as_secs_f64())).unwrap_or_else(|| "DID NOT BOOT".into()));
+        report += &format!(
+            "{:<7} {:?}: {}\n",
+            g.name,
+            g.fw,
+            d.map(|d| format!("kernel started after {:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "DID NOT BOOT".into())
+        );
     }
     eprintln!("firmware boot times (QEMU start to kernel running, {} guests in parallel, accel {}):\n{report}", guests.len(), accel());
     for (g, d) in guests.iter().zip(&done) {
-        assert!(d.is_some(), "{} did not boot through unbrick.\n{report}\nserial:\n{}\nserver log:\n{}", g.name, g.serial_text(), lab.server_log());
+        assert!(
+            d.is_some(),
+            "{} did not boot through unbrick.\n{report}\nserial:\n{}\nserver log:\n{}",
+            g.name,
+            g.serial_text(),
+            lab.server_log()
+        );
     }
     // Secure Boot really was on for the shim guest.
-    let sb = guests.iter().find(|g| g.fw == Firmware::UefiSb).unwrap().serial_text();
-    assert!(sb.contains("Secure boot enabled"), "Secure Boot guest did not run with Secure Boot on:\n{sb}");
+    let sb = guests
+        .iter()
+        .find(|g| g.fw == Firmware::UefiSb)
+        .unwrap()
+        .serial_text();
+    assert!(
+        sb.contains("Secure boot enabled"),
+        "Secure Boot guest did not run with Secure Boot on:\n{sb}"
+    );
     drop(guests);
     assert!(lab.stop_server().success());
     for (name, fw, mac) in specs {
         let v = lab.host_json(mac);
-        let ev: Vec<String> = v["events"].as_array().unwrap().iter().map(|e| format!("{} {}", e["kind"].as_str().unwrap(), e["message"].as_str().unwrap())).collect();
+        let ev: Vec<String> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["message"].as_str().unwrap()
+                )
+            })
+            .collect();
         let want = match fw {
             Firmware::Bios | Firmware::Uefi => ".ipxe",
             _ => "shimx64.efi",
         };
-        assert!(ev.iter().any(|e| e.starts_with("dhcp-") && e.contains(want)), "{name}: {ev:?}");
-        assert!(ev.iter().any(|e| e.starts_with("payload")), "{name}: payload issued: {ev:?}");
+        assert!(
+            ev.iter()
+                .any(|e| e.starts_with("dhcp-") && e.contains(want)),
+            "{name}: {ev:?}"
+        );
+        assert!(
+            ev.iter().any(|e| e.starts_with("payload")),
+            "{name}: payload issued: {ev:?}"
+        );
         assert_eq!(v["host"]["state"]["state"], "booting", "{name}");
         if matches!(fw, Firmware::UefiFw | Firmware::UefiSb) {
-            assert!(ev.iter().any(|e| e.contains("grubx64.efi") && e.ends_with("complete")), "{name}: shim fetched grub: {ev:?}");
+            assert!(
+                ev.iter()
+                    .any(|e| e.contains("grubx64.efi") && e.ends_with("complete")),
+                "{name}: shim fetched grub: {ev:?}"
+            );
         }
     }
 }

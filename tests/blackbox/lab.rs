@@ -16,7 +16,12 @@ pub fn sh(cmd: &str) -> Output {
 /// Runs a command and panics with its output when it fails.
 pub fn must(cmd: &str) -> String {
     let o = sh(cmd);
-    assert!(o.status.success(), "command failed: {cmd}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "command failed: {cmd}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -47,14 +52,23 @@ impl Lab {
         let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
         must(&format!("ip netns add {ns}"));
         must(&format!("ip -n {ns} link set lo up"));
-        must(&format!("ip -n {ns} link add br0 type bridge stp_state 0 forward_delay 0"));
+        must(&format!(
+            "ip -n {ns} link add br0 type bridge stp_state 0 forward_delay 0"
+        ));
         must(&format!("ip -n {ns} addr add {SERVER_IP}/24 dev br0"));
         must(&format!("ip -n {ns} link set br0 up"));
         let dir = std::env::temp_dir().join(format!("unbrick-lab-{ns}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("server.log");
-        Lab { ns, clients: Vec::new(), dir, server: None, log, extra_children: Vec::new() }
+        Lab {
+            ns,
+            clients: Vec::new(),
+            dir,
+            server: None,
+            log,
+            extra_children: Vec::new(),
+        }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -63,7 +77,11 @@ impl Lab {
 
     /// `unbrick init` into the lab's data dir.
     pub fn init(&self) {
-        must(&format!("{} init --data-dir {}", unbrick(), self.data().display()));
+        must(&format!(
+            "{} init --data-dir {}",
+            unbrick(),
+            self.data().display()
+        ));
     }
 
     /// A client namespace joined to the bridge by a veth pair; returns (namespace, interface).
@@ -73,7 +91,10 @@ impl Lab {
         let _ = sh(&format!("ip netns del {cns} 2>/dev/null"));
         must(&format!("ip netns add {cns}"));
         must(&format!("ip -n {cns} link set lo up"));
-        must(&format!("ip -n {} link add h{i} type veth peer name eth0 netns {cns}", self.ns));
+        must(&format!(
+            "ip -n {} link add h{i} type veth peer name eth0 netns {cns}",
+            self.ns
+        ));
         must(&format!("ip -n {} link set h{i} master br0 up", self.ns));
         must(&format!("ip -n {cns} link set eth0 address {mac} up"));
         self.clients.push(cns.clone());
@@ -116,7 +137,13 @@ impl Lab {
     /// Starts a helper process (kept until the lab is dropped).
     pub fn spawn(&mut self, ns: &str, cmd: &str, log: &Path) {
         let f = std::fs::File::create(log).unwrap();
-        let c = Command::new("ip").args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")]).stdout(f.try_clone().unwrap()).stderr(f).stdin(Stdio::null()).spawn().unwrap();
+        let c = Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c", &format!("exec {cmd}")])
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
         self.extra_children.push(c);
     }
 
@@ -124,12 +151,12 @@ impl Lab {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    pub fn server_pid(&self) -> u32 {
-        self.server.as_ref().unwrap().id()
-    }
-
     pub fn exec(&self, cmd: &str) -> Output {
-        sh(&format!("ip netns exec {} sh -c '{}'", self.ns, cmd.replace('\'', r"'\''")))
+        sh(&format!(
+            "ip netns exec {} sh -c '{}'",
+            self.ns,
+            cmd.replace('\'', r"'\''")
+        ))
     }
 
     pub fn exec_ok(&self, cmd: &str) -> bool {
@@ -137,7 +164,10 @@ impl Lab {
     }
 
     pub fn exec_in(&self, ns: &str, cmd: &str) -> Output {
-        sh(&format!("ip netns exec {ns} sh -c '{}'", cmd.replace('\'', r"'\''")))
+        sh(&format!(
+            "ip netns exec {ns} sh -c '{}'",
+            cmd.replace('\'', r"'\''")
+        ))
     }
 
     /// Stops the server with SIGTERM (graceful: transfers finish, store flushed) and waits.
@@ -151,7 +181,10 @@ impl Lab {
             }
             if t.elapsed() > Duration::from_secs(20) {
                 let _ = c.kill();
-                panic!("unbrick serve did not stop within 20 s of SIGTERM:\n{}", self.server_log());
+                panic!(
+                    "unbrick serve did not stop within 20 s of SIGTERM:\n{}",
+                    self.server_log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -159,7 +192,11 @@ impl Lab {
 
     /// `unbrick hosts show MAC --json` (the server must be stopped: sled holds a lock).
     pub fn host_json(&self, mac: &str) -> serde_json::Value {
-        let out = must(&format!("{} hosts show {mac} --json --data-dir {}", unbrick(), self.data().display()));
+        let out = must(&format!(
+            "{} hosts show {mac} --json --data-dir {}",
+            unbrick(),
+            self.data().display()
+        ));
         serde_json::from_str(&out).unwrap()
     }
 

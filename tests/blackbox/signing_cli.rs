@@ -3,7 +3,10 @@ use crate::lab::*;
 
 fn unbrick_out(args: &str) -> (i32, String) {
     let o = sh(&format!("{} {args} 2>&1", unbrick()));
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned())
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -30,14 +33,70 @@ fn image_verify_names_every_tamper_case() {
         let _ = std::fs::remove_file(img.join("extra.bin"));
         must(&format!("{} image sign {}", unbrick(), img.display()));
     };
-    let cases: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
-        ("missing file", Box::new(|| std::fs::remove_file(img.join("initrd.img")).unwrap()), "initrd.img is listed in the manifest but missing"),
-        ("changed byte", Box::new(|| { let mut d = std::fs::read(img.join("vmlinuz")).unwrap(); d[500] ^= 1; std::fs::write(img.join("vmlinuz"), d).unwrap(); }), "vmlinuz: SHA-256 is"),
-        ("extra file", Box::new(|| std::fs::write(img.join("extra.bin"), b"x").unwrap()), "extra.bin is not listed in the signed manifest"),
-        ("wrong key", Box::new(|| { let _ = std::fs::remove_dir_all(dir.join("k2")); must(&format!("{} keys generate --out {}/k2", unbrick(), dir.display())); must(&format!("{} image sign {} --key {}/k2/signing.key", unbrick(), img.display(), dir.display())); }), "but the trusted key is"),
-        ("truncated signature", Box::new(|| { let s = std::fs::read(img.join("manifest.json.sig")).unwrap(); std::fs::write(img.join("manifest.json.sig"), &s[..s.len() - 30]).unwrap(); }), "signature file is malformed"),
-        ("malformed manifest", Box::new(|| std::fs::write(img.join("manifest.json"), b"{not json").unwrap()), "manifest.json"),
-        ("edited manifest", Box::new(|| { let m = std::fs::read_to_string(img.join("manifest.json")).unwrap(); std::fs::write(img.join("manifest.json"), m.replace("\"size\": 5000", "\"size\": 5001")).unwrap(); }), "signature does not match"),
+    type Tamper<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
+    let cases: Vec<Tamper> = vec![
+        (
+            "missing file",
+            Box::new(|| std::fs::remove_file(img.join("initrd.img")).unwrap()),
+            "initrd.img is listed in the manifest but missing",
+        ),
+        (
+            "changed byte",
+            Box::new(|| {
+                let mut d = std::fs::read(img.join("vmlinuz")).unwrap();
+                d[500] ^= 1;
+                std::fs::write(img.join("vmlinuz"), d).unwrap();
+            }),
+            "vmlinuz: SHA-256 is",
+        ),
+        (
+            "extra file",
+            Box::new(|| std::fs::write(img.join("extra.bin"), b"x").unwrap()),
+            "extra.bin is not listed in the signed manifest",
+        ),
+        (
+            "wrong key",
+            Box::new(|| {
+                let _ = std::fs::remove_dir_all(dir.join("k2"));
+                must(&format!(
+                    "{} keys generate --out {}/k2",
+                    unbrick(),
+                    dir.display()
+                ));
+                must(&format!(
+                    "{} image sign {} --key {}/k2/signing.key",
+                    unbrick(),
+                    img.display(),
+                    dir.display()
+                ));
+            }),
+            "but the trusted key is",
+        ),
+        (
+            "truncated signature",
+            Box::new(|| {
+                let s = std::fs::read(img.join("manifest.json.sig")).unwrap();
+                std::fs::write(img.join("manifest.json.sig"), &s[..s.len() - 30]).unwrap();
+            }),
+            "signature file is malformed",
+        ),
+        (
+            "malformed manifest",
+            Box::new(|| std::fs::write(img.join("manifest.json"), b"{not json").unwrap()),
+            "manifest.json",
+        ),
+        (
+            "edited manifest",
+            Box::new(|| {
+                let m = std::fs::read_to_string(img.join("manifest.json")).unwrap();
+                std::fs::write(
+                    img.join("manifest.json"),
+                    m.replace("\"size\": 5000", "\"size\": 5001"),
+                )
+                .unwrap();
+            }),
+            "signature does not match",
+        ),
     ];
     for (name, tamper, expect) in cases {
         reset();
@@ -53,31 +112,82 @@ fn image_verify_names_every_tamper_case() {
 fn rules_sign_verify_and_tamper() {
     let dir = std::env::temp_dir().join(format!("unbrick-rules-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    must(&format!("{} keys generate --out {}", unbrick(), dir.display()));
+    must(&format!(
+        "{} keys generate --out {}",
+        unbrick(),
+        dir.display()
+    ));
     let rules = dir.join("rules.json");
-    must(&format!("{} rules default --days 10 > {}", unbrick(), rules.display()));
-    let (code, out) = unbrick_out(&format!("rules sign {} --key {}/signing.key", rules.display(), dir.display()));
+    must(&format!(
+        "{} rules default --days 10 > {}",
+        unbrick(),
+        rules.display()
+    ));
+    let (code, out) = unbrick_out(&format!(
+        "rules sign {} --key {}/signing.key",
+        rules.display(),
+        dir.display()
+    ));
     assert_eq!(code, 0, "{out}");
-    let (code, out) = unbrick_out(&format!("rules verify {} --pubkey {}/signing.pub", rules.display(), dir.display()));
+    let (code, out) = unbrick_out(&format!(
+        "rules verify {} --pubkey {}/signing.pub",
+        rules.display(),
+        dir.display()
+    ));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("C-00000291*.sys"), "{out}");
     let doc = std::fs::read_to_string(&rules).unwrap();
     std::fs::write(&rules, doc.replace("05:27:00", "09:27:00")).unwrap();
-    let (code, out) = unbrick_out(&format!("rules verify {} --pubkey {}/signing.pub", rules.display(), dir.display()));
+    let (code, out) = unbrick_out(&format!(
+        "rules verify {} --pubkey {}/signing.pub",
+        rules.display(),
+        dir.display()
+    ));
     assert_eq!(code, 2);
     assert!(out.contains("signature does not match"), "{out}");
     // Expired rules are refused.
-    must(&format!("{} rules default --days 0 > {}", unbrick(), rules.display()));
+    must(&format!(
+        "{} rules default --days 0 > {}",
+        unbrick(),
+        rules.display()
+    ));
     let doc = std::fs::read_to_string(&rules).unwrap();
-    let expired = doc.lines().map(|l| if l.contains("\"expires\"") { "  \"expires\": \"2024-01-01T00:00:00Z\",".to_string() } else { l.to_string() }).collect::<Vec<_>>().join("\n");
+    let expired = doc
+        .lines()
+        .map(|l| {
+            if l.contains("\"expires\"") {
+                "  \"expires\": \"2024-01-01T00:00:00Z\",".to_string()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
     std::fs::write(&rules, expired).unwrap();
-    must(&format!("{} rules sign {} --key {}/signing.key", unbrick(), rules.display(), dir.display()));
-    let (code, out) = unbrick_out(&format!("rules verify {} --pubkey {}/signing.pub", rules.display(), dir.display()));
+    must(&format!(
+        "{} rules sign {} --key {}/signing.key",
+        unbrick(),
+        rules.display(),
+        dir.display()
+    ));
+    let (code, out) = unbrick_out(&format!(
+        "rules verify {} --pubkey {}/signing.pub",
+        rules.display(),
+        dir.display()
+    ));
     assert_eq!(code, 2);
     assert!(out.contains("expired at 2024-01-01T00:00:00Z"), "{out}");
     // A rule that names a path outside the volume cannot even be signed.
-    std::fs::write(&rules, doc.replace(r"Windows\\System32", r"..\\..\\Windows")).unwrap();
-    let (code, out) = unbrick_out(&format!("rules sign {} --key {}/signing.key", rules.display(), dir.display()));
+    std::fs::write(
+        &rules,
+        doc.replace(r"Windows\\System32", r"..\\..\\Windows"),
+    )
+    .unwrap();
+    let (code, out) = unbrick_out(&format!(
+        "rules sign {} --key {}/signing.key",
+        rules.display(),
+        dir.display()
+    ));
     assert_eq!(code, 2, "{out}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -90,42 +200,91 @@ fn server_refuses_to_start_with_a_tampered_image() {
     let mut d = std::fs::read(&shim).unwrap();
     d[1000] ^= 0x40;
     std::fs::write(&shim, d).unwrap();
-    let o = lab.exec(&format!("{} serve --data-dir {} --interface br0 --dhcp proxy", unbrick(), lab.data().display()));
+    let o = lab.exec(&format!(
+        "{} serve --data-dir {} --interface br0 --dhcp proxy",
+        unbrick(),
+        lab.data().display()
+    ));
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("refusing to serve") && err.contains("shimx64.efi: SHA-256 is"), "{err}");
+    assert!(
+        err.contains("refusing to serve") && err.contains("shimx64.efi: SHA-256 is"),
+        "{err}"
+    );
     // Tampered rules are refused too.
-    must(&format!("{} image sign {}", unbrick(), lab.data().join("image").display()));
+    must(&format!(
+        "{} image sign {}",
+        unbrick(),
+        lab.data().join("image").display()
+    ));
     let rules = lab.data().join("rules/active.json");
     let doc = std::fs::read_to_string(&rules).unwrap();
     std::fs::write(&rules, doc.replace("quarantine", "delete")).unwrap();
-    let o = lab.exec(&format!("{} serve --data-dir {} --interface br0 --dhcp proxy", unbrick(), lab.data().display()));
+    let o = lab.exec(&format!(
+        "{} serve --data-dir {} --interface br0 --dhcp proxy",
+        unbrick(),
+        lab.data().display()
+    ));
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("signature does not match"), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("signature does not match"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // Clear one-line errors for configuration mistakes.
     std::fs::write(&rules, doc).unwrap();
     for (args, expect) in [
-        ("--interface nope9 --dhcp proxy", "interface nope9 not found"),
-        ("--interface br0 --dhcp full --pool 10.1.0.10-10.1.0.20", "is not inside br0's subnet"),
+        (
+            "--interface nope9 --dhcp proxy",
+            "interface nope9 not found",
+        ),
+        (
+            "--interface br0 --dhcp full --pool 10.1.0.10-10.1.0.20",
+            "is not inside br0's subnet",
+        ),
         ("--interface br0 --dhcp full", "needs --pool"),
     ] {
-        let o = lab.exec(&format!("{} serve --data-dir {} {args}", unbrick(), lab.data().display()));
+        let o = lab.exec(&format!(
+            "{} serve --data-dir {} {args}",
+            unbrick(),
+            lab.data().display()
+        ));
         assert_eq!(o.status.code(), Some(2), "{args}");
-        assert!(String::from_utf8_lossy(&o.stderr).contains(expect), "{args}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains(expect),
+            "{args}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     // A port in use.
     let hold = lab.dir.join("hold.log");
     let ns = lab.ns.clone();
     lab.spawn(&ns, "python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((\"10.99.0.1\", 8080)); s.listen(); print(\"held\", flush=True); time.sleep(60)'", &hold);
     for _ in 0..50 {
-        if std::fs::read_to_string(&hold).unwrap_or_default().contains("held") { break; }
+        if std::fs::read_to_string(&hold)
+            .unwrap_or_default()
+            .contains("held")
+        {
+            break;
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let o = lab.exec(&format!("{} serve --data-dir {} --interface br0 --dhcp off", unbrick(), lab.data().display()));
+    let o = lab.exec(&format!(
+        "{} serve --data-dir {} --interface br0 --dhcp off",
+        unbrick(),
+        lab.data().display()
+    ));
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("port 8080 on 10.99.0.1 is already in use"), "{err}");
+    assert!(
+        err.contains("port 8080 on 10.99.0.1 is already in use"),
+        "{err}"
+    );
     // Configuration from the environment.
-    let o = lab.exec(&format!("UNBRICK_INTERFACE=nope7 UNBRICK_DHCP=proxy {} serve --data-dir {}", unbrick(), lab.data().display()));
+    let o = lab.exec(&format!(
+        "UNBRICK_INTERFACE=nope7 UNBRICK_DHCP=proxy {} serve --data-dir {}",
+        unbrick(),
+        lab.data().display()
+    ));
     assert!(String::from_utf8_lossy(&o.stderr).contains("interface nope7 not found"));
 }

@@ -14,7 +14,9 @@ fn vendor_class(msg: &Message) -> Option<&[u8]> {
 
 /// Option 93, else the `Arch:NNNNN` field of a PXE/HTTP vendor class, else BIOS.
 pub fn arch(msg: &Message) -> Arch {
-    if let Some(DhcpOption::ClientSystemArchitecture(a)) = msg.opts().get(OptionCode::ClientSystemArchitecture) {
+    if let Some(DhcpOption::ClientSystemArchitecture(a)) =
+        msg.opts().get(OptionCode::ClientSystemArchitecture)
+    {
         return Arch::from_option93(u16::from(*a));
     }
     if let Some(vc) = vendor_class(msg) {
@@ -47,7 +49,11 @@ pub fn classify(msg: &Message) -> ClientKind {
         return ClientKind::HttpBoot(arch(msg));
     }
     if vc.starts_with(b"PXEClient") {
-        return if is_ipxe(msg) { ClientKind::Ipxe(arch(msg)) } else { ClientKind::Pxe(arch(msg)) };
+        return if is_ipxe(msg) {
+            ClientKind::Ipxe(arch(msg))
+        } else {
+            ClientKind::Pxe(arch(msg))
+        };
     }
     ClientKind::Other
 }
@@ -56,7 +62,9 @@ pub fn classify(msg: &Message) -> ClientKind {
 /// in SMBIOS byte order (first three fields little-endian). Returned in the usual text form,
 /// as Linux's /sys/class/dmi/id/product_uuid shows it.
 pub fn machine_uuid(msg: &Message) -> Option<String> {
-    let Some(DhcpOption::ClientMachineIdentifier(v)) = msg.opts().get(OptionCode::ClientMachineIdentifier) else {
+    let Some(DhcpOption::ClientMachineIdentifier(v)) =
+        msg.opts().get(OptionCode::ClientMachineIdentifier)
+    else {
         return None;
     };
     let b: &[u8; 16] = v.strip_prefix(&[0])?.try_into().ok()?;
@@ -77,7 +85,14 @@ mod tests {
     use std::net::Ipv4Addr;
 
     fn msg(opts: Vec<DhcpOption>) -> Message {
-        let mut m = Message::new_with_id(1, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &[0x52, 0x54, 0, 0, 0, 1]);
+        let mut m = Message::new_with_id(
+            1,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &[0x52, 0x54, 0, 0, 0, 1],
+        );
         for o in opts {
             m.opts_mut().insert(o);
         }
@@ -93,19 +108,75 @@ mod tests {
     /// Option sets seen from real clients (../shared/lab/LAB.md), plus edge cases.
     #[test]
     fn table_from_real_clients() {
-        let ipxe175 = DhcpOption::Unknown(UnknownOption::new(OptionCode::Unknown(175), vec![0xb1, 0x05, 0x01, 0x80, 0x86, 0x10, 0x0e]));
+        let ipxe175 = DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![0xb1, 0x05, 0x01, 0x80, 0x86, 0x10, 0x0e],
+        ));
         let cases: Vec<(&str, Vec<DhcpOption>, ClientKind)> = vec![
-            ("BIOS iPXE ROM", vec![vc("PXEClient:Arch:00000:UNDI:002001"), a(0), DhcpOption::UserClass(b"iPXE".to_vec()), ipxe175.clone()], ClientKind::Ipxe(Arch::Bios)),
-            ("UEFI iPXE", vec![vc("PXEClient:Arch:00007:UNDI:003010"), a(7), DhcpOption::UserClass(b"iPXE".to_vec())], ClientKind::Ipxe(Arch::UefiX64)),
-            ("iPXE with only 175", vec![vc("PXEClient:Arch:00007:UNDI:003010"), a(7), ipxe175], ClientKind::Ipxe(Arch::UefiX64)),
-            ("OVMF PXE", vec![vc("PXEClient:Arch:00007:UNDI:003000"), a(7)], ClientKind::Pxe(Arch::UefiX64)),
-            ("x64 as 9", vec![vc("PXEClient:Arch:00009:UNDI:003000"), a(9)], ClientKind::Pxe(Arch::UefiX64)),
-            ("IA32 UEFI", vec![vc("PXEClient:Arch:00006:UNDI:003000"), a(6)], ClientKind::Pxe(Arch::UefiIa32)),
-            ("ARM64", vec![vc("PXEClient:Arch:00011:UNDI:003000"), a(11)], ClientKind::Pxe(Arch::UefiArm64)),
-            ("ARM32", vec![vc("PXEClient:Arch:00010:UNDI:003000"), a(10)], ClientKind::Pxe(Arch::UefiArm32)),
-            ("OVMF HTTP boot", vec![vc("HTTPClient:Arch:00016:UNDI:003000"), a(16)], ClientKind::HttpBoot(Arch::UefiHttpX64)),
-            ("no option 93, arch from 60", vec![vc("PXEClient:Arch:00007:UNDI:003000")], ClientKind::Pxe(Arch::UefiX64)),
-            ("bare PXEClient", vec![vc("PXEClient")], ClientKind::Pxe(Arch::Bios)),
+            (
+                "BIOS iPXE ROM",
+                vec![
+                    vc("PXEClient:Arch:00000:UNDI:002001"),
+                    a(0),
+                    DhcpOption::UserClass(b"iPXE".to_vec()),
+                    ipxe175.clone(),
+                ],
+                ClientKind::Ipxe(Arch::Bios),
+            ),
+            (
+                "UEFI iPXE",
+                vec![
+                    vc("PXEClient:Arch:00007:UNDI:003010"),
+                    a(7),
+                    DhcpOption::UserClass(b"iPXE".to_vec()),
+                ],
+                ClientKind::Ipxe(Arch::UefiX64),
+            ),
+            (
+                "iPXE with only 175",
+                vec![vc("PXEClient:Arch:00007:UNDI:003010"), a(7), ipxe175],
+                ClientKind::Ipxe(Arch::UefiX64),
+            ),
+            (
+                "OVMF PXE",
+                vec![vc("PXEClient:Arch:00007:UNDI:003000"), a(7)],
+                ClientKind::Pxe(Arch::UefiX64),
+            ),
+            (
+                "x64 as 9",
+                vec![vc("PXEClient:Arch:00009:UNDI:003000"), a(9)],
+                ClientKind::Pxe(Arch::UefiX64),
+            ),
+            (
+                "IA32 UEFI",
+                vec![vc("PXEClient:Arch:00006:UNDI:003000"), a(6)],
+                ClientKind::Pxe(Arch::UefiIa32),
+            ),
+            (
+                "ARM64",
+                vec![vc("PXEClient:Arch:00011:UNDI:003000"), a(11)],
+                ClientKind::Pxe(Arch::UefiArm64),
+            ),
+            (
+                "ARM32",
+                vec![vc("PXEClient:Arch:00010:UNDI:003000"), a(10)],
+                ClientKind::Pxe(Arch::UefiArm32),
+            ),
+            (
+                "OVMF HTTP boot",
+                vec![vc("HTTPClient:Arch:00016:UNDI:003000"), a(16)],
+                ClientKind::HttpBoot(Arch::UefiHttpX64),
+            ),
+            (
+                "no option 93, arch from 60",
+                vec![vc("PXEClient:Arch:00007:UNDI:003000")],
+                ClientKind::Pxe(Arch::UefiX64),
+            ),
+            (
+                "bare PXEClient",
+                vec![vc("PXEClient")],
+                ClientKind::Pxe(Arch::Bios),
+            ),
             ("Windows", vec![vc("MSFT 5.0")], ClientKind::Windows),
             ("agent", vec![vc("unbrick-agent/0.1")], ClientKind::Agent),
             ("dhclient", vec![], ClientKind::Other),
@@ -119,10 +190,25 @@ mod tests {
     #[test]
     fn uuid_byte_order() {
         // SMBIOS order: 0x33221100-0x5544-0x7766-8899-aabbccddeeff
-        let raw = [0u8, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff];
+        let raw = [
+            0u8, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc,
+            0xdd, 0xee, 0xff,
+        ];
         let m = msg(vec![DhcpOption::ClientMachineIdentifier(raw.to_vec())]);
-        assert_eq!(machine_uuid(&m).unwrap(), "33221100-5544-7766-8899-aabbccddeeff");
-        assert_eq!(machine_uuid(&msg(vec![])), None, "missing option 97 is accepted");
-        assert_eq!(machine_uuid(&msg(vec![DhcpOption::ClientMachineIdentifier(vec![0, 1, 2])])), None);
+        assert_eq!(
+            machine_uuid(&m).unwrap(),
+            "33221100-5544-7766-8899-aabbccddeeff"
+        );
+        assert_eq!(
+            machine_uuid(&msg(vec![])),
+            None,
+            "missing option 97 is accepted"
+        );
+        assert_eq!(
+            machine_uuid(&msg(vec![DhcpOption::ClientMachineIdentifier(vec![
+                0, 1, 2
+            ])])),
+            None
+        );
     }
 }

@@ -71,7 +71,10 @@ const KEPT_OPTIONS: &[u8] = &[12, 50, 53, 54, 55, 57, 60, 61, 77, 93, 94, 97, 17
 fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
     const COOKIE: [u8; 4] = [99, 130, 83, 99];
     if datagram.len() < 240 {
-        return Err(Drop::Malformed(format!("{} bytes is shorter than a DHCP header", datagram.len())));
+        return Err(Drop::Malformed(format!(
+            "{} bytes is shorter than a DHCP header",
+            datagram.len()
+        )));
     }
     if datagram[1] != 1 || datagram[2] != 6 {
         return Err(Drop::NotEthernet);
@@ -87,10 +90,15 @@ fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
             0 => i += 1,
             255 => break,
             _ => {
-                let len = *datagram.get(i + 1).ok_or_else(|| Drop::Malformed(format!("option {code} has no length")))? as usize;
+                let len = *datagram
+                    .get(i + 1)
+                    .ok_or_else(|| Drop::Malformed(format!("option {code} has no length")))?
+                    as usize;
                 let end = i + 2 + len;
                 if end > datagram.len() {
-                    return Err(Drop::Malformed(format!("option {code} runs past the end of the packet")));
+                    return Err(Drop::Malformed(format!(
+                        "option {code} runs past the end of the packet"
+                    )));
                 }
                 if KEPT_OPTIONS.contains(&code) {
                     out.extend_from_slice(&datagram[i..end]);
@@ -105,7 +113,8 @@ fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
 
 pub fn parse(datagram: &[u8]) -> Result<Inbound, Drop> {
     let clean = sanitize(datagram)?;
-    let msg = Message::decode(&mut Decoder::new(&clean)).map_err(|e| Drop::Malformed(e.to_string()))?;
+    let msg =
+        Message::decode(&mut Decoder::new(&clean)).map_err(|e| Drop::Malformed(e.to_string()))?;
     if msg.opcode() != Opcode::BootRequest {
         return Err(Drop::NotARequest);
     }
@@ -114,7 +123,13 @@ pub fn parse(datagram: &[u8]) -> Result<Inbound, Drop> {
     }
     let msg_type = msg.opts().msg_type().ok_or(Drop::NoMessageType)?;
     let mac = Mac(msg.chaddr().try_into().map_err(|_| Drop::NotEthernet)?);
-    Ok(Inbound { kind: classify(&msg), uuid: machine_uuid(&msg), msg, msg_type, mac })
+    Ok(Inbound {
+        kind: classify(&msg),
+        uuid: machine_uuid(&msg),
+        msg,
+        msg_type,
+        mac,
+    })
 }
 
 /// Where a reply goes.
@@ -154,7 +169,13 @@ pub struct Outcome {
 
 impl Outcome {
     fn silent(note: impl Into<String>) -> Self {
-        Outcome { reply: None, decision: None, boot_file: None, lease_changes: Vec::new(), note: note.into() }
+        Outcome {
+            reply: None,
+            decision: None,
+            boot_file: None,
+            lease_changes: Vec::new(),
+            note: note.into(),
+        }
     }
 }
 
@@ -162,23 +183,35 @@ impl Outcome {
 pub fn boot_file(kind: ClientKind, mac: Mac, cfg: &DhcpConfig) -> Option<String> {
     match kind {
         // iPXE fetches its per-host script over HTTP; the script carries the decision.
-        ClientKind::Ipxe(Arch::Bios | Arch::UefiX64) => Some(format!("{}/boot/{}.ipxe", cfg.http_base, mac)),
+        ClientKind::Ipxe(Arch::Bios | Arch::UefiX64) => {
+            Some(format!("{}/boot/{}.ipxe", cfg.http_base, mac))
+        }
         ClientKind::Pxe(Arch::Bios) => Some("undionly.kpxe".into()),
         ClientKind::Pxe(Arch::UefiX64) if cfg.secure_boot_off => Some("snponly.efi".into()),
         // Secure Boot safe default: Microsoft-signed shim loads grubx64.efi from the same folder.
         ClientKind::Pxe(Arch::UefiX64) => Some("shimx64.efi".into()),
-        ClientKind::HttpBoot(Arch::UefiHttpX64 | Arch::UefiX64) => Some(format!("{}/image/ipxe.efi", cfg.http_base)),
+        ClientKind::HttpBoot(Arch::UefiHttpX64 | Arch::UefiX64) => {
+            Some(format!("{}/image/ipxe.efi", cfg.http_base))
+        }
         _ => None,
     }
 }
 
 fn reply_base(req: &Message, t: MessageType, cfg: &DhcpConfig) -> Message {
-    let mut m = Message::new_with_id(req.xid(), Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, req.giaddr(), req.chaddr());
+    let mut m = Message::new_with_id(
+        req.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        req.giaddr(),
+        req.chaddr(),
+    );
     m.set_opcode(Opcode::BootReply);
     m.set_htype(req.htype());
     m.set_flags(req.flags());
     m.opts_mut().insert(DhcpOption::MessageType(t));
-    m.opts_mut().insert(DhcpOption::ServerIdentifier(cfg.server_ip));
+    m.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(cfg.server_ip));
     m
 }
 
@@ -188,7 +221,9 @@ fn add_boot_info(m: &mut Message, req: &Inbound, file: &str, cfg: &DhcpConfig) {
         m.set_fname_str(file);
     }
     let o = m.opts_mut();
-    o.insert(DhcpOption::TFTPServerName(cfg.server_ip.to_string().into_bytes()));
+    o.insert(DhcpOption::TFTPServerName(
+        cfg.server_ip.to_string().into_bytes(),
+    ));
     o.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
     if matches!(req.kind, ClientKind::HttpBoot(_)) {
         // UEFI HTTP boot only accepts offers that say HTTPClient (UEFI spec 24.7.2).
@@ -248,23 +283,44 @@ fn server_id(req: &Message) -> Option<Ipv4Addr> {
     }
 }
 
+/// Where a request arrived: our port (67 or 4011) and the sender.
+#[derive(Debug, Clone, Copy)]
+pub struct Via {
+    pub port: u16,
+    pub src: SocketAddrV4,
+}
+
 /// Decides the answer to one request.
 pub fn decide(
     req: &Inbound,
-    port: u16,
-    src: SocketAddrV4,
+    via: Via,
     host: Option<&HostRecord>,
     policy: &dyn BootPolicy,
     cfg: &DhcpConfig,
     pool: Option<&mut LeasePool>,
     now_ms: u64,
 ) -> Outcome {
-    let is_boot_client = matches!(req.kind, ClientKind::Pxe(_) | ClientKind::Ipxe(_) | ClientKind::HttpBoot(_));
-    let decision = is_boot_client.then(|| policy.decide(&BootQuery { mac: req.mac, kind: req.kind, now_ms }, host));
+    let Via { port, src } = via;
+    let is_boot_client = matches!(
+        req.kind,
+        ClientKind::Pxe(_) | ClientKind::Ipxe(_) | ClientKind::HttpBoot(_)
+    );
+    let decision = is_boot_client.then(|| {
+        policy.decide(
+            &BootQuery {
+                mac: req.mac,
+                kind: req.kind,
+                now_ms,
+            },
+            host,
+        )
+    });
     // Firmware PXE told to boot locally gets no boot file: it falls through to the next boot
     // device. iPXE still gets its script, which says `exit`.
     let boot = match (&decision, req.kind) {
-        (Some(BootDecision::Payload | BootDecision::WaitingRoom { .. }), k) => boot_file(k, req.mac, cfg),
+        (Some(BootDecision::Payload | BootDecision::WaitingRoom { .. }), k) => {
+            boot_file(k, req.mac, cfg)
+        }
         (Some(BootDecision::LocalBoot), k @ ClientKind::Ipxe(_)) => boot_file(k, req.mac, cfg),
         _ => None,
     };
@@ -278,11 +334,17 @@ pub fn decide(
     };
     if is_boot_client && boot.is_none() {
         let why = match &decision {
-            Some(BootDecision::Payload | BootDecision::WaitingRoom { .. }) => format!("no boot loader for {:?}", req.kind),
+            Some(BootDecision::Payload | BootDecision::WaitingRoom { .. }) => {
+                format!("no boot loader for {:?}", req.kind)
+            }
             Some(d) => format!("no boot answer ({})", d.name()),
             None => "no boot answer".to_string(),
         };
-        out.note = if out.note.is_empty() { why } else { format!("{}; {why}", out.note) };
+        out.note = if out.note.is_empty() {
+            why
+        } else {
+            format!("{}; {why}", out.note)
+        };
     }
     out.decision = decision;
     out.boot_file = boot.filter(|_| out.reply.is_some());
@@ -293,28 +355,54 @@ pub fn decide(
 /// and on :4011 for the boot-server REQUEST. A REQUEST on :67 is never acknowledged: PXE firmware
 /// sends it to the DHCP server that gave it an address, and generic clients (dhclient, udhcpc)
 /// that pick a proxy offer by mistake would otherwise bind to 0.0.0.0.
-fn proxy(req: &Inbound, port: u16, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig) -> Outcome {
+fn proxy(
+    req: &Inbound,
+    port: u16,
+    src: SocketAddrV4,
+    boot: Option<&str>,
+    cfg: &DhcpConfig,
+) -> Outcome {
     let Some(file) = boot else {
         return Outcome::silent("");
     };
     let t = match (req.msg_type, port) {
         (MessageType::Discover, 67) => MessageType::Offer,
         (MessageType::Request | MessageType::Inform, PXE_PORT) => MessageType::Ack,
-        (MessageType::Request, 67) => return Outcome::silent("REQUEST on :67 is for the DHCP server that hands out addresses"),
+        (MessageType::Request, 67) => {
+            return Outcome::silent(
+                "REQUEST on :67 is for the DHCP server that hands out addresses",
+            )
+        }
         (t, _) => return Outcome::silent(format!("{t:?} not answered in proxy mode")),
     };
     let mut m = reply_base(&req.msg, t, cfg);
     add_boot_info(&mut m, req, file, cfg);
     let dest = destination(&req.msg, port, src);
-    Outcome { reply: Some(Reply { msg: m, dest }), decision: None, boot_file: None, lease_changes: Vec::new(), note: format!("proxy {t:?} with {file}") }
+    Outcome {
+        reply: Some(Reply { msg: m, dest }),
+        decision: None,
+        boot_file: None,
+        lease_changes: Vec::new(),
+        note: format!("proxy {t:?} with {file}"),
+    }
 }
 
 /// Full DHCP (RFC 2131) from our pool, with boot information for boot clients.
-fn full(req: &Inbound, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig, pool: &mut LeasePool, now_ms: u64) -> Outcome {
+fn full(
+    req: &Inbound,
+    src: SocketAddrV4,
+    boot: Option<&str>,
+    cfg: &DhcpConfig,
+    pool: &mut LeasePool,
+    now_ms: u64,
+) -> Outcome {
     let msg = &req.msg;
     let relayed = !msg.giaddr().is_unspecified();
     if relayed && !pool.contains(msg.giaddr()) && !same_subnet(msg.giaddr(), cfg) {
-        return Outcome::silent(format!("relayed from {} but no pool serves that subnet", msg.giaddr()));
+        return Outcome::silent(format!(
+            "relayed from {} but no pool serves that subnet",
+            msg.giaddr()
+        ));
     }
     let lease_ms = u64::from(cfg.lease_secs) * 1000;
     let mut changes = Vec::new();
@@ -334,9 +422,13 @@ fn full(req: &Inbound, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig, 
                 if let Some(l) = pool.release(req.mac, None) {
                     changes.push(LeaseChange::Remove(l.ip));
                 }
-                return Outcome { lease_changes: changes, ..Outcome::silent("client chose another DHCP server") };
+                return Outcome {
+                    lease_changes: changes,
+                    ..Outcome::silent("client chose another DHCP server")
+                };
             }
-            let ip = requested_ip(msg).or_else(|| (!msg.ciaddr().is_unspecified()).then(|| msg.ciaddr()));
+            let ip = requested_ip(msg)
+                .or_else(|| (!msg.ciaddr().is_unspecified()).then(|| msg.ciaddr()));
             let Some(ip) = ip else {
                 return nak(req, src, cfg, "REQUEST without an address");
             };
@@ -353,7 +445,10 @@ fn full(req: &Inbound, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig, 
             if let Some(l) = pool.release(req.mac, Some(msg.ciaddr())) {
                 changes.push(LeaseChange::Remove(l.ip));
             }
-            return Outcome { lease_changes: changes, ..Outcome::silent(format!("released {}", msg.ciaddr())) };
+            return Outcome {
+                lease_changes: changes,
+                ..Outcome::silent(format!("released {}", msg.ciaddr()))
+            };
         }
         MessageType::Decline => {
             if let Some(ip) = requested_ip(msg) {
@@ -361,9 +456,16 @@ fn full(req: &Inbound, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig, 
                     changes.push(LeaseChange::Put(l));
                 }
             }
-            return Outcome { lease_changes: changes, ..Outcome::silent("client declined its address (in use on the network)") };
+            return Outcome {
+                lease_changes: changes,
+                ..Outcome::silent("client declined its address (in use on the network)")
+            };
         }
-        MessageType::Inform => (MessageType::Ack, Ipv4Addr::UNSPECIFIED, "informed".to_string()),
+        MessageType::Inform => (
+            MessageType::Ack,
+            Ipv4Addr::UNSPECIFIED,
+            "informed".to_string(),
+        ),
         t => return Outcome::silent(format!("{t:?} ignored")),
     };
     let mut m = reply_base(msg, t, cfg);
@@ -376,7 +478,13 @@ fn full(req: &Inbound, src: SocketAddrV4, boot: Option<&str>, cfg: &DhcpConfig, 
         add_boot_info(&mut m, req, file, cfg);
     }
     let dest = destination(msg, 67, src);
-    Outcome { reply: Some(Reply { msg: m, dest }), decision: None, boot_file: None, lease_changes: changes, note }
+    Outcome {
+        reply: Some(Reply { msg: m, dest }),
+        decision: None,
+        boot_file: None,
+        lease_changes: changes,
+        note,
+    }
 }
 
 fn same_subnet(ip: Ipv4Addr, cfg: &DhcpConfig) -> bool {
@@ -388,6 +496,16 @@ fn nak(req: &Inbound, src: SocketAddrV4, cfg: &DhcpConfig, why: &str) -> Outcome
     let mut m = reply_base(&req.msg, MessageType::Nak, cfg);
     m.opts_mut().insert(DhcpOption::Message(why.to_string()));
     // RFC 2131 4.3.2: a NAK to a client without a relay is broadcast.
-    let dest = if req.msg.giaddr().is_unspecified() { Dest::Broadcast } else { destination(&req.msg, 67, src) };
-    Outcome { reply: Some(Reply { msg: m, dest }), decision: None, boot_file: None, lease_changes: Vec::new(), note: format!("NAK: {why}") }
+    let dest = if req.msg.giaddr().is_unspecified() {
+        Dest::Broadcast
+    } else {
+        destination(&req.msg, 67, src)
+    };
+    Outcome {
+        reply: Some(Reply { msg: m, dest }),
+        decision: None,
+        boot_file: None,
+        lease_changes: Vec::new(),
+        note: format!("NAK: {why}"),
+    }
 }

@@ -7,4 +7,4 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use decide::{decide, parse, DhcpConfig, Dest, Inbound, LeaseChange, Mode, Outcome, Reply};
+pub use decide::{decide, parse, Dest, DhcpConfig, Inbound, LeaseChange, Mode, Outcome, Reply};

@@ -39,7 +39,13 @@ pub struct LeasePool {
 impl LeasePool {
     /// A pool from `first` to `last` inclusive, never handing out `exclude` (the server itself).
     pub fn new(first: Ipv4Addr, last: Ipv4Addr, exclude: Ipv4Addr, existing: Vec<Lease>) -> Self {
-        let mut p = LeasePool { first: first.into(), last: last.into(), exclude, leases: BTreeMap::new(), by_mac: HashMap::new() };
+        let mut p = LeasePool {
+            first: first.into(),
+            last: last.into(),
+            exclude,
+            leases: BTreeMap::new(),
+            by_mac: HashMap::new(),
+        };
         for l in existing {
             if p.contains(l.ip) {
                 p.insert(l);
@@ -99,13 +105,23 @@ impl LeasePool {
         } else if let Some(r) = requested.filter(|r| self.free_for(*r, mac, now_ms)) {
             r
         } else {
-            (self.first..=self.last).map(Ipv4Addr::from).find(|ip| self.free_for(*ip, mac, now_ms))?
+            (self.first..=self.last)
+                .map(Ipv4Addr::from)
+                .find(|ip| self.free_for(*ip, mac, now_ms))?
         };
-        let existing = self.lease_of(mac).filter(|l| l.ip == ip && !l.offered_only).cloned();
+        let existing = self
+            .lease_of(mac)
+            .filter(|l| l.ip == ip && !l.offered_only)
+            .cloned();
         let lease = match existing {
             // Keep a committed lease as it is; the REQUEST will extend it.
             Some(l) if l.expires_ms > now_ms => l,
-            _ => Lease { ip, mac, expires_ms: now_ms + OFFER_HOLD_MS, offered_only: true },
+            _ => Lease {
+                ip,
+                mac,
+                expires_ms: now_ms + OFFER_HOLD_MS,
+                offered_only: true,
+            },
         };
         if let Some(old) = self.leases.get(&u32::from(ip)).cloned() {
             if old.mac != mac {
@@ -118,7 +134,14 @@ impl LeasePool {
 
     /// Commits `ip` to `mac` for a REQUEST. `require_offer` is true in SELECTING state, where the
     /// client must be taking an address we offered it.
-    pub fn commit(&mut self, mac: Mac, ip: Ipv4Addr, lease_ms: u64, now_ms: u64, require_offer: bool) -> Result<Lease, Nak> {
+    pub fn commit(
+        &mut self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        lease_ms: u64,
+        now_ms: u64,
+        require_offer: bool,
+    ) -> Result<Lease, Nak> {
         if !self.contains(ip) {
             return Err(Nak::NotInPool);
         }
@@ -133,7 +156,12 @@ impl LeasePool {
                 self.remove(old.ip);
             }
         }
-        let lease = Lease { ip, mac, expires_ms: now_ms + lease_ms, offered_only: false };
+        let lease = Lease {
+            ip,
+            mac,
+            expires_ms: now_ms + lease_ms,
+            offered_only: false,
+        };
         self.insert(lease.clone());
         Ok(lease)
     }
@@ -153,19 +181,32 @@ impl LeasePool {
             return None;
         }
         self.remove(ip);
-        let l = Lease { ip, mac: DECLINED, expires_ms: now_ms + DECLINE_HOLD_MS, offered_only: false };
+        let l = Lease {
+            ip,
+            mac: DECLINED,
+            expires_ms: now_ms + DECLINE_HOLD_MS,
+            offered_only: false,
+        };
         self.insert(l.clone());
         Some(l)
     }
 
     /// Drops expired leases; returns them so the driver can delete them from the store.
     pub fn expire(&mut self, now_ms: u64) -> Vec<Lease> {
-        let gone: Vec<Ipv4Addr> = self.leases.values().filter(|l| l.expires_ms <= now_ms).map(|l| l.ip).collect();
+        let gone: Vec<Ipv4Addr> = self
+            .leases
+            .values()
+            .filter(|l| l.expires_ms <= now_ms)
+            .map(|l| l.ip)
+            .collect();
         gone.into_iter().filter_map(|ip| self.remove(ip)).collect()
     }
 
     pub fn active(&self, now_ms: u64) -> usize {
-        self.leases.values().filter(|l| l.expires_ms > now_ms && l.mac != DECLINED).count()
+        self.leases
+            .values()
+            .filter(|l| l.expires_ms > now_ms && l.mac != DECLINED)
+            .count()
     }
 }
 
@@ -191,12 +232,26 @@ mod tests {
         let o = p.offer(mac(1), None, 0).unwrap();
         assert_eq!(o.ip, ip(2), "the server's own address is never offered");
         assert!(o.offered_only);
-        assert_eq!(p.offer(mac(1), None, 10).unwrap().ip, ip(2), "same client, same address");
-        assert_eq!(p.offer(mac(2), Some(ip(2)), 10).unwrap().ip, ip(3), "held offer is not given away");
+        assert_eq!(
+            p.offer(mac(1), None, 10).unwrap().ip,
+            ip(2),
+            "same client, same address"
+        );
+        assert_eq!(
+            p.offer(mac(2), Some(ip(2)), 10).unwrap().ip,
+            ip(3),
+            "held offer is not given away"
+        );
         let l = p.commit(mac(1), ip(2), 3_600_000, 20, true).unwrap();
         assert!(!l.offered_only);
-        assert_eq!(p.commit(mac(3), ip(2), 1000, 30, false), Err(Nak::LeasedToOther));
-        assert_eq!(p.commit(mac(3), ip(9), 1000, 30, false), Err(Nak::NotInPool));
+        assert_eq!(
+            p.commit(mac(3), ip(2), 1000, 30, false),
+            Err(Nak::LeasedToOther)
+        );
+        assert_eq!(
+            p.commit(mac(3), ip(9), 1000, 30, false),
+            Err(Nak::NotInPool)
+        );
         assert_eq!(p.commit(mac(3), ip(4), 1000, 30, true), Err(Nak::NoOffer));
         assert_eq!(p.release(mac(1), Some(ip(2))).unwrap().ip, ip(2));
         assert_eq!(p.offer(mac(3), Some(ip(2)), 40).unwrap().ip, ip(2));
@@ -210,13 +265,25 @@ mod tests {
             p.commit(mac(m), o.ip, 1000, 0, true).unwrap();
         }
         assert_eq!(p.offer(mac(9), None, 500), None, "pool exhausted");
-        assert_eq!(p.offer(mac(9), None, 1000).unwrap().ip, ip(2), "expired leases are reused");
+        assert_eq!(
+            p.offer(mac(9), None, 1000).unwrap().ip,
+            ip(2),
+            "expired leases are reused"
+        );
         assert_eq!(p.expire(1000).len(), 2);
         let mut p = pool();
         let o = p.offer(mac(1), None, 0).unwrap();
         p.decline(mac(1), o.ip, 0).unwrap();
-        assert_eq!(p.offer(mac(1), None, 1).unwrap().ip, ip(3), "declined address is held back");
-        assert_eq!(p.decline(mac(2), ip(3), 1), None, "only the holder can decline");
+        assert_eq!(
+            p.offer(mac(1), None, 1).unwrap().ip,
+            ip(3),
+            "declined address is held back"
+        );
+        assert_eq!(
+            p.decline(mac(2), ip(3), 1),
+            None,
+            "only the holder can decline"
+        );
     }
 
     proptest! {

@@ -1,12 +1,15 @@
 //! The tokio DHCP driver: sockets on :67 and :4011 bound to one interface, IP_PKTINFO on every
 //! datagram so replies leave on the interface the request came in on, lease changes made durable
 //! before a reply is sent.
-use super::decide::{decide, parse, DhcpConfig, Dest, LeaseChange, PXE_PORT};
+use super::decide::{decide, parse, Dest, DhcpConfig, LeaseChange, Via, PXE_PORT};
 use super::pool::LeasePool;
 use crate::fleetio::FleetIo;
 use dhcproto::{Encodable, Encoder};
 use nix::libc;
-use nix::sys::socket::{recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
+use nix::sys::socket::{
+    recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockaddrIn,
+};
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
@@ -41,18 +44,34 @@ struct Received {
 
 impl DhcpServer {
     /// Binds :67 and :4011 on `device`. `pool` is `Some` in full mode.
-    pub fn bind(cfg: DhcpConfig, device: &str, ifindex: u32, port_base: Option<(u16, u16)>, fleet: Arc<FleetIo>, pool: Option<LeasePool>) -> Result<Self, String> {
+    pub fn bind(
+        cfg: DhcpConfig,
+        device: &str,
+        ifindex: u32,
+        port_base: Option<(u16, u16)>,
+        fleet: Arc<FleetIo>,
+        pool: Option<LeasePool>,
+    ) -> Result<Self, String> {
         let (p67, p4011) = port_base.unwrap_or((67, PXE_PORT));
         let mut sockets = Vec::new();
         for port in [p67, p4011] {
             let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-            let std = crate::net::udp_socket(addr, Some(device), true).map_err(|e| crate::net::bind_error("DHCP", addr, &e))?;
-            setsockopt(&std, sockopt::Ipv4PacketInfo, &true).map_err(|e| format!("DHCP: IP_PKTINFO: {e}"))?;
+            let std = crate::net::udp_socket(addr, Some(device), true)
+                .map_err(|e| crate::net::bind_error("DHCP", addr, &e))?;
+            setsockopt(&std, sockopt::Ipv4PacketInfo, &true)
+                .map_err(|e| format!("DHCP: IP_PKTINFO: {e}"))?;
             let s = UdpSocket::from_std(std).map_err(|e| format!("DHCP: {e}"))?;
             // Decisions are made as for the standard ports whatever port numbers tests use.
             sockets.push((if port == p67 { 67 } else { PXE_PORT }, Arc::new(s)));
         }
-        Ok(DhcpServer { sockets, cfg, ifindex, fleet, pool: pool.map(|p| Arc::new(Mutex::new(p))), stats: Arc::default() })
+        Ok(DhcpServer {
+            sockets,
+            cfg,
+            ifindex,
+            fleet,
+            pool: pool.map(|p| Arc::new(Mutex::new(p))),
+            stats: Arc::default(),
+        })
     }
 
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
@@ -116,7 +135,15 @@ impl DhcpServer {
         let host = self.fleet.host(inb.mac);
         let outcome = {
             let mut guard = self.pool.as_ref().map(|p| p.lock().unwrap());
-            decide(&inb, port, rx.src, host.as_ref(), self.fleet.policy(), &self.cfg, guard.as_deref_mut(), now)
+            decide(
+                &inb,
+                Via { port, src: rx.src },
+                host.as_ref(),
+                self.fleet.policy(),
+                &self.cfg,
+                guard.as_deref_mut(),
+                now,
+            )
         };
         // Durable before acknowledged: a lease is on disk before the client hears of it.
         if !outcome.lease_changes.is_empty() {
@@ -131,10 +158,19 @@ impl DhcpServer {
                     return;
                 }
             }
-            if outcome.reply.as_ref().is_some_and(|r| r.msg.opts().msg_type() == Some(dhcproto::v4::MessageType::Ack)) {
+            if outcome
+                .reply
+                .as_ref()
+                .is_some_and(|r| r.msg.opts().msg_type() == Some(dhcproto::v4::MessageType::Ack))
+            {
                 let s = self.fleet.store_arc();
-                if let Err(e) = tokio::task::spawn_blocking(move || s.flush()).await.unwrap_or_else(|e| Err(fleet::StoreError::Rejected(e.to_string()))) {
-                    tracing::error!("DHCP: cannot flush the store: {e}; not acknowledging the lease");
+                if let Err(e) = tokio::task::spawn_blocking(move || s.flush())
+                    .await
+                    .unwrap_or_else(|e| Err(fleet::StoreError::Rejected(e.to_string())))
+                {
+                    tracing::error!(
+                        "DHCP: cannot flush the store: {e}; not acknowledging the lease"
+                    );
                     return;
                 }
             }
@@ -160,7 +196,12 @@ impl DhcpServer {
             Dest::Unicast(a) | Dest::Relay(a) => a,
         };
         // Test set-ups may run clients on other ports; replies to :68 follow the client's port.
-        let dest = if matches!(reply.dest, Dest::Broadcast) && rx.src.port() != 68 && rx.src.port() != 0 { SocketAddrV4::new(Ipv4Addr::BROADCAST, rx.src.port()) } else { dest };
+        let dest =
+            if matches!(reply.dest, Dest::Broadcast) && rx.src.port() != 68 && rx.src.port() != 0 {
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, rx.src.port())
+            } else {
+                dest
+            };
         match send(sock, &buf, dest, self.ifindex, self.cfg.server_ip).await {
             Ok(_) => {
                 self.stats.answered.fetch_add(1, Ordering::Relaxed);
@@ -174,7 +215,13 @@ async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
     sock.async_io(Interest::READABLE, || {
         let mut iov = [IoSliceMut::new(buf)];
         let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
-        let msg = recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).map_err(std::io::Error::from)?;
+        let msg = recvmsg::<SockaddrIn>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .map_err(std::io::Error::from)?;
         let mut ifindex = None;
         if let Ok(cmsgs) = msg.cmsgs() {
             for c in cmsgs {
@@ -183,22 +230,44 @@ async fn recv(sock: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
                 }
             }
         }
-        let src = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port())).unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
-        Ok(Received { len: msg.bytes, src, ifindex })
+        let src = msg
+            .address
+            .map(|a| SocketAddrV4::new(a.ip(), a.port()))
+            .unwrap_or(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        Ok(Received {
+            len: msg.bytes,
+            src,
+            ifindex,
+        })
     })
     .await
 }
 
-async fn send(sock: &UdpSocket, data: &[u8], dest: SocketAddrV4, ifindex: u32, source: Ipv4Addr) -> std::io::Result<usize> {
+async fn send(
+    sock: &UdpSocket,
+    data: &[u8],
+    dest: SocketAddrV4,
+    ifindex: u32,
+    source: Ipv4Addr,
+) -> std::io::Result<usize> {
     let info = libc::in_pktinfo {
         ipi_ifindex: ifindex as libc::c_int,
-        ipi_spec_dst: libc::in_addr { s_addr: u32::from(source).to_be() },
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from(source).to_be(),
+        },
         ipi_addr: libc::in_addr { s_addr: 0 },
     };
     let to = SockaddrIn::from(dest);
     sock.async_io(Interest::WRITABLE, || {
         let iov = [IoSlice::new(data)];
-        sendmsg(sock.as_raw_fd(), &iov, &[ControlMessage::Ipv4PacketInfo(&info)], MsgFlags::empty(), Some(&to)).map_err(std::io::Error::from)
+        sendmsg(
+            sock.as_raw_fd(),
+            &iov,
+            &[ControlMessage::Ipv4PacketInfo(&info)],
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .map_err(std::io::Error::from)
     })
     .await
 }

@@ -1,7 +1,9 @@
 //! Table tests of the DHCP decision core.
 use super::decide::*;
 use super::pool::LeasePool;
-use dhcproto::v4::{Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
+use dhcproto::v4::{
+    Architecture, DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use fleet::{BootDecision, DefaultPolicy, HostRecord, HostState, Mac};
 use proptest::prelude::*;
@@ -35,7 +37,14 @@ enum C {
 }
 
 fn packet(c: C, t: MessageType, extra: Vec<DhcpOption>) -> Vec<u8> {
-    let mut m = Message::new_with_id(0xdead_beef, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, &MAC);
+    let mut m = Message::new_with_id(
+        0xdead_beef,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &MAC,
+    );
     m.set_flags(Flags::default().set_broadcast());
     let o = m.opts_mut();
     o.insert(DhcpOption::MessageType(t));
@@ -54,9 +63,14 @@ fn packet(c: C, t: MessageType, extra: Vec<DhcpOption>) -> Vec<u8> {
     }
     if matches!(c, C::BiosIpxe | C::UefiIpxe) {
         o.insert(DhcpOption::UserClass(b"iPXE".to_vec()));
-        o.insert(DhcpOption::Unknown(UnknownOption::new(OptionCode::Unknown(175), vec![0x13, 1, 1])));
+        o.insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![0x13, 1, 1],
+        )));
     }
-    o.insert(DhcpOption::ClientMachineIdentifier([&[0u8][..], &[7u8; 16]].concat()));
+    o.insert(DhcpOption::ClientMachineIdentifier(
+        [&[0u8][..], &[7u8; 16]].concat(),
+    ));
     for e in extra {
         o.insert(e);
     }
@@ -65,10 +79,26 @@ fn packet(c: C, t: MessageType, extra: Vec<DhcpOption>) -> Vec<u8> {
     buf
 }
 
-fn run(c: C, t: MessageType, port: u16, mode: Mode, host: Option<&HostRecord>, pool: Option<&mut LeasePool>, extra: Vec<DhcpOption>) -> Outcome {
+fn run(
+    c: C,
+    t: MessageType,
+    port: u16,
+    mode: Mode,
+    host: Option<&HostRecord>,
+    pool: Option<&mut LeasePool>,
+    extra: Vec<DhcpOption>,
+) -> Outcome {
     let inb = parse(&packet(c, t, extra)).unwrap();
     let src = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 50), 68);
-    decide(&inb, port, src, host, &DefaultPolicy, &cfg(mode), pool, 1_000)
+    decide(
+        &inb,
+        Via { port, src },
+        host,
+        &DefaultPolicy,
+        &cfg(mode),
+        pool,
+        1_000,
+    )
 }
 
 fn file_of(o: &Outcome) -> Option<String> {
@@ -87,27 +117,57 @@ fn msg_type(o: &Outcome) -> MessageType {
 fn proxy_offers_boot_files_per_client_kind() {
     let cases = [
         (C::BiosRom, Some("undionly.kpxe")),
-        (C::BiosIpxe, Some("http://10.99.0.1:8080/boot/52:54:00:12:34:56.ipxe")),
+        (
+            C::BiosIpxe,
+            Some("http://10.99.0.1:8080/boot/52:54:00:12:34:56.ipxe"),
+        ),
         (C::UefiPxe, Some("shimx64.efi")),
-        (C::UefiIpxe, Some("http://10.99.0.1:8080/boot/52:54:00:12:34:56.ipxe")),
+        (
+            C::UefiIpxe,
+            Some("http://10.99.0.1:8080/boot/52:54:00:12:34:56.ipxe"),
+        ),
         (C::Http, Some("http://10.99.0.1:8080/image/ipxe.efi")),
         (C::Windows, None),
         (C::Plain, None),
     ];
     for (c, want) in cases {
-        let o = run(c, MessageType::Discover, 67, Mode::Proxy, None, None, vec![]);
+        let o = run(
+            c,
+            MessageType::Discover,
+            67,
+            Mode::Proxy,
+            None,
+            None,
+            vec![],
+        );
         assert_eq!(file_of(&o).as_deref(), want);
         if let Some(r) = &o.reply {
             let m = &r.msg;
             assert_eq!(msg_type(&o), MessageType::Offer);
             assert_eq!(m.opcode(), Opcode::BootReply);
             assert_eq!(m.xid(), 0xdead_beef);
-            assert!(m.yiaddr().is_unspecified(), "a proxy offer carries no address");
+            assert!(
+                m.yiaddr().is_unspecified(),
+                "a proxy offer carries no address"
+            );
             assert_eq!(m.siaddr(), SERVER);
-            assert_eq!(m.opts().get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(SERVER)));
-            let vc = if matches!(c, C::Http) { &b"HTTPClient"[..] } else { b"PXEClient" };
-            assert_eq!(m.opts().get(OptionCode::ClassIdentifier), Some(&DhcpOption::ClassIdentifier(vc.to_vec())));
-            assert!(m.opts().get(OptionCode::ClientMachineIdentifier).is_some(), "option 97 echoed");
+            assert_eq!(
+                m.opts().get(OptionCode::ServerIdentifier),
+                Some(&DhcpOption::ServerIdentifier(SERVER))
+            );
+            let vc = if matches!(c, C::Http) {
+                &b"HTTPClient"[..]
+            } else {
+                b"PXEClient"
+            };
+            assert_eq!(
+                m.opts().get(OptionCode::ClassIdentifier),
+                Some(&DhcpOption::ClassIdentifier(vc.to_vec()))
+            );
+            assert!(
+                m.opts().get(OptionCode::ClientMachineIdentifier).is_some(),
+                "option 97 echoed"
+            );
             assert_eq!(r.dest, Dest::Broadcast);
             assert_eq!(o.decision, Some(BootDecision::Payload));
         }
@@ -115,31 +175,108 @@ fn proxy_offers_boot_files_per_client_kind() {
     let mut c = cfg(Mode::Proxy);
     c.secure_boot_off = true;
     let inb = parse(&packet(C::UefiPxe, MessageType::Discover, vec![])).unwrap();
-    let o = decide(&inb, 67, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), None, &DefaultPolicy, &c, None, 0);
+    let o = decide(
+        &inb,
+        Via {
+            port: 67,
+            src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
+        },
+        None,
+        &DefaultPolicy,
+        &c,
+        None,
+        0,
+    );
     assert_eq!(file_of(&o).as_deref(), Some("snponly.efi"));
 }
 
 #[test]
 fn proxy_pxe_port_and_requests() {
-    let o = run(C::UefiPxe, MessageType::Request, PXE_PORT, Mode::Proxy, None, None, vec![]);
+    let o = run(
+        C::UefiPxe,
+        MessageType::Request,
+        PXE_PORT,
+        Mode::Proxy,
+        None,
+        None,
+        vec![],
+    );
     assert_eq!(msg_type(&o), MessageType::Ack);
-    assert_eq!(o.reply.unwrap().dest, Dest::Unicast(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 50), 68)));
+    assert_eq!(
+        o.reply.unwrap().dest,
+        Dest::Unicast(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 50), 68))
+    );
     let other = DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 99, 0, 254));
-    assert!(run(C::UefiPxe, MessageType::Request, 67, Mode::Proxy, None, None, vec![other]).reply.is_none());
+    assert!(run(
+        C::UefiPxe,
+        MessageType::Request,
+        67,
+        Mode::Proxy,
+        None,
+        None,
+        vec![other]
+    )
+    .reply
+    .is_none());
     let us = DhcpOption::ServerIdentifier(SERVER);
-    assert!(run(C::UefiPxe, MessageType::Request, 67, Mode::Proxy, None, None, vec![us]).reply.is_none(), "a proxy offer is never acknowledged on :67");
-    assert!(run(C::BiosRom, MessageType::Release, 67, Mode::Proxy, None, None, vec![]).reply.is_none());
+    assert!(
+        run(
+            C::UefiPxe,
+            MessageType::Request,
+            67,
+            Mode::Proxy,
+            None,
+            None,
+            vec![us]
+        )
+        .reply
+        .is_none(),
+        "a proxy offer is never acknowledged on :67"
+    );
+    assert!(run(
+        C::BiosRom,
+        MessageType::Release,
+        67,
+        Mode::Proxy,
+        None,
+        None,
+        vec![]
+    )
+    .reply
+    .is_none());
 }
 
 #[test]
 fn finished_hosts_boot_locally() {
     let mut h = HostRecord::new(Mac(MAC), 0);
     h.state = HostState::Remediated;
-    let o = run(C::BiosRom, MessageType::Discover, 67, Mode::Proxy, Some(&h), None, vec![]);
-    assert!(o.reply.is_none(), "firmware of a fixed host is left to boot from disk");
+    let o = run(
+        C::BiosRom,
+        MessageType::Discover,
+        67,
+        Mode::Proxy,
+        Some(&h),
+        None,
+        vec![],
+    );
+    assert!(
+        o.reply.is_none(),
+        "firmware of a fixed host is left to boot from disk"
+    );
     assert_eq!(o.decision, Some(BootDecision::LocalBoot));
-    let o = run(C::BiosIpxe, MessageType::Discover, 67, Mode::Proxy, Some(&h), None, vec![]);
-    assert!(file_of(&o).unwrap().ends_with(".ipxe"), "iPXE gets the script, which says exit");
+    let o = run(
+        C::BiosIpxe,
+        MessageType::Discover,
+        67,
+        Mode::Proxy,
+        Some(&h),
+        None,
+        vec![],
+    );
+    assert!(
+        file_of(&o).unwrap().ends_with(".ipxe"),
+        "iPXE gets the script, which says exit"
+    );
 }
 
 #[test]
@@ -147,66 +284,212 @@ fn relayed_requests_go_back_to_the_relay() {
     let mut bytes = packet(C::BiosRom, MessageType::Discover, vec![]);
     bytes[24..28].copy_from_slice(&[10, 50, 0, 1]);
     let inb = parse(&bytes).unwrap();
-    let o = decide(&inb, 67, SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67), None, &DefaultPolicy, &cfg(Mode::Proxy), None, 0);
+    let o = decide(
+        &inb,
+        Via {
+            port: 67,
+            src: SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67),
+        },
+        None,
+        &DefaultPolicy,
+        &cfg(Mode::Proxy),
+        None,
+        0,
+    );
     let r = o.reply.unwrap();
-    assert_eq!(r.dest, Dest::Relay(SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67)));
+    assert_eq!(
+        r.dest,
+        Dest::Relay(SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67))
+    );
     assert_eq!(r.msg.giaddr(), Ipv4Addr::new(10, 50, 0, 1));
     // Full mode has no pool for the relay's subnet: silent rather than a wrong address.
-    let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
-    let o = decide(&inb, 67, SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67), None, &DefaultPolicy, &cfg(Mode::Full), Some(&mut pool), 0);
+    let mut pool = LeasePool::new(
+        Ipv4Addr::new(10, 99, 0, 100),
+        Ipv4Addr::new(10, 99, 0, 110),
+        SERVER,
+        vec![],
+    );
+    let o = decide(
+        &inb,
+        Via {
+            port: 67,
+            src: SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67),
+        },
+        None,
+        &DefaultPolicy,
+        &cfg(Mode::Full),
+        Some(&mut pool),
+        0,
+    );
     assert!(o.reply.is_none());
 }
 
 #[test]
 fn full_mode_dora_nak_release_decline_inform() {
-    let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
-    let o = run(C::Plain, MessageType::Discover, 67, Mode::Full, None, Some(&mut pool), vec![]);
+    let mut pool = LeasePool::new(
+        Ipv4Addr::new(10, 99, 0, 100),
+        Ipv4Addr::new(10, 99, 0, 110),
+        SERVER,
+        vec![],
+    );
+    let o = run(
+        C::Plain,
+        MessageType::Discover,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![],
+    );
     let offer = o.reply.clone().unwrap().msg;
     assert_eq!(msg_type(&o), MessageType::Offer);
     assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 100));
-    assert!(file_of(&o).is_none(), "plain clients get an address, no boot file");
+    assert!(
+        file_of(&o).is_none(),
+        "plain clients get an address, no boot file"
+    );
     assert!(matches!(&o.lease_changes[..], [LeaseChange::Put(l)] if l.offered_only));
-    let req = vec![DhcpOption::ServerIdentifier(SERVER), DhcpOption::RequestedIpAddress(offer.yiaddr())];
-    let o = run(C::Plain, MessageType::Request, 67, Mode::Full, None, Some(&mut pool), req);
+    let req = vec![
+        DhcpOption::ServerIdentifier(SERVER),
+        DhcpOption::RequestedIpAddress(offer.yiaddr()),
+    ];
+    let o = run(
+        C::Plain,
+        MessageType::Request,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        req,
+    );
     assert_eq!(msg_type(&o), MessageType::Ack);
     let ack = o.reply.unwrap().msg;
-    assert_eq!(ack.opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
-    assert_eq!(ack.opts().get(OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0))));
+    assert_eq!(
+        ack.opts().get(OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(3600))
+    );
+    assert_eq!(
+        ack.opts().get(OptionCode::SubnetMask),
+        Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+    );
     assert!(matches!(&o.lease_changes[..], [LeaseChange::Put(l)] if !l.offered_only));
     // A PXE client on the same pool gets address and boot file together.
-    let o = run(C::BiosRom, MessageType::Discover, 67, Mode::Full, None, Some(&mut pool), vec![]);
+    let o = run(
+        C::BiosRom,
+        MessageType::Discover,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![],
+    );
     assert_eq!(file_of(&o).as_deref(), Some("undionly.kpxe"));
-    assert_eq!(o.reply.unwrap().msg.yiaddr(), Ipv4Addr::new(10, 99, 0, 100), "same MAC keeps its lease");
+    assert_eq!(
+        o.reply.unwrap().msg.yiaddr(),
+        Ipv4Addr::new(10, 99, 0, 100),
+        "same MAC keeps its lease"
+    );
     // INIT-REBOOT asking for a foreign address is NAKed.
-    let o = run(C::Plain, MessageType::Request, 67, Mode::Full, None, Some(&mut pool), vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 1, 9))]);
+    let o = run(
+        C::Plain,
+        MessageType::Request,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+            192, 168, 1, 9,
+        ))],
+    );
     assert_eq!(msg_type(&o), MessageType::Nak);
     assert_eq!(o.reply.unwrap().dest, Dest::Broadcast);
     // INFORM: configuration without an address.
-    let o = run(C::Plain, MessageType::Inform, 67, Mode::Full, None, Some(&mut pool), vec![]);
+    let o = run(
+        C::Plain,
+        MessageType::Inform,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![],
+    );
     assert_eq!(msg_type(&o), MessageType::Ack);
     assert!(o.reply.unwrap().msg.yiaddr().is_unspecified());
     // Choosing another server frees our offer.
-    let o = run(C::Plain, MessageType::Request, 67, Mode::Full, None, Some(&mut pool), vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 99, 0, 254))]);
+    let o = run(
+        C::Plain,
+        MessageType::Request,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 99, 0, 254))],
+    );
     assert!(o.reply.is_none());
-    assert_eq!(o.lease_changes, [LeaseChange::Remove(Ipv4Addr::new(10, 99, 0, 100))]);
+    assert_eq!(
+        o.lease_changes,
+        [LeaseChange::Remove(Ipv4Addr::new(10, 99, 0, 100))]
+    );
     // DECLINE holds the address back.
-    let o = run(C::Plain, MessageType::Discover, 67, Mode::Full, None, Some(&mut pool), vec![]);
+    let o = run(
+        C::Plain,
+        MessageType::Discover,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![],
+    );
     let ip = o.reply.unwrap().msg.yiaddr();
-    let o = run(C::Plain, MessageType::Decline, 67, Mode::Full, None, Some(&mut pool), vec![DhcpOption::RequestedIpAddress(ip)]);
+    let o = run(
+        C::Plain,
+        MessageType::Decline,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![DhcpOption::RequestedIpAddress(ip)],
+    );
     assert!(o.reply.is_none() && o.lease_changes.len() == 1);
-    let o = run(C::Plain, MessageType::Discover, 67, Mode::Full, None, Some(&mut pool), vec![]);
+    let o = run(
+        C::Plain,
+        MessageType::Discover,
+        67,
+        Mode::Full,
+        None,
+        Some(&mut pool),
+        vec![],
+    );
     assert_ne!(o.reply.unwrap().msg.yiaddr(), ip);
 }
 
 #[test]
 fn replies_encode_and_decode() {
-    let o = run(C::UefiPxe, MessageType::Discover, 67, Mode::Proxy, None, None, vec![]);
+    let o = run(
+        C::UefiPxe,
+        MessageType::Discover,
+        67,
+        Mode::Proxy,
+        None,
+        None,
+        vec![],
+    );
     let mut buf = Vec::new();
-    o.reply.unwrap().msg.encode(&mut Encoder::new(&mut buf)).unwrap();
+    o.reply
+        .unwrap()
+        .msg
+        .encode(&mut Encoder::new(&mut buf))
+        .unwrap();
     let back = Message::decode(&mut Decoder::new(&buf)).unwrap();
     // dhcproto keeps the terminating NUL of the 128-byte file field when decoding.
-    assert_eq!(back.fname_str().unwrap().unwrap().trim_end_matches('\0'), "shimx64.efi");
-    assert_eq!(back.opts().get(OptionCode::VendorExtensions), Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255])));
+    assert_eq!(
+        back.fname_str().unwrap().unwrap().trim_end_matches('\0'),
+        "shimx64.efi"
+    );
+    assert_eq!(
+        back.opts().get(OptionCode::VendorExtensions),
+        Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+    );
 }
 
 #[test]
@@ -242,7 +525,7 @@ proptest! {
             let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
             for port in [67, PXE_PORT] {
                 for mode in [Mode::Proxy, Mode::Full] {
-                    let _ = decide(&inb, port, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), None, &DefaultPolicy, &cfg(mode), Some(&mut pool), 0);
+                    let _ = decide(&inb, Via { port, src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68) }, None, &DefaultPolicy, &cfg(mode), Some(&mut pool), 0);
                 }
             }
         }
@@ -262,7 +545,7 @@ proptest! {
         bytes.splice(end..end, tail);
         if let Ok(inb) = parse(&bytes) {
             let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
-            let o = decide(&inb, 67, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68), None, &DefaultPolicy, &cfg(Mode::Full), Some(&mut pool), 0);
+            let o = decide(&inb, Via { port: 67, src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68) }, None, &DefaultPolicy, &cfg(Mode::Full), Some(&mut pool), 0);
             if let Some(r) = o.reply {
                 let mut buf = Vec::new();
                 r.msg.encode(&mut Encoder::new(&mut buf)).unwrap();

@@ -70,7 +70,7 @@ fn strings(body: &[u8]) -> Result<Vec<String>, ParseError> {
 }
 
 fn pairs(fields: &[String]) -> Result<Vec<(String, String)>, ParseError> {
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         return Err(ParseError("option without a value"));
     }
     Ok(fields
@@ -94,11 +94,21 @@ impl<'a> Packet<'a> {
                 }
                 let mode = f[1].to_ascii_lowercase();
                 if op == OP_WRQ {
-                    return Ok(Packet::Wrq { filename: f[0].clone(), mode });
+                    return Ok(Packet::Wrq {
+                        filename: f[0].clone(),
+                        mode,
+                    });
                 }
-                Ok(Packet::Rrq { filename: f[0].clone(), mode, options: pairs(&f[2..])? })
+                Ok(Packet::Rrq {
+                    filename: f[0].clone(),
+                    mode,
+                    options: pairs(&f[2..])?,
+                })
             }
-            OP_DATA => Ok(Packet::Data { block: u16::from_be_bytes([body[0], body[1]]), data: &body[2..] }),
+            OP_DATA => Ok(Packet::Data {
+                block: u16::from_be_bytes([body[0], body[1]]),
+                data: &body[2..],
+            }),
             OP_ACK if body.len() == 2 => Ok(Packet::Ack(u16::from_be_bytes([body[0], body[1]]))),
             OP_ACK => Err(ParseError("ACK is not 4 bytes")),
             OP_ERROR => {
@@ -106,7 +116,10 @@ impl<'a> Packet<'a> {
                 // Some clients omit the trailing NUL; accept the message either way.
                 let msg = &body[2..];
                 let msg = msg.strip_suffix(&[0]).unwrap_or(msg);
-                Ok(Packet::Error { code, message: String::from_utf8_lossy(msg).into_owned() })
+                Ok(Packet::Error {
+                    code,
+                    message: String::from_utf8_lossy(msg).into_owned(),
+                })
             }
             OP_OACK => Ok(Packet::Oack(pairs(&strings(body)?)?)),
             _ => Err(ParseError("unknown opcode")),
@@ -120,7 +133,11 @@ impl<'a> Packet<'a> {
             out.push(0);
         };
         match self {
-            Packet::Rrq { filename, mode, options } => {
+            Packet::Rrq {
+                filename,
+                mode,
+                options,
+            } => {
                 out.extend_from_slice(&OP_RRQ.to_be_bytes());
                 put_str(&mut out, filename);
                 put_str(&mut out, mode);
@@ -178,10 +195,20 @@ mod tests {
     fn rrq_with_options() {
         let raw = b"\x00\x01/grub/grub.cfg\x00octet\x00blksize\x001468\x00TSIZE\x000\x00";
         match Packet::parse(raw).unwrap() {
-            Packet::Rrq { filename, mode, options } => {
+            Packet::Rrq {
+                filename,
+                mode,
+                options,
+            } => {
                 assert_eq!(filename, "/grub/grub.cfg");
                 assert_eq!(mode, "octet");
-                assert_eq!(options, [("blksize".into(), "1468".into()), ("tsize".into(), "0".into())]);
+                assert_eq!(
+                    options,
+                    [
+                        ("blksize".into(), "1468".into()),
+                        ("tsize".into(), "0".into())
+                    ]
+                );
             }
             p => panic!("{p:?}"),
         }
@@ -189,7 +216,15 @@ mod tests {
 
     #[test]
     fn malformed() {
-        for raw in [&b""[..], b"\x00\x01", b"\x00\x01abc", b"\x00\x09\x00\x00", b"\x00\x04\x00\x01\x00", b"\x00\x01\x00octet\x00", b"\x00\x01f\x00octet\x00blksize\x00"] {
+        for raw in [
+            &b""[..],
+            b"\x00\x01",
+            b"\x00\x01abc",
+            b"\x00\x09\x00\x00",
+            b"\x00\x04\x00\x01\x00",
+            b"\x00\x01\x00octet\x00",
+            b"\x00\x01f\x00octet\x00blksize\x00",
+        ] {
             assert!(Packet::parse(raw).is_err(), "{raw:?}");
         }
     }

@@ -58,11 +58,22 @@ pub struct TftpServer {
 }
 
 impl TftpServer {
-    pub fn bind(cfg: TftpConfig, source: Arc<dyn FileSource>, records: mpsc::UnboundedSender<TransferRecord>) -> Result<Self, String> {
+    pub fn bind(
+        cfg: TftpConfig,
+        source: Arc<dyn FileSource>,
+        records: mpsc::UnboundedSender<TransferRecord>,
+    ) -> Result<Self, String> {
         let std = crate::net::udp_socket(cfg.bind, cfg.device.as_deref(), false)
             .map_err(|e| crate::net::bind_error("TFTP", cfg.bind, &e))?;
         let socket = UdpSocket::from_std(std).map_err(|e| format!("TFTP: {e}"))?;
-        Ok(TftpServer { socket, slots: Arc::new(Semaphore::new(cfg.max_transfers)), cfg, source, records, stats: Arc::default() })
+        Ok(TftpServer {
+            socket,
+            slots: Arc::new(Semaphore::new(cfg.max_transfers)),
+            cfg,
+            source,
+            records,
+            stats: Arc::default(),
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -84,10 +95,14 @@ impl TftpServer {
             }
         }
         let all = self.cfg.max_transfers as u32;
-        if tokio::time::timeout(grace, self.slots.acquire_many(all)).await.is_err() {
+        if tokio::time::timeout(grace, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
             tracing::warn!("TFTP: cutting transfers still running after {grace:?}");
             let _ = cut_tx.send(true);
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.slots.acquire_many(all)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), self.slots.acquire_many(all)).await;
         }
     }
 
@@ -109,18 +124,33 @@ impl TftpServer {
         let Some(file) = self.source.open(&req.path, peer) else {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, path = %req.path, "TFTP file not found");
-            let _ = self.socket.send_to(&packet::error_packet(ErrorCode::FileNotFound as u16, "file not found"), peer).await;
+            let _ = self
+                .socket
+                .send_to(
+                    &packet::error_packet(ErrorCode::FileNotFound as u16, "file not found"),
+                    peer,
+                )
+                .await;
             return;
         };
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "TFTP: {} transfers already running; refusing", self.cfg.max_transfers);
-            let _ = self.socket.send_to(&packet::error_packet(0, "server busy, try again"), peer).await;
+            let _ = self
+                .socket
+                .send_to(&packet::error_packet(0, "server busy, try again"), peer)
+                .await;
             return;
         };
-        let file: Arc<[u8]> = if req.netascii { Arc::from(to_netascii(&file)) } else { file };
+        let file: Arc<[u8]> = if req.netascii {
+            Arc::from(to_netascii(&file))
+        } else {
+            file
+        };
         let bind = SocketAddrV4::new(*self.cfg.bind.ip(), 0);
-        let sock = match crate::net::udp_socket(bind, self.cfg.device.as_deref(), false).and_then(UdpSocket::from_std) {
+        let sock = match crate::net::udp_socket(bind, self.cfg.device.as_deref(), false)
+            .and_then(UdpSocket::from_std)
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!("TFTP: cannot open a transfer socket: {e}");
@@ -187,7 +217,14 @@ async fn transfer(
     record(peer, path, &t, size, start, outcome)
 }
 
-fn record(peer: SocketAddr, path: String, t: &Transfer, size: u64, start: Instant, outcome: Outcome) -> TransferRecord {
+fn record(
+    peer: SocketAddr,
+    path: String,
+    t: &Transfer,
+    size: u64,
+    start: Instant,
+    outcome: Outcome,
+) -> TransferRecord {
     TransferRecord {
         peer,
         path,

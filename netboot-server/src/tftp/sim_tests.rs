@@ -20,7 +20,17 @@ struct Client {
 
 impl Client {
     fn new(blksize: usize, window: u16) -> Self {
-        Client { blksize, window, expected: 1, in_window: 0, got: Vec::new(), done: false, last_ack: None, timeout_ms: 700, deadline_ms: 700 }
+        Client {
+            blksize,
+            window,
+            expected: 1,
+            in_window: 0,
+            got: Vec::new(),
+            done: false,
+            last_ack: None,
+            timeout_ms: 700,
+            deadline_ms: 700,
+        }
     }
     fn ack(&mut self, n: u64, now: u64) -> Vec<u8> {
         let a = Packet::Ack((n & 0xffff) as u16).encode();
@@ -91,9 +101,17 @@ struct Run {
 
 /// Runs a transfer; `drop_s2c(i)` / `drop_c2s(i)` decide whether the i-th packet in each
 /// direction is lost.
-fn run(file: &[u8], opts: &[(&str, &str)], mut drop_s2c: impl FnMut(usize) -> bool, mut drop_c2s: impl FnMut(usize) -> bool) -> Run {
+fn run(
+    file: &[u8],
+    opts: &[(&str, &str)],
+    mut drop_s2c: impl FnMut(usize) -> bool,
+    mut drop_c2s: impl FnMut(usize) -> bool,
+) -> Run {
     let limits = Limits::default();
-    let opts: Vec<(String, String)> = opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let opts: Vec<(String, String)> = opts
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut now = 0u64;
     let (mut t, first) = Transfer::start(Arc::from(file), &opts, &limits, now);
     let mut client = Client::new(512, 1);
@@ -121,7 +139,11 @@ fn run(file: &[u8], opts: &[(&str, &str)], mut drop_s2c: impl FnMut(usize) -> bo
         }
         if to_client.is_empty() {
             // Nothing in flight: advance the virtual clock to the next timer.
-            let next = t.deadline_ms().unwrap().min(if client.done { u64::MAX } else { client.deadline_ms });
+            let next = t.deadline_ms().unwrap().min(if client.done {
+                u64::MAX
+            } else {
+                client.deadline_ms
+            });
             now = next.max(now + 1);
             let out = t.on_timeout(now);
             server_packets += out.len();
@@ -136,7 +158,12 @@ fn run(file: &[u8], opts: &[(&str, &str)], mut drop_s2c: impl FnMut(usize) -> bo
             }
         }
     }
-    Run { outcome: t.outcome().cloned().expect("transfer finished"), got: client.got, server_packets, elapsed_ms: now }
+    Run {
+        outcome: t.outcome().cloned().expect("transfer finished"),
+        got: client.got,
+        server_packets,
+        elapsed_ms: now,
+    }
 }
 
 fn file(len: usize) -> Vec<u8> {
@@ -155,7 +182,12 @@ fn lock_step_exact_multiple_ends_with_empty_block() {
 #[test]
 fn options_negotiated_and_windowed() {
     let f = file(100_000);
-    let r = run(&f, &[("blksize", "1468"), ("tsize", "0"), ("windowsize", "16")], |_| false, |_| false);
+    let r = run(
+        &f,
+        &[("blksize", "1468"), ("tsize", "0"), ("windowsize", "16")],
+        |_| false,
+        |_| false,
+    );
     assert_eq!(r.outcome, Outcome::Complete);
     assert_eq!(r.got, f);
     assert_eq!(r.server_packets, 1 + 100_000 / 1468 + 1);
@@ -163,11 +195,24 @@ fn options_negotiated_and_windowed() {
 
 #[test]
 fn oack_lists_only_understood_options() {
-    let opts = [("blksize".to_string(), "99999".to_string()), ("tsize".into(), "0".into()), ("bogus".into(), "1".into()), ("windowsize".into(), "500".into())];
+    let opts = [
+        ("blksize".to_string(), "99999".to_string()),
+        ("tsize".into(), "0".into()),
+        ("bogus".into(), "1".into()),
+        ("windowsize".into(), "500".into()),
+    ];
     let (_, out) = Transfer::start(Arc::from(&b"hello"[..]), &opts, &Limits::default(), 0);
     assert_eq!(out[0][..2], OP_OACK.to_be_bytes());
-    let Packet::Oack(o) = Packet::parse(&out[0]).unwrap() else { panic!() };
-    assert_eq!(o, [("tsize".to_string(), "5".to_string()), ("windowsize".into(), "64".into())]);
+    let Packet::Oack(o) = Packet::parse(&out[0]).unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        o,
+        [
+            ("tsize".to_string(), "5".to_string()),
+            ("windowsize".into(), "64".into())
+        ]
+    );
 }
 
 #[test]
@@ -176,7 +221,11 @@ fn a_fifth_of_data_packets_lost_still_completes() {
     // Pseudo-random rather than periodic loss: a period that divides the window size would drop
     // the same block of every retransmitted window, which no real network does.
     let lossy = |i: usize| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59 < 6;
-    for opts in [&[][..], &[("windowsize", "8")][..], &[("blksize", "1024"), ("windowsize", "4")][..]] {
+    for opts in [
+        &[][..],
+        &[("windowsize", "8")][..],
+        &[("blksize", "1024"), ("windowsize", "4")][..],
+    ] {
         let r = run(&f, opts, lossy, |_| false);
         assert_eq!(r.outcome, Outcome::Complete, "{opts:?}");
         assert_eq!(r.got, f, "{opts:?}");
@@ -186,7 +235,12 @@ fn a_fifth_of_data_packets_lost_still_completes() {
 #[test]
 fn lost_acks_still_complete() {
     let f = file(20_000);
-    let r = run(&f, &[("windowsize", "4")], |_| false, |i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59 < 10);
+    let r = run(
+        &f,
+        &[("windowsize", "4")],
+        |_| false,
+        |i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59 < 10,
+    );
     assert_eq!(r.outcome, Outcome::Complete);
     assert_eq!(r.got, f);
 }
@@ -198,17 +252,35 @@ fn duplicate_ack_does_not_resend() {
     assert_eq!(out.len(), 1);
     let ack1 = Packet::Ack(1).encode();
     assert_eq!(t.on_packet(&ack1, 1).len(), 1, "block 2 follows ACK 1");
-    assert!(t.on_packet(&ack1, 2).is_empty(), "a duplicate ACK 1 must not resend block 2 (Sorcerer's Apprentice)");
+    assert!(
+        t.on_packet(&ack1, 2).is_empty(),
+        "a duplicate ACK 1 must not resend block 2 (Sorcerer's Apprentice)"
+    );
 }
 
 #[test]
 fn error_after_oack_ends_at_once() {
-    let (mut t, out) = Transfer::start(Arc::from(&b"x"[..]), &[("tsize".into(), "0".into())], &Limits::default(), 0);
+    let (mut t, out) = Transfer::start(
+        Arc::from(&b"x"[..]),
+        &[("tsize".into(), "0".into())],
+        &Limits::default(),
+        0,
+    );
     assert_eq!(out[0][..2], OP_OACK.to_be_bytes());
-    let err = Packet::Error { code: 8, message: "User aborted the transfer".into() }.encode();
+    let err = Packet::Error {
+        code: 8,
+        message: "User aborted the transfer".into(),
+    }
+    .encode();
     assert!(t.on_packet(&err, 5).is_empty(), "never answer an ERROR");
     assert!(t.is_finished());
-    assert_eq!(t.outcome(), Some(&Outcome::ClientError { code: 8, message: "User aborted the transfer".into() }));
+    assert_eq!(
+        t.outcome(),
+        Some(&Outcome::ClientError {
+            code: 8,
+            message: "User aborted the transfer".into()
+        })
+    );
     assert!(t.on_timeout(100_000).is_empty());
     assert_eq!(t.deadline_ms(), None);
 }
@@ -228,7 +300,11 @@ fn silent_client_times_out_with_backoff() {
     }
     assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
     let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    assert_eq!(gaps, [2000, 4000, 8000, 16000, 32000, 64000], "exponential backoff");
+    assert_eq!(
+        gaps,
+        [2000, 4000, 8000, 16000, 32000, 64000],
+        "exponential backoff"
+    );
 }
 
 #[test]
@@ -245,7 +321,14 @@ fn block_number_rollover_over_32_mib() {
 #[test]
 fn unexpected_packet_ends_with_error() {
     let (mut t, _) = Transfer::start(Arc::from(&b"abc"[..]), &[], &Limits::default(), 0);
-    let out = t.on_packet(&Packet::Data { block: 1, data: b"x" }.encode(), 1);
+    let out = t.on_packet(
+        &Packet::Data {
+            block: 1,
+            data: b"x",
+        }
+        .encode(),
+        1,
+    );
     assert_eq!(out[0][..2], OP_ERROR.to_be_bytes());
     assert!(matches!(t.outcome(), Some(Outcome::Protocol(_))));
     // Garbage is ignored, not fatal.

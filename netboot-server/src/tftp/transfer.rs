@@ -104,10 +104,16 @@ pub struct Negotiated {
 pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -> Negotiated {
     let mut n = Negotiated::default();
     for (k, v) in options {
-        let Ok(val) = v.trim().parse::<u64>() else { continue };
+        let Ok(val) = v.trim().parse::<u64>() else {
+            continue;
+        };
         match k.as_str() {
-            "blksize" if (8..=65464).contains(&val) => n.blksize = Some((val as usize).min(limits.max_blksize)),
-            "windowsize" if (1..=65535).contains(&val) => n.windowsize = Some((val as u16).min(limits.max_windowsize)),
+            "blksize" if (8..=65464).contains(&val) => {
+                n.blksize = Some((val as usize).min(limits.max_blksize))
+            }
+            "windowsize" if (1..=65535).contains(&val) => {
+                n.windowsize = Some((val as u16).min(limits.max_windowsize))
+            }
             "timeout" if (1..=255).contains(&val) => n.timeout_s = Some(val as u8),
             "tsize" => n.tsize = Some(file_len),
             _ => {}
@@ -119,7 +125,12 @@ pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -
 impl Transfer {
     /// Starts a transfer; returns it with the first datagrams to send (an OACK, or the first
     /// window of data when no option was accepted).
-    pub fn start(file: Arc<[u8]>, options: &[(String, String)], limits: &Limits, now_ms: u64) -> (Self, Vec<Vec<u8>>) {
+    pub fn start(
+        file: Arc<[u8]>,
+        options: &[(String, String)],
+        limits: &Limits,
+        now_ms: u64,
+    ) -> (Self, Vec<Vec<u8>>) {
         let n = negotiate(options, file.len() as u64, limits);
         let mut oack = Vec::new();
         if let Some(b) = n.blksize {
@@ -135,7 +146,9 @@ impl Transfer {
             oack.push(("windowsize".to_string(), w.to_string()));
         }
         let blksize = n.blksize.unwrap_or(512);
-        let timeout_ms = n.timeout_s.map_or(limits.default_timeout_ms, |s| u64::from(s) * 1000);
+        let timeout_ms = n
+            .timeout_s
+            .map_or(limits.default_timeout_ms, |s| u64::from(s) * 1000);
         let mut t = Transfer {
             total_blocks: file.len() as u64 / blksize as u64 + 1,
             file,
@@ -191,7 +204,11 @@ impl Transfer {
     fn block(&self, n: u64) -> Vec<u8> {
         let start = ((n - 1) * self.blksize as u64) as usize;
         let end = (start + self.blksize).min(self.file.len());
-        let data = if start <= self.file.len() { &self.file[start..end] } else { &[][..] };
+        let data = if start <= self.file.len() {
+            &self.file[start..end]
+        } else {
+            &[][..]
+        };
         // Block numbers wrap from 65535 to 0 (the convention of atftp, curl, tftp-hpa and iPXE).
         data_packet((n & 0xffff) as u16, data)
     }
@@ -218,7 +235,10 @@ impl Transfer {
         }
         if now_ms.saturating_sub(self.started_ms) > self.limits.max_duration_ms {
             self.finish(Outcome::TooLong);
-            return vec![error_packet(ErrorCode::NotDefined as u16, "transfer took too long")];
+            return vec![error_packet(
+                ErrorCode::NotDefined as u16,
+                "transfer took too long",
+            )];
         }
         match Packet::parse(datagram) {
             Ok(Packet::Error { code, message }) => {
@@ -247,7 +267,10 @@ impl Transfer {
             return self.send_window(now_ms);
         }
         // Map the 16-bit block number onto the blocks in flight (acked ..= sent_upto).
-        let Some(n) = (self.acked..=self.sent_upto).rev().find(|n| (n & 0xffff) as u16 == wire) else {
+        let Some(n) = (self.acked..=self.sent_upto)
+            .rev()
+            .find(|n| (n & 0xffff) as u16 == wire)
+        else {
             // An old duplicate ACK: ignoring it avoids the Sorcerer's Apprentice bug (RFC 1123 4.2.3.1).
             return Vec::new();
         };
@@ -273,7 +296,10 @@ impl Transfer {
         }
         if self.retries >= self.limits.max_retries {
             self.finish(Outcome::TimedOut);
-            return vec![error_packet(ErrorCode::NotDefined as u16, "timed out waiting for ACK")];
+            return vec![error_packet(
+                ErrorCode::NotDefined as u16,
+                "timed out waiting for ACK",
+            )];
         }
         self.retries += 1;
         match self.phase {
