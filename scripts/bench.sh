@@ -71,8 +71,8 @@ SIZE=$((32 * 1024 * 1024))
 declare -A T
 for srv in unbrick:10.99.0.1 atftpd:10.99.0.2 dnsmasq:10.99.0.3; do
   n=${srv%%:*}; ip=${srv##*:}
-  T[curl_$n]=$(best "curl -sS --tftp-blksize 1468 -o /dev/null tftp://$ip/big.bin")
-  T[atftp_$n]=$(best "atftp --option 'blksize 1468' --option 'windowsize 16' -g -r big.bin -l /dev/null $ip")
+  T[curl_$n]=$(best "curl -sS -m 120 --tftp-blksize 1468 -o /dev/null tftp://$ip/big.bin")
+  T[atftp_$n]=$(best "timeout 120 atftp --option 'blksize 1468' --option 'windowsize 16' -g -r big.bin -l /dev/null $ip")
 done
 T[http_unbrick]=$(best "for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null http://10.99.0.1:8080/image/big.bin & done; wait")
 T[http_nginx]=$(best "for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null http://10.99.0.4/big.bin & done; wait")

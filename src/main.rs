@@ -114,6 +114,22 @@ enum KeysCmd {
 
 #[derive(Subcommand)]
 enum ImageCmd {
+    /// Build the recovery image (kernel + initramfs with the agent) into DATA/image and sign it.
+    Build {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        /// A Debian linux-image .deb (6.12 from bookworm-backports: signed, has ntfs3).
+        #[arg(long, conflicts_with = "kernel_dir")]
+        kernel_deb: Option<PathBuf>,
+        /// The same package already unpacked (boot/vmlinuz-*, lib/modules/*).
+        #[arg(long)]
+        kernel_dir: Option<PathBuf>,
+        /// The static agent binary (default: next to this unbrick, or /usr/lib/unbrick/unbrick-agent).
+        #[arg(long, env = "UNBRICK_AGENT")]
+        agent: Option<PathBuf>,
+        #[arg(long)]
+        image_version: Option<String>,
+    },
     /// Write manifest.json and manifest.json.sig over every file in DIR.
     Sign {
         dir: PathBuf,
@@ -385,8 +401,103 @@ fn sibling_key(dir: &Path, name: &str) -> PathBuf {
         .join(name)
 }
 
+fn default_agent() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    // Only the static musl build: target/debug/unbrick-agent next to a development binary is a
+    // dynamically linked host build that cannot run as /init.
+    let candidates = [
+        dir.join("../x86_64-unknown-linux-musl/agent/unbrick-agent"),
+        dir.join("../../x86_64-unknown-linux-musl/agent/unbrick-agent"),
+        PathBuf::from("/usr/lib/unbrick/unbrick-agent"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .unwrap_or_else(|| candidates[2].clone())
+}
+
+fn image_build(
+    data_dir: &Path,
+    kernel_deb: Option<PathBuf>,
+    kernel_dir: Option<PathBuf>,
+    agent: Option<PathBuf>,
+    version: Option<String>,
+) -> Result<(), Fail> {
+    let d = DataDir(data_dir.to_path_buf());
+    let trusted = signing::PublicKey::load(&d.public_key()).map_err(|e| {
+        Fail(format!(
+            "{e} (run `unbrick init --data-dir {}` first)",
+            data_dir.display()
+        ))
+    })?;
+    let tmp;
+    let root = match (kernel_deb, kernel_dir) {
+        (Some(deb), _) => {
+            tmp = std::env::temp_dir().join(format!("unbrick-kernel-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp)?;
+            println!("unpacking {}", deb.display());
+            remediation_payload::build::unpack_deb(&deb, &tmp).map_err(Fail)?;
+            tmp.clone()
+        }
+        (None, Some(dir)) => dir,
+        (None, None) => {
+            return Err(Fail("no kernel: pass --kernel-deb FILE (apt-get download -t bookworm-backports linux-image-6.12.*-amd64) or --kernel-dir DIR".into()));
+        }
+    };
+    let agent = agent.unwrap_or_else(default_agent);
+    let version = version.unwrap_or_else(image_version_now);
+    let built = remediation_payload::build::build(
+        &remediation_payload::build::BuildInput {
+            kernel_root: &root,
+            agent: &agent,
+            public_key: &trusted,
+            image_version: &version,
+        },
+        &mut |msg| println!("{msg}"),
+    )
+    .map_err(Fail)?;
+    let img = d.image();
+    for (name, data) in [("vmlinuz", &built.vmlinuz), ("initrd.img", &built.initrd)] {
+        let tmpf = img.join(format!(".{name}.tmp"));
+        std::fs::write(&tmpf, data)
+            .and_then(|_| std::fs::rename(&tmpf, img.join(name)))
+            .map_err(|e| Fail(format!("{}: {e}", img.join(name).display())))?;
+    }
+    if root.starts_with(std::env::temp_dir())
+        && root
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("unbrick-kernel-"))
+    {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    match signing::KeyPair::load(&d.private_key()) {
+        Ok(k) => {
+            let m = netboot_server::image::sign_dir(&img, &k, &version, now_unix())?;
+            println!("signed {} (version {}, kernel {}, {} artefacts); restart `unbrick serve` to serve it", img.display(), m.image_version, m.kernel_version, m.artefacts.len());
+        }
+        Err(_) => println!("NOT SIGNED: no private key in {}; sign {} on the offline machine (unbrick image sign) and copy the manifest back", d.keys().display(), img.display()),
+    }
+    println!(
+        "image size: initrd {} bytes compressed ({} uncompressed), kernel {} bytes",
+        built.initrd.len(),
+        built.uncompressed,
+        built.vmlinuz.len()
+    );
+    Ok(())
+}
+
 fn image(i: ImageCmd) -> Result<(), Fail> {
     match i {
+        ImageCmd::Build {
+            data_dir,
+            kernel_deb,
+            kernel_dir,
+            agent,
+            image_version,
+        } => image_build(&data_dir, kernel_deb, kernel_dir, agent, image_version)?,
         ImageCmd::Sign {
             dir,
             key,

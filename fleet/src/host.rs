@@ -198,6 +198,11 @@ pub struct HostRecord {
     /// The last per-boot token issued (hex); the agent proves itself with it.
     #[serde(default)]
     pub boot_token: Option<String>,
+    #[serde(default)]
+    pub boot_token_issued_ms: u64,
+    /// The agent's last final report (its token removed).
+    #[serde(default)]
+    pub last_report: Option<crate::agent::Report>,
 }
 
 impl HostRecord {
@@ -219,6 +224,8 @@ impl HostRecord {
             ip: None,
             payload_boots: 0,
             boot_token: None,
+            boot_token_issued_ms: 0,
+            last_report: None,
         }
     }
 

@@ -5,12 +5,15 @@
 //! Unix epoch).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod host;
 pub mod mac;
 pub mod policy;
+#[cfg(feature = "sled-store")]
 pub mod store;
 
 pub use host::{Arch, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError};
 pub use mac::Mac;
 pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
+#[cfg(feature = "sled-store")]
 pub use store::{Lease, SledStore, Store, StoreError};

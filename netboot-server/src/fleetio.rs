@@ -167,6 +167,7 @@ impl FleetIo {
         let mut note = String::new();
         let r = self.store.update_host(mac, now_ms, &mut |h| {
             h.boot_token = Some(token.to_string());
+            h.boot_token_issued_ms = now_ms;
             h.payload_boots += 1;
             note = match h.transition(HostState::Booting, now_ms) {
                 Ok(true) => "-> booting".into(),

@@ -19,11 +19,23 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/image/{name}", get(artefact).head(artefact))
         .route("/agent/rules.json", get(rules_doc))
         .route("/agent/rules.json.sig", get(rules_sig))
+        .route(
+            "/agent/v1/hello",
+            axum::routing::post(crate::agent_api::hello),
+        )
+        .route(
+            "/agent/v1/step",
+            axum::routing::post(crate::agent_api::step),
+        )
+        .route(
+            "/agent/v1/report",
+            axum::routing::post(crate::agent_api::report),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(shared)
 }
 
-fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+pub(crate) fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

@@ -6,6 +6,7 @@
 //! (`dhcp::server`, `tftp::server`, `http`) only move bytes and timers.
 #![forbid(unsafe_code)]
 
+pub mod agent_api;
 pub mod boot;
 pub mod dhcp;
 pub mod fleetio;

@@ -29,9 +29,9 @@ pub struct Rule {
     /// Hex bytes the file must start with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub magic: Option<String>,
-    /// Only files last written at or before this RFC 3339 UTC time.
+    /// Only files last written strictly before this RFC 3339 UTC time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_write_at_or_before: Option<String>,
+    pub last_write_before: Option<String>,
     /// Only files last written strictly after this RFC 3339 UTC time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_after: Option<String>,
@@ -144,7 +144,7 @@ impl Rule {
                 .map(|c| c.chars().map(fold).collect())
                 .collect(),
             magic,
-            before: time(&self.last_write_at_or_before)?,
+            before: time(&self.last_write_before)?,
             after: time(&self.last_write_after)?,
         })
     }
@@ -177,15 +177,15 @@ impl Compiled {
                 .zip(f.components)
                 .all(|(p, n)| glob_match(p, n))
             && f.header.starts_with(&self.magic)
-            && self.before.is_none_or(|t| f.last_write_unix <= t)
+            && self.before.is_none_or(|t| f.last_write_unix < t)
             && self.after.is_none_or(|t| f.last_write_unix > t)
     }
 }
 
 impl RuleSet {
     /// The default rules: the vendor's guidance for the 19 July 2024 CrowdStrike outage.
-    /// `C-00000291*.sys` channel files with a last-write time at or before 05:27 UTC are the bad
-    /// ones; the later file with the same name prefix is the fixed version and stays.
+    /// A `C-00000291*.sys` channel file stamped 04:09 UTC is the bad one; one stamped 05:27 UTC
+    /// or later is the reverted, good version and stays. So: last write before 05:27:00 UTC.
     pub fn default_crowdstrike(expires_unix: u64) -> Self {
         RuleSet {
             format: 1,
@@ -195,10 +195,10 @@ impl RuleSet {
             description: "CrowdStrike Falcon channel file 291 that crashes Windows (19 July 2024)".into(),
             rules: vec![Rule {
                 id: "cs-channel-291-bad".into(),
-                description: "Channel file C-00000291*.sys written at or before 2024-07-19 05:27 UTC; the newer file is the vendor's fix and stays".into(),
+                description: "Channel file C-00000291*.sys last written before 2024-07-19 05:27 UTC (the 04:09 UTC version); 05:27 UTC or later is the vendor's fix and stays".into(),
                 path: r"Windows\System32\drivers\CrowdStrike\C-00000291*.sys".into(),
                 magic: Some("AAAAAAAA01002301".into()),
-                last_write_at_or_before: Some("2024-07-19T05:27:00Z".into()),
+                last_write_before: Some("2024-07-19T05:27:00Z".into()),
                 last_write_after: None,
                 action: Action::Quarantine,
             }],
@@ -344,8 +344,8 @@ mod tests {
         ];
         let cases: &[(&[&str], &[u8], &str, bool)] = &[
             (&bad, &MAGIC, "2024-07-19T04:09:00Z", true),
-            (&bad, &MAGIC, "2024-07-19T05:27:00Z", true),
-            (&bad, &MAGIC, "2024-07-19T05:27:01Z", false),
+            (&bad, &MAGIC, "2024-07-19T05:26:59Z", true),
+            (&bad, &MAGIC, "2024-07-19T05:27:00Z", false),
             (&mixed, &MAGIC, "2024-07-19T04:09:00Z", true),
             (&other, &MAGIC, "2024-07-19T04:09:00Z", false),
             (&deeper, &MAGIC, "2024-07-19T04:09:00Z", false),

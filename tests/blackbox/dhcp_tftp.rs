@@ -351,6 +351,52 @@ fn full_mode_leases_to_real_clients() {
 }
 
 #[test]
+fn sigterm_lets_a_transfer_in_flight_finish() {
+    let mut lab = Lab::new("st");
+    lab.init();
+    let img = lab.data().join("image");
+    let big: Vec<u8> = (0..24 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(img.join("big.bin"), &big).unwrap();
+    must(&format!("{} image sign {}", unbrick(), img.display()));
+    lab.serve("--dhcp off");
+    let (c, _) = lab.add_client("52:54:00:dd:00:01");
+    must(&format!("ip -n {c} addr add 10.99.0.50/24 dev eth0"));
+    let out = lab.dir.join("big.out");
+    // Lock-step 512-byte blocks: tens of thousands of round trips, long enough to be cut by a stop.
+    let mut dl = Command::new("ip")
+        .args(["netns", "exec", &c, "atftp", "-g", "-r", "big.bin", "-l"])
+        .arg(&out)
+        .arg(SERVER_IP)
+        .spawn()
+        .unwrap();
+    let t = std::time::Instant::now();
+    while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 512 * 1024
+        && t.elapsed() < Duration::from_secs(20)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < big.len() as u64,
+        "transfer finished before the stop; make the file bigger"
+    );
+    let st = lab.stop_server();
+    assert!(st.success(), "graceful stop: {st}");
+    assert!(
+        dl.wait().unwrap().success(),
+        "the transfer in flight was not allowed to finish:\n{}",
+        lab.server_log()
+    );
+    assert!(std::fs::read(&out).unwrap() == big, "file differs");
+    assert!(
+        lab.server_log().contains("shutting down"),
+        "{}",
+        lab.server_log()
+    );
+}
+
+#[test]
 fn tftp_and_http_with_real_clients() {
     let mut lab = Lab::new("tf");
     lab.init();

@@ -54,7 +54,21 @@ pub fn accel() -> String {
     std::env::var("ACCEL").unwrap_or_else(|_| "tcg".into())
 }
 
-pub fn start_guest(lab: &Lab, name: &str, fw: Firmware, mac: &str, disk: Option<&Path>) -> Guest {
+/// How a guest's disk is attached.
+#[derive(Clone, Copy, Debug)]
+pub enum Bus {
+    Virtio,
+    Sata,
+    Nvme,
+}
+
+pub fn start_guest(
+    lab: &Lab,
+    name: &str,
+    fw: Firmware,
+    mac: &str,
+    disk: Option<(&Path, Bus)>,
+) -> Guest {
     let tap = format!("t{name}");
     lab.add_tap(&tap);
     let serial = lab.dir.join(format!("{name}.serial"));
@@ -125,11 +139,20 @@ pub fn start_guest(lab: &Lab, name: &str, fw: Firmware, mac: &str, disk: Option<
     args.push(format!(
         "virtio-net-pci,netdev=n0,mac={mac}{rom}{bootindex}"
     ));
-    if let Some(d) = disk {
+    if let Some((d, bus)) = disk {
         args.push("-drive".into());
         args.push(format!("file={},format=raw,if=none,id=d0", d.display()));
-        args.push("-device".into());
-        args.push("virtio-blk-pci,drive=d0".into());
+        let dev: &[&str] = match bus {
+            Bus::Virtio => &["-device", "virtio-blk-pci,drive=d0"],
+            Bus::Sata => &[
+                "-device",
+                "ahci,id=ahci0",
+                "-device",
+                "ide-hd,bus=ahci0.0,drive=d0",
+            ],
+            Bus::Nvme => &["-device", "nvme,serial=UB0001,drive=d0"],
+        };
+        args.extend(dev.iter().map(|s| s.to_string()));
     }
     let log = std::fs::File::create(lab.dir.join(format!("{name}.qemu.log"))).unwrap();
     let child = Command::new("ip")
@@ -152,6 +175,15 @@ pub fn start_guest(lab: &Lab, name: &str, fw: Firmware, mac: &str, disk: Option<
 impl Guest {
     pub fn serial_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+    pub fn wait_exit(&mut self, until: Instant) -> bool {
+        while Instant::now() < until {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
     }
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))

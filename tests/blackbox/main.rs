@@ -1,6 +1,8 @@
 //! Black-box tests of the `unbrick` binary against real peers. Every server runs inside a
 //! network namespace created by the test, on a bridge with no uplink.
 mod dhcp_tftp;
+mod disks;
 mod firmware;
 mod lab;
+mod payload;
 mod signing_cli;

@@ -1,4 +1,4 @@
 unbrick-signature v1
 purpose: manifest
-key: ed25519:4c23e051f810599e3bbc6cd879efe5de
-signature: Cd8d0i5/Jk+yhmakMUd8OBUP934oqOH3kzORwQKQoPYliQplL/6OS7s6aYHdNKI6L+kBr5vYSvyH95gWCYoADw==
+key: ed25519:2d33763adc9814495a71b3f6893b7114
+signature: p9sFxlNbIO/TnItV3uELFyIkU3TB+FVMkQRs2zTgQk2q1m+qsr9RHWYCPoJyGIXPKFWqd6/57hinZqaDEZ2vBQ==

@@ -1,4 +1,4 @@
 unbrick-signature v1
 purpose: rules
-key: ed25519:4c23e051f810599e3bbc6cd879efe5de
-signature: IEZFJkJj+LC7JYOjq6Ycp45YWLuU4xK8TCEuOmPIbI+sTfkdudDA3/F7iSRjqXGsehjloHFKWh40Qbjhc3YQCA==
+key: ed25519:2d33763adc9814495a71b3f6893b7114
+signature: h0JzNHlefrxYiFyVvDBg10sn5oZfVLK1/sUgY2Wal5x0PhBquNjO9/sTEQO8NKLn43lH0LaioaDkI4TwvJdCCw==

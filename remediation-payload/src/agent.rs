@@ -1,0 +1,788 @@
+//! The agent's Linux runtime: PID 1 of the recovery initramfs. Mounts the pseudo file systems,
+//! loads modules, brings up the network with its own DHCP client, says hello with the per-boot
+//! token, fetches and verifies the signed rules, remediates every NTFS volume, reports, and
+//! reboots (or powers off with `unbrick.poweroff`). Whatever fails, it reports and reboots: PID 1
+//! never exits into a kernel panic.
+use crate::cmdline::{Cmdline, DirtyPolicy};
+use crate::http;
+use crate::remediate;
+use fleet::agent::{FileRecord, Hello, HelloReply, Report, RunResult, Step, VolumeReport};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn say(msg: &str) {
+    // The console is the admin's only window into a machine whose report did not arrive.
+    println!("unbrick-agent: {msg}");
+}
+
+struct Ctx {
+    cmd: Cmdline,
+    mac: String,
+    start: Instant,
+}
+
+impl Ctx {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cmd.server)
+    }
+
+    fn step(&self, step: &str, message: &str) {
+        say(&format!("{step}: {message}"));
+        let body = serde_json::to_vec(&Step {
+            token: self.cmd.token.clone(),
+            mac: self.mac.clone(),
+            step: step.into(),
+            message: message.into(),
+        })
+        .unwrap_or_default();
+        // Steps are best effort: the final report carries everything that matters.
+        let _ = http::request(
+            "POST",
+            &self.url("/agent/v1/step"),
+            Some(&body),
+            Duration::from_secs(5),
+        );
+    }
+}
+
+/// Entry point of the `unbrick-agent` binary.
+pub fn main() -> ! {
+    let start = Instant::now();
+    setup_console();
+    say(&format!("starting (version {})", crate::AGENT_VERSION));
+    let mut poweroff = false;
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(start, &mut poweroff)));
+    match outcome {
+        Ok(Ok(())) => say("done"),
+        Ok(Err(e)) => say(&format!("FAILED: {e}")),
+        Err(_) => say("FAILED: internal error (panic); the details are above"),
+    }
+    finish(poweroff)
+}
+
+fn setup_console() {
+    let _ = std::fs::create_dir_all("/dev");
+    let _ = mount(
+        Some("devtmpfs"),
+        "/dev",
+        Some("devtmpfs"),
+        MsFlags::MS_NOSUID,
+        None::<&str>,
+    );
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/console")
+    {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(f.as_raw_fd(), fd);
+        }
+    }
+}
+
+fn finish(poweroff: bool) -> ! {
+    nix::unistd::sync();
+    let mode = if poweroff {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    } else {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    };
+    say(if poweroff {
+        "powering off"
+    } else {
+        "rebooting in 5 seconds"
+    });
+    if !poweroff {
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    let e = nix::sys::reboot::reboot(mode);
+    say(&format!(
+        "could not reboot ({e:?}); switch this machine off and on"
+    ));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn mount_pseudo() {
+    for (src, dir, fs) in [
+        ("proc", "/proc", "proc"),
+        ("sysfs", "/sys", "sysfs"),
+        ("tmpfs", "/run", "tmpfs"),
+        ("tmpfs", "/tmp", "tmpfs"),
+    ] {
+        let _ = std::fs::create_dir_all(dir);
+        if let Err(e) = mount(
+            Some(src),
+            dir,
+            Some(fs),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        ) {
+            say(&format!("mount {dir}: {e}"));
+        }
+    }
+    let _ = mount(
+        Some("securityfs"),
+        "/sys/kernel/security",
+        Some("securityfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
+}
+
+fn read_trim(p: &str) -> Option<String> {
+    std::fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn load_modules(cfg: &crate::AgentConfig, ctx_msg: &mut Vec<String>) {
+    let base = PathBuf::from("/lib/modules").join(&cfg.kernel_version);
+    let mut loaded = 0;
+    for m in &cfg.modules {
+        let path = base.join(m);
+        let Ok(f) = std::fs::File::open(&path) else {
+            ctx_msg.push(format!("{m}: missing from the image"));
+            continue;
+        };
+        // MODULE_INIT_COMPRESSED_FILE (4): the kernel decompresses .ko.xz itself, and the
+        // module's signature stays valid under Secure Boot lockdown.
+        let flags = if m.ends_with(".xz") || m.ends_with(".zst") || m.ends_with(".gz") {
+            nix::kmod::ModuleInitFlags::from_bits_retain(4)
+        } else {
+            nix::kmod::ModuleInitFlags::empty()
+        };
+        match nix::kmod::finit_module(&f, c"", flags) {
+            Ok(()) => loaded += 1,
+            Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => ctx_msg.push(format!("{m}: {e}")),
+        }
+    }
+    ctx_msg.insert(
+        0,
+        format!("{loaded} of {} modules loaded", cfg.modules.len()),
+    );
+}
+
+fn find_nic(mac: Option<&str>, wait: Duration) -> Option<(String, String)> {
+    let t = Instant::now();
+    loop {
+        let mut found = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/sys/class/net") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name == "lo" {
+                    continue;
+                }
+                let addr = read_trim(&format!("/sys/class/net/{name}/address")).unwrap_or_default();
+                found.push((name, addr));
+            }
+        }
+        found.sort();
+        if let Some(m) = mac {
+            if let Some(f) = found.iter().find(|(_, a)| a == m) {
+                return Some(f.clone());
+            }
+        } else if let Some(f) = found.into_iter().next() {
+            return Some(f);
+        }
+        if t.elapsed() > wait {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+struct Lease {
+    ip: Ipv4Addr,
+    mask: Ipv4Addr,
+    router: Option<Ipv4Addr>,
+}
+
+/// A small DHCP client (dhcproto): DISCOVER, OFFER, REQUEST, ACK, broadcast replies requested so
+/// nothing needs an address before it has one. Identifies itself with the agent's vendor class.
+fn dhcp(ifname: &str, mac: [u8; 6]) -> Result<Lease, String> {
+    use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(|e| e.to_string())?;
+    s.set_reuse_address(true).ok();
+    s.set_broadcast(true).map_err(|e| e.to_string())?;
+    s.bind_device(Some(ifname.as_bytes()))
+        .map_err(|e| format!("bind to {ifname}: {e}"))?;
+    s.bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+        .map_err(|e| format!("bind :68: {e}"))?;
+    let s: std::net::UdpSocket = s.into();
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    let vendor = format!("{}/{}", "unbrick-agent", crate::AGENT_VERSION).into_bytes();
+    let build = |t: MessageType, xid: u32, extra: Vec<DhcpOption>| -> Vec<u8> {
+        let mut m = Message::new_with_id(
+            xid,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            &mac,
+        );
+        m.set_flags(Flags::default().set_broadcast());
+        m.opts_mut().insert(DhcpOption::MessageType(t));
+        m.opts_mut()
+            .insert(DhcpOption::ClassIdentifier(vendor.clone()));
+        m.opts_mut().insert(DhcpOption::ParameterRequestList(vec![
+            OptionCode::SubnetMask,
+            OptionCode::Router,
+            OptionCode::DomainNameServer,
+        ]));
+        for o in extra {
+            m.opts_mut().insert(o);
+        }
+        let mut buf = Vec::new();
+        m.encode(&mut Encoder::new(&mut buf))
+            .expect("DHCP request encodes");
+        buf
+    };
+    let dest = std::net::SocketAddr::from((Ipv4Addr::BROADCAST, 67));
+    let mut buf = [0u8; 1500];
+    for attempt in 0..20u32 {
+        let xid = u32::from_be_bytes([mac[2], mac[3], mac[4], mac[5]])
+            ^ attempt.wrapping_mul(0x9e37_79b9)
+            ^ std::process::id();
+        s.send_to(&build(MessageType::Discover, xid, vec![]), dest)
+            .map_err(|e| format!("send DISCOVER: {e}"))?;
+        let wait_for = |want: MessageType, deadline: Instant, buf: &mut [u8]| -> Option<Message> {
+            while Instant::now() < deadline {
+                let Ok((n, _)) = s.recv_from(buf) else {
+                    continue;
+                };
+                let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) else {
+                    continue;
+                };
+                if m.xid() == xid
+                    && m.chaddr() == mac
+                    && (m.opts().msg_type() == Some(want)
+                        || m.opts().msg_type() == Some(MessageType::Nak))
+                {
+                    return Some(m);
+                }
+            }
+            None
+        };
+        let wait = Duration::from_millis(1000 + 500 * u64::from(attempt.min(6)));
+        let Some(offer) = wait_for(MessageType::Offer, Instant::now() + wait, &mut buf) else {
+            continue;
+        };
+        if offer.yiaddr().is_unspecified() {
+            continue;
+        }
+        let Some(DhcpOption::ServerIdentifier(server)) =
+            offer.opts().get(OptionCode::ServerIdentifier).cloned()
+        else {
+            continue;
+        };
+        s.send_to(
+            &build(
+                MessageType::Request,
+                xid,
+                vec![
+                    DhcpOption::RequestedIpAddress(offer.yiaddr()),
+                    DhcpOption::ServerIdentifier(server),
+                ],
+            ),
+            dest,
+        )
+        .map_err(|e| format!("send REQUEST: {e}"))?;
+        let Some(ack) = wait_for(MessageType::Ack, Instant::now() + wait, &mut buf) else {
+            continue;
+        };
+        if ack.opts().msg_type() != Some(MessageType::Ack) {
+            continue;
+        }
+        let mask = match ack.opts().get(OptionCode::SubnetMask) {
+            Some(DhcpOption::SubnetMask(m)) => *m,
+            _ => Ipv4Addr::new(255, 255, 255, 0),
+        };
+        let router = match ack.opts().get(OptionCode::Router) {
+            Some(DhcpOption::Router(r)) => r.first().copied(),
+            _ => None,
+        };
+        return Ok(Lease {
+            ip: ack.yiaddr(),
+            mask,
+            router,
+        });
+    }
+    Err(format!("no DHCP lease on {ifname} after 20 attempts"))
+}
+
+fn post_json<T: serde::Serialize>(
+    ctx: &Ctx,
+    path: &str,
+    body: &T,
+    tries: u32,
+) -> Result<Vec<u8>, String> {
+    let data = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+    let mut delay = Duration::from_millis(500);
+    let mut last = String::new();
+    for _ in 0..tries {
+        match http::request("POST", &ctx.url(path), Some(&data), Duration::from_secs(10)) {
+            Ok(r) if r.status == 200 => return Ok(r.body),
+            // A refusal (bad token, wrong host) will not change by retrying.
+            Ok(r) if (400..500).contains(&r.status) => {
+                return Err(format!(
+                    "server refused {path}: {} {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body).trim()
+                ))
+            }
+            Ok(r) => last = format!("server answered {path} with {}", r.status),
+            Err(e) => last = e,
+        }
+        say(&format!("{last}; retrying in {} ms", delay.as_millis()));
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_secs(15));
+    }
+    Err(last)
+}
+
+fn get(ctx: &Ctx, path: &str) -> Result<Vec<u8>, String> {
+    let mut last = String::new();
+    for i in 0..8u32 {
+        match http::request("GET", &ctx.url(path), None, Duration::from_secs(10)) {
+            Ok(r) if r.status == 200 => return Ok(r.body),
+            Ok(r) => last = format!("GET {path}: {}", r.status),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(500 << i.min(5)));
+    }
+    Err(last)
+}
+
+fn secure_boot_state() -> Option<bool> {
+    let dir = Path::new("/sys/firmware/efi/efivars");
+    let _ = mount(
+        Some("efivarfs"),
+        dir,
+        Some("efivarfs"),
+        MsFlags::MS_RDONLY,
+        None::<&str>,
+    );
+    let v = std::fs::read(dir.join("SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c")).ok()?;
+    // 4 bytes of attributes, then the value.
+    v.get(4).map(|b| *b == 1)
+}
+
+fn lockdown() -> Option<String> {
+    let s = read_trim("/sys/kernel/security/lockdown")?;
+    s.split_whitespace()
+        .find(|w| w.starts_with('['))
+        .map(|w| w.trim_matches(['[', ']']).to_string())
+}
+
+/// Block devices and partitions worth reading: (device name, is whole disk).
+fn block_devices() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    let mut disks: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    disks.sort();
+    for d in disks {
+        if ["loop", "ram", "sr", "fd", "zram", "dm-", "md"]
+            .iter()
+            .any(|p| d.starts_with(p))
+        {
+            continue;
+        }
+        let mut parts: Vec<String> = std::fs::read_dir(format!("/sys/block/{d}"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().join("partition").exists())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        parts.sort();
+        if parts.is_empty() {
+            out.push(d);
+        } else {
+            out.extend(parts);
+        }
+    }
+    out
+}
+
+fn signature(dev: &str) -> Option<&'static str> {
+    let mut b = [0u8; 512];
+    std::fs::File::open(format!("/dev/{dev}"))
+        .ok()?
+        .read_exact(&mut b)
+        .ok()?;
+    match &b[3..11] {
+        b"NTFS    " => Some("ntfs"),
+        b"-FVE-FS-" => Some("bitlocker"),
+        _ => None,
+    }
+}
+
+fn find_ci(dir: &Path, name: &str) -> Option<PathBuf> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().eq_ignore_ascii_case(name))
+        .map(|e| e.path())
+}
+
+fn is_hibernated(root: &Path) -> bool {
+    let Some(h) = find_ci(root, "hiberfil.sys") else {
+        return false;
+    };
+    let mut b = [0u8; 4];
+    std::fs::File::open(h)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok()
+        && b.eq_ignore_ascii_case(b"hibr")
+}
+
+struct VolumeRun {
+    report: VolumeReport,
+    files: Vec<FileRecord>,
+    failed: Option<String>,
+    windows: bool,
+}
+
+fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: u64) -> VolumeRun {
+    let dir = PathBuf::from(format!("/mnt/{dev}"));
+    let _ = std::fs::create_dir_all(&dir);
+    let src = format!("/dev/{dev}");
+    let mut vr = VolumeRun {
+        report: VolumeReport {
+            device: dev.into(),
+            kind: "ntfs".into(),
+            status: String::new(),
+            detail: String::new(),
+        },
+        files: Vec::new(),
+        failed: None,
+        windows: false,
+    };
+    // A read-only look first: a hibernated Windows must never be written to.
+    if mount(
+        Some(src.as_str()),
+        &dir,
+        Some("ntfs3"),
+        MsFlags::MS_RDONLY,
+        Some("iocharset=utf8"),
+    )
+    .is_ok()
+    {
+        let hib = is_hibernated(&dir);
+        vr.windows = find_ci(&dir, "Windows").is_some();
+        let _ = umount2(&dir, MntFlags::empty());
+        if hib {
+            vr.report.status = "hibernated".into();
+            vr.report.detail = "Windows is hibernated on this volume (hiberfil.sys); it was not touched. Resume or shut Windows down fully, then retry".into();
+            ctx.step("volume", &format!("{dev}: {}", vr.report.detail));
+            return vr;
+        }
+    }
+    let mut forced = false;
+    if let Err(e) = mount(
+        Some(src.as_str()),
+        &dir,
+        Some("ntfs3"),
+        MsFlags::empty(),
+        Some("iocharset=utf8"),
+    ) {
+        match ctx.cmd.dirty {
+            DirtyPolicy::Force => {
+                if let Err(e2) = mount(
+                    Some(src.as_str()),
+                    &dir,
+                    Some("ntfs3"),
+                    MsFlags::empty(),
+                    Some("iocharset=utf8,force"),
+                ) {
+                    vr.report.status = "mount-failed".into();
+                    vr.report.detail = format!("ntfs3 refused the volume ({e}; with force: {e2})");
+                    ctx.step("volume", &format!("{dev}: {}", vr.report.detail));
+                    return vr;
+                }
+                forced = true;
+            }
+            DirtyPolicy::Skip => {
+                vr.report.status = "dirty-skipped".into();
+                vr.report.detail =
+                    format!("volume is marked dirty ({e}); not mounted because unbrick.dirty=skip");
+                ctx.step("volume", &format!("{dev}: {}", vr.report.detail));
+                return vr;
+            }
+        }
+    }
+    ctx.step(
+        "volume",
+        &format!(
+            "{dev}: NTFS mounted read-write{}{}",
+            if forced {
+                " with force (the volume was marked dirty; it stays marked for chkdsk)"
+            } else {
+                ""
+            },
+            if vr.windows { ", Windows found" } else { "" }
+        ),
+    );
+    let result = remediate::remediate(&dir, dev, rules, run_id, now);
+    let (outcome, err) = match result {
+        Ok(o) => (o, None),
+        Err((o, e)) => (o, Some(e)),
+    };
+    for f in &outcome.files {
+        ctx.step(
+            "file",
+            &format!("{dev}: {} {} (sha256 {})", f.action, f.path, f.sha256),
+        );
+    }
+    nix::unistd::sync();
+    let mut unmounted = false;
+    for _ in 0..10 {
+        if umount2(&dir, MntFlags::empty()).is_ok() {
+            unmounted = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    if !unmounted {
+        vr.failed
+            .get_or_insert(format!("{dev}: could not unmount cleanly"));
+    }
+    vr.files = outcome.files;
+    if let Some(e) = err {
+        vr.failed = Some(format!("{dev}: {e}"));
+        vr.report.status = "failed".into();
+        vr.report.detail = e;
+    } else {
+        vr.report.status = if !vr.files.is_empty() {
+            "remediated"
+        } else if vr.windows {
+            "clean"
+        } else {
+            "not-windows"
+        }
+        .into();
+        vr.report.detail = format!(
+            "{} file(s) matched the rules{}",
+            vr.files.len(),
+            if forced {
+                "; dirty volume mounted with force"
+            } else {
+                ""
+            }
+        );
+        if forced {
+            vr.report.status = format!("{}-dirty-forced", vr.report.status);
+        }
+    }
+    vr
+}
+
+fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
+    mount_pseudo();
+    let cmdline =
+        std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    let cmd = Cmdline::parse(&cmdline)?;
+    *poweroff = cmd.poweroff;
+    let cfg: crate::AgentConfig = serde_json::from_slice(
+        &std::fs::read(Path::new("/").join(crate::AGENT_CONFIG_PATH))
+            .map_err(|e| format!("agent configuration: {e}"))?,
+    )
+    .map_err(|e| format!("agent configuration: {e}"))?;
+    let trusted = signing::PublicKey::parse(cfg.signing_public_key.as_bytes())
+        .map_err(|e| format!("embedded signing key: {e}"))?;
+    let mut notes = Vec::new();
+    load_modules(&cfg, &mut notes);
+    say(&notes.join("; "));
+    let (nic, mac) = find_nic(cmd.mac.as_deref(), Duration::from_secs(15))
+        .ok_or("no network interface appeared (is its driver in the image?)")?;
+    let mac_bytes: fleet::Mac = mac.parse()?;
+    crate::sys::link_up(&nic).map_err(|e| e.to_string())?;
+    let lease = dhcp(&nic, mac_bytes.0)?;
+    crate::sys::set_ipv4(&nic, lease.ip, lease.mask).map_err(|e| e.to_string())?;
+    if let Some(r) = lease.router {
+        let _ = crate::sys::default_route(r);
+    }
+    let ctx = Ctx {
+        cmd,
+        mac: mac.clone(),
+        start,
+    };
+    say(&format!("{nic} ({mac}) has {}/{}", lease.ip, lease.mask));
+    let hello = Hello {
+        token: ctx.cmd.token.clone(),
+        mac: mac.clone(),
+        uuid: read_trim("/sys/class/dmi/id/product_uuid"),
+        serial: read_trim("/sys/class/dmi/id/product_serial"),
+        firmware: if Path::new("/sys/firmware/efi").exists() {
+            "uefi"
+        } else {
+            "bios"
+        }
+        .into(),
+        secure_boot: secure_boot_state(),
+        lockdown: lockdown(),
+        agent_version: crate::AGENT_VERSION.into(),
+        kernel: cfg.kernel_version.clone(),
+    };
+    let reply: HelloReply =
+        serde_json::from_slice(&post_json(&ctx, "/agent/v1/hello", &hello, 12)?)
+            .map_err(|e| format!("hello reply: {e}"))?;
+    ctx.step("modules", &notes.join("; "));
+    let local_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // A machine whose clock is before the outage cannot judge expiry: use the server's.
+    let now = if local_now < 1_721_347_200 {
+        reply.server_time
+    } else {
+        local_now
+    };
+
+    let doc = get(&ctx, "/agent/rules.json")?;
+    let sig = get(&ctx, "/agent/rules.json.sig")?;
+    let report_base =
+        |result, reason: Option<String>, volumes, files, rules: Option<&signing::RuleSet>| Report {
+            token: ctx.cmd.token.clone(),
+            mac: mac.clone(),
+            report_id: format!("{}-{}", &ctx.cmd.token[..ctx.cmd.token.len().min(8)], now),
+            result,
+            reason,
+            volumes,
+            files,
+            rules_id: rules.map(|r| r.id.clone()),
+            rules_version: rules.map(|r| r.version),
+            agent_ms: ctx.start.elapsed().as_millis() as u64,
+        };
+    let rules = match signing::RuleSet::verify_signed(&trusted, &doc, &sig, now) {
+        Ok(r) => r,
+        Err(e) => {
+            let why = format!("refusing the remediation rules: {e}");
+            ctx.step("rules", &why);
+            post_json(
+                &ctx,
+                "/agent/v1/report",
+                &report_base(RunResult::Failed, Some(why.clone()), vec![], vec![], None),
+                20,
+            )?;
+            return Err(why);
+        }
+    };
+    ctx.step(
+        "rules",
+        &format!(
+            "{} v{} verified, expires {}",
+            rules.id, rules.version, rules.expires
+        ),
+    );
+    ctx.step("scanning", "looking for Windows volumes");
+    // Storage drivers probe asynchronously: give disks a moment to appear.
+    let t = Instant::now();
+    let mut devs = block_devices();
+    while devs.is_empty() && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(250));
+        devs = block_devices();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    devs = block_devices();
+    let run_id = format!(
+        "{}-{}",
+        signing::time::format_utc(now).replace([':', '-'], ""),
+        &ctx.cmd.token[..ctx.cmd.token.len().min(8)]
+    );
+    let mut volumes = Vec::new();
+    let mut files = Vec::new();
+    let mut failures = Vec::new();
+    let mut attention = Vec::new();
+    let mut windows = 0;
+    for dev in &devs {
+        match signature(dev) {
+            Some("ntfs") => {
+                let v = do_volume(&ctx, dev, &rules, &run_id, now);
+                if v.windows {
+                    windows += 1;
+                }
+                if let Some(f) = v.failed {
+                    failures.push(f);
+                }
+                if ["hibernated", "dirty-skipped", "mount-failed"]
+                    .contains(&v.report.status.as_str())
+                {
+                    attention.push(format!("{dev}: {}", v.report.detail));
+                }
+                files.extend(v.files);
+                volumes.push(v.report);
+            }
+            Some("bitlocker") => {
+                let detail =
+                    "BitLocker-encrypted volume; unlocking is not supported by this image yet"
+                        .to_string();
+                ctx.step("volume", &format!("{dev}: {detail}"));
+                attention.push(format!("{dev}: {detail}"));
+                volumes.push(VolumeReport {
+                    device: dev.clone(),
+                    kind: "bitlocker".into(),
+                    status: "bitlocker-locked".into(),
+                    detail,
+                });
+            }
+            _ => {}
+        }
+    }
+    let (result, reason) = if !failures.is_empty() {
+        (RunResult::Failed, Some(failures.join("; ")))
+    } else if !attention.is_empty() {
+        (RunResult::NeedsAttention, Some(attention.join("; ")))
+    } else if !files.is_empty() {
+        (RunResult::Remediated, None)
+    } else if windows > 0 {
+        (RunResult::Clean, None)
+    } else {
+        (
+            RunResult::NothingFound,
+            Some(format!(
+                "no Windows volume on this machine ({} block device(s) looked at)",
+                devs.len()
+            )),
+        )
+    };
+    say(&format!(
+        "result: {result:?}{}",
+        reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    ));
+    post_json(
+        &ctx,
+        "/agent/v1/report",
+        &report_base(result, reason, volumes, files, Some(&rules)),
+        20,
+    )?;
+    say(&format!(
+        "report acknowledged after {} ms",
+        start.elapsed().as_millis()
+    ));
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! `unbrick image build`: the recovery kernel and an initramfs written here (deterministic cpio
+//! newc, gzip) holding the static agent as `/init`, the kernel modules it needs (resolved from
+//! modules.dep, dependencies first, kept compressed) and the agent's configuration.
+use crate::cpio::{gzip, Archive};
+use crate::modules::{parse_builtin, ModuleDep, HARDWARE, REQUIRED};
+use std::path::{Path, PathBuf};
+
+pub struct BuildInput<'a> {
+    /// A directory holding `boot/vmlinuz-<version>` and `lib/modules/<version>/` (a Debian
+    /// linux-image package unpacked with `dpkg-deb -x`).
+    pub kernel_root: &'a Path,
+    pub agent: &'a Path,
+    pub public_key: &'a signing::PublicKey,
+    pub image_version: &'a str,
+}
+
+pub struct Built {
+    pub kernel_version: String,
+    pub vmlinuz: Vec<u8>,
+    pub initrd: Vec<u8>,
+    pub uncompressed: usize,
+    pub modules: Vec<String>,
+    pub missing_hardware: Vec<String>,
+}
+
+/// Unpacks a linux-image .deb into `dest` with dpkg-deb.
+pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), String> {
+    let o = std::process::Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(dest)
+        .output()
+        .map_err(|e| format!("dpkg-deb: {e} (apt-get install dpkg)"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "dpkg-deb -x {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+fn find_kernel(root: &Path) -> Result<(PathBuf, String), String> {
+    let boot = root.join("boot");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
+        .map_err(|e| {
+            format!(
+                "{}: {e}: expected an unpacked Debian kernel package (boot/vmlinuz-*)",
+                boot.display()
+            )
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => {
+            let v = one
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("vmlinuz-")
+                .to_string();
+            Ok((one.clone(), v))
+        }
+        [] => Err(format!("no kernel (boot/vmlinuz-*) in {}", root.display())),
+        many => Err(format!(
+            "{} kernels in {}; keep one",
+            many.len(),
+            boot.display()
+        )),
+    }
+}
+
+pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<Built, String> {
+    progress("[1/5] kernel");
+    let (kpath, kver) = find_kernel(input.kernel_root)?;
+    let vmlinuz = std::fs::read(&kpath).map_err(|e| format!("{}: {e}", kpath.display()))?;
+    let mdir = input.kernel_root.join("lib/modules").join(&kver);
+    if !mdir.is_dir() {
+        return Err(format!("{}: no modules for kernel {kver}", mdir.display()));
+    }
+    if !mdir.join("modules.dep").exists() {
+        progress("      running depmod (the .deb ships no modules.dep)");
+        let o = std::process::Command::new("depmod")
+            .arg("-b")
+            .arg(input.kernel_root)
+            .arg(&kver)
+            .output()
+            .map_err(|e| format!("depmod: {e} (apt-get install kmod)"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "depmod: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+    }
+    progress(&format!("[2/5] modules for {kver}"));
+    let dep = ModuleDep::parse(
+        &std::fs::read_to_string(mdir.join("modules.dep"))
+            .map_err(|e| format!("modules.dep: {e}"))?,
+    );
+    let builtin =
+        parse_builtin(&std::fs::read_to_string(mdir.join("modules.builtin")).unwrap_or_default());
+    let (_, missing_required) = dep.resolve(REQUIRED, &builtin);
+    if !missing_required.is_empty() {
+        return Err(format!("kernel {kver} lacks modules the payload needs: {} (use Debian's 6.12 kernel from bookworm-backports; bookworm's 6.1 has no ntfs3)", missing_required.join(", ")));
+    }
+    let wanted: Vec<&str> = REQUIRED.iter().chain(HARDWARE).copied().collect();
+    let (order, missing_hardware) = dep.resolve(&wanted, &builtin);
+    let mut paths = Vec::new();
+    let mut a = Archive::new();
+    for m in &order {
+        let rel = dep.path(m).expect("resolved modules have paths");
+        let data = std::fs::read(mdir.join(rel)).map_err(|e| format!("module {m} ({rel}): {e}"))?;
+        a.file(&format!("lib/modules/{kver}/{rel}"), data, 0o644);
+        paths.push(rel.to_string());
+    }
+    progress(&format!(
+        "      {} modules ({} hardware drivers not in this kernel: {})",
+        order.len(),
+        missing_hardware.len(),
+        if missing_hardware.is_empty() {
+            "none".into()
+        } else {
+            missing_hardware.join(" ")
+        }
+    ));
+    progress("[3/5] agent");
+    let agent = std::fs::read(input.agent).map_err(|e| format!("{}: {e} (build it: cargo build --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent)", input.agent.display()))?;
+    if agent.get(..4) != Some(b"\x7fELF") {
+        return Err(format!("{} is not an ELF binary", input.agent.display()));
+    }
+    a.file("init", agent, 0o755);
+    let cfg = crate::AgentConfig {
+        signing_public_key: hex::encode(input.public_key.as_bytes()),
+        image_version: input.image_version.into(),
+        kernel_version: kver.clone(),
+        modules: paths.clone(),
+    };
+    a.file(
+        crate::AGENT_CONFIG_PATH,
+        serde_json::to_vec_pretty(&cfg).expect("config serializes"),
+        0o644,
+    );
+    a.char_dev("dev/console", 5, 1);
+    for d in ["proc", "sys", "run", "tmp", "mnt"] {
+        a.dir(d);
+    }
+    progress("[4/5] initramfs (cpio newc, gzip -9)");
+    let raw = a.to_bytes();
+    let initrd = gzip(&raw);
+    progress(&format!("[5/5] done: vmlinuz {:.1} MB, initrd {:.1} MB compressed ({:.1} MB uncompressed, {} entries)", vmlinuz.len() as f64 / 1e6, initrd.len() as f64 / 1e6, raw.len() as f64 / 1e6, a.len()));
+    Ok(Built {
+        kernel_version: kver,
+        vmlinuz,
+        initrd,
+        uncompressed: raw.len(),
+        modules: paths,
+        missing_hardware,
+    })
+}

@@ -1,0 +1,75 @@
+//! The kernel command line the boot script gives the agent.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirtyPolicy {
+    /// Mount a volume marked dirty with ntfs3's `force` and report it (the default: the machine
+    /// is boot-looping, Windows never got to run chkdsk, and the files we touch are few).
+    Force,
+    /// Leave dirty volumes alone and report them as needing attention.
+    Skip,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cmdline {
+    pub server: String,
+    pub token: String,
+    pub mac: Option<String>,
+    pub poweroff: bool,
+    pub dirty: DirtyPolicy,
+}
+
+impl Cmdline {
+    pub fn parse(text: &str) -> Result<Cmdline, String> {
+        let mut server = None;
+        let mut token = None;
+        let mut mac = None;
+        let mut poweroff = false;
+        let mut dirty = DirtyPolicy::Force;
+        for word in text.split_whitespace() {
+            let (k, v) = word.split_once('=').unwrap_or((word, ""));
+            match k {
+                "unbrick.server" => server = Some(v.trim_end_matches('/').to_string()),
+                "unbrick.token" => token = Some(v.to_string()),
+                "unbrick.mac" => mac = Some(v.to_ascii_lowercase()),
+                "unbrick.poweroff" => poweroff = true,
+                "unbrick.dirty" => {
+                    dirty = match v {
+                        "skip" => DirtyPolicy::Skip,
+                        _ => DirtyPolicy::Force,
+                    }
+                }
+                _ => {}
+            }
+        }
+        let server = server.ok_or("the kernel command line has no unbrick.server=; this machine was not booted by unbrick")?;
+        if !server.starts_with("http://") && !server.starts_with("https://") {
+            return Err(format!("unbrick.server={server} is not an http:// URL"));
+        }
+        let token = token.ok_or("the kernel command line has no unbrick.token=")?;
+        Ok(Cmdline {
+            server,
+            token,
+            mac,
+            poweroff,
+            dirty,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parse() {
+        let c = Cmdline::parse("BOOT_IMAGE=/vmlinuz initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.token=abc unbrick.mac=52:54:00:AA:BB:CC console=ttyS0 unbrick.poweroff unbrick.dirty=skip").unwrap();
+        assert_eq!(c.server, "http://10.99.0.1:8080");
+        assert_eq!(c.token, "abc");
+        assert_eq!(c.mac.as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert!(c.poweroff);
+        assert_eq!(c.dirty, DirtyPolicy::Skip);
+        assert!(Cmdline::parse("quiet")
+            .unwrap_err()
+            .contains("unbrick.server"));
+        assert!(Cmdline::parse("unbrick.server=ftp://x unbrick.token=t").is_err());
+    }
+}

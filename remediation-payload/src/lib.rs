@@ -1,0 +1,29 @@
+//! The recovery payload: the agent that runs as PID 1 of the initramfs, and the builder that
+//! makes the image (kernel + initramfs) it runs in.
+//!
+//! Pure parts (cpio, module resolution, command line, volume and rule walking logic) are unit
+//! tested here; the agent's Linux runtime is tested end to end in QEMU (tests/blackbox).
+#![deny(unsafe_code)]
+
+pub mod agent;
+pub mod build;
+pub mod cmdline;
+pub mod cpio;
+pub mod http;
+pub mod modules;
+pub mod remediate;
+mod sys;
+
+/// The agent's configuration, embedded in the initramfs at build time.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentConfig {
+    /// Hex of the Ed25519 public key that must have signed the rules.
+    pub signing_public_key: String,
+    pub image_version: String,
+    pub kernel_version: String,
+    /// Modules to load, in order (paths relative to /lib/modules/<kernel>/).
+    pub modules: Vec<String>,
+}
+
+pub const AGENT_CONFIG_PATH: &str = "etc/unbrick/agent.json";
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

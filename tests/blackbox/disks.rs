@@ -1,0 +1,150 @@
+//! Test disks as ../shared/lab/LAB.md describes, without loop devices or kernel NTFS on the host:
+//! sparse images partitioned with sgdisk (GPT) or sfdisk (MBR), NTFS made by mkntfs on a
+//! partition-sized file, populated through ntfs-3g (FUSE), then copied into place.
+use crate::lab::*;
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];
+const DIRTY: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/blackbox/helpers/ntfs_dirty.py"
+);
+
+/// A file to put on a volume: path (with `/`), content, last-write time (UTC, `touch -d` syntax).
+pub struct File {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mtime: String,
+}
+
+pub struct Volume {
+    pub label: String,
+    pub files: Vec<File>,
+    pub dirty: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Table {
+    Gpt,
+    Mbr,
+}
+
+pub struct Disk {
+    pub path: PathBuf,
+    /// (start sector, sector count) of each NTFS volume, in order.
+    pub parts: Vec<(u64, u64)>,
+}
+
+pub fn channel_file(seed: u8, len: usize) -> Vec<u8> {
+    MAGIC
+        .iter()
+        .copied()
+        .chain((0..len).map(|i| (i as u8).wrapping_mul(seed).wrapping_add(seed)))
+        .collect()
+}
+
+/// Makes a 256 MiB disk: on GPT an ESP and an MSR first (as Windows lays it out), then one
+/// 64 MiB NTFS partition per volume; on MBR just the NTFS partitions.
+pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk {
+    let path = dir.join(format!("{name}.img"));
+    let _ = std::fs::remove_file(&path);
+    must(&format!("truncate -s 256M {}", path.display()));
+    let mut parts = Vec::new();
+    let size: u64 = 64 * 2048;
+    match table {
+        Table::Gpt => {
+            let mut cmd = String::from("sgdisk -o -n 1:2048:+16M -t 1:ef00 -n 2:0:+16M -t 2:0c01");
+            for i in 0..vols.len() {
+                cmd += &format!(" -n {}:0:+64M -t {}:0700", i + 3, i + 3);
+            }
+            must(&format!("{cmd} {}", path.display()));
+            for i in 0..vols.len() {
+                let info = must(&format!("sgdisk -i {} {}", i + 3, path.display()));
+                let first: u64 = info
+                    .lines()
+                    .find_map(|l| l.strip_prefix("First sector: "))
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                parts.push((first, size));
+            }
+        }
+        Table::Mbr => {
+            let mut script = String::from("label: dos\n");
+            for i in 0..vols.len() {
+                script += &format!("{},{},7\n", 2048 + i as u64 * (size + 2048), size);
+                parts.push((2048 + i as u64 * (size + 2048), size));
+            }
+            std::fs::write(dir.join(format!("{name}.sfdisk")), script).unwrap();
+            must(&format!(
+                "sfdisk -q {} < {}",
+                path.display(),
+                dir.join(format!("{name}.sfdisk")).display()
+            ));
+        }
+    }
+    for (v, (start, count)) in vols.iter().zip(&parts) {
+        let part = dir.join(format!("{name}-{}.ntfs", v.label));
+        let mnt = dir.join(format!("{name}-{}.mnt", v.label));
+        let _ = std::fs::remove_file(&part);
+        std::fs::create_dir_all(&mnt).unwrap();
+        must(&format!("truncate -s {} {}", count * 512, part.display()));
+        must(&format!(
+            "mkntfs -F -Q -q -s 512 -L {} -p {start} -H 255 -S 63 {}",
+            v.label,
+            part.display()
+        ));
+        must(&format!("ntfs-3g {} {}", part.display(), mnt.display()));
+        for f in &v.files {
+            let p = mnt.join(&f.path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, &f.data).unwrap();
+            must(&format!("touch -d '{}' '{}'", f.mtime, p.display()));
+        }
+        must(&format!("umount {}", mnt.display()));
+        if v.dirty {
+            must(&format!("python3 {DIRTY} {}", part.display()));
+        }
+        must(&format!(
+            "dd if={} of={} bs=1M seek={} oflag=seek_bytes conv=notrunc,sparse status=none",
+            part.display(),
+            path.display(),
+            start * 512
+        ));
+        std::fs::remove_file(&part).unwrap();
+    }
+    Disk { path, parts }
+}
+
+impl Disk {
+    /// Copies volume `i` out of the disk (after the guest ran) for ntfsprogs.
+    pub fn extract(&self, i: usize) -> PathBuf {
+        let (start, count) = self.parts[i];
+        let out = self.path.with_extension(format!("part{i}"));
+        must(&format!(
+            "dd if={} of={} bs=1M skip={} count={} iflag=skip_bytes,count_bytes status=none",
+            self.path.display(),
+            out.display(),
+            start * 512,
+            count * 512
+        ));
+        out
+    }
+}
+
+/// `ntfscat -f` of a path on an extracted volume, or None when it does not exist.
+pub fn ntfs_read(part: &Path, path: &str) -> Option<Vec<u8>> {
+    let o = sh(&format!("ntfscat -f {} '{}'", part.display(), path));
+    o.status.success().then_some(o.stdout)
+}
+
+pub fn ntfs_ls(part: &Path, dir: &str) -> Vec<String> {
+    let o = sh(&format!("ntfsls -f -p '{}' {}", dir, part.display()));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

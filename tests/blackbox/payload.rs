@@ -1,0 +1,360 @@
+//! The recovery payload end to end: `unbrick image build` makes the image, four real-firmware
+//! guests network-boot it in parallel (one per boot chain), the agent remediates their NTFS
+//! disks and reports, the guests power off, and the disks are checked from the host with
+//! ntfsprogs.
+use crate::disks::*;
+use crate::firmware::{start_guest, Bus, Firmware};
+use crate::lab::*;
+use std::time::{Duration, Instant};
+
+/// Builds the static agent (a no-op when it is up to date) so the test never runs a stale one.
+fn agent_binary() -> String {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    must(&format!("cd {} && {cargo} build -q --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent", env!("CARGO_MANIFEST_DIR")));
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/x86_64-unknown-linux-musl/agent/unbrick-agent"
+    );
+    assert!(std::path::Path::new(p).exists(), "{p} missing: build it with `cargo build --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent` (scripts/test.sh does)");
+    p.to_string()
+}
+
+fn sha(d: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, d).as_ref())
+}
+
+const CS: &str = "Windows/System32/drivers/CrowdStrike";
+
+#[test]
+fn payload_remediates_real_disks_on_every_boot_chain() {
+    let mut lab = Lab::new("pl");
+    lab.init();
+    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
+    let out = must(&format!(
+        "{} image build --data-dir {} --kernel-dir {} --agent {}",
+        unbrick(),
+        lab.data().display(),
+        kernel_root.display(),
+        agent_binary()
+    ));
+    assert!(out.contains("initrd") && out.contains("signed"), "{out}");
+    let initrd = std::fs::metadata(lab.data().join("image/initrd.img"))
+        .unwrap()
+        .len();
+    assert!(
+        initrd <= 8 * 1024 * 1024,
+        "initramfs is {initrd} bytes compressed; the target is 8 MB"
+    );
+    lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff");
+
+    let bad = channel_file(3, 40_000);
+    let bad2 = channel_file(5, 30_000);
+    let good = channel_file(7, 40_000);
+    let other = b"unrelated driver".to_vec();
+    let f = |p: &str, d: &Vec<u8>, t: &str| File {
+        path: p.into(),
+        data: d.clone(),
+        mtime: t.into(),
+    };
+    // bios: MBR on SATA, mixed-case path, bad 04:09 and good 05:27 file side by side.
+    let d_bios = make_disk(
+        &lab.dir,
+        "bios",
+        Table::Mbr,
+        &[Volume {
+            label: "WINDOWS".into(),
+            dirty: false,
+            files: vec![
+                f(
+                    "windows/system32/Drivers/crowdstrike/C-00000291-00000000-00000032.sys",
+                    &bad,
+                    "2024-07-19 04:09:00 UTC",
+                ),
+                f(
+                    "windows/system32/Drivers/crowdstrike/C-00000291-00000000-00000033.sys",
+                    &good,
+                    "2024-07-19 05:27:00 UTC",
+                ),
+                f(
+                    "windows/system32/Drivers/crowdstrike/C-00000290-00000000-00000001.sys",
+                    &bad,
+                    "2024-07-19 04:09:00 UTC",
+                ),
+                f(
+                    "windows/system32/kernel32.dll",
+                    &other,
+                    "2024-07-01 10:00:00 UTC",
+                ),
+            ],
+        }],
+    );
+    // uefi: GPT on NVMe, two Windows volumes, each with a bad file.
+    let d_uefi = make_disk(
+        &lab.dir,
+        "uefi",
+        Table::Gpt,
+        &[
+            Volume {
+                label: "WIN1".into(),
+                dirty: false,
+                files: vec![
+                    f(
+                        &format!("{CS}/C-00000291-00000000-00000032.sys"),
+                        &bad,
+                        "2024-07-19 04:09:00 UTC",
+                    ),
+                    f("Windows/notepad.exe", &other, "2024-07-01 10:00:00 UTC"),
+                ],
+            },
+            Volume {
+                label: "WIN2".into(),
+                dirty: false,
+                files: vec![f(
+                    &format!("{CS}/C-00000291-00000000-00000031.sys"),
+                    &bad2,
+                    "2024-07-19 04:09:00 UTC",
+                )],
+            },
+        ],
+    );
+    // uefi-fw: GPT on virtio, a dirty volume (Windows crashed mid-boot, as these machines do).
+    let d_fw = make_disk(
+        &lab.dir,
+        "uefifw",
+        Table::Gpt,
+        &[Volume {
+            label: "WINDOWS".into(),
+            dirty: true,
+            files: vec![
+                f(
+                    &format!("{CS}/C-00000291-00000000-00000032.sys"),
+                    &bad,
+                    "2024-07-19 04:09:00 UTC",
+                ),
+                f(
+                    &format!("{CS}/C-00000291-00000000-00000034.sys"),
+                    &good,
+                    "2024-07-19 06:00:00 UTC",
+                ),
+            ],
+        }],
+    );
+    // uefi-sb: GPT on SATA, no Windows at all (a data volume).
+    let d_sb = make_disk(
+        &lab.dir,
+        "uefisb",
+        Table::Gpt,
+        &[Volume {
+            label: "DATA".into(),
+            dirty: false,
+            files: vec![f("Projects/readme.txt", &other, "2024-07-01 10:00:00 UTC")],
+        }],
+    );
+
+    let specs = [
+        (
+            "bios",
+            Firmware::Bios,
+            "52:54:00:e0:00:01",
+            &d_bios,
+            Bus::Sata,
+        ),
+        (
+            "uefi",
+            Firmware::Uefi,
+            "52:54:00:e0:00:02",
+            &d_uefi,
+            Bus::Nvme,
+        ),
+        (
+            "uefifw",
+            Firmware::UefiFw,
+            "52:54:00:e0:00:03",
+            &d_fw,
+            Bus::Virtio,
+        ),
+        (
+            "uefisb",
+            Firmware::UefiSb,
+            "52:54:00:e0:00:04",
+            &d_sb,
+            Bus::Sata,
+        ),
+    ];
+    let start = Instant::now();
+    let mut guests: Vec<_> = specs
+        .iter()
+        .map(|(n, fw, mac, d, bus)| start_guest(&lab, n, *fw, mac, Some((&d.path, *bus))))
+        .collect();
+    let deadline = start + Duration::from_secs(480);
+    let mut report_at = vec![None; guests.len()];
+    while Instant::now() < deadline && guests.iter_mut().any(|g| !g.exited()) {
+        std::thread::sleep(Duration::from_millis(500));
+        let log = lab.server_log();
+        for (i, (_, _, mac, _, _)) in specs.iter().enumerate() {
+            if report_at[i].is_none() && log.contains(&format!("{mac} agent-report:")) {
+                report_at[i] = Some(start.elapsed());
+            }
+        }
+    }
+    let exited: Vec<bool> = guests
+        .iter_mut()
+        .map(|g| g.wait_exit(Instant::now() + Duration::from_secs(1)))
+        .collect();
+    let serials: Vec<String> = guests.iter().map(|g| g.serial_text()).collect();
+    drop(guests);
+    assert!(lab.stop_server().success());
+
+    let mut table = String::new();
+    for (i, (name, fw, mac, _, _)) in specs.iter().enumerate() {
+        let h = lab.host_json(mac);
+        let agent_ms = h["host"]["last_report"]["agent_ms"].as_u64().unwrap_or(0);
+        table += &format!(
+            "{name:<7} {fw:?}: report after {}, agent {} ms, powered off: {}\n",
+            report_at[i]
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or("-".into()),
+            agent_ms,
+            exited[i]
+        );
+    }
+    eprintln!("payload runs (QEMU start to report; agent start to report):\n{table}");
+    for (i, (name, ..)) in specs.iter().enumerate() {
+        assert!(
+            report_at[i].is_some(),
+            "{name} never reported.\n{table}\nserial:\n{}\nserver log:\n{}",
+            serials[i],
+            lab.server_log()
+        );
+    }
+
+    // What the store says.
+    let state = |mac: &str| {
+        lab.host_json(mac)["host"]["state"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let report = |mac: &str| lab.host_json(mac)["host"]["last_report"].clone();
+    assert_eq!(state("52:54:00:e0:00:01"), "remediated");
+    assert_eq!(state("52:54:00:e0:00:02"), "remediated");
+    assert_eq!(state("52:54:00:e0:00:03"), "remediated");
+    assert_eq!(
+        state("52:54:00:e0:00:04"),
+        "clean",
+        "{}",
+        report("52:54:00:e0:00:04")
+    );
+    assert_eq!(report("52:54:00:e0:00:04")["result"], "nothing-found");
+    let fw_vol = &report("52:54:00:e0:00:03")["volumes"][0];
+    assert!(
+        fw_vol["status"].as_str().unwrap().contains("dirty-forced"),
+        "{fw_vol}"
+    );
+
+    // What the disks say, read from the host with ntfsprogs.
+    let check_quarantined =
+        |disk: &Disk, vol: usize, mac: &str, folder: &str, name: &str, content: &[u8]| {
+            let part = disk.extract(vol);
+            assert!(
+                ntfs_read(&part, &format!("{folder}/{name}")).is_none(),
+                "{name} still in {folder}: {:?}",
+                ntfs_ls(&part, folder)
+            );
+            let rep = report(mac);
+            let rec = rep["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"].as_str().unwrap().ends_with(name))
+                .unwrap_or_else(|| panic!("{name} not in the report: {rep}"))
+                .clone();
+            assert_eq!(rec["sha256"], sha(content));
+            let q = rec["quarantined_to"].as_str().unwrap().replace('\\', "/");
+            let moved = ntfs_read(&part, &q).unwrap_or_else(|| panic!("{q} not on the volume"));
+            assert_eq!(sha(&moved), sha(content), "quarantined copy differs");
+            let record = ntfs_read(&part, &format!("{q}.unbrick.json"))
+                .expect("JSON record next to the quarantined file");
+            assert!(String::from_utf8_lossy(&record).contains(&sha(content)));
+            part
+        };
+    let p = check_quarantined(
+        &d_bios,
+        0,
+        "52:54:00:e0:00:01",
+        "windows/system32/Drivers/crowdstrike",
+        "C-00000291-00000000-00000032.sys",
+        &bad,
+    );
+    assert_eq!(
+        ntfs_read(
+            &p,
+            "windows/system32/Drivers/crowdstrike/C-00000291-00000000-00000033.sys"
+        )
+        .as_deref(),
+        Some(&good[..]),
+        "the 05:27 file must stay, unchanged"
+    );
+    assert_eq!(
+        ntfs_read(
+            &p,
+            "windows/system32/Drivers/crowdstrike/C-00000290-00000000-00000001.sys"
+        )
+        .as_deref(),
+        Some(&bad[..]),
+        "other channel files stay"
+    );
+    assert_eq!(
+        ntfs_read(&p, "windows/system32/kernel32.dll").as_deref(),
+        Some(&other[..])
+    );
+    let p = check_quarantined(
+        &d_uefi,
+        0,
+        "52:54:00:e0:00:02",
+        CS,
+        "C-00000291-00000000-00000032.sys",
+        &bad,
+    );
+    assert_eq!(
+        ntfs_read(&p, "Windows/notepad.exe").as_deref(),
+        Some(&other[..])
+    );
+    check_quarantined(
+        &d_uefi,
+        1,
+        "52:54:00:e0:00:02",
+        CS,
+        "C-00000291-00000000-00000031.sys",
+        &bad2,
+    );
+    let p = check_quarantined(
+        &d_fw,
+        0,
+        "52:54:00:e0:00:03",
+        CS,
+        "C-00000291-00000000-00000032.sys",
+        &bad,
+    );
+    assert_eq!(
+        ntfs_read(&p, &format!("{CS}/C-00000291-00000000-00000034.sys")).as_deref(),
+        Some(&good[..])
+    );
+    let p = d_sb.extract(0);
+    assert_eq!(
+        ntfs_read(&p, "Projects/readme.txt").as_deref(),
+        Some(&other[..])
+    );
+    assert!(
+        !ntfs_ls(&p, "/")
+            .iter()
+            .any(|l| l.contains("unbrick-quarantine")),
+        "nothing written to a volume without matches"
+    );
+    // The Secure Boot guest ran the agent under lockdown with Debian-signed modules.
+    assert!(lab.host_json("52:54:00:e0:00:04")["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().contains("Secure Boot on")));
+}
