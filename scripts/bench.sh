@@ -74,18 +74,24 @@ for srv in unbrick:10.99.0.1 atftpd:10.99.0.2 dnsmasq:10.99.0.3; do
   T[curl_$n]=$(best "curl -sS -m 120 --tftp-blksize 1468 -o /dev/null tftp://$ip/big.bin")
   T[atftp_$n]=$(best "timeout 120 atftp --option 'blksize 1468' --option 'windowsize 16' -g -r big.bin -l /dev/null $ip")
 done
-T[http_unbrick]=$(best "for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null http://10.99.0.1:8080/image/big.bin & done; wait")
-T[http_nginx]=$(best "for i in 1 2 3 4 5 6 7 8; do curl -s -o /dev/null http://10.99.0.4/big.bin & done; wait")
+# 8 concurrent clients, each fetching the file 8 times over one connection (2 GiB in all).
+H="-o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null"
+U=big.bin; U8="$U $U $U $U $U $U $U $U"
+T[http_unbrick]=$(best "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.1:8080/image/%s ' $u; done) & done; wait")
+T[http_nginx]=$(best "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.4/%s ' $u; done) & done; wait")
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
 
 # proxyDHCP offers per second: BIOS PXE DISCOVERs from 20,000 simulated clients.
 VC=$(printf 'PXEClient:Arch:00000:UNDI:002001' | xxd -p | tr -d '\n')
-PERF="perfdhcp -4 -i -l eth0 -r 20000 -p 10 -R 20000 -o 60,$VC -o 93,0000"
-offers() { ip netns exec $C sh -c "$PERF" 2>/dev/null | awk '/received packets:/ {print $3; exit}'; }
+# Offered rate above what either server sustains on 2 cores, so the answered rate is the capacity.
+PERF="perfdhcp -4 -i -l eth0 -r 40000 -p 10 -R 20000 -o 60,$VC -o 93,0000"
+# perfdhcp exits 3 when any request went unanswered; the count is what matters.
+offers() { { ip netns exec $C sh -c "$PERF" 2>/dev/null || true; } | awk '/received packets:/ {print $3; exit}'; }
+bestoffers() { local b=0 o; for _ in $(seq "$ROUNDS"); do o=$(offers); o=${o:-0}; (( o > b )) && b=$o; done; echo "$b"; }
 start $S "$UB serve --data-dir $W/data --interface br0 --server-ip 10.99.0.1 --dhcp proxy" unbrick-dhcp
-O_UB=$(offers); for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
+O_UB=$(bestoffers); for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
 start $S "dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-interfaces --dhcp-range=10.99.0.0,proxy,255.255.255.0 --pxe-service=x86PC,unbrick,undionly --dhcp-leasefile=$W/dm.leases --pid-file=$W/dnsmasq-dhcp.pid" dnsmasq-dhcp
-O_DM=$(offers); for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
+O_DM=$(bestoffers); for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
 
 # Signed manifest verification of a 20 MB image vs sha256sum over the same files.
 mkdir -p "$W/img"; head -c $((12 * 1024 * 1024)) /dev/urandom > "$W/img/vmlinuz"; head -c $((8 * 1024 * 1024)) /dev/urandom > "$W/img/initrd.img"
@@ -101,6 +107,6 @@ bp=$(echo "${T[curl_atftpd]} ${T[curl_dnsmasq]}" | tr ' ' '\n' | sort -g | head 
 echo "| TFTP 32 MiB, curl blksize 1468 | $(mbps $SIZE ${T[curl_unbrick]}) MB/s | atftpd $(mbps $SIZE ${T[curl_atftpd]}) MB/s, dnsmasq $(mbps $SIZE ${T[curl_dnsmasq]}) MB/s | $(ratio $bp ${T[curl_unbrick]})x |"
 bp=$(echo "${T[atftp_atftpd]} ${T[atftp_dnsmasq]}" | tr ' ' '\n' | sort -g | head -1)
 echo "| TFTP 32 MiB, atftp blksize 1468 windowsize 16 | $(mbps $SIZE ${T[atftp_unbrick]}) MB/s | atftpd $(mbps $SIZE ${T[atftp_atftpd]}) MB/s, dnsmasq $(mbps $SIZE ${T[atftp_dnsmasq]}) MB/s | $(ratio $bp ${T[atftp_unbrick]})x |"
-echo "| HTTP 32 MiB x 8 concurrent curl | $(mbps $((SIZE * 8)) ${T[http_unbrick]}) MB/s | nginx $(mbps $((SIZE * 8)) ${T[http_nginx]}) MB/s | $(ratio ${T[http_nginx]} ${T[http_unbrick]})x |"
-echo "| proxyDHCP offers/s (perfdhcp -i -r 20000, 10 s) | $((O_UB / 10)) | dnsmasq $((O_DM / 10)) | $(ratio $O_UB $O_DM)x |"
+echo "| HTTP 32 MiB, 8 concurrent curl x 8 downloads each | $(mbps $((SIZE * 64)) ${T[http_unbrick]}) MB/s | nginx $(mbps $((SIZE * 64)) ${T[http_nginx]}) MB/s | $(ratio ${T[http_nginx]} ${T[http_unbrick]})x |"
+echo "| proxyDHCP offers/s (perfdhcp -i, 40000/s offered, 20000 clients, 10 s) | $((O_UB / 10)) | dnsmasq $((O_DM / 10)) | $(ratio $O_UB $O_DM)x |"
 echo "| verify signed 20 MB image (hash every artefact) | $(mbps $((20 * 1048576)) $V_UB) MB/s | sha256sum $(mbps $((20 * 1048576)) $V_SHA) MB/s | $(ratio $V_SHA $V_UB)x |"

@@ -92,7 +92,7 @@ fn transition(
     f: impl Fn(&mut HostRecord),
 ) -> Result<(), Response> {
     let mut note = String::new();
-    let r = s.fleet.store().update_host(mac, now, &mut |h| {
+    let r = s.fleet.update(mac, now, &mut |h| {
         f(h);
         let from = h.state.name();
         note = match h.transition(to.clone(), now) {

@@ -7,19 +7,53 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// The server is the store's only writer, so host records are cached here and written through:
+/// the DHCP hot path reads and updates a host without decoding it from sled each time.
 pub struct FleetIo {
     store: Arc<dyn Store>,
     policy: Arc<dyn BootPolicy>,
     peers: Mutex<HashMap<IpAddr, Mac>>,
+    hosts: Mutex<HashMap<Mac, HostRecord>>,
+    /// The last DHCP event recorded per host, to collapse identical retransmissions.
+    recent_dhcp: Mutex<HashMap<Mac, (String, u64)>>,
 }
 
+/// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
+/// retransmits constantly, and a DHCP storm must not become a store storm.
+pub const DHCP_REPEAT_WINDOW_MS: u64 = 30_000;
+
 impl FleetIo {
-    pub fn new(store: Arc<dyn Store>, policy: Arc<dyn BootPolicy>) -> Self {
-        FleetIo {
+    pub fn new(
+        store: Arc<dyn Store>,
+        policy: Arc<dyn BootPolicy>,
+    ) -> Result<Self, fleet::StoreError> {
+        let hosts = store.hosts()?.into_iter().map(|h| (h.mac, h)).collect();
+        Ok(FleetIo {
             store,
             policy,
             peers: Mutex::new(HashMap::new()),
-        }
+            hosts: Mutex::new(hosts),
+            recent_dhcp: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Read-modify-write of one host, in the cache and the store together. The closure may
+    /// refuse with `Err`, which changes nothing.
+    pub fn update(
+        &self,
+        mac: Mac,
+        now_ms: u64,
+        f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
+    ) -> Result<HostRecord, fleet::StoreError> {
+        let mut hosts = self.hosts.lock().unwrap();
+        let mut rec = hosts
+            .get(&mac)
+            .cloned()
+            .unwrap_or_else(|| HostRecord::new(mac, now_ms));
+        f(&mut rec).map_err(fleet::StoreError::Rejected)?;
+        self.store.put_host(&rec)?;
+        hosts.insert(mac, rec.clone());
+        Ok(rec)
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -35,10 +69,7 @@ impl FleetIo {
     }
 
     pub fn host(&self, mac: Mac) -> Option<HostRecord> {
-        self.store.host(mac).unwrap_or_else(|e| {
-            tracing::error!("store: {e}");
-            None
-        })
+        self.hosts.lock().unwrap().get(&mac).cloned()
     }
 
     pub fn remember_peer(&self, ip: IpAddr, mac: Mac) {
@@ -52,7 +83,7 @@ impl FleetIo {
     /// Records that `mac` asked for something (a script, a grub config) from `ip`.
     pub fn touch(&self, mac: Mac, ip: IpAddr, now_ms: u64) {
         self.remember_peer(ip, mac);
-        let r = self.store.update_host(mac, now_ms, &mut |h| {
+        let r = self.update(mac, now_ms, &mut |h| {
             h.last_seen_ms = now_ms;
             if let IpAddr::V4(v4) = ip {
                 h.ip = Some(v4);
@@ -96,8 +127,39 @@ impl FleetIo {
         if let Some(ip) = ip {
             self.remember_peer(IpAddr::V4(ip), inb.mac);
         }
+        let what = format!(
+            "{:?} on :{port} from {} ({}){}{}{}",
+            inb.msg_type,
+            inb.mac,
+            kind_name(inb.kind),
+            out.decision
+                .as_ref()
+                .map(|d| format!(", decision {}", d.name()))
+                .unwrap_or_default(),
+            if out.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", out.note)
+            },
+            out.boot_file
+                .as_ref()
+                .map(|f| format!(", boot file {f}"))
+                .unwrap_or_default()
+        );
+        {
+            let mut recent = self.recent_dhcp.lock().unwrap();
+            if let Some((w, t)) = recent.get(&inb.mac) {
+                if *w == what && now_ms.saturating_sub(*t) < DHCP_REPEAT_WINDOW_MS {
+                    if let Some(h) = self.hosts.lock().unwrap().get_mut(&inb.mac) {
+                        h.last_seen_ms = now_ms;
+                    }
+                    return;
+                }
+            }
+            recent.insert(inb.mac, (what.clone(), now_ms));
+        }
         let mut changed: Option<String> = None;
-        let r = self.store.update_host(inb.mac, now_ms, &mut |h| {
+        let r = self.update(inb.mac, now_ms, &mut |h| {
             h.last_seen_ms = now_ms;
             h.last_kind = Some(inb.kind);
             if let Some(u) = &inb.uuid {
@@ -130,26 +192,12 @@ impl FleetIo {
             tracing::error!("store: cannot record DHCP for {}: {e}", inb.mac);
             return;
         }
-        let what = format!(
-            "{:?} on :{port} from {} ({}){}{}{}",
-            inb.msg_type,
-            inb.mac,
-            kind_name(inb.kind),
-            out.decision
-                .as_ref()
-                .map(|d| format!(", decision {}", d.name()))
-                .unwrap_or_default(),
-            if out.note.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", out.note)
-            },
-            out.boot_file
-                .as_ref()
-                .map(|f| format!(", boot file {f}"))
-                .unwrap_or_default()
-        );
-        tracing::info!("DHCP {what}");
+        // Every packet is in the host's history; the log gets state changes at info level and
+        // the rest at debug (a DHCP storm must not become a log storm).
+        tracing::debug!("DHCP {what}");
+        if let Some(c) = &changed {
+            tracing::info!("{} state {c}: {what}", inb.mac);
+        }
         self.event(
             inb.mac,
             EventSource::Dhcp,
@@ -165,7 +213,7 @@ impl FleetIo {
     /// The payload was handed to `mac` with a fresh boot token.
     pub fn payload_issued(&self, mac: Mac, via: &str, token: &str, now_ms: u64) {
         let mut note = String::new();
-        let r = self.store.update_host(mac, now_ms, &mut |h| {
+        let r = self.update(mac, now_ms, &mut |h| {
             h.boot_token = Some(token.to_string());
             h.boot_token_issued_ms = now_ms;
             h.payload_boots += 1;

@@ -213,7 +213,7 @@ pub async fn start(
 
     let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
-    let fleet = Arc::new(FleetIo::new(store.clone(), policy));
+    let fleet = Arc::new(FleetIo::new(store.clone(), policy).map_err(|e| e.to_string())?);
     let shared = Arc::new(Shared {
         fleet: fleet.clone(),
         image: Arc::new(image),

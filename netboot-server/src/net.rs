@@ -88,6 +88,19 @@ pub fn udp_socket(
     Ok(s.into())
 }
 
+/// A TCP listener whose accepted connections get 4 MiB send buffers (artefacts are megabytes,
+/// served from memory), with address reuse so a restart does not wait for TIME_WAIT.
+pub fn tcp_listener(addr: SocketAddrV4) -> std::io::Result<tokio::net::TcpListener> {
+    let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nodelay(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::V4(addr).into())?;
+    s.listen(1024)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
 /// Explains a bind failure in one line.
 pub fn bind_error(what: &str, addr: SocketAddrV4, e: &std::io::Error) -> String {
     match e.kind() {

@@ -100,11 +100,17 @@ impl SignatureFile {
         if lines.any(|l| !l.trim().is_empty()) {
             return Err(bad("unexpected text after the signature line"));
         }
-        Ok(SignatureFile {
+        let parsed = SignatureFile {
             purpose,
             key_fingerprint,
             signature,
-        })
+        };
+        // Only the canonical form is accepted: no stray white space, line endings or padding
+        // variants, so every byte of a signature file is significant.
+        if parsed.to_text().as_bytes() != data {
+            return Err(bad("not in canonical form (extra white space or line endings?)"));
+        }
+        Ok(parsed)
     }
 
     /// Verifies `document` against this signature and the trusted key.
@@ -163,6 +169,18 @@ mod tests {
             verify_detached(&other.public_key(), Purpose::Rules, b"doc", text.as_bytes()),
             Err(Error::WrongKey { .. })
         ));
+    }
+
+    #[test]
+    fn only_the_canonical_form_is_accepted() {
+        let kp = KeyPair::generate().unwrap();
+        let text = SignatureFile::sign(&kp, Purpose::Rules, b"doc").to_text();
+        // Found by the bit-flip property test: a final newline turned into a vertical tab.
+        let mut vt = text.clone().into_bytes();
+        *vt.last_mut().unwrap() = 0x0b;
+        for variant in [vt, text.replace('\n', "\r\n").into_bytes(), format!("{text}\n").into_bytes(), text.replace("signature: ", "signature:  ").into_bytes()] {
+            assert!(SignatureFile::parse(&variant).is_err(), "{:?}", String::from_utf8_lossy(&variant));
+        }
     }
 
     #[test]

@@ -203,6 +203,7 @@ fn stage_kernel(lab: &Lab) {
 
 #[test]
 fn real_firmware_boots_through_unbrick() {
+    let _turn = qemu_turn();
     let mut lab = Lab::new("fw");
     lab.init();
     stage_kernel(&lab);
@@ -315,5 +316,54 @@ fn real_firmware_boots_through_unbrick() {
                 "{name}: shim fetched grub: {ev:?}"
             );
         }
+    }
+}
+
+/// proxyDHCP beside an office DHCP server (dnsmasq on the same segment hands out the addresses):
+/// OVMF's own PXE takes the office address and our boot file (and does the :4011 exchange if it
+/// wants one); SeaBIOS's iPXE does the same. Both must reach the recovery kernel.
+#[test]
+fn proxy_mode_beside_an_office_dhcp_server() {
+    let _turn = qemu_turn();
+    let mut lab = Lab::new("po");
+    lab.init();
+    stage_kernel(&lab);
+    must(&format!("ip -n {} addr add 10.99.0.2/24 dev br0", lab.ns));
+    let office_log = lab.dir.join("office-dhcp.log");
+    let ns = lab.ns.clone();
+    let office = format!(
+        "dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-interfaces --listen-address=10.99.0.2 --dhcp-range=10.99.0.160,10.99.0.200,255.255.255.0,1h --dhcp-leasefile={} --pid-file={} --log-dhcp --log-facility=-",
+        lab.dir.join("office.leases").display(),
+        lab.dir.join("office.pid").display()
+    );
+    lab.spawn(&ns, &office, &office_log);
+    lab.serve("--dhcp proxy");
+    let specs = [("pbios", Firmware::Bios, "52:54:00:f1:00:01"), ("pfw", Firmware::UefiFw, "52:54:00:f1:00:03")];
+    let start = Instant::now();
+    let mut guests: Vec<Guest> = specs.iter().map(|(n, fw, mac)| start_guest(&lab, n, *fw, mac, None)).collect();
+    let mut done = vec![None; guests.len()];
+    while start.elapsed() < Duration::from_secs(300) && done.iter().any(Option::is_none) {
+        std::thread::sleep(Duration::from_secs(1));
+        for (i, g) in guests.iter_mut().enumerate() {
+            if done[i].is_none() && g.serial_text().contains("Linux version 6.") {
+                done[i] = Some(start.elapsed());
+                let _ = g.child.kill();
+            }
+        }
+    }
+    let office = std::fs::read_to_string(&office_log).unwrap_or_default();
+    for ((name, _, mac), d) in specs.iter().zip(&done) {
+        assert!(d.is_some(), "{name} did not boot in proxy mode.\nserver log:\n{}\noffice DHCP log:\n{office}", lab.server_log());
+        assert!(office.contains(&format!("DHCPACK(br0) 10.99.0.1")) && office.contains(mac), "{name}: the address must come from the office server:\n{office}");
+        eprintln!("proxy mode: {name} kernel started after {:.1} s", d.unwrap().as_secs_f64());
+    }
+    drop(guests);
+    assert!(lab.stop_server().success());
+    // unbrick handed out boot files but never an address.
+    for (name, _, mac) in specs {
+        let v = lab.host_json(mac);
+        let ev: Vec<String> = v["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().to_string()).collect();
+        assert!(ev.iter().any(|e| e.contains("proxy Offer")), "{name}: {ev:?}");
+        assert!(!ev.iter().any(|e| e.contains("offered 10.") || e.contains("leased 10.")), "{name}: proxy mode must not lease: {ev:?}");
     }
 }

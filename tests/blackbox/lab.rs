@@ -8,6 +8,12 @@ use std::time::{Duration, Instant};
 
 pub const SERVER_IP: &str = "10.99.0.1";
 static SEQ: AtomicU32 = AtomicU32::new(0);
+static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// QEMU tests take turns: firmware PXE timers give up when eight TCG guests share two cores.
+pub fn qemu_turn() -> std::sync::MutexGuard<'static, ()> {
+    QEMU.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
@@ -115,7 +121,7 @@ impl Lab {
             .arg(self.data())
             .args(["--interface", "br0"])
             .args(args.split_whitespace())
-            .env("UNBRICK_LOG", "info")
+            .env("UNBRICK_LOG", "info,netboot_server=debug")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -27,6 +27,7 @@ const CS: &str = "Windows/System32/drivers/CrowdStrike";
 
 #[test]
 fn payload_remediates_real_disks_on_every_boot_chain() {
+    let _turn = qemu_turn();
     let mut lab = Lab::new("pl");
     lab.init();
     let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 pub struct DhcpStats {
     pub received: AtomicU64,
     pub dropped_malformed: AtomicU64,
+    /// Dropped because MAX_IN_FLIGHT requests were already being handled.
+    pub dropped_overload: AtomicU64,
     pub answered: AtomicU64,
     pub silent: AtomicU64,
 }
@@ -34,8 +36,13 @@ pub struct DhcpServer {
     fleet: Arc<FleetIo>,
     pool: Option<Arc<Mutex<LeasePool>>>,
     pub stats: Arc<DhcpStats>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
+/// Requests handled at once; beyond this, packets are dropped (and counted).
+pub const MAX_IN_FLIGHT: usize = 512;
+
+#[derive(Clone, Copy)]
 struct Received {
     len: usize,
     src: SocketAddrV4,
@@ -71,6 +78,7 @@ impl DhcpServer {
             fleet,
             pool: pool.map(|p| Arc::new(Mutex::new(p))),
             stats: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })
     }
 
@@ -86,7 +94,21 @@ impl DhcpServer {
                     tokio::select! {
                         _ = shutdown.changed() => if *shutdown.borrow() { break },
                         r = recv(&sock, &mut buf) => match r {
-                            Ok(rx) => me.handle(port, &sock, &buf[..rx.len], rx).await,
+                            Ok(rx) => {
+                                // Bounded concurrency: both cores decide and record while the
+                                // socket keeps draining; past the bound a packet is dropped and
+                                // counted (clients retransmit), never queued without limit.
+                                let Ok(permit) = me.in_flight.clone().try_acquire_owned() else {
+                                    me.stats.dropped_overload.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                };
+                                let data = buf[..rx.len].to_vec();
+                                let (me, sock) = (me.clone(), sock.clone());
+                                tokio::spawn(async move {
+                                    me.handle(port, &sock, &data, rx).await;
+                                    drop(permit);
+                                });
+                            }
                             Err(e) => tracing::warn!("DHCP receive: {e}"),
                         }
                     }
