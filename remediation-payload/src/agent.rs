@@ -13,9 +13,16 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 fn say(msg: &str) {
     // The console is the admin's only window into a machine whose report did not arrive.
-    println!("unbrick-agent: {msg}");
+    let t = START.get_or_init(Instant::now).elapsed();
+    println!(
+        "unbrick-agent [{:>3}.{:03}s]: {msg}",
+        t.as_secs(),
+        t.subsec_millis()
+    );
 }
 
 struct Ctx {
@@ -50,7 +57,7 @@ impl Ctx {
 
 /// Entry point of the `unbrick-agent` binary.
 pub fn main() -> ! {
-    let start = Instant::now();
+    let start = *START.get_or_init(Instant::now);
     setup_console();
     say(&format!("starting (version {})", crate::AGENT_VERSION));
     let mut poweroff = false;
@@ -143,31 +150,81 @@ fn read_trim(p: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn load_modules(cfg: &crate::AgentConfig, ctx_msg: &mut Vec<String>) {
-    let base = PathBuf::from("/lib/modules").join(&cfg.kernel_version);
-    let mut loaded = 0;
-    for m in &cfg.modules {
-        let path = base.join(m);
-        let Ok(f) = std::fs::File::open(&path) else {
-            ctx_msg.push(format!("{m}: missing from the image"));
+/// Every device's modalias under /sys/bus (what udev would match drivers against).
+fn modaliases() -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(buses) = std::fs::read_dir("/sys/bus") else {
+        return out;
+    };
+    for bus in buses.flatten() {
+        let Ok(devs) = std::fs::read_dir(bus.path().join("devices")) else {
             continue;
         };
-        // MODULE_INIT_COMPRESSED_FILE (4): the kernel decompresses .ko.xz itself, and the
-        // module's signature stays valid under Secure Boot lockdown.
-        let flags = if m.ends_with(".xz") || m.ends_with(".zst") || m.ends_with(".gz") {
-            nix::kmod::ModuleInitFlags::from_bits_retain(4)
-        } else {
-            nix::kmod::ModuleInitFlags::empty()
-        };
-        match nix::kmod::finit_module(&f, c"", flags) {
-            Ok(()) => loaded += 1,
-            Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => ctx_msg.push(format!("{m}: {e}")),
+        for d in devs.flatten() {
+            if let Ok(m) = std::fs::read_to_string(d.path().join("modalias")) {
+                out.push(m.trim().to_string());
+            }
         }
     }
-    ctx_msg.insert(
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Loads the drivers for the devices present, in rounds: a newly loaded bus driver (AHCI, xHCI)
+/// makes new devices appear, whose drivers the next round loads.
+fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
+    let base = PathBuf::from("/lib/modules").join(&cfg.kernel_version);
+    let order: Vec<String> = cfg.modules.iter().map(|(n, _)| n.clone()).collect();
+    let paths: std::collections::BTreeMap<&str, &str> = cfg
+        .modules
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_str()))
+        .collect();
+    let mut done = std::collections::BTreeSet::new();
+    let mut loaded = Vec::new();
+    for round in 0..3 {
+        let want =
+            crate::modules::select(&modaliases(), &cfg.aliases, &cfg.always, &cfg.deps, &order);
+        let todo: Vec<&String> = want.iter().filter(|m| !done.contains(*m)).collect();
+        if todo.is_empty() {
+            break;
+        }
+        for m in todo {
+            done.insert(m.clone());
+            let Some(rel) = paths.get(m.as_str()) else {
+                continue;
+            };
+            let Ok(f) = std::fs::File::open(base.join(rel)) else {
+                notes.push(format!("{m}: missing from the image"));
+                continue;
+            };
+            // MODULE_INIT_COMPRESSED_FILE (4): the kernel decompresses .ko.xz itself, and the
+            // module's signature stays valid under Secure Boot lockdown.
+            let flags = if rel.ends_with(".xz") || rel.ends_with(".zst") || rel.ends_with(".gz") {
+                nix::kmod::ModuleInitFlags::from_bits_retain(4)
+            } else {
+                nix::kmod::ModuleInitFlags::empty()
+            };
+            match nix::kmod::finit_module(&f, c"", flags) {
+                Ok(()) => loaded.push(m.clone()),
+                Err(nix::errno::Errno::EEXIST) => {}
+                Err(e) => notes.push(format!("{m}: {e}")),
+            }
+        }
+        if round < 2 {
+            // Let buses that just got a driver enumerate their devices.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    notes.insert(
         0,
-        format!("{loaded} of {} modules loaded", cfg.modules.len()),
+        format!(
+            "{} of {} modules in the image loaded for this hardware: {}",
+            loaded.len(),
+            cfg.modules.len(),
+            loaded.join(" ")
+        ),
     );
 }
 
@@ -224,7 +281,7 @@ fn dhcp(ifname: &str, mac: [u8; 6]) -> Result<Lease, String> {
     s.bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
         .map_err(|e| format!("bind :68: {e}"))?;
     let s: std::net::UdpSocket = s.into();
-    s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+    s.set_read_timeout(Some(Duration::from_millis(50))).ok();
     let vendor = format!("{}/{}", "unbrick-agent", crate::AGENT_VERSION).into_bytes();
     let build = |t: MessageType, xid: u32, extra: Vec<DhcpOption>| -> Vec<u8> {
         let mut m = Message::new_with_id(
@@ -278,7 +335,7 @@ fn dhcp(ifname: &str, mac: [u8; 6]) -> Result<Lease, String> {
             }
             None
         };
-        let wait = Duration::from_millis(1000 + 500 * u64::from(attempt.min(6)));
+        let wait = Duration::from_millis(400 + 400 * u64::from(attempt.min(8)));
         let Some(offer) = wait_for(MessageType::Offer, Instant::now() + wait, &mut buf) else {
             continue;
         };
@@ -290,6 +347,11 @@ fn dhcp(ifname: &str, mac: [u8; 6]) -> Result<Lease, String> {
         else {
             continue;
         };
+        say(&format!(
+            "DHCP offer of {} from {server} (attempt {})",
+            offer.yiaddr(),
+            attempt + 1
+        ));
         s.send_to(
             &build(
                 MessageType::Request,
@@ -612,12 +674,21 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     let trusted = signing::PublicKey::parse(cfg.signing_public_key.as_bytes())
         .map_err(|e| format!("embedded signing key: {e}"))?;
     let mut notes = Vec::new();
+    say("loading modules");
     load_modules(&cfg, &mut notes);
     say(&notes.join("; "));
     let (nic, mac) = find_nic(cmd.mac.as_deref(), Duration::from_secs(15))
         .ok_or("no network interface appeared (is its driver in the image?)")?;
     let mac_bytes: fleet::Mac = mac.parse()?;
     crate::sys::link_up(&nic).map_err(|e| e.to_string())?;
+    // A DISCOVER sent before the link has carrier is lost and costs a retry.
+    let t = Instant::now();
+    while read_trim(&format!("/sys/class/net/{nic}/carrier")).as_deref() != Some("1")
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say(&format!("{nic} has carrier; asking for an address"));
     let lease = dhcp(&nic, mac_bytes.0)?;
     crate::sys::set_ipv4(&nic, lease.ip, lease.mask).map_err(|e| e.to_string())?;
     if let Some(r) = lease.router {

@@ -77,6 +77,33 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, String), String> {
     }
 }
 
+/// A module's bytes, decompressed when it is `.ko.xz` (the initramfs is compressed as a whole,
+/// and in-kernel xz decompression is the slowest part of loading under emulation). `xz -d`
+/// leaves the appended module signature intact, so Secure Boot lockdown still accepts it.
+fn read_module(mdir: &Path, rel: &str) -> Result<(Vec<u8>, String), String> {
+    let path = mdir.join(rel);
+    match rel.strip_suffix(".xz") {
+        Some(plain) => {
+            let o = std::process::Command::new("xz")
+                .arg("-dc")
+                .arg(&path)
+                .output()
+                .map_err(|e| format!("xz: {e} (apt-get install xz-utils)"))?;
+            if !o.status.success() {
+                return Err(format!(
+                    "xz -d {}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Ok((o.stdout, plain.to_string()))
+        }
+        None => std::fs::read(&path)
+            .map(|d| (d, rel.to_string()))
+            .map_err(|e| e.to_string()),
+    }
+}
+
 pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<Built, String> {
     progress("[1/5] kernel");
     let (kpath, kver) = find_kernel(input.kernel_root)?;
@@ -114,13 +141,24 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
     let wanted: Vec<&str> = REQUIRED.iter().chain(HARDWARE).copied().collect();
     let (order, missing_hardware) = dep.resolve(&wanted, &builtin);
     let mut paths = Vec::new();
+    let mut mods = Vec::new();
+    let mut deps = std::collections::BTreeMap::new();
     let mut a = Archive::new();
     for m in &order {
         let rel = dep.path(m).expect("resolved modules have paths");
-        let data = std::fs::read(mdir.join(rel)).map_err(|e| format!("module {m} ({rel}): {e}"))?;
+        let (data, rel) =
+            read_module(&mdir, rel).map_err(|e| format!("module {m} ({rel}): {e}"))?;
+        let rel = rel.as_str();
         a.file(&format!("lib/modules/{kver}/{rel}"), data, 0o644);
         paths.push(rel.to_string());
+        mods.push((m.clone(), rel.to_string()));
+        deps.insert(m.clone(), dep.deps(m).to_vec());
     }
+    let keep: std::collections::BTreeSet<String> = order.iter().cloned().collect();
+    let aliases = crate::modules::parse_alias(
+        &std::fs::read_to_string(mdir.join("modules.alias")).unwrap_or_default(),
+        &keep,
+    );
     progress(&format!(
         "      {} modules ({} hardware drivers not in this kernel: {})",
         order.len(),
@@ -141,7 +179,13 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         signing_public_key: hex::encode(input.public_key.as_bytes()),
         image_version: input.image_version.into(),
         kernel_version: kver.clone(),
-        modules: paths.clone(),
+        modules: mods,
+        deps,
+        aliases,
+        always: crate::modules::ALWAYS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
     };
     a.file(
         crate::AGENT_CONFIG_PATH,

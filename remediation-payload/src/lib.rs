@@ -21,8 +21,15 @@ pub struct AgentConfig {
     pub signing_public_key: String,
     pub image_version: String,
     pub kernel_version: String,
-    /// Modules to load, in order (paths relative to /lib/modules/<kernel>/).
-    pub modules: Vec<String>,
+    /// Every module in the image, in load order (dependencies first): name and path relative
+    /// to /lib/modules/<kernel>/.
+    pub modules: Vec<(String, String)>,
+    /// Direct dependencies per module name.
+    pub deps: std::collections::BTreeMap<String, Vec<String>>,
+    /// `modules.alias` patterns of the modules in the image: (pattern, module name).
+    pub aliases: Vec<(String, String)>,
+    /// Loaded whatever the hardware.
+    pub always: Vec<String>,
 }
 
 pub const AGENT_CONFIG_PATH: &str = "etc/unbrick/agent.json";

@@ -102,9 +102,129 @@ impl ModuleDep {
         (order, missing)
     }
 
+    pub fn deps(&self, name: &str) -> &[String] {
+        self.modules
+            .get(name)
+            .map(|(_, d)| d.as_slice())
+            .unwrap_or(&[])
+    }
+
     pub fn path(&self, name: &str) -> Option<&str> {
         self.modules.get(name).map(|(p, _)| p.as_str())
     }
+}
+
+/// Modules loaded whatever the hardware: file systems and the SCSI disk driver that storage
+/// controllers hand their disks to.
+pub const ALWAYS: &[&str] = &["ntfs3", "efivarfs", "sd_mod"];
+
+/// `modules.alias` lines (`alias PATTERN MODULE`) for the given modules only.
+pub fn parse_alias(text: &str, keep: &BTreeSet<String>) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("alias")).then_some(())?;
+            let pat = w.next()?;
+            let m = canonical(w.next()?);
+            keep.contains(&m).then(|| (pat.to_string(), m))
+        })
+        .collect()
+}
+
+/// fnmatch(3) as modules.alias uses it: `*`, `?` and `[...]` classes (with ranges and `!`).
+pub fn alias_match(pat: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0usize, 0usize);
+    let (mut star, mut mark) = (None::<usize>, 0usize);
+    while i < s.len() {
+        let step = if p < pat.len() {
+            match pat[p] {
+                b'*' => {
+                    star = Some(p);
+                    mark = i;
+                    p += 1;
+                    continue;
+                }
+                b'?' => Some(p + 1),
+                b'[' => class(pat, p, s[i]),
+                c if c == s[i] => Some(p + 1),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match step {
+            Some(np) => {
+                p = np;
+                i += 1;
+            }
+            None => match star {
+                Some(sp) => {
+                    p = sp + 1;
+                    mark += 1;
+                    i = mark;
+                }
+                None => return false,
+            },
+        }
+    }
+    pat[p..].iter().all(|c| *c == b'*')
+}
+
+/// Matches `c` against the class starting at `pat[p] == '['`; returns the index after `]`.
+fn class(pat: &[u8], p: usize, c: u8) -> Option<usize> {
+    let mut j = p + 1;
+    let negate = matches!(pat.get(j), Some(b'!') | Some(b'^'));
+    if negate {
+        j += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    while j < pat.len() && (pat[j] != b']' || first) {
+        first = false;
+        if j + 2 < pat.len() && pat[j + 1] == b'-' && pat[j + 2] != b']' {
+            hit |= pat[j] <= c && c <= pat[j + 2];
+            j += 3;
+        } else {
+            hit |= pat[j] == c;
+            j += 1;
+        }
+    }
+    if j >= pat.len() {
+        return None;
+    }
+    (hit != negate).then_some(j + 1)
+}
+
+/// Which modules to load for the devices present: every module whose alias matches a device's
+/// modalias, plus `always`, closed under dependencies, in the image's load order.
+pub fn select(
+    modaliases: &[String],
+    aliases: &[(String, String)],
+    always: &[String],
+    deps: &BTreeMap<String, Vec<String>>,
+    order: &[String],
+) -> Vec<String> {
+    let mut want: BTreeSet<String> = always.iter().cloned().collect();
+    for m in modaliases {
+        for (pat, module) in aliases {
+            if alias_match(pat.as_bytes(), m.as_bytes()) {
+                want.insert(module.clone());
+            }
+        }
+    }
+    let mut stack: Vec<String> = want.iter().cloned().collect();
+    while let Some(m) = stack.pop() {
+        for d in deps.get(&m).into_iter().flatten() {
+            if want.insert(d.clone()) {
+                stack.push(d.clone());
+            }
+        }
+    }
+    order
+        .iter()
+        .filter(|m| want.contains(*m))
+        .cloned()
+        .collect()
 }
 
 /// Names from `modules.builtin` (built into the kernel: nothing to load).
@@ -118,6 +238,77 @@ pub fn parse_builtin(text: &str) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alias_patterns() {
+        let m = |p: &str, s: &str| alias_match(p.as_bytes(), s.as_bytes());
+        assert!(m("virtio:d00000001v*", "virtio:d00000001v00001AF4"));
+        assert!(!m("virtio:d00000002v*", "virtio:d00000001v00001AF4"));
+        assert!(m(
+            "pci:v*d*sv*sd*bc01sc08i02*",
+            "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02"
+        ));
+        assert!(m(
+            "pci:v00008086d000010D3sv*sd*bc*sc*i*",
+            "pci:v00008086d000010D3sv00008086sd00000000bc02sc00i00"
+        ));
+        assert!(m("scsi:t-0x0[0-7]*", "scsi:t-0x05"));
+        assert!(!m("scsi:t-0x0[!0-7]*", "scsi:t-0x05"));
+        assert!(m("acpi*:PNP0A0[38]:*", "acpi:PNP0A08:"));
+        assert!(!m("abc", "abcd"));
+        assert!(m("a?c", "abc"));
+    }
+
+    #[test]
+    fn selection_follows_devices_and_dependencies() {
+        let aliases = vec![
+            ("virtio:d00000001v*".to_string(), "virtio_net".to_string()),
+            ("pci:v*d*sv*sd*bc01sc08i02*".into(), "nvme".into()),
+            (
+                "pci:v00008086d000010D3sv*sd*bc*sc*i*".into(),
+                "e1000e".into(),
+            ),
+        ];
+        let deps: BTreeMap<String, Vec<String>> = [
+            ("virtio_net".to_string(), vec!["net_failover".to_string()]),
+            ("net_failover".into(), vec!["failover".into()]),
+            ("nvme".into(), vec!["nvme_core".into()]),
+        ]
+        .into_iter()
+        .collect();
+        let order: Vec<String> = [
+            "failover",
+            "net_failover",
+            "virtio_net",
+            "nvme_core",
+            "nvme",
+            "e1000e",
+            "ntfs3",
+        ]
+        .map(String::from)
+        .to_vec();
+        let got = select(
+            &[
+                "virtio:d00000001v00001AF4".into(),
+                "pci:v00001B36d00000010sv00001AF4sd00001100bc01sc08i02".into(),
+            ],
+            &aliases,
+            &["ntfs3".into()],
+            &deps,
+            &order,
+        );
+        assert_eq!(
+            got,
+            [
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "nvme_core",
+                "nvme",
+                "ntfs3"
+            ]
+        );
+    }
 
     #[test]
     fn dependency_order() {

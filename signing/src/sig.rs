@@ -108,7 +108,9 @@ impl SignatureFile {
         // Only the canonical form is accepted: no stray white space, line endings or padding
         // variants, so every byte of a signature file is significant.
         if parsed.to_text().as_bytes() != data {
-            return Err(bad("not in canonical form (extra white space or line endings?)"));
+            return Err(bad(
+                "not in canonical form (extra white space or line endings?)",
+            ));
         }
         Ok(parsed)
     }
@@ -178,8 +180,17 @@ mod tests {
         // Found by the bit-flip property test: a final newline turned into a vertical tab.
         let mut vt = text.clone().into_bytes();
         *vt.last_mut().unwrap() = 0x0b;
-        for variant in [vt, text.replace('\n', "\r\n").into_bytes(), format!("{text}\n").into_bytes(), text.replace("signature: ", "signature:  ").into_bytes()] {
-            assert!(SignatureFile::parse(&variant).is_err(), "{:?}", String::from_utf8_lossy(&variant));
+        for variant in [
+            vt,
+            text.replace('\n', "\r\n").into_bytes(),
+            format!("{text}\n").into_bytes(),
+            text.replace("signature: ", "signature:  ").into_bytes(),
+        ] {
+            assert!(
+                SignatureFile::parse(&variant).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(&variant)
+            );
         }
     }
 

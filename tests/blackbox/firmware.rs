@@ -338,9 +338,15 @@ fn proxy_mode_beside_an_office_dhcp_server() {
     );
     lab.spawn(&ns, &office, &office_log);
     lab.serve("--dhcp proxy");
-    let specs = [("pbios", Firmware::Bios, "52:54:00:f1:00:01"), ("pfw", Firmware::UefiFw, "52:54:00:f1:00:03")];
+    let specs = [
+        ("pbios", Firmware::Bios, "52:54:00:f1:00:01"),
+        ("pfw", Firmware::UefiFw, "52:54:00:f1:00:03"),
+    ];
     let start = Instant::now();
-    let mut guests: Vec<Guest> = specs.iter().map(|(n, fw, mac)| start_guest(&lab, n, *fw, mac, None)).collect();
+    let mut guests: Vec<Guest> = specs
+        .iter()
+        .map(|(n, fw, mac)| start_guest(&lab, n, *fw, mac, None))
+        .collect();
     let mut done = vec![None; guests.len()];
     while start.elapsed() < Duration::from_secs(300) && done.iter().any(Option::is_none) {
         std::thread::sleep(Duration::from_secs(1));
@@ -353,17 +359,39 @@ fn proxy_mode_beside_an_office_dhcp_server() {
     }
     let office = std::fs::read_to_string(&office_log).unwrap_or_default();
     for ((name, _, mac), d) in specs.iter().zip(&done) {
-        assert!(d.is_some(), "{name} did not boot in proxy mode.\nserver log:\n{}\noffice DHCP log:\n{office}", lab.server_log());
-        assert!(office.contains(&format!("DHCPACK(br0) 10.99.0.1")) && office.contains(mac), "{name}: the address must come from the office server:\n{office}");
-        eprintln!("proxy mode: {name} kernel started after {:.1} s", d.unwrap().as_secs_f64());
+        assert!(
+            d.is_some(),
+            "{name} did not boot in proxy mode.\nserver log:\n{}\noffice DHCP log:\n{office}",
+            lab.server_log()
+        );
+        assert!(
+            office.contains(&format!("DHCPACK(br0) 10.99.0.1")) && office.contains(mac),
+            "{name}: the address must come from the office server:\n{office}"
+        );
+        eprintln!(
+            "proxy mode: {name} kernel started after {:.1} s",
+            d.unwrap().as_secs_f64()
+        );
     }
     drop(guests);
     assert!(lab.stop_server().success());
     // unbrick handed out boot files but never an address.
     for (name, _, mac) in specs {
         let v = lab.host_json(mac);
-        let ev: Vec<String> = v["events"].as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap().to_string()).collect();
-        assert!(ev.iter().any(|e| e.contains("proxy Offer")), "{name}: {ev:?}");
-        assert!(!ev.iter().any(|e| e.contains("offered 10.") || e.contains("leased 10.")), "{name}: proxy mode must not lease: {ev:?}");
+        let ev: Vec<String> = v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            ev.iter().any(|e| e.contains("proxy Offer")),
+            "{name}: {ev:?}"
+        );
+        assert!(
+            !ev.iter()
+                .any(|e| e.contains("offered 10.") || e.contains("leased 10.")),
+            "{name}: proxy mode must not lease: {ev:?}"
+        );
     }
 }
