@@ -365,7 +365,9 @@ fn proxy_mode_beside_an_office_dhcp_server() {
             lab.server_log()
         );
         assert!(
-            office.contains(&format!("DHCPACK(br0) 10.99.0.1")) && office.contains(mac),
+            office
+                .lines()
+                .any(|l| l.contains("DHCPACK(br0) 10.99.0.") && l.contains(mac)),
             "{name}: the address must come from the office server:\n{office}"
         );
         eprintln!(
