@@ -31,7 +31,7 @@ stamp="$state/installed-v4"
 pkgs=(isc-dhcp-client udhcpc atftp atftpd dnsmasq-base nginx-light kea-admin
       ipxe ipxe-qemu ovmf shim-signed grub-efi-amd64-signed
       ntfs-3g gdisk fdisk iproute2 bridge-utils tcpdump xz-utils zstd kmod cpio musl-tools
-      cryptsetup-bin python3-venv chromium chromium-driver jq procps psmisc bc xxd)
+      cryptsetup-bin python3-venv chromium chromium-driver jq procps psmisc bc xxd file)
 bpo=(qemu-system-x86 seabios)
 
 if [ ! -f "$stamp" ]; then
@@ -57,6 +57,6 @@ if [ ! -d "$kdir/root/boot" ]; then
   )
 fi
 
-# musl target for the static agent
-rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl || true
+# musl target for the static agent (rustup fetches it; the payload test needs it).
+rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 echo "dependencies ready"

@@ -415,7 +415,7 @@ fn default_agent() -> PathBuf {
         .iter()
         .find(|p| p.exists())
         .cloned()
-        .unwrap_or_else(|| candidates[2].clone())
+        .unwrap_or_else(|| candidates[candidates.len() - 1].clone())
 }
 
 fn image_build(

@@ -7,16 +7,18 @@ use crate::firmware::{start_guest, Bus, Firmware};
 use crate::lab::*;
 use std::time::{Duration, Instant};
 
-/// Builds the static agent (a no-op when it is up to date) so the test never runs a stale one.
+/// Builds the static musl agent (a no-op when it is up to date) so the test never runs a stale one.
 fn agent_binary() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    must(&format!("cd {} && {cargo} build -q --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent", env!("CARGO_MANIFEST_DIR")));
-    let p = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/target/x86_64-unknown-linux-musl/agent/unbrick-agent"
+    let dir = env!("CARGO_MANIFEST_DIR");
+    must(&format!("cd {dir} && {cargo} build -q --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent"));
+    let p = format!("{dir}/target/x86_64-unknown-linux-musl/agent/unbrick-agent");
+    let file = must(&format!("file -L {p}"));
+    assert!(
+        file.contains("statically linked") || file.contains("static-pie"),
+        "the agent must be static to run as /init: {file}"
     );
-    assert!(std::path::Path::new(p).exists(), "{p} missing: build it with `cargo build --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent` (scripts/test.sh does)");
-    p.to_string()
+    p
 }
 
 fn sha(d: &[u8]) -> String {
