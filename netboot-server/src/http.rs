@@ -1,6 +1,6 @@
 //! HTTP boot: per-host iPXE scripts, image artefacts (Content-Length, HEAD, single Range), signed
 //! rules. No redirects. Artefacts come from the verified in-memory image only.
-use crate::boot::{ipxe_script, BootParams};
+use crate::BootConfigKind;
 use crate::Shared;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, State};
@@ -8,7 +8,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use fleet::{BootQuery, ClientKind, EventSource, Mac};
+use fleet::{ClientKind, EventSource, Mac};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,53 +56,12 @@ async fn boot_script(
         Ok(m) => m,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
-    let now = crate::now_ms();
-    s.fleet.touch(mac, peer.ip(), now);
-    let host = s.fleet.host(mac);
-    let kind = host
-        .as_ref()
-        .and_then(|h| h.last_kind)
-        .unwrap_or(ClientKind::Ipxe(fleet::Arch::Bios));
-    let decision = s.fleet.policy().decide(
-        &BootQuery {
-            mac,
-            kind,
-            now_ms: now,
-        },
-        host.as_ref(),
+    let script = s.boot_config(
+        mac,
+        peer,
+        ClientKind::Ipxe(fleet::Arch::Bios),
+        BootConfigKind::Ipxe,
     );
-    let token = crate::new_token();
-    let ready = s.image.payload_ready();
-    let script = ipxe_script(
-        &decision,
-        &BootParams {
-            http_base: &s.http_base,
-            server_ip: s.server_ip,
-            mac,
-            token: &token,
-            image_ready: ready,
-            extra_cmdline: &s.extra_cmdline,
-        },
-    );
-    if decision == fleet::BootDecision::Payload && ready {
-        s.fleet.payload_issued(mac, "iPXE script", &token, now);
-    } else {
-        s.fleet.event(
-            mac,
-            EventSource::Http,
-            "script",
-            format!(
-                "iPXE script: {}{}",
-                decision.name(),
-                if ready {
-                    ""
-                } else {
-                    " (no recovery image yet)"
-                }
-            ),
-            now,
-        );
-    }
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),

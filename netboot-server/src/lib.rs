@@ -79,6 +79,81 @@ pub struct Shared {
     pub extra_cmdline: String,
 }
 
+/// Which boot loader a per-host configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootConfigKind {
+    Ipxe,
+    Grub,
+}
+
+impl Shared {
+    /// The per-host iPXE script or grub configuration: asks the policy, mints a per-boot token
+    /// when the payload is handed out, and records what was decided. `default_kind` stands in
+    /// for a host whose DHCP was never seen (e.g. behind another DHCP server).
+    pub fn boot_config(
+        &self,
+        mac: Mac,
+        peer: SocketAddr,
+        default_kind: ClientKind,
+        kind: BootConfigKind,
+    ) -> String {
+        let now = now_ms();
+        self.fleet.touch(mac, peer.ip(), now);
+        let host = self.fleet.host(mac);
+        let client = host
+            .as_ref()
+            .and_then(|h| h.last_kind)
+            .unwrap_or(default_kind);
+        let decision = self.fleet.policy().decide(
+            &BootQuery {
+                mac,
+                kind: client,
+                now_ms: now,
+            },
+            host.as_ref(),
+        );
+        let token = new_token();
+        let ready = self.image.payload_ready();
+        let params = boot::BootParams {
+            http_base: &self.http_base,
+            server_ip: self.server_ip,
+            mac,
+            token: &token,
+            image_ready: ready,
+            extra_cmdline: &self.extra_cmdline,
+        };
+        let (text, via, source) = match kind {
+            BootConfigKind::Ipxe => (
+                boot::ipxe_script(&decision, &params),
+                "iPXE script",
+                EventSource::Http,
+            ),
+            BootConfigKind::Grub => (
+                boot::grub_config(&decision, &params),
+                "grub config",
+                EventSource::Tftp,
+            ),
+        };
+        if decision == fleet::BootDecision::Payload && ready {
+            self.fleet.payload_issued(mac, via, &token, now);
+        } else {
+            let note = if ready {
+                ""
+            } else {
+                " (no recovery image yet)"
+            };
+            self.fleet.event(
+                mac,
+                source,
+                "script",
+                format!("{via}: {}{note}", decision.name()),
+                now,
+            );
+        }
+        text
+    }
+}
+
 /// TFTP files: the verified image, plus grub's configuration rendered per host.
 struct TftpFiles(Arc<Shared>);
 
@@ -93,45 +168,12 @@ impl tftp::server::FileSource for TftpFiles {
             .and_then(|r| r.strip_suffix(".cfg"))
         {
             let mac: Mac = mac.parse().ok()?;
-            let now = now_ms();
-            s.fleet.touch(mac, peer.ip(), now);
-            let host = s.fleet.host(mac);
-            let kind = host
-                .as_ref()
-                .and_then(|h| h.last_kind)
-                .unwrap_or(ClientKind::Pxe(fleet::Arch::UefiX64));
-            let decision = s.fleet.policy().decide(
-                &BootQuery {
-                    mac,
-                    kind,
-                    now_ms: now,
-                },
-                host.as_ref(),
+            let cfg = s.boot_config(
+                mac,
+                peer,
+                ClientKind::Pxe(fleet::Arch::UefiX64),
+                BootConfigKind::Grub,
             );
-            let token = new_token();
-            let ready = s.image.payload_ready();
-            let cfg = boot::grub_config(
-                &decision,
-                &boot::BootParams {
-                    http_base: &s.http_base,
-                    server_ip: s.server_ip,
-                    mac,
-                    token: &token,
-                    image_ready: ready,
-                    extra_cmdline: &s.extra_cmdline,
-                },
-            );
-            if decision == fleet::BootDecision::Payload && ready {
-                s.fleet.payload_issued(mac, "grub", &token, now);
-            } else {
-                s.fleet.event(
-                    mac,
-                    EventSource::Tftp,
-                    "script",
-                    format!("grub config: {}", decision.name()),
-                    now,
-                );
-            }
             return Some(Arc::from(cfg.into_bytes()));
         }
         s.image.get(path)
