@@ -213,8 +213,11 @@ fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
             }
         }
         if round < 2 {
-            // Let buses that just got a driver enumerate their devices.
-            std::thread::sleep(Duration::from_millis(100));
+            // Let buses that just got a driver enumerate their devices: USB needs longer.
+            let usb = loaded
+                .iter()
+                .any(|m| m.starts_with("xhci") || m.starts_with("ehci") || m == "usbcore");
+            std::thread::sleep(Duration::from_millis(if usb { 1500 } else { 100 }));
         }
     }
     notes.insert(

@@ -43,12 +43,12 @@ pub fn channel_file(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Makes a 256 MiB disk: on GPT an ESP and an MSR first (as Windows lays it out), then one
+/// Makes a 320 MiB disk: on GPT an ESP and an MSR first (as Windows lays it out), then one
 /// 64 MiB NTFS partition per volume; on MBR just the NTFS partitions.
 pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk {
     let path = dir.join(format!("{name}.img"));
     let _ = std::fs::remove_file(&path);
-    must(&format!("truncate -s 256M {}", path.display()));
+    must(&format!("truncate -s 320M {}", path.display()));
     let mut parts = Vec::new();
     let size: u64 = 64 * 2048;
     match table {

@@ -60,6 +60,7 @@ pub enum Bus {
     Virtio,
     Sata,
     Nvme,
+    Usb,
 }
 
 pub fn start_guest(
@@ -151,6 +152,12 @@ pub fn start_guest(
                 "ide-hd,bus=ahci0.0,drive=d0",
             ],
             Bus::Nvme => &["-device", "nvme,serial=UB0001,drive=d0"],
+            Bus::Usb => &[
+                "-device",
+                "qemu-xhci,id=xhci0",
+                "-device",
+                "usb-storage,bus=xhci0.0,drive=d0",
+            ],
         };
         args.extend(dev.iter().map(|s| s.to_string()));
     }

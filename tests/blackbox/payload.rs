@@ -118,6 +118,23 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
                     "2024-07-19 04:09:00 UTC",
                 )],
             },
+            // Hibernated Windows: never written, even though it holds a bad file.
+            Volume {
+                label: "WIN3".into(),
+                dirty: false,
+                files: vec![
+                    f(
+                        &format!("{CS}/C-00000291-00000000-00000032.sys"),
+                        &bad,
+                        "2024-07-19 04:09:00 UTC",
+                    ),
+                    f(
+                        "hiberfil.sys",
+                        &b"HIBR hibernation image".to_vec(),
+                        "2024-07-19 04:00:00 UTC",
+                    ),
+                ],
+            },
         ],
     );
     // uefi-fw: GPT on virtio, a dirty volume (Windows crashed mid-boot, as these machines do).
@@ -142,7 +159,7 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
             ],
         }],
     );
-    // uefi-sb: GPT on SATA, no Windows at all (a data volume).
+    // uefi-sb: GPT on a USB stick (xHCI + usb-storage), no Windows at all (a data volume).
     let d_sb = make_disk(
         &lab.dir,
         "uefisb",
@@ -181,7 +198,7 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
             Firmware::UefiSb,
             "52:54:00:e0:00:04",
             &d_sb,
-            Bus::Sata,
+            Bus::Usb,
         ),
     ];
     let start = Instant::now();
@@ -240,7 +257,18 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
     };
     let report = |mac: &str| lab.host_json(mac)["host"]["last_report"].clone();
     assert_eq!(state("52:54:00:e0:00:01"), "remediated");
-    assert_eq!(state("52:54:00:e0:00:02"), "remediated");
+    assert_eq!(
+        state("52:54:00:e0:00:02"),
+        "needs-attention",
+        "two volumes remediated, one hibernated: {}",
+        report("52:54:00:e0:00:02")
+    );
+    assert!(
+        lab.host_json("52:54:00:e0:00:02")["host"]["state"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("hibernated")
+    );
     assert_eq!(state("52:54:00:e0:00:03"), "remediated");
     assert_eq!(
         state("52:54:00:e0:00:04"),
@@ -249,6 +277,14 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         report("52:54:00:e0:00:04")
     );
     assert_eq!(report("52:54:00:e0:00:04")["result"], "nothing-found");
+    // ...because the USB disk's NTFS volume was found and has no Windows, not because no disk was seen.
+    let sb_vols = report("52:54:00:e0:00:04")["volumes"].clone();
+    assert!(
+        sb_vols.as_array().unwrap().iter().any(
+            |v| v["status"] == "not-windows" && v["device"].as_str().unwrap().starts_with("sd")
+        ),
+        "{sb_vols}"
+    );
     let fw_vol = &report("52:54:00:e0:00:03")["volumes"][0];
     assert!(
         fw_vol["status"].as_str().unwrap().contains("dirty-forced"),
@@ -331,6 +367,20 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         "C-00000291-00000000-00000031.sys",
         &bad2,
     );
+    let p = d_uefi.extract(2);
+    assert_eq!(
+        ntfs_read(&p, &format!("{CS}/C-00000291-00000000-00000032.sys")).as_deref(),
+        Some(&bad[..]),
+        "a hibernated volume is never written"
+    );
+    assert!(!ntfs_ls(&p, "/")
+        .iter()
+        .any(|l| l.contains("unbrick-quarantine")));
+    assert!(report("52:54:00:e0:00:02")["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["status"] == "hibernated"));
     let p = check_quarantined(
         &d_fw,
         0,
