@@ -104,22 +104,6 @@ fn udhcpc(lab: &Lab, ns: &str, args: &str, tag: &str) -> (bool, String) {
     )
 }
 
-fn events(lab: &Lab, mac: &str) -> Vec<String> {
-    let v = lab.host_json(mac);
-    v["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["kind"].as_str().unwrap(),
-                e["message"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn proxy_mode_answers_pxe_clients_only() {
     let mut lab = Lab::new("px");
@@ -244,14 +228,14 @@ fn proxy_mode_answers_pxe_clients_only() {
             "{mac} recorded as seen: {h}"
         );
     }
-    let ev = events(&lab, "52:54:00:aa:00:01");
+    let ev = lab.events("52:54:00:aa:00:01");
     assert!(
         ev.iter().any(|e| e.starts_with("dhcp-discover")
             && e.contains("decision payload")
             && e.contains("undionly.kpxe")),
         "{ev:?}"
     );
-    let ev = events(&lab, "52:54:00:aa:00:04");
+    let ev = lab.events("52:54:00:aa:00:04");
     assert!(ev.iter().any(|e| e.contains("Windows")), "{ev:?}");
 }
 
@@ -342,7 +326,7 @@ fn full_mode_leases_to_real_clients() {
         lab.server_log()
     );
     assert!(lab.stop_server().success());
-    let ev = events(&lab, "52:54:00:bb:00:02");
+    let ev = lab.events("52:54:00:bb:00:02");
     assert!(
         ev.iter()
             .any(|e| e.starts_with("dhcp-request") && e.contains(&format!("leased {ip_b}"))),
@@ -598,7 +582,7 @@ fn tftp_and_http_with_real_clients() {
     );
 
     assert!(lab.stop_server().success(), "graceful stop");
-    let ev = events(&lab, "52:54:00:cc:00:01");
+    let ev = lab.events("52:54:00:cc:00:01");
     assert!(
         ev.iter().any(|e| e.contains("ipxe.efi")
             && e.contains("complete")

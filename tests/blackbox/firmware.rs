@@ -290,18 +290,7 @@ fn real_firmware_boots_through_unbrick() {
     assert!(lab.stop_server().success());
     for (name, fw, mac) in specs {
         let v = lab.host_json(mac);
-        let ev: Vec<String> = v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                format!(
-                    "{} {}",
-                    e["kind"].as_str().unwrap(),
-                    e["message"].as_str().unwrap()
-                )
-            })
-            .collect();
+        let ev = lab.events(mac);
         let want = match fw {
             Firmware::Bios | Firmware::Uefi => ".ipxe",
             _ => "shimx64.efi",
@@ -386,13 +375,7 @@ fn proxy_mode_beside_an_office_dhcp_server() {
     assert!(lab.stop_server().success());
     // unbrick handed out boot files but never an address.
     for (name, _, mac) in specs {
-        let v = lab.host_json(mac);
-        let ev: Vec<String> = v["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| e["message"].as_str().unwrap().to_string())
-            .collect();
+        let ev = lab.events(mac);
         assert!(
             ev.iter().any(|e| e.contains("proxy Offer")),
             "{name}: {ev:?}"

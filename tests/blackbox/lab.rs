@@ -206,6 +206,23 @@ impl Lab {
         serde_json::from_str(&out).unwrap()
     }
 
+    /// A host's history as "kind message" lines (the server must be stopped).
+    pub fn events(&self, mac: &str) -> Vec<String> {
+        let v = self.host_json(mac);
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["kind"].as_str().unwrap(),
+                    e["message"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         let t = Instant::now();
         while t.elapsed() < timeout {
