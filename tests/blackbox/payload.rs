@@ -411,3 +411,72 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         .iter()
         .any(|e| e["message"].as_str().unwrap().contains("Secure Boot on")));
 }
+
+/// The server goes away right after the agent's hello and comes back a few seconds later (an
+/// admin restarting it, a flapping link): the agent retries with backoff, finishes the run and
+/// its report is recorded.
+#[test]
+fn agent_rides_out_a_server_restart() {
+    let _turn = qemu_turn();
+    let mut lab = Lab::new("rs");
+    lab.init();
+    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
+    must(&format!(
+        "{} image build --data-dir {} --kernel-dir {} --agent {}",
+        unbrick(),
+        lab.data().display(),
+        kernel_root.display(),
+        agent_binary()
+    ));
+    let args = "--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff";
+    lab.serve(args);
+    let bad = channel_file(3, 20_000);
+    let disk = make_disk(
+        &lab.dir,
+        "rs",
+        Table::Mbr,
+        &[Volume {
+            label: "WINDOWS".into(),
+            dirty: false,
+            files: vec![File {
+                path: format!("{CS}/C-00000291-00000000-00000032.sys"),
+                data: bad.clone(),
+                mtime: "2024-07-19 04:09:00 UTC".into(),
+            }],
+        }],
+    );
+    let mac = "52:54:00:e1:00:01";
+    let mut g = start_guest(
+        &lab,
+        "rs",
+        Firmware::Bios,
+        mac,
+        Some((&disk.path, Bus::Virtio)),
+    );
+    assert!(
+        lab.wait_log(&format!("{mac} agent-hello"), Duration::from_secs(180)),
+        "agent never said hello:\n{}\n{}",
+        g.serial_text(),
+        lab.server_log()
+    );
+    assert!(lab.stop_server().success());
+    std::thread::sleep(Duration::from_secs(3));
+    lab.serve(args);
+    assert!(
+        g.wait_exit(Instant::now() + Duration::from_secs(180)),
+        "guest did not finish:\n{}\n{}",
+        g.serial_text(),
+        lab.server_log()
+    );
+    let serial = g.serial_text();
+    assert!(
+        serial.contains("retrying in"),
+        "the agent should have retried while the server was away:\n{serial}"
+    );
+    drop(g);
+    assert!(lab.stop_server().success());
+    let h = lab.host_json(mac);
+    assert_eq!(h["host"]["state"]["state"], "remediated", "{h}");
+    let part = disk.extract(0);
+    assert!(ntfs_read(&part, &format!("{CS}/C-00000291-00000000-00000032.sys")).is_none());
+}
