@@ -432,15 +432,17 @@ fn image_build(
             data_dir.display()
         ))
     })?;
-    let tmp;
+    // The unpacked .deb, removed after the build.
+    let mut unpacked = None;
     let root = match (kernel_deb, kernel_dir) {
         (Some(deb), _) => {
-            tmp = std::env::temp_dir().join(format!("unbrick-kernel-{}", std::process::id()));
+            let tmp = std::env::temp_dir().join(format!("unbrick-kernel-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
             println!("unpacking {}", deb.display());
             remediation_payload::build::unpack_deb(&deb, &tmp).map_err(Fail)?;
-            tmp.clone()
+            unpacked = Some(tmp.clone());
+            tmp
         }
         (None, Some(dir)) => dir,
         (None, None) => {
@@ -461,17 +463,10 @@ fn image_build(
     .map_err(Fail)?;
     let img = d.image();
     for (name, data) in [("vmlinuz", &built.vmlinuz), ("initrd.img", &built.initrd)] {
-        let tmpf = img.join(format!(".{name}.tmp"));
-        std::fs::write(&tmpf, data)
-            .and_then(|_| std::fs::rename(&tmpf, img.join(name)))
-            .map_err(|e| Fail(format!("{}: {e}", img.join(name).display())))?;
+        netboot_server::image::write_replacing(&img, name, data).map_err(Fail)?;
     }
-    if root.starts_with(std::env::temp_dir())
-        && root
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("unbrick-kernel-"))
-    {
-        let _ = std::fs::remove_dir_all(&root);
+    if let Some(tmp) = unpacked {
+        let _ = std::fs::remove_dir_all(tmp);
     }
     match signing::KeyPair::load(&d.private_key()) {
         Ok(k) => {

@@ -70,15 +70,18 @@ pub fn sign_dir(
         .collect();
     let m = Manifest::new(version, now_unix, &kernel_version, &key.public_key(), &refs)
         .map_err(|e| e.to_string())?;
-    let write = |name: &str, data: &[u8]| {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, data)
-            .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
-            .map_err(|e| format!("{}: {e}", dir.join(name).display()))
-    };
-    write(MANIFEST_FILE, &m.to_canonical())?;
-    write(SIGNATURE_FILE, m.sign(key).to_text().as_bytes())?;
+    write_replacing(dir, MANIFEST_FILE, &m.to_canonical())?;
+    write_replacing(dir, SIGNATURE_FILE, m.sign(key).to_text().as_bytes())?;
     Ok(m)
+}
+
+/// Writes `dir/name` through a temporary file and a rename, so a reader (or a crash) never sees
+/// half a file.
+pub fn write_replacing(dir: &Path, name: &str, data: &[u8]) -> Result<(), String> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, data)
+        .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
+        .map_err(|e| format!("{}: {e}", dir.join(name).display()))
 }
 
 impl Image {

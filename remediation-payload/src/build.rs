@@ -140,7 +140,6 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
     }
     let wanted: Vec<&str> = REQUIRED.iter().chain(HARDWARE).copied().collect();
     let (order, missing_hardware) = dep.resolve(&wanted, &builtin);
-    let mut paths = Vec::new();
     let mut mods = Vec::new();
     let mut deps = std::collections::BTreeMap::new();
     let mut a = Archive::new();
@@ -150,7 +149,6 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
             read_module(&mdir, rel).map_err(|e| format!("module {m} ({rel}): {e}"))?;
         let rel = rel.as_str();
         a.file(&format!("lib/modules/{kver}/{rel}"), data, 0o644);
-        paths.push(rel.to_string());
         mods.push((m.clone(), rel.to_string()));
         deps.insert(m.clone(), dep.deps(m).to_vec());
     }
@@ -205,7 +203,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         vmlinuz,
         initrd,
         uncompressed: raw.len(),
-        modules: paths,
+        modules: cfg.modules.iter().map(|(_, p)| p.clone()).collect(),
         missing_hardware,
     })
 }

@@ -201,13 +201,6 @@ impl LeasePool {
             .collect();
         gone.into_iter().filter_map(|ip| self.remove(ip)).collect()
     }
-
-    pub fn active(&self, now_ms: u64) -> usize {
-        self.leases
-            .values()
-            .filter(|l| l.expires_ms > now_ms && l.mac != DECLINED)
-            .count()
-    }
 }
 
 #[cfg(test)]
