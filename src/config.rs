@@ -29,6 +29,34 @@ impl DataDir {
     pub fn store(&self) -> PathBuf {
         self.0.join("store")
     }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.0.join("tls").join("cert.pem")
+    }
+    pub fn tls_key(&self) -> PathBuf {
+        self.0.join("tls").join("key.pem")
+    }
+    /// Admin API tokens (hashes only), re-read by the running server when they change.
+    pub fn tokens(&self) -> PathBuf {
+        self.0.join("tokens.json")
+    }
+
+    /// The server's TLS certificate fingerprint, making the certificate first if there is none.
+    pub fn ensure_tls(&self) -> Result<(String, bool), String> {
+        if self.tls_cert().exists() {
+            return netboot_server::tls::cert_fingerprint(&self.tls_cert()).map(|f| (f, false));
+        }
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+            .unwrap_or_else(|| "unbrick".into());
+        netboot_server::tls::generate_self_signed(
+            &self.tls_cert(),
+            &self.tls_key(),
+            &[host, "unbrick".into()],
+        )
+        .map(|f| (f, true))
+    }
 }
 
 /// `[serve]` in unbrick.toml; every field optional (flags and UNBRICK_* variables win).
@@ -43,7 +71,9 @@ pub struct ServeFile {
     pub dns: Option<Vec<String>>,
     pub lease_secs: Option<u32>,
     pub http_port: Option<u16>,
+    pub https_port: Option<u16>,
     pub tftp_port: Option<u16>,
+    pub require_approval: Option<bool>,
     pub secure_boot_off: Option<bool>,
     pub kernel_cmdline: Option<String>,
     pub max_tftp_transfers: Option<usize>,
@@ -102,8 +132,16 @@ pub const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # dns = ["10.99.0.53"]
 # lease_secs = 3600
 
+# Plain HTTP: boot scripts and files (firmware speaks nothing else), the console, the admin API.
 # http_port = 8080
+# HTTPS with tls/cert.pem (made by `unbrick init`): the agent API (the agent pins this
+# certificate), the console and the admin API.
+# https_port = 8443
 # tftp_port = 69
+
+# true: a machine gets the recovery payload only after an admin approved it (import a host
+# list, then bulk "approve" in the console or API); the others wait on a screen that says so.
+# require_approval = false
 
 # UEFI machines get Microsoft-signed shim -> grub by default (works with Secure Boot on or off).
 # Set true only if every machine at this site has Secure Boot off: they then get iPXE's

@@ -140,6 +140,14 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
         say(format!("wrote    {} (default CrowdStrike C-00000291 rules, signed, expire in {RULES_LIFETIME_DAYS} days)", rules.display()));
     }
 
+    // The HTTPS certificate (the agent pins its fingerprint, built into the image).
+    let (fp, made) = d.ensure_tls()?;
+    say(format!(
+        "{} {} ({fp})",
+        if made { "made    " } else { "kept    " },
+        d.tls_cert().display()
+    ));
+
     // The store.
     let existed = d.store().exists();
     let store = fleet::SledStore::open(&d.store()).map_err(|e| e.to_string())?;

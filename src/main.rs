@@ -2,12 +2,13 @@
 //! crates; this file only parses flags, merges configuration and calls them.
 #![forbid(unsafe_code)]
 
+mod client;
 mod config;
+mod demo;
 mod init;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use config::{ConfigFile, DataDir};
-use fleet::Store as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -46,9 +47,39 @@ enum Cmd {
     /// Signed remediation rules.
     #[command(subcommand)]
     Rules(RulesCmd),
-    /// The fleet's hosts.
+    /// The fleet's hosts: from the running server's API (--server, --token) or the data directory.
     #[command(subcommand)]
     Hosts(HostsCmd),
+    /// Admin API tokens (for scripts and for logging in to the console).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The demo lab: a namespace with QEMU machines in a boot loop, the server, the console.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Make a token; it is shown once (only its hash is kept).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// May read but not change anything.
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+    },
+    /// Token names and scopes (never the tokens).
+    List {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+    },
+    /// Remove a token; a running server stops accepting it at once.
+    Revoke {
+        name: String,
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum, Debug)]
@@ -82,6 +113,12 @@ struct ServeArgs {
     lease_secs: Option<u32>,
     #[arg(long, env = "UNBRICK_HTTP_PORT")]
     http_port: Option<u16>,
+    /// HTTPS port: agent API (certificate pinned by the agent), console and admin API.
+    #[arg(long, env = "UNBRICK_HTTPS_PORT")]
+    https_port: Option<u16>,
+    /// Hand out the payload only to hosts an admin approved.
+    #[arg(long, env = "UNBRICK_REQUIRE_APPROVAL")]
+    require_approval: bool,
     #[arg(long, env = "UNBRICK_TFTP_PORT")]
     tftp_port: Option<u16>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
@@ -171,22 +208,73 @@ enum RulesCmd {
     },
 }
 
+/// Where `hosts` commands get the fleet from.
+#[derive(Args, Clone)]
+pub struct Target {
+    /// The running server's URL (http://IP:8080 or https://IP:8443); without it the data
+    /// directory's store is read directly (the server must be stopped).
+    #[arg(long, env = "UNBRICK_SERVER")]
+    pub server: Option<String>,
+    /// Admin API token (unbrick tokens create).
+    #[arg(long, env = "UNBRICK_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// For https: the server certificate's fingerprint (default: the data directory's).
+    #[arg(long, env = "UNBRICK_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+    pub data_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum HostsCmd {
-    /// Every host with its state and result.
+    /// Hosts with their state, filtered.
     List {
-        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// State(s), comma-separated (e.g. failed,needs-attention).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Text in MAC, hostname, IP, serial or reason.
+        #[arg(long)]
+        search: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// One host with its full history.
     Show {
         mac: String,
-        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         json: bool,
+    },
+    /// Import hosts from CSV (header mac,hostname,site,tags) or JSON (.json); bad rows are
+    /// reported by line, the rest imported.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run the payload again on these hosts' next network boot.
+    Retry {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The fleet report (per host: state, files quarantined with hashes, times).
+    Export {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_parser = ["csv", "json"], default_value = "csv")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -228,7 +316,9 @@ fn main() -> ExitCode {
         Cmd::Keys(k) => keys(k),
         Cmd::Image(i) => image(i),
         Cmd::Rules(r) => rules(r),
-        Cmd::Hosts(h) => hosts(h),
+        Cmd::Hosts(h) => client::hosts(h),
+        Cmd::Tokens(t) => tokens(t),
+        Cmd::Demo(a) => demo::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -332,6 +422,9 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
         dns,
         lease_secs: a.lease_secs.or(f.lease_secs).unwrap_or(3600),
         http_port: a.http_port.or(f.http_port).unwrap_or(8080),
+        https_port: a.https_port.or(f.https_port).unwrap_or(8443),
+        tls_cert: d.tls_cert(),
+        tls_key: d.tls_key(),
         tftp_port: a.tftp_port.or(f.tftp_port).unwrap_or(69),
         dhcp_ports,
         secure_boot_off: a.secure_boot_off || f.secure_boot_off.unwrap_or(false),
@@ -341,13 +434,29 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
         trusted_key: trusted,
         max_tftp_transfers: f.max_tftp_transfers.unwrap_or(128),
     };
+    let (fp, made) = d.ensure_tls().map_err(Fail)?;
+    if made {
+        eprintln!("unbrick: made a TLS certificate {} ({fp}); rebuild the image (unbrick image build) so the agent pins it", d.tls_cert().display());
+    }
+    let policy = fleet::DefaultPolicy {
+        require_approval: a.require_approval || f.require_approval.unwrap_or(false),
+    };
+    let tokens_file = d.tokens();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?;
         let store: Arc<dyn fleet::Store> = Arc::new(store);
-        let server = netboot_server::start(cfg, store, Arc::new(fleet::DefaultPolicy)).await.map_err(Fail)?;
+        let server = netboot_server::start(cfg, store, Arc::new(policy), |fleet| {
+            web_console::router(web_console::Console::new(fleet, &tokens_file))
+        })
+        .await
+        .map_err(Fail)?;
+        if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
+            tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
+        }
+        tracing::info!("console: http://{} and https://{} (certificate {fp})", server.http_addr, server.https_addr);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
@@ -418,7 +527,7 @@ fn default_agent() -> PathBuf {
         .unwrap_or_else(|| candidates[candidates.len() - 1].clone())
 }
 
-fn image_build(
+pub(crate) fn image_build(
     data_dir: &Path,
     kernel_deb: Option<PathBuf>,
     kernel_dir: Option<PathBuf>,
@@ -451,12 +560,15 @@ fn image_build(
     };
     let agent = agent.unwrap_or_else(default_agent);
     let version = version.unwrap_or_else(image_version_now);
+    let (fingerprint, _) = d.ensure_tls().map_err(Fail)?;
+    println!("the agent will pin the server certificate {fingerprint}");
     let built = remediation_payload::build::build(
         &remediation_payload::build::BuildInput {
             kernel_root: &root,
             agent: &agent,
             public_key: &trusted,
             image_version: &version,
+            server_cert_sha256: Some(fingerprint),
         },
         &mut |msg| println!("{msg}"),
     )
@@ -590,87 +702,49 @@ fn rules(r: RulesCmd) -> Result<(), Fail> {
     Ok(())
 }
 
-fn open_store(data_dir: &Path) -> Result<fleet::SledStore, Fail> {
-    let d = DataDir(data_dir.to_path_buf());
-    if !d.store().exists() {
-        return Err(Fail(format!(
-            "{} has no store; run `unbrick init --data-dir {}`",
-            data_dir.display(),
-            data_dir.display()
-        )));
-    }
-    fleet::SledStore::open(&d.store()).map_err(|e| {
-        Fail(format!(
-            "{e} (while `unbrick serve` runs it holds the store; stop it or ask its API)"
-        ))
-    })
-}
-
-fn fmt_time(ms: u64) -> String {
-    signing::time::format_utc(ms / 1000)
-}
-
-fn hosts(h: HostsCmd) -> Result<(), Fail> {
-    match h {
-        HostsCmd::List { data_dir, json } => {
-            let store = open_store(&data_dir)?;
-            let hosts = store.hosts()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&hosts)?);
-                return Ok(());
-            }
-            println!(
-                "{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  REASON",
-                "MAC", "STATE", "IP", "LAST SEEN", "BOOTS"
-            );
-            for h in &hosts {
-                println!(
-                    "{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  {}",
-                    h.mac.to_string(),
-                    h.state.name(),
-                    h.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
-                    fmt_time(h.last_seen_ms),
-                    h.payload_boots,
-                    h.state.reason().unwrap_or("")
-                );
-            }
-            println!("{} hosts", hosts.len());
-        }
-        HostsCmd::Show {
-            mac,
+fn tokens(t: TokensCmd) -> Result<(), Fail> {
+    match t {
+        TokensCmd::Create {
+            name,
+            read_only,
             data_dir,
-            json,
         } => {
-            let mac: fleet::Mac = mac.parse().map_err(Fail)?;
-            let store = open_store(&data_dir)?;
-            let host = store
-                .host(mac)?
-                .ok_or_else(|| Fail(format!("no host {mac} in the store")))?;
-            let events = store.events(mac)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &serde_json::json!({ "host": host, "events": events })
-                    )?
-                );
-                return Ok(());
+            let d = DataDir(data_dir);
+            if !d.0.exists() {
+                return Err(Fail(format!(
+                    "{} does not exist; run `unbrick init --data-dir {}` first",
+                    d.0.display(),
+                    d.0.display()
+                )));
             }
-            println!(
-                "{}  state {}  since {}",
-                host.mac,
-                host.state.name(),
-                fmt_time(host.state_since_ms)
+            let book = web_console::tokens::TokenBook::new(&d.tokens());
+            let secret = book.create(&name, read_only, now_unix()).map_err(Fail)?;
+            eprintln!(
+                "token {name:?} ({}) created; it is shown only this once:",
+                if read_only { "read-only" } else { "full access" }
             );
-            for e in events {
+            println!("{secret}");
+        }
+        TokensCmd::List { data_dir } => {
+            let book = web_console::tokens::TokenBook::new(&DataDir(data_dir).tokens());
+            let all = book.list().map_err(Fail)?;
+            println!("{:<24}  {:<11}  CREATED", "NAME", "SCOPE");
+            for t in &all {
                 println!(
-                    "  {}  {:<6?}  {:<14}  {}",
-                    fmt_time(e.time_ms),
-                    e.source,
-                    e.kind,
-                    e.message
+                    "{:<24}  {:<11}  {}",
+                    t.name,
+                    if t.read_only { "read-only" } else { "full" },
+                    signing::time::format_utc(t.created_unix)
                 );
             }
+            println!("{} tokens", all.len());
+        }
+        TokensCmd::Revoke { name, data_dir } => {
+            let book = web_console::tokens::TokenBook::new(&DataDir(data_dir).tokens());
+            if !book.revoke(&name).map_err(Fail)? {
+                return Err(Fail(format!("no token named {name:?} (see: unbrick tokens list)")));
+            }
+            println!("revoked {name:?}");
         }
     }
     Ok(())

@@ -155,6 +155,19 @@ pub enum EventSource {
     Policy,
 }
 
+impl std::fmt::Display for EventSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EventSource::Dhcp => "dhcp",
+            EventSource::Tftp => "tftp",
+            EventSource::Http => "http",
+            EventSource::Agent => "agent",
+            EventSource::Admin => "admin",
+            EventSource::Policy => "policy",
+        })
+    }
+}
+
 /// One entry of a host's append-only history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -203,6 +216,15 @@ pub struct HostRecord {
     /// The agent's last final report (its token removed).
     #[serde(default)]
     pub last_report: Option<crate::agent::Report>,
+    /// An admin approved this host for the payload (matters when the site requires approval).
+    #[serde(default)]
+    pub approved: bool,
+    /// An admin said: leave this machine alone (it boots locally, never gets the payload).
+    #[serde(default)]
+    pub skipped: bool,
+    /// How many final reports the agent sent (retries of one report count once).
+    #[serde(default)]
+    pub reports: u32,
 }
 
 impl HostRecord {
@@ -226,6 +248,9 @@ impl HostRecord {
             boot_token: None,
             boot_token_issued_ms: 0,
             last_report: None,
+            approved: false,
+            skipped: false,
+            reports: 0,
         }
     }
 

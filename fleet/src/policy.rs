@@ -38,16 +38,26 @@ pub trait BootPolicy: Send + Sync {
     fn decide(&self, query: &BootQuery, host: Option<&HostRecord>) -> BootDecision;
 }
 
-/// Everyone gets the payload, except hosts whose run already finished (remediated, clean,
-/// rebooted, recovered): those boot locally, so a fixed machine never loops back into recovery.
+/// Every network-booting machine gets the payload, except hosts whose run already finished
+/// (remediated, clean, rebooted, recovered) and hosts an admin skipped: those boot locally, so a
+/// fixed machine never loops back into recovery. With `require_approval`, a host gets the payload
+/// only after an admin approved it (imported lists, bulk approve); the others wait on screen.
 #[derive(Debug, Default, Clone)]
-pub struct DefaultPolicy;
+pub struct DefaultPolicy {
+    pub require_approval: bool,
+}
 
 impl BootPolicy for DefaultPolicy {
     fn decide(&self, q: &BootQuery, host: Option<&HostRecord>) -> BootDecision {
         match q.kind {
             ClientKind::Windows | ClientKind::Agent | ClientKind::Other => BootDecision::Ignore,
+            _ if host.is_some_and(|h| h.skipped) => BootDecision::LocalBoot,
             _ if host.is_some_and(|h| h.state.is_done()) => BootDecision::LocalBoot,
+            _ if self.require_approval && !host.is_some_and(|h| h.approved) => {
+                BootDecision::WaitingRoom {
+                    reason: "waiting for an administrator to approve this machine".into(),
+                }
+            }
             _ => BootDecision::Payload,
         }
     }
@@ -67,7 +77,7 @@ mod tests {
             now_ms: 0,
         };
         let mut h = HostRecord::new(mac, 0);
-        let p = DefaultPolicy;
+        let p = DefaultPolicy::default();
         assert_eq!(
             p.decide(&q(ClientKind::Pxe(Arch::Bios)), None),
             BootDecision::Payload
@@ -85,6 +95,29 @@ mod tests {
         h.state = HostState::Failed("x".into());
         assert_eq!(
             p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)),
+            BootDecision::Payload
+        );
+        h.skipped = true;
+        assert_eq!(
+            p.decide(&q(ClientKind::Ipxe(Arch::UefiX64)), Some(&h)),
+            BootDecision::LocalBoot,
+            "a skipped host is left alone"
+        );
+        h.skipped = false;
+        let strict = DefaultPolicy {
+            require_approval: true,
+        };
+        assert!(matches!(
+            strict.decide(&q(ClientKind::Pxe(Arch::Bios)), Some(&h)),
+            BootDecision::WaitingRoom { .. }
+        ));
+        assert!(matches!(
+            strict.decide(&q(ClientKind::Pxe(Arch::Bios)), None),
+            BootDecision::WaitingRoom { .. }
+        ));
+        h.approved = true;
+        assert_eq!(
+            strict.decide(&q(ClientKind::Pxe(Arch::Bios)), Some(&h)),
             BootDecision::Payload
         );
     }

@@ -1,6 +1,7 @@
 //! Persistent fleet state behind the [`Store`] trait; [`SledStore`] is the sled implementation.
 //!
-//! Layout (schema version 1): tree `hosts` (MAC bytes -> JSON [`HostRecord`]), tree `events`
+//! Layout (schema version 2; version 1 lacked the admin flags of host records, see
+//! [`SledStore::open`] for the migration): tree `hosts` (MAC bytes -> JSON [`HostRecord`]), tree `events`
 //! (MAC bytes ++ big-endian sequence -> JSON [`Event`]), tree `leases` (IPv4 bytes -> JSON
 //! [`Lease`]), tree `audit` (sequence -> JSON), tree `meta` (`schema_version`).
 //! Writes are durable once [`Store::flush`] returns; callers flush before acknowledging.
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -61,6 +62,8 @@ pub trait Store: Send + Sync + 'static {
         f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
     ) -> Result<HostRecord, StoreError>;
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
+    /// Forgets a host: its record and its whole history. Returns whether it existed.
+    fn remove_host(&self, mac: Mac) -> Result<bool, StoreError>;
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError>;
     fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError>;
     fn lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError>;
@@ -114,8 +117,13 @@ impl SledStore {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::TooNew { found });
                 }
-                // Migrations from older schema versions go here, one step at a time, each
-                // committed with the new version number in the same flush.
+                // One step at a time; each step rewrites what it must and then records its
+                // version, flushed, so an interrupted migration restarts from the last step.
+                for step in found..SCHEMA_VERSION {
+                    migrate(&db, step)?;
+                    meta.insert("schema_version", &(step + 1).to_be_bytes())?;
+                    db.flush()?;
+                }
             }
         }
         Ok(SledStore {
@@ -125,6 +133,25 @@ impl SledStore {
             audit: db.open_tree("audit")?,
             db,
         })
+    }
+}
+
+/// Migrates the store from schema `from` to `from + 1`.
+fn migrate(db: &sled::Db, from: u32) -> Result<(), StoreError> {
+    match from {
+        // 1 -> 2: host records gained `approved`, `skipped` and `reports`. Rewrite every record
+        // in the new form (decoding fills the defaults), so a corrupt one is found now, at start,
+        // and not in the middle of an incident.
+        1 => {
+            let hosts = db.open_tree("hosts")?;
+            for kv in hosts.iter() {
+                let (k, v) = kv?;
+                let rec: HostRecord = decode("host (migrating to schema 2)", &v)?;
+                hosts.insert(k, encode(&rec))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -170,6 +197,19 @@ impl Store for SledStore {
                 decode("host", &v)
             })
             .collect()
+    }
+
+    fn remove_host(&self, mac: Mac) -> Result<bool, StoreError> {
+        let existed = self.hosts.remove(mac.0)?.is_some();
+        let keys: Vec<_> = self
+            .events
+            .scan_prefix(mac.0)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            self.events.remove(k)?;
+        }
+        Ok(existed)
     }
 
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError> {
@@ -301,6 +341,80 @@ mod tests {
             HostState::Seen,
             "refused update changes nothing"
         );
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn schema_1_is_migrated() {
+        let dir = tmp("migrate");
+        {
+            let db = sled::open(&dir).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &1u32.to_be_bytes())
+                .unwrap();
+            // A host record as schema 1 wrote it: no approved/skipped/reports.
+            let v1 = r#"{"mac":"52:54:00:00:00:09","state":{"state":"remediated"},"state_since_ms":5,"first_seen_ms":1,"last_seen_ms":5,"payload_boots":1}"#;
+            db.open_tree("hosts")
+                .unwrap()
+                .insert([0x52, 0x54, 0, 0, 0, 9], v1.as_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let s = SledStore::open(&dir).unwrap();
+        let h = s
+            .host("52:54:00:00:00:09".parse().unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.state, HostState::Remediated);
+        assert!(!h.skipped && !h.approved && h.reports == 0);
+        drop(s);
+        let db = sled::open(&dir).unwrap();
+        let v = db
+            .open_tree("meta")
+            .unwrap()
+            .get("schema_version")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.as_ref(), &SCHEMA_VERSION.to_be_bytes());
+        let raw = db
+            .open_tree("hosts")
+            .unwrap()
+            .get([0x52, 0x54, 0, 0, 0, 9])
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&raw).contains("\"skipped\":false"),
+            "record rewritten"
+        );
+        drop(db);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn forget_removes_the_host_and_its_history_only() {
+        let dir = tmp("forget");
+        let s = SledStore::open(&dir).unwrap();
+        let a: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let b: Mac = "52:54:00:00:00:02".parse().unwrap();
+        for m in [a, b] {
+            s.put_host(&HostRecord::new(m, 1)).unwrap();
+            s.append_event(
+                m,
+                &Event {
+                    time_ms: 1,
+                    source: EventSource::Admin,
+                    kind: "x".into(),
+                    message: String::new(),
+                },
+            )
+            .unwrap();
+        }
+        assert!(s.remove_host(a).unwrap());
+        assert!(!s.remove_host(a).unwrap());
+        assert!(s.host(a).unwrap().is_none() && s.events(a).unwrap().is_empty());
+        assert!(s.host(b).unwrap().is_some() && s.events(b).unwrap().len() == 1);
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }

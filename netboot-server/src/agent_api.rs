@@ -70,18 +70,10 @@ fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
 }
 
 async fn flush(s: &Shared) -> Result<(), Response> {
-    let store = s.fleet.store_arc();
-    match tokio::task::spawn_blocking(move || store.flush()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store: {e}\n"),
-        )),
-        Err(e) => Err(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store: {e}\n"),
-        )),
-    }
+    s.fleet
+        .durable()
+        .await
+        .map_err(|e| text(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")))
 }
 
 fn transition(
@@ -268,7 +260,8 @@ pub async fn report(
     );
     let stored = rep.clone();
     if let Err(r) = transition(&s, mac, to, now, move |h| {
-        h.last_report = Some(stored.clone())
+        h.last_report = Some(stored.clone());
+        h.reports += 1;
     }) {
         return r;
     }

@@ -10,6 +10,8 @@ pub const INITRD: &str = "initrd.img";
 pub struct BootParams<'a> {
     /// `http://ip:port`
     pub http_base: &'a str,
+    /// `https://ip:port`: the agent API (certificate pinned by the agent).
+    pub https_base: &'a str,
     pub server_ip: std::net::Ipv4Addr,
     pub mac: Mac,
     pub token: &'a str,
@@ -22,8 +24,8 @@ pub struct BootParams<'a> {
 /// The recovery kernel's command line. `initrd=` lets the EFI stub find the initrd under iPXE.
 pub fn kernel_cmdline(p: &BootParams<'_>) -> String {
     let mut s = format!(
-        "initrd={INITRD} unbrick.server={} unbrick.token={} unbrick.mac={} console=tty0 console=ttyS0,115200n8 panic=30",
-        p.http_base, p.token, p.mac
+        "initrd={INITRD} unbrick.server={} unbrick.api={} unbrick.token={} unbrick.mac={} console=tty0 console=ttyS0,115200n8 panic=30",
+        p.http_base, p.https_base, p.token, p.mac
     );
     if !p.extra_cmdline.trim().is_empty() {
         s.push(' ');
@@ -125,6 +127,7 @@ mod tests {
     fn p(ready: bool) -> BootParams<'static> {
         BootParams {
             http_base: "http://10.99.0.1:8080",
+            https_base: "https://10.99.0.1:8443",
             server_ip: "10.99.0.1".parse().unwrap(),
             mac: "52:54:00:12:34:56".parse().unwrap(),
             token: "t0k",
@@ -137,7 +140,7 @@ mod tests {
     fn ipxe_payload_script() {
         let s = ipxe_script(&BootDecision::Payload, &p(true));
         assert!(s.starts_with("#!ipxe\n"));
-        assert!(s.contains("kernel http://10.99.0.1:8080/image/vmlinuz?host=52:54:00:12:34:56 initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.token=t0k"));
+        assert!(s.contains("kernel http://10.99.0.1:8080/image/vmlinuz?host=52:54:00:12:34:56 initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443 unbrick.token=t0k"));
         assert!(s.contains("unbrick.poweroff"));
         assert!(s.contains("initrd --name initrd.img http://10.99.0.1:8080/image/initrd.img"));
         assert!(ipxe_script(&BootDecision::Payload, &p(false)).contains("no recovery image yet"));
@@ -155,7 +158,7 @@ mod tests {
     fn grub_configs() {
         assert!(grub_stub().contains("configfile /grub/host-${net_default_mac}.cfg"));
         let g = grub_config(&BootDecision::Payload, &p(true));
-        assert!(g.contains("linux /vmlinuz initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.token=t0k"));
+        assert!(g.contains("linux /vmlinuz initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443 unbrick.token=t0k"));
         assert!(g.contains("initrd /initrd.img"));
         assert!(grub_config(&BootDecision::LocalBoot, &p(true)).contains("exit"));
     }

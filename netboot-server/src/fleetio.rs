@@ -3,9 +3,31 @@
 //! (TFTP and HTTP only see addresses).
 use crate::dhcp::{Inbound, Outcome};
 use fleet::{BootPolicy, ClientKind, Event, EventSource, HostRecord, HostState, Mac, Store};
+use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// One change to the fleet, as the console's live stream sends it: the host's state after the
+/// change and the event that was recorded (absent when the host was forgotten).
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub mac: Mac,
+    /// State name after the change (`forgotten` when an admin removed the host).
+    pub state: String,
+    pub reason: Option<String>,
+    pub event: Option<Event>,
+}
+
+/// Group commit: many requests that each need "my write is on disk" share one `flush`.
+/// A waiter takes a ticket after its write; a flush started after the ticket covers it.
+struct Committer {
+    tickets: AtomicU64,
+    flushed: AtomicU64,
+    lock: tokio::sync::Mutex<()>,
+}
 
 /// The server is the store's only writer, so host records are cached here and written through:
 /// the DHCP hot path reads and updates a host without decoding it from sled each time.
@@ -16,6 +38,8 @@ pub struct FleetIo {
     hosts: Mutex<HashMap<Mac, HostRecord>>,
     /// The last DHCP event recorded per host, to collapse identical retransmissions.
     recent_dhcp: Mutex<HashMap<Mac, (String, u64)>>,
+    changes: broadcast::Sender<Change>,
+    committer: Committer,
 }
 
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
@@ -34,7 +58,65 @@ impl FleetIo {
             peers: Mutex::new(HashMap::new()),
             hosts: Mutex::new(hosts),
             recent_dhcp: Mutex::new(HashMap::new()),
+            changes: broadcast::channel(4096).0,
+            committer: Committer {
+                tickets: AtomicU64::new(0),
+                flushed: AtomicU64::new(0),
+                lock: tokio::sync::Mutex::new(()),
+            },
         })
+    }
+
+    /// Live changes (for the console's event stream). A slow subscriber misses changes and is
+    /// told so by `RecvError::Lagged`; it should then reload.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    /// Returns once every write made before the call is on disk. Concurrent callers share one
+    /// flush (group commit), so a thousand agents reporting at once cost a few fsyncs, not a
+    /// thousand.
+    pub async fn durable(&self) -> Result<(), fleet::StoreError> {
+        let c = &self.committer;
+        let ticket = c.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let _g = c.lock.lock().await;
+        if c.flushed.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        // Everyone who took a ticket up to now wrote before taking it: this flush covers them.
+        let upto = c.tickets.load(Ordering::SeqCst);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| fleet::StoreError::Rejected(format!("flush task: {e}")))??;
+        c.flushed.fetch_max(upto, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Every host, from the cache (no store read).
+    pub fn hosts(&self) -> Vec<HostRecord> {
+        self.hosts.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Calls `f` on every cached host without copying them.
+    pub fn with_hosts<R>(&self, f: impl FnOnce(&HashMap<Mac, HostRecord>) -> R) -> R {
+        f(&self.hosts.lock().unwrap())
+    }
+
+    /// Forgets a host (record and history). Returns whether it existed.
+    pub fn forget(&self, mac: Mac) -> Result<bool, fleet::StoreError> {
+        let mut hosts = self.hosts.lock().unwrap();
+        let existed = self.store.remove_host(mac)?;
+        let cached = hosts.remove(&mac).is_some();
+        self.recent_dhcp.lock().unwrap().remove(&mac);
+        drop(hosts);
+        let _ = self.changes.send(Change {
+            mac,
+            state: "forgotten".into(),
+            reason: None,
+            event: None,
+        });
+        Ok(existed || cached)
     }
 
     /// Read-modify-write of one host, in the cache and the store together. The closure may
@@ -112,6 +194,22 @@ impl FleetIo {
         };
         if let Err(e) = self.store.append_event(mac, &ev) {
             tracing::error!("store: cannot record event for {mac}: {e}");
+            return;
+        }
+        if self.changes.receiver_count() > 0 {
+            let (state, reason) = match self.hosts.lock().unwrap().get(&mac) {
+                Some(h) => (
+                    h.state.name().to_string(),
+                    h.state.reason().map(str::to_string),
+                ),
+                None => ("unknown".to_string(), None),
+            };
+            let _ = self.changes.send(Change {
+                mac,
+                state,
+                reason,
+                event: Some(ev),
+            });
         }
     }
 

@@ -19,19 +19,17 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/image/{name}", get(artefact).head(artefact))
         .route("/agent/rules.json", get(rules_doc))
         .route("/agent/rules.json.sig", get(rules_sig))
-        .route(
-            "/agent/v1/hello",
-            axum::routing::post(crate::agent_api::hello),
-        )
-        .route(
-            "/agent/v1/step",
-            axum::routing::post(crate::agent_api::step),
-        )
-        .route(
-            "/agent/v1/report",
-            axum::routing::post(crate::agent_api::report),
-        )
         .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(shared)
+}
+
+/// The agent API, mounted on the HTTPS listener only (the agent pins its certificate).
+pub fn agent_router(shared: Arc<Shared>) -> Router {
+    use axum::routing::post;
+    Router::new()
+        .route("/agent/v1/hello", post(crate::agent_api::hello))
+        .route("/agent/v1/step", post(crate::agent_api::step))
+        .route("/agent/v1/report", post(crate::agent_api::report))
         .with_state(shared)
 }
 

@@ -14,6 +14,7 @@ pub mod http;
 pub mod image;
 pub mod net;
 pub mod tftp;
+pub mod tls;
 
 use fleet::{BootPolicy, BootQuery, ClientKind, EventSource, Mac, Store};
 use fleetio::FleetIo;
@@ -58,6 +59,10 @@ pub struct ServerConfig {
     pub dns: Vec<Ipv4Addr>,
     pub lease_secs: u32,
     pub http_port: u16,
+    /// HTTPS (agent API, console, admin API) with the certificate `tls_cert`/`tls_key`.
+    pub https_port: u16,
+    pub tls_cert: std::path::PathBuf,
+    pub tls_key: std::path::PathBuf,
     pub tftp_port: u16,
     /// Non-standard DHCP ports, for tests only.
     pub dhcp_ports: Option<(u16, u16)>,
@@ -75,6 +80,8 @@ pub struct Shared {
     pub image: Arc<Image>,
     pub rules: Option<SignedRules>,
     pub http_base: String,
+    /// `https://ip:port` of the agent API (put on the kernel command line).
+    pub https_base: String,
     pub server_ip: Ipv4Addr,
     pub extra_cmdline: String,
 }
@@ -116,6 +123,7 @@ impl Shared {
         let ready = self.image.payload_ready();
         let params = boot::BootParams {
             http_base: &self.http_base,
+            https_base: &self.https_base,
             server_ip: self.server_ip,
             mac,
             token: &token,
@@ -185,6 +193,7 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
     pub tftp_addr: SocketAddr,
     pub store: Arc<dyn Store>,
 }
@@ -203,11 +212,13 @@ impl RunningServer {
 }
 
 /// Validates the configuration, loads and verifies the image and rules, binds every socket, and
-/// starts serving. Errors are one line each, for the admin.
+/// starts serving. `console` adds routes (the web console and admin API) to both HTTP and HTTPS;
+/// it gets the fleet the server writes through. Errors are one line each, for the admin.
 pub async fn start(
     cfg: ServerConfig,
     store: Arc<dyn Store>,
     policy: Arc<dyn BootPolicy>,
+    console: impl FnOnce(Arc<FleetIo>) -> axum::Router,
 ) -> Result<RunningServer, String> {
     let iface = net::find_interface(&cfg.interface)?;
     let server_ip = cfg.server_ip.unwrap_or(iface.addr);
@@ -253,7 +264,9 @@ pub async fn start(
         rules.rules.expires
     );
 
+    let tls = tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
     let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
+    let https_addr = SocketAddrV4::new(server_ip, cfg.https_port);
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
     let fleet = Arc::new(FleetIo::new(store.clone(), policy).map_err(|e| e.to_string())?);
     let shared = Arc::new(Shared {
@@ -261,6 +274,7 @@ pub async fn start(
         image: Arc::new(image),
         rules: Some(rules),
         http_base: http_base.clone(),
+        https_base: format!("https://{server_ip}:{}", cfg.https_port),
         server_ip,
         extra_cmdline: cfg.extra_cmdline.clone(),
     });
@@ -272,6 +286,11 @@ pub async fn start(
         .await
         .map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let tls_listener = tokio::net::TcpListener::bind(https_addr)
+        .await
+        .map_err(|e| net::bind_error("HTTPS", https_addr, &e))?;
+    let https_addr = tls_listener.local_addr().map_err(|e| e.to_string())?;
+    let tls_listener = tls::TlsListener::new(tls_listener, tls).map_err(|e| e.to_string())?;
     let (rec_tx, mut rec_rx) = mpsc::unbounded_channel();
     let tftp_bind = SocketAddrV4::new(server_ip, cfg.tftp_port);
     let tftp = tftp::server::TftpServer::bind(
@@ -322,21 +341,41 @@ pub async fn start(
         }
     };
 
-    let app = http::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let mut srx = rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let stop = async move {
-            while srx.changed().await.is_ok() {
-                if *srx.borrow() {
-                    break;
-                }
+    let console = console(fleet.clone());
+    // Plain HTTP: boot scripts and artefacts (firmware speaks nothing else), the console and the
+    // admin API. HTTPS: the same plus the agent API, which is served nowhere else.
+    let app = http::router(shared.clone())
+        .merge(console.clone())
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let tls_app = http::router(shared.clone())
+        .merge(http::agent_router(shared.clone()))
+        .merge(console)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let stop = |mut srx: watch::Receiver<bool>| async move {
+        while srx.changed().await.is_ok() {
+            if *srx.borrow() {
+                break;
             }
-        };
+        }
+    };
+    let srx = rx.clone();
+    tasks.push(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
+            .with_graceful_shutdown(stop(srx))
             .await
         {
             tracing::error!("HTTP server: {e}");
+        }
+    }));
+    let srx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        // tap_io: axum provides the peer address (ConnectInfo) for tapped custom listeners.
+        use axum::serve::ListenerExt;
+        if let Err(e) = axum::serve(tls_listener.tap_io(|_| {}), tls_app)
+            .with_graceful_shutdown(stop(srx))
+            .await
+        {
+            tracing::error!("HTTPS server: {e}");
         }
     }));
     tasks.push(tokio::spawn(tftp.run(rx.clone(), Duration::from_secs(10))));
@@ -397,17 +436,19 @@ pub async fn start(
         }
     }));
     tracing::info!(
-        "serving on {} ({}): DHCP {:?}, TFTP {}, HTTP {}",
+        "serving on {} ({}): DHCP {:?}, TFTP {}, HTTP {}, HTTPS {}",
         iface.name,
         server_ip,
         cfg.dhcp,
         tftp_addr,
-        http_addr
+        http_addr,
+        https_addr
     );
     Ok(RunningServer {
         shutdown: tx,
         tasks,
         http_addr,
+        https_addr,
         tftp_addr,
         store,
     })

@@ -29,11 +29,25 @@ struct Ctx {
     cmd: Cmdline,
     mac: String,
     start: Instant,
+    /// `https://ip:port` of the agent API and the certificate fingerprint pinned for it.
+    api: String,
+    pin: String,
 }
 
 impl Ctx {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.cmd.server)
+    }
+
+    fn api_url(&self, path: &str) -> String {
+        format!("{}{path}", self.api)
+    }
+
+    fn opts(&self) -> http::Options<'_> {
+        http::Options {
+            pin: Some(&self.pin),
+            ..Default::default()
+        }
     }
 
     fn step(&self, step: &str, message: &str) {
@@ -46,11 +60,12 @@ impl Ctx {
         })
         .unwrap_or_default();
         // Steps are best effort: the final report carries everything that matters.
-        let _ = http::request(
+        let _ = http::request_with(
             "POST",
-            &self.url("/agent/v1/step"),
+            &self.api_url("/agent/v1/step"),
             Some(&body),
             Duration::from_secs(5),
+            &self.opts(),
         );
     }
 }
@@ -400,7 +415,13 @@ fn post_json<T: serde::Serialize>(
     let mut delay = Duration::from_millis(500);
     let mut last = String::new();
     for _ in 0..tries {
-        match http::request("POST", &ctx.url(path), Some(&data), Duration::from_secs(10)) {
+        match http::request_with(
+            "POST",
+            &ctx.api_url(path),
+            Some(&data),
+            Duration::from_secs(10),
+            &ctx.opts(),
+        ) {
             Ok(r) if r.status == 200 => return Ok(r.body),
             // A refusal (bad token, wrong host) will not change by retrying.
             Ok(r) if (400..500).contains(&r.status) => {
@@ -697,10 +718,19 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     if let Some(r) = lease.router {
         let _ = crate::sys::default_route(r);
     }
+    let pin = cfg.server_cert_sha256.clone().ok_or(
+        "this image has no server certificate fingerprint; rebuild it with `unbrick image build`",
+    )?;
+    let api = cmd
+        .api
+        .clone()
+        .ok_or("the kernel command line has no unbrick.api= (the HTTPS agent API)")?;
     let ctx = Ctx {
         cmd,
         mac: mac.clone(),
         start,
+        api,
+        pin,
     };
     say(&format!("{nic} ({mac}) has {}/{}", lease.ip, lease.mask));
     let hello = Hello {

@@ -12,6 +12,8 @@ pub struct BuildInput<'a> {
     pub agent: &'a Path,
     pub public_key: &'a signing::PublicKey,
     pub image_version: &'a str,
+    /// `sha256:<hex>` of the server's TLS certificate, pinned by the agent.
+    pub server_cert_sha256: Option<String>,
 }
 
 pub struct Built {
@@ -184,6 +186,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
             .iter()
             .map(|s| s.to_string())
             .collect(),
+        server_cert_sha256: input.server_cert_sha256.clone(),
     };
     a.file(
         crate::AGENT_CONFIG_PATH,

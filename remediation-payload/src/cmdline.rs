@@ -12,6 +12,8 @@ pub enum DirtyPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
     pub server: String,
+    /// `https://ip:port` of the agent API (`unbrick.api=`).
+    pub api: Option<String>,
     pub token: String,
     pub mac: Option<String>,
     pub poweroff: bool,
@@ -21,6 +23,7 @@ pub struct Cmdline {
 impl Cmdline {
     pub fn parse(text: &str) -> Result<Cmdline, String> {
         let mut server = None;
+        let mut api = None;
         let mut token = None;
         let mut mac = None;
         let mut poweroff = false;
@@ -29,6 +32,7 @@ impl Cmdline {
             let (k, v) = word.split_once('=').unwrap_or((word, ""));
             match k {
                 "unbrick.server" => server = Some(v.trim_end_matches('/').to_string()),
+                "unbrick.api" => api = Some(v.trim_end_matches('/').to_string()),
                 "unbrick.token" => token = Some(v.to_string()),
                 "unbrick.mac" => mac = Some(v.to_ascii_lowercase()),
                 "unbrick.poweroff" => poweroff = true,
@@ -45,9 +49,15 @@ impl Cmdline {
         if !server.starts_with("http://") && !server.starts_with("https://") {
             return Err(format!("unbrick.server={server} is not an http:// URL"));
         }
+        if let Some(a) = &api {
+            if !a.starts_with("https://") {
+                return Err(format!("unbrick.api={a} is not an https:// URL"));
+            }
+        }
         let token = token.ok_or("the kernel command line has no unbrick.token=")?;
         Ok(Cmdline {
             server,
+            api,
             token,
             mac,
             poweroff,
@@ -71,5 +81,10 @@ mod tests {
             .unwrap_err()
             .contains("unbrick.server"));
         assert!(Cmdline::parse("unbrick.server=ftp://x unbrick.token=t").is_err());
+        let c = Cmdline::parse("unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443/ unbrick.token=t").unwrap();
+        assert_eq!(c.api.as_deref(), Some("https://10.99.0.1:8443"));
+        assert!(Cmdline::parse("unbrick.server=http://a unbrick.api=http://10.99.0.1:8443 unbrick.token=t")
+            .unwrap_err()
+            .contains("https"));
     }
 }

@@ -30,6 +30,10 @@ pub struct AgentConfig {
     pub aliases: Vec<(String, String)>,
     /// Loaded whatever the hardware.
     pub always: Vec<String>,
+    /// `sha256:<hex>` of the server's TLS certificate: the agent API is only spoken over
+    /// HTTPS to the server holding it.
+    #[serde(default)]
+    pub server_cert_sha256: Option<String>,
 }
 
 pub const AGENT_CONFIG_PATH: &str = "etc/unbrick/agent.json";

@@ -94,7 +94,7 @@ fn run(
         &inb,
         Via { port, src },
         host,
-        &DefaultPolicy,
+        &DefaultPolicy::default(),
         &cfg(mode),
         pool,
         1_000,
@@ -182,7 +182,7 @@ fn proxy_offers_boot_files_per_client_kind() {
             src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68),
         },
         None,
-        &DefaultPolicy,
+        &DefaultPolicy::default(),
         &c,
         None,
         0,
@@ -291,7 +291,7 @@ fn relayed_requests_go_back_to_the_relay() {
             src: SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67),
         },
         None,
-        &DefaultPolicy,
+        &DefaultPolicy::default(),
         &cfg(Mode::Proxy),
         None,
         0,
@@ -316,7 +316,7 @@ fn relayed_requests_go_back_to_the_relay() {
             src: SocketAddrV4::new(Ipv4Addr::new(10, 50, 0, 1), 67),
         },
         None,
-        &DefaultPolicy,
+        &DefaultPolicy::default(),
         &cfg(Mode::Full),
         Some(&mut pool),
         0,
@@ -525,7 +525,7 @@ proptest! {
             let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
             for port in [67, PXE_PORT] {
                 for mode in [Mode::Proxy, Mode::Full] {
-                    let _ = decide(&inb, Via { port, src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68) }, None, &DefaultPolicy, &cfg(mode), Some(&mut pool), 0);
+                    let _ = decide(&inb, Via { port, src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68) }, None, &DefaultPolicy::default(), &cfg(mode), Some(&mut pool), 0);
                 }
             }
         }
@@ -545,7 +545,7 @@ proptest! {
         bytes.splice(end..end, tail);
         if let Ok(inb) = parse(&bytes) {
             let mut pool = LeasePool::new(Ipv4Addr::new(10, 99, 0, 100), Ipv4Addr::new(10, 99, 0, 110), SERVER, vec![]);
-            let o = decide(&inb, Via { port: 67, src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68) }, None, &DefaultPolicy, &cfg(Mode::Full), Some(&mut pool), 0);
+            let o = decide(&inb, Via { port: 67, src: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68) }, None, &DefaultPolicy::default(), &cfg(Mode::Full), Some(&mut pool), 0);
             if let Some(r) = o.reply {
                 let mut buf = Vec::new();
                 r.msg.encode(&mut Encoder::new(&mut buf)).unwrap();

@@ -1,0 +1,374 @@
+//! `unbrick hosts ...`: against the running server's admin API (`--server URL --token T`), or,
+//! without `--server`, directly on the data directory's store (the server must be stopped: sled
+//! allows one process).
+use crate::config::DataDir;
+use crate::{Fail, HostsCmd, Target};
+use fleet::Store as _;
+use remediation_payload::http;
+use std::path::Path;
+use std::time::Duration;
+use web_console::query;
+
+struct Api {
+    base: String,
+    token: String,
+    pin: Option<String>,
+}
+
+impl Api {
+    fn from(t: &Target) -> Result<Option<Api>, Fail> {
+        let Some(server) = &t.server else {
+            return Ok(None);
+        };
+        let token = t.token.clone().ok_or_else(|| {
+            Fail("--server needs --token (or UNBRICK_TOKEN); make one with `unbrick tokens create --name NAME`".into())
+        })?;
+        let base = server.trim_end_matches('/').to_string();
+        let pin = if base.starts_with("https://") {
+            Some(match &t.fingerprint {
+                Some(f) => f.clone(),
+                None => netboot_server::tls::cert_fingerprint(&DataDir(t.data_dir.clone()).tls_cert())
+                    .map_err(|e| Fail(format!("{e}; pass --fingerprint sha256:... (printed by `unbrick init` and in the server log) for https")))?,
+            })
+        } else {
+            None
+        };
+        Ok(Some(Api { base, token, pin }))
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+    ) -> Result<Vec<u8>, Fail> {
+        let url = format!("{}{path}", self.base);
+        let opts = http::Options {
+            pin: self.pin.as_deref(),
+            headers: vec![("Authorization", format!("Bearer {}", self.token))],
+            content_type: body.map(|b| b.1),
+        };
+        let r = http::request_with(
+            method,
+            &url,
+            body.map(|b| b.0),
+            Duration::from_secs(60),
+            &opts,
+        )
+        .map_err(|e| Fail(format!("{url}: {e}")))?;
+        if !(200..300).contains(&r.status) {
+            let msg = serde_json::from_slice::<serde_json::Value>(&r.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&r.body).trim().to_string());
+            // An import that refused every row still has its per-line errors to show.
+            if r.status == 422 {
+                return Err(Fail(format!(
+                    "nothing imported:\n{}",
+                    import_errors(&r.body)
+                )));
+            }
+            return Err(Fail(format!("{method} {path}: {} {msg}", r.status)));
+        }
+        Ok(r.body)
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<(&[u8], &str)>) -> Result<serde_json::Value, Fail> {
+        let b = self.call(method, path, body)?;
+        serde_json::from_slice(&b).map_err(|e| Fail(format!("{path}: the server sent bad JSON: {e}")))
+    }
+}
+
+fn import_errors(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    v["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| format!("  line {}: {}", e["line"], e["error"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+fn open_store(data_dir: &Path) -> Result<fleet::SledStore, Fail> {
+    let d = DataDir(data_dir.to_path_buf());
+    if !d.store().exists() {
+        return Err(Fail(format!(
+            "{} has no store; run `unbrick init --data-dir {}`",
+            data_dir.display(),
+            data_dir.display()
+        )));
+    }
+    fleet::SledStore::open(&d.store()).map_err(|e| {
+        Fail(format!(
+            "{e} (while `unbrick serve` runs it holds the store: pass --server http://IP:8080 --token T to ask its API)"
+        ))
+    })
+}
+
+fn table_header() {
+    println!(
+        "{:<17}  {:<16}  {:<15}  {:<20}  {:>5}  {:<16}  REASON",
+        "MAC", "STATE", "IP", "LAST SEEN", "BOOTS", "HOSTNAME"
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn table_row(mac: &str, state: &str, ip: &str, last: &str, boots: u64, host: &str, reason: &str) {
+    println!("{mac:<17}  {state:<16}  {ip:<15}  {last:<20}  {boots:>5}  {host:<16}  {reason}");
+}
+
+fn s(v: &serde_json::Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
+    match h {
+        HostsCmd::List {
+            target,
+            state,
+            site,
+            tag,
+            search,
+            json,
+        } => {
+            let filter = query::Filter {
+                state,
+                site,
+                tag,
+                q: search,
+                page: None,
+                per_page: None,
+            };
+            filter.validate().map_err(Fail)?;
+            if let Some(api) = Api::from(&target)? {
+                let mut all = Vec::new();
+                let mut page = 1;
+                loop {
+                    let mut qs = form_urlencoded::Serializer::new(String::new());
+                    for (k, v) in [("state", &filter.state), ("site", &filter.site), ("tag", &filter.tag), ("q", &filter.q)] {
+                        if let Some(v) = v {
+                            qs.append_pair(k, v);
+                        }
+                    }
+                    qs.append_pair("per_page", "500");
+                    qs.append_pair("page", &page.to_string());
+                    let v = api.json("GET", &format!("/api/v1/hosts?{}", qs.finish()), None)?;
+                    all.extend(v["hosts"].as_array().cloned().unwrap_or_default());
+                    if page >= v["pages"].as_u64().unwrap_or(1) as usize {
+                        break;
+                    }
+                    page += 1;
+                }
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&all)?);
+                    return Ok(());
+                }
+                table_header();
+                for h in &all {
+                    table_row(
+                        s(&h["mac"]),
+                        s(&h["state"]),
+                        s(&h["ip"]),
+                        s(&h["last_seen"]),
+                        h["payload_boots"].as_u64().unwrap_or(0),
+                        s(&h["hostname"]),
+                        h["reason"].as_str().unwrap_or(""),
+                    );
+                }
+                println!("{} hosts", all.len());
+                return Ok(());
+            }
+            let store = open_store(&target.data_dir)?;
+            let hosts = store.hosts()?;
+            let mut hits: Vec<_> = hosts.iter().filter(|h| filter.matches(h)).collect();
+            hits.sort_by_key(|h| h.mac);
+            if json {
+                let views: Vec<_> = hits.iter().map(|h| web_console::api::view(h)).collect();
+                println!("{}", serde_json::to_string_pretty(&views)?);
+                return Ok(());
+            }
+            table_header();
+            for h in &hits {
+                table_row(
+                    &h.mac.to_string(),
+                    h.state.name(),
+                    &h.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    &query::iso(h.last_seen_ms),
+                    h.payload_boots as u64,
+                    h.hostname.as_deref().unwrap_or("-"),
+                    h.state.reason().unwrap_or(""),
+                );
+            }
+            println!("{} hosts", hits.len());
+        }
+        HostsCmd::Show { mac, target, json } => {
+            let mac: fleet::Mac = mac.parse().map_err(Fail)?;
+            let v = if let Some(api) = Api::from(&target)? {
+                api.json("GET", &format!("/api/v1/hosts/{mac}"), None)?
+            } else {
+                let store = open_store(&target.data_dir)?;
+                let host = store
+                    .host(mac)?
+                    .ok_or_else(|| Fail(format!("no host {mac} in the store")))?;
+                let events = store.events(mac)?;
+                serde_json::json!({
+                    "host": web_console::api::view(&host),
+                    "events": events.iter().map(web_console::api::event_view).collect::<Vec<_>>(),
+                })
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let h = &v["host"];
+            println!(
+                "{}  {}  state {}{}  since {}",
+                s(&h["mac"]),
+                h["hostname"].as_str().unwrap_or(""),
+                s(&h["state"]),
+                h["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default(),
+                s(&h["state_since"])
+            );
+            for f in h["last_report"]["files"].as_array().into_iter().flatten() {
+                println!(
+                    "  file  {} {}:{} sha256 {}",
+                    s(&f["action"]),
+                    s(&f["volume"]),
+                    s(&f["path"]),
+                    s(&f["sha256"])
+                );
+            }
+            for e in v["events"].as_array().into_iter().flatten() {
+                println!(
+                    "  {}  {:<6}  {:<14}  {}",
+                    s(&e["time"]),
+                    s(&e["source"]),
+                    s(&e["kind"]),
+                    s(&e["message"])
+                );
+            }
+        }
+        HostsCmd::Import { file, target } => {
+            let data = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let is_json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            if let Some(api) = Api::from(&target)? {
+                let ct = if is_json { "application/json" } else { "text/csv" };
+                let v = api.json("POST", "/api/v1/hosts/import", Some((&data, ct)))?;
+                println!(
+                    "{} created, {} updated, {} rows refused",
+                    v["created"], v["updated"], v["errors"].as_array().map(Vec::len).unwrap_or(0)
+                );
+                let errs = import_errors(&serde_json::to_vec(&v)?);
+                if !errs.is_empty() {
+                    println!("{errs}");
+                }
+                return Ok(());
+            }
+            let text = String::from_utf8(data).map_err(|_| Fail(format!("{}: not UTF-8 text", file.display())))?;
+            let (rows, errors) = if is_json { query::parse_json(&text) } else { query::parse_csv(&text) }.map_err(Fail)?;
+            let store = open_store(&target.data_dir)?;
+            let now = netboot_server::now_ms();
+            let (mut created, mut updated) = (0, 0);
+            for r in &rows {
+                let existed = store.host(r.mac)?.is_some();
+                store.update_host(r.mac, now, &mut |h| {
+                    if r.hostname.is_some() {
+                        h.hostname = r.hostname.clone();
+                    }
+                    if r.site.is_some() {
+                        h.site = r.site.clone();
+                    }
+                    if !r.tags.is_empty() {
+                        h.tags = r.tags.clone();
+                    }
+                    Ok(())
+                })?;
+                store.append_event(r.mac, &fleet::Event { time_ms: now, source: fleet::EventSource::Admin, kind: "import".into(), message: format!("inventory imported from {} by the CLI", file.display()) })?;
+                if existed { updated += 1 } else { created += 1 }
+            }
+            store.audit(&fleet::store::AuditEntry { time_ms: now, actor: "cli".into(), action: "import".into(), detail: format!("{created} created, {updated} updated, {} rows refused ({})", errors.len(), file.display()) })?;
+            store.flush()?;
+            println!("{created} created, {updated} updated, {} rows refused", errors.len());
+            for e in &errors {
+                println!("  line {}: {}", e.line, e.error);
+            }
+            if rows.is_empty() && !errors.is_empty() {
+                return Err(Fail("nothing imported".into()));
+            }
+        }
+        HostsCmd::Retry { macs, target } => {
+            if let Some(api) = Api::from(&target)? {
+                let body = serde_json::to_vec(&serde_json::json!({"action": "retry", "macs": macs}))?;
+                let v = api.json("POST", "/api/v1/hosts/actions", Some((&body, "application/json")))?;
+                for r in v["results"].as_array().into_iter().flatten() {
+                    println!("{}  {}  {}", s(&r["mac"]), if r["ok"].as_bool() == Some(true) { "ok    " } else { "REFUSED" }, s(&r["message"]));
+                }
+                if v["failed"].as_u64().unwrap_or(0) > 0 {
+                    return Err(Fail(format!("{} of {} hosts refused", v["failed"], macs.len())));
+                }
+                return Ok(());
+            }
+            let store = open_store(&target.data_dir)?;
+            let now = netboot_server::now_ms();
+            let mut failed = 0;
+            for m in &macs {
+                let mac: fleet::Mac = match m.parse() {
+                    Ok(m) => m,
+                    Err(e) => {
+                        println!("{m}  REFUSED  {e}");
+                        failed += 1;
+                        continue;
+                    }
+                };
+                if store.host(mac)?.is_none() {
+                    println!("{mac}  REFUSED  unknown host");
+                    failed += 1;
+                    continue;
+                }
+                let mut from = "";
+                store.update_host(mac, now, &mut |h| {
+                    from = h.state.name();
+                    h.reset_for_retry(now);
+                    h.skipped = false;
+                    h.approved = true;
+                    Ok(())
+                })?;
+                store.append_event(mac, &fleet::Event { time_ms: now, source: fleet::EventSource::Admin, kind: "state".into(), message: format!("{from} -> seen: retry from the CLI") })?;
+                println!("{mac}  ok      {from} -> seen");
+            }
+            store.audit(&fleet::store::AuditEntry { time_ms: now, actor: "cli".into(), action: "retry".into(), detail: format!("{} hosts, {failed} refused", macs.len()) })?;
+            store.flush()?;
+            if failed > 0 {
+                return Err(Fail(format!("{failed} of {} hosts refused", macs.len())));
+            }
+        }
+        HostsCmd::Export { target, format, out } => {
+            let data = if let Some(api) = Api::from(&target)? {
+                api.call("GET", &format!("/api/v1/export?format={format}"), None)?
+            } else {
+                let store = open_store(&target.data_dir)?;
+                let mut rows: Vec<_> = store.hosts()?.iter().map(query::report_row).collect();
+                rows.sort_by(|a, b| a.mac.cmp(&b.mac));
+                if format == "csv" {
+                    query::export_csv(&rows).into_bytes()
+                } else {
+                    serde_json::to_vec_pretty(&rows)?
+                }
+            };
+            match out {
+                Some(p) => {
+                    std::fs::write(&p, &data).map_err(|e| Fail(format!("{}: {e}", p.display())))?;
+                    eprintln!("wrote {} ({} bytes)", p.display(), data.len());
+                }
+                None => {
+                    use std::io::Write;
+                    std::io::stdout().write_all(&data)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,713 @@
+//! The admin API handlers (`/api/v1`). Bodies and queries are parsed by hand from the raw request
+//! so that every malformed input gets a 4xx with a reason (never axum's plain-text rejection or
+//! a 500).
+use crate::auth::{caller, error, Caller};
+use crate::query::{self, Filter, HostImport, RowError};
+use crate::Console;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleet::{EventSource, HostRecord, HostState, Mac};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Res = Result<Response, Response>;
+
+fn done(r: Res) -> Response {
+    r.unwrap_or_else(|e| e)
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::OPENAPI,
+    )
+        .into_response()
+}
+
+fn now() -> u64 {
+    netboot_server::now_ms()
+}
+
+/// Parses a query string into key/value pairs, allowing only `known` keys, each once.
+#[allow(clippy::result_large_err)]
+pub fn parse_query(
+    q: Option<&str>,
+    known: &[&str],
+) -> Result<std::collections::HashMap<String, String>, Response> {
+    let mut m = std::collections::HashMap::new();
+    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+        if !known.contains(&k.as_ref()) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown query parameter {k:?}; known: {}", known.join(", ")),
+            ));
+        }
+        if m.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {k} given twice"),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// The host-table filter from a query string.
+#[allow(clippy::result_large_err)]
+pub fn parse_filter(q: Option<&str>) -> Result<Filter, Response> {
+    let mut m = parse_query(q, &["state", "site", "tag", "q", "page", "per_page"])?;
+    let num = |m: &mut std::collections::HashMap<String, String>, k: &str| {
+        m.remove(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<usize>().map_err(|_| {
+                    error(
+                        StatusCode::BAD_REQUEST,
+                        format!("{k}={v:?} is not a positive whole number"),
+                    )
+                })
+            })
+            .transpose()
+    };
+    let f = Filter {
+        page: num(&mut m, "page")?,
+        per_page: num(&mut m, "per_page")?,
+        state: m.remove("state"),
+        site: m.remove("site"),
+        tag: m.remove("tag"),
+        q: m.remove("q"),
+    };
+    f.validate().map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    Ok(f)
+}
+
+/// The view of a host the API returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostView {
+    pub mac: String,
+    pub hostname: Option<String>,
+    pub site: Option<String>,
+    pub tags: Vec<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub state_since: String,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub ip: Option<String>,
+    pub uuid: Option<String>,
+    pub serial: Option<String>,
+    pub client: Option<String>,
+    pub payload_boots: u32,
+    pub approved: bool,
+    pub skipped: bool,
+    pub notes: String,
+    pub protector_ids: Vec<String>,
+    pub last_report: Option<ReportView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportView {
+    pub result: String,
+    pub reason: Option<String>,
+    pub volumes: Vec<fleet::agent::VolumeReport>,
+    pub files: Vec<fleet::agent::FileRecord>,
+    pub rules_id: Option<String>,
+    pub rules_version: Option<u64>,
+    pub agent_ms: u64,
+}
+
+pub fn view(h: &HostRecord) -> HostView {
+    HostView {
+        mac: h.mac.to_string(),
+        hostname: h.hostname.clone(),
+        site: h.site.clone(),
+        tags: h.tags.clone(),
+        state: h.state.name().to_string(),
+        reason: h.state.reason().map(str::to_string),
+        state_since: query::iso(h.state_since_ms),
+        first_seen: query::iso(h.first_seen_ms),
+        last_seen: query::iso(h.last_seen_ms),
+        ip: h.ip.map(|i| i.to_string()),
+        uuid: h.uuid.clone(),
+        serial: h.serial.clone(),
+        client: h.last_kind.map(netboot_server::fleetio::kind_name),
+        payload_boots: h.payload_boots,
+        approved: h.approved,
+        skipped: h.skipped,
+        notes: h.notes.clone(),
+        protector_ids: h.protector_ids.clone(),
+        last_report: h.last_report.as_ref().map(|r| ReportView {
+            result: format!("{:?}", r.result).to_lowercase(),
+            reason: r.reason.clone(),
+            volumes: r.volumes.clone(),
+            files: r.files.clone(),
+            rules_id: r.rules_id.clone(),
+            rules_version: r.rules_version,
+            agent_ms: r.agent_ms,
+        }),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub time: String,
+    pub time_ms: u64,
+    pub source: EventSource,
+    pub kind: String,
+    pub message: String,
+}
+
+pub fn event_view(e: &fleet::Event) -> EventView {
+    EventView {
+        time: query::iso(e.time_ms),
+        time_ms: e.time_ms,
+        source: e.source,
+        kind: e.kind.clone(),
+        message: e.message.clone(),
+    }
+}
+
+pub async fn summary(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    done((|| {
+        caller(&c, &Method::GET, &headers)?;
+        Ok(Json(c.fleet.with_hosts(|h| query::summary(h.values()))).into_response())
+    })())
+}
+
+pub async fn list_hosts(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    done((|| {
+        caller(&c, &Method::GET, &headers)?;
+        let f = parse_filter(q.as_deref())?;
+        let p = c.fleet.with_hosts(|h| query::page(h.values(), &f));
+        let out = query::Page {
+            total: p.total,
+            page: p.page,
+            per_page: p.per_page,
+            pages: p.pages,
+            hosts: p.hosts.iter().map(view).collect::<Vec<_>>(),
+        };
+        Ok(Json(out).into_response())
+    })())
+}
+
+#[allow(clippy::result_large_err)]
+pub fn parse_mac(s: &str) -> Result<Mac, Response> {
+    s.parse()
+        .map_err(|e: String| error(StatusCode::BAD_REQUEST, e))
+}
+
+#[derive(Serialize)]
+struct Detail {
+    host: HostView,
+    events: Vec<EventView>,
+}
+
+pub async fn host_detail(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    let r = async {
+        caller(&c, &Method::GET, &headers)?;
+        let mac = parse_mac(&mac)?;
+        let host = c
+            .fleet
+            .host(mac)
+            .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("no host {mac}")))?;
+        let events = store_events(&c, mac).await?;
+        Ok(Json(Detail {
+            host: view(&host),
+            events: events.iter().map(event_view).collect(),
+        })
+        .into_response())
+    };
+    done(r.await)
+}
+
+/// A host's history from the store (off the async threads).
+pub async fn store_events(c: &Console, mac: Mac) -> Result<Vec<fleet::Event>, Response> {
+    let store = c.fleet.store_arc();
+    tokio::task::spawn_blocking(move || store.events(mac))
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportResult {
+    pub created: usize,
+    pub updated: usize,
+    pub errors: Vec<RowError>,
+}
+
+/// Applies validated import rows: creates or updates the hosts (inventory fields only; their
+/// state is untouched), records an event each and one audit entry, and waits for the disk.
+pub async fn apply_import(
+    c: &Console,
+    actor: &str,
+    rows: Vec<HostImport>,
+    errors: Vec<RowError>,
+) -> Result<ImportResult, Response> {
+    let now = now();
+    let (mut created, mut updated) = (0, 0);
+    for r in &rows {
+        let existed = c.fleet.host(r.mac).is_some();
+        c.fleet
+            .update(r.mac, now, &mut |h| {
+                if r.hostname.is_some() {
+                    h.hostname = r.hostname.clone();
+                }
+                if r.site.is_some() {
+                    h.site = r.site.clone();
+                }
+                if !r.tags.is_empty() {
+                    h.tags = r.tags.clone();
+                }
+                Ok(())
+            })
+            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+        c.fleet.event(
+            r.mac,
+            EventSource::Admin,
+            "import",
+            format!(
+                "inventory imported by {actor}: hostname {}, site {}, tags {}",
+                r.hostname.as_deref().unwrap_or("-"),
+                r.site.as_deref().unwrap_or("-"),
+                if r.tags.is_empty() {
+                    "-".into()
+                } else {
+                    r.tags.join(",")
+                }
+            ),
+            now,
+        );
+        if existed {
+            updated += 1
+        } else {
+            created += 1
+        }
+    }
+    record_audit(
+        c,
+        actor,
+        "import",
+        format!(
+            "{created} created, {updated} updated, {} rows refused",
+            errors.len()
+        ),
+    )?;
+    c.fleet
+        .durable()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+    Ok(ImportResult {
+        created,
+        updated,
+        errors,
+    })
+}
+
+#[allow(clippy::result_large_err)]
+fn record_audit(c: &Console, actor: &str, action: &str, detail: String) -> Result<(), Response> {
+    c.fleet
+        .store()
+        .audit(&fleet::store::AuditEntry {
+            time_ms: now(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            detail,
+        })
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+}
+
+/// Largest request body the API reads (a 100,000-host CSV is ~5 MB).
+pub const MAX_BODY: usize = 16 << 20;
+
+#[allow(clippy::result_large_err)]
+pub fn parse_import(content_type: &str, body: &[u8]) -> Result<(Vec<HostImport>, Vec<RowError>), Response> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))?;
+    let ct = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let parsed = match ct.as_str() {
+        "text/csv" | "application/csv" | "text/plain" => query::parse_csv(text),
+        "application/json" => query::parse_json(text),
+        other => {
+            return Err(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type {other:?}: send text/csv or application/json"),
+            ))
+        }
+    };
+    parsed.map_err(|e| error(StatusCode::BAD_REQUEST, e))
+}
+
+pub async fn import_hosts(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let who = caller(&c, &Method::POST, &headers)?;
+        let ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let (rows, errors) = parse_import(ct, &body)?;
+        if rows.is_empty() && !errors.is_empty() {
+            return Err((
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(ImportResult {
+                    created: 0,
+                    updated: 0,
+                    errors,
+                }),
+            )
+                .into_response());
+        }
+        let res = apply_import(&c, &who.actor, rows, errors).await?;
+        Ok(Json(res).into_response())
+    };
+    done(r.await)
+}
+
+/// The bulk actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Allow the payload (when the site requires approval).
+    Approve,
+    /// Run the payload again on the next network boot, whatever happened before.
+    Retry,
+    /// Leave the machine alone: it boots locally and never gets the payload.
+    Skip,
+    /// An admin fixed it by other means: recovered.
+    MarkDone,
+    /// Remove the host and its history.
+    Forget,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    pub action: Action,
+    pub macs: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionOutcome {
+    pub mac: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionResult {
+    pub action: Action,
+    pub ok: usize,
+    pub failed: usize,
+    pub results: Vec<ActionOutcome>,
+}
+
+pub const MAX_BULK: usize = 20_000;
+
+/// Runs one action on many hosts; each host's result is reported, one audit entry in all.
+pub async fn apply_action(
+    c: &Console,
+    actor: &str,
+    action: Action,
+    macs: &[String],
+) -> Result<ActionResult, Response> {
+    if macs.is_empty() {
+        return Err(error(StatusCode::BAD_REQUEST, "no hosts given (macs is empty)"));
+    }
+    if macs.len() > MAX_BULK {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("at most {MAX_BULK} hosts per request"),
+        ));
+    }
+    let now = now();
+    let mut results = Vec::with_capacity(macs.len());
+    for m in macs {
+        let out = match m.parse::<Mac>() {
+            Err(e) => ActionOutcome {
+                mac: m.clone(),
+                ok: false,
+                message: e,
+            },
+            Ok(mac) => one_action(c, actor, action, mac, now),
+        };
+        results.push(out);
+    }
+    let ok = results.iter().filter(|r| r.ok).count();
+    let failed = results.len() - ok;
+    let name = serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let sample: Vec<&str> = results
+        .iter()
+        .filter(|r| r.ok)
+        .take(20)
+        .map(|r| r.mac.as_str())
+        .collect();
+    record_audit(
+        c,
+        actor,
+        &name,
+        format!(
+            "{ok} hosts ({}{}), {failed} refused",
+            sample.join(" "),
+            if ok > 20 { " ..." } else { "" }
+        ),
+    )?;
+    c.fleet
+        .durable()
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+    Ok(ActionResult {
+        action,
+        ok,
+        failed,
+        results,
+    })
+}
+
+fn one_action(c: &Console, actor: &str, action: Action, mac: Mac, now: u64) -> ActionOutcome {
+    let fail = |message: String| ActionOutcome {
+        mac: mac.to_string(),
+        ok: false,
+        message,
+    };
+    if action == Action::Forget {
+        return match c.fleet.forget(mac) {
+            Ok(true) => {
+                tracing::info!("{mac} forgotten by {actor}");
+                ActionOutcome {
+                    mac: mac.to_string(),
+                    ok: true,
+                    message: "forgotten".into(),
+                }
+            }
+            Ok(false) => fail("unknown host".into()),
+            Err(e) => fail(format!("store: {e}")),
+        };
+    }
+    if c.fleet.host(mac).is_none() {
+        return fail("unknown host; import it first".into());
+    }
+    let mut msg = String::new();
+    let r = c.fleet.update(mac, now, &mut |h| {
+        msg = match action {
+            Action::Approve => {
+                if h.approved {
+                    "already approved".into()
+                } else {
+                    h.approved = true;
+                    "approved for the recovery payload".into()
+                }
+            }
+            Action::Retry => {
+                let from = h.state.name();
+                h.reset_for_retry(now);
+                h.skipped = false;
+                h.approved = true;
+                format!("{from} -> seen: the payload runs again on the next network boot")
+            }
+            Action::Skip => {
+                h.skipped = true;
+                "skipped: boots locally, never gets the payload".into()
+            }
+            Action::MarkDone => {
+                let from = h.state.name();
+                h.state = HostState::Recovered;
+                h.state_since_ms = now;
+                format!("{from} -> recovered (marked done by hand)")
+            }
+            Action::Forget => unreachable!("handled above"),
+        };
+        Ok(())
+    });
+    match r {
+        Ok(_) => {
+            c.fleet.event(
+                mac,
+                EventSource::Admin,
+                if matches!(action, Action::Retry | Action::MarkDone) {
+                    "state"
+                } else {
+                    "admin"
+                },
+                format!("{msg} (by {actor})"),
+                now,
+            );
+            ActionOutcome {
+                mac: mac.to_string(),
+                ok: true,
+                message: msg,
+            }
+        }
+        Err(e) => fail(format!("store: {e}")),
+    }
+}
+
+pub async fn bulk_action(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let r = async {
+        let who: Caller = caller(&c, &Method::POST, &headers)?;
+        let req: ActionRequest = serde_json::from_slice(&body).map_err(|e| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"action\": approve|retry|skip|mark-done|forget, \"macs\": [...]}}: {e}"),
+            )
+        })?;
+        let res = apply_action(&c, &who.actor, req.action, &req.macs).await?;
+        Ok(Json(res).into_response())
+    };
+    done(r.await)
+}
+
+pub async fn export(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    done((|| {
+        caller(&c, &Method::GET, &headers)?;
+        let eq = parse_query(q.as_deref(), &["format"])?;
+        let mut rows: Vec<query::ReportRow> =
+            c.fleet.with_hosts(|h| h.values().map(query::report_row).collect());
+        rows.sort_by(|a, b| a.mac.cmp(&b.mac));
+        let stamp = query::iso(now()).replace([':', '-'], "");
+        match eq.get("format").map(String::as_str).unwrap_or("json") {
+            "csv" => Ok((
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        format!("attachment; filename=\"unbrick-fleet-{stamp}.csv\""),
+                    ),
+                ],
+                query::export_csv(&rows),
+            )
+                .into_response()),
+            "json" => Ok((
+                [(
+                    header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"unbrick-fleet-{stamp}.json\""),
+                )],
+                Json(rows),
+            )
+                .into_response()),
+            other => Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("format {other:?}: use csv or json"),
+            )),
+        }
+    })())
+}
+
+/// Server-sent events: one `change` event per fleet change (JSON: mac, state, reason, event); a
+/// `resync` event when this client fell behind and should reload.
+pub async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&c, &Method::GET, &headers) {
+        return r;
+    }
+    let rx = c.fleet.subscribe();
+    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|m| {
+        Ok::<_, std::convert::Infallible>(match m {
+            Ok(change) => SseEvent::default()
+                .event("change")
+                .json_data(&change)
+                .unwrap_or_else(|_| SseEvent::default().event("resync").data("encode")),
+            Err(_) => SseEvent::default().event("resync").data("lagged"),
+        })
+    });
+    let hello = futures_util::stream::once(async {
+        Ok(SseEvent::default().event("hello").data("live"))
+    });
+    Sse::new(hello.chain(stream))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+pub async fn audit_log(c: &Console) -> Result<Vec<fleet::store::AuditEntry>, Response> {
+    let store = c.fleet.store_arc();
+    tokio::task::spawn_blocking(move || store.audit_log())
+        .await
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+}
+
+#[derive(Serialize)]
+struct AuditView {
+    time: String,
+    actor: String,
+    action: String,
+    detail: String,
+}
+
+/// The audit log, newest first (at most 1000 entries).
+pub async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let r = async {
+        caller(&c, &Method::GET, &headers)?;
+        let mut log = audit_log(&c).await?;
+        log.reverse();
+        log.truncate(1000);
+        Ok(Json(
+            log.into_iter()
+                .map(|a| AuditView {
+                    time: query::iso(a.time_ms),
+                    actor: a.actor,
+                    action: a.action,
+                    detail: a.detail,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response())
+    };
+    done(r.await)
+}
+
+/// Prometheus text format: hosts by state (needs a token like the rest of the API).
+pub async fn metrics(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&c, &Method::GET, &headers) {
+        return r;
+    }
+    let s = c.fleet.with_hosts(|h| query::summary(h.values()));
+    let mut out = String::from(
+        "# HELP unbrick_hosts Hosts by state.\n# TYPE unbrick_hosts gauge\n",
+    );
+    for (state, n) in &s.by_state {
+        out.push_str(&format!("unbrick_hosts{{state=\"{state}\"}} {n}\n"));
+    }
+    out.push_str(&format!(
+        "# HELP unbrick_progress_ratio Hosts done over all hosts.\n# TYPE unbrick_progress_ratio gauge\nunbrick_progress_ratio {}\n",
+        if s.total == 0 { 0.0 } else { s.done as f64 / s.total as f64 }
+    ));
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
+}

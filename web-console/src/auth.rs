@@ -1,0 +1,157 @@
+//! Who is asking: a bearer token (scripts) or a console session (people, logged in with a token).
+//! Sessions live in memory (a server restart logs people out); each carries its CSRF token.
+use crate::Console;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+pub const COOKIE: &str = "unbrick_session";
+/// Sessions end after this long.
+pub const SESSION_MS: u64 = 12 * 3600 * 1000;
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub name: String,
+    pub read_only: bool,
+    pub csrf: String,
+    pub expires_ms: u64,
+}
+
+#[derive(Default)]
+pub struct Sessions(Mutex<HashMap<String, Session>>);
+
+impl Sessions {
+    /// Opens a session; returns its id (the cookie value).
+    pub fn open(&self, name: &str, read_only: bool, now_ms: u64) -> (String, Session) {
+        let id = crate::tokens::random_id();
+        let s = Session {
+            name: name.to_string(),
+            read_only,
+            csrf: crate::tokens::random_id(),
+            expires_ms: now_ms + SESSION_MS,
+        };
+        let mut all = self.0.lock().unwrap();
+        all.retain(|_, s| s.expires_ms > now_ms);
+        all.insert(id.clone(), s.clone());
+        (id, s)
+    }
+
+    pub fn get(&self, id: &str, now_ms: u64) -> Option<Session> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(id)
+            .filter(|s| s.expires_ms > now_ms)
+            .cloned()
+    }
+
+    pub fn close(&self, id: &str) {
+        self.0.lock().unwrap().remove(id);
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Token name (audit log: `token:ops` or `console:ops`).
+    pub actor: String,
+    pub read_only: bool,
+    /// The session's CSRF token and id, when the caller is a console session.
+    pub session: Option<(String, Session)>,
+}
+
+/// A JSON error body `{"error": "..."}` with a status.
+pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": msg.into() });
+    let mut r = (status, axum::Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"unbrick\""),
+        );
+    }
+    r
+}
+
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Authenticates a request. Bearer tokens are checked first; a console session is accepted too,
+/// and then a state-changing request must carry the session's CSRF token (`X-CSRF-Token`).
+/// Read-only callers may only read.
+#[allow(clippy::result_large_err)]
+pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Caller, Response> {
+    let now = netboot_server::now_ms();
+    let who = if let Some(v) = headers.get(header::AUTHORIZATION) {
+        let v = v.to_str().unwrap_or("");
+        let Some(secret) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "Authorization must be 'Bearer <token>' (make one with: unbrick tokens create --name NAME)",
+            ));
+        };
+        let Some(t) = c.tokens.check(secret.trim()) else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "unknown or revoked token",
+            ));
+        };
+        Caller {
+            actor: format!("token:{}", t.name),
+            read_only: t.read_only,
+            session: None,
+        }
+    } else if let Some(id) = session_id(headers) {
+        let Some(s) = c.sessions.get(&id, now) else {
+            return Err(error(
+                StatusCode::UNAUTHORIZED,
+                "the console session expired; log in again",
+            ));
+        };
+        if method != Method::GET && method != Method::HEAD {
+            let sent = headers
+                .get("x-csrf-token")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !ct_eq(sent.as_bytes(), s.csrf.as_bytes()) {
+                return Err(error(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong X-CSRF-Token for this console session",
+                ));
+            }
+        }
+        Caller {
+            actor: format!("console:{}", s.name),
+            read_only: s.read_only,
+            session: Some((id, s)),
+        }
+    } else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "no credentials: send 'Authorization: Bearer <token>' (make one with: unbrick tokens create --name NAME)",
+        ));
+    };
+    if who.read_only && method != Method::GET && method != Method::HEAD {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            format!("{} is read-only", who.actor),
+        ));
+    }
+    Ok(who)
+}
+
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,451 @@
+//! The console's pages: login, fleet dashboard (counts, progress, host table, bulk actions,
+//! import), host page (timeline). Forms work without JavaScript; the script only adds live
+//! updates (SSE), select-all and reading a CSV file into the import box.
+use crate::api::{self, Action};
+use crate::auth::{self, Session};
+use crate::query::{self, Filter};
+use crate::Console;
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+fn page<T: Template>(status: StatusCode, t: &T) -> Response {
+    match t.render() {
+        Ok(html) => (
+            status,
+            [
+                (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            html,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("console template: {e}");
+            (StatusCode::INTERNAL_SERVER_ERROR, "console template error\n").into_response()
+        }
+    }
+}
+
+fn to_login() -> Response {
+    (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response()
+}
+
+/// The console session of a page request, or a redirect to the login page.
+#[allow(clippy::result_large_err)]
+fn session(c: &Console, headers: &HeaderMap) -> Result<Session, Response> {
+    auth::session_id(headers)
+        .and_then(|id| c.sessions.get(&id, netboot_server::now_ms()))
+        .ok_or_else(to_login)
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    error: Option<String>,
+}
+
+pub async fn login_page() -> Response {
+    page(StatusCode::OK, &LoginPage { error: None })
+}
+
+pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
+    let token = form_urlencoded::parse(&body)
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_default();
+    let Some(t) = c.tokens.check(&token) else {
+        tracing::warn!("console login refused (unknown token)");
+        return page(
+            StatusCode::UNAUTHORIZED,
+            &LoginPage {
+                error: Some("That token is unknown or revoked.".into()),
+            },
+        );
+    };
+    let (id, _) = c
+        .sessions
+        .open(&t.name, t.read_only, netboot_server::now_ms());
+    tracing::info!("console login: {}", t.name);
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, "/".to_string()),
+            (
+                header::SET_COOKIE,
+                format!(
+                    "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                    auth::COOKIE,
+                    auth::SESSION_MS / 1000
+                ),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+fn form(body: &[u8]) -> Vec<(String, String)> {
+    form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn field<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+}
+
+/// The session of a form post, with its CSRF token checked.
+#[allow(clippy::result_large_err)]
+fn form_session(
+    c: &Console,
+    headers: &HeaderMap,
+    f: &[(String, String)],
+) -> Result<(String, Session), Response> {
+    let id = auth::session_id(headers).ok_or_else(to_login)?;
+    let s = c
+        .sessions
+        .get(&id, netboot_server::now_ms())
+        .ok_or_else(to_login)?;
+    let sent = field(f, "csrf").unwrap_or("");
+    if !auth::ct_eq(sent.as_bytes(), s.csrf.as_bytes()) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "This form is stale or did not come from this console (CSRF check failed). Reload the page and try again.\n",
+        )
+            .into_response());
+    }
+    Ok((id, s))
+}
+
+pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = form(&body);
+    match form_session(&c, &headers, &f) {
+        Ok((id, _)) => {
+            c.sessions.close(&id);
+            (
+                StatusCode::SEE_OTHER,
+                [
+                    (header::LOCATION, "/login".to_string()),
+                    (
+                        header::SET_COOKIE,
+                        format!("{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0", auth::COOKIE),
+                    ),
+                ],
+            )
+                .into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+struct Row {
+    mac: String,
+    hostname: String,
+    site: String,
+    tags: String,
+    state: String,
+    reason: String,
+    since: String,
+    ip: String,
+    last_seen: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct Dashboard {
+    user: String,
+    read_only: bool,
+    csrf: String,
+    summary: query::Summary,
+    counts: Vec<(String, usize)>,
+    rows: Vec<Row>,
+    total: usize,
+    page: usize,
+    pages: usize,
+    prev: Option<String>,
+    next: Option<String>,
+    f_q: String,
+    f_state: String,
+    f_site: String,
+    f_tag: String,
+    flash: Option<String>,
+}
+
+fn short_time(ms: u64) -> String {
+    // 2024-07-19T05:27:00Z -> 07-19 05:27:00
+    let s = query::iso(ms);
+    format!("{} {}", &s[5..10], &s[11..19])
+}
+
+fn page_link(f: &Filter, page: usize) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in [
+        ("q", &f.q),
+        ("state", &f.state),
+        ("site", &f.site),
+        ("tag", &f.tag),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            s.append_pair(k, v);
+        }
+    }
+    if let Some(n) = f.per_page {
+        s.append_pair("per_page", &n.to_string());
+    }
+    s.append_pair("page", &page.to_string());
+    s.finish()
+}
+
+/// Renders the dashboard for `f` (also used by the benchmark at 10,000 hosts).
+pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<String>) -> Response {
+    let (summary, p) = c
+        .fleet
+        .with_hosts(|h| (query::summary(h.values()), query::page(h.values(), f)));
+    let rows = p
+        .hosts
+        .iter()
+        .map(|h| Row {
+            mac: h.mac.to_string(),
+            hostname: h.hostname.clone().unwrap_or_default(),
+            site: h.site.clone().unwrap_or_default(),
+            tags: h.tags.join(", "),
+            state: h.state.name().to_string(),
+            reason: h.state.reason().unwrap_or_default().to_string(),
+            since: short_time(h.state_since_ms),
+            ip: h.ip.map(|i| i.to_string()).unwrap_or_default(),
+            last_seen: short_time(h.last_seen_ms),
+        })
+        .collect();
+    let counts = query::STATES
+        .iter()
+        .map(|s| (s.to_string(), summary.by_state.get(*s).copied().unwrap_or(0)))
+        .collect();
+    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    page(
+        StatusCode::OK,
+        &Dashboard {
+            user: s.name.clone(),
+            read_only: s.read_only,
+            csrf: s.csrf.clone(),
+            summary,
+            counts,
+            rows,
+            total: p.total,
+            page: p.page,
+            pages: p.pages,
+            prev: (p.page > 1).then(|| page_link(f, p.page - 1)),
+            next: (p.page < p.pages).then(|| page_link(f, p.page + 1)),
+            f_q: o(&f.q),
+            f_state: o(&f.state),
+            f_site: o(&f.site),
+            f_tag: o(&f.tag),
+            flash,
+        },
+    )
+}
+
+pub async fn dashboard(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let s = match session(&c, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let f = match api::parse_filter(q.as_deref()) {
+        Ok(f) => f,
+        Err(_) => {
+            return render_dashboard(
+                &c,
+                &s,
+                &Filter::default(),
+                Some("That filter was not understood; showing every host.".into()),
+            )
+        }
+    };
+    render_dashboard(&c, &s, &f, None)
+}
+
+#[derive(Template)]
+#[template(path = "host.html")]
+struct HostPage {
+    user: String,
+    read_only: bool,
+    csrf: String,
+    h: api::HostView,
+    events: Vec<api::EventView>,
+}
+
+pub async fn host_page(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    let s = match session(&c, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Ok(mac) = mac.parse::<fleet::Mac>() else {
+        return (StatusCode::BAD_REQUEST, "not a MAC address\n").into_response();
+    };
+    let Some(h) = c.fleet.host(mac) else {
+        return (StatusCode::NOT_FOUND, format!("no host {mac}\n")).into_response();
+    };
+    let events = match api::store_events(&c, mac).await {
+        Ok(e) => e,
+        Err(r) => return r,
+    };
+    page(
+        StatusCode::OK,
+        &HostPage {
+            user: s.name,
+            read_only: s.read_only,
+            csrf: s.csrf,
+            h: api::view(&h),
+            events: events.iter().map(api::event_view).collect(),
+        },
+    )
+}
+
+#[derive(Template)]
+#[template(path = "result.html")]
+struct ResultPage {
+    user: String,
+    read_only: bool,
+    csrf: String,
+    title: String,
+    summary: String,
+    lines: Vec<(String, String, bool)>,
+    back: String,
+}
+
+pub async fn ui_actions(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = form(&body);
+    let (_, s) = match form_session(&c, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if s.read_only {
+        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
+    }
+    let action: Action = match field(&f, "action")
+        .and_then(|a| serde_json::from_value(serde_json::Value::from(a)).ok())
+    {
+        Some(a) => a,
+        None => return (StatusCode::BAD_REQUEST, "unknown action\n").into_response(),
+    };
+    let macs: Vec<String> = f
+        .iter()
+        .filter(|(k, _)| k == "mac")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let back = field(&f, "back")
+        .filter(|b| b.starts_with("/hosts/") && !b.contains("//"))
+        .unwrap_or("/")
+        .to_string();
+    let back = if action == Action::Forget { "/".into() } else { back };
+    let actor = format!("console:{}", s.name);
+    let (status, summary, lines) = match api::apply_action(&c, &actor, action, &macs).await {
+        Ok(r) => (
+            StatusCode::OK,
+            format!(
+                "{}: {} done, {} refused",
+                field(&f, "action").unwrap_or(""),
+                r.ok,
+                r.failed
+            ),
+            r.results
+                .into_iter()
+                .map(|o| (o.mac, o.message, o.ok))
+                .collect(),
+        ),
+        Err(_) if macs.is_empty() => (
+            StatusCode::BAD_REQUEST,
+            "Select at least one host first.".to_string(),
+            vec![],
+        ),
+        Err(r) => return r,
+    };
+    page(
+        status,
+        &ResultPage {
+            user: s.name,
+            read_only: s.read_only,
+            csrf: s.csrf,
+            title: "Bulk action".into(),
+            summary,
+            lines,
+            back,
+        },
+    )
+}
+
+pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    let f = form(&body);
+    let (_, s) = match form_session(&c, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if s.read_only {
+        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
+    }
+    let text = field(&f, "csv").unwrap_or("");
+    let actor = format!("console:{}", s.name);
+    let (status, summary, lines) = match query::parse_csv(text) {
+        Err(e) => (StatusCode::BAD_REQUEST, e, vec![]),
+        Ok((rows, errors)) => match api::apply_import(&c, &actor, rows, errors).await {
+            Ok(r) => (
+                StatusCode::OK,
+                format!(
+                    "{} hosts created, {} updated, {} rows refused",
+                    r.created,
+                    r.updated,
+                    r.errors.len()
+                ),
+                r.errors
+                    .into_iter()
+                    .map(|e| (format!("line {}", e.line), e.error, false))
+                    .collect(),
+            ),
+            Err(r) => return r,
+        },
+    };
+    page(
+        status,
+        &ResultPage {
+            user: s.name,
+            read_only: s.read_only,
+            csrf: s.csrf,
+            title: "Import".into(),
+            summary,
+            lines,
+            back: "/".into(),
+        },
+    )
+}
+
+pub async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../assets/console.js"),
+    )
+        .into_response()
+}
+
+pub async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("../assets/console.css"),
+    )
+        .into_response()
+}

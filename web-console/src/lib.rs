@@ -1,0 +1,65 @@
+//! The web console and the admin HTTP API over the fleet the network-boot server writes.
+//!
+//! - `/api/v1/...`: JSON API (OpenAPI document at `/api/v1/openapi.json`), bearer tokens made by
+//!   `unbrick tokens create` (or the console's session cookie plus an `X-CSRF-Token` header).
+//! - `/`, `/hosts/{mac}`, `/login`: server-rendered HTML (askama), a small script for live updates
+//!   over SSE (`/api/v1/events`); forms carry a per-session CSRF token.
+//!
+//! Every write goes through [`netboot_server::fleetio::FleetIo`] (the store's single writer) and is
+//! on disk before the answer. Input errors are 4xx with a reason, never a 500.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod html;
+pub mod query;
+pub mod tokens;
+
+use axum::routing::{get, post};
+use axum::Router;
+use netboot_server::fleetio::FleetIo;
+use std::sync::Arc;
+
+/// Everything the console's handlers share.
+pub struct Console {
+    pub fleet: Arc<FleetIo>,
+    pub tokens: tokens::TokenBook,
+    pub sessions: auth::Sessions,
+}
+
+impl Console {
+    pub fn new(fleet: Arc<FleetIo>, tokens_file: &std::path::Path) -> Arc<Console> {
+        Arc::new(Console {
+            fleet,
+            tokens: tokens::TokenBook::new(tokens_file),
+            sessions: auth::Sessions::default(),
+        })
+    }
+}
+
+/// The OpenAPI 3.0 document of the admin API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The console's and API's routes.
+pub fn router(c: Arc<Console>) -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/summary", get(api::summary))
+        .route("/api/v1/hosts", get(api::list_hosts))
+        .route("/api/v1/hosts/import", post(api::import_hosts))
+        .route("/api/v1/hosts/actions", post(api::bulk_action))
+        .route("/api/v1/hosts/{mac}", get(api::host_detail))
+        .route("/api/v1/export", get(api::export))
+        .route("/api/v1/events", get(api::events))
+        .route("/api/v1/audit", get(api::audit))
+        .route("/metrics", get(api::metrics))
+        .route("/", get(html::dashboard))
+        .route("/hosts/{mac}", get(html::host_page))
+        .route("/login", get(html::login_page).post(html::login))
+        .route("/logout", post(html::logout))
+        .route("/ui/actions", post(html::ui_actions))
+        .route("/ui/import", post(html::ui_import))
+        .route("/assets/console.js", get(html::script))
+        .route("/assets/console.css", get(html::style))
+        .with_state(c)
+}

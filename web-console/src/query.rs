@@ -1,0 +1,622 @@
+//! Pure fleet queries: filtering and paging the host table, counts by state, host import (CSV and
+//! JSON) and the fleet report (CSV and JSON). No I/O: hosts come in as arguments.
+use fleet::{HostRecord, Mac};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Every state name, in the order of the design's state machine (the console shows them so).
+pub const STATES: [&str; 13] = [
+    "unknown",
+    "seen",
+    "waiting",
+    "booting",
+    "agent-up",
+    "scanning",
+    "unlocked",
+    "remediated",
+    "clean",
+    "needs-attention",
+    "failed",
+    "rebooted",
+    "recovered",
+];
+
+/// Host table filter. Empty fields match everything.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// One state name, or several separated by commas.
+    #[serde(default)]
+    pub state: Option<String>,
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Free text: part of the MAC, hostname, IP, serial, UUID or failure reason.
+    #[serde(default)]
+    pub q: Option<String>,
+    #[serde(default)]
+    pub page: Option<usize>,
+    #[serde(default)]
+    pub per_page: Option<usize>,
+}
+
+pub const MAX_PER_PAGE: usize = 500;
+pub const DEFAULT_PER_PAGE: usize = 50;
+
+impl Filter {
+    /// Checks the values; the message is for the API caller.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.state.as_deref().filter(|s| !s.is_empty()) {
+            for one in s.split(',') {
+                if !STATES.contains(&one.trim()) {
+                    return Err(format!(
+                        "unknown state {one:?}; one of: {}",
+                        STATES.join(", ")
+                    ));
+                }
+            }
+        }
+        if self.page == Some(0) {
+            return Err("page starts at 1".into());
+        }
+        match self.per_page {
+            Some(0) => Err("per_page must be at least 1".into()),
+            Some(n) if n > MAX_PER_PAGE => Err(format!("per_page is at most {MAX_PER_PAGE}")),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn matches(&self, h: &HostRecord) -> bool {
+        let nonempty = |o: &Option<String>| o.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        if let Some(s) = nonempty(&self.state) {
+            if !s.split(',').any(|one| one.trim() == h.state.name()) {
+                return false;
+            }
+        }
+        if let Some(site) = nonempty(&self.site) {
+            if !h.site.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&site)) {
+                return false;
+            }
+        }
+        if let Some(tag) = nonempty(&self.tag) {
+            if !h.tags.iter().any(|t| t.eq_ignore_ascii_case(&tag)) {
+                return false;
+            }
+        }
+        if let Some(q) = nonempty(&self.q) {
+            let q = q.to_ascii_lowercase();
+            let hay = [
+                Some(h.mac.to_string()),
+                h.hostname.clone(),
+                h.ip.map(|i| i.to_string()),
+                h.serial.clone(),
+                h.uuid.clone(),
+                h.state.reason().map(str::to_string),
+                h.site.clone(),
+            ];
+            let mac_plain = h.mac.to_string().replace(':', "");
+            if !hay
+                .iter()
+                .flatten()
+                .any(|s| s.to_ascii_lowercase().contains(&q))
+                && !mac_plain.contains(&q.replace([':', '-'], ""))
+            {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// One page of hosts, sorted by MAC.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page<T> {
+    pub total: usize,
+    pub page: usize,
+    pub per_page: usize,
+    pub pages: usize,
+    pub hosts: Vec<T>,
+}
+
+/// Filters and pages `hosts` (any order in, sorted by MAC out); copies only the page.
+pub fn page<'a>(hosts: impl Iterator<Item = &'a HostRecord>, f: &Filter) -> Page<HostRecord> {
+    let mut hits: Vec<&HostRecord> = hosts.filter(|h| f.matches(h)).collect();
+    hits.sort_unstable_by_key(|h| h.mac);
+    let total = hits.len();
+    let per_page = f.per_page.unwrap_or(DEFAULT_PER_PAGE).clamp(1, MAX_PER_PAGE);
+    let pages = total.div_ceil(per_page).max(1);
+    let page = f.page.unwrap_or(1).clamp(1, pages);
+    let hosts = hits
+        .into_iter()
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .cloned()
+        .collect();
+    Page {
+        total,
+        page,
+        per_page,
+        pages,
+        hosts,
+    }
+}
+
+/// Counts by state and the progress of the recovery.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub total: usize,
+    /// Every state name, zero counts included.
+    pub by_state: BTreeMap<String, usize>,
+    /// Hosts whose run is finished well (remediated, clean, rebooted, recovered).
+    pub done: usize,
+    /// Hosts that need a person (needs-attention, failed).
+    pub attention: usize,
+    /// done / total, in percent (0 with no hosts).
+    pub progress_percent: u32,
+}
+
+pub fn summary<'a>(hosts: impl Iterator<Item = &'a HostRecord>) -> Summary {
+    let mut by_state: BTreeMap<String, usize> =
+        STATES.iter().map(|s| (s.to_string(), 0)).collect();
+    let (mut total, mut done, mut attention) = (0, 0, 0);
+    for h in hosts {
+        total += 1;
+        *by_state.entry(h.state.name().to_string()).or_default() += 1;
+        if h.state.is_done() {
+            done += 1;
+        }
+        if h.state.reason().is_some() {
+            attention += 1;
+        }
+    }
+    Summary {
+        total,
+        by_state,
+        done,
+        attention,
+        progress_percent: if total == 0 {
+            0
+        } else {
+            (done * 100 / total) as u32
+        },
+    }
+}
+
+/// One host of an import.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRow {
+    pub mac: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub site: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A validated import row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostImport {
+    pub line: usize,
+    pub mac: Mac,
+    pub hostname: Option<String>,
+    pub site: Option<String>,
+    pub tags: Vec<String>,
+}
+
+/// A row that was refused, by line (1 = the CSV header; JSON: 1-based array index).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RowError {
+    pub line: usize,
+    pub error: String,
+}
+
+fn clean_field(what: &str, v: Option<String>, max: usize) -> Result<Option<String>, String> {
+    let Some(v) = v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if v.len() > max {
+        return Err(format!("{what} is longer than {max} characters"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!("{what} contains control characters"));
+    }
+    Ok(Some(v))
+}
+
+fn validate_row(line: usize, r: ImportRow) -> Result<HostImport, RowError> {
+    let err = |error: String| RowError { line, error };
+    let mac: Mac = r.mac.trim().parse().map_err(|e: String| err(e))?;
+    let hostname = clean_field("hostname", r.hostname, 253).map_err(err)?;
+    let site = clean_field("site", r.site, 64).map_err(err)?;
+    let mut tags = Vec::new();
+    for t in r.tags {
+        for t in t.split([';', ' ']).map(str::trim).filter(|t| !t.is_empty()) {
+            let t = clean_field("tag", Some(t.to_string()), 64)
+                .map_err(err)?
+                .unwrap_or_default();
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+    }
+    if tags.len() > 32 {
+        return Err(err("more than 32 tags".into()));
+    }
+    Ok(HostImport {
+        line,
+        mac,
+        hostname,
+        site,
+        tags,
+    })
+}
+
+/// Most hosts one import may carry.
+pub const MAX_IMPORT_ROWS: usize = 100_000;
+
+/// Parses a CSV host list: a header row naming at least `mac` (also `mac address`,
+/// `macaddress`), optionally `hostname` (or `name`, `computer name`), `site`, `tags` (separated by
+/// `;` or spaces). Bad rows are reported by line; the good ones come back.
+pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String> {
+    let mut rd = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let headers = rd
+        .headers()
+        .map_err(|e| format!("CSV header: {e}"))?
+        .clone();
+    let col = |names: &[&str]| {
+        headers.iter().position(|h| {
+            let h = h.trim_start_matches('\u{feff}').to_ascii_lowercase().replace(['_', '-'], " ");
+            names.contains(&h.as_str())
+        })
+    };
+    let mac_col = col(&["mac", "mac address", "macaddress"]).ok_or_else(|| {
+        format!(
+            "the CSV header has no 'mac' column (found: {}); expected mac,hostname,site,tags",
+            headers.iter().collect::<Vec<_>>().join(",")
+        )
+    })?;
+    let host_col = col(&["hostname", "name", "computer name", "device name"]);
+    let site_col = col(&["site"]);
+    let tags_col = col(&["tags", "tag"]);
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for (i, rec) in rd.records().enumerate() {
+        let line = rec
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position())
+            .map(|p| p.line() as usize)
+            .unwrap_or(i + 2);
+        if i >= MAX_IMPORT_ROWS {
+            return Err(format!("more than {MAX_IMPORT_ROWS} rows; split the file"));
+        }
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                bad.push(RowError {
+                    line,
+                    error: format!("unreadable CSV row: {e}"),
+                });
+                continue;
+            }
+        };
+        if rec.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(str::to_string);
+        let row = ImportRow {
+            mac: get(Some(mac_col)).unwrap_or_default(),
+            hostname: get(host_col),
+            site: get(site_col),
+            tags: get(tags_col).into_iter().collect(),
+        };
+        match validate_row(line, row) {
+            Ok(h) => ok.push(h),
+            Err(e) => bad.push(e),
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// Parses a JSON host list: an array of `{mac, hostname?, site?, tags?}`.
+pub fn parse_json(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String> {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(text)
+        .map_err(|e| format!("expected a JSON array of hosts: {e}"))?;
+    if rows.len() > MAX_IMPORT_ROWS {
+        return Err(format!("more than {MAX_IMPORT_ROWS} hosts; split the file"));
+    }
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for (i, v) in rows.into_iter().enumerate() {
+        match serde_json::from_value::<ImportRow>(v) {
+            Ok(r) => match validate_row(i + 1, r) {
+                Ok(h) => ok.push(h),
+                Err(e) => bad.push(e),
+            },
+            Err(e) => bad.push(RowError {
+                line: i + 1,
+                error: e.to_string(),
+            }),
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// The fleet report for one host (JSON export; the CSV has the same columns, files flattened).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportRow {
+    pub mac: String,
+    pub hostname: Option<String>,
+    pub site: Option<String>,
+    pub tags: Vec<String>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub ip: Option<String>,
+    pub serial: Option<String>,
+    pub uuid: Option<String>,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub state_since: String,
+    pub payload_boots: u32,
+    pub result: Option<String>,
+    pub files: Vec<fleet::agent::FileRecord>,
+}
+
+pub fn iso(ms: u64) -> String {
+    let s = ms / 1000;
+    let (days, rem) = (s / 86400, s % 86400);
+    let (y, m, d) = civil(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+pub fn report_row(h: &HostRecord) -> ReportRow {
+    ReportRow {
+        mac: h.mac.to_string(),
+        hostname: h.hostname.clone(),
+        site: h.site.clone(),
+        tags: h.tags.clone(),
+        state: h.state.name().to_string(),
+        reason: h.state.reason().map(str::to_string),
+        ip: h.ip.map(|i| i.to_string()),
+        serial: h.serial.clone(),
+        uuid: h.uuid.clone(),
+        first_seen: iso(h.first_seen_ms),
+        last_seen: iso(h.last_seen_ms),
+        state_since: iso(h.state_since_ms),
+        payload_boots: h.payload_boots,
+        result: h
+            .last_report
+            .as_ref()
+            .map(|r| format!("{:?}", r.result).to_lowercase()),
+        files: h
+            .last_report
+            .as_ref()
+            .map(|r| r.files.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub const CSV_COLUMNS: [&str; 15] = [
+    "mac",
+    "hostname",
+    "site",
+    "tags",
+    "state",
+    "reason",
+    "ip",
+    "serial",
+    "first_seen",
+    "last_seen",
+    "state_since",
+    "payload_boots",
+    "result",
+    "files",
+    "file_sha256",
+];
+
+/// The fleet report as CSV, one row per host, sorted by MAC. `files` lists each matched file as
+/// `action path -> quarantined_to`, `file_sha256` the hashes in the same order (`;`-separated).
+pub fn export_csv(rows: &[ReportRow]) -> String {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CSV_COLUMNS).expect("in-memory CSV");
+    for r in rows {
+        let files = r
+            .files
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}{}",
+                    f.action,
+                    f.path,
+                    f.quarantined_to
+                        .as_ref()
+                        .map(|q| format!(" -> {q}"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let hashes = r
+            .files
+            .iter()
+            .map(|f| f.sha256.as_str())
+            .collect::<Vec<_>>()
+            .join(";");
+        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        w.write_record([
+            r.mac.clone(),
+            o(&r.hostname),
+            o(&r.site),
+            r.tags.join(";"),
+            r.state.clone(),
+            o(&r.reason),
+            o(&r.ip),
+            o(&r.serial),
+            r.first_seen.clone(),
+            r.last_seen.clone(),
+            r.state_since.clone(),
+            r.payload_boots.to_string(),
+            o(&r.result),
+            files,
+            hashes,
+        ])
+        .expect("in-memory CSV");
+    }
+    String::from_utf8(w.into_inner().expect("in-memory CSV")).expect("CSV of strings is UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet::HostState;
+
+    fn host(i: u8, state: HostState) -> HostRecord {
+        let mut h = HostRecord::new(Mac([0x52, 0x54, 0, 0, 1, i]), 1_721_366_820_000);
+        h.state = state;
+        h.hostname = Some(format!("pc-{i:03}"));
+        h.site = Some(if i % 2 == 0 { "Berlin" } else { "Austin" }.into());
+        h.tags = vec![if i < 5 { "canary" } else { "wave2" }.into()];
+        h
+    }
+
+    #[test]
+    fn filter_and_page() {
+        let hosts: Vec<_> = (0..30)
+            .map(|i| {
+                host(
+                    i,
+                    if i % 3 == 0 {
+                        HostState::Remediated
+                    } else {
+                        HostState::Failed("disk".into())
+                    },
+                )
+            })
+            .collect();
+        let f = |s: &str| serde_json::from_str::<Filter>(s).unwrap();
+        let p = page(hosts.iter().rev(), &f(r#"{"per_page":7,"page":2}"#));
+        assert_eq!((p.total, p.pages, p.hosts.len()), (30, 5, 7));
+        assert_eq!(p.hosts[0].hostname.as_deref(), Some("pc-007"), "sorted by MAC");
+        let p = page(hosts.iter(), &f(r#"{"state":"remediated","site":"berlin"}"#));
+        assert_eq!(p.total, 5);
+        let p = page(hosts.iter(), &f(r#"{"state":"remediated,failed","tag":"CANARY"}"#));
+        assert_eq!(p.total, 5);
+        let p = page(hosts.iter(), &f(r#"{"q":"PC-01"}"#));
+        assert_eq!(p.total, 10);
+        let p = page(hosts.iter(), &f(r#"{"q":"5254000001 0a"}"#));
+        assert_eq!(p.total, 0);
+        let p = page(hosts.iter(), &f(r#"{"q":"52-54-00-00-01-0a"}"#));
+        assert_eq!(p.total, 1);
+        let p = page(hosts.iter(), &f(r#"{"q":"disk"}"#));
+        assert_eq!(p.total, 20, "search covers failure reasons");
+        let p = page(hosts.iter(), &f(r#"{"page":99}"#));
+        assert_eq!(p.page, 1, "past the end clamps to the last page");
+        assert!(f(r#"{"state":"nope"}"#).validate().unwrap_err().contains("unknown state"));
+        assert!(f(r#"{"page":0}"#).validate().is_err());
+        assert!(f(r#"{"per_page":501}"#).validate().is_err());
+        assert!(serde_json::from_str::<Filter>(r#"{"color":"red"}"#).is_err());
+        let s = summary(hosts.iter());
+        assert_eq!((s.total, s.done, s.attention, s.progress_percent), (30, 10, 20, 33));
+        assert_eq!(s.by_state["remediated"], 10);
+        assert_eq!(s.by_state["recovered"], 0);
+    }
+
+    #[test]
+    fn csv_import_reports_bad_rows_by_line_and_keeps_the_rest() {
+        let text = "\u{feff}MAC Address,Hostname,Site,Tags\n\
+                    52:54:00:aa:00:01,pc-1,Berlin,canary;floor2\n\
+                    not-a-mac,pc-2,Berlin,\n\
+                    \n\
+                    52-54-00-AA-00-03,\"pc, three\",Austin,\"a b a\"\n\
+                    52:54:00:aa:00:04,bad\u{7}name,,\n";
+        let (ok, bad) = parse_csv(text).unwrap();
+        assert_eq!(ok.len(), 2);
+        assert_eq!(ok[0].tags, ["canary", "floor2"]);
+        assert_eq!(ok[1].hostname.as_deref(), Some("pc, three"));
+        assert_eq!(ok[1].tags, ["a", "b"]);
+        assert_eq!(ok[1].line, 5);
+        assert_eq!(bad.len(), 2);
+        assert_eq!(bad[0].line, 3);
+        assert!(bad[1].error.contains("control"), "{bad:?}");
+        assert!(parse_csv("hostname,site\npc,x\n").unwrap_err().contains("no 'mac' column"));
+        let (ok, bad) = parse_csv("mac\n52:54:00:aa:00:09\n").unwrap();
+        assert_eq!((ok.len(), bad.len()), (1, 0));
+    }
+
+    #[test]
+    fn json_import() {
+        let (ok, bad) = parse_json(
+            r#"[{"mac":"52:54:00:aa:00:01","hostname":"a","tags":["x"]},{"mac":"zz"},{"mac":"52:54:00:aa:00:02","colour":"red"},7]"#,
+        )
+        .unwrap();
+        assert_eq!(ok.len(), 1);
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [2, 3, 4]);
+        assert!(parse_json("{}").is_err());
+    }
+
+    #[test]
+    fn export_csv_round_trips_through_a_csv_reader() {
+        let mut h = host(1, HostState::Remediated);
+        h.hostname = Some("pc, \"quoted\"".into());
+        h.last_report = Some(fleet::agent::Report {
+            token: String::new(),
+            mac: h.mac.to_string(),
+            report_id: "r".into(),
+            result: fleet::agent::RunResult::Remediated,
+            reason: None,
+            volumes: vec![],
+            files: vec![fleet::agent::FileRecord {
+                volume: "sda2".into(),
+                path: "Windows/System32/drivers/CrowdStrike/C-00000291-0.sys".into(),
+                size: 42,
+                sha256: "ab".repeat(32),
+                mtime: 0,
+                rule_id: "cs".into(),
+                action: "quarantine".into(),
+                quarantined_to: Some("unbrick-quarantine/x".into()),
+            }],
+            rules_id: None,
+            rules_version: None,
+            agent_ms: 1,
+        });
+        let text = export_csv(&[report_row(&h)]);
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), CSV_COLUMNS);
+        let rec = rd.records().next().unwrap().unwrap();
+        assert_eq!(&rec[1], "pc, \"quoted\"");
+        assert_eq!(&rec[4], "remediated");
+        assert_eq!(&rec[8], "2024-07-19T05:27:00Z");
+        assert!(rec[13].contains("C-00000291-0.sys -> unbrick-quarantine/x"));
+        assert_eq!(&rec[14], "ab".repeat(32));
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso(1_721_366_820_000), "2024-07-19T05:27:00Z");
+        assert_eq!(iso(951_782_400_000), "2000-02-29T00:00:00Z");
+    }
+}
