@@ -36,12 +36,7 @@ impl Api {
         Ok(Some(Api { base, token, pin }))
     }
 
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<(&[u8], &str)>,
-    ) -> Result<Vec<u8>, Fail> {
+    fn call(&self, method: &str, path: &str, body: Option<(&[u8], &str)>) -> Result<Vec<u8>, Fail> {
         let url = format!("{}{path}", self.base);
         let opts = http::Options {
             pin: self.pin.as_deref(),
@@ -73,9 +68,15 @@ impl Api {
         Ok(r.body)
     }
 
-    fn json(&self, method: &str, path: &str, body: Option<(&[u8], &str)>) -> Result<serde_json::Value, Fail> {
+    fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&[u8], &str)>,
+    ) -> Result<serde_json::Value, Fail> {
         let b = self.call(method, path, body)?;
-        serde_json::from_slice(&b).map_err(|e| Fail(format!("{path}: the server sent bad JSON: {e}")))
+        serde_json::from_slice(&b)
+            .map_err(|e| Fail(format!("{path}: the server sent bad JSON: {e}")))
     }
 }
 
@@ -85,7 +86,13 @@ fn import_errors(body: &[u8]) -> String {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|e| format!("  line {}: {}", e["line"], e["error"].as_str().unwrap_or("")))
+                .map(|e| {
+                    format!(
+                        "  line {}: {}",
+                        e["line"],
+                        e["error"].as_str().unwrap_or("")
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n")
         })
@@ -148,7 +155,12 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 let mut page = 1;
                 loop {
                     let mut qs = form_urlencoded::Serializer::new(String::new());
-                    for (k, v) in [("state", &filter.state), ("site", &filter.site), ("tag", &filter.tag), ("q", &filter.q)] {
+                    for (k, v) in [
+                        ("state", &filter.state),
+                        ("site", &filter.site),
+                        ("tag", &filter.tag),
+                        ("q", &filter.q),
+                    ] {
                         if let Some(v) = v {
                             qs.append_pair(k, v);
                         }
@@ -229,7 +241,10 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 s(&h["mac"]),
                 h["hostname"].as_str().unwrap_or(""),
                 s(&h["state"]),
-                h["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default(),
+                h["reason"]
+                    .as_str()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
                 s(&h["state_since"])
             );
             for f in h["last_report"]["files"].as_array().into_iter().flatten() {
@@ -252,14 +267,23 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
             }
         }
         HostsCmd::Import { file, target } => {
-            let data = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
-            let is_json = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+            let data =
+                std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let is_json = file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("json"));
             if let Some(api) = Api::from(&target)? {
-                let ct = if is_json { "application/json" } else { "text/csv" };
+                let ct = if is_json {
+                    "application/json"
+                } else {
+                    "text/csv"
+                };
                 let v = api.json("POST", "/api/v1/hosts/import", Some((&data, ct)))?;
                 println!(
                     "{} created, {} updated, {} rows refused",
-                    v["created"], v["updated"], v["errors"].as_array().map(Vec::len).unwrap_or(0)
+                    v["created"],
+                    v["updated"],
+                    v["errors"].as_array().map(Vec::len).unwrap_or(0)
                 );
                 let errs = import_errors(&serde_json::to_vec(&v)?);
                 if !errs.is_empty() {
@@ -267,8 +291,14 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 }
                 return Ok(());
             }
-            let text = String::from_utf8(data).map_err(|_| Fail(format!("{}: not UTF-8 text", file.display())))?;
-            let (rows, errors) = if is_json { query::parse_json(&text) } else { query::parse_csv(&text) }.map_err(Fail)?;
+            let text = String::from_utf8(data)
+                .map_err(|_| Fail(format!("{}: not UTF-8 text", file.display())))?;
+            let (rows, errors) = if is_json {
+                query::parse_json(&text)
+            } else {
+                query::parse_csv(&text)
+            }
+            .map_err(Fail)?;
             let store = open_store(&target.data_dir)?;
             let now = netboot_server::now_ms();
             let (mut created, mut updated) = (0, 0);
@@ -286,12 +316,36 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                     }
                     Ok(())
                 })?;
-                store.append_event(r.mac, &fleet::Event { time_ms: now, source: fleet::EventSource::Admin, kind: "import".into(), message: format!("inventory imported from {} by the CLI", file.display()) })?;
-                if existed { updated += 1 } else { created += 1 }
+                store.append_event(
+                    r.mac,
+                    &fleet::Event {
+                        time_ms: now,
+                        source: fleet::EventSource::Admin,
+                        kind: "import".into(),
+                        message: format!("inventory imported from {} by the CLI", file.display()),
+                    },
+                )?;
+                if existed {
+                    updated += 1
+                } else {
+                    created += 1
+                }
             }
-            store.audit(&fleet::store::AuditEntry { time_ms: now, actor: "cli".into(), action: "import".into(), detail: format!("{created} created, {updated} updated, {} rows refused ({})", errors.len(), file.display()) })?;
+            store.audit(&fleet::store::AuditEntry {
+                time_ms: now,
+                actor: "cli".into(),
+                action: "import".into(),
+                detail: format!(
+                    "{created} created, {updated} updated, {} rows refused ({})",
+                    errors.len(),
+                    file.display()
+                ),
+            })?;
             store.flush()?;
-            println!("{created} created, {updated} updated, {} rows refused", errors.len());
+            println!(
+                "{created} created, {updated} updated, {} rows refused",
+                errors.len()
+            );
             for e in &errors {
                 println!("  line {}: {}", e.line, e.error);
             }
@@ -301,13 +355,31 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
         }
         HostsCmd::Retry { macs, target } => {
             if let Some(api) = Api::from(&target)? {
-                let body = serde_json::to_vec(&serde_json::json!({"action": "retry", "macs": macs}))?;
-                let v = api.json("POST", "/api/v1/hosts/actions", Some((&body, "application/json")))?;
+                let body =
+                    serde_json::to_vec(&serde_json::json!({"action": "retry", "macs": macs}))?;
+                let v = api.json(
+                    "POST",
+                    "/api/v1/hosts/actions",
+                    Some((&body, "application/json")),
+                )?;
                 for r in v["results"].as_array().into_iter().flatten() {
-                    println!("{}  {}  {}", s(&r["mac"]), if r["ok"].as_bool() == Some(true) { "ok    " } else { "REFUSED" }, s(&r["message"]));
+                    println!(
+                        "{}  {}  {}",
+                        s(&r["mac"]),
+                        if r["ok"].as_bool() == Some(true) {
+                            "ok    "
+                        } else {
+                            "REFUSED"
+                        },
+                        s(&r["message"])
+                    );
                 }
                 if v["failed"].as_u64().unwrap_or(0) > 0 {
-                    return Err(Fail(format!("{} of {} hosts refused", v["failed"], macs.len())));
+                    return Err(Fail(format!(
+                        "{} of {} hosts refused",
+                        v["failed"],
+                        macs.len()
+                    )));
                 }
                 return Ok(());
             }
@@ -336,16 +408,33 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                     h.approved = true;
                     Ok(())
                 })?;
-                store.append_event(mac, &fleet::Event { time_ms: now, source: fleet::EventSource::Admin, kind: "state".into(), message: format!("{from} -> seen: retry from the CLI") })?;
+                store.append_event(
+                    mac,
+                    &fleet::Event {
+                        time_ms: now,
+                        source: fleet::EventSource::Admin,
+                        kind: "state".into(),
+                        message: format!("{from} -> seen: retry from the CLI"),
+                    },
+                )?;
                 println!("{mac}  ok      {from} -> seen");
             }
-            store.audit(&fleet::store::AuditEntry { time_ms: now, actor: "cli".into(), action: "retry".into(), detail: format!("{} hosts, {failed} refused", macs.len()) })?;
+            store.audit(&fleet::store::AuditEntry {
+                time_ms: now,
+                actor: "cli".into(),
+                action: "retry".into(),
+                detail: format!("{} hosts, {failed} refused", macs.len()),
+            })?;
             store.flush()?;
             if failed > 0 {
                 return Err(Fail(format!("{failed} of {} hosts refused", macs.len())));
             }
         }
-        HostsCmd::Export { target, format, out } => {
+        HostsCmd::Export {
+            target,
+            format,
+            out,
+        } => {
             let data = if let Some(api) = Api::from(&target)? {
                 api.call("GET", &format!("/api/v1/export?format={format}"), None)?
             } else {

@@ -102,16 +102,21 @@ fn prerequisites(accel: &str) -> Result<(), Fail> {
         )));
     }
     if accel == "kvm" && !Path::new("/dev/kvm").exists() {
-        return Err(Fail("--accel kvm but there is no /dev/kvm; use --accel tcg".into()));
+        return Err(Fail(
+            "--accel kvm but there is no /dev/kvm; use --accel tcg".into(),
+        ));
     }
     Ok(())
 }
 
+/// A request to connect to an address, and where to send the connection.
+type ConnectRequest = (SocketAddr, mpsc::Sender<std::io::Result<TcpStream>>);
+
 /// Opens TCP connections from inside the namespace: a thread that entered it once.
-fn ns_connector() -> Result<mpsc::Sender<(SocketAddr, mpsc::Sender<std::io::Result<TcpStream>>)>, Fail> {
+fn ns_connector() -> Result<mpsc::Sender<ConnectRequest>, Fail> {
     let f = std::fs::File::open(format!("/run/netns/{NS}"))
         .map_err(|e| Fail(format!("/run/netns/{NS}: {e}")))?;
-    let (tx, rx) = mpsc::channel::<(SocketAddr, mpsc::Sender<std::io::Result<TcpStream>>)>();
+    let (tx, rx) = mpsc::channel::<ConnectRequest>();
     let (ready_tx, ready_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let r = nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET);
@@ -168,18 +173,55 @@ fn make_disk(img: &Path, work: &Path, bad: bool) -> Result<(), Fail> {
     let mnt = work.join("mnt");
     let _ = std::fs::remove_file(img);
     std::fs::File::create(img)?.set_len(256 << 20)?;
-    sh("sgdisk", &["-o", "-n", "1:2048:+64M", "-t", "1:0700", &img.to_string_lossy()])?;
+    sh(
+        "sgdisk",
+        &[
+            "-o",
+            "-n",
+            "1:2048:+64M",
+            "-t",
+            "1:0700",
+            &img.to_string_lossy(),
+        ],
+    )?;
     let _ = std::fs::remove_file(&part);
     std::fs::File::create(&part)?.set_len(64 << 20)?;
-    sh("mkntfs", &["-F", "-Q", "-q", "-s", "512", "-L", "WINDOWS", "-p", "2048", "-H", "255", "-S", "63", &part.to_string_lossy()])?;
+    sh(
+        "mkntfs",
+        &[
+            "-F",
+            "-Q",
+            "-q",
+            "-s",
+            "512",
+            "-L",
+            "WINDOWS",
+            "-p",
+            "2048",
+            "-H",
+            "255",
+            "-S",
+            "63",
+            &part.to_string_lossy(),
+        ],
+    )?;
     std::fs::create_dir_all(&mnt)?;
-    sh("ntfs-3g", &[&part.to_string_lossy(), &mnt.to_string_lossy()])?;
+    sh(
+        "ntfs-3g",
+        &[&part.to_string_lossy(), &mnt.to_string_lossy()],
+    )?;
     let r = (|| -> Result<(), Fail> {
         let cs = mnt.join("Windows/System32/drivers/CrowdStrike");
         std::fs::create_dir_all(&cs)?;
-        let mut files = vec![("C-00000291-00000000-00000033.sys", "2024-07-19 05:27:00 UTC")];
+        let mut files = vec![(
+            "C-00000291-00000000-00000033.sys",
+            "2024-07-19 05:27:00 UTC",
+        )];
         if bad {
-            files.push(("C-00000291-00000000-00000032.sys", "2024-07-19 04:09:00 UTC"));
+            files.push((
+                "C-00000291-00000000-00000032.sys",
+                "2024-07-19 04:09:00 UTC",
+            ));
         }
         for (name, when) in files {
             let mut data = b"\xaa\xaa\xaa\xaa\x01\x00\x23\x01".to_vec();
@@ -210,14 +252,34 @@ fn guest(work: &Path, i: u32, accel: &str) -> Result<Child, Fail> {
     let mac = format!("52:54:00:de:00:{i:02x}");
     let img = work.join(format!("{name}.img"));
     // Every fourth machine is already fine (only the good file): it comes out "clean".
-    make_disk(&img, work, i % 4 != 0)?;
+    make_disk(&img, work, !i.is_multiple_of(4))?;
     let tap = format!("t{name}");
-    sh("ip", &["-n", NS, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-    sh("ip", &["-n", NS, "link", "set", &tap, "master", "br0", "up"])?;
+    sh(
+        "ip",
+        &["-n", NS, "tuntap", "add", "dev", &tap, "mode", "tap"],
+    )?;
+    sh(
+        "ip",
+        &["-n", NS, "link", "set", &tap, "master", "br0", "up"],
+    )?;
     let serial = work.join(format!("{name}.serial"));
     let mut args: Vec<String> = vec![
-        "netns", "exec", NS, "qemu-system-x86_64", "-accel", accel, "-m", "1024", "-smp", "1",
-        "-nodefaults", "-display", "none", "-no-reboot", "-boot", "n",
+        "netns",
+        "exec",
+        NS,
+        "qemu-system-x86_64",
+        "-accel",
+        accel,
+        "-m",
+        "1024",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-boot",
+        "n",
     ]
     .into_iter()
     .map(String::from)
@@ -245,7 +307,8 @@ fn guest(work: &Path, i: u32, accel: &str) -> Result<Child, Fail> {
             "-global".into(),
             "driver=cfi.pflash01,property=secure,value=on".into(),
             "-drive".into(),
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd".into(),
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
+                .into(),
             "-drive".into(),
             format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             "-device".into(),
@@ -277,7 +340,10 @@ fn stop(children: &mut [Child]) {
         );
     }
     for _ in 0..50 {
-        if children.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+        if children
+            .iter_mut()
+            .all(|c| matches!(c.try_wait(), Ok(Some(_))))
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -315,8 +381,34 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
     let mut children: Vec<Child> = Vec::new();
     let result = (|| -> Result<(), Fail> {
         sh("ip", &["-n", NS, "link", "set", "lo", "up"])?;
-        sh("ip", &["-n", NS, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])?;
-        sh("ip", &["-n", NS, "addr", "add", &format!("{SERVER_IP}/24"), "dev", "br0"])?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                NS,
+                "link",
+                "add",
+                "br0",
+                "type",
+                "bridge",
+                "stp_state",
+                "0",
+                "forward_delay",
+                "0",
+            ],
+        )?;
+        sh(
+            "ip",
+            &[
+                "-n",
+                NS,
+                "addr",
+                "add",
+                &format!("{SERVER_IP}/24"),
+                "dev",
+                "br0",
+            ],
+        )?;
         sh("ip", &["-n", NS, "link", "set", "br0", "up"])?;
         let server = Command::new("ip")
             .args(["netns", "exec", NS])
@@ -324,10 +416,19 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
             .args(["serve", "--data-dir"])
             .arg(&a.data_dir)
             .args([
-                "--interface", "br0", "--dhcp", "full", "--pool", "10.99.0.100-10.99.0.199",
-                "--kernel-cmdline", "unbrick.poweroff",
+                "--interface",
+                "br0",
+                "--dhcp",
+                "full",
+                "--pool",
+                "10.99.0.100-10.99.0.199",
+                "--kernel-cmdline",
+                "unbrick.poweroff",
             ])
-            .env("UNBRICK_LOG", std::env::var("UNBRICK_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "UNBRICK_LOG",
+                std::env::var("UNBRICK_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| Fail(format!("unbrick serve: {e}")))?;
@@ -336,14 +437,21 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
         // Wait for the console to answer through the forwarder.
         let mut up = false;
         for _ in 0..100 {
-            if let Ok(r) = remediation_payload::http::request("GET", &format!("http://{}/healthz", a.console), None, Duration::from_secs(1)) {
+            if let Ok(r) = remediation_payload::http::request(
+                "GET",
+                &format!("http://{}/healthz", a.console),
+                None,
+                Duration::from_secs(1),
+            ) {
                 if r.status == 200 {
                     up = true;
                     break;
                 }
             }
             if let Ok(Some(st)) = children[0].try_wait() {
-                return Err(Fail(format!("unbrick serve exited ({st}) before it was up; see its log above")));
+                return Err(Fail(format!(
+                    "unbrick serve exited ({st}) before it was up; see its log above"
+                )));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -360,7 +468,9 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
             std::thread::sleep(Duration::from_secs(3));
         }
         println!("demo: {} machines are boot-looping; watch them recover in the console. Ctrl-C stops everything.", a.guests);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let console = a.console;
         let token2 = token.clone();
         rt.block_on(async move {
@@ -384,7 +494,10 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
             Ok::<_, Fail>(())
         })
     })();
-    println!("\ndemo: stopping {} processes by PID and deleting namespace {NS}", children.len());
+    println!(
+        "\ndemo: stopping {} processes by PID and deleting namespace {NS}",
+        children.len()
+    );
     stop(&mut children);
     let _ = Command::new("ip").args(["netns", "del", NS]).output();
     let _ = std::fs::remove_dir_all(&work);
@@ -396,7 +509,13 @@ fn summary_line(console: SocketAddr, token: &str) -> String {
         headers: vec![("Authorization", format!("Bearer {token}"))],
         ..Default::default()
     };
-    let Ok(r) = remediation_payload::http::request_with("GET", &format!("http://{console}/api/v1/summary"), None, Duration::from_secs(3), &opts) else {
+    let Ok(r) = remediation_payload::http::request_with(
+        "GET",
+        &format!("http://{console}/api/v1/summary"),
+        None,
+        Duration::from_secs(3),
+        &opts,
+    ) else {
         return String::new();
     };
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
@@ -409,5 +528,10 @@ fn summary_line(console: SocketAddr, token: &str) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    format!("{} of {} done; {}", v["done"], v["total"], counts.join(", "))
+    format!(
+        "{} of {} done; {}",
+        v["done"],
+        v["total"],
+        counts.join(", ")
+    )
 }

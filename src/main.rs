@@ -721,7 +721,11 @@ fn tokens(t: TokensCmd) -> Result<(), Fail> {
             let secret = book.create(&name, read_only, now_unix()).map_err(Fail)?;
             eprintln!(
                 "token {name:?} ({}) created; it is shown only this once:",
-                if read_only { "read-only" } else { "full access" }
+                if read_only {
+                    "read-only"
+                } else {
+                    "full access"
+                }
             );
             println!("{secret}");
         }
@@ -742,7 +746,9 @@ fn tokens(t: TokensCmd) -> Result<(), Fail> {
         TokensCmd::Revoke { name, data_dir } => {
             let book = web_console::tokens::TokenBook::new(&DataDir(data_dir).tokens());
             if !book.revoke(&name).map_err(Fail)? {
-                return Err(Fail(format!("no token named {name:?} (see: unbrick tokens list)")));
+                return Err(Fail(format!(
+                    "no token named {name:?} (see: unbrick tokens list)"
+                )));
             }
             println!("revoked {name:?}");
         }

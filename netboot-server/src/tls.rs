@@ -27,9 +27,7 @@ pub fn cert_fingerprint(cert_pem: &Path) -> Result<String, String> {
     ))
 }
 
-fn read_certs(
-    path: &Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -40,7 +38,10 @@ fn read_certs(
 pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certs(cert_pem)?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate in the file", cert_pem.display()));
+        return Err(format!(
+            "{}: no certificate in the file",
+            cert_pem.display()
+        ));
     }
     let pem = std::fs::read(key_pem).map_err(|e| format!("{}: {e}", key_pem.display()))?;
     let key = rustls_pemfile::private_key(&mut pem.as_slice())
@@ -174,10 +175,15 @@ mod tests {
         assert_eq!(cert_fingerprint(&c).unwrap(), fp);
         server_config(&c, &k).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&k).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&k).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(generate_self_signed(&c, &k, &["unbrick".into()]).is_err());
         std::fs::write(&k, "garbage").unwrap();
-        assert!(server_config(&c, &k).unwrap_err().contains("no private key"));
+        assert!(server_config(&c, &k)
+            .unwrap_err()
+            .contains("no private key"));
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

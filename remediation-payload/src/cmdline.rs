@@ -83,8 +83,10 @@ mod tests {
         assert!(Cmdline::parse("unbrick.server=ftp://x unbrick.token=t").is_err());
         let c = Cmdline::parse("unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443/ unbrick.token=t").unwrap();
         assert_eq!(c.api.as_deref(), Some("https://10.99.0.1:8443"));
-        assert!(Cmdline::parse("unbrick.server=http://a unbrick.api=http://10.99.0.1:8443 unbrick.token=t")
-            .unwrap_err()
-            .contains("https"));
+        assert!(Cmdline::parse(
+            "unbrick.server=http://a unbrick.api=http://10.99.0.1:8443 unbrick.token=t"
+        )
+        .unwrap_err()
+        .contains("https"));
     }
 }

@@ -89,8 +89,8 @@ pub fn request_with(
             .ok_or_else(|| format!("{url}: https needs the server certificate's fingerprint"))?;
         let cfg = pinned_config(pin)?;
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let conn = rustls::ClientConnection::new(cfg, name)
-            .map_err(|e| format!("TLS to {host}: {e}"))?;
+        let conn =
+            rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS to {host}: {e}"))?;
         let mut t = rustls::StreamOwned::new(conn, s);
         t.write_all(head.as_bytes())
             .and_then(|_| t.write_all(body))

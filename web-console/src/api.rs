@@ -1,6 +1,8 @@
 //! The admin API handlers (`/api/v1`). Bodies and queries are parsed by hand from the raw request
 //! so that every malformed input gets a 4xx with a reason (never axum's plain-text rejection or
 //! a 500).
+// axum's Response is the natural error of these handler helpers (a 4xx with its reason).
+#![allow(clippy::result_large_err)]
 use crate::auth::{caller, error, Caller};
 use crate::query::{self, Filter, HostImport, RowError};
 use crate::Console;
@@ -23,11 +25,7 @@ fn done(r: Res) -> Response {
 }
 
 pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::OPENAPI,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
 }
 
 fn now() -> u64 {
@@ -83,7 +81,8 @@ pub fn parse_filter(q: Option<&str>) -> Result<Filter, Response> {
         tag: m.remove("tag"),
         q: m.remove("q"),
     };
-    f.validate().map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    f.validate()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     Ok(f)
 }
 
@@ -336,7 +335,10 @@ fn record_audit(c: &Console, actor: &str, action: &str, detail: String) -> Resul
 pub const MAX_BODY: usize = 16 << 20;
 
 #[allow(clippy::result_large_err)]
-pub fn parse_import(content_type: &str, body: &[u8]) -> Result<(Vec<HostImport>, Vec<RowError>), Response> {
+pub fn parse_import(
+    content_type: &str,
+    body: &[u8],
+) -> Result<(Vec<HostImport>, Vec<RowError>), Response> {
     let text = std::str::from_utf8(body)
         .map_err(|_| error(StatusCode::BAD_REQUEST, "the body is not UTF-8 text"))?;
     let ct = content_type
@@ -435,7 +437,10 @@ pub async fn apply_action(
     macs: &[String],
 ) -> Result<ActionResult, Response> {
     if macs.is_empty() {
-        return Err(error(StatusCode::BAD_REQUEST, "no hosts given (macs is empty)"));
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "no hosts given (macs is empty)",
+        ));
     }
     if macs.len() > MAX_BULK {
         return Err(error(
@@ -595,8 +600,9 @@ pub async fn export(
     done((|| {
         caller(&c, &Method::GET, &headers)?;
         let eq = parse_query(q.as_deref(), &["format"])?;
-        let mut rows: Vec<query::ReportRow> =
-            c.fleet.with_hosts(|h| h.values().map(query::report_row).collect());
+        let mut rows: Vec<query::ReportRow> = c
+            .fleet
+            .with_hosts(|h| h.values().map(query::report_row).collect());
         rows.sort_by(|a, b| a.mac.cmp(&b.mac));
         let stamp = query::iso(now()).replace([':', '-'], "");
         match eq.get("format").map(String::as_str).unwrap_or("json") {
@@ -643,9 +649,8 @@ pub async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respon
             Err(_) => SseEvent::default().event("resync").data("lagged"),
         })
     });
-    let hello = futures_util::stream::once(async {
-        Ok(SseEvent::default().event("hello").data("live"))
-    });
+    let hello =
+        futures_util::stream::once(async { Ok(SseEvent::default().event("hello").data("live")) });
     Sse::new(hello.chain(stream))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
@@ -695,9 +700,8 @@ pub async fn metrics(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
         return r;
     }
     let s = c.fleet.with_hosts(|h| query::summary(h.values()));
-    let mut out = String::from(
-        "# HELP unbrick_hosts Hosts by state.\n# TYPE unbrick_hosts gauge\n",
-    );
+    let mut out =
+        String::from("# HELP unbrick_hosts Hosts by state.\n# TYPE unbrick_hosts gauge\n");
     for (state, n) in &s.by_state {
         out.push_str(&format!("unbrick_hosts{{state=\"{state}\"}} {n}\n"));
     }
@@ -705,9 +709,5 @@ pub async fn metrics(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
         "# HELP unbrick_progress_ratio Hosts done over all hosts.\n# TYPE unbrick_progress_ratio gauge\nunbrick_progress_ratio {}\n",
         if s.total == 0 { 0.0 } else { s.done as f64 / s.total as f64 }
     ));
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -103,10 +103,7 @@ pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Calle
             ));
         };
         let Some(t) = c.tokens.check(secret.trim()) else {
-            return Err(error(
-                StatusCode::UNAUTHORIZED,
-                "unknown or revoked token",
-            ));
+            return Err(error(StatusCode::UNAUTHORIZED, "unknown or revoked token"));
         };
         Caller {
             actor: format!("token:{}", t.name),

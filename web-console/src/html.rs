@@ -25,7 +25,11 @@ fn page<T: Template>(status: StatusCode, t: &T) -> Response {
             .into_response(),
         Err(e) => {
             tracing::error!("console template: {e}");
-            (StatusCode::INTERNAL_SERVER_ERROR, "console template error\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "console template error\n",
+            )
+                .into_response()
         }
     }
 }
@@ -131,7 +135,10 @@ pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Byt
                     (header::LOCATION, "/login".to_string()),
                     (
                         header::SET_COOKIE,
-                        format!("{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0", auth::COOKIE),
+                        format!(
+                            "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                            auth::COOKIE
+                        ),
                     ),
                 ],
             )
@@ -221,7 +228,12 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
         .collect();
     let counts = query::STATES
         .iter()
-        .map(|s| (s.to_string(), summary.by_state.get(*s).copied().unwrap_or(0)))
+        .map(|s| {
+            (
+                s.to_string(),
+                summary.by_state.get(*s).copied().unwrap_or(0),
+            )
+        })
         .collect();
     let o = |v: &Option<String>| v.clone().unwrap_or_default();
     page(
@@ -323,7 +335,11 @@ struct ResultPage {
     back: String,
 }
 
-pub async fn ui_actions(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn ui_actions(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let f = form(&body);
     let (_, s) = match form_session(&c, &headers, &f) {
         Ok(x) => x,
@@ -347,7 +363,11 @@ pub async fn ui_actions(State(c): State<Arc<Console>>, headers: HeaderMap, body:
         .filter(|b| b.starts_with("/hosts/") && !b.contains("//"))
         .unwrap_or("/")
         .to_string();
-    let back = if action == Action::Forget { "/".into() } else { back };
+    let back = if action == Action::Forget {
+        "/".into()
+    } else {
+        back
+    };
     let actor = format!("console:{}", s.name);
     let (status, summary, lines) = match api::apply_action(&c, &actor, action, &macs).await {
         Ok(r) => (

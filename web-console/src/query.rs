@@ -68,14 +68,23 @@ impl Filter {
     }
 
     pub fn matches(&self, h: &HostRecord) -> bool {
-        let nonempty = |o: &Option<String>| o.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        let nonempty = |o: &Option<String>| {
+            o.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
         if let Some(s) = nonempty(&self.state) {
             if !s.split(',').any(|one| one.trim() == h.state.name()) {
                 return false;
             }
         }
         if let Some(site) = nonempty(&self.site) {
-            if !h.site.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&site)) {
+            if !h
+                .site
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(&site))
+            {
                 return false;
             }
         }
@@ -124,7 +133,10 @@ pub fn page<'a>(hosts: impl Iterator<Item = &'a HostRecord>, f: &Filter) -> Page
     let mut hits: Vec<&HostRecord> = hosts.filter(|h| f.matches(h)).collect();
     hits.sort_unstable_by_key(|h| h.mac);
     let total = hits.len();
-    let per_page = f.per_page.unwrap_or(DEFAULT_PER_PAGE).clamp(1, MAX_PER_PAGE);
+    let per_page = f
+        .per_page
+        .unwrap_or(DEFAULT_PER_PAGE)
+        .clamp(1, MAX_PER_PAGE);
     let pages = total.div_ceil(per_page).max(1);
     let page = f.page.unwrap_or(1).clamp(1, pages);
     let hosts = hits
@@ -157,8 +169,7 @@ pub struct Summary {
 }
 
 pub fn summary<'a>(hosts: impl Iterator<Item = &'a HostRecord>) -> Summary {
-    let mut by_state: BTreeMap<String, usize> =
-        STATES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut by_state: BTreeMap<String, usize> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
     let (mut total, mut done, mut attention) = (0, 0, 0);
     for h in hosts {
         total += 1;
@@ -175,11 +186,7 @@ pub fn summary<'a>(hosts: impl Iterator<Item = &'a HostRecord>) -> Summary {
         by_state,
         done,
         attention,
-        progress_percent: if total == 0 {
-            0
-        } else {
-            (done * 100 / total) as u32
-        },
+        progress_percent: (done * 100).checked_div(total).unwrap_or(0) as u32,
     }
 }
 
@@ -271,7 +278,10 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
         .clone();
     let col = |names: &[&str]| {
         headers.iter().position(|h| {
-            let h = h.trim_start_matches('\u{feff}').to_ascii_lowercase().replace(['_', '-'], " ");
+            let h = h
+                .trim_start_matches('\u{feff}')
+                .to_ascii_lowercase()
+                .replace(['_', '-'], " ");
             names.contains(&h.as_str())
         })
     };
@@ -290,7 +300,15 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
             .as_ref()
             .ok()
             .and_then(|r| r.position())
-            .map(|p| p.line() as usize)
+            // The file's own line (csv's line counter skips blank lines).
+            .map(|p| {
+                let mut b = (p.byte() as usize).min(text.len());
+                // The position may point at blank lines skipped before the record.
+                while matches!(text.as_bytes().get(b), Some(b'\n' | b'\r')) {
+                    b += 1;
+                }
+                text.as_bytes()[..b].iter().filter(|c| **c == b'\n').count() + 1
+            })
             .unwrap_or(i + 2);
         if i >= MAX_IMPORT_ROWS {
             return Err(format!("more than {MAX_IMPORT_ROWS} rows; split the file"));
@@ -325,8 +343,8 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
 
 /// Parses a JSON host list: an array of `{mac, hostname?, site?, tags?}`.
 pub fn parse_json(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String> {
-    let rows: Vec<serde_json::Value> = serde_json::from_str(text)
-        .map_err(|e| format!("expected a JSON array of hosts: {e}"))?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("expected a JSON array of hosts: {e}"))?;
     if rows.len() > MAX_IMPORT_ROWS {
         return Err(format!("more than {MAX_IMPORT_ROWS} hosts; split the file"));
     }
@@ -519,10 +537,20 @@ mod tests {
         let f = |s: &str| serde_json::from_str::<Filter>(s).unwrap();
         let p = page(hosts.iter().rev(), &f(r#"{"per_page":7,"page":2}"#));
         assert_eq!((p.total, p.pages, p.hosts.len()), (30, 5, 7));
-        assert_eq!(p.hosts[0].hostname.as_deref(), Some("pc-007"), "sorted by MAC");
-        let p = page(hosts.iter(), &f(r#"{"state":"remediated","site":"berlin"}"#));
+        assert_eq!(
+            p.hosts[0].hostname.as_deref(),
+            Some("pc-007"),
+            "sorted by MAC"
+        );
+        let p = page(
+            hosts.iter(),
+            &f(r#"{"state":"remediated","site":"berlin"}"#),
+        );
         assert_eq!(p.total, 5);
-        let p = page(hosts.iter(), &f(r#"{"state":"remediated,failed","tag":"CANARY"}"#));
+        let p = page(
+            hosts.iter(),
+            &f(r#"{"state":"remediated,failed","tag":"CANARY"}"#),
+        );
         assert_eq!(p.total, 5);
         let p = page(hosts.iter(), &f(r#"{"q":"PC-01"}"#));
         assert_eq!(p.total, 10);
@@ -534,12 +562,18 @@ mod tests {
         assert_eq!(p.total, 20, "search covers failure reasons");
         let p = page(hosts.iter(), &f(r#"{"page":99}"#));
         assert_eq!(p.page, 1, "past the end clamps to the last page");
-        assert!(f(r#"{"state":"nope"}"#).validate().unwrap_err().contains("unknown state"));
+        assert!(f(r#"{"state":"nope"}"#)
+            .validate()
+            .unwrap_err()
+            .contains("unknown state"));
         assert!(f(r#"{"page":0}"#).validate().is_err());
         assert!(f(r#"{"per_page":501}"#).validate().is_err());
         assert!(serde_json::from_str::<Filter>(r#"{"color":"red"}"#).is_err());
         let s = summary(hosts.iter());
-        assert_eq!((s.total, s.done, s.attention, s.progress_percent), (30, 10, 20, 33));
+        assert_eq!(
+            (s.total, s.done, s.attention, s.progress_percent),
+            (30, 10, 20, 33)
+        );
         assert_eq!(s.by_state["remediated"], 10);
         assert_eq!(s.by_state["recovered"], 0);
     }
@@ -561,7 +595,9 @@ mod tests {
         assert_eq!(bad.len(), 2);
         assert_eq!(bad[0].line, 3);
         assert!(bad[1].error.contains("control"), "{bad:?}");
-        assert!(parse_csv("hostname,site\npc,x\n").unwrap_err().contains("no 'mac' column"));
+        assert!(parse_csv("hostname,site\npc,x\n")
+            .unwrap_err()
+            .contains("no 'mac' column"));
         let (ok, bad) = parse_csv("mac\n52:54:00:aa:00:09\n").unwrap();
         assert_eq!((ok.len(), bad.len()), (1, 0));
     }
@@ -604,7 +640,10 @@ mod tests {
         });
         let text = export_csv(&[report_row(&h)]);
         let mut rd = csv::Reader::from_reader(text.as_bytes());
-        assert_eq!(rd.headers().unwrap().iter().collect::<Vec<_>>(), CSV_COLUMNS);
+        assert_eq!(
+            rd.headers().unwrap().iter().collect::<Vec<_>>(),
+            CSV_COLUMNS
+        );
         let rec = rd.records().next().unwrap().unwrap();
         assert_eq!(&rec[1], "pc, \"quoted\"");
         assert_eq!(&rec[4], "remediated");

@@ -22,17 +22,23 @@ struct TokenFile {
     tokens: Vec<TokenInfo>,
 }
 
+/// The file's (modification time, size) when it was read, and what it held.
+type Cached = (Option<(SystemTime, u64)>, Vec<TokenInfo>);
+
 /// The token file, cached and re-read when its modification time or size changes.
 pub struct TokenBook {
     path: PathBuf,
-    cache: Mutex<(Option<(SystemTime, u64)>, Vec<TokenInfo>)>,
+    cache: Mutex<Cached>,
 }
 
 /// Tokens look like `ubk_` + 32 hex digits (128 random bits).
 pub const PREFIX: &str = "ubk_";
 
 pub fn hash(secret: &str) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, secret.as_bytes()))
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        secret.as_bytes(),
+    ))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -52,8 +58,7 @@ pub fn random_id() -> String {
 fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 64
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
 }
 
@@ -178,10 +183,15 @@ mod tests {
         let text = std::fs::read_to_string(d.join("tokens.json")).unwrap();
         assert!(!text.contains(&s[4..]), "the secret is never stored");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(d.join("tokens.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join("tokens.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         // Another process (the CLI) revokes: the running server notices.
-        TokenBook::new(&d.join("tokens.json")).revoke("ops").unwrap();
+        TokenBook::new(&d.join("tokens.json"))
+            .revoke("ops")
+            .unwrap();
         assert!(book.check(&s).is_none());
         assert!(book.check(&r).is_some());
         std::fs::remove_dir_all(&d).unwrap();

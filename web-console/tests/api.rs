@@ -1,0 +1,598 @@
+//! Every admin API endpoint and console route, through the real router: auth failures, bad
+//! input (always a 4xx with a reason, never a 500), CSRF, read-only tokens, SSE, import/export.
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use fleet::{Event, EventSource, HostState, Mac, SledStore, Store};
+use http_body_util::BodyExt;
+use netboot_server::fleetio::FleetIo;
+use std::sync::Arc;
+use tower::ServiceExt;
+use web_console::{router, Console};
+
+struct T {
+    app: axum::Router,
+    fleet: Arc<FleetIo>,
+    admin: String,
+    viewer: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for T {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn setup(name: &str) -> T {
+    let dir = std::env::temp_dir().join(format!("unbrick-api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store")).unwrap());
+    for i in 0..30u8 {
+        let mac = Mac([0x52, 0x54, 0, 0xab, 0, i]);
+        store
+            .update_host(mac, 1_721_366_820_000, &mut |h| {
+                h.state = match i % 3 {
+                    0 => HostState::Remediated,
+                    1 => HostState::Failed("no Windows volume could be mounted".into()),
+                    _ => HostState::Seen,
+                };
+                h.hostname = Some(format!("pc-{i:03}"));
+                h.site = Some(if i < 10 { "berlin" } else { "austin" }.into());
+                h.tags = vec![if i < 5 { "canary" } else { "main" }.into()];
+                Ok(())
+            })
+            .unwrap();
+        store
+            .append_event(
+                mac,
+                &Event {
+                    time_ms: 1,
+                    source: EventSource::Dhcp,
+                    kind: "dhcp-discover".into(),
+                    message: "Discover".into(),
+                },
+            )
+            .unwrap();
+    }
+    let fleet = Arc::new(FleetIo::new(store, Arc::new(fleet::DefaultPolicy::default())).unwrap());
+    let console = Console::new(fleet.clone(), &dir.join("tokens.json"));
+    let admin = console.tokens.create("ops", false, 1).unwrap();
+    let viewer = console.tokens.create("viewer", true, 1).unwrap();
+    T {
+        app: router(console),
+        fleet,
+        admin,
+        viewer,
+        dir,
+    }
+}
+
+async fn send(t: &T, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, String) {
+    let r = t.app.clone().oneshot(req).await.unwrap();
+    let status = r.status();
+    let headers = r.headers().clone();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).to_string())
+}
+
+fn get(path: &str, token: Option<&str>) -> Request<Body> {
+    let mut b = Request::get(path);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+fn post(path: &str, token: Option<&str>, ct: &str, body: &str) -> Request<Body> {
+    let mut b = Request::post(path).header(header::CONTENT_TYPE, ct);
+    if let Some(t) = token {
+        b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    b.body(Body::from(body.to_string())).unwrap()
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[tokio::test]
+async fn every_endpoint_refuses_missing_and_bad_credentials() {
+    let t = setup("auth");
+    let gets = [
+        "/api/v1/summary",
+        "/api/v1/hosts",
+        "/api/v1/hosts/52:54:00:ab:00:01",
+        "/api/v1/export",
+        "/api/v1/events",
+        "/api/v1/audit",
+        "/metrics",
+    ];
+    for p in gets {
+        for tok in [
+            None,
+            Some("ubk_00000000000000000000000000000000"),
+            Some("nonsense"),
+        ] {
+            let (s, h, b) = send(&t, get(p, tok)).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{p} with {tok:?}: {b}");
+            assert!(
+                json(&b)["error"].as_str().unwrap().len() > 10,
+                "{p}: a reason"
+            );
+            assert!(h.contains_key(header::WWW_AUTHENTICATE));
+        }
+        // (Status only: the event stream never ends.)
+        let r = t
+            .app
+            .clone()
+            .oneshot(get(p, Some(&t.viewer)))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "{p}: a read-only token may read"
+        );
+    }
+    let req = Request::get("/api/v1/summary")
+        .header(header::AUTHORIZATION, "Basic b3BzOm9wcw==")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, b) = send(&t, req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(b.contains("Bearer"));
+    // Writes: no token, and a read-only token.
+    for (p, ct, body) in [
+        (
+            "/api/v1/hosts/import",
+            "text/csv",
+            "mac\n52:54:00:ab:01:01\n",
+        ),
+        (
+            "/api/v1/hosts/actions",
+            "application/json",
+            r#"{"action":"retry","macs":["52:54:00:ab:00:01"]}"#,
+        ),
+    ] {
+        let (s, _, _) = send(&t, post(p, None, ct, body)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{p}");
+        let (s, _, b) = send(&t, post(p, Some(&t.viewer), ct, body)).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{p}: {b}");
+        assert!(b.contains("read-only"));
+    }
+    // The OpenAPI document is public (it holds no data).
+    let (s, _, b) = send(&t, get("/api/v1/openapi.json", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b)["openapi"], "3.0.3");
+    assert_eq!(
+        t.fleet
+            .host(Mac([0x52, 0x54, 0, 0xab, 0, 1]))
+            .unwrap()
+            .state
+            .name(),
+        "failed",
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn list_filter_paginate_and_detail() {
+    let t = setup("list");
+    let a = Some(t.admin.as_str());
+    let (s, _, b) = send(&t, get("/api/v1/summary", a)).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&b);
+    assert_eq!(
+        (v["total"].as_u64(), v["done"].as_u64()),
+        (Some(30), Some(10))
+    );
+    assert_eq!(v["by_state"]["failed"], 10);
+    let (_, _, b) = send(&t, get("/api/v1/hosts?per_page=7&page=3", a)).await;
+    let v = json(&b);
+    assert_eq!(
+        (v["total"].as_u64(), v["pages"].as_u64()),
+        (Some(30), Some(5))
+    );
+    assert_eq!(v["hosts"][0]["mac"], "52:54:00:ab:00:0e");
+    let (_, _, b) = send(&t, get("/api/v1/hosts?state=failed&site=berlin", a)).await;
+    assert_eq!(json(&b)["total"], 3);
+    let (_, _, b) = send(&t, get("/api/v1/hosts?tag=canary&state=remediated,seen", a)).await;
+    assert_eq!(json(&b)["total"], 3);
+    let (_, _, b) = send(&t, get("/api/v1/hosts?q=mounted", a)).await;
+    assert_eq!(json(&b)["total"], 10);
+    let (_, _, b) = send(&t, get("/api/v1/hosts?q=pc-02", a)).await;
+    assert_eq!(json(&b)["total"], 10);
+    for bad in [
+        "state=bogus",
+        "page=0",
+        "page=x",
+        "per_page=100000",
+        "per_page=-1",
+        "colour=red",
+        "q=a&q=b",
+        "page=99999999999999999999999",
+    ] {
+        let (s, _, b) = send(&t, get(&format!("/api/v1/hosts?{bad}"), a)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert!(!json(&b)["error"].as_str().unwrap().is_empty());
+    }
+    let (s, _, b) = send(&t, get("/api/v1/hosts/52-54-00-AB-00-04", a)).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&b);
+    assert_eq!(v["host"]["hostname"], "pc-004");
+    assert_eq!(v["events"][0]["kind"], "dhcp-discover");
+    let (s, _, _) = send(&t, get("/api/v1/hosts/52:54:00:ff:ff:ff", a)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, b) = send(&t, get("/api/v1/hosts/not-a-mac", a)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    let (s, _, b) = send(&t, get("/api/v1/audit", a)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(json(&b).is_array());
+    let (s, h, b) = send(&t, get("/metrics", a)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(b.contains("unbrick_hosts{state=\"failed\"} 10"), "{b}");
+}
+
+#[tokio::test]
+async fn import_csv_and_json_with_bad_rows() {
+    let t = setup("import");
+    let a = Some(t.admin.as_str());
+    let csv = "mac,hostname,site,tags\n52:54:00:ab:00:01,renamed,paris,x;y\n52:54:00:cd:00:01,new-1,paris,\nzz:zz,bad,,\n";
+    let (s, _, b) = send(&t, post("/api/v1/hosts/import", a, "text/csv", csv)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!(
+        (v["created"].as_u64(), v["updated"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(v["errors"][0]["line"], 4);
+    let h = t.fleet.host(Mac([0x52, 0x54, 0, 0xab, 0, 1])).unwrap();
+    assert_eq!(h.hostname.as_deref(), Some("renamed"));
+    assert_eq!(h.tags, ["x", "y"]);
+    assert_eq!(h.state.name(), "failed", "import does not touch the state");
+    let (s, _, b) = send(
+        &t,
+        post(
+            "/api/v1/hosts/import",
+            a,
+            "application/json",
+            r#"[{"mac":"52:54:00:cd:00:02","site":"rome"}]"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        t.fleet
+            .host(Mac([0x52, 0x54, 0, 0xcd, 0, 2]))
+            .unwrap()
+            .site
+            .as_deref(),
+        Some("rome")
+    );
+    for (ct, body, want) in [
+        ("text/csv", "hostname\npc\n", StatusCode::BAD_REQUEST),
+        ("text/csv", "mac\nnope\n", StatusCode::UNPROCESSABLE_ENTITY),
+        ("application/json", "{", StatusCode::BAD_REQUEST),
+        ("application/json", "{}", StatusCode::BAD_REQUEST),
+        (
+            "application/xml",
+            "<hosts/>",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ] {
+        let (s, _, b) = send(&t, post("/api/v1/hosts/import", a, ct, body)).await;
+        assert_eq!(s, want, "{ct} {body:?}: {b}");
+    }
+    let req = Request::post("/api/v1/hosts/import")
+        .header(header::AUTHORIZATION, format!("Bearer {}", t.admin))
+        .header(header::CONTENT_TYPE, "text/csv")
+        .body(Body::from(vec![0xff, 0xfe, 0x00]))
+        .unwrap();
+    let (s, _, _) = send(&t, req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (_, _, b) = send(&t, get("/api/v1/audit", a)).await;
+    assert!(
+        b.contains("token:ops") && b.contains("1 created, 1 updated, 1 rows refused"),
+        "{b}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_actions() {
+    let t = setup("actions");
+    let a = Some(t.admin.as_str());
+    let m1 = "52:54:00:ab:00:01"; // failed
+    let m0 = "52:54:00:ab:00:00"; // remediated
+    let body = format!(r#"{{"action":"retry","macs":["{m1}","{m0}","52:54:00:ff:00:00","junk"]}}"#);
+    let (s, _, b) = send(
+        &t,
+        post("/api/v1/hosts/actions", a, "application/json", &body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!((v["ok"].as_u64(), v["failed"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        t.fleet.host(m1.parse().unwrap()).unwrap().state,
+        HostState::Seen
+    );
+    assert_eq!(
+        t.fleet.host(m0.parse().unwrap()).unwrap().state,
+        HostState::Seen
+    );
+    for (action, check) in [
+        ("approve", "approved"),
+        ("skip", "skipped"),
+        ("mark-done", "recovered"),
+    ] {
+        let body = format!(r#"{{"action":"{action}","macs":["{m1}"]}}"#);
+        let (s, _, b) = send(
+            &t,
+            post("/api/v1/hosts/actions", a, "application/json", &body),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let h = t.fleet.host(m1.parse().unwrap()).unwrap();
+        match check {
+            "approved" => assert!(h.approved),
+            "skipped" => assert!(h.skipped),
+            _ => assert_eq!(h.state, HostState::Recovered),
+        }
+    }
+    let body = format!(r#"{{"action":"forget","macs":["{m1}"]}}"#);
+    let (s, _, _) = send(
+        &t,
+        post("/api/v1/hosts/actions", a, "application/json", &body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(t.fleet.host(m1.parse().unwrap()).is_none());
+    assert!(t
+        .fleet
+        .store()
+        .events(m1.parse().unwrap())
+        .unwrap()
+        .is_empty());
+    let (s, _, _) = send(&t, get(&format!("/api/v1/hosts/{m1}"), a)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    for bad in [
+        r#"{"action":"reboot","macs":["52:54:00:ab:00:02"]}"#,
+        r#"{"action":"retry","macs":[]}"#,
+        r#"{"action":"retry"}"#,
+        r#"{"action":"retry","macs":["52:54:00:ab:00:02"],"extra":1}"#,
+        r#"[1,2]"#,
+        "",
+    ] {
+        let (s, _, b) = send(
+            &t,
+            post("/api/v1/hosts/actions", a, "application/json", bad),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert!(!json(&b)["error"].as_str().unwrap().is_empty());
+    }
+    let (_, _, b) = send(&t, get("/api/v1/audit", a)).await;
+    let log = json(&b);
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["forget", "mark-done", "skip", "approve", "retry"],
+        "newest first"
+    );
+}
+
+#[tokio::test]
+async fn export_csv_and_json() {
+    let t = setup("export");
+    let a = Some(t.admin.as_str());
+    let (s, h, b) = send(&t, get("/api/v1/export?format=csv", a)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_DISPOSITION]
+        .to_str()
+        .unwrap()
+        .contains(".csv"));
+    let lines: Vec<&str> = b.lines().collect();
+    assert_eq!(lines.len(), 31);
+    assert!(lines[0].starts_with("mac,hostname,site,tags,state,reason"));
+    let (s, _, b) = send(&t, get("/api/v1/export", a)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b).as_array().unwrap().len(), 30);
+    let (s, _, _) = send(&t, get("/api/v1/export?format=xlsx", a)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn sse_streams_changes() {
+    let t = setup("sse");
+    let r = t
+        .app
+        .clone()
+        .oneshot(get("/api/v1/events", Some(&t.viewer)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = r.into_body();
+    let mut seen = String::new();
+    let mac: Mac = "52:54:00:ab:00:02".parse().unwrap();
+    t.fleet
+        .event(mac, EventSource::Agent, "agent-hello", "agent up".into(), 5);
+    while !seen.contains("agent up") {
+        let f = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame())
+            .await
+            .expect("an event within 5 s")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = f.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    assert!(seen.contains("event: hello"));
+    assert!(seen.contains("event: change"));
+    assert!(
+        seen.contains("\"mac\":\"52:54:00:ab:00:02\"") && seen.contains("\"state\":\"seen\""),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn console_login_csrf_and_forms() {
+    let t = setup("console");
+    // Pages need a session.
+    let (s, h, _) = send(&t, get("/", None)).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], "/login");
+    let (s, _, b) = send(&t, get("/login", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains("<form method=\"post\" action=\"/login\">"));
+    let (s, _, b) = send(
+        &t,
+        post(
+            "/login",
+            None,
+            "application/x-www-form-urlencoded",
+            "token=ubk_bad",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(b.contains("unknown or revoked"));
+    let (s, h, _) = send(
+        &t,
+        post(
+            "/login",
+            None,
+            "application/x-www-form-urlencoded",
+            &format!("token={}", t.admin),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let cookie = h[header::SET_COOKIE].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = |path: &str| {
+        Request::get(path)
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, page) = send(&t, with_cookie("/?state=failed&per_page=5")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("data-mac=\"52:54:00:ab:00:01\""));
+    assert!(page.contains("page 1 of 2"), "10 failed hosts, 5 per page");
+    assert!(!page.contains("data-mac=\"52:54:00:ab:00:00\""), "filtered");
+    let csrf = page
+        .split("name=\"csrf\" content=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let (s, _, page) = send(&t, with_cookie("/hosts/52:54:00:ab:00:01")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("no Windows volume could be mounted") && page.contains("dhcp-discover"));
+    // The session reads the API with its cookie, but may not write without the CSRF header.
+    let (s, _, _) = send(&t, with_cookie("/api/v1/summary")).await;
+    assert_eq!(s, StatusCode::OK);
+    let req = Request::post("/api/v1/hosts/actions")
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"action":"skip","macs":["52:54:00:ab:00:01"]}"#,
+        ))
+        .unwrap();
+    let (s, _, b) = send(&t, req).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(b.contains("CSRF"));
+    // A form without the right CSRF token changes nothing.
+    let form = |csrf: &str| {
+        Request::post("/ui/actions")
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(format!(
+                "csrf={csrf}&action=skip&mac=52%3A54%3A00%3Aab%3A00%3A01&mac=52%3A54%3A00%3Aab%3A00%3A04"
+            )))
+            .unwrap()
+    };
+    let (s, _, _) = send(&t, form("wrong")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(
+        !t.fleet
+            .host("52:54:00:ab:00:01".parse().unwrap())
+            .unwrap()
+            .skipped
+    );
+    let (s, _, b) = send(&t, form(&csrf)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.contains("skip: 2 done, 0 refused"), "{b}");
+    assert!(
+        t.fleet
+            .host("52:54:00:ab:00:04".parse().unwrap())
+            .unwrap()
+            .skipped
+    );
+    let req = Request::post("/ui/import")
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!(
+            "csrf={csrf}&csv=mac%2Chostname%0A52%3A54%3A00%3Aee%3A00%3A01%2Cfrom-form%0Abad%2Cx%0A"
+        )))
+        .unwrap();
+    let (s, _, b) = send(&t, req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(
+        b.contains("1 hosts created, 0 updated, 1 rows refused") && b.contains("line 3"),
+        "{b}"
+    );
+    // Hostile values are escaped in pages.
+    t.fleet
+        .update("52:54:00:ab:00:05".parse().unwrap(), 1, &mut |h| {
+            h.hostname = Some("<script>alert(1)</script>".into());
+            Ok(())
+        })
+        .unwrap();
+    let (_, _, page) = send(&t, with_cookie("/?q=ab:00:05")).await;
+    assert!(
+        !page.contains("<script>alert(1)"),
+        "hostile hostname escaped"
+    );
+    assert!(page.contains("&#60;script&#62;") || page.contains("&lt;script&gt;"));
+    // Log out: the cookie stops working.
+    let req = Request::post("/logout")
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={csrf}")))
+        .unwrap();
+    let (s, _, _) = send(&t, req).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let (s, _, _) = send(&t, with_cookie("/api/v1/summary")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = send(&t, get("/assets/console.js", None)).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[test]
+fn openapi_names_every_api_route() {
+    let doc: serde_json::Value = serde_json::from_str(web_console::OPENAPI).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let src = include_str!("../src/lib.rs");
+    for line in src.lines().filter(|l| l.contains(".route(\"/api/v1/")) {
+        let p = line.split('"').nth(1).unwrap();
+        if p == "/api/v1/openapi.json" {
+            continue;
+        }
+        assert!(paths.contains_key(p), "{p} is not in the OpenAPI document");
+    }
+}
