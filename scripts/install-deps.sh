@@ -57,6 +57,18 @@ if [ ! -d "$kdir/root/boot" ]; then
   )
 fi
 
+# schemathesis (PyPI) for the API fuzz test, in a private venv.
+venv=/var/tmp/unbrick-venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'schemathesis==4.32.5'
+fi
+
+# playwright-core (npm) drives Debian's Chromium in the browser test; pinned by package-lock.json.
+if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
+  ( cd "$here/tests/browser" && npm ci --no-audit --no-fund --loglevel=error )
+fi
+
 # musl target for the static agent (rustup fetches it; the payload test needs it).
 rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl || rustup target add x86_64-unknown-linux-musl
 echo "dependencies ready"

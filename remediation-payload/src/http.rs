@@ -124,7 +124,7 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
         .map_err(|_| format!("certificate fingerprint {pin:?} is not 32 bytes"))
 }
 
-fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinned {
         sha256: parse_pin(pin)?,
@@ -139,6 +139,7 @@ fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(cfg))
 }
 
+/// (Also used by the load generator, with tokio-rustls.)
 /// Accepts exactly one certificate: the one whose SHA-256 is pinned. Handshake signatures are
 /// still verified (the server must hold the certificate's key).
 #[derive(Debug)]

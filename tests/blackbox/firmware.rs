@@ -304,7 +304,7 @@ fn real_firmware_boots_through_unbrick() {
             ev.iter().any(|e| e.starts_with("payload")),
             "{name}: payload issued: {ev:?}"
         );
-        assert_eq!(v["host"]["state"]["state"], "booting", "{name}");
+        assert_eq!(v["host"]["state"], "booting", "{name}");
         if matches!(fw, Firmware::UefiFw | Firmware::UefiSb) {
             assert!(
                 ev.iter()

@@ -250,7 +250,7 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
 
     // What the store says.
     let state = |mac: &str| {
-        lab.host_json(mac)["host"]["state"]["state"]
+        lab.host_json(mac)["host"]["state"]
             .as_str()
             .unwrap()
             .to_string()
@@ -263,12 +263,10 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         "two volumes remediated, one hibernated: {}",
         report("52:54:00:e0:00:02")
     );
-    assert!(
-        lab.host_json("52:54:00:e0:00:02")["host"]["state"]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("hibernated")
-    );
+    assert!(lab.host_json("52:54:00:e0:00:02")["host"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("hibernated"));
     assert_eq!(state("52:54:00:e0:00:03"), "remediated");
     assert_eq!(
         state("52:54:00:e0:00:04"),
@@ -476,7 +474,7 @@ fn agent_rides_out_a_server_restart() {
     drop(g);
     assert!(lab.stop_server().success());
     let h = lab.host_json(mac);
-    assert_eq!(h["host"]["state"]["state"], "remediated", "{h}");
+    assert_eq!(h["host"]["state"], "remediated", "{h}");
     let part = disk.extract(0);
     assert!(ntfs_read(&part, &format!("{CS}/C-00000291-00000000-00000032.sys")).is_none());
 }

@@ -142,7 +142,7 @@ pub fn view(h: &HostRecord) -> HostView {
         notes: h.notes.clone(),
         protector_ids: h.protector_ids.clone(),
         last_report: h.last_report.as_ref().map(|r| ReportView {
-            result: format!("{:?}", r.result).to_lowercase(),
+            result: crate::query::result_name(r.result),
             reason: r.reason.clone(),
             volumes: r.volumes.clone(),
             files: r.files.clone(),

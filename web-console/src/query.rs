@@ -410,6 +410,14 @@ fn civil(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
+/// A run result's name as the agent API spells it (`nothing-found`, `needs-attention`, ...).
+pub fn result_name(r: fleet::agent::RunResult) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 pub fn report_row(h: &HostRecord) -> ReportRow {
     ReportRow {
         mac: h.mac.to_string(),
@@ -428,7 +436,7 @@ pub fn report_row(h: &HostRecord) -> ReportRow {
         result: h
             .last_report
             .as_ref()
-            .map(|r| format!("{:?}", r.result).to_lowercase()),
+            .map(|r| crate::query::result_name(r.result)),
         files: h
             .last_report
             .as_ref()

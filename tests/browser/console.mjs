@@ -1,0 +1,94 @@
+// Headless Chromium (Debian's) against a running unbrick console:
+//   node console.mjs BASE_URL TOKEN MAC OUT_DIR
+// Logs in, watches MAC's row change state live (no reload) while this script makes the host
+// network-boot (it fetches the host's iPXE script, as iPXE would), runs a bulk action on it, and
+// downloads the CSV export. Prints what it saw; exits non-zero on the first failed check.
+import { chromium } from "playwright-core";
+import { readFileSync, writeFileSync } from "node:fs";
+
+const [base, token, mac, out] = process.argv.slice(2);
+const check = (ok, what) => {
+  if (!ok) {
+    console.error("FAILED: " + what);
+    process.exit(1);
+  }
+  console.log("ok: " + what);
+};
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const ctx = await browser.newContext({ acceptDownloads: true });
+  const page = await ctx.newPage();
+  const external = [];
+  page.on("request", (r) => { if (!r.url().startsWith(base)) external.push(r.url()); });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+
+  // Login.
+  await page.goto(base + "/");
+  check(page.url().endsWith("/login"), "the console sends an anonymous visitor to the login page");
+  await page.fill("#token", "ubk_wrongwrongwrongwrongwrongwrong12");
+  await page.click("button[type=submit]");
+  check((await page.textContent(".error")).includes("unknown or revoked"), "a wrong token is refused with a reason");
+  await page.fill("#token", token);
+  await page.click("button[type=submit]");
+  await page.waitForSelector("#hosts");
+  check(page.url() === base + "/", "logged in with the token");
+  await page.waitForFunction(() => document.querySelector("#live").textContent === "live", null, { timeout: 10000 });
+  check(true, "the live event stream is connected");
+
+  const row = `tr[data-mac="${mac}"]`;
+  const before = await page.textContent(`${row} [data-state]`);
+  const doneBefore = await page.textContent("#total-count");
+  check(before === "unknown", `host ${mac} is listed as unknown (imported, never booted): ${before}`);
+  // A marker that a reload would wipe.
+  await page.evaluate(() => { window.__noReload = 1; });
+
+  // The machine network-boots: iPXE fetches its script.
+  const t0 = Date.now();
+  const r = await fetch(`${base}/boot/${mac}.ipxe`);
+  check(r.ok, `the boot script was served (${r.status})`);
+  await page.waitForFunction(
+    (sel) => { const s = document.querySelector(sel); return s && s.textContent !== "unknown"; },
+    `${row} [data-state]`, { timeout: 10000 });
+  const after = await page.textContent(`${row} [data-state]`);
+  const ms = Date.now() - t0;
+  check(["seen", "booting"].includes(after), `the row changed to ${after} live, ${ms} ms after the boot`);
+  check(await page.evaluate(() => window.__noReload === 1), "without reloading the page");
+  await page.waitForFunction((n) => document.querySelector("#total-count").textContent === n, doneBefore);
+  await page.screenshot({ path: `${out}/console-live.png`, fullPage: true });
+
+  // Bulk action: select the host and skip it.
+  await page.check(`${row} input[name=mac]`);
+  check((await page.textContent("#selected-count")) === "1", "one host selected");
+  await page.selectOption("#bulk-action", "skip");
+  await Promise.all([page.waitForNavigation(), page.click("#bulk-run")]);
+  const summary = await page.textContent("#result-summary");
+  check(summary.includes("skip: 1 done, 0 refused"), `bulk action ran: ${summary}`);
+  await page.screenshot({ path: `${out}/console-bulk.png`, fullPage: true });
+
+  // Host page: the timeline shows the boot and the admin action.
+  await page.goto(`${base}/hosts/${mac}`);
+  const timeline = await page.textContent("#timeline");
+  check(timeline.includes("skipped") && (timeline.includes("iPXE script") || timeline.includes("payload")),
+        "the host page's timeline has the boot and the skip");
+
+  // Export.
+  await page.goto(base + "/");
+  const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#export-csv")]);
+  const path = `${out}/export.csv`;
+  await dl.saveAs(path);
+  const csv = readFileSync(path, "utf8");
+  check(csv.startsWith("mac,hostname,site,tags,state") && csv.includes(mac), `the CSV export downloaded (${csv.length} bytes) and lists ${mac}`);
+  check(external.length === 0, `no request left the server (offline-safe): ${external.join(" ")}`);
+  check(errors.length === 0, `no script errors: ${errors.join("; ")}`);
+  writeFileSync(`${out}/browser-ok`, "ok\n");
+} finally {
+  await browser.close();
+}
