@@ -36,7 +36,12 @@ impl FromStr for Mac {
     fn from_str(s: &str) -> Result<Self, String> {
         let hexdigits: String = s.chars().filter(|c| *c != ':' && *c != '-').collect();
         let seps = s.len() - hexdigits.len();
-        if hexdigits.len() != 12 || !(seps == 0 || seps == 5) {
+        // ASCII hex only: slicing below must stay on character boundaries (a multi-byte
+        // character here made a hostile URL panic the handler; found by schemathesis).
+        if hexdigits.len() != 12
+            || !(seps == 0 || seps == 5)
+            || !hexdigits.chars().all(|c| c.is_ascii_hexdigit())
+        {
             return Err(format!(
                 "{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"
             ));
@@ -44,7 +49,7 @@ impl FromStr for Mac {
         let mut out = [0u8; 6];
         for (i, o) in out.iter_mut().enumerate() {
             *o = u8::from_str_radix(&hexdigits[2 * i..2 * i + 2], 16)
-                .map_err(|_| format!("{s:?} is not a MAC address (non-hex digit)"))?;
+                .map_err(|_| format!("{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"))?;
         }
         Ok(Mac(out))
     }
@@ -82,5 +87,30 @@ mod tests {
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, including multi-byte characters, is an error or a MAC: never a panic.
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,20}") {
+            let _ = s.parse::<Mac>();
+        }
+
+        #[test]
+        fn display_round_trips(b in any::<[u8; 6]>()) {
+            prop_assert_eq!(Mac(b).to_string().parse::<Mac>().unwrap(), Mac(b));
+        }
+    }
+
+    #[test]
+    fn multibyte_characters_are_refused() {
+        assert!("0\u{80}\u{80}\u{800}\u{10000}".parse::<Mac>().is_err());
+        assert!("52:54:00:aa:bb:cé".parse::<Mac>().is_err());
     }
 }

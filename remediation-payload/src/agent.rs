@@ -449,7 +449,9 @@ fn get(ctx: &Ctx, path: &str) -> Result<Vec<u8>, String> {
             Ok(r) => last = format!("GET {path}: {}", r.status),
             Err(e) => last = e,
         }
-        std::thread::sleep(Duration::from_millis(500 << i.min(5)));
+        let delay = Duration::from_millis(500 << i.min(5));
+        say(&format!("{last}; retrying in {} ms", delay.as_millis()));
+        std::thread::sleep(delay);
     }
     Err(last)
 }
