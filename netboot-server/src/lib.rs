@@ -282,13 +282,11 @@ pub async fn start(
     let mut tasks = Vec::new();
 
     // Bind everything first so that a port in use fails before anything starts.
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
+    let listener =
+        net::tcp_listener(http_addr).map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let tls_listener = tokio::net::TcpListener::bind(https_addr)
-        .await
-        .map_err(|e| net::bind_error("HTTPS", https_addr, &e))?;
+    let tls_listener =
+        net::tcp_listener(https_addr).map_err(|e| net::bind_error("HTTPS", https_addr, &e))?;
     let https_addr = tls_listener.local_addr().map_err(|e| e.to_string())?;
     let tls_listener = tls::TlsListener::new(tls_listener, tls).map_err(|e| e.to_string())?;
     let (rec_tx, mut rec_rx) = mpsc::unbounded_channel();

@@ -89,7 +89,9 @@ pub fn udp_socket(
 }
 
 /// A TCP listener whose accepted connections get 4 MiB send buffers (artefacts are megabytes,
-/// served from memory), with address reuse so a restart does not wait for TIME_WAIT.
+/// served from memory), with address reuse so a restart does not wait for TIME_WAIT, and a deep
+/// accept queue: a fleet's agents reporting at the same moment must not see their SYNs dropped
+/// (each drop costs the client a 1 s retransmission); the kernel caps it at net.core.somaxconn.
 pub fn tcp_listener(addr: SocketAddrV4) -> std::io::Result<tokio::net::TcpListener> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
@@ -97,7 +99,7 @@ pub fn tcp_listener(addr: SocketAddrV4) -> std::io::Result<tokio::net::TcpListen
     s.set_nodelay(true)?;
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::V4(addr).into())?;
-    s.listen(1024)?;
+    s.listen(8192)?;
     tokio::net::TcpListener::from_std(s.into())
 }
 

@@ -61,6 +61,8 @@ pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::Serv
             )
         })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Agents open a connection per request: resumed sessions skip the certificate signature.
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16_384);
     Ok(Arc::new(cfg))
 }
 

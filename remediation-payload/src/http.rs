@@ -87,7 +87,7 @@ pub fn request_with(
         let pin = opt
             .pin
             .ok_or_else(|| format!("{url}: https needs the server certificate's fingerprint"))?;
-        let cfg = pinned_config(pin)?;
+        let cfg = cached_config(pin)?;
         let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
         let conn =
             rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS to {host}: {e}"))?;
@@ -122,6 +122,22 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
     let v = hex::decode(h).map_err(|_| format!("certificate fingerprint {pin:?} is not hex"))?;
     v.try_into()
         .map_err(|_| format!("certificate fingerprint {pin:?} is not 32 bytes"))
+}
+
+/// The client configuration for `pin`, made once per process: reusing it lets rustls resume TLS
+/// sessions across the agent's one-request connections.
+fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    static CACHE: std::sync::Mutex<Option<(String, Arc<rustls::ClientConfig>)>> =
+        std::sync::Mutex::new(None);
+    let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((p, cfg)) = c.as_ref() {
+        if p == pin {
+            return Ok(cfg.clone());
+        }
+    }
+    let cfg = pinned_config(pin)?;
+    *c = Some((pin.to_string(), cfg.clone()));
+    Ok(cfg)
 }
 
 pub fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {

@@ -120,12 +120,19 @@ async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
         "{n} boot scripts (tokens) in {:.1} s",
         t0.elapsed().as_secs_f64()
     );
+    // RAMP_MS spreads the agents' starts over that many milliseconds (0: all at once).
+    let ramp: u64 = std::env::var("RAMP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (mac, token) in tokens {
+    for (i, (mac, token)) in tokens.into_iter().enumerate() {
         let c = connector.clone();
         let a = https_addr.clone();
+        let delay = Duration::from_millis(ramp * i as u64 / n.max(1) as u64);
         tasks.spawn(async move {
+            tokio::time::sleep(delay).await;
             let mut lat = Vec::new();
             let mut acked = Vec::new();
             let mut errors = 0usize;
@@ -186,7 +193,7 @@ async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
     let secs = start.elapsed().as_secs_f64();
     std::fs::write(acks, acked.join("\n") + "\n").unwrap();
     println!(
-        "agents {n}: {} requests acknowledged, {errors} failed, in {secs:.2} s = {:.0} req/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+        "agents {n} (started over {ramp} ms): {} requests acknowledged, {errors} failed, in {secs:.2} s = {:.0} req/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
         acked.len(),
         acked.len() as f64 / secs,
         pct(&mut lat, 0.5),
