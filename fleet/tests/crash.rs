@@ -109,7 +109,7 @@ fn every_acknowledged_write_survives_sigkill() {
                 _ => break,
             }
         }
-        if want % 4 == 0 {
+        if want.is_multiple_of(4) {
             std::thread::sleep(Duration::from_micros(next(&mut seed) % 3000));
         }
         child.kill().unwrap(); // SIGKILL

@@ -160,3 +160,82 @@ fn schemathesis_finds_no_server_error() {
     let log = lab.server_log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// `unbrick demo` end to end with one guest: the console answers on the host's loopback through
+/// the forwarder, the guest is repaired, and SIGINT (Ctrl-C) removes the namespace and every
+/// process it started.
+#[test]
+fn demo_recovers_a_machine_and_cleans_up() {
+    crate::lab::require_root();
+    let _turn = crate::lab::qemu_turn();
+    let agent = crate::payload::agent_binary();
+    let dir = std::env::temp_dir().join(format!("unbrick-demo-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let console = "127.0.0.1:18080";
+    let log = dir.with_extension("log");
+    let mut child = std::process::Command::new(unbrick())
+        .args(["demo", "--guests", "1", "--console", console, "--data-dir"])
+        .arg(&dir)
+        .arg("--kernel-dir")
+        .arg(repo().join("target/kernel/root"))
+        .args(["--agent", &agent])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("err")).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let t = std::time::Instant::now();
+    let mut token = None;
+    let mut done = false;
+    while t.elapsed() < std::time::Duration::from_secs(300) {
+        if token.is_none() {
+            token = read().lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("token:")
+                    .map(|t| t.trim().to_string())
+            });
+        }
+        if let Some(tok) = &token {
+            let o = crate::lab::sh(&format!(
+                "curl -s -m 2 -H 'Authorization: Bearer {tok}' http://{console}/api/v1/summary"
+            ));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if v["by_state"]["remediated"] == 1 {
+                done = true;
+                break;
+            }
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!(
+                "unbrick demo exited early ({st}):\n{}\n{}",
+                read(),
+                std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    let page = crate::lab::sh(&format!("curl -s -m 2 http://{console}/login"));
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains("Log in"),
+        "the console answers on the host"
+    );
+    must(&format!("kill -INT {}", child.id()));
+    let st = child.wait().unwrap();
+    let out = read();
+    assert!(
+        done,
+        "the demo machine was not remediated within 300 s:\n{out}\n{}",
+        std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
+    );
+    assert!(st.success(), "demo exit status {st}:\n{out}");
+    assert!(out.contains("deleting namespace unbrick-demo"), "{out}");
+    let ns = must("ip netns list");
+    assert!(!ns.contains("unbrick-demo"), "namespace left behind: {ns}");
+    let left = crate::lab::sh(&format!("pgrep -f 'data-dir {}'", dir.display()));
+    assert!(
+        left.stdout.is_empty(),
+        "processes left behind: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -8,7 +8,7 @@ use crate::lab::*;
 use std::time::{Duration, Instant};
 
 /// Builds the static musl agent (a no-op when it is up to date) so the test never runs a stale one.
-fn agent_binary() -> String {
+pub fn agent_binary() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let dir = env!("CARGO_MANIFEST_DIR");
     must(&format!("cd {dir} && {cargo} build -q --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent"));

@@ -523,7 +523,14 @@ mod tests {
         let mut h = HostRecord::new(Mac([0x52, 0x54, 0, 0, 1, i]), 1_721_366_820_000);
         h.state = state;
         h.hostname = Some(format!("pc-{i:03}"));
-        h.site = Some(if i % 2 == 0 { "Berlin" } else { "Austin" }.into());
+        h.site = Some(
+            if i.is_multiple_of(2) {
+                "Berlin"
+            } else {
+                "Austin"
+            }
+            .into(),
+        );
         h.tags = vec![if i < 5 { "canary" } else { "wave2" }.into()];
         h
     }
