@@ -145,11 +145,12 @@ fn schemathesis_finds_no_server_error() {
         unbrick()
     ));
     let report = lab.dir.join("schemathesis");
-    // The event stream never ends: it is checked by the API tests instead.
+    // The event stream never ends: it is checked by the API tests instead. One worker: with two,
+    // hypothesis 6 on CPython 3.11 sometimes trips over its own concurrent ast.parse.
     let o = lab.exec(&format!(
         "cd {} && {st} run http://{SERVER_IP}:8080/api/v1/openapi.json -H 'Authorization: Bearer {admin}' \
          --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
-         --exclude-path /api/v1/events --max-examples 60 --seed 1 --workers 2 --request-timeout 10 \
+         --exclude-path /api/v1/events --max-examples 60 --seed 1 --workers 1 --request-timeout 10 \
          --report junit --report-dir {} 2>&1",
         lab.dir.display(),
         report.display()
@@ -231,7 +232,8 @@ fn demo_recovers_a_machine_and_cleans_up() {
     assert!(out.contains("deleting namespace unbrick-demo"), "{out}");
     let ns = must("ip netns list");
     assert!(!ns.contains("unbrick-demo"), "namespace left behind: {ns}");
-    let left = crate::lab::sh(&format!("pgrep -f 'data-dir {}'", dir.display()));
+    // ([d] keeps pgrep from matching the shell that runs it.)
+    let left = crate::lab::sh(&format!("pgrep -af '[d]ata-dir {}'", dir.display()));
     assert!(
         left.stdout.is_empty(),
         "processes left behind: {}",
