@@ -62,6 +62,9 @@ try {
   check(["seen", "booting"].includes(after), `the row changed to ${after} live, ${ms} ms after the boot`);
   check(await page.evaluate(() => window.__noReload === 1), "without reloading the page");
   await page.waitForFunction((n) => document.querySelector("#total-count").textContent === n, doneBefore);
+  // The counts follow live too: no host is left "unknown".
+  await page.waitForFunction(() => document.querySelector('[data-count="unknown"]').textContent === "0", null, { timeout: 5000 });
+  check(true, "the counts by state updated live");
   await page.screenshot({ path: `${out}/console-live.png`, fullPage: true });
 
   // Bulk action: select the host and skip it.
