@@ -2,7 +2,7 @@
 //! without `--server`, directly on the data directory's store (the server must be stopped: sled
 //! allows one process).
 use crate::config::DataDir;
-use crate::{Fail, HostsCmd, Target};
+use crate::{CampaignCmd, Fail, HostsCmd, Target};
 use fleet::Store as _;
 use remediation_payload::http;
 use std::path::Path;
@@ -458,6 +458,124 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn need_api(t: &Target) -> Result<Api, Fail> {
+    Api::from(t)?.ok_or_else(|| {
+        Fail("campaigns run in the server: pass --server http://IP:8080 --token T (or UNBRICK_SERVER, UNBRICK_TOKEN)".into())
+    })
+}
+
+fn print_campaign(v: &serde_json::Value) {
+    println!(
+        "{}  {}  {}{}  rules {}  {} hosts, {} in the payload (limit {}), wave {} of {}",
+        s(&v["id"]),
+        s(&v["name"]),
+        s(&v["state"]),
+        v["reason"]
+            .as_str()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default(),
+        s(&v["rules"]),
+        v["members"],
+        v["in_payload"],
+        v["concurrency"],
+        v["current_wave"],
+        v["waves"].as_array().map(Vec::len).unwrap_or(0)
+    );
+}
+
+pub fn campaign(c: CampaignCmd) -> Result<(), Fail> {
+    let act = |id: &str, t: &Target, action: &str| -> Result<(), Fail> {
+        let v = need_api(t)?.json(
+            "POST",
+            &format!("/api/v1/campaigns/{id}/{action}"),
+            Some((b"", "application/json")),
+        )?;
+        println!("{}", s(&v["result"]));
+        Ok(())
+    };
+    match c {
+        CampaignCmd::Create {
+            name,
+            all,
+            site,
+            tag,
+            hosts,
+            waves,
+            concurrency,
+            min_success,
+            max_failure_rate,
+            soak_minutes,
+            verify_minutes,
+            host_timeout_minutes,
+            target,
+        } => {
+            let targets = if let Some(s) = site {
+                serde_json::json!({ "site": s })
+            } else if let Some(t) = tag {
+                serde_json::json!({ "tag": t })
+            } else if !hosts.is_empty() {
+                serde_json::json!({ "macs": hosts })
+            } else if all {
+                serde_json::json!({ "all": true })
+            } else {
+                return Err(Fail(
+                    "say which hosts: --all, --site S, --tag T or --hosts MAC,MAC".into(),
+                ));
+            };
+            let body = serde_json::json!({
+                "name": name, "targets": targets, "waves": waves, "concurrency": concurrency,
+                "gate": { "min_success": min_success, "max_failure_rate": max_failure_rate, "min_soak_minutes": soak_minutes },
+                "host_timeout_minutes": host_timeout_minutes, "verify_window_minutes": verify_minutes,
+            });
+            let v = need_api(&target)?.json(
+                "POST",
+                "/api/v1/campaigns",
+                Some((&serde_json::to_vec(&body)?, "application/json")),
+            )?;
+            println!("{}", s(&v["id"]));
+            eprintln!(
+                "created (a draft); start it with: unbrick campaign start {}",
+                s(&v["id"])
+            );
+        }
+        CampaignCmd::List { target, json } => {
+            let v = need_api(&target)?.json("GET", "/api/v1/campaigns", None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for c in v.as_array().into_iter().flatten() {
+                print_campaign(c);
+            }
+        }
+        CampaignCmd::Show { id, target, json } => {
+            let v = need_api(&target)?.json("GET", &format!("/api/v1/campaigns/{id}"), None)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            print_campaign(&v);
+            for w in v["waves"].as_array().into_iter().flatten() {
+                println!(
+                    "  wave {}: {} hosts, {} succeeded, {} failed, {} pending; opened {}, closed {} {}",
+                    w["number"], w["hosts"], w["succeeded"], w["failed"], w["pending"],
+                    w["opened"].as_str().unwrap_or("-"), w["closed"].as_str().unwrap_or("-"),
+                    w["gate_note"].as_str().unwrap_or("")
+                );
+            }
+            for l in v["log"].as_array().into_iter().flatten() {
+                println!("  {}  {}", s(&l[0]), s(&l[1]));
+            }
+        }
+        CampaignCmd::Start { id, target } => act(&id, &target, "start")?,
+        CampaignCmd::Pause { id, target } => act(&id, &target, "pause")?,
+        CampaignCmd::Resume { id, target } => act(&id, &target, "resume")?,
+        CampaignCmd::Abort { id, target } => act(&id, &target, "abort")?,
+        CampaignCmd::Rollback { id, target } => act(&id, &target, "rollback")?,
     }
     Ok(())
 }

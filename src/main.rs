@@ -55,6 +55,96 @@ enum Cmd {
     Tokens(TokensCmd),
     /// The demo lab: a namespace with QEMU machines in a boot loop, the server, the console.
     Demo(demo::DemoArgs),
+    /// Staged recovery campaigns (through the running server's API).
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+}
+
+#[derive(Subcommand)]
+pub enum CampaignCmd {
+    /// Create a campaign (a draft: nothing happens until `campaign start`).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Every known host.
+        #[arg(long, conflicts_with_all = ["site", "tag", "hosts"])]
+        all: bool,
+        #[arg(long, conflicts_with_all = ["tag", "hosts"])]
+        site: Option<String>,
+        #[arg(long, conflicts_with = "hosts")]
+        tag: Option<String>,
+        /// Explicit MAC addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Wave sizes, comma-separated: hosts or cumulative percentages, e.g. 5,10%,50%,100%.
+        #[arg(long, value_delimiter = ',', required = true)]
+        waves: Vec<String>,
+        /// At most this many hosts in the payload at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: u32,
+        /// Gate: at least this many hosts of a wave succeeded.
+        #[arg(long, default_value_t = 1)]
+        min_success: u32,
+        /// Gate: at most this share of a wave failed (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        max_failure_rate: f64,
+        /// Gate: a wave stays open at least this long before the next opens.
+        #[arg(long, default_value_t = 0)]
+        soak_minutes: u64,
+        /// A remediated host not seen back in Windows within this time is `unverified`.
+        #[arg(long)]
+        verify_minutes: Option<u64>,
+        /// A host with no result this long after getting the payload failed.
+        #[arg(long, default_value_t = 30)]
+        host_timeout_minutes: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every campaign with its state and waves.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One campaign: waves, gates, history.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze the members into waves and open the first.
+    Start {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let hosts in the payload finish; start no new one.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Go on after a pause or a halt (after a halt: the next wave opens).
+    Resume {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop for good: its hosts boot locally.
+    Abort {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put back what the campaign quarantined (restore mode on each host's next boot).
+    Rollback {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -319,6 +409,7 @@ fn main() -> ExitCode {
         Cmd::Hosts(h) => client::hosts(h),
         Cmd::Tokens(t) => tokens(t),
         Cmd::Demo(a) => demo::run(a),
+        Cmd::Campaign(c) => client::campaign(c),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -441,6 +532,11 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
     let policy = fleet::DefaultPolicy {
         require_approval: a.require_approval || f.require_approval.unwrap_or(false),
     };
+    let proxy = cfg.dhcp == netboot_server::DhcpMode::Proxy;
+    let rules_label =
+        netboot_server::image::SignedRules::load(&cfg.rules_dir, &cfg.trusted_key, now_unix())
+            .map(|r| format!("{} v{}", r.rules.id, r.rules.version))
+            .unwrap_or_default();
     let tokens_file = d.tokens();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -448,11 +544,19 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
     rt.block_on(async move {
         let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?;
         let store: Arc<dyn fleet::Store> = Arc::new(store);
-        let server = netboot_server::start(cfg, store, Arc::new(policy), |fleet| {
-            web_console::router(web_console::Console::new(fleet, &tokens_file))
+        let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
+        let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));
+        let mut console_handle = None;
+        let server = netboot_server::start(cfg, store, policy.clone(), |fleet| {
+            let c = web_console::Console::new(fleet, &tokens_file, policy, rules_label);
+            console_handle = Some(c.clone());
+            web_console::router(c)
         })
         .await
         .map_err(Fail)?;
+        if let Some(c) = console_handle {
+            web_console::campaigns::spawn_ticker(c);
+        }
         if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
             tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
         }

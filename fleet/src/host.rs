@@ -72,6 +72,8 @@ pub enum HostState {
     Failed(String),
     Rebooted,
     Recovered,
+    /// Remediated, but not seen back in Windows within the campaign's verification window.
+    Unverified,
 }
 
 impl HostState {
@@ -90,6 +92,7 @@ impl HostState {
             HostState::Failed(_) => "failed",
             HostState::Rebooted => "rebooted",
             HostState::Recovered => "recovered",
+            HostState::Unverified => "unverified",
         }
     }
 
@@ -104,7 +107,11 @@ impl HostState {
     pub fn is_done(&self) -> bool {
         matches!(
             self,
-            HostState::Remediated | HostState::Clean | HostState::Rebooted | HostState::Recovered
+            HostState::Remediated
+                | HostState::Clean
+                | HostState::Rebooted
+                | HostState::Recovered
+                | HostState::Unverified
         )
     }
 
@@ -124,8 +131,10 @@ impl HostState {
             (AgentUp, Scanning | NeedsAttention(_) | Failed(_) | Remediated | Clean) => true,
             (Scanning, Unlocked | Remediated | Clean | NeedsAttention(_) | Failed(_)) => true,
             (Unlocked, Remediated | Clean | NeedsAttention(_) | Failed(_)) => true,
-            (Remediated | Clean, Rebooted | Recovered | Failed(_)) => true,
-            (Rebooted, Recovered | Failed(_)) => true,
+            (Remediated | Clean, Rebooted | Recovered | Failed(_) | Unverified) => true,
+            (Rebooted, Recovered | Failed(_) | Unverified) => true,
+            // Seen in Windows after the window closed, or looping after all.
+            (Unverified, Recovered | Failed(_)) => true,
             // needs-attention may resolve itself (a key pasted by an admin, the agent waiting).
             (NeedsAttention(_), Unlocked | Remediated | Clean | Failed(_) | NeedsAttention(_)) => {
                 true
@@ -225,6 +234,9 @@ pub struct HostRecord {
     /// How many final reports the agent sent (retries of one report count once).
     #[serde(default)]
     pub reports: u32,
+    /// When this host last started a network boot (a DHCP DISCOVER from PXE or iPXE).
+    #[serde(default)]
+    pub netboot_ms: u64,
 }
 
 impl HostRecord {
@@ -251,6 +263,7 @@ impl HostRecord {
             approved: false,
             skipped: false,
             reports: 0,
+            netboot_ms: 0,
         }
     }
 

@@ -6,12 +6,14 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod campaign;
 pub mod host;
 pub mod mac;
 pub mod policy;
 #[cfg(feature = "sled-store")]
 pub mod store;
 
+pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState};
 pub use host::{Arch, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError};
 pub use mac::Mac;
 pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};

@@ -7,6 +7,9 @@ pub struct BootQuery {
     pub mac: Mac,
     pub kind: ClientKind,
     pub now_ms: u64,
+    /// The answer will be handed out now (a boot script), not only looked at (a DHCP offer that
+    /// leads to the script): a campaign then counts a payload answer against its concurrency.
+    pub issue: bool,
 }
 
 /// The answer.
@@ -14,6 +17,8 @@ pub struct BootQuery {
 pub enum BootDecision {
     /// Boot the signed recovery payload.
     Payload,
+    /// Boot the payload in restore mode: move quarantined files back (a campaign's rollback).
+    Restore,
     /// Show the waiting-room screen and poll again later.
     WaitingRoom { reason: String },
     /// Boot from the local disk (iPXE `exit`, grub `exit`); in proxy mode the server stays silent.
@@ -26,6 +31,7 @@ impl BootDecision {
     pub fn name(&self) -> &'static str {
         match self {
             BootDecision::Payload => "payload",
+            BootDecision::Restore => "restore",
             BootDecision::WaitingRoom { .. } => "waiting-room",
             BootDecision::LocalBoot => "local-boot",
             BootDecision::Ignore => "ignore",
@@ -36,6 +42,10 @@ impl BootDecision {
 /// Decides per host. Pure: the host view and the time come in as arguments.
 pub trait BootPolicy: Send + Sync {
     fn decide(&self, query: &BootQuery, host: Option<&HostRecord>) -> BootDecision;
+
+    /// Called with every host record after it changed (and once per host at start), so a
+    /// policy can follow hosts without reading the store.
+    fn observe(&self, _host: &HostRecord) {}
 }
 
 /// Every network-booting machine gets the payload, except hosts whose run already finished
@@ -75,6 +85,7 @@ mod tests {
             mac,
             kind,
             now_ms: 0,
+            issue: false,
         };
         let mut h = HostRecord::new(mac, 0);
         let p = DefaultPolicy::default();

@@ -3,7 +3,8 @@
 //! Layout (schema version 2; version 1 lacked the admin flags of host records, see
 //! [`SledStore::open`] for the migration): tree `hosts` (MAC bytes -> JSON [`HostRecord`]), tree `events`
 //! (MAC bytes ++ big-endian sequence -> JSON [`Event`]), tree `leases` (IPv4 bytes -> JSON
-//! [`Lease`]), tree `audit` (sequence -> JSON), tree `meta` (`schema_version`).
+//! [`Lease`]), tree `audit` (sequence -> JSON), tree `campaigns` (id -> JSON [`crate::Campaign`]),
+//! tree `meta` (`schema_version`).
 //! Writes are durable once [`Store::flush`] returns; callers flush before acknowledging.
 use crate::{Event, HostRecord, Mac};
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,8 @@ pub trait Store: Send + Sync + 'static {
     fn leases(&self) -> Result<Vec<Lease>, StoreError>;
     fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    fn put_campaign(&self, c: &crate::Campaign) -> Result<(), StoreError>;
+    fn campaigns(&self) -> Result<Vec<crate::Campaign>, StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
@@ -82,6 +85,7 @@ pub struct SledStore {
     events: sled::Tree,
     leases: sled::Tree,
     audit: sled::Tree,
+    campaigns: sled::Tree,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -131,6 +135,7 @@ impl SledStore {
             events: db.open_tree("events")?,
             leases: db.open_tree("leases")?,
             audit: db.open_tree("audit")?,
+            campaigns: db.open_tree("campaigns")?,
             db,
         })
     }
@@ -268,6 +273,21 @@ impl Store for SledStore {
             .map(|kv| {
                 let (_, v) = kv?;
                 decode("audit entry", &v)
+            })
+            .collect()
+    }
+
+    fn put_campaign(&self, c: &crate::Campaign) -> Result<(), StoreError> {
+        self.campaigns.insert(c.id.as_bytes(), encode(c))?;
+        Ok(())
+    }
+
+    fn campaigns(&self) -> Result<Vec<crate::Campaign>, StoreError> {
+        self.campaigns
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("campaign", &v)
             })
             .collect()
     }

@@ -22,11 +22,15 @@ pub struct BootParams<'a> {
 }
 
 /// The recovery kernel's command line. `initrd=` lets the EFI stub find the initrd under iPXE.
-pub fn kernel_cmdline(p: &BootParams<'_>) -> String {
+/// `restore`: the agent moves quarantined files back instead of remediating.
+pub fn kernel_cmdline(p: &BootParams<'_>, restore: bool) -> String {
     let mut s = format!(
         "initrd={INITRD} unbrick.server={} unbrick.api={} unbrick.token={} unbrick.mac={} console=tty0 console=ttyS0,115200n8 panic=30",
         p.http_base, p.https_base, p.token, p.mac
     );
+    if restore {
+        s.push_str(" unbrick.mode=restore");
+    }
     if !p.extra_cmdline.trim().is_empty() {
         s.push(' ');
         s.push_str(p.extra_cmdline.trim());
@@ -40,9 +44,9 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
     let mac = p.mac;
     let again = format!("{}/boot/{mac}.ipxe", p.http_base);
     match d {
-        BootDecision::Payload if p.image_ready => format!(
+        BootDecision::Payload | BootDecision::Restore if p.image_ready => format!(
             "#!ipxe\n\
-             echo unbrick: booting the recovery payload for {mac}\n\
+             echo unbrick: booting the recovery payload{what} for {mac}\n\
              kernel {base}/image/{KERNEL}?host={mac} {cmdline} || goto failed\n\
              initrd --name {INITRD} {base}/image/{INITRD}?host={mac} || goto failed\n\
              boot || goto failed\n\
@@ -51,9 +55,10 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
              sleep 10\n\
              chain --autofree {again}\n",
             base = p.http_base,
-            cmdline = kernel_cmdline(p),
+            cmdline = kernel_cmdline(p, *d == BootDecision::Restore),
+            what = if *d == BootDecision::Restore { " (restore mode: undo the quarantine)" } else { "" },
         ),
-        BootDecision::Payload => format!(
+        BootDecision::Payload | BootDecision::Restore => format!(
             "#!ipxe\n\
              echo unbrick: this machine ({mac}) will be repaired, but the server has no recovery image yet.\n\
              echo unbrick: the administrator must run: unbrick image build\n\
@@ -93,15 +98,15 @@ pub fn grub_stub() -> String {
 pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
     let mac = p.mac;
     match d {
-        BootDecision::Payload if p.image_ready => format!(
+        BootDecision::Payload | BootDecision::Restore if p.image_ready => format!(
             "set timeout=0\n\
              echo \"unbrick: booting the recovery payload for {mac}\"\n\
              linux /{KERNEL} {cmdline}\n\
              initrd /{INITRD}\n\
              boot\n",
-            cmdline = kernel_cmdline(p)
+            cmdline = kernel_cmdline(p, *d == BootDecision::Restore)
         ),
-        BootDecision::Payload => format!(
+        BootDecision::Payload | BootDecision::Restore => format!(
             "echo \"unbrick: {mac} will be repaired, but the server has no recovery image yet (unbrick image build)\"\n\
              sleep {POLL_SECONDS}\n\
              configfile /grub/host-{mac}.cfg\n"

@@ -46,12 +46,20 @@ pub struct FleetIo {
 /// retransmits constantly, and a DHCP storm must not become a store storm.
 pub const DHCP_REPEAT_WINDOW_MS: u64 = 30_000;
 
+/// Network-boot DISCOVERs further apart than this are separate boots (firmware and iPXE
+/// retransmit within seconds during one boot; Windows crashing and rebooting takes longer).
+pub const NEW_BOOT_GAP_MS: u64 = 20_000;
+
 impl FleetIo {
     pub fn new(
         store: Arc<dyn Store>,
         policy: Arc<dyn BootPolicy>,
     ) -> Result<Self, fleet::StoreError> {
-        let hosts = store.hosts()?.into_iter().map(|h| (h.mac, h)).collect();
+        let hosts: HashMap<Mac, HostRecord> =
+            store.hosts()?.into_iter().map(|h| (h.mac, h)).collect();
+        for h in hosts.values() {
+            policy.observe(h);
+        }
         Ok(FleetIo {
             store,
             policy,
@@ -135,7 +143,46 @@ impl FleetIo {
         f(&mut rec).map_err(fleet::StoreError::Rejected)?;
         self.store.put_host(&rec)?;
         hosts.insert(mac, rec.clone());
+        self.policy.observe(&rec);
         Ok(rec)
+    }
+
+    /// The host was sent to the waiting room: `waiting` (from seen).
+    pub fn waiting(&self, mac: Mac, now_ms: u64) {
+        let mut note = String::new();
+        let r = self.update(mac, now_ms, &mut |h| {
+            note.clear();
+            if h.state != HostState::Waiting && h.state.allows(&HostState::Waiting) {
+                note = format!("{} -> waiting", h.state.name());
+                h.state = HostState::Waiting;
+                h.state_since_ms = now_ms;
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("store: {e}");
+        } else if !note.is_empty() {
+            self.event(mac, EventSource::Policy, "state", note, now_ms);
+        }
+    }
+
+    /// Applies a state change decided elsewhere (a campaign's timeout or verification window).
+    pub fn set_state(&self, mac: Mac, to: HostState, why: &str, now_ms: u64) {
+        let mut note = String::new();
+        let r = self.update(mac, now_ms, &mut |h| {
+            let from = h.state.name();
+            note = match h.transition(to.clone(), now_ms) {
+                Ok(true) => format!("{from} -> {}: {why}", to.name()),
+                Ok(false) => String::new(),
+                Err(e) => format!("kept {from}: {e} ({why})"),
+            };
+            Ok(())
+        });
+        if let Err(e) = r {
+            tracing::error!("store: {e}");
+        } else if !note.is_empty() {
+            self.event(mac, EventSource::Policy, "state", note, now_ms);
+        }
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -276,13 +323,45 @@ impl FleetIo {
             if inb.kind == ClientKind::Windows
                 && matches!(
                     h.state,
-                    HostState::Remediated | HostState::Clean | HostState::Rebooted
+                    HostState::Remediated
+                        | HostState::Clean
+                        | HostState::Rebooted
+                        | HostState::Unverified
                 )
             {
                 let from = h.state.name();
                 h.state = HostState::Recovered;
                 h.state_since_ms = now_ms;
                 changed = Some(format!("{from} -> recovered (Windows DHCP seen)"));
+            }
+            // A host whose run finished and that network-boots again: the first time it is the
+            // reboot after the run; a later boot (not a retransmission within the same boot)
+            // without Windows in between means it still loops.
+            let netboot = matches!(
+                inb.kind,
+                ClientKind::Pxe(_) | ClientKind::Ipxe(_) | ClientKind::HttpBoot(_)
+            ) && inb.msg_type == dhcproto::v4::MessageType::Discover;
+            if netboot {
+                let new_boot = now_ms.saturating_sub(h.netboot_ms) >= NEW_BOOT_GAP_MS;
+                match h.state {
+                    HostState::Remediated | HostState::Clean => {
+                        let from = h.state.name();
+                        h.state = HostState::Rebooted;
+                        h.state_since_ms = now_ms;
+                        changed = Some(format!("{from} -> rebooted (network boot after the run)"));
+                    }
+                    HostState::Rebooted | HostState::Unverified if new_boot => {
+                        let from = h.state.name();
+                        h.state =
+                            HostState::Failed("still boot-looping after remediation".into());
+                        h.state_since_ms = now_ms;
+                        changed = Some(format!(
+                            "{from} -> failed: still boot-looping after remediation (network boot again, no Windows seen)"
+                        ));
+                    }
+                    _ => {}
+                }
+                h.netboot_ms = now_ms;
             }
             Ok(())
         });

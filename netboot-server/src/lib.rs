@@ -116,6 +116,7 @@ impl Shared {
                 mac,
                 kind: client,
                 now_ms: now,
+                issue: true,
             },
             host.as_ref(),
         );
@@ -142,9 +143,16 @@ impl Shared {
                 EventSource::Tftp,
             ),
         };
-        if decision == fleet::BootDecision::Payload && ready {
+        if matches!(
+            decision,
+            fleet::BootDecision::Payload | fleet::BootDecision::Restore
+        ) && ready
+        {
             self.fleet.payload_issued(mac, via, &token, now);
         } else {
+            if matches!(decision, fleet::BootDecision::WaitingRoom { .. }) {
+                self.fleet.waiting(mac, now);
+            }
             let note = if ready {
                 ""
             } else {

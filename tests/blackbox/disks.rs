@@ -120,6 +120,30 @@ pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk 
 }
 
 impl Disk {
+    /// Makes volume `i` unmountable but still recognisably NTFS: its boot sector stays, the
+    /// first records of $MFT and of $MFTMirr are zeroed (ntfs3 then refuses to mount it).
+    pub fn break_mft(&self, i: usize) {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let (start, _) = self.parts[i];
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .unwrap();
+        let base = start * 512;
+        let mut boot = [0u8; 512];
+        f.seek(SeekFrom::Start(base)).unwrap();
+        f.read_exact(&mut boot).unwrap();
+        assert_eq!(&boot[3..11], b"NTFS    ");
+        let cluster = u64::from(u16::from_le_bytes([boot[11], boot[12]])) * u64::from(boot[13]);
+        for off in [0x30, 0x38] {
+            let lcn = u64::from_le_bytes(boot[off..off + 8].try_into().unwrap());
+            f.seek(SeekFrom::Start(base + lcn * cluster)).unwrap();
+            f.write_all(&[0u8; 16 * 1024]).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+
     /// Copies volume `i` out of the disk (after the guest ran) for ntfsprogs.
     pub fn extract(&self, i: usize) -> PathBuf {
         let (start, count) = self.parts[i];

@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod campaigns;
 pub mod html;
 pub mod query;
 pub mod tokens;
@@ -25,14 +26,25 @@ pub struct Console {
     pub fleet: Arc<FleetIo>,
     pub tokens: tokens::TokenBook,
     pub sessions: auth::Sessions,
+    /// The boot policy's campaigns (the same object the network-boot server asks).
+    pub campaigns: Arc<fleet::CampaignPolicy>,
+    /// The signed rules new campaigns run with (id and version).
+    pub rules_label: String,
 }
 
 impl Console {
-    pub fn new(fleet: Arc<FleetIo>, tokens_file: &std::path::Path) -> Arc<Console> {
+    pub fn new(
+        fleet: Arc<FleetIo>,
+        tokens_file: &std::path::Path,
+        campaigns: Arc<fleet::CampaignPolicy>,
+        rules_label: String,
+    ) -> Arc<Console> {
         Arc::new(Console {
             fleet,
             tokens: tokens::TokenBook::new(tokens_file),
             sessions: auth::Sessions::default(),
+            campaigns,
+            rules_label,
         })
     }
 }
@@ -52,6 +64,15 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/api/v1/export", get(api::export))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/audit", get(api::audit))
+        .route(
+            "/api/v1/campaigns",
+            get(campaigns::list).post(campaigns::create_api),
+        )
+        .route("/api/v1/campaigns/{id}", get(campaigns::detail))
+        .route(
+            "/api/v1/campaigns/{id}/{action}",
+            post(campaigns::action_api),
+        )
         .route("/metrics", get(api::metrics))
         .route("/", get(html::dashboard))
         .route("/hosts/{mac}", get(html::host_page))

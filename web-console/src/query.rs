@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Every state name, in the order of the design's state machine (the console shows them so).
-pub const STATES: [&str; 13] = [
+pub const STATES: [&str; 14] = [
     "unknown",
     "seen",
     "waiting",
@@ -19,6 +19,7 @@ pub const STATES: [&str; 13] = [
     "failed",
     "rebooted",
     "recovered",
+    "unverified",
 ];
 
 /// Host table filter. Empty fields match everything.

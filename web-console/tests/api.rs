@@ -55,8 +55,18 @@ fn setup(name: &str) -> T {
             )
             .unwrap();
     }
-    let fleet = Arc::new(FleetIo::new(store, Arc::new(fleet::DefaultPolicy::default())).unwrap());
-    let console = Console::new(fleet.clone(), &dir.join("tokens.json"));
+    let policy = Arc::new(fleet::CampaignPolicy::new(
+        fleet::DefaultPolicy::default(),
+        false,
+        vec![],
+    ));
+    let fleet = Arc::new(FleetIo::new(store, policy.clone()).unwrap());
+    let console = Console::new(
+        fleet.clone(),
+        &dir.join("tokens.json"),
+        policy,
+        "rules v1".into(),
+    );
     let admin = console.tokens.create("ops", false, 1).unwrap();
     let viewer = console.tokens.create("viewer", true, 1).unwrap();
     T {

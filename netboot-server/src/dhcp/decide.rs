@@ -311,6 +311,7 @@ pub fn decide(
                 mac: req.mac,
                 kind: req.kind,
                 now_ms,
+                issue: false,
             },
             host,
         )
@@ -318,9 +319,10 @@ pub fn decide(
     // Firmware PXE told to boot locally gets no boot file: it falls through to the next boot
     // device. iPXE still gets its script, which says `exit`.
     let boot = match (&decision, req.kind) {
-        (Some(BootDecision::Payload | BootDecision::WaitingRoom { .. }), k) => {
-            boot_file(k, req.mac, cfg)
-        }
+        (
+            Some(BootDecision::Payload | BootDecision::Restore | BootDecision::WaitingRoom { .. }),
+            k,
+        ) => boot_file(k, req.mac, cfg),
         (Some(BootDecision::LocalBoot), k @ ClientKind::Ipxe(_)) => boot_file(k, req.mac, cfg),
         _ => None,
     };
@@ -334,9 +336,9 @@ pub fn decide(
     };
     if is_boot_client && boot.is_none() {
         let why = match &decision {
-            Some(BootDecision::Payload | BootDecision::WaitingRoom { .. }) => {
-                format!("no boot loader for {:?}", req.kind)
-            }
+            Some(
+                BootDecision::Payload | BootDecision::Restore | BootDecision::WaitingRoom { .. },
+            ) => format!("no boot loader for {:?}", req.kind),
             Some(d) => format!("no boot answer ({})", d.name()),
             None => "no boot answer".to_string(),
         };

@@ -1,0 +1,777 @@
+//! Staged recovery campaigns, pure: which hosts, in which waves, gated on what, and what a host
+//! of a campaign gets when it network-boots. No clock and no I/O: the time comes in as an
+//! argument, the caller persists what changed.
+//!
+//! A campaign freezes its members into waves when it starts (canaries first, then shares of the
+//! fleet). One wave is open at a time. A wave closes when each of its hosts has a final result;
+//! the next opens only if the gate holds (enough successes, failure rate at most the limit, the
+//! wave open at least the soak time); otherwise the campaign halts and touches no further host
+//! until an admin resumes or rolls it back. At most `concurrency` hosts of a campaign are in the
+//! payload at once.
+use crate::{BootDecision, HostRecord, HostState, Mac};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Which hosts a campaign is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+pub enum Targets {
+    All,
+    Site(String),
+    Tag(String),
+    List(Vec<Mac>),
+}
+
+impl Targets {
+    pub fn matches(&self, h: &HostRecord) -> bool {
+        match self {
+            Targets::All => true,
+            Targets::Site(s) => h.site.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(s)),
+            Targets::Tag(t) => h.tags.iter().any(|x| x.eq_ignore_ascii_case(t)),
+            Targets::List(l) => l.contains(&h.mac),
+        }
+    }
+}
+
+/// One wave's size: a number of hosts, or a cumulative share of the campaign's hosts
+/// (`"5"`, `"10%"`, `"50%"`, `"100%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+pub enum WaveSize {
+    Hosts(u32),
+    Percent(u32),
+}
+
+impl std::str::FromStr for WaveSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let p: u32 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("wave {s:?}: expected a number of hosts or a percentage"))?;
+            if p == 0 || p > 100 {
+                return Err(format!("wave {s:?}: a percentage is 1% to 100%"));
+            }
+            Ok(WaveSize::Percent(p))
+        } else {
+            let n: u32 = s
+                .parse()
+                .map_err(|_| format!("wave {s:?}: expected a number of hosts or a percentage"))?;
+            if n == 0 {
+                return Err(format!("wave {s:?}: a wave has at least one host"));
+            }
+            Ok(WaveSize::Hosts(n))
+        }
+    }
+}
+
+/// What must hold before the next wave opens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    /// At least this many hosts of the wave succeeded.
+    #[serde(default)]
+    pub min_success: u32,
+    /// At most this share (0.0 to 1.0) of the wave failed.
+    #[serde(default)]
+    pub max_failure_rate: f64,
+    /// The wave was open at least this long (milliseconds).
+    #[serde(default)]
+    pub min_soak_ms: u64,
+}
+
+/// What an admin asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignSpec {
+    pub name: String,
+    pub targets: Targets,
+    pub waves: Vec<WaveSize>,
+    pub gate: Gate,
+    /// At most this many hosts of the campaign in the payload at once.
+    pub concurrency: u32,
+    /// A host that got the payload and gave no final result within this time failed
+    /// (milliseconds; default 30 minutes).
+    #[serde(default = "default_host_timeout")]
+    pub host_timeout_ms: u64,
+    /// If set: a remediated host must be seen back in Windows within this time, or it is
+    /// `unverified` (milliseconds).
+    #[serde(default)]
+    pub verify_window_ms: Option<u64>,
+}
+
+fn default_host_timeout() -> u64 {
+    30 * 60 * 1000
+}
+
+impl CampaignSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.name.len() > 80 {
+            return Err("name: 1 to 80 characters".into());
+        }
+        if self.waves.is_empty() || self.waves.len() > 20 {
+            return Err("waves: 1 to 20 waves, e.g. [\"5\", \"10%\", \"50%\", \"100%\"]".into());
+        }
+        let mut last = 0;
+        for w in &self.waves {
+            if let WaveSize::Percent(p) = w {
+                if *p < last {
+                    return Err("percent waves are cumulative shares and must not decrease".into());
+                }
+                last = *p;
+            }
+        }
+        if !(0.0..=1.0).contains(&self.gate.max_failure_rate) || self.gate.max_failure_rate.is_nan()
+        {
+            return Err("gate.max_failure_rate is a share from 0.0 to 1.0".into());
+        }
+        if self.concurrency == 0 {
+            return Err("concurrency: at least 1".into());
+        }
+        if let Targets::List(l) = &self.targets {
+            if l.is_empty() {
+                return Err("targets: the list is empty".into());
+            }
+        }
+        if self.host_timeout_ms < 60_000 {
+            return Err("host_timeout_ms: at least 60000 (one minute)".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
+pub enum CampaignState {
+    /// Created, not started: touches nothing.
+    Draft,
+    Running,
+    /// Paused by an admin: hosts in the payload finish, no new host starts.
+    Paused,
+    /// A gate failed: no further host is touched until an admin resumes or rolls back.
+    Halted(String),
+    /// Every wave closed.
+    Completed,
+    Aborted,
+    /// Hosts remediated by this campaign get the payload in restore mode on their next boot.
+    RollingBack,
+}
+
+impl CampaignState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            CampaignState::Draft => "draft",
+            CampaignState::Running => "running",
+            CampaignState::Paused => "paused",
+            CampaignState::Halted(_) => "halted",
+            CampaignState::Completed => "completed",
+            CampaignState::Aborted => "aborted",
+            CampaignState::RollingBack => "rolling-back",
+        }
+    }
+
+    /// Whether the campaign still claims its hosts (one active campaign per host).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self,
+            CampaignState::Running
+                | CampaignState::Paused
+                | CampaignState::Halted(_)
+                | CampaignState::RollingBack
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wave {
+    pub hosts: Vec<Mac>,
+    pub opened_ms: Option<u64>,
+    pub closed_ms: Option<u64>,
+    /// Why the gate held or failed, when the wave closed.
+    #[serde(default)]
+    pub gate_note: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub id: String,
+    pub spec: CampaignSpec,
+    /// The signed rules the campaign runs with (id and version, from the server's active rules).
+    pub rules: String,
+    pub state: CampaignState,
+    pub created_ms: u64,
+    pub waves: Vec<Wave>,
+    /// Index of the open (or last opened) wave.
+    pub current: usize,
+    /// Hosts in the payload now, with the time they got it.
+    #[serde(default)]
+    pub in_payload: BTreeMap<Mac, u64>,
+    /// Hosts whose payload run ended (for rollback and for counting).
+    #[serde(default)]
+    pub finished: BTreeSet<Mac>,
+    /// Hosts whose quarantine was restored by a rollback.
+    #[serde(default)]
+    pub restored: BTreeSet<Mac>,
+    /// Human-readable history (time, what).
+    #[serde(default)]
+    pub log: Vec<(u64, String)>,
+}
+
+/// How a host's state counts for its wave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Success,
+    Failure,
+    /// Final but neither (unverified, skipped by an admin).
+    Neutral,
+}
+
+/// The outcome of `h` for the gate. With a verification window only a host seen back in Windows
+/// counts as a success.
+pub fn outcome(h: &HostRecord, verify: bool) -> Outcome {
+    if h.skipped {
+        return Outcome::Neutral;
+    }
+    match &h.state {
+        HostState::Failed(_) | HostState::NeedsAttention(_) => Outcome::Failure,
+        HostState::Recovered => Outcome::Success,
+        HostState::Unverified => Outcome::Neutral,
+        HostState::Remediated | HostState::Clean | HostState::Rebooted if !verify => {
+            Outcome::Success
+        }
+        _ => Outcome::Pending,
+    }
+}
+
+fn in_payload_state(s: &HostState) -> bool {
+    matches!(
+        s,
+        HostState::Booting | HostState::AgentUp | HostState::Scanning | HostState::Unlocked
+    )
+}
+
+/// A change the caller must apply to a host (and record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostChange {
+    pub mac: Mac,
+    pub to: HostState,
+    pub why: String,
+}
+
+impl Campaign {
+    /// A new campaign in draft.
+    pub fn new(id: String, spec: CampaignSpec, rules: String, now_ms: u64) -> Result<Self, String> {
+        spec.validate()?;
+        Ok(Campaign {
+            id,
+            spec,
+            rules,
+            state: CampaignState::Draft,
+            created_ms: now_ms,
+            waves: Vec::new(),
+            current: 0,
+            in_payload: BTreeMap::new(),
+            finished: BTreeSet::new(),
+            restored: BTreeSet::new(),
+            log: vec![(now_ms, "created".into())],
+        })
+    }
+
+    pub fn members(&self) -> impl Iterator<Item = &Mac> {
+        self.waves.iter().flat_map(|w| w.hosts.iter())
+    }
+
+    pub fn wave_of(&self, mac: Mac) -> Option<usize> {
+        self.waves.iter().position(|w| w.hosts.contains(&mac))
+    }
+
+    fn note(&mut self, now: u64, what: String) {
+        self.log.push((now, what));
+    }
+
+    /// Freezes the members into waves and opens the first. `hosts` are every known host;
+    /// `taken` are hosts already claimed by another active campaign (refused: one campaign per
+    /// host).
+    pub fn start(
+        &mut self,
+        hosts: &[HostRecord],
+        taken: &BTreeSet<Mac>,
+        now: u64,
+    ) -> Result<(), String> {
+        if self.state != CampaignState::Draft {
+            return Err(format!("campaign is {}, not draft", self.state.name()));
+        }
+        let mut members: Vec<Mac> = hosts
+            .iter()
+            .filter(|h| self.spec.targets.matches(h) && !h.skipped)
+            .map(|h| h.mac)
+            .collect();
+        if let Targets::List(l) = &self.spec.targets {
+            // Listed hosts need not have been seen yet.
+            for m in l {
+                if !members.contains(m) {
+                    members.push(*m);
+                }
+            }
+        }
+        members.sort();
+        let clash: Vec<String> = members
+            .iter()
+            .filter(|m| taken.contains(m))
+            .take(5)
+            .map(|m| m.to_string())
+            .collect();
+        if !clash.is_empty() {
+            return Err(format!(
+                "hosts already in another active campaign (one campaign per host): {}",
+                clash.join(", ")
+            ));
+        }
+        if members.is_empty() {
+            return Err("no host matches the campaign's targets".into());
+        }
+        self.waves = split_waves(&members, &self.spec.waves)
+            .into_iter()
+            .map(|hosts| Wave {
+                hosts,
+                opened_ms: None,
+                closed_ms: None,
+                gate_note: String::new(),
+            })
+            .collect();
+        self.current = 0;
+        self.waves[0].opened_ms = Some(now);
+        self.state = CampaignState::Running;
+        let sizes: Vec<String> = self
+            .waves
+            .iter()
+            .map(|w| w.hosts.len().to_string())
+            .collect();
+        self.note(
+            now,
+            format!(
+                "started: {} hosts in waves of {}; wave 1 open",
+                members.len(),
+                sizes.join(", ")
+            ),
+        );
+        Ok(())
+    }
+
+    pub fn pause(&mut self, now: u64) -> Result<(), String> {
+        match self.state {
+            CampaignState::Running => {
+                self.state = CampaignState::Paused;
+                self.note(now, "paused".into());
+                Ok(())
+            }
+            ref s => Err(format!(
+                "campaign is {}; only a running campaign pauses",
+                s.name()
+            )),
+        }
+    }
+
+    /// Resumes a paused or halted campaign. A halted one reopens with the next wave if the
+    /// halted wave is closed (the admin accepted its result).
+    pub fn resume(&mut self, now: u64) -> Result<(), String> {
+        match &self.state {
+            CampaignState::Paused => {}
+            CampaignState::Halted(_) => {
+                if self.waves[self.current].closed_ms.is_some() {
+                    self.open_next(now);
+                    if self.state == CampaignState::Completed {
+                        return Ok(());
+                    }
+                }
+            }
+            s => {
+                return Err(format!(
+                    "campaign is {}; only a paused or halted campaign resumes",
+                    s.name()
+                ))
+            }
+        }
+        self.state = CampaignState::Running;
+        self.note(
+            now,
+            format!("resumed by an admin; wave {} open", self.current + 1),
+        );
+        Ok(())
+    }
+
+    pub fn abort(&mut self, now: u64) -> Result<(), String> {
+        if matches!(
+            self.state,
+            CampaignState::Completed | CampaignState::Aborted
+        ) {
+            return Err(format!("campaign is already {}", self.state.name()));
+        }
+        self.state = CampaignState::Aborted;
+        self.note(now, "aborted by an admin".into());
+        Ok(())
+    }
+
+    /// Rolls back: every host this campaign remediated gets the payload in restore mode.
+    pub fn rollback(&mut self, now: u64) -> Result<(), String> {
+        if matches!(
+            self.state,
+            CampaignState::Draft | CampaignState::Aborted | CampaignState::RollingBack
+        ) {
+            return Err(format!(
+                "campaign is {}; nothing to roll back",
+                self.state.name()
+            ));
+        }
+        self.state = CampaignState::RollingBack;
+        self.note(
+            now,
+            format!(
+                "rollback requested: {} hosts to restore",
+                self.finished.len()
+            ),
+        );
+        Ok(())
+    }
+
+    fn open_next(&mut self, now: u64) {
+        if self.current + 1 >= self.waves.len() {
+            self.state = CampaignState::Completed;
+            self.note(now, "completed: every wave closed".into());
+        } else {
+            self.current += 1;
+            self.waves[self.current].opened_ms = Some(now);
+            self.note(now, format!("wave {} open", self.current + 1));
+        }
+    }
+
+    /// What a member host gets when it network-boots now. `None`: the host is not in this
+    /// campaign (or the campaign does not claim it any more). `issue` is true when the answer
+    /// is handed out (the boot script): a payload answer then takes a concurrency slot.
+    pub fn decide(&mut self, h: &HostRecord, now: u64, issue: bool) -> Option<BootDecision> {
+        if !self.state.is_active() && self.state != CampaignState::Completed {
+            return None;
+        }
+        let w = self.wave_of(h.mac)?;
+        if self.state == CampaignState::Completed {
+            return Some(BootDecision::LocalBoot);
+        }
+        if h.skipped {
+            return Some(BootDecision::LocalBoot);
+        }
+        if self.state == CampaignState::RollingBack {
+            return Some(
+                if self.finished.contains(&h.mac) && !self.restored.contains(&h.mac) {
+                    BootDecision::Restore
+                } else {
+                    BootDecision::LocalBoot
+                },
+            );
+        }
+        if self.in_payload.contains_key(&h.mac) {
+            // A host in the payload that network-boots again (agent crash, power cut) goes on.
+            return Some(BootDecision::Payload);
+        }
+        if self.finished.contains(&h.mac) || h.state.is_done() {
+            return Some(BootDecision::LocalBoot);
+        }
+        let wait = |reason: String| Some(BootDecision::WaitingRoom { reason });
+        match &self.state {
+            CampaignState::Paused => return wait(format!("campaign {} is paused", self.spec.name)),
+            CampaignState::Halted(r) => {
+                return wait(format!("campaign {} is halted ({r})", self.spec.name))
+            }
+            _ => {}
+        }
+        if w > self.current {
+            return wait(format!(
+                "waiting for wave {} of {} (wave {} is running)",
+                w + 1,
+                self.waves.len(),
+                self.current + 1
+            ));
+        }
+        if self.in_payload.len() as u32 >= self.spec.concurrency {
+            return wait(format!(
+                "all {} recovery slots are busy; next free slot",
+                self.spec.concurrency
+            ));
+        }
+        if issue {
+            self.in_payload.insert(h.mac, now);
+        }
+        Some(BootDecision::Payload)
+    }
+
+    /// Follows a member host's state: frees its slot when its run ended, records the end.
+    pub fn observe(&mut self, h: &HostRecord) {
+        if !self.in_payload.contains_key(&h.mac) {
+            return;
+        }
+        if !in_payload_state(&h.state) && outcome(h, false) != Outcome::Pending {
+            self.in_payload.remove(&h.mac);
+            self.finished.insert(h.mac);
+        } else if matches!(h.state, HostState::Seen | HostState::Waiting) && h.skipped {
+            self.in_payload.remove(&h.mac);
+        }
+    }
+
+    /// Notes that a rollback restored `mac` (its restore report arrived).
+    pub fn restored_host(&mut self, mac: Mac) {
+        if self.finished.contains(&mac) {
+            self.restored.insert(mac);
+        }
+    }
+
+    /// Advances time: host timeouts and verification windows (returned as host changes), wave
+    /// closure and gates.
+    pub fn tick(&mut self, hosts: &BTreeMap<Mac, HostRecord>, now: u64) -> Vec<HostChange> {
+        let mut changes = Vec::new();
+        if !matches!(
+            self.state,
+            CampaignState::Running | CampaignState::Paused | CampaignState::Halted(_)
+        ) {
+            return changes;
+        }
+        // Hosts stuck in the payload.
+        let stuck: Vec<Mac> = self
+            .in_payload
+            .iter()
+            .filter(|(_, t)| now.saturating_sub(**t) > self.spec.host_timeout_ms)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in stuck {
+            self.in_payload.remove(&m);
+            self.finished.insert(m);
+            changes.push(HostChange {
+                mac: m,
+                to: HostState::Failed(format!(
+                    "no result {} minutes after the payload was handed out",
+                    self.spec.host_timeout_ms / 60_000
+                )),
+                why: format!("campaign {}: host timeout", self.spec.name),
+            });
+        }
+        // Verification window.
+        if let Some(win) = self.spec.verify_window_ms {
+            for m in self.members() {
+                if let Some(h) = hosts.get(m) {
+                    if matches!(
+                        h.state,
+                        HostState::Remediated | HostState::Clean | HostState::Rebooted
+                    ) && now.saturating_sub(h.state_since_ms) > win
+                        && !changes.iter().any(|c| c.mac == *m)
+                    {
+                        changes.push(HostChange {
+                            mac: *m,
+                            to: HostState::Unverified,
+                            why: format!(
+                                "campaign {}: not seen back in Windows within {} minutes",
+                                self.spec.name,
+                                win / 60_000
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if self.state != CampaignState::Running {
+            return changes;
+        }
+        // The open wave: closed when every host has a final result (with the changes above).
+        let verify = self.spec.verify_window_ms.is_some();
+        let wave = &self.waves[self.current];
+        let (mut ok, mut bad, mut pending) = (0u32, 0u32, 0u32);
+        for m in &wave.hosts {
+            let o = match changes.iter().find(|c| c.mac == *m) {
+                Some(c) if matches!(c.to, HostState::Failed(_)) => Outcome::Failure,
+                Some(_) => Outcome::Neutral,
+                None => hosts
+                    .get(m)
+                    .map(|h| outcome(h, verify))
+                    .unwrap_or(Outcome::Pending),
+            };
+            match o {
+                Outcome::Success => ok += 1,
+                Outcome::Failure => bad += 1,
+                Outcome::Pending => pending += 1,
+                Outcome::Neutral => {}
+            }
+        }
+        if pending > 0 {
+            return changes;
+        }
+        let n = wave.hosts.len() as u32;
+        let rate = f64::from(bad) / f64::from(n.max(1));
+        let opened = wave.opened_ms.unwrap_or(now);
+        let g = &self.spec.gate;
+        let verdict = if ok < g.min_success {
+            Err(format!(
+                "wave {}: {ok} of {n} hosts succeeded, the gate needs {}",
+                self.current + 1,
+                g.min_success
+            ))
+        } else if rate > g.max_failure_rate + 1e-9 {
+            Err(format!(
+                "wave {}: {bad} of {n} hosts failed ({:.0}%), the gate allows {:.0}%",
+                self.current + 1,
+                rate * 100.0,
+                g.max_failure_rate * 100.0
+            ))
+        } else if now.saturating_sub(opened) < g.min_soak_ms {
+            // Gate holds so far; wait for the soak time before opening the next wave.
+            return changes;
+        } else {
+            Ok(format!(
+                "wave {}: {ok} of {n} succeeded, {bad} failed: gate holds",
+                self.current + 1
+            ))
+        };
+        let cur = self.current;
+        self.waves[cur].closed_ms = Some(now);
+        match verdict {
+            Ok(note) => {
+                self.waves[cur].gate_note = note.clone();
+                self.note(now, note);
+                self.open_next(now);
+            }
+            Err(why) => {
+                self.waves[cur].gate_note = why.clone();
+                self.note(now, format!("halted: {why}"));
+                self.state = CampaignState::Halted(why);
+            }
+        }
+        changes
+    }
+}
+
+/// Splits sorted members into waves: `Hosts(n)` takes the next n, `Percent(p)` takes up to p% of
+/// all members cumulatively; the last wave takes whatever is left. Empty waves are dropped.
+pub fn split_waves(members: &[Mac], sizes: &[WaveSize]) -> Vec<Vec<Mac>> {
+    let total = members.len();
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    for (i, s) in sizes.iter().enumerate() {
+        let end = if i + 1 == sizes.len() {
+            total
+        } else {
+            match s {
+                WaveSize::Hosts(n) => (at + *n as usize).min(total),
+                WaveSize::Percent(p) => ((total * *p as usize).div_ceil(100)).max(at).min(total),
+            }
+        };
+        if end > at {
+            out.push(members[at..end].to_vec());
+        }
+        at = end;
+    }
+    out
+}
+
+/// The boot policy with campaigns: a member of a campaign gets what its campaign says; once any
+/// campaign has been started, a host in none gets local boot (ignored in proxy mode), so that
+/// no machine is touched outside a wave. Before that, the base policy answers (every machine gets
+/// the payload, or only approved ones).
+pub struct CampaignPolicy {
+    pub base: crate::DefaultPolicy,
+    /// Proxy DHCP: hosts outside every campaign are not answered at all.
+    pub proxy: bool,
+    campaigns: std::sync::Mutex<Vec<Campaign>>,
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl CampaignPolicy {
+    pub fn new(base: crate::DefaultPolicy, proxy: bool, campaigns: Vec<Campaign>) -> Self {
+        CampaignPolicy {
+            base,
+            proxy,
+            campaigns: std::sync::Mutex::new(campaigns),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on the campaigns (under the lock); marks them changed.
+    pub fn with<R>(&self, f: impl FnOnce(&mut Vec<Campaign>) -> R) -> R {
+        let mut c = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        f(&mut c)
+    }
+
+    /// A copy of every campaign.
+    pub fn snapshot(&self) -> Vec<Campaign> {
+        self.campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether anything changed since the last call (the caller then persists).
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Hosts claimed by active campaigns other than `except`.
+    pub fn taken(&self, except: &str) -> BTreeSet<Mac> {
+        self.campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|c| c.id != except && c.state.is_active())
+            .flat_map(|c| c.members().copied().collect::<Vec<_>>())
+            .collect()
+    }
+}
+
+impl crate::BootPolicy for CampaignPolicy {
+    fn decide(&self, q: &crate::BootQuery, host: Option<&HostRecord>) -> BootDecision {
+        use crate::ClientKind;
+        if matches!(
+            q.kind,
+            ClientKind::Windows | ClientKind::Agent | ClientKind::Other
+        ) {
+            return BootDecision::Ignore;
+        }
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        if !cs.iter().any(|c| c.state != CampaignState::Draft) {
+            drop(cs);
+            return self.base.decide(q, host);
+        }
+        let fresh;
+        let h = match host {
+            Some(h) => h,
+            None => {
+                fresh = HostRecord::new(q.mac, q.now_ms);
+                &fresh
+            }
+        };
+        // The active campaign that claims the host first, then a completed one.
+        let mut order: Vec<usize> = (0..cs.len()).collect();
+        order.sort_by_key(|i| !cs[*i].state.is_active());
+        for i in order {
+            if let Some(d) = cs[i].decide(h, q.now_ms, q.issue) {
+                if q.issue && d == BootDecision::Payload {
+                    self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                return d;
+            }
+        }
+        if self.proxy {
+            BootDecision::Ignore
+        } else {
+            BootDecision::LocalBoot
+        }
+    }
+
+    fn observe(&self, h: &HostRecord) {
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        for c in cs.iter_mut().filter(|c| c.in_payload.contains_key(&h.mac)) {
+            c.observe(h);
+            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+//! The campaign state machine on a virtual clock: waves, gates, halts, concurrency, timeouts,
+//! verification, rollback, one campaign per host.
+use super::*;
+use crate::{Arch, BootPolicy, BootQuery, ClientKind};
+
+const MIN: u64 = 60_000;
+
+fn mac(i: u8) -> Mac {
+    Mac([0x52, 0x54, 0, 0x0c, 0, i])
+}
+
+struct Fleet {
+    hosts: BTreeMap<Mac, HostRecord>,
+}
+
+impl Fleet {
+    fn new(n: u8) -> Fleet {
+        let hosts = (1..=n)
+            .map(|i| {
+                let mut h = HostRecord::new(mac(i), 0);
+                h.state = HostState::Seen;
+                h.site = Some(if i % 2 == 0 { "berlin" } else { "austin" }.into());
+                h.tags = if i <= 2 {
+                    vec!["canary".into()]
+                } else {
+                    vec![]
+                };
+                (mac(i), h)
+            })
+            .collect();
+        Fleet { hosts }
+    }
+    fn all(&self) -> Vec<HostRecord> {
+        self.hosts.values().cloned().collect()
+    }
+    fn set(&mut self, c: &mut Campaign, i: u8, s: HostState, now: u64) {
+        let h = self.hosts.get_mut(&mac(i)).unwrap();
+        h.state = s;
+        h.state_since_ms = now;
+        c.observe(h);
+    }
+    /// The host network-boots and fetches its script; returns the decision.
+    fn boot(&mut self, c: &mut Campaign, i: u8, now: u64) -> BootDecision {
+        let h = self.hosts.get(&mac(i)).unwrap().clone();
+        let d = c.decide(&h, now, true).unwrap();
+        if d == BootDecision::Payload {
+            self.set(c, i, HostState::Booting, now);
+        }
+        d
+    }
+    fn apply(&mut self, changes: Vec<HostChange>) {
+        for ch in changes {
+            self.hosts.get_mut(&ch.mac).unwrap().state = ch.to;
+        }
+    }
+}
+
+fn spec(waves: &[&str], gate: Gate, concurrency: u32) -> CampaignSpec {
+    CampaignSpec {
+        name: "cs-fix".into(),
+        targets: Targets::All,
+        waves: waves.iter().map(|w| w.parse().unwrap()).collect(),
+        gate,
+        concurrency,
+        host_timeout_ms: 30 * MIN,
+        verify_window_ms: None,
+    }
+}
+
+fn strict() -> Gate {
+    Gate {
+        min_success: 1,
+        max_failure_rate: 0.0,
+        min_soak_ms: 0,
+    }
+}
+
+fn waiting(d: &BootDecision) -> &str {
+    match d {
+        BootDecision::WaitingRoom { reason } => reason,
+        other => panic!("expected the waiting room, got {other:?}"),
+    }
+}
+
+#[test]
+fn wave_sizes_parse_and_split() {
+    let m: Vec<Mac> = (1..=20).map(mac).collect();
+    let w = |s: &[&str]| {
+        split_waves(
+            &m,
+            &s.iter().map(|x| x.parse().unwrap()).collect::<Vec<_>>(),
+        )
+        .iter()
+        .map(Vec::len)
+        .collect::<Vec<_>>()
+    };
+    // Percentages are cumulative: 10% of 20 is already covered by the 5 canaries.
+    assert_eq!(w(&["5", "10%", "50%", "100%"]), [5, 5, 10]);
+    assert_eq!(w(&["1", "3"]), [1, 19], "the last wave takes the rest");
+    assert_eq!(w(&["25%", "25%", "100%"]), [5, 15]);
+    assert_eq!(w(&["50", "100%"]), [20]);
+    assert!("0".parse::<WaveSize>().is_err());
+    assert!("101%".parse::<WaveSize>().is_err());
+    assert!("x".parse::<WaveSize>().is_err());
+    let mut bad = spec(&["50%", "10%"], strict(), 1);
+    assert!(bad.validate().unwrap_err().contains("must not decrease"));
+    bad = spec(&["1"], strict(), 0);
+    assert!(bad.validate().is_err());
+    bad = spec(
+        &["1"],
+        Gate {
+            max_failure_rate: 1.5,
+            ..strict()
+        },
+        1,
+    );
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn gate_holds_and_the_next_wave_opens() {
+    let mut f = Fleet::new(4);
+    let mut c = Campaign::new(
+        "c1".into(),
+        spec(&["1", "100%"], strict(), 10),
+        "r v1".into(),
+        0,
+    )
+    .unwrap();
+    assert!(
+        c.decide(&f.hosts[&mac(1)], 0, false).is_none(),
+        "a draft touches nothing"
+    );
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    assert_eq!(c.waves.len(), 2);
+    assert_eq!(f.boot(&mut c, 1, 1), BootDecision::Payload);
+    for i in 2..=4 {
+        assert!(waiting(&f.boot(&mut c, i, 1)).contains("waiting for wave 2 of 2"));
+    }
+    assert!(f.apply_tick(&mut c, 2).is_empty());
+    assert_eq!(c.current, 0, "wave 1 is still running");
+    f.set(&mut c, 1, HostState::AgentUp, 3);
+    f.set(&mut c, 1, HostState::Remediated, 4);
+    assert!(c.in_payload.is_empty() && c.finished.contains(&mac(1)));
+    f.apply_tick(&mut c, 5);
+    assert_eq!(c.current, 1, "gate held: wave 2 open");
+    assert!(c.waves[0].gate_note.contains("gate holds"));
+    assert_eq!(
+        f.boot(&mut c, 1, 6),
+        BootDecision::LocalBoot,
+        "a remediated host boots locally"
+    );
+    for i in 2..=4 {
+        assert_eq!(f.boot(&mut c, i, 6), BootDecision::Payload);
+    }
+    for i in 2..=4 {
+        f.set(&mut c, i, HostState::Clean, 7);
+    }
+    f.apply_tick(&mut c, 8);
+    assert_eq!(c.state, CampaignState::Completed);
+    assert_eq!(f.boot(&mut c, 3, 9), BootDecision::LocalBoot);
+}
+
+impl Fleet {
+    fn apply_tick(&mut self, c: &mut Campaign, now: u64) -> Vec<HostChange> {
+        let ch = c.tick(&self.hosts, now);
+        self.apply(ch.clone());
+        ch
+    }
+}
+
+#[test]
+fn a_failed_canary_halts_the_campaign_until_an_admin_acts() {
+    let mut f = Fleet::new(4);
+    let mut c = Campaign::new(
+        "c1".into(),
+        spec(&["1", "100%"], strict(), 10),
+        String::new(),
+        0,
+    )
+    .unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    f.boot(&mut c, 1, 1);
+    f.set(
+        &mut c,
+        1,
+        HostState::Failed("no Windows volume could be mounted".into()),
+        2,
+    );
+    f.apply_tick(&mut c, 3);
+    let CampaignState::Halted(why) = &c.state else {
+        panic!("{:?}", c.state)
+    };
+    assert!(why.contains("wave 1: 0 of 1 hosts succeeded"), "{why}");
+    for i in 2..=4 {
+        let d = f.boot(&mut c, i, 4);
+        assert!(waiting(&d).contains("halted"), "{d:?}");
+    }
+    assert!(
+        c.tick(&f.hosts, 100 * MIN).is_empty() && matches!(c.state, CampaignState::Halted(_)),
+        "stays halted"
+    );
+    // The admin looked and resumes: the next wave opens.
+    c.resume(5).unwrap();
+    assert_eq!((c.state.clone(), c.current), (CampaignState::Running, 1));
+    assert_eq!(f.boot(&mut c, 2, 6), BootDecision::Payload);
+}
+
+#[test]
+fn failure_rate_and_soak_time() {
+    let mut f = Fleet::new(10);
+    let gate = Gate {
+        min_success: 3,
+        max_failure_rate: 0.25,
+        min_soak_ms: 10 * MIN,
+    };
+    let mut c =
+        Campaign::new("c".into(), spec(&["4", "100%"], gate, 10), String::new(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    for i in 1..=4 {
+        f.boot(&mut c, i, 1);
+    }
+    for i in 1..=3 {
+        f.set(&mut c, i, HostState::Remediated, 2);
+    }
+    f.set(&mut c, 4, HostState::Failed("x".into()), 2);
+    f.apply_tick(&mut c, 3 * MIN);
+    assert_eq!(
+        (c.current, c.state.clone()),
+        (0, CampaignState::Running),
+        "soaking: 1 of 4 failed is within 25%"
+    );
+    f.apply_tick(&mut c, 11 * MIN);
+    assert_eq!(c.current, 1, "soak time over: wave 2 open");
+    // Wave 2: 2 of 6 failed = 33% > 25%.
+    for i in 5..=10 {
+        f.boot(&mut c, i, 12 * MIN);
+        f.set(
+            &mut c,
+            i,
+            if i <= 6 {
+                HostState::Failed("x".into())
+            } else {
+                HostState::Clean
+            },
+            13 * MIN,
+        );
+    }
+    f.apply_tick(&mut c, 30 * MIN);
+    let CampaignState::Halted(why) = &c.state else {
+        panic!()
+    };
+    assert!(
+        why.contains("2 of 6 hosts failed (33%), the gate allows 25%"),
+        "{why}"
+    );
+}
+
+#[test]
+fn concurrency_limit_and_host_timeout() {
+    let mut f = Fleet::new(5);
+    let mut c = Campaign::new("c".into(), spec(&["100%"], strict(), 2), String::new(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    assert_eq!(f.boot(&mut c, 1, 1), BootDecision::Payload);
+    assert_eq!(f.boot(&mut c, 2, 1), BootDecision::Payload);
+    assert!(waiting(&f.boot(&mut c, 3, 1)).contains("all 2 recovery slots are busy"));
+    // A DHCP look (not issued) never takes a slot.
+    let h3 = f.hosts[&mac(3)].clone();
+    assert!(matches!(
+        c.decide(&h3, 1, false),
+        Some(BootDecision::WaitingRoom { .. })
+    ));
+    // Host 1 reboots mid-run: it keeps its slot and goes on.
+    assert_eq!(f.boot(&mut c, 1, 2), BootDecision::Payload);
+    f.set(&mut c, 1, HostState::Remediated, 3);
+    assert_eq!(
+        f.boot(&mut c, 3, 4 * MIN),
+        BootDecision::Payload,
+        "a slot was freed"
+    );
+    // Host 2 hangs: after the host timeout it fails and frees its slot.
+    let ch = f.apply_tick(&mut c, 31 * MIN);
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].mac, mac(2));
+    assert!(matches!(&ch[0].to, HostState::Failed(r) if r.contains("no result 30 minutes")));
+    assert_eq!(f.boot(&mut c, 4, 32 * MIN), BootDecision::Payload);
+}
+
+#[test]
+fn verification_window_marks_unverified_and_counts_only_windows_as_success() {
+    let mut f = Fleet::new(2);
+    let mut s = spec(&["1", "100%"], strict(), 5);
+    s.verify_window_ms = Some(15 * MIN);
+    let mut c = Campaign::new("c".into(), s, String::new(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    f.boot(&mut c, 1, 0);
+    f.set(&mut c, 1, HostState::Remediated, MIN);
+    f.apply_tick(&mut c, 2 * MIN);
+    assert_eq!(
+        c.current, 0,
+        "remediated is not yet a success with verification on"
+    );
+    f.set(&mut c, 1, HostState::Recovered, 5 * MIN);
+    f.apply_tick(&mut c, 6 * MIN);
+    assert_eq!(c.current, 1);
+    f.boot(&mut c, 2, 7 * MIN);
+    f.set(&mut c, 2, HostState::Remediated, 8 * MIN);
+    let ch = f.apply_tick(&mut c, 24 * MIN);
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].to, HostState::Unverified);
+    assert!(
+        matches!(c.state, CampaignState::Halted(_)),
+        "an unverified wave has no success: {:?}",
+        c.state
+    );
+}
+
+#[test]
+fn rollback_restores_only_what_the_campaign_remediated() {
+    let mut f = Fleet::new(3);
+    let mut c = Campaign::new("c".into(), spec(&["100%"], strict(), 5), String::new(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    f.boot(&mut c, 1, 1);
+    f.set(&mut c, 1, HostState::Remediated, 2);
+    f.boot(&mut c, 2, 1);
+    c.rollback(3).unwrap();
+    assert_eq!(c.state, CampaignState::RollingBack);
+    assert_eq!(f.boot(&mut c, 1, 4), BootDecision::Restore);
+    assert_eq!(
+        f.boot(&mut c, 3, 4),
+        BootDecision::LocalBoot,
+        "never remediated: nothing to restore"
+    );
+    c.restored_host(mac(1));
+    assert_eq!(
+        f.boot(&mut c, 1, 5),
+        BootDecision::LocalBoot,
+        "restored once"
+    );
+    assert!(c.rollback(6).is_err());
+    assert!(c.tick(&f.hosts, 7).is_empty());
+}
+
+#[test]
+fn pause_abort_and_one_campaign_per_host() {
+    let mut f = Fleet::new(4);
+    let mut canary = spec(&["100%"], strict(), 5);
+    canary.targets = Targets::Tag("canary".into());
+    let mut a = Campaign::new("a".into(), canary, String::new(), 0).unwrap();
+    a.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    assert_eq!(a.members().count(), 2);
+    let mut b = Campaign::new("b".into(), spec(&["100%"], strict(), 5), String::new(), 0).unwrap();
+    let taken: BTreeSet<Mac> = a.members().copied().collect();
+    assert!(b
+        .start(&f.all(), &taken, 1)
+        .unwrap_err()
+        .contains("already in another active campaign"));
+    let mut site = spec(&["100%"], strict(), 5);
+    site.targets = Targets::Site("berlin".into());
+    let mut s = Campaign::new("s".into(), site, String::new(), 0).unwrap();
+    assert!(s.start(&f.all(), &BTreeSet::new(), 1).is_ok());
+    assert_eq!(s.members().copied().collect::<Vec<_>>(), [mac(2), mac(4)]);
+    a.pause(2).unwrap();
+    assert!(waiting(&f.boot(&mut a, 1, 3)).contains("paused"));
+    assert!(a.pause(3).is_err());
+    a.resume(4).unwrap();
+    assert_eq!(f.boot(&mut a, 1, 5), BootDecision::Payload);
+    a.abort(6).unwrap();
+    assert!(
+        a.decide(&f.hosts[&mac(2)], 7, true).is_none(),
+        "an aborted campaign claims nothing"
+    );
+    assert!(a.abort(8).is_err());
+    let mut empty = spec(&["100%"], strict(), 1);
+    empty.targets = Targets::Tag("nobody".into());
+    assert!(Campaign::new("e".into(), empty, String::new(), 0)
+        .unwrap()
+        .start(&f.all(), &BTreeSet::new(), 0)
+        .unwrap_err()
+        .contains("no host matches"));
+}
+
+#[test]
+fn policy_routes_hosts_and_ignores_outsiders_once_campaigns_run() {
+    let f = Fleet::new(4);
+    let mut s = spec(&["100%"], strict(), 1);
+    s.targets = Targets::List(vec![mac(1), mac(9)]);
+    let c = Campaign::new("c".into(), s, String::new(), 0).unwrap();
+    let p = CampaignPolicy::new(crate::DefaultPolicy::default(), true, vec![c]);
+    let q = |m: Mac, issue| BootQuery {
+        mac: m,
+        kind: ClientKind::Pxe(Arch::Bios),
+        now_ms: 1,
+        issue,
+    };
+    assert_eq!(
+        p.decide(&q(mac(3), true), f.hosts.get(&mac(3))),
+        BootDecision::Payload,
+        "only drafts: the base policy answers"
+    );
+    p.with(|cs| cs[0].start(&f.all(), &BTreeSet::new(), 1))
+        .unwrap();
+    assert!(p.take_dirty());
+    assert_eq!(
+        p.decide(&q(mac(3), true), f.hosts.get(&mac(3))),
+        BootDecision::Ignore,
+        "outside every campaign, proxy mode"
+    );
+    assert_eq!(
+        p.decide(&q(mac(9), false), None),
+        BootDecision::Payload,
+        "a listed host not yet seen"
+    );
+    assert_eq!(p.decide(&q(mac(9), true), None), BootDecision::Payload);
+    assert!(p.take_dirty(), "a slot was taken");
+    assert!(
+        matches!(
+            p.decide(&q(mac(1), true), f.hosts.get(&mac(1))),
+            BootDecision::WaitingRoom { .. }
+        ),
+        "concurrency 1"
+    );
+    let mut h9 = HostRecord::new(mac(9), 2);
+    h9.state = HostState::Clean;
+    p.observe(&h9);
+    assert_eq!(
+        p.decide(&q(mac(1), true), f.hosts.get(&mac(1))),
+        BootDecision::Payload
+    );
+    assert_eq!(
+        p.decide(
+            &BootQuery {
+                kind: ClientKind::Windows,
+                ..q(mac(1), true)
+            },
+            None
+        ),
+        BootDecision::Ignore
+    );
+}

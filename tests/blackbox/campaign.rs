@@ -1,0 +1,314 @@
+//! Staged campaigns with real firmware: four guests in waves of 1 and 3. First run: the canary
+//! is repaired, the gate holds, the other three leave the waiting room and are repaired. Second
+//! run: the canary's Windows volume cannot be mounted, the campaign halts, and the other three
+//! stay in the waiting room, untouched. Plus: a Windows DHCP request (vendor class `MSFT 5.0`)
+//! from a remediated MAC marks it recovered.
+use crate::disks::*;
+use crate::firmware::{start_guest, Bus, Firmware, Guest};
+use crate::lab::*;
+use std::time::{Duration, Instant};
+
+const CS: &str = "Windows/System32/drivers/CrowdStrike";
+
+fn token(lab: &Lab) -> String {
+    must(&format!(
+        "{} tokens create --name campaign-test --data-dir {}",
+        unbrick(),
+        lab.data().display()
+    ))
+    .trim()
+    .to_string()
+}
+
+fn api_json(lab: &Lab, tok: &str, path: &str) -> serde_json::Value {
+    let o = lab.exec(&format!(
+        "curl -s -m 5 -H 'Authorization: Bearer {tok}' http://{SERVER_IP}:8080{path}"
+    ));
+    serde_json::from_slice(&o.stdout).unwrap_or_default()
+}
+
+fn cli(lab: &Lab, tok: &str, args: &str) -> String {
+    let o = lab.exec(&format!(
+        "{} {args} --server http://{SERVER_IP}:8080 --token {tok}",
+        unbrick()
+    ));
+    assert!(
+        o.status.success(),
+        "unbrick {args}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn windows_disk(lab: &Lab, name: &str) -> Disk {
+    make_disk(
+        &lab.dir,
+        name,
+        Table::Gpt,
+        &[Volume {
+            label: "WINDOWS".into(),
+            files: vec![
+                File {
+                    path: format!("{CS}/C-00000291-00000000-00000032.sys"),
+                    data: channel_file(3, 30_000),
+                    mtime: "2024-07-19 04:09:00 UTC".into(),
+                },
+                File {
+                    path: "Windows/System32/ntoskrnl.exe".into(),
+                    data: b"MZ".to_vec(),
+                    mtime: "2024-07-01 10:00:00 UTC".into(),
+                },
+            ],
+            dirty: false,
+        }],
+    )
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, lab: &Lab) {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(secs) {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    panic!("{what} within {secs} s:\n{}", lab.server_log());
+}
+
+fn state(lab: &Lab, tok: &str, mac: &str) -> String {
+    api_json(lab, tok, &format!("/api/v1/hosts/{mac}"))["host"]["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
+    let _turn = qemu_turn();
+    let mut lab = Lab::new("cp");
+    lab.init();
+    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
+    must(&format!(
+        "{} image build --data-dir {} --kernel-dir {} --agent {}",
+        unbrick(),
+        lab.data().display(),
+        kernel_root.display(),
+        crate::payload::agent_binary()
+    ));
+    lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff");
+    let tok = token(&lab);
+    let a: Vec<String> = (1..=4).map(|i| format!("52:54:00:ca:00:0{i}")).collect();
+    let b: Vec<String> = (1..=4).map(|i| format!("52:54:00:cb:00:0{i}")).collect();
+    let csv = lab.dir.join("fleet.csv");
+    let mut text = String::from("mac,hostname,site,tags\n");
+    for (i, m) in a.iter().enumerate() {
+        text += &format!("{m},pc-a{i},hq,group-a\n");
+    }
+    for (i, m) in b.iter().enumerate() {
+        text += &format!("{m},pc-b{i},hq,group-b\n");
+    }
+    std::fs::write(&csv, text).unwrap();
+    cli(&lab, &tok, &format!("hosts import {}", csv.display()));
+
+    // ---- Run 1: waves of 1 and 3, the gate holds.
+    let id = cli(
+        &lab,
+        &tok,
+        "campaign create --name run-a --tag group-a --waves 1,100% --concurrency 4 --min-success 1 --max-failure-rate 0",
+    );
+    assert!(id.starts_with("c-"), "{id}");
+    cli(&lab, &tok, &format!("campaign start {id}"));
+    let show = cli(&lab, &tok, &format!("campaign show {id}"));
+    assert!(
+        show.contains("wave 1: 1 hosts") && show.contains("wave 2: 3 hosts"),
+        "{show}"
+    );
+    let disks: Vec<Disk> = (0..4)
+        .map(|i| windows_disk(&lab, &format!("a{i}")))
+        .collect();
+    let mut guests: Vec<Guest> = Vec::new();
+    for (i, m) in a.iter().enumerate() {
+        // The last one is UEFI with Secure Boot: its waiting room is grub's.
+        let fw = if i == 3 {
+            Firmware::UefiSb
+        } else {
+            Firmware::Bios
+        };
+        guests.push(start_guest(
+            &lab,
+            &format!("a{i}"),
+            fw,
+            m,
+            Some((&disks[i].path, Bus::Virtio)),
+        ));
+    }
+    let t0 = Instant::now();
+    wait_for(
+        "the canary is remediated",
+        240,
+        || state(&lab, &tok, &a[0]) == "remediated",
+        &lab,
+    );
+    let canary_done = t0.elapsed();
+    for m in &a[1..] {
+        let s = state(&lab, &tok, m);
+        assert!(
+            s == "waiting" || s == "seen" || s == "unknown",
+            "{m} must not be touched while wave 1 runs: {s}"
+        );
+    }
+    wait_for(
+        "wave 2 is repaired",
+        300,
+        || a[1..].iter().all(|m| state(&lab, &tok, m) == "remediated"),
+        &lab,
+    );
+    let c = api_json(&lab, &tok, &format!("/api/v1/campaigns/{id}"));
+    assert_eq!(c["state"], "completed", "{c}");
+    assert!(
+        c["waves"][0]["gate_note"]
+            .as_str()
+            .unwrap()
+            .contains("gate holds"),
+        "{c}"
+    );
+    for g in &guests[1..3] {
+        assert!(
+            g.serial_text().contains("waiting for wave 2 of 2"),
+            "the waiting room was on screen:\n{}",
+            g.serial_text()
+        );
+    }
+    println!(
+        "run 1: canary remediated after {:.0} s, all four after {:.0} s",
+        canary_done.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    drop(guests);
+
+    // ---- Run 2: the canary's volume cannot be mounted: the campaign halts.
+    let id2 = cli(
+        &lab,
+        &tok,
+        "campaign create --name run-b --tag group-b --waves 1,100% --concurrency 4 --min-success 1 --max-failure-rate 0",
+    );
+    cli(&lab, &tok, &format!("campaign start {id2}"));
+    let disks: Vec<Disk> = (0..4)
+        .map(|i| windows_disk(&lab, &format!("b{i}")))
+        .collect();
+    disks[0].break_mft(0);
+    let mut guests: Vec<Guest> = Vec::new();
+    for (i, m) in b.iter().enumerate() {
+        guests.push(start_guest(
+            &lab,
+            &format!("b{i}"),
+            Firmware::Bios,
+            m,
+            Some((&disks[i].path, Bus::Virtio)),
+        ));
+    }
+    wait_for(
+        "the campaign halts",
+        240,
+        || api_json(&lab, &tok, &format!("/api/v1/campaigns/{id2}"))["state"] == "halted",
+        &lab,
+    );
+    let c = api_json(&lab, &tok, &format!("/api/v1/campaigns/{id2}"));
+    assert!(
+        c["reason"]
+            .as_str()
+            .unwrap()
+            .contains("wave 1: 0 of 1 hosts succeeded"),
+        "{c}"
+    );
+    assert_eq!(state(&lab, &tok, &b[0]), "needs-attention");
+    // One more waiting-room poll: nobody else is touched.
+    std::thread::sleep(Duration::from_secs(35));
+    for (i, m) in b.iter().enumerate().skip(1) {
+        assert_eq!(state(&lab, &tok, m), "waiting", "{m}");
+        assert!(
+            guests[i].serial_text().contains("halted"),
+            "{}",
+            guests[i].serial_text()
+        );
+    }
+    let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{}", b[1]));
+    assert!(
+        !h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "payload"),
+        "a waiting host never got the payload: {h}"
+    );
+    // The hosts outside every campaign get nothing: here, a DHCP test of the Windows return.
+    drop(guests);
+}
+
+#[test]
+fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
+    let mut lab = Lab::new("rc");
+    lab.init();
+    // A stand-in kernel and initrd (signed), so the boot script hands out the payload and a token.
+    let img = lab.data().join("image");
+    std::fs::write(img.join("vmlinuz"), b"stand-in kernel").unwrap();
+    std::fs::write(img.join("initrd.img"), b"stand-in initrd").unwrap();
+    must(&format!(
+        "{} image sign {} --key {}",
+        unbrick(),
+        img.display(),
+        lab.data().join("keys/signing.key").display()
+    ));
+    lab.serve("--dhcp proxy");
+    let mac = "52:54:00:cc:0d:01";
+    // The machine network-boots and its agent reports a remediation (over HTTPS, as the agent).
+    let script = String::from_utf8_lossy(
+        &lab.exec(&format!("curl -s http://{SERVER_IP}:8080/boot/{mac}.ipxe"))
+            .stdout,
+    )
+    .to_string();
+    let t = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("unbrick.token="))
+        .unwrap_or_else(|| panic!("no token: {script}"))
+        .to_string();
+    let post = |path: &str, body: String| {
+        let o = lab.exec(&format!(
+            "curl -sk -w ' %{{http_code}}' -H 'content-type: application/json' -d '{body}' https://{SERVER_IP}:8443{path}"
+        ));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let hello = format!(
+        r#"{{"token":"{t}","mac":"{mac}","uuid":null,"serial":null,"firmware":"bios","secure_boot":null,"lockdown":null,"agent_version":"test","kernel":"6.12"}}"#
+    );
+    assert!(post("/agent/v1/hello", hello).ends_with(" 200"));
+    let report = format!(
+        r#"{{"token":"{t}","mac":"{mac}","report_id":"r1","result":"remediated","reason":null,"volumes":[],"files":[],"rules_id":null,"rules_version":null,"agent_ms":1}}"#
+    );
+    assert!(post("/agent/v1/report", report).ends_with(" 200"));
+    // Windows comes back: its DHCP client (vendor class MSFT 5.0) asks for an address. unbrick
+    // answers nothing in proxy mode, but records it.
+    let (ns, ifc) = lab.add_client(mac);
+    let conf = lab.dir.join("win.conf");
+    std::fs::write(&conf, "send vendor-class-identifier \"MSFT 5.0\";\n").unwrap();
+    let _ = lab.exec_in(
+        &ns,
+        &format!(
+            "timeout 6 dhclient -1 -d -v -cf {} -lf {}/win.leases -pf {}/win.pid {ifc} 2>&1",
+            conf.display(),
+            lab.dir.display(),
+            lab.dir.display()
+        ),
+    );
+    lab.stop_server();
+    let h = lab.host_json(mac);
+    assert_eq!(h["host"]["state"], "recovered", "{h}");
+    assert!(
+        h["events"].as_array().unwrap().iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("remediated -> recovered (Windows DHCP seen)")),
+        "{h}"
+    );
+}

@@ -1,0 +1,382 @@
+//! Campaigns over the API and in the console, and the ticker that moves them on: host timeouts,
+//! verification windows, wave closure and gates (`fleet::campaign` decides; this module applies
+//! and persists).
+#![allow(clippy::result_large_err)]
+use crate::auth::{caller, error};
+use crate::Console;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleet::campaign::{outcome, Campaign, CampaignSpec, Gate, Outcome, Targets, WaveSize};
+use fleet::Mac;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The API's way to write a campaign (friendlier than the stored form).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignInput {
+    pub name: String,
+    pub targets: TargetsInput,
+    /// e.g. `["5", "10%", "50%", "100%"]`
+    pub waves: Vec<String>,
+    #[serde(default)]
+    pub gate: GateInput,
+    pub concurrency: u32,
+    #[serde(default)]
+    pub host_timeout_minutes: Option<u64>,
+    #[serde(default)]
+    pub verify_window_minutes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum TargetsInput {
+    All(bool),
+    Site(String),
+    Tag(String),
+    Macs(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GateInput {
+    #[serde(default)]
+    pub min_success: u32,
+    #[serde(default)]
+    pub max_failure_rate: f64,
+    #[serde(default)]
+    pub min_soak_minutes: u64,
+}
+
+impl CampaignInput {
+    pub fn into_spec(self) -> Result<CampaignSpec, String> {
+        let targets = match self.targets {
+            TargetsInput::All(true) => Targets::All,
+            TargetsInput::All(false) => return Err(
+                "targets: {\"all\": true}, {\"site\": ...}, {\"tag\": ...} or {\"macs\": [...]}"
+                    .into(),
+            ),
+            TargetsInput::Site(s) if !s.trim().is_empty() => Targets::Site(s.trim().to_string()),
+            TargetsInput::Tag(t) if !t.trim().is_empty() => Targets::Tag(t.trim().to_string()),
+            TargetsInput::Macs(l) => Targets::List(
+                l.iter()
+                    .map(|m| m.parse::<Mac>())
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            _ => return Err("targets: the site or tag is empty".into()),
+        };
+        let waves = self
+            .waves
+            .iter()
+            .map(|w| w.parse::<WaveSize>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let spec = CampaignSpec {
+            name: self.name.trim().to_string(),
+            targets,
+            waves,
+            gate: Gate {
+                min_success: self.gate.min_success,
+                max_failure_rate: self.gate.max_failure_rate,
+                min_soak_ms: self.gate.min_soak_minutes.saturating_mul(60_000),
+            },
+            concurrency: self.concurrency,
+            host_timeout_ms: self
+                .host_timeout_minutes
+                .unwrap_or(30)
+                .saturating_mul(60_000),
+            verify_window_ms: self.verify_window_minutes.map(|m| m.saturating_mul(60_000)),
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct WaveView {
+    pub number: usize,
+    pub hosts: usize,
+    pub opened: Option<String>,
+    pub closed: Option<String>,
+    pub gate_note: String,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub pending: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CampaignView {
+    pub id: String,
+    pub name: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub rules: String,
+    pub created: String,
+    pub targets: Targets,
+    pub concurrency: u32,
+    pub in_payload: usize,
+    pub members: usize,
+    pub current_wave: usize,
+    pub gate: Gate,
+    pub verify_window_minutes: Option<u64>,
+    pub waves: Vec<WaveView>,
+    pub log: Vec<(String, String)>,
+}
+
+pub fn view(c: &Campaign, hosts: &BTreeMap<Mac, fleet::HostRecord>) -> CampaignView {
+    let verify = c.spec.verify_window_ms.is_some();
+    CampaignView {
+        id: c.id.clone(),
+        name: c.spec.name.clone(),
+        state: c.state.name().to_string(),
+        reason: match &c.state {
+            fleet::CampaignState::Halted(r) => Some(r.clone()),
+            _ => None,
+        },
+        rules: c.rules.clone(),
+        created: crate::query::iso(c.created_ms),
+        targets: c.spec.targets.clone(),
+        concurrency: c.spec.concurrency,
+        in_payload: c.in_payload.len(),
+        members: c.members().count(),
+        current_wave: c.current + 1,
+        gate: c.spec.gate.clone(),
+        verify_window_minutes: c.spec.verify_window_ms.map(|m| m / 60_000),
+        waves: c
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut o = (0, 0, 0);
+                for m in &w.hosts {
+                    match hosts.get(m).map(|h| outcome(h, verify)) {
+                        Some(Outcome::Success) => o.0 += 1,
+                        Some(Outcome::Failure) => o.1 += 1,
+                        Some(Outcome::Neutral) => {}
+                        _ => o.2 += 1,
+                    }
+                }
+                WaveView {
+                    number: i + 1,
+                    hosts: w.hosts.len(),
+                    opened: w.opened_ms.map(crate::query::iso),
+                    closed: w.closed_ms.map(crate::query::iso),
+                    gate_note: w.gate_note.clone(),
+                    succeeded: o.0,
+                    failed: o.1,
+                    pending: o.2,
+                }
+            })
+            .collect(),
+        log: c
+            .log
+            .iter()
+            .map(|(t, w)| (crate::query::iso(*t), w.clone()))
+            .collect(),
+    }
+}
+
+fn hosts_map(c: &Console) -> BTreeMap<Mac, fleet::HostRecord> {
+    c.fleet
+        .with_hosts(|h| h.iter().map(|(m, r)| (*m, r.clone())).collect())
+}
+
+/// Writes every campaign and waits for the disk.
+pub async fn persist(c: &Console) -> Result<(), String> {
+    for camp in c.campaigns.snapshot() {
+        c.fleet
+            .store()
+            .put_campaign(&camp)
+            .map_err(|e| format!("store: {e}"))?;
+    }
+    c.fleet.durable().await.map_err(|e| format!("store: {e}"))
+}
+
+/// Creates a campaign (draft). Returns its id.
+pub async fn create(
+    c: &Console,
+    actor: &str,
+    input: CampaignInput,
+) -> Result<String, (StatusCode, String)> {
+    let spec = input
+        .into_spec()
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let now = netboot_server::now_ms();
+    let id = format!("c-{}", &crate::tokens::random_id()[..8]);
+    let camp = Campaign::new(id.clone(), spec, c.rules_label.clone(), now)
+        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+    let name = camp.spec.name.clone();
+    c.campaigns.with(|cs| cs.push(camp));
+    audit(c, actor, "campaign-create", format!("{id} {name:?}"));
+    persist(c)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(id)
+}
+
+fn audit(c: &Console, actor: &str, action: &str, detail: String) {
+    let _ = c.fleet.store().audit(&fleet::store::AuditEntry {
+        time_ms: netboot_server::now_ms(),
+        actor: actor.to_string(),
+        action: action.to_string(),
+        detail,
+    });
+}
+
+/// start | pause | resume | abort | rollback.
+pub async fn act(
+    c: &Console,
+    actor: &str,
+    id: &str,
+    action: &str,
+) -> Result<String, (StatusCode, String)> {
+    let now = netboot_server::now_ms();
+    let hosts: Vec<fleet::HostRecord> = c.fleet.hosts();
+    let taken = c.campaigns.taken(id);
+    let r = c.campaigns.with(|cs| {
+        let Some(camp) = cs.iter_mut().find(|x| x.id == id) else {
+            return Err((StatusCode::NOT_FOUND, format!("no campaign {id}")));
+        };
+        let r = match action {
+            "start" => camp.start(&hosts, &taken, now),
+            "pause" => camp.pause(now),
+            "resume" => camp.resume(now),
+            "abort" => camp.abort(now),
+            "rollback" => camp.rollback(now),
+            other => {
+                return Err((
+                    StatusCode::NOT_FOUND,
+                    format!("unknown action {other:?}: start, pause, resume, abort or rollback"),
+                ))
+            }
+        };
+        r.map(|_| format!("{} is {}", camp.spec.name, camp.state.name()))
+            .map_err(|e| (StatusCode::CONFLICT, e))
+    })?;
+    audit(
+        c,
+        actor,
+        &format!("campaign-{action}"),
+        format!("{id}: {r}"),
+    );
+    tracing::info!("campaign {id} {action} by {actor}: {r}");
+    persist(c)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+    Ok(r)
+}
+
+/// Every second: campaigns advance (timeouts, verification windows, gates); host changes are
+/// applied through the fleet's single writer; changed campaigns are persisted.
+pub fn spawn_ticker(c: Arc<Console>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let now = netboot_server::now_ms();
+            let busy = c.campaigns.snapshot().iter().any(|x| x.state.is_active());
+            if busy {
+                let hosts = hosts_map(&c);
+                let (changes, logs) = c.campaigns.with(|cs| {
+                    let mut out = Vec::new();
+                    let mut logs = Vec::new();
+                    for camp in cs.iter_mut() {
+                        let before = camp.log.len();
+                        out.extend(camp.tick(&hosts, now));
+                        logs.extend(
+                            camp.log[before..]
+                                .iter()
+                                .map(|(_, w)| format!("campaign {}: {w}", camp.spec.name)),
+                        );
+                    }
+                    (out, logs)
+                });
+                for l in logs {
+                    tracing::info!("{l}");
+                }
+                for ch in changes {
+                    c.fleet.set_state(ch.mac, ch.to, &ch.why, now);
+                }
+            }
+            if c.campaigns.take_dirty() {
+                if let Err(e) = persist(&c).await {
+                    tracing::error!("campaigns: {e}");
+                }
+            }
+        }
+    });
+}
+
+// ---- API handlers ----
+
+pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    if let Err(r) = caller(&c, &Method::GET, &headers) {
+        return r;
+    }
+    let hosts = hosts_map(&c);
+    let v: Vec<CampaignView> = c
+        .campaigns
+        .snapshot()
+        .iter()
+        .map(|x| view(x, &hosts))
+        .collect();
+    Json(v).into_response()
+}
+
+pub async fn detail(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = caller(&c, &Method::GET, &headers) {
+        return r;
+    }
+    let hosts = hosts_map(&c);
+    match c.campaigns.snapshot().iter().find(|x| x.id == id) {
+        Some(x) => Json(view(x, &hosts)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no campaign {id}")),
+    }
+}
+
+pub async fn create_api(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let who = match caller(&c, &Method::POST, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let input: CampaignInput = match serde_json::from_slice(&body) {
+        Ok(i) => i,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("campaign: {e} (expected {{\"name\", \"targets\": {{\"all\": true}}|{{\"site\"|\"tag\": ...}}|{{\"macs\": [...]}}, \"waves\": [\"1\", \"100%\"], \"gate\": {{...}}, \"concurrency\"}})"),
+            )
+        }
+    };
+    match create(&c, &who.actor, input).await {
+        Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))).into_response(),
+        Err((s, e)) => error(s, e),
+    }
+}
+
+pub async fn action_api(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path((id, action)): Path<(String, String)>,
+) -> Response {
+    let who = match caller(&c, &Method::POST, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    match act(&c, &who.actor, &id, &action).await {
+        Ok(msg) => Json(serde_json::json!({ "id": id, "result": msg })).into_response(),
+        Err((s, e)) => error(s, e),
+    }
+}
