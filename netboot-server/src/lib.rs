@@ -162,7 +162,12 @@ impl Shared {
                 mac,
                 source,
                 "script",
-                format!("{via}: {}{note}", decision.name()),
+                match &decision {
+                    fleet::BootDecision::WaitingRoom { reason } => {
+                        format!("{via}: waiting-room ({reason}){note}")
+                    }
+                    d => format!("{via}: {}{note}", d.name()),
+                },
                 now,
             );
         }

@@ -173,11 +173,23 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
             .contains("gate holds"),
         "{c}"
     );
-    for g in &guests[1..3] {
+    for m in &a[1..] {
+        let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{m}"));
+        let ev: Vec<String> = h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["message"].as_str().unwrap().to_string())
+            .collect();
+        let w = ev
+            .iter()
+            .position(|e| e.contains("waiting-room (waiting for wave 2 of 2"));
+        let p = ev
+            .iter()
+            .position(|e| e.contains("recovery payload issued"));
         assert!(
-            g.serial_text().contains("waiting for wave 2 of 2"),
-            "the waiting room was on screen:\n{}",
-            g.serial_text()
+            matches!((w, p), (Some(w), Some(p)) if w < p),
+            "{m} waited for wave 2 before it got the payload: {ev:#?}"
         );
     }
     println!(
@@ -227,10 +239,18 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
     std::thread::sleep(Duration::from_secs(35));
     for (i, m) in b.iter().enumerate().skip(1) {
         assert_eq!(state(&lab, &tok, m), "waiting", "{m}");
+        let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{m}"));
         assert!(
-            guests[i].serial_text().contains("halted"),
-            "{}",
-            guests[i].serial_text()
+            h["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["message"].as_str().unwrap().contains("is halted")),
+            "{m}: the waiting room says why: {h}"
+        );
+        assert!(
+            !guests[i].serial_text().contains("unbrick-agent"),
+            "{m} never ran the agent"
         );
     }
     let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{}", b[1]));
