@@ -469,3 +469,185 @@ pub async fn style() -> Response {
     )
         .into_response()
 }
+
+#[derive(Template)]
+#[template(path = "campaigns.html")]
+struct CampaignsPage {
+    user: String,
+    read_only: bool,
+    csrf: String,
+    list: Vec<crate::campaigns::CampaignView>,
+    flash: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "campaign.html")]
+struct CampaignPage {
+    user: String,
+    read_only: bool,
+    csrf: String,
+    c: crate::campaigns::CampaignView,
+    actions: Vec<&'static str>,
+    fail_pct: String,
+    soak_min: u64,
+    flash: Option<String>,
+}
+
+fn campaigns_page(c: &Console, s: &Session, flash: Option<String>, status: StatusCode) -> Response {
+    let hosts = c
+        .fleet
+        .with_hosts(|h| h.iter().map(|(m, r)| (*m, r.clone())).collect());
+    let mut list: Vec<_> = c
+        .campaigns
+        .snapshot()
+        .iter()
+        .map(|x| crate::campaigns::view(x, &hosts))
+        .collect();
+    list.reverse();
+    page(
+        status,
+        &CampaignsPage {
+            user: s.name.clone(),
+            read_only: s.read_only,
+            csrf: s.csrf.clone(),
+            list,
+            flash,
+        },
+    )
+}
+
+pub async fn campaigns_list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    match session(&c, &headers) {
+        Ok(s) => campaigns_page(&c, &s, None, StatusCode::OK),
+        Err(r) => r,
+    }
+}
+
+fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> Response {
+    let hosts = c
+        .fleet
+        .with_hosts(|h| h.iter().map(|(m, r)| (*m, r.clone())).collect());
+    let Some(camp) = c.campaigns.snapshot().into_iter().find(|x| x.id == id) else {
+        return (StatusCode::NOT_FOUND, format!("no campaign {id}\n")).into_response();
+    };
+    let actions = match camp.state {
+        fleet::CampaignState::Draft => vec!["start", "abort"],
+        fleet::CampaignState::Running => vec!["pause", "abort", "rollback"],
+        fleet::CampaignState::Paused | fleet::CampaignState::Halted(_) => {
+            vec!["resume", "abort", "rollback"]
+        }
+        fleet::CampaignState::Completed => vec!["rollback"],
+        fleet::CampaignState::RollingBack => vec!["abort"],
+        fleet::CampaignState::Aborted => vec![],
+    };
+    let v = crate::campaigns::view(&camp, &hosts);
+    page(
+        StatusCode::OK,
+        &CampaignPage {
+            user: s.name.clone(),
+            read_only: s.read_only,
+            csrf: s.csrf.clone(),
+            fail_pct: format!("{:.0}", v.gate.max_failure_rate * 100.0),
+            soak_min: v.gate.min_soak_ms / 60_000,
+            c: v,
+            actions,
+            flash,
+        },
+    )
+}
+
+pub async fn campaign_detail(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    match session(&c, &headers) {
+        Ok(s) => campaign_page(&c, &s, &id, None),
+        Err(r) => r,
+    }
+}
+
+/// The console's "new campaign" form.
+pub async fn ui_campaign_create(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let (_, s) = match form_session(&c, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if s.read_only {
+        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
+    }
+    let get = |k: &str| field(&f, k).unwrap_or("").trim().to_string();
+    let num = |k: &str, d: u64| get(k).parse::<u64>().unwrap_or(d);
+    let target = get("target");
+    let targets = match get("target_kind").as_str() {
+        "site" => crate::campaigns::TargetsInput::Site(target),
+        "tag" => crate::campaigns::TargetsInput::Tag(target),
+        "macs" => crate::campaigns::TargetsInput::Macs(
+            target
+                .split([',', ' ', '\n'])
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect(),
+        ),
+        _ => crate::campaigns::TargetsInput::All(true),
+    };
+    let input = crate::campaigns::CampaignInput {
+        name: get("name"),
+        targets,
+        waves: get("waves")
+            .split(',')
+            .map(|w| w.trim().to_string())
+            .collect(),
+        gate: crate::campaigns::GateInput {
+            min_success: num("min_success", 0) as u32,
+            max_failure_rate: num("max_failure_percent", 0) as f64 / 100.0,
+            min_soak_minutes: num("soak_minutes", 0),
+        },
+        concurrency: num("concurrency", 0) as u32,
+        host_timeout_minutes: None,
+        verify_window_minutes: (!get("verify_minutes").is_empty())
+            .then(|| num("verify_minutes", 0)),
+    };
+    match crate::campaigns::create(&c, &format!("console:{}", s.name), input).await {
+        Ok(id) => campaign_page(
+            &c,
+            &s,
+            &id,
+            Some("Created as a draft: check the waves, then start it.".into()),
+        ),
+        Err((_, e)) => campaigns_page(
+            &c,
+            &s,
+            Some(format!("Not created: {e}")),
+            StatusCode::BAD_REQUEST,
+        ),
+    }
+}
+
+/// The campaign page's action buttons.
+pub async fn ui_campaign_action(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let (_, s) = match form_session(&c, &headers, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if s.read_only {
+        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
+    }
+    let action = field(&f, "action").unwrap_or("").to_string();
+    let msg = match crate::campaigns::act(&c, &format!("console:{}", s.name), &id, &action).await {
+        Ok(m) => m,
+        Err((_, e)) => format!("Refused: {e}"),
+    };
+    campaign_page(&c, &s, &id, Some(msg))
+}

@@ -606,3 +606,197 @@ fn openapi_names_every_api_route() {
         assert!(paths.contains_key(p), "{p} is not in the OpenAPI document");
     }
 }
+
+#[tokio::test]
+async fn campaigns_api() {
+    let t = setup("campaigns");
+    let a = Some(t.admin.as_str());
+    let good = r#"{"name":"canary run","targets":{"tag":"canary"},"waves":["1","100%"],"gate":{"min_success":1,"max_failure_rate":0.0},"concurrency":2,"verify_window_minutes":15}"#;
+    let (s, _, b) = send(&t, post("/api/v1/campaigns", a, "application/json", good)).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = json(&b)["id"].as_str().unwrap().to_string();
+    let (s, _, b) = send(&t, get(&format!("/api/v1/campaigns/{id}"), a)).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json(&b);
+    assert_eq!(
+        (v["state"].as_str(), v["rules"].as_str()),
+        (Some("draft"), Some("rules v1"))
+    );
+    for bad in [
+        r#"{"name":"x","targets":{"tag":"canary"},"waves":[],"concurrency":1}"#,
+        r#"{"name":"x","targets":{"tag":"canary"},"waves":["0"],"concurrency":1}"#,
+        r#"{"name":"x","targets":{"tag":"canary"},"waves":["1"],"concurrency":0}"#,
+        r#"{"name":"x","targets":{"all":false},"waves":["1"],"concurrency":1}"#,
+        r#"{"name":"x","targets":{"macs":["zz"]},"waves":["1"],"concurrency":1}"#,
+        r#"{"name":"x","targets":{"tag":"a","site":"b"},"waves":["1"],"concurrency":1}"#,
+        r#"{"name":"","targets":{"all":true},"waves":["1"],"concurrency":1}"#,
+        r#"{"name":"x","targets":{"all":true},"waves":["1"],"concurrency":1,"gate":{"max_failure_rate":2}}"#,
+        r#"{"name":"x","targets":{"all":true},"waves":["1"],"concurrency":1,"colour":1}"#,
+        "[]",
+    ] {
+        let (s, _, b) = send(&t, post("/api/v1/campaigns", a, "application/json", bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert!(!json(&b)["error"].as_str().unwrap().is_empty());
+    }
+    let (s, _, _) = send(
+        &t,
+        post(
+            "/api/v1/campaigns",
+            Some(&t.viewer),
+            "application/json",
+            good,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let act = |what: &str| {
+        post(
+            &format!("/api/v1/campaigns/{id}/{what}"),
+            a,
+            "application/json",
+            "",
+        )
+    };
+    let (s, _, b) = send(&t, act("pause")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "a draft cannot pause: {b}");
+    let (s, _, b) = send(&t, act("start")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, _, b) = send(&t, get(&format!("/api/v1/campaigns/{id}"), a)).await;
+    let v = json(&b);
+    assert_eq!(v["state"], "running");
+    assert_eq!(v["members"], 5, "the five canary hosts");
+    assert_eq!(v["waves"][0]["hosts"], 1);
+    let (s, _, _) = send(&t, act("start")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    let (s, _, _) = send(&t, act("explode")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = send(
+        &t,
+        post("/api/v1/campaigns/c-nope/start", a, "application/json", ""),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // A second campaign over the same hosts cannot start while the first is active.
+    let all = r#"{"name":"everyone","targets":{"all":true},"waves":["100%"],"concurrency":5}"#;
+    let (_, _, b) = send(&t, post("/api/v1/campaigns", a, "application/json", all)).await;
+    let id2 = json(&b)["id"].as_str().unwrap().to_string();
+    let (s, _, b) = send(
+        &t,
+        post(
+            &format!("/api/v1/campaigns/{id2}/start"),
+            a,
+            "application/json",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(b.contains("one campaign per host"), "{b}");
+    for w in ["pause", "resume", "abort"] {
+        let (s, _, b) = send(&t, act(w)).await;
+        assert_eq!(s, StatusCode::OK, "{w}: {b}");
+    }
+    let (s, _, b) = send(&t, get("/api/v1/campaigns", Some(&t.viewer))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json(&b).as_array().unwrap().len(), 2);
+    let (_, _, b) = send(&t, get("/api/v1/audit", a)).await;
+    assert!(
+        b.contains("campaign-start") && b.contains("campaign-abort"),
+        "{b}"
+    );
+    // Persisted before the answer.
+    let stored = t.fleet.store().campaigns().unwrap();
+    assert!(stored
+        .iter()
+        .any(|c| c.id == id && c.state == fleet::CampaignState::Aborted));
+}
+
+#[tokio::test]
+async fn campaign_pages_create_start_and_show_waves() {
+    let t = setup("campaign-pages");
+    let (_, h, _) = send(
+        &t,
+        post(
+            "/login",
+            None,
+            "application/x-www-form-urlencoded",
+            &format!("token={}", t.admin),
+        ),
+    )
+    .await;
+    let cookie = h[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let page = |path: &str| {
+        Request::get(path)
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (s, _, b) = send(&t, page("/campaigns")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains("New campaign") && b.contains("No campaign yet"));
+    let csrf = b
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let form = |path: &str, body: String| {
+        Request::post(path)
+            .header(header::COOKIE, &cookie)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (s, _, b) = send(&t, form("/ui/campaigns", format!("csrf={csrf}&name=berlin&target_kind=site&target=berlin&waves=1%2C100%25&concurrency=3&min_success=1&max_failure_percent=10&soak_minutes=0&verify_minutes="))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.contains("Created as a draft"), "{b}");
+    let id = b
+        .split("<small class=\"mono\">")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, _, b) = send(
+        &t,
+        form(
+            &format!("/ui/campaigns/{id}"),
+            format!("csrf={csrf}&action=start"),
+        ),
+    )
+    .await;
+    assert!(b.contains("berlin is running"), "{b}");
+    assert!(
+        b.contains("<td>1</td><td>1</td>") || b.contains("<td>1</td>"),
+        "waves table: {b}"
+    );
+    let (s, _, _) = send(
+        &t,
+        form(
+            &format!("/ui/campaigns/{id}"),
+            "csrf=wrong&action=abort".into(),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, _, b) = send(
+        &t,
+        form(
+            "/ui/campaigns",
+            format!("csrf={csrf}&name=&target_kind=all&waves=1&concurrency=1"),
+        ),
+    )
+    .await;
+    assert!(b.contains("Not created: name"), "{b}");
+    let (_, _, b) = send(&t, page("/campaigns")).await;
+    assert!(b.contains("running") && b.contains(&id));
+}
