@@ -46,6 +46,8 @@ pub enum RunResult {
     /// A person must look (dirty or hibernated volume, locked BitLocker, ...).
     NeedsAttention,
     Failed,
+    /// Restore mode (a campaign's rollback): quarantined files were put back.
+    Restored,
 }
 
 /// One file the rules matched.

@@ -766,9 +766,24 @@ impl crate::BootPolicy for CampaignPolicy {
 
     fn observe(&self, h: &HostRecord) {
         let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
-        for c in cs.iter_mut().filter(|c| c.in_payload.contains_key(&h.mac)) {
-            c.observe(h);
-            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        let restored = h
+            .last_report
+            .as_ref()
+            .is_some_and(|r| r.result == crate::agent::RunResult::Restored);
+        for c in cs.iter_mut() {
+            if c.in_payload.contains_key(&h.mac) {
+                c.observe(h);
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            if restored
+                && c.state == CampaignState::RollingBack
+                && c.finished.contains(&h.mac)
+                && !c.restored.contains(&h.mac)
+            {
+                c.restored_host(h.mac);
+                c.log.push((h.last_seen_ms, format!("{} restored", h.mac)));
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
         }
     }
 }

@@ -218,6 +218,15 @@ pub async fn report(
     let reason = rep.reason.clone().unwrap_or_default();
     let to = match rep.result {
         RunResult::Remediated => HostState::Remediated,
+        // Rolled back: the machine is as it was before the campaign, so a person must look.
+        RunResult::Restored => HostState::NeedsAttention(format!(
+            "rolled back: {}",
+            if reason.is_empty() {
+                "quarantined files restored"
+            } else {
+                &reason
+            }
+        )),
         RunResult::Clean | RunResult::NothingFound => HostState::Clean,
         RunResult::NeedsAttention => HostState::NeedsAttention(reason.clone()),
         RunResult::Failed => HostState::Failed(reason.clone()),

@@ -388,12 +388,19 @@ impl FleetIo {
     }
 
     /// The payload was handed to `mac` with a fresh boot token.
-    pub fn payload_issued(&self, mac: Mac, via: &str, token: &str, now_ms: u64) {
+    /// `restore`: a rollback run, which an admin asked for whatever the host's state.
+    pub fn payload_issued(&self, mac: Mac, via: &str, token: &str, restore: bool, now_ms: u64) {
         let mut note = String::new();
         let r = self.update(mac, now_ms, &mut |h| {
             h.boot_token = Some(token.to_string());
             h.boot_token_issued_ms = now_ms;
             h.payload_boots += 1;
+            if restore && h.state != HostState::Booting {
+                note = format!("{} -> booting (restore mode)", h.state.name());
+                h.state = HostState::Booting;
+                h.state_since_ms = now_ms;
+                return Ok(());
+            }
             note = match h.transition(HostState::Booting, now_ms) {
                 Ok(true) => "-> booting".into(),
                 Ok(false) => String::new(),

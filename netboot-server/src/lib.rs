@@ -148,7 +148,8 @@ impl Shared {
             fleet::BootDecision::Payload | fleet::BootDecision::Restore
         ) && ready
         {
-            self.fleet.payload_issued(mac, via, &token, now);
+            let restore = decision == fleet::BootDecision::Restore;
+            self.fleet.payload_issued(mac, via, &token, restore, now);
         } else {
             if matches!(decision, fleet::BootDecision::WaitingRoom { .. }) {
                 self.fleet.waiting(mac, now);

@@ -632,7 +632,11 @@ fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: 
             if vr.windows { ", Windows found" } else { "" }
         ),
     );
-    let result = remediate::remediate(&dir, dev, rules, run_id, now);
+    let result = if ctx.cmd.restore {
+        remediate::restore(&dir, dev, run_id, now)
+    } else {
+        remediate::remediate(&dir, dev, rules, run_id, now)
+    };
     let (outcome, err) = match result {
         Ok(o) => (o, None),
         Err((o, e)) => (o, Some(e)),
@@ -662,7 +666,9 @@ fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: 
         vr.report.status = "failed".into();
         vr.report.detail = e;
     } else {
-        vr.report.status = if !vr.files.is_empty() {
+        vr.report.status = if !vr.files.is_empty() && ctx.cmd.restore {
+            "restored"
+        } else if !vr.files.is_empty() {
             "remediated"
         } else if vr.windows {
             "clean"
@@ -860,6 +866,14 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         (RunResult::Failed, Some(failures.join("; ")))
     } else if !attention.is_empty() {
         (RunResult::NeedsAttention, Some(attention.join("; ")))
+    } else if ctx.cmd.restore {
+        (
+            RunResult::Restored,
+            Some(format!(
+                "rollback: {} quarantined file(s) put back",
+                files.len()
+            )),
+        )
     } else if !files.is_empty() {
         (RunResult::Remediated, None)
     } else if windows > 0 {

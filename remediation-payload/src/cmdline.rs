@@ -18,6 +18,8 @@ pub struct Cmdline {
     pub mac: Option<String>,
     pub poweroff: bool,
     pub dirty: DirtyPolicy,
+    /// `unbrick.mode=restore`: a campaign's rollback; quarantined files go back.
+    pub restore: bool,
 }
 
 impl Cmdline {
@@ -27,6 +29,7 @@ impl Cmdline {
         let mut token = None;
         let mut mac = None;
         let mut poweroff = false;
+        let mut restore = false;
         let mut dirty = DirtyPolicy::Force;
         for word in text.split_whitespace() {
             let (k, v) = word.split_once('=').unwrap_or((word, ""));
@@ -36,6 +39,15 @@ impl Cmdline {
                 "unbrick.token" => token = Some(v.to_string()),
                 "unbrick.mac" => mac = Some(v.to_ascii_lowercase()),
                 "unbrick.poweroff" => poweroff = true,
+                "unbrick.mode" => match v {
+                    "restore" => restore = true,
+                    "remediate" => {}
+                    other => {
+                        return Err(format!(
+                            "unbrick.mode={other}: this agent knows remediate and restore"
+                        ))
+                    }
+                },
                 "unbrick.dirty" => {
                     dirty = match v {
                         "skip" => DirtyPolicy::Skip,
@@ -62,6 +74,7 @@ impl Cmdline {
             mac,
             poweroff,
             dirty,
+            restore,
         })
     }
 }
@@ -81,6 +94,14 @@ mod tests {
             .unwrap_err()
             .contains("unbrick.server"));
         assert!(Cmdline::parse("unbrick.server=ftp://x unbrick.token=t").is_err());
+        assert!(
+            Cmdline::parse("unbrick.server=http://a unbrick.token=t unbrick.mode=restore")
+                .unwrap()
+                .restore
+        );
+        assert!(
+            Cmdline::parse("unbrick.server=http://a unbrick.token=t unbrick.mode=wipe").is_err()
+        );
         let c = Cmdline::parse("unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443/ unbrick.token=t").unwrap();
         assert_eq!(c.api.as_deref(), Some("https://10.99.0.1:8443"));
         assert!(Cmdline::parse(

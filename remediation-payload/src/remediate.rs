@@ -237,6 +237,128 @@ pub fn remediate(
     }
 }
 
+/// A rollback on the volume mounted at `root`: every file an earlier run quarantined (found by
+/// its `.unbrick.json` record under `unbrick-quarantine/`) goes back to its original path, if
+/// its SHA-256 still matches the record and nothing else is at that path now. A restored
+/// record is renamed `*.unbrick.json.restored`, so a second rollback does not move it again.
+/// Each file is reported (action `restored`, or `restore-refused` with the reason in the log).
+pub fn restore(
+    root: &Path,
+    volume: &str,
+    run_id: &str,
+    now_unix: u64,
+) -> Result<VolumeOutcome, (VolumeOutcome, String)> {
+    let mut out = VolumeOutcome::default();
+    let mut failure: Option<String> = None;
+    let qroot = root.join(QUARANTINE_DIR);
+    out.log.push(format!(
+        "unbrick {} restore run {run_id} on {volume} at {}",
+        crate::AGENT_VERSION,
+        signing::time::format_utc(now_unix)
+    ));
+    let mut records = Vec::new();
+    let mut stack = vec![qroot.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().ends_with(".unbrick.json") {
+                records.push(p);
+            }
+        }
+    }
+    records.sort();
+    for recfile in records {
+        let r = (|| -> Result<FileRecord, String> {
+            let mut rec: FileRecord = serde_json::from_slice(
+                &std::fs::read(&recfile).map_err(|e| format!("{}: {e}", recfile.display()))?,
+            )
+            .map_err(|e| format!("{}: not a quarantine record: {e}", recfile.display()))?;
+            let q = rec
+                .quarantined_to
+                .clone()
+                .ok_or_else(|| format!("{}: no quarantine path", recfile.display()))?;
+            let from = q.split('\\').fold(root.to_path_buf(), |p, c| p.join(c));
+            let to = rec
+                .path
+                .split('\\')
+                .fold(root.to_path_buf(), |p, c| p.join(c));
+            if !from.starts_with(&qroot) || rec.path.split('\\').any(|c| c == ".." || c.is_empty())
+            {
+                return Err(format!(
+                    "{}: record points outside its place",
+                    recfile.display()
+                ));
+            }
+            let sha = sha256_file(&from).map_err(|e| format!("{q}: {e}"))?;
+            if sha != rec.sha256 {
+                return Err(format!(
+                    "{q}: sha256 {sha} is not the recorded {}; left in quarantine",
+                    rec.sha256
+                ));
+            }
+            if to.exists() {
+                return Err(format!(
+                    "{}: a file is there now; {q} left in quarantine",
+                    rec.path
+                ));
+            }
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            std::fs::rename(&from, &to).map_err(|e| format!("{q} -> {}: {e}", rec.path))?;
+            if let Some(parent) = to.parent() {
+                fsync_dir(parent);
+            }
+            let mut done = recfile.clone().into_os_string();
+            done.push(".restored");
+            std::fs::rename(&recfile, &done).map_err(|e| format!("{}: {e}", recfile.display()))?;
+            rec.volume = volume.to_string();
+            rec.action = "restored".into();
+            Ok(rec)
+        })();
+        match r {
+            Ok(rec) => {
+                out.log.push(format!(
+                    "restored {} from {} (sha256 {} checked)",
+                    rec.path,
+                    rec.quarantined_to.as_deref().unwrap_or(""),
+                    rec.sha256
+                ));
+                out.files.push(rec);
+            }
+            Err(e) => {
+                out.log.push(format!("REFUSED: {e}"));
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    if !out.files.is_empty() || failure.is_some() {
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&qroot)?;
+            let mut f = std::fs::File::create(qroot.join(format!("restore-{run_id}.log")))?;
+            for l in &out.log {
+                writeln!(f, "{l}")?;
+            }
+            f.sync_all()?;
+            fsync_dir(&qroot);
+            Ok(())
+        };
+        if let Err(e) = write() {
+            failure.get_or_insert(format!("cannot write the restore log: {e}"));
+        }
+    }
+    match failure {
+        None => Ok(out),
+        Some(f) => Err((out, f)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,6 +461,75 @@ mod tests {
         // A second run finds nothing: the quarantine is never searched.
         let again = remediate(&root, "vda2", &rules, "run2", 1_800_000_100).unwrap();
         assert!(again.files.is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn restore_puts_back_what_was_quarantined_and_refuses_the_rest() {
+        let root = std::env::temp_dir().join(format!("unbrick-restore-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let cs = "Windows/System32/drivers/CrowdStrike";
+        let mut bad = MAGIC.to_vec();
+        bad.extend_from_slice(b"bad channel file");
+        put(
+            &root,
+            &format!("{cs}/C-00000291-00000000-00000032.sys"),
+            &bad,
+            "2024-07-19T04:09:00Z",
+        );
+        put(
+            &root,
+            &format!("{cs}/C-00000291-00000000-00000031.sys"),
+            &bad,
+            "2024-07-19T04:09:00Z",
+        );
+        let rules = RuleSet::default_crowdstrike(4_000_000_000);
+        let q = remediate(&root, "sda2", &rules, "run1", 1_800_000_000).unwrap();
+        assert_eq!(q.files.len(), 2);
+        // One quarantined file was changed since; the other's place is taken by a new file.
+        let q31 = root
+            .join(QUARANTINE_DIR)
+            .join("run1")
+            .join(cs)
+            .join("C-00000291-00000000-00000031.sys");
+        std::fs::write(&q31, b"tampered").unwrap();
+        let r = restore(&root, "sda2", "undo1", 1_800_000_100);
+        let (out, err) = r.unwrap_err();
+        assert!(err.contains("is not the recorded"), "{err}");
+        assert_eq!(out.files.len(), 1);
+        assert_eq!(out.files[0].action, "restored");
+        assert_eq!(
+            std::fs::read(root.join(cs).join("C-00000291-00000000-00000032.sys")).unwrap(),
+            bad,
+            "the file is back, byte for byte"
+        );
+        assert!(
+            !root
+                .join(cs)
+                .join("C-00000291-00000000-00000031.sys")
+                .exists(),
+            "a changed file is not put back"
+        );
+        let log =
+            std::fs::read_to_string(root.join(QUARANTINE_DIR).join("restore-undo1.log")).unwrap();
+        assert!(log.contains("restored") && log.contains("REFUSED"), "{log}");
+        // A second rollback finds nothing more to move.
+        let (again, _) = restore(&root, "sda2", "undo2", 1_800_000_200).unwrap_err();
+        assert!(again.files.is_empty());
+        // A file that appeared at the original path since is never overwritten.
+        std::fs::write(&q31, &bad).unwrap();
+        put(
+            &root,
+            &format!("{cs}/C-00000291-00000000-00000031.sys"),
+            b"new",
+            "2024-07-20T00:00:00Z",
+        );
+        let (_, err) = restore(&root, "sda2", "undo3", 1_800_000_300).unwrap_err();
+        assert!(err.contains("a file is there now"), "{err}");
+        assert_eq!(
+            std::fs::read(root.join(cs).join("C-00000291-00000000-00000031.sys")).unwrap(),
+            b"new"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

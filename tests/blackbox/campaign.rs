@@ -160,7 +160,7 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
     }
     wait_for(
         "wave 2 is repaired",
-        300,
+        420,
         || a[1..].iter().all(|m| state(&lab, &tok, m) == "remediated"),
         &lab,
     );
@@ -198,6 +198,58 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
         t0.elapsed().as_secs_f64()
     );
     drop(guests);
+
+    // ---- Rollback of run 1: the canary network-boots again and gets the payload in restore
+    // mode; the quarantined file goes back to its place, checked by hash.
+    let out = cli(&lab, &tok, &format!("campaign rollback {id}"));
+    assert!(out.contains("rolling-back"), "{out}");
+    let mut g = start_guest(
+        &lab,
+        "a0r",
+        Firmware::Bios,
+        &a[0],
+        Some((&disks[0].path, Bus::Virtio)),
+    );
+    wait_for(
+        "the canary is restored",
+        240,
+        || state(&lab, &tok, &a[0]) == "needs-attention",
+        &lab,
+    );
+    assert!(
+        g.wait_exit(Instant::now() + Duration::from_secs(60)),
+        "{}",
+        g.serial_text()
+    );
+    drop(g);
+    let part = disks[0].extract(0);
+    assert_eq!(
+        ntfs_read(&part, &format!("{CS}/C-00000291-00000000-00000032.sys")),
+        Some(channel_file(3, 30_000)),
+        "the quarantined file is back, byte for byte"
+    );
+    let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{}", a[0]));
+    assert!(
+        h["host"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back"),
+        "{h}"
+    );
+    assert_eq!(
+        h["host"]["last_report"]["files"][0]["action"], "restored",
+        "{h}"
+    );
+    let c = api_json(&lab, &tok, &format!("/api/v1/campaigns/{id}"));
+    assert_eq!(c["state"], "rolling-back");
+    assert!(
+        c["log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l[1].as_str().unwrap().contains("restored")),
+        "{c}"
+    );
 
     // ---- Run 2: the canary's volume cannot be mounted: the campaign halts.
     let id2 = cli(
