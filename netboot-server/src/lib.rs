@@ -447,6 +447,16 @@ pub async fn start(
             }
         }
     }));
+    // Every machine answered needs an ARP entry; Linux keeps at most gc_thresh3 (1024 by
+    // default, for all namespaces together) and drops packets beyond it.
+    if let Some(t) = std::fs::read_to_string("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        if t < 4096 {
+            tracing::warn!("the kernel's ARP table holds at most {t} entries (net.ipv4.neigh.default.gc_thresh3): with more machines than that on this segment replies are dropped (\"neighbor table overflow\"). For large fleets: sysctl -w net.ipv4.neigh.default.gc_thresh3=16384 (dist/99-unbrick.conf)");
+        }
+    }
     tracing::info!(
         "serving on {} ({}): DHCP {:?}, TFTP {}, HTTP {}, HTTPS {}",
         iface.name,

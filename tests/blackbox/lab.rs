@@ -153,6 +153,11 @@ impl Lab {
         self.extra_children.push(c);
     }
 
+    /// The running server's PID (`ip netns exec` execs it, so it is the child's).
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().expect("server running").id()
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -5,6 +5,7 @@ mod console;
 mod dhcp_tftp;
 mod disks;
 mod firmware;
+mod fleetsim;
 mod lab;
 mod payload;
 mod signing_cli;

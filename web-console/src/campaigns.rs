@@ -100,6 +100,9 @@ impl CampaignInput {
 pub struct WaveView {
     pub number: usize,
     pub hosts: usize,
+    /// The members (MACs, sorted).
+    pub members: Vec<String>,
+    pub opened_ms: Option<u64>,
     pub opened: Option<String>,
     pub closed: Option<String>,
     pub gate_note: String,
@@ -163,6 +166,8 @@ pub fn view(c: &Campaign, hosts: &BTreeMap<Mac, fleet::HostRecord>) -> CampaignV
                 WaveView {
                     number: i + 1,
                     hosts: w.hosts.len(),
+                    members: w.hosts.iter().map(|m| m.to_string()).collect(),
+                    opened_ms: w.opened_ms,
                     opened: w.opened_ms.map(crate::query::iso),
                     closed: w.closed_ms.map(crate::query::iso),
                     gate_note: w.gate_note.clone(),

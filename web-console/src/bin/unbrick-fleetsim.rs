@@ -1,0 +1,731 @@
+//! Fleet simulator: N machines without VMs, each speaking the real protocols to a running
+//! server over the wire (run it in a network namespace on a veth to the server's bridge):
+//! PXE DHCP (DORA, broadcast), TFTP of the boot loader from its leased address, iPXE DHCP, the
+//! per-host HTTP script (polling the waiting room), the kernel and initrd over HTTP, the agent
+//! API over HTTPS with the certificate pinned (hello, steps, report), then Windows' DHCP
+//! (`MSFT 5.0`). It imports the hosts, creates and starts a campaign through the admin API,
+//! prints the timeline of hosts per state, and checks that no host got the payload before its
+//! wave opened, that at most `concurrency` were in the payload at once, and that none was lost.
+//!
+//! unbrick-fleetsim IFACE TOKEN FINGERPRINT HOSTS WAVES CONCURRENCY POLL_SECS [SERVER_PID]
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn mac_of(i: usize) -> [u8; 6] {
+    [0x52, 0x54, 0x0f, (i >> 16) as u8, (i >> 8) as u8, i as u8]
+}
+
+fn mac_str(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Routes DHCP replies (all broadcast to :68) to the host waiting for that xid.
+#[derive(Clone)]
+struct Dhcp {
+    sock: Arc<UdpSocket>,
+    waiting: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>>,
+}
+
+impl Dhcp {
+    fn new(iface: &str) -> Dhcp {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.set_broadcast(true).unwrap();
+        s.bind_device(Some(iface.as_bytes())).unwrap();
+        s.set_recv_buffer_size(8 << 20).ok();
+        s.set_nonblocking(true).unwrap();
+        s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+            .unwrap();
+        let sock = Arc::new(UdpSocket::from_std(s.into()).unwrap());
+        let waiting: Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>> = Default::default();
+        let (s2, w2) = (sock.clone(), waiting.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, _)) = s2.recv_from(&mut buf).await else {
+                    continue;
+                };
+                if let Ok(m) = Message::decode(&mut Decoder::new(&buf[..n])) {
+                    if m.opcode() == Opcode::BootReply {
+                        if let Some(tx) = w2.lock().unwrap().get(&m.xid()) {
+                            let _ = tx.send(m);
+                        }
+                    }
+                }
+            }
+        });
+        Dhcp { sock, waiting }
+    }
+
+    /// Sends `m` (broadcast) and waits for a reply of type `want`, retrying.
+    async fn exchange(&self, m: &Message, want: MessageType) -> Option<Message> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.waiting.lock().unwrap().insert(m.xid(), tx);
+        let mut out = Vec::new();
+        m.encode(&mut Encoder::new(&mut out)).unwrap();
+        let mut got = None;
+        for attempt in 0..6 {
+            let _ = self
+                .sock
+                .send_to(&out, SocketAddr::from((Ipv4Addr::BROADCAST, 67)))
+                .await;
+            let deadline = tokio::time::sleep(Duration::from_millis(1000 << attempt.min(2)));
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = &mut deadline => break,
+                    r = rx.recv() => match r {
+                        Some(r) if r.opts().msg_type() == Some(want) => { got = Some(r); break; }
+                        Some(_) => continue,
+                        None => break,
+                    }
+                }
+            }
+            if got.is_some() {
+                break;
+            }
+        }
+        self.waiting.lock().unwrap().remove(&m.xid());
+        got
+    }
+
+    /// A broadcast without waiting (Windows' DHCP: the server records it, proxy or not).
+    async fn send(&self, m: &Message) {
+        let mut out = Vec::new();
+        m.encode(&mut Encoder::new(&mut out)).unwrap();
+        let _ = self
+            .sock
+            .send_to(&out, SocketAddr::from((Ipv4Addr::BROADCAST, 67)))
+            .await;
+    }
+}
+
+fn dhcp_msg(mac: &[u8; 6], xid: u32, t: MessageType, kind: &str) -> Message {
+    let mut m = Message::default();
+    m.set_opcode(Opcode::BootRequest)
+        .set_xid(xid)
+        .set_flags(Flags::default().set_broadcast())
+        .set_chaddr(mac);
+    m.opts_mut().insert(DhcpOption::MessageType(t));
+    match kind {
+        "pxe" => {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+            ));
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(
+                dhcproto::v4::Architecture::Intelx86PC,
+            ));
+        }
+        "ipxe" => {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+            ));
+            m.opts_mut().insert(DhcpOption::ClientSystemArchitecture(
+                dhcproto::v4::Architecture::Intelx86PC,
+            ));
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        }
+        _ => {
+            m.opts_mut()
+                .insert(DhcpOption::ClassIdentifier(b"MSFT 5.0".to_vec()));
+        }
+    }
+    m
+}
+
+/// DISCOVER/OFFER/REQUEST/ACK; returns (address, boot file).
+async fn dora(d: &Dhcp, mac: &[u8; 6], xid: u32, kind: &str) -> Result<(Ipv4Addr, String), String> {
+    let offer = d
+        .exchange(
+            &dhcp_msg(mac, xid, MessageType::Discover, kind),
+            MessageType::Offer,
+        )
+        .await
+        .ok_or("no DHCP offer")?;
+    let mut req = dhcp_msg(mac, xid, MessageType::Request, kind);
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+    let ack = d
+        .exchange(&req, MessageType::Ack)
+        .await
+        .ok_or("no DHCP ack")?;
+    let file = String::from_utf8_lossy(ack.fname().unwrap_or(&[]))
+        .trim_end_matches('\0')
+        .to_string();
+    let file = if file.is_empty() {
+        match ack.opts().get(OptionCode::BootfileName) {
+            Some(DhcpOption::BootfileName(b)) => String::from_utf8_lossy(b).to_string(),
+            _ => String::new(),
+        }
+    } else {
+        file
+    };
+    Ok((ack.yiaddr(), file))
+}
+
+/// A TFTP read (RFC 1350 + blksize/tsize), from `from`; returns the size.
+async fn tftp_get(from: Ipv4Addr, file: &str) -> Result<usize, String> {
+    use netboot_server::tftp::packet::Packet;
+    let s = UdpSocket::bind((from, 0))
+        .await
+        .map_err(|e| format!("tftp bind {from}: {e}"))?;
+    let rrq = Packet::Rrq {
+        filename: file.to_string(),
+        mode: "octet".into(),
+        options: vec![
+            ("blksize".into(), "1456".into()),
+            ("tsize".into(), "0".into()),
+        ],
+    };
+    s.send_to(&rrq.encode(), (SERVER, 69))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 2048];
+    let mut size = 0;
+    let mut blksize = 512;
+    let mut expect: u16 = 1;
+    loop {
+        let (n, peer) = tokio::time::timeout(Duration::from_secs(5), s.recv_from(&mut buf))
+            .await
+            .map_err(|_| format!("tftp {file}: timeout"))?
+            .map_err(|e| e.to_string())?;
+        match Packet::parse(&buf[..n]).map_err(|e| e.0.to_string())? {
+            Packet::Oack(opts) => {
+                if let Some((_, v)) = opts.iter().find(|(k, _)| k == "blksize") {
+                    blksize = v.parse().unwrap_or(512);
+                }
+                s.send_to(&Packet::Ack(0).encode(), peer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Packet::Data { block, data } => {
+                s.send_to(&Packet::Ack(block).encode(), peer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if block == expect {
+                    size += data.len();
+                    expect = expect.wrapping_add(1);
+                    if data.len() < blksize {
+                        return Ok(size);
+                    }
+                }
+            }
+            Packet::Error { message, .. } => return Err(format!("tftp {file}: {message}")),
+            _ => {}
+        }
+    }
+}
+
+async fn http(
+    tls: Option<&tokio_rustls::TlsConnector>,
+    from: Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::from((from, 0)))
+        .map_err(|e| format!("bind {from}: {e}"))?;
+    let tcp = sock
+        .connect(SocketAddr::from((SERVER, port)))
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {SERVER}:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut raw = Vec::new();
+    if let Some(c) = tls {
+        let mut s = c
+            .connect(
+                rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(SERVER).into()),
+                tcp,
+            )
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        s.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(body).await.map_err(|e| e.to_string())?;
+        if let Err(e) = s.read_to_end(&mut raw).await {
+            if raw.is_empty() {
+                return Err(e.to_string());
+            }
+        }
+    } else {
+        let mut s = tcp;
+        s.write_all(head.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        s.write_all(body).await.map_err(|e| e.to_string())?;
+        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    }
+    let r = remediation_payload::http::parse_response(&raw)?;
+    Ok((r.status, r.body))
+}
+
+#[derive(Default, Clone)]
+struct HostLog {
+    payload_ms: Option<u64>,
+    report_sent_ms: Option<u64>,
+    polls: u32,
+    retries: u32,
+    error: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn machine(
+    i: usize,
+    dhcp: Dhcp,
+    tls: tokio_rustls::TlsConnector,
+    iface: Arc<String>,
+    poll: Duration,
+    log: Arc<Mutex<Vec<HostLog>>>,
+    addr_lock: Arc<tokio::sync::Mutex<()>>,
+) {
+    let mac = mac_of(i);
+    let m = mac_str(&mac);
+    // Power-on spread over a few seconds, like a room of machines.
+    tokio::time::sleep(Duration::from_millis((i as u64 * 7) % 5000)).await;
+    // Like firmware, a machine whose boot fails (no DHCP answer, TFTP busy, ...) tries again.
+    let mut last = String::new();
+    for attempt in 0..40u32 {
+        let xid = 0x1000_0000 + ((attempt as u32) << 20) + i as u32;
+        match boot_once(
+            i, &mac, &m, xid, &dhcp, &tls, &iface, poll, &log, &addr_lock,
+        )
+        .await
+        {
+            Ok(()) => return,
+            Err(e) => {
+                last = e;
+                log.lock().unwrap()[i].retries += 1;
+                tokio::time::sleep(Duration::from_millis(2000 + (i as u64 * 31) % 3000)).await;
+            }
+        }
+    }
+    log.lock().unwrap()[i].error = Some(last);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn boot_once(
+    i: usize,
+    mac: &[u8; 6],
+    m: &str,
+    xid: u32,
+    dhcp: &Dhcp,
+    tls: &tokio_rustls::TlsConnector,
+    iface: &Arc<String>,
+    poll: Duration,
+    log: &Arc<Mutex<Vec<HostLog>>>,
+    addr_lock: &Arc<tokio::sync::Mutex<()>>,
+) -> Result<(), String> {
+    {
+        let mac = *mac;
+        let m = m.to_string();
+        let (ip, file) = dora(dhcp, &mac, xid, "pxe").await?;
+        {
+            let _g = addr_lock.lock().await;
+            let dev = iface.to_string();
+            let o = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("ip")
+                    .args(["addr", "add", &format!("{ip}/16"), "dev", &dev])
+                    .output()
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            let err = String::from_utf8_lossy(&o.stderr);
+            // A retried boot finds its address already there (older iproute2 says "File exists").
+            if !o.status.success()
+                && !err.contains("File exists")
+                && !err.contains("already assigned")
+            {
+                return Err(format!(
+                    "ip addr add {ip}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                ));
+            }
+        }
+        if file != "undionly.kpxe" {
+            return Err(format!("PXE boot file {file:?}"));
+        }
+        tftp_get(ip, &file).await?;
+        let (_, script_url) = dora(dhcp, &mac, xid ^ 0x0800_0000, "ipxe").await?;
+        let path = script_url
+            .split_once("8080")
+            .map(|(_, p)| p.to_string())
+            .ok_or_else(|| format!("iPXE boot file {script_url:?}"))?;
+        let token = loop {
+            let (st, body) = http(None, ip, 8080, "GET", &path, b"").await?;
+            let text = String::from_utf8_lossy(&body).to_string();
+            if st != 200 {
+                return Err(format!("script: {st}"));
+            }
+            if let Some(t) = text
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("unbrick.token="))
+            {
+                log.lock().unwrap()[i].payload_ms = Some(now_ms());
+                break t.to_string();
+            }
+            if text.contains("exit 0") {
+                return Err("told to boot locally before it was repaired".into());
+            }
+            log.lock().unwrap()[i].polls += 1;
+            tokio::time::sleep(poll).await;
+        };
+        for f in ["vmlinuz", "initrd.img"] {
+            let (st, _) = http(None, ip, 8080, "GET", &format!("/image/{f}?host={m}"), b"").await?;
+            if st != 200 {
+                return Err(format!("{f}: {st}"));
+            }
+        }
+        let post = |p: &'static str, body: serde_json::Value| {
+            let tls = tls.clone();
+            async move {
+                let data = serde_json::to_vec(&body).unwrap();
+                for _ in 0..5 {
+                    match http(Some(&tls), ip, 8443, "POST", p, &data).await {
+                        Ok((200, _)) => return Ok(()),
+                        Ok((st, b)) => {
+                            return Err(format!("{p}: {st} {}", String::from_utf8_lossy(&b)))
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                    }
+                }
+                Err(format!("{p}: no answer"))
+            }
+        };
+        post("/agent/v1/hello", serde_json::json!({"token": token, "mac": m, "uuid": null, "serial": format!("SIM{i}"),
+            "firmware": "bios", "secure_boot": null, "lockdown": null, "agent_version": "fleetsim", "kernel": "6.12"})).await?;
+        for step in ["modules", "network", "scanning"] {
+            post(
+                "/agent/v1/step",
+                serde_json::json!({"token": token, "mac": m, "step": step, "message": "simulated"}),
+            )
+            .await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500 + (i as u64 * 13) % 1500)).await;
+        log.lock().unwrap()[i].report_sent_ms = Some(now_ms());
+        post("/agent/v1/report", serde_json::json!({"token": token, "mac": m, "report_id": format!("sim-{i}"),
+            "result": "remediated", "reason": null, "volumes": [],
+            "files": [{"volume": "sda3", "path": "Windows\\System32\\drivers\\CrowdStrike\\C-00000291-00000000-00000032.sys",
+                       "size": 40000, "sha256": "00".repeat(32), "mtime": 1721362140, "rule_id": "cs", "action": "quarantine",
+                       "quarantined_to": "unbrick-quarantine\\sim"}],
+            "rules_id": null, "rules_version": null, "agent_ms": 2000})).await?;
+        // Reboot into Windows: its DHCP client asks for an address.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        dhcp.send(&dhcp_msg(
+            &mac,
+            xid ^ 0x0400_0000,
+            MessageType::Discover,
+            "windows",
+        ))
+        .await;
+        Ok(())
+    }
+}
+
+fn api(
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let opts = remediation_payload::http::Options {
+        headers: vec![("Authorization", format!("Bearer {token}"))],
+        ..Default::default()
+    };
+    let data = body.map(|b| serde_json::to_vec(&b).unwrap());
+    let r = remediation_payload::http::request_with(
+        method,
+        &format!("http://{SERVER}:8080{path}"),
+        data.as_deref(),
+        Duration::from_secs(30),
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        (200..300).contains(&r.status),
+        "{path}: {} {}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    serde_json::from_slice(&r.body).unwrap_or_default()
+}
+
+fn rss_mb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(0)
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    if a.len() < 8 {
+        eprintln!("usage: unbrick-fleetsim IFACE TOKEN FINGERPRINT HOSTS WAVES CONCURRENCY POLL_SECS [SERVER_PID]");
+        std::process::exit(2);
+    }
+    let (iface, token, pin) = (a[1].clone(), a[2].clone(), a[3].clone());
+    let n: usize = a[4].parse().unwrap();
+    let waves: Vec<String> = a[5].split(',').map(str::to_string).collect();
+    let conc: u32 = a[6].parse().unwrap();
+    let poll = Duration::from_secs(a[7].parse().unwrap());
+    let pid = a.get(8).cloned().unwrap_or_default();
+
+    let mut csv = String::from("mac,hostname,site,tags\n");
+    for i in 0..n {
+        csv.push_str(&format!("{},sim-{i:05},lab,sim\n", mac_str(&mac_of(i))));
+    }
+    let opts = remediation_payload::http::Options {
+        headers: vec![("Authorization", format!("Bearer {token}"))],
+        content_type: Some("text/csv"),
+        ..Default::default()
+    };
+    let r = remediation_payload::http::request_with(
+        "POST",
+        &format!("http://{SERVER}:8080/api/v1/hosts/import"),
+        Some(csv.as_bytes()),
+        Duration::from_secs(60),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let c = api(
+        &token,
+        "POST",
+        "/api/v1/campaigns",
+        Some(serde_json::json!({
+        "name": "fleetsim", "targets": {"tag": "sim"}, "waves": waves, "concurrency": conc,
+        "gate": {"min_success": 1, "max_failure_rate": 0.01, "min_soak_minutes": 0}})),
+    );
+    let id = c["id"].as_str().unwrap().to_string();
+    api(
+        &token,
+        "POST",
+        &format!("/api/v1/campaigns/{id}/start"),
+        None,
+    );
+    let t0 = Instant::now();
+    println!(
+        "campaign {id}: {n} hosts, waves {}, concurrency {conc}, waiting room polled every {} s",
+        a[5],
+        poll.as_secs()
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let log = Arc::new(Mutex::new(vec![HostLog::default(); n]));
+    let done = rt.block_on(async {
+        let dhcp = Dhcp::new(&iface);
+        let tls = tokio_rustls::TlsConnector::from(
+            remediation_payload::http::pinned_config(&pin).unwrap(),
+        );
+        let iface = Arc::new(iface.clone());
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..n {
+            set.spawn(machine(
+                i,
+                dhcp.clone(),
+                tls.clone(),
+                iface.clone(),
+                poll,
+                log.clone(),
+                lock.clone(),
+            ));
+        }
+        // The timeline, from the server's own counts.
+        let tok = token.clone();
+        let monitor = tokio::spawn(async move {
+            let mut last = String::new();
+            println!(
+                "{:>6}  {:>6} {:>7} {:>7} {:>9} {:>10} {:>9} {:>6}",
+                "t (s)",
+                "seen",
+                "waiting",
+                "booting",
+                "agent-up",
+                "remediated",
+                "recovered",
+                "failed"
+            );
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let t = tok.clone();
+                let s =
+                    tokio::task::spawn_blocking(move || api(&t, "GET", "/api/v1/summary", None))
+                        .await
+                        .unwrap();
+                let b = &s["by_state"];
+                let line = format!(
+                    "{:>6} {:>7} {:>9} {:>10} {:>9} {:>6}",
+                    b["seen"],
+                    b["waiting"],
+                    b["booting"],
+                    b["agent-up"].as_u64().unwrap_or(0) + b["scanning"].as_u64().unwrap_or(0),
+                    b["remediated"].as_u64().unwrap_or(0) + b["rebooted"].as_u64().unwrap_or(0),
+                    b["recovered"]
+                );
+                if line != last {
+                    println!("{:>6}  {line} {:>6}", t0.elapsed().as_secs(), b["failed"]);
+                    last = line;
+                }
+            }
+        });
+        let all = async { while set.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(900), all)
+            .await
+            .is_err()
+        {
+            println!("TIMEOUT: the simulation did not finish within 15 minutes");
+        }
+        monitor.abort();
+        t0.elapsed()
+    });
+    // Let the server see the last Windows DHCP and the ticker close the last wave.
+    std::thread::sleep(Duration::from_secs(3));
+    let camp = api(&token, "GET", &format!("/api/v1/campaigns/{id}"), None);
+    let sum = api(&token, "GET", "/api/v1/summary", None);
+    let log = log.lock().unwrap().clone();
+    let errors: Vec<String> = log
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            l.error
+                .as_ref()
+                .map(|e| format!("{}: {e}", mac_str(&mac_of(i))))
+        })
+        .collect();
+    // No host got the payload before its wave opened.
+    let mut early = Vec::new();
+    for w in camp["waves"].as_array().unwrap() {
+        let opened = w["opened_ms"].as_u64();
+        for m in w["members"].as_array().unwrap() {
+            let i = log
+                .iter()
+                .enumerate()
+                .find(|(i, _)| mac_str(&mac_of(*i)) == m.as_str().unwrap())
+                .map(|(i, _)| i)
+                .unwrap();
+            if let Some(p) = log[i].payload_ms {
+                if opened.is_none_or(|o| p < o) {
+                    early.push(format!(
+                        "{m} got the payload at {p}, wave {} opened {opened:?}",
+                        w["number"]
+                    ));
+                }
+            }
+        }
+    }
+    // Concurrency: hosts between getting the payload and sending the report.
+    let mut edges: Vec<(u64, i32)> = Vec::new();
+    for l in &log {
+        if let (Some(a), Some(b)) = (l.payload_ms, l.report_sent_ms) {
+            edges.push((a, 1));
+            edges.push((b, -1));
+        }
+    }
+    edges.sort();
+    let (mut cur, mut peak) = (0, 0);
+    for (_, d) in edges {
+        cur += d;
+        peak = peak.max(cur);
+    }
+    let polls: u32 = log.iter().map(|l| l.polls).sum();
+    let retries: u32 = log.iter().map(|l| l.retries).sum();
+    let recovered = sum["by_state"]["recovered"].as_u64().unwrap_or(0);
+    println!();
+    println!(
+        "campaign state: {} ({} waves: {})",
+        camp["state"],
+        camp["waves"].as_array().unwrap().len(),
+        camp["waves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["hosts"].to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "total time: {:.1} s for {n} hosts; waiting-room polls: {polls}; boots retried by machines: {retries}",
+        done.as_secs_f64()
+    );
+    println!("hosts recovered (Windows seen): {recovered} of {n}; peak in the payload at once: {peak} (limit {conc})");
+    if !pid.is_empty() {
+        println!("server peak RSS: {} MB", rss_mb(&pid));
+    }
+    let mut bad = false;
+    if !errors.is_empty() {
+        println!(
+            "ERRORS ({}): {}",
+            errors.len(),
+            errors
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        bad = true;
+    }
+    if !early.is_empty() {
+        println!(
+            "BOOTED OUTSIDE ITS WAVE ({}): {}",
+            early.len(),
+            early
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        bad = true;
+    }
+    if peak > conc as i32 {
+        println!("CONCURRENCY EXCEEDED: {peak} > {conc}");
+        bad = true;
+    }
+    if recovered != n as u64 || camp["state"] != "completed" {
+        println!(
+            "LOST: {} of {n} recovered, campaign {}",
+            recovered, camp["state"]
+        );
+        bad = true;
+    }
+    if bad {
+        std::process::exit(1);
+    }
+    println!("OK: no host outside its wave, concurrency held, none lost");
+}
