@@ -311,7 +311,7 @@ async fn machine(
     // Like firmware, a machine whose boot fails (no DHCP answer, TFTP busy, ...) tries again.
     let mut last = String::new();
     for attempt in 0..40u32 {
-        let xid = 0x1000_0000 + ((attempt as u32) << 20) + i as u32;
+        let xid = 0x1000_0000 + (attempt << 20) + i as u32;
         match boot_once(
             i, &mac, &m, xid, &dhcp, &tls, &iface, poll, &log, &addr_lock,
         )
