@@ -366,6 +366,13 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
             p.exists().then_some(p)
         })
         .ok_or_else(|| Fail("no recovery kernel: pass --kernel-dir (scripts/install-deps.sh unpacks Debian's into target/kernel/root)".into()))?;
+    // Every demo starts with a fresh fleet: the machines' disks are new, so a host remembered as
+    // remediated from an earlier run must not be sent to its local disk. Keys, certificate and
+    // image stay.
+    if d.store().exists() {
+        std::fs::remove_dir_all(d.store())
+            .map_err(|e| Fail(format!("{}: {e}", d.store().display())))?;
+    }
     crate::init::run(&a.data_dir, None).map_err(Fail)?;
     crate::image_build(&a.data_dir, None, Some(kernel_dir), a.agent.clone(), None)?;
     let book = web_console::tokens::TokenBook::new(&d.tokens());
