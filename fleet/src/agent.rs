@@ -78,6 +78,9 @@ pub struct VolumeReport {
     /// `mount-failed`, `not-windows`.
     pub status: String,
     pub detail: String,
+    /// BitLocker key protectors found in the volume's metadata, as `GUID kind`.
+    #[serde(default)]
+    pub protectors: Vec<String>,
 }
 
 /// `POST /agent/v1/report`: the final result. `report_id` makes retries idempotent.

@@ -268,9 +268,22 @@ pub async fn report(
         rep.agent_ms
     );
     let stored = rep.clone();
+    // The recovery-password protectors the disk carries: what an admin looks the key up by.
+    let recovery_ids: Vec<String> = rep
+        .volumes
+        .iter()
+        .flat_map(|v| v.protectors.iter())
+        .filter(|p| p.ends_with(" recovery password"))
+        .filter_map(|p| p.split_whitespace().next().map(str::to_string))
+        .collect();
     if let Err(r) = transition(&s, mac, to, now, move |h| {
         h.last_report = Some(stored.clone());
         h.reports += 1;
+        for id in &recovery_ids {
+            if !h.protector_ids.contains(id) {
+                h.protector_ids.push(id.clone());
+            }
+        }
     }) {
         return r;
     }

@@ -526,6 +526,65 @@ fn signature(dev: &str) -> Option<&'static str> {
     }
 }
 
+/// A BitLocker volume: its key protectors from its own metadata (what an admin needs to look up
+/// the recovery key), reported; unlocking is not in this image yet.
+fn bitlocker_volume(dev: &str) -> VolumeReport {
+    let mut f = match std::fs::File::open(format!("/dev/{dev}")) {
+        Ok(f) => f,
+        Err(e) => {
+            return VolumeReport {
+                device: dev.into(),
+                kind: "bitlocker".into(),
+                status: "bitlocker-unreadable".into(),
+                detail: format!("BitLocker volume; cannot read it: {e}"),
+                protectors: vec![],
+            }
+        }
+    };
+    let info = crate::bitlk::read(&mut |off, len| {
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::Start(off))?;
+        let mut b = vec![0u8; len];
+        let n = f.read(&mut b)?;
+        b.truncate(n);
+        Ok(b)
+    });
+    match info {
+        Ok(i) => {
+            let ids = i.recovery_ids().join(", ");
+            let (status, detail) = if i.partially_encrypted {
+                ("bitlocker-partial", format!("BitLocker volume {} is only partially encrypted (conversion not finished); unbrick does not unlock it. Let Windows finish the conversion, or repair it by hand", i.volume_guid))
+            } else {
+                ("bitlocker-locked", format!(
+                    "BitLocker volume {} ({}{}); recovery key ID {}; unlocking is not supported by this image yet",
+                    i.volume_guid,
+                    i.method_name(),
+                    i.description.as_deref().map(|d| format!(", \"{d}\"")).unwrap_or_default(),
+                    if ids.is_empty() { "none (no recovery-password protector)".into() } else { ids }
+                ))
+            };
+            VolumeReport {
+                device: dev.into(),
+                kind: "bitlocker".into(),
+                status: status.into(),
+                detail,
+                protectors: i
+                    .protectors
+                    .iter()
+                    .map(|p| format!("{} {}", p.guid, p.kind))
+                    .collect(),
+            }
+        }
+        Err(e) => VolumeReport {
+            device: dev.into(),
+            kind: "bitlocker".into(),
+            status: "bitlocker-unsupported".into(),
+            detail: format!("BitLocker volume: {e}"),
+            protectors: vec![],
+        },
+    }
+}
+
 fn find_ci(dir: &Path, name: &str) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
@@ -562,6 +621,7 @@ fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: 
             kind: "ntfs".into(),
             status: String::new(),
             detail: String::new(),
+            protectors: vec![],
         },
         files: Vec::new(),
         failed: None,
@@ -847,17 +907,10 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
                 volumes.push(v.report);
             }
             Some("bitlocker") => {
-                let detail =
-                    "BitLocker-encrypted volume; unlocking is not supported by this image yet"
-                        .to_string();
-                ctx.step("volume", &format!("{dev}: {detail}"));
-                attention.push(format!("{dev}: {detail}"));
-                volumes.push(VolumeReport {
-                    device: dev.clone(),
-                    kind: "bitlocker".into(),
-                    status: "bitlocker-locked".into(),
-                    detail,
-                });
+                let v = bitlocker_volume(dev);
+                ctx.step("volume", &format!("{dev}: {}", v.detail));
+                attention.push(format!("{dev}: {}", v.detail));
+                volumes.push(v);
             }
             _ => {}
         }

@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod bitlk;
 pub mod build;
 pub mod cmdline;
 pub mod cpio;

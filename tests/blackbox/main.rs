@@ -1,5 +1,6 @@
 //! Black-box tests of the `unbrick` binary against real peers. Every server runs inside a
 //! network namespace created by the test, on a bridge with no uplink.
+mod bitlocker;
 mod campaign;
 mod console;
 mod dhcp_tftp;
