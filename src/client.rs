@@ -305,15 +305,7 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
             for r in &rows {
                 let existed = store.host(r.mac)?.is_some();
                 store.update_host(r.mac, now, &mut |h| {
-                    if r.hostname.is_some() {
-                        h.hostname = r.hostname.clone();
-                    }
-                    if r.site.is_some() {
-                        h.site = r.site.clone();
-                    }
-                    if !r.tags.is_empty() {
-                        h.tags = r.tags.clone();
-                    }
+                    r.apply(h);
                     Ok(())
                 })?;
                 store.append_event(
@@ -404,8 +396,6 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 store.update_host(mac, now, &mut |h| {
                     from = h.state.name();
                     h.reset_for_retry(now);
-                    h.skipped = false;
-                    h.approved = true;
                     Ok(())
                 })?;
                 store.append_event(

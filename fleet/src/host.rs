@@ -284,10 +284,13 @@ impl HostRecord {
         Ok(true)
     }
 
-    /// An admin's retry: back to `seen`, whatever the state.
+    /// An admin's retry: back to `seen`, whatever the state; an earlier skip is lifted and the
+    /// host counts as approved (the admin asked for the payload).
     pub fn reset_for_retry(&mut self, now_ms: u64) {
         self.state = HostState::Seen;
         self.state_since_ms = now_ms;
+        self.skipped = false;
+        self.approved = true;
     }
 }
 

@@ -264,15 +264,7 @@ pub async fn apply_import(
         let existed = c.fleet.host(r.mac).is_some();
         c.fleet
             .update(r.mac, now, &mut |h| {
-                if r.hostname.is_some() {
-                    h.hostname = r.hostname.clone();
-                }
-                if r.site.is_some() {
-                    h.site = r.site.clone();
-                }
-                if !r.tags.is_empty() {
-                    h.tags = r.tags.clone();
-                }
+                r.apply(h);
                 Ok(())
             })
             .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
@@ -532,8 +524,6 @@ fn one_action(c: &Console, actor: &str, action: Action, mac: Mac, now: u64) -> A
             Action::Retry => {
                 let from = h.state.name();
                 h.reset_for_retry(now);
-                h.skipped = false;
-                h.approved = true;
                 format!("{from} -> seen: the payload runs again on the next network boot")
             }
             Action::Skip => {

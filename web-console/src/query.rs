@@ -214,6 +214,22 @@ pub struct HostImport {
     pub tags: Vec<String>,
 }
 
+impl HostImport {
+    /// Writes the row's inventory fields into `h`; fields the row leaves empty are kept, and the
+    /// host's state is never touched.
+    pub fn apply(&self, h: &mut HostRecord) {
+        if self.hostname.is_some() {
+            h.hostname = self.hostname.clone();
+        }
+        if self.site.is_some() {
+            h.site = self.site.clone();
+        }
+        if !self.tags.is_empty() {
+            h.tags = self.tags.clone();
+        }
+    }
+}
+
 /// A row that was refused, by line (1 = the CSV header; JSON: 1-based array index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RowError {
