@@ -233,13 +233,26 @@ pub async fn host_detail(
     done(r.await)
 }
 
-/// A host's history from the store (off the async threads).
-pub async fn store_events(c: &Console, mac: Mac) -> Result<Vec<fleet::Event>, Response> {
+/// A store failure, as the API answers it: 503 with the reason (never the client's fault).
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
+}
+
+/// Reads from the store off the async threads.
+async fn read_store<T: Send + 'static>(
+    c: &Console,
+    f: impl FnOnce(&dyn fleet::Store) -> Result<T, fleet::StoreError> + Send + 'static,
+) -> Result<T, Response> {
     let store = c.fleet.store_arc();
-    tokio::task::spawn_blocking(move || store.events(mac))
+    tokio::task::spawn_blocking(move || f(&*store))
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+        .map_err(unavailable)?
+        .map_err(unavailable)
+}
+
+/// A host's history from the store.
+pub async fn store_events(c: &Console, mac: Mac) -> Result<Vec<fleet::Event>, Response> {
+    read_store(c, move |s| s.events(mac)).await
 }
 
 /// What an import did.
@@ -267,7 +280,7 @@ pub async fn apply_import(
                 r.apply(h);
                 Ok(())
             })
-            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+            .map_err(unavailable)?;
         c.fleet.event(
             r.mac,
             EventSource::Admin,
@@ -299,10 +312,7 @@ pub async fn apply_import(
             errors.len()
         ),
     )?;
-    c.fleet
-        .durable()
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+    c.fleet.durable().await.map_err(unavailable)?;
     Ok(ImportResult {
         created,
         updated,
@@ -320,7 +330,7 @@ fn record_audit(c: &Console, actor: &str, action: &str, detail: String) -> Resul
             action: action.to_string(),
             detail,
         })
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+        .map_err(unavailable)
 }
 
 /// Largest request body the API reads (a 100,000-host CSV is ~5 MB).
@@ -475,10 +485,7 @@ pub async fn apply_action(
             if ok > 20 { " ..." } else { "" }
         ),
     )?;
-    c.fleet
-        .durable()
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))?;
+    c.fleet.durable().await.map_err(unavailable)?;
     Ok(ActionResult {
         action,
         ok,
@@ -647,11 +654,7 @@ pub async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respon
 }
 
 pub async fn audit_log(c: &Console) -> Result<Vec<fleet::store::AuditEntry>, Response> {
-    let store = c.fleet.store_arc();
-    tokio::task::spawn_blocking(move || store.audit_log())
-        .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+    read_store(c, |s| s.audit_log()).await
 }
 
 #[derive(Serialize)]

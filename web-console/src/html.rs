@@ -101,6 +101,20 @@ fn field<'a>(f: &'a [(String, String)], k: &str) -> Option<&'a str> {
     f.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
 
+/// The session of a form post that changes something: CSRF token checked, read-only refused.
+#[allow(clippy::result_large_err)]
+fn writing_session(
+    c: &Console,
+    headers: &HeaderMap,
+    f: &[(String, String)],
+) -> Result<Session, Response> {
+    let (_, s) = form_session(c, headers, f)?;
+    if s.read_only {
+        return Err((StatusCode::FORBIDDEN, "read-only session\n").into_response());
+    }
+    Ok(s)
+}
+
 /// The session of a form post, with its CSRF token checked.
 #[allow(clippy::result_large_err)]
 fn form_session(
@@ -341,13 +355,10 @@ pub async fn ui_actions(
     body: Bytes,
 ) -> Response {
     let f = form(&body);
-    let (_, s) = match form_session(&c, &headers, &f) {
-        Ok(x) => x,
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    if s.read_only {
-        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
-    }
     let action: Action = match field(&f, "action")
         .and_then(|a| serde_json::from_value(serde_json::Value::from(a)).ok())
     {
@@ -406,13 +417,10 @@ pub async fn ui_actions(
 
 pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
     let f = form(&body);
-    let (_, s) = match form_session(&c, &headers, &f) {
-        Ok(x) => x,
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    if s.read_only {
-        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
-    }
     let text = field(&f, "csv").unwrap_or("");
     let actor = format!("console:{}", s.name);
     let (status, summary, lines) = match query::parse_csv(text) {
@@ -574,13 +582,10 @@ pub async fn ui_campaign_create(
     body: Bytes,
 ) -> Response {
     let f = form(&body);
-    let (_, s) = match form_session(&c, &headers, &f) {
-        Ok(x) => x,
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    if s.read_only {
-        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
-    }
     let get = |k: &str| field(&f, k).unwrap_or("").trim().to_string();
     let num = |k: &str, d: u64| get(k).parse::<u64>().unwrap_or(d);
     let target = get("target");
@@ -637,13 +642,10 @@ pub async fn ui_campaign_action(
     body: Bytes,
 ) -> Response {
     let f = form(&body);
-    let (_, s) = match form_session(&c, &headers, &f) {
-        Ok(x) => x,
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
         Err(r) => return r,
     };
-    if s.read_only {
-        return (StatusCode::FORBIDDEN, "read-only session\n").into_response();
-    }
     let action = field(&f, "action").unwrap_or("").to_string();
     let msg = match crate::campaigns::act(&c, &format!("console:{}", s.name), &id, &action).await {
         Ok(m) => m,
