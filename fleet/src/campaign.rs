@@ -707,6 +707,41 @@ impl CampaignPolicy {
             .clone()
     }
 
+    /// Whether any campaign still claims hosts (the ticker has work).
+    pub fn any_active(&self) -> bool {
+        self.campaigns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|c| c.state.is_active())
+    }
+
+    /// Advances every campaign to `now` (see [`Campaign::tick`]). Returns the host changes to
+    /// apply and what the campaigns noted; marks them changed only when something happened (a
+    /// tick always notes a wave or state change and returns host changes for the rest), so a
+    /// quiet second costs no store write.
+    pub fn tick(
+        &self,
+        hosts: &BTreeMap<Mac, HostRecord>,
+        now: u64,
+    ) -> (Vec<HostChange>, Vec<String>) {
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut changes, mut notes) = (Vec::new(), Vec::new());
+        for c in cs.iter_mut() {
+            let before = c.log.len();
+            changes.extend(c.tick(hosts, now));
+            notes.extend(
+                c.log[before..]
+                    .iter()
+                    .map(|(_, w)| format!("campaign {}: {w}", c.spec.name)),
+            );
+        }
+        if !changes.is_empty() || !notes.is_empty() {
+            self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        (changes, notes)
+    }
+
     /// Whether anything changed since the last call (the caller then persists).
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst)

@@ -283,23 +283,9 @@ pub fn spawn_ticker(c: Arc<Console>) {
         loop {
             tick.tick().await;
             let now = netboot_server::now_ms();
-            let busy = c.campaigns.snapshot().iter().any(|x| x.state.is_active());
-            if busy {
+            if c.campaigns.any_active() {
                 let hosts = hosts_map(&c);
-                let (changes, logs) = c.campaigns.with(|cs| {
-                    let mut out = Vec::new();
-                    let mut logs = Vec::new();
-                    for camp in cs.iter_mut() {
-                        let before = camp.log.len();
-                        out.extend(camp.tick(&hosts, now));
-                        logs.extend(
-                            camp.log[before..]
-                                .iter()
-                                .map(|(_, w)| format!("campaign {}: {w}", camp.spec.name)),
-                        );
-                    }
-                    (out, logs)
-                });
+                let (changes, logs) = c.campaigns.tick(&hosts, now);
                 for l in logs {
                     tracing::info!("{l}");
                 }

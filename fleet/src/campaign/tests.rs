@@ -427,6 +427,19 @@ fn policy_routes_hosts_and_ignores_outsiders_once_campaigns_run() {
         p.decide(&q(mac(1), true), f.hosts.get(&mac(1))),
         BootDecision::Payload
     );
+    // A quiet second changes nothing, so nothing needs writing; a closing wave does.
+    p.take_dirty();
+    let (ch, notes) = p.tick(&f.hosts, 3);
+    assert!(ch.is_empty() && notes.is_empty() && !p.take_dirty());
+    let mut done = f.hosts.clone();
+    for m in [mac(1), mac(9)] {
+        let mut h = HostRecord::new(m, 4);
+        h.state = HostState::Clean;
+        done.insert(m, h);
+    }
+    let (_, notes) = p.tick(&done, 5);
+    assert!(notes.iter().any(|n| n.contains("completed")), "{notes:?}");
+    assert!(p.take_dirty());
     assert_eq!(
         p.decide(
             &BootQuery {
