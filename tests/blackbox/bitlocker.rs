@@ -11,14 +11,7 @@ fn agent_reports_bitlocker_protectors_from_real_windows_volumes() {
     let _turn = qemu_turn();
     let mut lab = Lab::new("bl");
     lab.init();
-    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
-    must(&format!(
-        "{} image build --data-dir {} --kernel-dir {} --agent {}",
-        unbrick(),
-        lab.data().display(),
-        kernel_root.display(),
-        crate::payload::agent_binary()
-    ));
+    crate::payload::build_image(&lab);
     lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff");
     let tar = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../shared/testdata/bitlk-images.tar.xz");

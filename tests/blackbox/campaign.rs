@@ -88,14 +88,7 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
     let _turn = qemu_turn();
     let mut lab = Lab::new("cp");
     lab.init();
-    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
-    must(&format!(
-        "{} image build --data-dir {} --kernel-dir {} --agent {}",
-        unbrick(),
-        lab.data().display(),
-        kernel_root.display(),
-        crate::payload::agent_binary()
-    ));
+    crate::payload::build_image(&lab);
     lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff");
     let tok = token(&lab);
     let a: Vec<String> = (1..=4).map(|i| format!("52:54:00:ca:00:0{i}")).collect();
@@ -328,16 +321,7 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
 fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
     let mut lab = Lab::new("rc");
     lab.init();
-    // A stand-in kernel and initrd (signed), so the boot script hands out the payload and a token.
-    let img = lab.data().join("image");
-    std::fs::write(img.join("vmlinuz"), b"stand-in kernel").unwrap();
-    std::fs::write(img.join("initrd.img"), b"stand-in initrd").unwrap();
-    must(&format!(
-        "{} image sign {} --key {}",
-        unbrick(),
-        img.display(),
-        lab.data().join("keys/signing.key").display()
-    ));
+    lab.stand_in_image(1024);
     lab.serve("--dhcp proxy");
     let mac = "52:54:00:cc:0d:01";
     // The machine network-boots and its agent reports a remediation (over HTTPS, as the agent).

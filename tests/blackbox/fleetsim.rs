@@ -53,16 +53,7 @@ fn two_thousand_simulated_hosts_in_four_waves() {
     // A /16, so the pool holds 2,000 machines.
     must(&format!("ip -n {} addr flush dev br0", lab.ns));
     must(&format!("ip -n {} addr add {SERVER_IP}/16 dev br0", lab.ns));
-    // Stand-in kernel and initrd (signed), so that boot scripts hand out the payload.
-    let img = lab.data().join("image");
-    std::fs::write(img.join("vmlinuz"), vec![7u8; 256 * 1024]).unwrap();
-    std::fs::write(img.join("initrd.img"), vec![9u8; 256 * 1024]).unwrap();
-    must(&format!(
-        "{} image sign {} --key {}",
-        unbrick(),
-        img.display(),
-        lab.data().join("keys/signing.key").display()
-    ));
+    lab.stand_in_image(256 * 1024);
     let init = must(&format!(
         "{} init --data-dir {}",
         unbrick(),

@@ -90,6 +90,20 @@ impl Lab {
         ));
     }
 
+    /// A stand-in kernel and initrd of `len` bytes each, signed into the lab's image, so that boot
+    /// scripts hand out the payload (and a per-boot token) without a real kernel.
+    pub fn stand_in_image(&self, len: usize) {
+        let img = self.data().join("image");
+        std::fs::write(img.join("vmlinuz"), vec![7u8; len]).unwrap();
+        std::fs::write(img.join("initrd.img"), vec![9u8; len]).unwrap();
+        must(&format!(
+            "{} image sign {} --key {}",
+            unbrick(),
+            img.display(),
+            self.data().join("keys/signing.key").display()
+        ));
+    }
+
     /// A client namespace joined to the bridge by a veth pair; returns (namespace, interface).
     pub fn add_client(&mut self, mac: &str) -> (String, String) {
         let i = self.clients.len();

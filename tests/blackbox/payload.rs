@@ -21,6 +21,19 @@ pub fn agent_binary() -> String {
     p
 }
 
+/// `unbrick image build` into the lab's data dir, from the Debian kernel scripts/install-deps.sh
+/// unpacked and the fresh static agent; returns the command's output.
+pub fn build_image(lab: &Lab) -> String {
+    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
+    must(&format!(
+        "{} image build --data-dir {} --kernel-dir {} --agent {}",
+        unbrick(),
+        lab.data().display(),
+        kernel_root.display(),
+        agent_binary()
+    ))
+}
+
 fn sha(d: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, d).as_ref())
 }
@@ -32,14 +45,7 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
     let _turn = qemu_turn();
     let mut lab = Lab::new("pl");
     lab.init();
-    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
-    let out = must(&format!(
-        "{} image build --data-dir {} --kernel-dir {} --agent {}",
-        unbrick(),
-        lab.data().display(),
-        kernel_root.display(),
-        agent_binary()
-    ));
+    let out = build_image(&lab);
     assert!(out.contains("initrd") && out.contains("signed"), "{out}");
     let initrd = std::fs::metadata(lab.data().join("image/initrd.img"))
         .unwrap()
@@ -418,14 +424,7 @@ fn agent_rides_out_a_server_restart() {
     let _turn = qemu_turn();
     let mut lab = Lab::new("rs");
     lab.init();
-    let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
-    must(&format!(
-        "{} image build --data-dir {} --kernel-dir {} --agent {}",
-        unbrick(),
-        lab.data().display(),
-        kernel_root.display(),
-        agent_binary()
-    ));
+    build_image(&lab);
     let args = "--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff";
     lab.serve(args);
     let bad = channel_file(3, 20_000);
