@@ -14,7 +14,9 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+#[path = "common/exchange.rs"]
+mod exchange;
+
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -255,34 +257,8 @@ async fn http(
         "{method} {path} HTTP/1.1\r\nHost: {SERVER}:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let mut raw = Vec::new();
-    if let Some(c) = tls {
-        let mut s = c
-            .connect(
-                rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::V4(SERVER).into()),
-                tcp,
-            )
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(body).await.map_err(|e| e.to_string())?;
-        if let Err(e) = s.read_to_end(&mut raw).await {
-            if raw.is_empty() {
-                return Err(e.to_string());
-            }
-        }
-    } else {
-        let mut s = tcp;
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(body).await.map_err(|e| e.to_string())?;
-        s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-    }
-    let r = remediation_payload::http::parse_response(&raw)?;
-    Ok((r.status, r.body))
+    let tls = tls.map(|c| (c, std::net::IpAddr::V4(SERVER)));
+    exchange::exchange(tcp, tls, &head, body).await
 }
 
 #[derive(Default, Clone)]

@@ -11,6 +11,9 @@
 //! `console`: imports H hosts through the API, logs in, and times the console's host table
 //! (first page, a search, a state filter) and the JSON host list.
 use std::time::{Duration, Instant};
+#[path = "common/exchange.rs"]
+mod exchange;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn usage() -> ! {
@@ -36,34 +39,7 @@ async fn request(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n",
         body.len()
     );
-    let mut raw = Vec::new();
-    match tls {
-        Some((c, ip)) => {
-            let mut s = c
-                .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            s.write_all(head.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(body).await.map_err(|e| e.to_string())?;
-            if let Err(e) = s.read_to_end(&mut raw).await {
-                if raw.is_empty() {
-                    return Err(e.to_string());
-                }
-            }
-        }
-        None => {
-            let mut s = tcp;
-            s.write_all(head.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(body).await.map_err(|e| e.to_string())?;
-            s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let r = remediation_payload::http::parse_response(&raw)?;
-    Ok((r.status, r.body))
+    exchange::exchange(tcp, tls, &head, body).await
 }
 
 fn host_port(base: &str) -> String {
