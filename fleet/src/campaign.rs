@@ -10,7 +10,7 @@
 //! payload at once.
 use crate::{BootDecision, HostRecord, HostState, Mac};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Which hosts a campaign is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -527,7 +527,7 @@ impl Campaign {
 
     /// Advances time: host timeouts and verification windows (returned as host changes), wave
     /// closure and gates.
-    pub fn tick(&mut self, hosts: &BTreeMap<Mac, HostRecord>, now: u64) -> Vec<HostChange> {
+    pub fn tick(&mut self, hosts: &HashMap<Mac, HostRecord>, now: u64) -> Vec<HostChange> {
         let mut changes = Vec::new();
         if !matches!(
             self.state,
@@ -722,7 +722,7 @@ impl CampaignPolicy {
     /// quiet second costs no store write.
     pub fn tick(
         &self,
-        hosts: &BTreeMap<Mac, HostRecord>,
+        hosts: &HashMap<Mac, HostRecord>,
         now: u64,
     ) -> (Vec<HostChange>, Vec<String>) {
         let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());

@@ -12,7 +12,7 @@ use axum::Json;
 use fleet::campaign::{outcome, Campaign, CampaignSpec, Gate, Outcome, Targets, WaveSize};
 use fleet::Mac;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,7 +130,7 @@ pub struct CampaignView {
     pub log: Vec<(String, String)>,
 }
 
-pub fn view(c: &Campaign, hosts: &BTreeMap<Mac, fleet::HostRecord>) -> CampaignView {
+pub fn view(c: &Campaign, hosts: &HashMap<Mac, fleet::HostRecord>) -> CampaignView {
     let verify = c.spec.verify_window_ms.is_some();
     CampaignView {
         id: c.id.clone(),
@@ -185,9 +185,16 @@ pub fn view(c: &Campaign, hosts: &BTreeMap<Mac, fleet::HostRecord>) -> CampaignV
     }
 }
 
-fn hosts_map(c: &Console) -> BTreeMap<Mac, fleet::HostRecord> {
-    c.fleet
-        .with_hosts(|h| h.iter().map(|(m, r)| (*m, r.clone())).collect())
+/// Views of the campaigns (all, or the one with `id`), counted against the fleet in place.
+pub fn views(c: &Console, id: Option<&str>) -> Vec<CampaignView> {
+    let camps = c.campaigns.snapshot();
+    c.fleet.with_hosts(|h| {
+        camps
+            .iter()
+            .filter(|x| id.is_none_or(|i| x.id == i))
+            .map(|x| view(x, h))
+            .collect()
+    })
 }
 
 /// Writes every campaign and waits for the disk.
@@ -284,8 +291,7 @@ pub fn spawn_ticker(c: Arc<Console>) {
             tick.tick().await;
             let now = netboot_server::now_ms();
             if c.campaigns.any_active() {
-                let hosts = hosts_map(&c);
-                let (changes, logs) = c.campaigns.tick(&hosts, now);
+                let (changes, logs) = c.fleet.with_hosts(|h| c.campaigns.tick(h, now));
                 for l in logs {
                     tracing::info!("{l}");
                 }
@@ -308,14 +314,7 @@ pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
     if let Err(r) = caller(&c, &Method::GET, &headers) {
         return r;
     }
-    let hosts = hosts_map(&c);
-    let v: Vec<CampaignView> = c
-        .campaigns
-        .snapshot()
-        .iter()
-        .map(|x| view(x, &hosts))
-        .collect();
-    Json(v).into_response()
+    Json(views(&c, None)).into_response()
 }
 
 pub async fn detail(
@@ -326,9 +325,8 @@ pub async fn detail(
     if let Err(r) = caller(&c, &Method::GET, &headers) {
         return r;
     }
-    let hosts = hosts_map(&c);
-    match c.campaigns.snapshot().iter().find(|x| x.id == id) {
-        Some(x) => Json(view(x, &hosts)).into_response(),
+    match views(&c, Some(&id)).pop() {
+        Some(v) => Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no campaign {id}")),
     }
 }

@@ -502,15 +502,7 @@ struct CampaignPage {
 }
 
 fn campaigns_page(c: &Console, s: &Session, flash: Option<String>, status: StatusCode) -> Response {
-    let hosts = c
-        .fleet
-        .with_hosts(|h| h.iter().map(|(m, r)| (*m, r.clone())).collect());
-    let mut list: Vec<_> = c
-        .campaigns
-        .snapshot()
-        .iter()
-        .map(|x| crate::campaigns::view(x, &hosts))
-        .collect();
+    let mut list = crate::campaigns::views(c, None);
     list.reverse();
     page(
         status,
@@ -532,9 +524,6 @@ pub async fn campaigns_list(State(c): State<Arc<Console>>, headers: HeaderMap) -
 }
 
 fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> Response {
-    let hosts = c
-        .fleet
-        .with_hosts(|h| h.iter().map(|(m, r)| (*m, r.clone())).collect());
     let Some(camp) = c.campaigns.snapshot().into_iter().find(|x| x.id == id) else {
         return (StatusCode::NOT_FOUND, format!("no campaign {id}\n")).into_response();
     };
@@ -548,7 +537,7 @@ fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> R
         fleet::CampaignState::RollingBack => vec!["abort"],
         fleet::CampaignState::Aborted => vec![],
     };
-    let v = crate::campaigns::view(&camp, &hosts);
+    let v = c.fleet.with_hosts(|h| crate::campaigns::view(&camp, h));
     page(
         StatusCode::OK,
         &CampaignPage {

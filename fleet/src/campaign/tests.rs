@@ -10,7 +10,7 @@ fn mac(i: u8) -> Mac {
 }
 
 struct Fleet {
-    hosts: BTreeMap<Mac, HostRecord>,
+    hosts: std::collections::HashMap<Mac, HostRecord>,
 }
 
 impl Fleet {
