@@ -109,16 +109,6 @@ impl Dhcp {
         self.waiting.lock().unwrap().remove(&m.xid());
         got
     }
-
-    /// A broadcast without waiting (Windows' DHCP: the server records it, proxy or not).
-    async fn send(&self, m: &Message) {
-        let mut out = Vec::new();
-        m.encode(&mut Encoder::new(&mut out)).unwrap();
-        let _ = self
-            .sock
-            .send_to(&out, SocketAddr::from((Ipv4Addr::BROADCAST, 67)))
-            .await;
-    }
 }
 
 fn dhcp_msg(mac: &[u8; 6], xid: u32, t: MessageType, kind: &str) -> Message {
@@ -411,15 +401,13 @@ async fn boot_once(
                        "size": 40000, "sha256": "00".repeat(32), "mtime": 1721362140, "rule_id": "cs", "action": "quarantine",
                        "quarantined_to": "unbrick-quarantine\\sim"}],
             "rules_id": null, "rules_version": null, "agent_ms": 2000})).await?;
-        // Reboot into Windows: its DHCP client asks for an address.
+        // Reboot into Windows: its DHCP client asks for an address and, like the real one,
+        // asks again until a server answers (a broadcast can be dropped under load).
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        dhcp.send(&dhcp_msg(
-            &mac,
-            xid ^ 0x0400_0000,
-            MessageType::Discover,
-            "windows",
-        ))
-        .await;
+        let discover = dhcp_msg(&mac, xid ^ 0x0400_0000, MessageType::Discover, "windows");
+        if dhcp.exchange(&discover, MessageType::Offer).await.is_none() {
+            return Err("Windows' DHCP got no offer".into());
+        }
         Ok(())
     }
 }
