@@ -58,9 +58,14 @@ impl Api {
                 .unwrap_or_else(|| String::from_utf8_lossy(&r.body).trim().to_string());
             // An import that refused every row still has its per-line errors to show.
             if r.status == 422 {
+                let lines = import_errors(&r.body);
                 return Err(Fail(format!(
                     "nothing imported:\n{}",
-                    import_errors(&r.body)
+                    if lines.is_empty() {
+                        format!("  {msg}")
+                    } else {
+                        lines
+                    }
                 )));
             }
             return Err(Fail(format!("{method} {path}: {} {msg}", r.status)));
@@ -568,4 +573,115 @@ pub fn campaign(c: CampaignCmd) -> Result<(), Fail> {
         CampaignCmd::Rollback { id, target } => act(&id, &target, "rollback")?,
     }
     Ok(())
+}
+
+/// A fleet over the data directory's store (server stopped) with the escrow key, for the
+/// BitLocker key commands.
+fn local_fleet(data_dir: &Path) -> Result<netboot_server::fleetio::FleetIo, Fail> {
+    let store = std::sync::Arc::new(open_store(data_dir)?);
+    let vault =
+        fleet::escrow::vault::Vault::open(&DataDir(data_dir.to_path_buf()).escrow_key(), true)
+            .map_err(Fail)?;
+    let policy = std::sync::Arc::new(fleet::DefaultPolicy::default());
+    Ok(netboot_server::fleetio::FleetIo::new(store, policy)
+        .map_err(|e| Fail(e.to_string()))?
+        .with_vault(vault))
+}
+
+fn local_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "root".into())
+    )
+}
+
+fn print_escrow_import(v: &serde_json::Value) {
+    println!(
+        "{} keys imported ({} new, {} replaced) from a {} export; {} rows refused",
+        v["imported"].as_u64().unwrap_or(0) + v["updated"].as_u64().unwrap_or(0),
+        v["imported"],
+        v["updated"],
+        v["format"].as_str().unwrap_or("?"),
+        v["errors"].as_array().map(Vec::len).unwrap_or(0)
+    );
+    let errs = import_errors(&serde_json::to_vec(v).unwrap_or_default());
+    if !errs.is_empty() {
+        println!("{errs}");
+    }
+}
+
+/// `unbrick keys import-bitlocker|list-bitlocker|reveal-bitlocker`.
+pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
+    use crate::KeysCmd;
+    match k {
+        KeysCmd::ImportBitlocker { file, target } => {
+            let data =
+                std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let v = if let Some(api) = Api::from(&target)? {
+                api.json("POST", "/api/v1/bitlocker/keys", Some((&data, "text/csv")))?
+            } else {
+                let parsed = fleet::escrow::parse_export(&data)
+                    .map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+                let fl = local_fleet(&target.data_dir)?;
+                let r = fl
+                    .escrow_import(&parsed, &local_actor(), crate::now_unix() * 1000)
+                    .map_err(Fail)?;
+                fl.store().flush().map_err(|e| Fail(e.to_string()))?;
+                serde_json::to_value(&r)?
+            };
+            print_escrow_import(&v);
+            if v["imported"].as_u64().unwrap_or(0) + v["updated"].as_u64().unwrap_or(0) == 0 {
+                return Err(Fail(format!("{}: no key imported", file.display())));
+            }
+            Ok(())
+        }
+        KeysCmd::ListBitlocker { target } => {
+            let keys = if let Some(api) = Api::from(&target)? {
+                api.json("GET", "/api/v1/bitlocker/keys", None)?["keys"].clone()
+            } else {
+                serde_json::to_value(local_fleet(&target.data_dir)?.escrow_list().map_err(Fail)?)?
+            };
+            println!(
+                "{:<38} {:<20} {:<17} {:>8} {:>7}",
+                "protector ID", "host", "source", "released", "reveals"
+            );
+            for k in keys.as_array().cloned().unwrap_or_default() {
+                println!(
+                    "{:<38} {:<20} {:<17} {:>8} {:>7}",
+                    k["protector_id"].as_str().unwrap_or(""),
+                    k["hostname"].as_str().unwrap_or("-"),
+                    k["source"].as_str().unwrap_or(""),
+                    k["releases"].as_array().map(Vec::len).unwrap_or(0),
+                    k["reveals"]
+                );
+            }
+            Ok(())
+        }
+        KeysCmd::RevealBitlocker {
+            protector_id,
+            target,
+        } => {
+            let id = fleet::escrow::protector_id(&protector_id).map_err(Fail)?;
+            let pw = if let Some(api) = Api::from(&target)? {
+                api.json("POST", &format!("/api/v1/bitlocker/keys/{id}/reveal"), None)?
+                    ["recovery_password"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            } else {
+                let fl = local_fleet(&target.data_dir)?;
+                let pw = fl
+                    .escrow_reveal(&id, &local_actor(), crate::now_unix() * 1000)
+                    .map_err(Fail)?
+                    .ok_or_else(|| Fail(format!("no key is escrowed for protector {id}")))?;
+                fl.store().flush().map_err(|e| Fail(e.to_string()))?;
+                pw.expose().to_string()
+            };
+            println!("{pw}");
+            Ok(())
+        }
+        _ => unreachable!("only the BitLocker key commands come here"),
+    }
 }

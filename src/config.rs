@@ -35,6 +35,11 @@ impl DataDir {
     pub fn tls_key(&self) -> PathBuf {
         self.0.join("tls").join("key.pem")
     }
+    /// The key that seals escrowed BitLocker recovery passwords (32 bytes, 0600), kept apart
+    /// from the store so a copy of the store alone reveals no key.
+    pub fn escrow_key(&self) -> PathBuf {
+        self.0.join("keys").join("bitlocker-escrow.key")
+    }
     /// Admin API tokens (hashes only), re-read by the running server when they change.
     pub fn tokens(&self) -> PathBuf {
         self.0.join("tokens.json")

@@ -148,6 +148,15 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
         d.tls_cert().display()
     ));
 
+    // The key that seals escrowed BitLocker recovery passwords.
+    let had = d.escrow_key().exists();
+    fleet::escrow::vault::Vault::open(&d.escrow_key(), true)?;
+    say(format!(
+        "{} {} (seals escrowed BitLocker keys; back it up apart from the store)",
+        if had { "kept    " } else { "made    " },
+        d.escrow_key().display()
+    ));
+
     // The store.
     let existed = d.store().exists();
     let store = fleet::SledStore::open(&d.store()).map_err(|e| e.to_string())?;

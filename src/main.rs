@@ -223,11 +223,31 @@ struct ServeArgs {
 }
 
 #[derive(Subcommand)]
-enum KeysCmd {
+pub enum KeysCmd {
     /// Write a new Ed25519 key pair: DIR/signing.key (PKCS#8, 0600) and DIR/signing.pub.
     Generate {
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Import escrowed BitLocker recovery keys from a CSV export: Active Directory
+    /// (msFVE-RecoveryGuid, msFVE-RecoveryPassword, computer name or DistinguishedName), Entra ID /
+    /// Intune (Device name, Key ID, Recovery key) or plain protector_id,recovery_password[,hostname].
+    /// Bad rows are reported by line, the rest imported; keys are sealed at rest.
+    ImportBitlocker {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List escrowed BitLocker keys (protector ID, host, source, releases; never the passwords).
+    ListBitlocker {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show one escrowed recovery password (recorded in the audit log).
+    RevealBitlocker {
+        protector_id: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Print the fingerprint of a public or private key (default: the data directory's).
     Show {
@@ -516,6 +536,7 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
         https_port: a.https_port.or(f.https_port).unwrap_or(8443),
         tls_cert: d.tls_cert(),
         tls_key: d.tls_key(),
+        escrow_key: d.escrow_key(),
         tftp_port: a.tftp_port.or(f.tftp_port).unwrap_or(69),
         dhcp_ports,
         secure_boot_off: a.secure_boot_off || f.secure_boot_off.unwrap_or(false),
@@ -585,6 +606,9 @@ fn keys(k: KeysCmd) -> Result<(), Fail> {
             );
             println!("fingerprint {}", kp.public_key().fingerprint());
         }
+        k @ (KeysCmd::ImportBitlocker { .. }
+        | KeysCmd::ListBitlocker { .. }
+        | KeysCmd::RevealBitlocker { .. }) => return client::bitlocker_keys(k),
         KeysCmd::Show { data_dir, key } => {
             let path = key.unwrap_or_else(|| DataDir(data_dir).public_key());
             let data =

@@ -98,3 +98,39 @@ pub struct Report {
     /// Milliseconds from agent start to this report.
     pub agent_ms: u64,
 }
+
+/// `POST /agent/v1/bitlocker-key`: the agent asks for the recovery password of a BitLocker
+/// volume, naming the recovery-password protectors it read from the volume's own metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRequest {
+    pub token: String,
+    pub mac: String,
+    /// Block device, e.g. `vda3`.
+    pub volume: String,
+    /// The recovery-password protector GUIDs on that volume.
+    pub protectors: Vec<String>,
+}
+
+/// The answer: 200 with the key, 202 with `waiting` (nothing escrowed yet: poll again), 403
+/// or 409 with the reason (refused for this boot).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyReply {
+    pub protector_id: Option<String>,
+    pub recovery_password: Option<String>,
+    pub waiting: Option<String>,
+    pub refused: Option<String>,
+}
+
+impl std::fmt::Debug for KeyReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyReply")
+            .field("protector_id", &self.protector_id)
+            .field(
+                "recovery_password",
+                &self.recovery_password.as_ref().map(|_| "<hidden>"),
+            )
+            .field("waiting", &self.waiting)
+            .field("refused", &self.refused)
+            .finish()
+    }
+}

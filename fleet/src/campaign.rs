@@ -799,6 +799,17 @@ impl crate::BootPolicy for CampaignPolicy {
         }
     }
 
+    fn key_scope(&self, mac: Mac) -> Option<String> {
+        let cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        cs.iter()
+            .filter(|c| c.wave_of(mac).is_some())
+            .find_map(|c| match c.state {
+                CampaignState::Running | CampaignState::Paused => Some(c.id.clone()),
+                CampaignState::RollingBack => Some(format!("{}:rollback", c.id)),
+                _ => None,
+            })
+    }
+
     fn observe(&self, h: &HostRecord) {
         let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
         let restored = h

@@ -237,6 +237,13 @@ pub struct HostRecord {
     /// When this host last started a network boot (a DHCP DISCOVER from PXE or iPXE).
     #[serde(default)]
     pub netboot_ms: u64,
+    /// Recovery-password protector IDs the agent is waiting for a key for (none escrowed): the
+    /// console shows them and lets an admin paste the key.
+    #[serde(default)]
+    pub bitlocker_waiting: Vec<String>,
+    /// A BitLocker recovery password left escrow for this host: rotate it in Windows.
+    #[serde(default)]
+    pub rotate_bitlocker_key: bool,
 }
 
 impl HostRecord {
@@ -264,6 +271,8 @@ impl HostRecord {
             skipped: false,
             reports: 0,
             netboot_ms: 0,
+            bitlocker_waiting: Vec::new(),
+            rotate_bitlocker_key: false,
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod campaign;
+pub mod escrow;
 pub mod host;
 pub mod mac;
 pub mod policy;

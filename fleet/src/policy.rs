@@ -46,6 +46,13 @@ pub trait BootPolicy: Send + Sync {
     /// Called with every host record after it changed (and once per host at start), so a
     /// policy can follow hosts without reading the store.
     fn observe(&self, _host: &HostRecord) {}
+
+    /// The active campaign (and phase) a host is in, for the BitLocker key release policy:
+    /// `Some("<campaign id>")` while it runs or is paused, `Some("<id>:rollback")` while it rolls
+    /// back; `None` outside any (no key is released then).
+    fn key_scope(&self, _mac: crate::Mac) -> Option<String> {
+        None
+    }
 }
 
 /// Every network-booting machine gets the payload, except hosts whose run already finished

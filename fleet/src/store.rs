@@ -4,6 +4,7 @@
 //! [`SledStore::open`] for the migration): tree `hosts` (MAC bytes -> JSON [`HostRecord`]), tree `events`
 //! (MAC bytes ++ big-endian sequence -> JSON [`Event`]), tree `leases` (IPv4 bytes -> JSON
 //! [`Lease`]), tree `audit` (sequence -> JSON), tree `campaigns` (id -> JSON [`crate::Campaign`]),
+//! tree `escrow` (protector ID -> JSON [`crate::escrow::EscrowRecord`], the password sealed),
 //! tree `meta` (`schema_version`).
 //! Writes are durable once [`Store::flush`] returns; callers flush before acknowledging.
 use crate::{Event, HostRecord, Mac};
@@ -75,6 +76,11 @@ pub trait Store: Send + Sync + 'static {
     fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
     fn put_campaign(&self, c: &crate::Campaign) -> Result<(), StoreError>;
     fn campaigns(&self) -> Result<Vec<crate::Campaign>, StoreError>;
+    /// Escrowed BitLocker keys (sealed), by protector ID.
+    fn put_escrow(&self, r: &crate::escrow::EscrowRecord) -> Result<(), StoreError>;
+    fn escrow(&self, protector_id: &str)
+        -> Result<Option<crate::escrow::EscrowRecord>, StoreError>;
+    fn escrows(&self) -> Result<Vec<crate::escrow::EscrowRecord>, StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
@@ -86,6 +92,7 @@ pub struct SledStore {
     leases: sled::Tree,
     audit: sled::Tree,
     campaigns: sled::Tree,
+    escrow: sled::Tree,
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -136,6 +143,7 @@ impl SledStore {
             leases: db.open_tree("leases")?,
             audit: db.open_tree("audit")?,
             campaigns: db.open_tree("campaigns")?,
+            escrow: db.open_tree("escrow")?,
             db,
         })
     }
@@ -288,6 +296,31 @@ impl Store for SledStore {
             .map(|kv| {
                 let (_, v) = kv?;
                 decode("campaign", &v)
+            })
+            .collect()
+    }
+
+    fn put_escrow(&self, r: &crate::escrow::EscrowRecord) -> Result<(), StoreError> {
+        self.escrow.insert(r.protector_id.as_bytes(), encode(r))?;
+        Ok(())
+    }
+
+    fn escrow(
+        &self,
+        protector_id: &str,
+    ) -> Result<Option<crate::escrow::EscrowRecord>, StoreError> {
+        self.escrow
+            .get(protector_id.as_bytes())?
+            .map(|v| decode("escrow record", &v))
+            .transpose()
+    }
+
+    fn escrows(&self) -> Result<Vec<crate::escrow::EscrowRecord>, StoreError> {
+        self.escrow
+            .iter()
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode("escrow record", &v)
             })
             .collect()
     }

@@ -6,13 +6,14 @@
 // axum's Response is the natural error of these handler helpers; they run once per agent request.
 #![allow(clippy::result_large_err)]
 
+use crate::escrow::KeyAnswer;
 use crate::http::text;
 use crate::Shared;
 use axum::extract::{rejection::JsonRejection, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet::agent::{Hello, HelloReply, Report, RunResult, Step};
+use fleet::agent::{Hello, HelloReply, KeyReply, KeyRequest, Report, RunResult, Step};
 use fleet::{EventSource, HostRecord, HostState, Mac};
 use std::sync::Arc;
 
@@ -293,4 +294,81 @@ pub async fn report(
         return r;
     }
     (StatusCode::OK, "ok\n").into_response()
+}
+
+/// `POST /agent/v1/bitlocker-key` (HTTPS only, like the whole agent API): the release policy is
+/// [`fleet::escrow::decide`]; every answer is recorded and flushed before it is sent.
+pub async fn bitlocker_key(
+    State(s): State<Arc<Shared>>,
+    req: Result<Json<KeyRequest>, JsonRejection>,
+) -> Response {
+    let now = crate::now_ms();
+    let k = match body(req) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let (mac, _) = match authenticate(&s, &k.mac, &k.token, now) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut ids = Vec::new();
+    for p in k.protectors.iter().take(16) {
+        match fleet::escrow::protector_id(p) {
+            Ok(id) => ids.push(id),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+        }
+    }
+    let volume: String = k
+        .volume
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(32)
+        .collect();
+    let fleet = s.fleet.clone();
+    let answer =
+        tokio::task::spawn_blocking(move || fleet.release_key(mac, &ids, &volume, now)).await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    };
+    if let Err(r) = flush(&s).await {
+        return r;
+    }
+    let none = KeyReply {
+        protector_id: None,
+        recovery_password: None,
+        waiting: None,
+        refused: None,
+    };
+    match answer {
+        KeyAnswer::Release {
+            protector_id,
+            password,
+        } => Json(KeyReply {
+            protector_id: Some(protector_id),
+            recovery_password: Some(password.expose().to_string()),
+            ..none
+        })
+        .into_response(),
+        KeyAnswer::Wait(w) => (
+            StatusCode::ACCEPTED,
+            Json(KeyReply {
+                waiting: Some(w),
+                ..none
+            }),
+        )
+            .into_response(),
+        KeyAnswer::Refuse(r) => (
+            if r.contains("already released") {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::FORBIDDEN
+            },
+            Json(KeyReply {
+                refused: Some(r),
+                ..none
+            }),
+        )
+            .into_response(),
+    }
 }

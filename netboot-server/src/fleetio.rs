@@ -40,6 +40,10 @@ pub struct FleetIo {
     recent_dhcp: Mutex<HashMap<Mac, (String, u64)>>,
     changes: broadcast::Sender<Change>,
     committer: Committer,
+    /// Seals escrowed BitLocker keys (absent: no key can be imported or released).
+    pub(crate) vault: Option<Arc<fleet::escrow::vault::Vault>>,
+    /// Serialises escrow reads-and-writes (a release is checked and recorded atomically).
+    pub(crate) escrow_lock: Mutex<()>,
 }
 
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
@@ -72,7 +76,15 @@ impl FleetIo {
                 flushed: AtomicU64::new(0),
                 lock: tokio::sync::Mutex::new(()),
             },
+            vault: None,
+            escrow_lock: Mutex::new(()),
         })
+    }
+
+    /// Uses `vault` for escrowed BitLocker keys.
+    pub fn with_vault(mut self, vault: fleet::escrow::vault::Vault) -> Self {
+        self.vault = Some(Arc::new(vault));
+        self
     }
 
     /// Live changes (for the console's event stream). A slow subscriber misses changes and is

@@ -30,6 +30,10 @@ pub fn agent_router(shared: Arc<Shared>) -> Router {
         .route("/agent/v1/hello", post(crate::agent_api::hello))
         .route("/agent/v1/step", post(crate::agent_api::step))
         .route("/agent/v1/report", post(crate::agent_api::report))
+        .route(
+            "/agent/v1/bitlocker-key",
+            post(crate::agent_api::bitlocker_key),
+        )
         .with_state(shared)
 }
 

@@ -9,6 +9,7 @@
 pub mod agent_api;
 pub mod boot;
 pub mod dhcp;
+pub mod escrow;
 pub mod fleetio;
 pub mod http;
 pub mod image;
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     pub https_port: u16,
     pub tls_cert: std::path::PathBuf,
     pub tls_key: std::path::PathBuf,
+    /// The key file sealing escrowed BitLocker keys (made when absent).
+    pub escrow_key: std::path::PathBuf,
     pub tftp_port: u16,
     /// Non-standard DHCP ports, for tests only.
     pub dhcp_ports: Option<(u16, u16)>,
@@ -282,7 +285,12 @@ pub async fn start(
     let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
     let https_addr = SocketAddrV4::new(server_ip, cfg.https_port);
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
-    let fleet = Arc::new(FleetIo::new(store.clone(), policy).map_err(|e| e.to_string())?);
+    let vault = fleet::escrow::vault::Vault::open(&cfg.escrow_key, true)?;
+    let fleet = Arc::new(
+        FleetIo::new(store.clone(), policy)
+            .map_err(|e| e.to_string())?
+            .with_vault(vault),
+    );
     let shared = Arc::new(Shared {
         fleet: fleet.clone(),
         image: Arc::new(image),

@@ -107,6 +107,10 @@ pub struct HostView {
     pub skipped: bool,
     pub notes: String,
     pub protector_ids: Vec<String>,
+    /// Recovery-password protectors the agent waits for a key for (paste one to go on).
+    pub bitlocker_waiting: Vec<String>,
+    /// A recovery key left escrow for this host: rotate it in Windows.
+    pub rotate_bitlocker_key: bool,
     pub last_report: Option<ReportView>,
 }
 
@@ -141,6 +145,8 @@ pub fn view(h: &HostRecord) -> HostView {
         skipped: h.skipped,
         notes: h.notes.clone(),
         protector_ids: h.protector_ids.clone(),
+        bitlocker_waiting: h.bitlocker_waiting.clone(),
+        rotate_bitlocker_key: h.rotate_bitlocker_key,
         last_report: h.last_report.as_ref().map(|r| ReportView {
             result: crate::query::result_name(r.result),
             reason: r.reason.clone(),

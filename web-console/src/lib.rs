@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bitlocker;
 pub mod campaigns;
 pub mod html;
 pub mod query;
@@ -61,6 +62,15 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/api/v1/hosts/import", post(api::import_hosts))
         .route("/api/v1/hosts/actions", post(api::bulk_action))
         .route("/api/v1/hosts/{mac}", get(api::host_detail))
+        .route("/api/v1/hosts/{mac}/bitlocker-key", post(bitlocker::paste))
+        .route(
+            "/api/v1/bitlocker/keys",
+            get(bitlocker::list).post(bitlocker::import),
+        )
+        .route(
+            "/api/v1/bitlocker/keys/{id}/reveal",
+            post(bitlocker::reveal),
+        )
         .route("/api/v1/export", get(api::export))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/audit", get(api::audit))

@@ -399,6 +399,8 @@ pub struct ReportRow {
     pub payload_boots: u32,
     pub result: Option<String>,
     pub files: Vec<fleet::agent::FileRecord>,
+    /// A BitLocker recovery key left escrow for this host: rotate it in Windows.
+    pub rotate_bitlocker_key: bool,
 }
 
 pub fn iso(ms: u64) -> String {
@@ -459,10 +461,11 @@ pub fn report_row(h: &HostRecord) -> ReportRow {
             .as_ref()
             .map(|r| r.files.clone())
             .unwrap_or_default(),
+        rotate_bitlocker_key: h.rotate_bitlocker_key,
     }
 }
 
-pub const CSV_COLUMNS: [&str; 15] = [
+pub const CSV_COLUMNS: [&str; 16] = [
     "mac",
     "hostname",
     "site",
@@ -478,6 +481,7 @@ pub const CSV_COLUMNS: [&str; 15] = [
     "result",
     "files",
     "file_sha256",
+    "rotate_bitlocker_key",
 ];
 
 /// The fleet report as CSV, one row per host, sorted by MAC. `files` lists each matched file as
@@ -525,6 +529,7 @@ pub fn export_csv(rows: &[ReportRow]) -> String {
             o(&r.result),
             files,
             hashes,
+            if r.rotate_bitlocker_key { "yes" } else { "" }.to_string(),
         ])
         .expect("in-memory CSV");
     }

@@ -1,0 +1,491 @@
+//! Escrowed BitLocker recovery passwords: validation, the CSV exports admins have (Active
+//! Directory, Entra ID / Intune, plain), the escrow record, and the release decision.
+//!
+//! Pure: no I/O and no clock. The sealed form (encryption at rest) is [`vault`]'s business; a
+//! record here only carries the sealed bytes. A recovery password never appears in an error
+//! message or a `Debug` output of this module.
+use crate::{HostRecord, Mac};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+#[cfg(feature = "sled-store")]
+pub mod vault;
+
+/// A validated BitLocker recovery password, kept in its canonical form (8 groups of 6 digits
+/// joined by `-`). `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecoveryPassword(String);
+
+impl fmt::Debug for RecoveryPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RecoveryPassword(<hidden>)")
+    }
+}
+
+impl RecoveryPassword {
+    /// Parses a recovery password as admins paste it: 48 digits in 8 groups of 6, separated by
+    /// `-` or spaces (or not at all). Each group is a 16-bit value times 11, so it must be a
+    /// multiple of 11 below 720,896: this catches almost every typing error. The error never
+    /// repeats the digits.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let digits: String = s
+            .trim()
+            .chars()
+            .filter(|c| *c != '-' && !c.is_whitespace())
+            .collect();
+        if !digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err("a recovery password has only digits and dashes".into());
+        }
+        if digits.len() != 48 {
+            return Err(format!(
+                "a recovery password has 48 digits (8 groups of 6), this one has {}",
+                digits.len()
+            ));
+        }
+        let groups: Vec<&str> = (0..8).map(|i| &digits[i * 6..i * 6 + 6]).collect();
+        for (i, g) in groups.iter().enumerate() {
+            let v: u32 = g.parse().expect("six ASCII digits");
+            if !v.is_multiple_of(11) {
+                return Err(format!(
+                    "recovery password group {} is not a multiple of 11 (a typing error?)",
+                    i + 1
+                ));
+            }
+            if v / 11 > 0xffff {
+                return Err(format!(
+                    "recovery password group {} is out of range (above 720895)",
+                    i + 1
+                ));
+            }
+        }
+        Ok(RecoveryPassword(groups.join("-")))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Canonical key protector ID: a GUID in lower case without braces. Accepts `{...}`, upper
+/// case and surrounding spaces.
+pub fn protector_id(s: &str) -> Result<String, String> {
+    let t = s.trim().trim_start_matches('{').trim_end_matches('}');
+    let parts: Vec<&str> = t.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    if parts.len() != 5
+        || parts
+            .iter()
+            .zip(lens)
+            .any(|(p, n)| p.len() != n || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        let shown: String = s.chars().take(60).collect();
+        return Err(format!(
+            "{shown:?} is not a key protector ID (a GUID like 64311DEA-4587-4029-924A-BA299647998E)"
+        ));
+    }
+    Ok(t.to_ascii_lowercase())
+}
+
+/// Host names compare by their first label, case-insensitively (`PC042` = `pc042.corp.example`).
+pub fn same_host(a: &str, b: &str) -> bool {
+    let short = |s: &str| {
+        s.trim()
+            .split('.')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    !short(a).is_empty() && short(a) == short(b)
+}
+
+/// The export an import was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    ActiveDirectory,
+    Entra,
+    Plain,
+    /// Pasted by an admin in the console or through the API.
+    Console,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::ActiveDirectory => "active-directory",
+            Source::Entra => "entra",
+            Source::Plain => "plain",
+            Source::Console => "console",
+        })
+    }
+}
+
+/// One good row of an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRow {
+    pub line: usize,
+    pub protector_id: String,
+    pub password: RecoveryPassword,
+    pub hostname: Option<String>,
+}
+
+/// What an import file held: its format, the good rows, the bad ones by line (with a reason
+/// that never contains the password).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    pub source: Source,
+    pub rows: Vec<KeyRow>,
+    pub errors: Vec<(usize, String)>,
+}
+
+fn norm_header(h: &str) -> String {
+    h.trim_start_matches('\u{feff}')
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Col {
+    Id,
+    Password,
+    Host,
+    /// An AD object's distinguished name: `CN=<date>{GUID},CN=<computer>,OU=...`.
+    Dn,
+}
+
+fn role(h: &str) -> Option<Col> {
+    Some(match h {
+        "msfverecoveryguid" | "keyid" | "bitlockerkeyid" | "recoverykeyid" | "protectorid"
+        | "keyprotectorid" | "id" | "recoveryguid" | "passwordid" => Col::Id,
+        "msfverecoverypassword"
+        | "recoverykey"
+        | "recoverypassword"
+        | "bitlockerrecoverykey"
+        | "key"
+        | "bitlockerrecoverypassword" => Col::Password,
+        "computername" | "computer" | "devicename" | "device" | "hostname" | "host"
+        | "machinename" => Col::Host,
+        "distinguishedname" | "dn" => Col::Dn,
+        _ => return None,
+    })
+}
+
+/// The GUID between braces in `CN=2024-07-19T08:15:00-00:00{GUID},...` and the computer name
+/// (the parent CN).
+fn from_dn(dn: &str) -> (Option<String>, Option<String>) {
+    let id = dn
+        .split_once('{')
+        .and_then(|(_, r)| r.split_once('}'))
+        .and_then(|(g, _)| protector_id(g).ok());
+    let host = dn
+        .split(',')
+        .nth(1)
+        .and_then(|p| p.trim().strip_prefix("CN="))
+        .map(str::to_string);
+    (id, host)
+}
+
+/// Reads a key export. The format is recognised by its header: Active Directory
+/// (`msFVE-RecoveryGuid`, `msFVE-RecoveryPassword`, and `ComputerName` or the object's
+/// `DistinguishedName`), Entra ID / Intune (`Device name`, `Key ID`, `Recovery key`), or the plain
+/// `protector_id,recovery_password[,hostname]` with or without a header. Bad rows are reported by
+/// line (1 = the first line of the file) and the rest kept; a protector ID given twice keeps the
+/// last row. Comma- or semicolon-separated (a European Excel writes `;`).
+pub fn parse_export(data: &[u8]) -> Result<Parsed, String> {
+    let text = std::str::from_utf8(data)
+        .map_err(|e| format!("the file is not UTF-8 text (byte {})", e.valid_up_to()))?;
+    let text = text.trim_start_matches('\u{feff}');
+    let first = text.lines().next().unwrap_or("");
+    let delim = if first.matches(';').count() > first.matches(',').count() {
+        b';'
+    } else {
+        b','
+    };
+    let mut rd = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .delimiter(delim)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut records = rd.records();
+    let Some(head) = records.next() else {
+        return Err("the file is empty".into());
+    };
+    let head = head.map_err(|e| format!("line 1: {e}"))?;
+    let roles: Vec<Option<Col>> = head.iter().map(|h| role(&norm_header(h))).collect();
+    let names: Vec<String> = head.iter().map(norm_header).collect();
+    // Without a header the first field of the first line is already a protector ID.
+    let headed = head.get(0).is_none_or(|f| protector_id(f).is_err());
+    let (source, cols, mut pending) = if headed {
+        let source = if names.iter().any(|n| n.starts_with("msfve")) {
+            Source::ActiveDirectory
+        } else if names
+            .iter()
+            .any(|n| n == "devicename" || n == "keyid" || n == "recoverykey")
+        {
+            Source::Entra
+        } else {
+            Source::Plain
+        };
+        let has = |c: Col| roles.contains(&Some(c));
+        if !has(Col::Password) {
+            return Err(format!("line 1: no recovery password column (expected msFVE-RecoveryPassword, Recovery key or recovery_password; found {})", head.iter().collect::<Vec<_>>().join(", ")));
+        }
+        if !has(Col::Id) && !has(Col::Dn) {
+            return Err("line 1: no key protector ID column (expected msFVE-RecoveryGuid, Key ID or protector_id)".into());
+        }
+        (source, roles, None)
+    } else {
+        // No header: protector_id,recovery_password[,hostname].
+        let cols = vec![Some(Col::Id), Some(Col::Password), Some(Col::Host)];
+        (Source::Plain, cols, Some(head))
+    };
+    let mut rows: Vec<KeyRow> = Vec::new();
+    let mut errors = Vec::new();
+    let mut line = if pending.is_some() { 0 } else { 1 };
+    loop {
+        let rec = match pending.take() {
+            Some(r) => r,
+            None => match records.next() {
+                None => break,
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
+                    line += 1;
+                    errors.push((line, format!("unreadable CSV: {e}")));
+                    continue;
+                }
+            },
+        };
+        // The line the record starts on, counted from its byte offset (exact with quoted
+        // multi-line fields; with CRLF the offset points at the `\n` before the record).
+        line = rec
+            .position()
+            .map(|p| {
+                let b = text.as_bytes();
+                let mut at = (p.byte() as usize).min(b.len());
+                while at < b.len() && (b[at] == b'\r' || b[at] == b'\n') {
+                    at += 1;
+                }
+                b[..at].iter().filter(|c| **c == b'\n').count() + 1
+            })
+            .unwrap_or(line + 1);
+        if rec.iter().all(|f| f.is_empty()) {
+            continue;
+        }
+        let mut id = None;
+        let mut pw = None;
+        let mut host = None;
+        let mut dn = None;
+        for (i, f) in rec.iter().enumerate() {
+            match cols.get(i).copied().flatten() {
+                Some(Col::Id) if !f.is_empty() => id = Some(f),
+                Some(Col::Password) => pw = Some(f),
+                Some(Col::Host) if !f.is_empty() => host = Some(f.to_string()),
+                Some(Col::Dn) => dn = Some(f),
+                _ => {}
+            }
+        }
+        let (dn_id, dn_host) = dn.map(from_dn).unwrap_or((None, None));
+        let id = match (id, dn_id) {
+            (Some(i), _) => protector_id(i),
+            (None, Some(i)) => Ok(i),
+            (None, None) => Err("no key protector ID".into()),
+        };
+        let id = match id {
+            Ok(i) => i,
+            Err(e) => {
+                errors.push((line, e));
+                continue;
+            }
+        };
+        let pw = match pw.map(RecoveryPassword::parse) {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                errors.push((line, format!("{e} (protector {id})")));
+                continue;
+            }
+            None => {
+                errors.push((line, format!("no recovery password (protector {id})")));
+                continue;
+            }
+        };
+        let hostname = host.or(dn_host).filter(|h| !h.is_empty());
+        if let Some(h) = &hostname {
+            if h.len() > 253 || h.chars().any(|c| c.is_control()) {
+                errors.push((line, format!("bad host name (protector {id})")));
+                continue;
+            }
+        }
+        rows.retain(|r| r.protector_id != id);
+        rows.push(KeyRow {
+            line,
+            protector_id: id,
+            password: pw,
+            hostname,
+        });
+    }
+    Ok(Parsed {
+        source,
+        rows,
+        errors,
+    })
+}
+
+/// One release of a key to a host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub mac: Mac,
+    /// The campaign (and phase) it was released in: `<campaign id>` or `<id>:rollback`.
+    pub scope: String,
+    pub time_ms: u64,
+    /// Released on an admin's paste for this host (not counted against the once-per-campaign
+    /// rule).
+    #[serde(default)]
+    pub manual: bool,
+}
+
+/// An escrowed recovery password, sealed. Stored by protector ID.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EscrowRecord {
+    pub protector_id: String,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub source: Source,
+    pub imported_ms: u64,
+    /// Nonce and ciphertext (AES-256-GCM, the protector ID as associated data), hex.
+    pub sealed: String,
+    #[serde(default)]
+    pub releases: Vec<Release>,
+    /// An admin pasted this key for this host: released to it once more, whatever was released
+    /// before.
+    #[serde(default)]
+    pub manual_grant: Option<Mac>,
+    /// How many times an admin looked at the password (each is in the audit log).
+    #[serde(default)]
+    pub reveals: u32,
+}
+
+/// The list view of a record: never the password.
+#[derive(Debug, Clone, Serialize)]
+pub struct EscrowSummary {
+    pub protector_id: String,
+    pub hostname: Option<String>,
+    pub source: Source,
+    pub imported_ms: u64,
+    pub releases: Vec<Release>,
+    pub reveals: u32,
+}
+
+impl From<&EscrowRecord> for EscrowSummary {
+    fn from(r: &EscrowRecord) -> Self {
+        EscrowSummary {
+            protector_id: r.protector_id.clone(),
+            hostname: r.hostname.clone(),
+            source: r.source,
+            imported_ms: r.imported_ms,
+            releases: r.releases.clone(),
+            reveals: r.reveals,
+        }
+    }
+}
+
+/// What the server answers an agent that asks for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseDecision {
+    /// Release this record's password (`manual`: on an admin's paste).
+    Release { protector_id: String, manual: bool },
+    /// No key is escrowed for any of the IDs: the agent waits, the console asks for a paste.
+    Wait {
+        missing: Vec<String>,
+        reason: String,
+    },
+    /// Refused for good (for this boot): the reason goes to the agent, the host and the audit log.
+    Refuse { reason: String },
+}
+
+/// The release policy. `ids`: the recovery-password protector IDs the agent read from the disk
+/// (canonical); `records`: the escrow record of each (same order, `None` when not escrowed);
+/// `scope`: the active campaign (and phase) the host is in, `None` when none is.
+///
+/// A key is released only inside an active campaign, only for a protector the agent found on
+/// the disk, only when the escrow's host name (when it has one) is this host's, only when the
+/// host's inventory (protector IDs imported or reported earlier, when it has any) lists it, and
+/// at most once per host per campaign unless an admin pasted it for this host.
+pub fn decide(
+    ids: &[String],
+    records: &[Option<EscrowRecord>],
+    host: &HostRecord,
+    scope: Option<&str>,
+) -> ReleaseDecision {
+    let Some(scope) = scope else {
+        return ReleaseDecision::Refuse {
+            reason: "this host is not in an active campaign: keys are released only to hosts of a running campaign".into(),
+        };
+    };
+    if ids.is_empty() {
+        return ReleaseDecision::Refuse {
+            reason: "the volume has no recovery-password protector".into(),
+        };
+    }
+    let mut refusals = Vec::new();
+    let mut missing = Vec::new();
+    for (id, rec) in ids.iter().zip(records) {
+        let Some(rec) = rec else {
+            missing.push(id.clone());
+            continue;
+        };
+        if let (Some(want), Some(have)) = (&rec.hostname, &host.hostname) {
+            if !same_host(want, have) {
+                refusals.push(format!(
+                    "the key for protector {id} is escrowed for {want}, this host is {have}"
+                ));
+                continue;
+            }
+        }
+        if !host.protector_ids.is_empty() && !host.protector_ids.contains(id) {
+            refusals.push(format!(
+                "protector {id} is not in this host's inventory ({})",
+                host.protector_ids.join(", ")
+            ));
+            continue;
+        }
+        if rec.manual_grant == Some(host.mac) {
+            return ReleaseDecision::Release {
+                protector_id: id.clone(),
+                manual: true,
+            };
+        }
+        if let Some(r) = rec
+            .releases
+            .iter()
+            .find(|r| r.mac == host.mac && r.scope == scope)
+        {
+            refusals.push(format!(
+                "the key for protector {id} was already released to this host in campaign {scope} (at {} ms); an admin can paste it in the console to allow another unlock",
+                r.time_ms
+            ));
+            continue;
+        }
+        return ReleaseDecision::Release {
+            protector_id: id.clone(),
+            manual: false,
+        };
+    }
+    if !refusals.is_empty() {
+        return ReleaseDecision::Refuse {
+            reason: refusals.join("; "),
+        };
+    }
+    ReleaseDecision::Wait {
+        reason: format!(
+            "BitLocker: no escrowed recovery key for protector {}; paste it in the console",
+            missing.join(", ")
+        ),
+        missing,
+    }
+}
+
+#[cfg(test)]
+mod tests;
