@@ -697,6 +697,7 @@ pub(crate) fn image_build(
             public_key: &trusted,
             image_version: &version,
             server_cert_sha256: Some(fingerprint),
+            cryptsetup: None,
         },
         &mut |msg| println!("{msg}"),
     )

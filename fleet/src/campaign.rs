@@ -235,6 +235,8 @@ pub fn outcome(h: &HostRecord, verify: bool) -> Outcome {
         return Outcome::Neutral;
     }
     match &h.state {
+        // The agent waits for an admin to paste a BitLocker key: not final yet.
+        HostState::NeedsAttention(_) if !h.bitlocker_waiting.is_empty() => Outcome::Pending,
         HostState::Failed(_) | HostState::NeedsAttention(_) => Outcome::Failure,
         HostState::Recovered => Outcome::Success,
         HostState::Unverified => Outcome::Neutral,
@@ -540,6 +542,9 @@ impl Campaign {
             .in_payload
             .iter()
             .filter(|(_, t)| now.saturating_sub(**t) > self.spec.host_timeout_ms)
+            // A host whose agent waits for a pasted BitLocker key is waiting for a person (the
+            // agent gives up by itself after its own wait and reports).
+            .filter(|(m, _)| hosts.get(m).is_none_or(|h| h.bitlocker_waiting.is_empty()))
             .map(|(m, _)| *m)
             .collect();
         for m in stuck {

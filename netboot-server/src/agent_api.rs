@@ -171,8 +171,14 @@ pub async fn step(
         Ok(x) => x,
         Err(r) => return r,
     };
-    if st.step == "scanning" {
-        if let Err(r) = transition(&s, mac, HostState::Scanning, now, |_| {}) {
+    let to = match st.step.as_str() {
+        "scanning" => Some(HostState::Scanning),
+        // A BitLocker volume was unlocked with a released key.
+        "unlocked" => Some(HostState::Unlocked),
+        _ => None,
+    };
+    if let Some(to) = to {
+        if let Err(r) = transition(&s, mac, to, now, |_| {}) {
             return r;
         }
     }
@@ -280,6 +286,8 @@ pub async fn report(
     if let Err(r) = transition(&s, mac, to, now, move |h| {
         h.last_report = Some(stored.clone());
         h.reports += 1;
+        // The run is over: the agent no longer waits for a key.
+        h.bitlocker_waiting.clear();
         for id in &recovery_ids {
             if !h.protector_ids.contains(id) {
                 h.protector_ids.push(id.clone());

@@ -526,19 +526,44 @@ fn signature(dev: &str) -> Option<&'static str> {
     }
 }
 
-/// A BitLocker volume: its key protectors from its own metadata (what an admin needs to look up
-/// the recovery key), reported; unlocking is not in this image yet.
-fn bitlocker_volume(dev: &str) -> VolumeReport {
+/// What became of a BitLocker volume before remediation.
+enum Bitlk {
+    /// Unlocked: `mapper` is the plain view (remediate it like NTFS), closed afterwards.
+    Open {
+        name: String,
+        mapper: String,
+        detail: String,
+        protectors: Vec<String>,
+    },
+    /// Left locked, with the reason (the host needs attention).
+    Locked(VolumeReport),
+}
+
+fn locked(dev: &str, status: &str, detail: String, protectors: Vec<String>) -> Bitlk {
+    Bitlk::Locked(VolumeReport {
+        device: dev.into(),
+        kind: "bitlocker".into(),
+        status: status.into(),
+        detail,
+        protectors,
+    })
+}
+
+/// A BitLocker volume: its key protectors from its own metadata (our parser of the FVE
+/// header), the recovery password of a recovery-password protector from the server (the
+/// release policy decides; an admin may paste one while the agent waits), then cryptsetup's
+/// BITLK with the password on stdin. Partially encrypted, suspended (clear key), Vista and
+/// recovery-password-less volumes are reported, never guessed at.
+fn bitlocker_unlock(ctx: &Ctx, dev: &str) -> Bitlk {
     let mut f = match std::fs::File::open(format!("/dev/{dev}")) {
         Ok(f) => f,
         Err(e) => {
-            return VolumeReport {
-                device: dev.into(),
-                kind: "bitlocker".into(),
-                status: "bitlocker-unreadable".into(),
-                detail: format!("BitLocker volume; cannot read it: {e}"),
-                protectors: vec![],
-            }
+            return locked(
+                dev,
+                "bitlocker-unreadable",
+                format!("BitLocker volume; cannot read it: {e}"),
+                vec![],
+            )
         }
     };
     let info = crate::bitlk::read(&mut |off, len| {
@@ -549,40 +574,212 @@ fn bitlocker_volume(dev: &str) -> VolumeReport {
         b.truncate(n);
         Ok(b)
     });
-    match info {
-        Ok(i) => {
-            let ids = i.recovery_ids().join(", ");
-            let (status, detail) = if i.partially_encrypted {
-                ("bitlocker-partial", format!("BitLocker volume {} is only partially encrypted (conversion not finished); unbrick does not unlock it. Let Windows finish the conversion, or repair it by hand", i.volume_guid))
-            } else {
-                ("bitlocker-locked", format!(
-                    "BitLocker volume {} ({}{}); recovery key ID {}; unlocking is not supported by this image yet",
-                    i.volume_guid,
-                    i.method_name(),
-                    i.description.as_deref().map(|d| format!(", \"{d}\"")).unwrap_or_default(),
-                    if ids.is_empty() { "none (no recovery-password protector)".into() } else { ids }
-                ))
-            };
-            VolumeReport {
-                device: dev.into(),
-                kind: "bitlocker".into(),
-                status: status.into(),
+    let i = match info {
+        Ok(i) => i,
+        Err(e) => {
+            return locked(
+                dev,
+                "bitlocker-unsupported",
+                format!("BitLocker volume: {e}"),
+                vec![],
+            )
+        }
+    };
+    let protectors: Vec<String> = i
+        .protectors
+        .iter()
+        .map(|p| format!("{} {}", p.guid, p.kind))
+        .collect();
+    let what = format!(
+        "BitLocker volume {} ({}{})",
+        i.volume_guid,
+        i.method_name(),
+        i.description
+            .as_deref()
+            .map(|d| format!(", \"{d}\""))
+            .unwrap_or_default()
+    );
+    if i.partially_encrypted {
+        return locked(dev, "bitlocker-partial", format!("{what} is only partially encrypted (conversion not finished); unbrick does not unlock it. Let Windows finish the conversion, or repair it by hand"), protectors);
+    }
+    if i
+        .protectors
+        .iter()
+        .any(|p| p.kind == crate::bitlk::ProtectorKind::ClearKey)
+    {
+        return locked(dev, "bitlocker-suspended", format!("{what}: BitLocker protection is suspended (a clear key is stored on the disk); unbrick does not unlock suspended volumes. Repair it by hand or resume protection"), protectors);
+    }
+    let ids: Vec<String> = i.recovery_ids().iter().map(|s| s.to_string()).collect();
+    if ids.is_empty() {
+        let kinds: Vec<String> = i.protectors.iter().map(|p| p.kind.to_string()).collect();
+        return locked(dev, "bitlocker-no-recovery-password", format!("{what} is protected only by {} and has no recovery-password protector, so no key can be escrowed for it; unlock it by hand", kinds.join(", ")), protectors);
+    }
+    ctx.step(
+        "volume",
+        &format!(
+            "{dev}: {what}; asking the server for the recovery key of protector {}",
+            ids.join(", ")
+        ),
+    );
+    let (id, password) = match request_key(ctx, dev, &ids) {
+        Ok(k) => k,
+        Err((status, why)) => return locked(dev, status, format!("{what}: {why}"), protectors),
+    };
+    let name = format!("unbrick-{dev}");
+    match cryptsetup_open(dev, &name, &password) {
+        Ok(ms) => {
+            let detail = format!(
+                "{what} unlocked with the recovery key of protector {id} in {ms} ms (key derivation included)"
+            );
+            ctx.step("unlocked", &format!("{dev}: {detail}"));
+            Bitlk::Open {
+                mapper: format!("/dev/mapper/{name}"),
+                name,
                 detail,
-                protectors: i
-                    .protectors
-                    .iter()
-                    .map(|p| format!("{} {}", p.guid, p.kind))
-                    .collect(),
+                protectors,
             }
         }
-        Err(e) => VolumeReport {
-            device: dev.into(),
-            kind: "bitlocker".into(),
-            status: "bitlocker-unsupported".into(),
-            detail: format!("BitLocker volume: {e}"),
-            protectors: vec![],
-        },
+        Err((status, why)) => locked(dev, status, format!("{what}: {why}"), protectors),
     }
+}
+
+/// Asks for the key until it comes, is refused, or the wait for an admin's paste runs out.
+fn request_key(
+    ctx: &Ctx,
+    dev: &str,
+    ids: &[String],
+) -> Result<(String, String), (&'static str, String)> {
+    let req = fleet::agent::KeyRequest {
+        token: ctx.cmd.token.clone(),
+        mac: ctx.mac.clone(),
+        volume: dev.into(),
+        protectors: ids.to_vec(),
+    };
+    let data = serde_json::to_vec(&req).expect("serializes");
+    let t = Instant::now();
+    let mut told = None::<Instant>;
+    let mut errors = 0;
+    loop {
+        let r = http::request_with(
+            "POST",
+            &ctx.api_url("/agent/v1/bitlocker-key"),
+            Some(&data),
+            Duration::from_secs(15),
+            &ctx.opts(),
+        );
+        let waiting = match r {
+            Ok(r) => {
+                errors = 0;
+                let reply: Option<fleet::agent::KeyReply> = serde_json::from_slice(&r.body).ok();
+                match (r.status, reply) {
+                    (200, Some(k)) => match (k.protector_id, k.recovery_password) {
+                        (Some(id), Some(pw)) => return Ok((id, pw)),
+                        _ => return Err(("bitlocker-locked", "the server's key answer was incomplete".into())),
+                    },
+                    (202, Some(k)) => k.waiting.unwrap_or_default(),
+                    (_, Some(k)) if k.refused.is_some() => {
+                        return Err((
+                            "bitlocker-key-refused",
+                            format!("the server refused the key: {}", k.refused.unwrap_or_default()),
+                        ))
+                    }
+                    (s, _) if (400..500).contains(&s) => {
+                        return Err((
+                            "bitlocker-key-refused",
+                            format!("the server refused the key request: {s} {}", String::from_utf8_lossy(&r.body).trim()),
+                        ))
+                    }
+                    (s, _) => format!("the server answered {s}"),
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors > 20 {
+                    return Err(("bitlocker-locked", format!("the key request failed: {e}")));
+                }
+                e
+            }
+        };
+        if t.elapsed() > Duration::from_secs(ctx.cmd.key_wait_secs) {
+            return Err((
+                "bitlocker-no-key",
+                format!(
+                    "no recovery key for protector {} after waiting {} s: {waiting}",
+                    ids.join(", "),
+                    ctx.cmd.key_wait_secs
+                ),
+            ));
+        }
+        if told.is_none_or(|w| w.elapsed() > Duration::from_secs(300)) {
+            ctx.step(
+                "bitlocker-wait",
+                &format!("{dev}: waiting for a recovery key ({waiting}); polling every 5 s"),
+            );
+            say(&format!("{dev}: {waiting}; waiting for an admin to paste the key in the console"));
+            told = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+/// `cryptsetup open --type bitlk` with the recovery password on stdin (never in argv or the
+/// environment). Returns the milliseconds it took (the key derivation is most of it).
+fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'static str, String)> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let _ = std::fs::create_dir_all("/run/cryptsetup");
+    let t = Instant::now();
+    let child = Command::new(format!("/{}", crate::build::IMAGE_CRYPTSETUP))
+        .args(["open", "--type", "bitlk", "--key-file=-", "--disable-keyring"])
+        .arg(format!("/dev/{dev}"))
+        .arg(name)
+        // No udev in the image: libdevmapper makes the /dev/mapper node itself.
+        .env("DM_DISABLE_UDEV", "1")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return Err(("bitlocker-locked", format!("cryptsetup: {e}"))),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(password.as_bytes());
+    }
+    let o = match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => return Err(("bitlocker-locked", format!("cryptsetup: {e}"))),
+    };
+    let ms = t.elapsed().as_millis();
+    if o.status.success() {
+        return Ok(ms);
+    }
+    let err = String::from_utf8_lossy(&o.stderr).trim().replace('\n', "; ");
+    // Exit code 2: no key slot opened with this passphrase (cryptsetup(8), RETURN CODES).
+    if o.status.code() == Some(2) {
+        Err(("bitlocker-key-rejected", format!("the recovery key released for this volume does not unlock it (wrong key escrowed?): cryptsetup: {err}")))
+    } else {
+        Err(("bitlocker-locked", format!("cryptsetup could not unlock it ({}): {err}", o.status)))
+    }
+}
+
+/// Closes an unlocked mapping (retried: a just-unmounted file system may still hold it).
+fn cryptsetup_close(name: &str) -> Result<(), String> {
+    let mut last = String::new();
+    for _ in 0..10 {
+        match std::process::Command::new(format!("/{}", crate::build::IMAGE_CRYPTSETUP))
+            .args(["close", name])
+            .env("DM_DISABLE_UDEV", "1")
+            .output()
+        {
+            Ok(o) if o.status.success() => return Ok(()),
+            Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!("cryptsetup close {name}: {last}"))
 }
 
 fn find_ci(dir: &Path, name: &str) -> Option<PathBuf> {
@@ -604,6 +801,32 @@ fn is_hibernated(root: &Path) -> bool {
         && b.eq_ignore_ascii_case(b"hibr")
 }
 
+/// What the volumes of one run came to.
+#[derive(Default)]
+struct Tally {
+    volumes: Vec<VolumeReport>,
+    files: Vec<FileRecord>,
+    failures: Vec<String>,
+    attention: Vec<String>,
+    windows: usize,
+}
+
+impl Tally {
+    fn add(&mut self, dev: &str, v: VolumeRun) {
+        if v.windows {
+            self.windows += 1;
+        }
+        if let Some(f) = v.failed {
+            self.failures.push(f);
+        }
+        if ["hibernated", "dirty-skipped", "mount-failed"].contains(&v.report.status.as_str()) {
+            self.attention.push(format!("{dev}: {}", v.report.detail));
+        }
+        self.files.extend(v.files);
+        self.volumes.push(v.report);
+    }
+}
+
 struct VolumeRun {
     report: VolumeReport,
     files: Vec<FileRecord>,
@@ -611,10 +834,18 @@ struct VolumeRun {
     windows: bool,
 }
 
-fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: u64) -> VolumeRun {
+/// Mounts `src` (the volume `dev` itself, or its unlocked BitLocker mapping) and remediates
+/// (or restores) it.
+fn do_volume(
+    ctx: &Ctx,
+    dev: &str,
+    src: &str,
+    rules: &signing::RuleSet,
+    run_id: &str,
+    now: u64,
+) -> VolumeRun {
     let dir = PathBuf::from(format!("/mnt/{dev}"));
     let _ = std::fs::create_dir_all(&dir);
-    let src = format!("/dev/{dev}");
     let mut vr = VolumeRun {
         report: VolumeReport {
             device: dev.into(),
@@ -629,7 +860,7 @@ fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: 
     };
     // A read-only look first: a hibernated Windows must never be written to.
     if mount(
-        Some(src.as_str()),
+        Some(src),
         &dir,
         Some("ntfs3"),
         MsFlags::MS_RDONLY,
@@ -649,7 +880,7 @@ fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: 
     }
     let mut forced = false;
     if let Err(e) = mount(
-        Some(src.as_str()),
+        Some(src),
         &dir,
         Some("ntfs3"),
         MsFlags::empty(),
@@ -658,7 +889,7 @@ fn do_volume(ctx: &Ctx, dev: &str, rules: &signing::RuleSet, run_id: &str, now: 
         match ctx.cmd.dirty {
             DirtyPolicy::Force => {
                 if let Err(e2) = mount(
-                    Some(src.as_str()),
+                    Some(src),
                     &dir,
                     Some("ntfs3"),
                     MsFlags::empty(),
@@ -883,38 +1114,46 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         signing::time::format_utc(now).replace([':', '-'], ""),
         &ctx.cmd.token[..ctx.cmd.token.len().min(8)]
     );
-    let mut volumes = Vec::new();
-    let mut files = Vec::new();
-    let mut failures = Vec::new();
-    let mut attention = Vec::new();
-    let mut windows = 0;
+    let mut t = Tally::default();
     for dev in &devs {
         match signature(dev) {
             Some("ntfs") => {
-                let v = do_volume(&ctx, dev, &rules, &run_id, now);
-                if v.windows {
-                    windows += 1;
-                }
-                if let Some(f) = v.failed {
-                    failures.push(f);
-                }
-                if ["hibernated", "dirty-skipped", "mount-failed"]
-                    .contains(&v.report.status.as_str())
-                {
-                    attention.push(format!("{dev}: {}", v.report.detail));
-                }
-                files.extend(v.files);
-                volumes.push(v.report);
+                let v = do_volume(&ctx, dev, &format!("/dev/{dev}"), &rules, &run_id, now);
+                t.add(dev, v);
             }
-            Some("bitlocker") => {
-                let v = bitlocker_volume(dev);
-                ctx.step("volume", &format!("{dev}: {}", v.detail));
-                attention.push(format!("{dev}: {}", v.detail));
-                volumes.push(v);
-            }
+            Some("bitlocker") => match bitlocker_unlock(&ctx, dev) {
+                Bitlk::Locked(v) => {
+                    ctx.step("volume", &format!("{dev}: {}", v.detail));
+                    t.attention.push(format!("{dev}: {}", v.detail));
+                    t.volumes.push(v);
+                }
+                Bitlk::Open {
+                    name,
+                    mapper,
+                    detail,
+                    protectors,
+                } => {
+                    let mut v = do_volume(&ctx, dev, &mapper, &rules, &run_id, now);
+                    if let Err(e) = cryptsetup_close(&name) {
+                        ctx.step("volume", &format!("{dev}: {e}"));
+                        v.failed.get_or_insert(format!("{dev}: {e}"));
+                    }
+                    v.report.kind = "bitlocker".into();
+                    v.report.detail = format!("{detail}; {}", v.report.detail);
+                    v.report.protectors = protectors;
+                    t.add(dev, v);
+                }
+            },
             _ => {}
         }
     }
+    let Tally {
+        volumes,
+        files,
+        failures,
+        attention,
+        windows,
+    } = t;
     let (result, reason) = if !failures.is_empty() {
         (RunResult::Failed, Some(failures.join("; ")))
     } else if !attention.is_empty() {

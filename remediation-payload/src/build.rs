@@ -1,7 +1,7 @@
 //! `unbrick image build`: the recovery kernel and an initramfs written here (deterministic cpio
 //! newc, gzip) holding the static agent as `/init`, the kernel modules it needs (resolved from
 //! modules.dep, dependencies first, kept compressed) and the agent's configuration.
-use crate::cpio::{gzip, Archive};
+use crate::cpio::Archive;
 use crate::modules::{parse_builtin, ModuleDep, HARDWARE, REQUIRED};
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,8 @@ pub struct BuildInput<'a> {
     pub image_version: &'a str,
     /// `sha256:<hex>` of the server's TLS certificate, pinned by the agent.
     pub server_cert_sha256: Option<String>,
+    /// cryptsetup to ship (default: the build machine's, see [`CRYPTSETUP`]).
+    pub cryptsetup: Option<&'a Path>,
 }
 
 pub struct Built {
@@ -77,6 +79,84 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, String), String> {
             boot.display()
         )),
     }
+}
+
+/// Where `cryptsetup` is looked for on the build machine (Debian's `cryptsetup-bin`).
+pub const CRYPTSETUP: &[&str] = &["/usr/sbin/cryptsetup", "/sbin/cryptsetup"];
+
+/// The path of `cryptsetup` inside the image (the agent runs it to unlock BitLocker).
+pub const IMAGE_CRYPTSETUP: &str = "usr/sbin/cryptsetup";
+
+/// The shared libraries `bin` needs, as absolute paths (the dynamic loader's answer, `ldd`),
+/// the loader itself included.
+fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, String> {
+    let o = std::process::Command::new("ldd")
+        .arg(bin)
+        .output()
+        .map_err(|e| format!("ldd: {e} (apt-get install libc-bin)"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "ldd {}: {}",
+            bin.display(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
+    }
+    let mut libs = Vec::new();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        if line.contains("not found") {
+            return Err(format!("{}: a library is missing: {}", bin.display(), line.trim()));
+        }
+        // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        let path = match line.split_once("=>") {
+            Some((_, r)) => r.split_whitespace().next(),
+            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// cryptsetup and every library it loads, at the same paths in the image (symlinks followed:
+/// each is a regular file there).
+fn add_cryptsetup(a: &mut Archive, bin: &Path) -> Result<usize, String> {
+    let mut total = 0;
+    let data = std::fs::read(bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    total += data.len();
+    a.file(IMAGE_CRYPTSETUP, data, 0o755);
+    for lib in shared_libraries(bin)? {
+        let data = std::fs::read(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+        total += data.len();
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+        a.file(&rel, data, 0o755);
+    }
+    Ok(total)
+}
+
+/// zstd at level 19 (the kernel unpacks zstd initramfs; smaller than gzip -9 by a fifth and
+/// faster to unpack under emulation, measured: 3.4 s against 3.9 s to the first init).
+fn zstd(data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("zstd")
+        .args(["-19", "-q", "-c", "--no-progress"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("zstd: {e} (apt-get install zstd)"))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let o = child.wait_with_output().map_err(|e| format!("zstd: {e}"))?;
+    writer
+        .join()
+        .map_err(|_| "zstd: writer panicked".to_string())?
+        .map_err(|e| format!("zstd: {e}"))?;
+    if !o.status.success() {
+        return Err(format!("zstd: {}", String::from_utf8_lossy(&o.stderr).trim()));
+    }
+    Ok(o.stdout)
 }
 
 /// A module's bytes, decompressed when it is `.ko.xz` (the initramfs is compressed as a whole,
@@ -193,13 +273,25 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         serde_json::to_vec_pretty(&cfg).expect("config serializes"),
         0o644,
     );
+    progress("      cryptsetup with its libraries (BitLocker unlock)");
+    let cs = input
+        .cryptsetup
+        .map(Path::to_path_buf)
+        .or_else(|| CRYPTSETUP.iter().map(PathBuf::from).find(|p| p.exists()))
+        .ok_or("cryptsetup is not installed on this machine; the image needs it to unlock BitLocker (apt-get install cryptsetup-bin)")?;
+    let cs_bytes = add_cryptsetup(&mut a, &cs)?;
+    progress(&format!(
+        "      {} and its libraries: {:.1} MB",
+        cs.display(),
+        cs_bytes as f64 / 1e6
+    ));
     a.char_dev("dev/console", 5, 1);
-    for d in ["proc", "sys", "run", "tmp", "mnt"] {
+    for d in ["proc", "sys", "run", "tmp", "mnt", "usr", "usr/sbin", "lib", "lib64"] {
         a.dir(d);
     }
-    progress("[4/5] initramfs (cpio newc, gzip -9)");
+    progress("[4/5] initramfs (cpio newc, zstd -19)");
     let raw = a.to_bytes();
-    let initrd = gzip(&raw);
+    let initrd = zstd(&raw)?;
     progress(&format!("[5/5] done: vmlinuz {:.1} MB, initrd {:.1} MB compressed ({:.1} MB uncompressed, {} entries)", vmlinuz.len() as f64 / 1e6, initrd.len() as f64 / 1e6, raw.len() as f64 / 1e6, a.len()));
     Ok(Built {
         kernel_version: kver,

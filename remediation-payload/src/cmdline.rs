@@ -20,6 +20,9 @@ pub struct Cmdline {
     pub dirty: DirtyPolicy,
     /// `unbrick.mode=restore`: a campaign's rollback; quarantined files go back.
     pub restore: bool,
+    /// `unbrick.keywait=SECONDS`: how long the agent waits for an admin to paste a BitLocker
+    /// recovery key that was not escrowed (default one hour), polling every 5 s.
+    pub key_wait_secs: u64,
 }
 
 impl Cmdline {
@@ -31,6 +34,7 @@ impl Cmdline {
         let mut poweroff = false;
         let mut restore = false;
         let mut dirty = DirtyPolicy::Force;
+        let mut key_wait_secs = 3600;
         for word in text.split_whitespace() {
             let (k, v) = word.split_once('=').unwrap_or((word, ""));
             match k {
@@ -48,6 +52,11 @@ impl Cmdline {
                         ))
                     }
                 },
+                "unbrick.keywait" => {
+                    key_wait_secs = v
+                        .parse()
+                        .map_err(|_| format!("unbrick.keywait={v}: expected seconds"))?
+                }
                 "unbrick.dirty" => {
                     dirty = match v {
                         "skip" => DirtyPolicy::Skip,
@@ -75,6 +84,7 @@ impl Cmdline {
             poweroff,
             dirty,
             restore,
+            key_wait_secs,
         })
     }
 }

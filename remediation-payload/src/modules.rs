@@ -15,6 +15,13 @@ pub const REQUIRED: &[&str] = &[
     "nvme",
     "ntfs3",
     "efivarfs",
+    // BitLocker unlock (cryptsetup's BITLK): device-mapper, dm-crypt, dm-zero for the metadata
+    // areas, and XTS (Windows 10+ default; CBC and the elephant diffuser are built into the
+    // kernel and dm-crypt).
+    "dm_mod",
+    "dm_crypt",
+    "dm_zero",
+    "xts",
 ];
 
 /// Real-hardware drivers; missing ones are reported but not fatal.
@@ -42,6 +49,8 @@ pub const HARDWARE: &[&str] = &[
     "usb_storage",
     "xhci_pci",
     "xhci_hcd",
+    // AES instructions for dm-crypt, loaded by CPU alias where the processor has them.
+    "aesni_intel",
 ];
 
 /// Module name as the kernel sees it: file stem, `-` and `_` equivalent.
@@ -116,7 +125,9 @@ impl ModuleDep {
 
 /// Modules loaded whatever the hardware: file systems and the SCSI disk driver that storage
 /// controllers hand their disks to.
-pub const ALWAYS: &[&str] = &["ntfs3", "efivarfs", "sd_mod"];
+pub const ALWAYS: &[&str] = &[
+    "ntfs3", "efivarfs", "sd_mod", "dm_mod", "dm_crypt", "dm_zero", "xts",
+];
 
 /// `modules.alias` lines (`alias PATTERN MODULE`) for the given modules only.
 pub fn parse_alias(text: &str, keep: &BTreeSet<String>) -> Vec<(String, String)> {

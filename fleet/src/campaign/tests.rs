@@ -451,3 +451,52 @@ fn policy_routes_hosts_and_ignores_outsiders_once_campaigns_run() {
         BootDecision::Ignore
     );
 }
+
+#[test]
+fn a_host_waiting_for_a_bitlocker_key_keeps_its_wave_open_and_key_scope_follows_the_campaign() {
+    let mut f = Fleet::new(2);
+    let mut s = spec(&["100%"], strict(), 10);
+    s.host_timeout_ms = 10 * MIN;
+    let c = Campaign::new("c1".into(), s, String::new(), 0).unwrap();
+    let p = CampaignPolicy::new(crate::DefaultPolicy::default(), false, vec![c]);
+    assert_eq!(p.key_scope(mac(1)), None, "a draft releases no key");
+    p.with(|cs| cs[0].start(&f.all(), &BTreeSet::new(), 0))
+        .unwrap();
+    assert_eq!(p.key_scope(mac(1)).as_deref(), Some("c1"));
+    assert_eq!(p.key_scope(mac(9)), None, "not a member");
+    p.with(|cs| {
+        let c = &mut cs[0];
+        assert_eq!(f.boot(c, 1, 1), BootDecision::Payload);
+        assert_eq!(f.boot(c, 2, 1), BootDecision::Payload);
+        f.set(c, 2, HostState::Clean, 2);
+        // Host 1's agent waits for a pasted key: needs attention, but not final.
+        let h = f.hosts.get_mut(&mac(1)).unwrap();
+        h.bitlocker_waiting = vec!["64311dea-4587-4029-924a-ba299647998e".into()];
+        f.set(c, 1, HostState::NeedsAttention("no key".into()), 3);
+        assert_eq!(outcome(&f.hosts[&mac(1)], false), Outcome::Pending);
+        // Past the host timeout: still waiting, the wave stays open, nothing halts.
+        assert!(f.apply_tick(c, 30 * MIN).is_empty());
+        assert_eq!(c.state, CampaignState::Running);
+        assert!(c.waves[0].closed_ms.is_none());
+        // The key was pasted and the run finished.
+        f.hosts.get_mut(&mac(1)).unwrap().bitlocker_waiting.clear();
+        f.set(c, 1, HostState::Remediated, 31 * MIN);
+        f.apply_tick(c, 32 * MIN);
+        assert_eq!(c.state, CampaignState::Completed);
+    });
+    assert_eq!(p.key_scope(mac(1)), None, "completed: no more keys");
+    let mut s = spec(&["100%"], strict(), 10);
+    s.host_timeout_ms = MIN;
+    let c = Campaign::new("c2".into(), s, String::new(), 0).unwrap();
+    let p = CampaignPolicy::new(crate::DefaultPolicy::default(), false, vec![c]);
+    let mut f = Fleet::new(1);
+    p.with(|cs| cs[0].start(&f.all(), &BTreeSet::new(), 0))
+        .unwrap();
+    p.with(|cs| {
+        f.boot(&mut cs[0], 1, 1);
+        f.set(&mut cs[0], 1, HostState::Remediated, 2);
+        f.apply_tick(&mut cs[0], 3);
+        cs[0].rollback(4).unwrap();
+    });
+    assert_eq!(p.key_scope(mac(1)).as_deref(), Some("c2:rollback"));
+}
