@@ -12,6 +12,7 @@ use web_console::{router, Console};
 struct T {
     app: axum::Router,
     fleet: Arc<FleetIo>,
+    policy: Arc<fleet::CampaignPolicy>,
     admin: String,
     viewer: String,
     dir: std::path::PathBuf,
@@ -60,7 +61,13 @@ fn setup(name: &str) -> T {
         false,
         vec![],
     ));
-    let fleet = Arc::new(FleetIo::new(store, policy.clone()).unwrap());
+    let vault = fleet::escrow::vault::Vault::open(&dir.join("escrow.key"), true).unwrap();
+    let fleet = Arc::new(
+        FleetIo::new(store, policy.clone())
+            .unwrap()
+            .with_vault(vault),
+    );
+    let policy_handle = policy.clone();
     let console = Console::new(
         fleet.clone(),
         &dir.join("tokens.json"),
@@ -72,6 +79,7 @@ fn setup(name: &str) -> T {
     T {
         app: router(console),
         fleet,
+        policy: policy_handle,
         admin,
         viewer,
         dir,
@@ -799,4 +807,146 @@ async fn campaign_pages_create_start_and_show_waves() {
     assert!(b.contains("Not created: name"), "{b}");
     let (_, _, b) = send(&t, page("/campaigns")).await;
     assert!(b.contains("running") && b.contains(&id));
+}
+
+const RP1: &str = "235818-357951-253979-013365-241120-245575-342914-591910";
+const ID1: &str = "64311dea-4587-4029-924a-ba299647998e";
+const ID2: &str = "3fd763f9-74c7-4e90-8fa2-1f6a2e2b4e0c";
+const RP2: &str = "042647-302313-590458-071500-554323-116567-412181-516978";
+
+#[tokio::test]
+async fn bitlocker_keys_import_list_reveal_paste_and_release() {
+    use netboot_server::escrow::KeyAnswer;
+    let t = setup("bitlk");
+    let m1 = Mac([0x52, 0x54, 0, 0xab, 0, 1]);
+    let m2 = Mac([0x52, 0x54, 0, 0xab, 0, 2]);
+    // An Active Directory export: pc-001's key, a key escrowed for another computer, a typo.
+    let ad = format!(
+        "\u{feff}\"ComputerName\",\"msFVE-RecoveryGuid\",\"msFVE-RecoveryPassword\"\r\n\
+         \"PC-001\",\"{{{}}}\",\"{RP1}\"\r\n\
+         \"PC-777\",\"{ID2}\",\"{RP2}\"\r\n\
+         \"PC-003\",\"{ID2}\",\"{}\"\r\n",
+        ID1.to_uppercase(),
+        RP2.replace("516978", "516979")
+    );
+    let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", Some(&t.viewer), "text/csv", &ad)).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", None, "text/csv", &ad)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+    let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", &ad)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!((v["format"].as_str(), v["imported"].as_u64()), (Some("active-directory"), Some(2)), "{b}");
+    assert_eq!(v["errors"][0]["line"], 4, "{b}");
+    assert!(!b.contains("516979") && !b.contains("235818"), "no password in the answer: {b}");
+    for bad in ["", "name,site\nx,y\n", "\u{0}\u{1}"] {
+        let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", bad)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {b}");
+    }
+    // The list never carries a password; readers may list.
+    let (s, _, b) = send(&t, get("/api/v1/bitlocker/keys", Some(&t.viewer))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains(ID1) && b.contains("PC-001") && !b.contains("235818"), "{b}");
+    // Reveal: writers only, audited.
+    let reveal = format!("/api/v1/bitlocker/keys/{ID1}/reveal");
+    let (s, _, _) = send(&t, post(&reveal, Some(&t.viewer), "application/json", "")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, b) = send(&t, post(&reveal, Some(&t.admin), "application/json", "")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(json(&b)["recovery_password"], RP1);
+    for (path, want) in [
+        ("/api/v1/bitlocker/keys/not-a-guid/reveal", StatusCode::BAD_REQUEST),
+        ("/api/v1/bitlocker/keys/00000000-0000-0000-0000-000000000000/reveal", StatusCode::NOT_FOUND),
+    ] {
+        let (s, _, b) = send(&t, post(path, Some(&t.admin), "application/json", "")).await;
+        assert_eq!(s, want, "{path}: {b}");
+    }
+
+    // Release: only inside an active campaign.
+    let now = 1_721_366_900_000;
+    assert!(matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("not in an active campaign")));
+    let mut spec = fleet::CampaignSpec {
+        name: "bitlk".into(),
+        targets: fleet::campaign::Targets::List(vec![m1, m2]),
+        waves: vec!["100%".parse().unwrap()],
+        gate: fleet::campaign::Gate { min_success: 1, max_failure_rate: 1.0, min_soak_ms: 0 },
+        concurrency: 10,
+        host_timeout_ms: 3_600_000,
+        verify_window_ms: None,
+    };
+    spec.validate().unwrap();
+    let hosts = t.fleet.hosts();
+    t.policy.with(|cs| {
+        let mut c = fleet::Campaign::new("c-bitlk".into(), spec.clone(), String::new(), now).unwrap();
+        c.start(&hosts, &Default::default(), now).unwrap();
+        cs.push(c);
+    });
+    // Both hosts' agents are up and scanning.
+    for m in [m1, m2] {
+        t.fleet
+            .update(m, now, &mut |h| {
+                h.state = HostState::Scanning;
+                Ok(())
+            })
+            .unwrap();
+    }
+    let KeyAnswer::Release { protector_id, password } = t.fleet.release_key(m1, &[ID1.into()], "vda3", now) else {
+        panic!("pc-001's own key is released");
+    };
+    assert_eq!((protector_id.as_str(), password.expose()), (ID1, RP1));
+    assert!(t.fleet.host(m1).unwrap().rotate_bitlocker_key);
+    // Once per host per campaign.
+    assert!(matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now + 1), KeyAnswer::Refuse(r) if r.contains("already released")));
+    // pc-002 asking for a key escrowed for PC-777: refused.
+    assert!(matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("escrowed for PC-777")));
+    // pc-002's disk carries a protector nobody escrowed: it waits in needs-attention.
+    let id3 = "b9859a34-8139-4d5e-a628-412bef9ba206";
+    assert!(matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now), KeyAnswer::Wait(_)));
+    let h = t.fleet.host(m2).unwrap();
+    assert_eq!(h.state.name(), "needs-attention");
+    assert_eq!(h.bitlocker_waiting, vec![id3.to_string()]);
+    let (_, _, b) = send(&t, get("/api/v1/hosts/52:54:00:ab:00:02", Some(&t.admin))).await;
+    assert_eq!(json(&b)["host"]["bitlocker_waiting"][0], id3);
+    // The paste: bad bodies and passwords refused with a reason, then the key.
+    let paste = "/api/v1/hosts/52:54:00:ab:00:02/bitlocker-key";
+    for (body, want) in [
+        ("{}".to_string(), StatusCode::BAD_REQUEST),
+        ("not json".to_string(), StatusCode::BAD_REQUEST),
+        (r#"{"recovery_password": "123", "extra": 1}"#.to_string(), StatusCode::BAD_REQUEST),
+        (r#"{"recovery_password": "123"}"#.to_string(), StatusCode::UNPROCESSABLE_ENTITY),
+        (format!(r#"{{"recovery_password": "{}"}}"#, RP2.replace("516978", "516979")), StatusCode::UNPROCESSABLE_ENTITY),
+        (format!(r#"{{"recovery_password": "{RP2}", "protector_id": "x"}}"#), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let (s, _, b) = send(&t, post(paste, Some(&t.admin), "application/json", &body)).await;
+        assert_eq!(s, want, "{body}: {b}");
+    }
+    let (s, _, _) = send(&t, post(paste, Some(&t.viewer), "application/json", &format!(r#"{{"recovery_password": "{RP2}"}}"#))).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, b) = send(&t, post("/api/v1/hosts/52:54:00:ab:00:77/bitlocker-key", Some(&t.admin), "application/json", &format!(r#"{{"recovery_password": "{RP2}"}}"#))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let (s, _, b) = send(&t, post(paste, Some(&t.admin), "application/json", &format!(r#"{{"recovery_password": "{RP2}"}}"#))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(json(&b)["protector_id"], id3);
+    let KeyAnswer::Release { password, .. } = t.fleet.release_key(m2, &[id3.into()], "vda3", now + 2) else {
+        panic!("the pasted key is released to the waiting host");
+    };
+    assert_eq!(password.expose(), RP2);
+    assert!(t.fleet.host(m2).unwrap().bitlocker_waiting.is_empty());
+    assert!(matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now + 3), KeyAnswer::Refuse(r) if r.contains("already released")));
+    // The export flags both hosts for a key rotation.
+    let (_, _, b) = send(&t, get("/api/v1/export?format=csv", Some(&t.admin))).await;
+    let rot: Vec<&str> = b.lines().filter(|l| l.ends_with(",yes")).collect();
+    assert_eq!(rot.len(), 2, "{b}");
+    // The audit log has every import, reveal, release, refusal and paste, and no password.
+    let (_, _, b) = send(&t, get("/api/v1/audit", Some(&t.admin))).await;
+    for what in ["bitlocker-import", "bitlocker-reveal", "bitlocker-release", "bitlocker-refuse", "bitlocker-paste", "bitlocker-wait"] {
+        assert!(b.contains(what), "{what} missing: {b}");
+    }
+    for pw in [RP1, RP2, "235818", "042647"] {
+        assert!(!b.contains(pw), "a password in the audit log: {b}");
+        for m in [m1, m2] {
+            let ev = t.fleet.store().events(m).unwrap();
+            assert!(ev.iter().all(|e| !e.message.contains(pw)), "{ev:?}");
+        }
+    }
 }
