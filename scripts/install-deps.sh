@@ -27,11 +27,11 @@ CONF
 export APT_CONFIG="$state/apt.conf"
 export DEBIAN_FRONTEND=noninteractive
 
-stamp="$state/installed-v4"
+stamp="$state/installed-v5"
 pkgs=(isc-dhcp-client udhcpc atftp atftpd dnsmasq-base nginx-light kea-admin
       ipxe ipxe-qemu ovmf shim-signed grub-efi-amd64-signed
       ntfs-3g gdisk fdisk iproute2 bridge-utils tcpdump xz-utils zstd kmod cpio musl-tools
-      cryptsetup-bin python3-venv chromium chromium-driver jq procps psmisc bc xxd file)
+      cryptsetup-bin dislocker python3-venv chromium chromium-driver jq procps psmisc bc xxd file)
 bpo=(qemu-system-x86 seabios)
 
 if [ ! -f "$stamp" ]; then

@@ -602,8 +602,7 @@ fn bitlocker_unlock(ctx: &Ctx, dev: &str) -> Bitlk {
     if i.partially_encrypted {
         return locked(dev, "bitlocker-partial", format!("{what} is only partially encrypted (conversion not finished); unbrick does not unlock it. Let Windows finish the conversion, or repair it by hand"), protectors);
     }
-    if i
-        .protectors
+    if i.protectors
         .iter()
         .any(|p| p.kind == crate::bitlk::ProtectorKind::ClearKey)
     {
@@ -674,19 +673,30 @@ fn request_key(
                 match (r.status, reply) {
                     (200, Some(k)) => match (k.protector_id, k.recovery_password) {
                         (Some(id), Some(pw)) => return Ok((id, pw)),
-                        _ => return Err(("bitlocker-locked", "the server's key answer was incomplete".into())),
+                        _ => {
+                            return Err((
+                                "bitlocker-locked",
+                                "the server's key answer was incomplete".into(),
+                            ))
+                        }
                     },
                     (202, Some(k)) => k.waiting.unwrap_or_default(),
                     (_, Some(k)) if k.refused.is_some() => {
                         return Err((
                             "bitlocker-key-refused",
-                            format!("the server refused the key: {}", k.refused.unwrap_or_default()),
+                            format!(
+                                "the server refused the key: {}",
+                                k.refused.unwrap_or_default()
+                            ),
                         ))
                     }
                     (s, _) if (400..500).contains(&s) => {
                         return Err((
                             "bitlocker-key-refused",
-                            format!("the server refused the key request: {s} {}", String::from_utf8_lossy(&r.body).trim()),
+                            format!(
+                                "the server refused the key request: {s} {}",
+                                String::from_utf8_lossy(&r.body).trim()
+                            ),
                         ))
                     }
                     (s, _) => format!("the server answered {s}"),
@@ -715,7 +725,9 @@ fn request_key(
                 "bitlocker-wait",
                 &format!("{dev}: waiting for a recovery key ({waiting}); polling every 5 s"),
             );
-            say(&format!("{dev}: {waiting}; waiting for an admin to paste the key in the console"));
+            say(&format!(
+                "{dev}: {waiting}; waiting for an admin to paste the key in the console"
+            ));
             told = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_secs(5));
@@ -730,7 +742,16 @@ fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'sta
     let _ = std::fs::create_dir_all("/run/cryptsetup");
     let t = Instant::now();
     let child = Command::new(format!("/{}", crate::build::IMAGE_CRYPTSETUP))
-        .args(["open", "--type", "bitlk", "--key-file=-", "--disable-keyring"])
+        // --debug: cryptsetup 2.6 says why BITLK failed only there ("No more VMKs to try": the
+        // key opened no protector); exit 1 also covers other errors. Keys are not in it.
+        .args([
+            "open",
+            "--type",
+            "bitlk",
+            "--key-file=-",
+            "--disable-keyring",
+            "--debug",
+        ])
         .arg(format!("/dev/{dev}"))
         .arg(name)
         // No udev in the image: libdevmapper makes the /dev/mapper node itself.
@@ -755,12 +776,28 @@ fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'sta
     if o.status.success() {
         return Ok(ms);
     }
-    let err = String::from_utf8_lossy(&o.stderr).trim().replace('\n', "; ");
-    // Exit code 2: no key slot opened with this passphrase (cryptsetup(8), RETURN CODES).
-    if o.status.code() == Some(2) {
+    let all = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // What a person would read: cryptsetup's own messages, not its debug lines.
+    let err = all
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    // Exit code 2 (no key slot opened, cryptsetup(8)), or BITLK's "no VMK opened" (exit 1).
+    if o.status.code() == Some(2)
+        || all.contains("No more VMKs to try")
+        || all.contains("No key available")
+    {
         Err(("bitlocker-key-rejected", format!("the recovery key released for this volume does not unlock it (wrong key escrowed?): cryptsetup: {err}")))
     } else {
-        Err(("bitlocker-locked", format!("cryptsetup could not unlock it ({}): {err}", o.status)))
+        Err((
+            "bitlocker-locked",
+            format!("cryptsetup could not unlock it ({}): {err}", o.status),
+        ))
     }
 }
 

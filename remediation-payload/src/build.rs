@@ -104,12 +104,19 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, String> {
     let mut libs = Vec::new();
     for line in String::from_utf8_lossy(&o.stdout).lines() {
         if line.contains("not found") {
-            return Err(format!("{}: a library is missing: {}", bin.display(), line.trim()));
+            return Err(format!(
+                "{}: a library is missing: {}",
+                bin.display(),
+                line.trim()
+            ));
         }
         // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let path = match line.split_once("=>") {
             Some((_, r)) => r.split_whitespace().next(),
-            None => line.split_whitespace().next().filter(|p| p.starts_with('/')),
+            None => line
+                .split_whitespace()
+                .next()
+                .filter(|p| p.starts_with('/')),
         };
         if let Some(p) = path.filter(|p| p.starts_with('/')) {
             libs.push(PathBuf::from(p));
@@ -154,7 +161,10 @@ fn zstd(data: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|_| "zstd: writer panicked".to_string())?
         .map_err(|e| format!("zstd: {e}"))?;
     if !o.status.success() {
-        return Err(format!("zstd: {}", String::from_utf8_lossy(&o.stderr).trim()));
+        return Err(format!(
+            "zstd: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ));
     }
     Ok(o.stdout)
 }
@@ -286,7 +296,9 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         cs_bytes as f64 / 1e6
     ));
     a.char_dev("dev/console", 5, 1);
-    for d in ["proc", "sys", "run", "tmp", "mnt", "usr", "usr/sbin", "lib", "lib64"] {
+    for d in [
+        "proc", "sys", "run", "tmp", "mnt", "usr", "usr/sbin", "lib", "lib64",
+    ] {
         a.dir(d);
     }
     progress("[4/5] initramfs (cpio newc, zstd -19)");

@@ -129,13 +129,18 @@
     });
   }
 
-  // CSV import: read the chosen file into the text box.
-  const file = $("#import-file");
-  if (file) {
+  // CSV imports: read the chosen file into the form's text box (data-into names it).
+  document.querySelectorAll("input[type=file][data-into]").forEach((file) => {
     file.addEventListener("change", () => {
       const f = file.files[0];
       if (!f) return;
-      f.text().then((t) => { $("#import-text").value = t; });
+      f.text().then((t) => { $(file.dataset.into).value = t; });
     });
-  }
+  });
+  // Revealing a recovery key is audited: ask first.
+  document.querySelectorAll("form.reveal").forEach((f) => {
+    f.addEventListener("submit", (e) => {
+      if (!confirm("Show this recovery key? The reveal is written to the audit log.")) e.preventDefault();
+    });
+  });
 })();

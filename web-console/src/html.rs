@@ -642,3 +642,240 @@ pub async fn ui_campaign_action(
     };
     campaign_page(&c, &s, &id, Some(msg))
 }
+
+/// One escrowed key as the keys page shows it (never the password).
+struct KeyRow {
+    protector_id: String,
+    hostname: Option<String>,
+    source: String,
+    imported: String,
+    released: String,
+    reveals: u32,
+}
+
+#[derive(Template)]
+#[template(path = "bitlocker.html")]
+struct KeysPage {
+    user: String,
+    read_only: bool,
+    csrf: String,
+    keys: Vec<KeyRow>,
+}
+
+/// `GET /bitlocker`: escrowed keys, import form, audited reveal.
+pub async fn keys_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let s = match session(&c, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let fleet = c.fleet.clone();
+    let keys = match tokio::task::spawn_blocking(move || fleet.escrow_list()).await {
+        Ok(Ok(k)) => k,
+        Ok(Err(e)) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")).into_response(),
+    };
+    let keys = keys
+        .into_iter()
+        .map(|k| KeyRow {
+            released: if k.releases.is_empty() {
+                "-".into()
+            } else {
+                k.releases
+                    .iter()
+                    .map(|r| format!("{} ({}, {})", r.mac, r.scope, query::iso(r.time_ms)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+            protector_id: k.protector_id,
+            hostname: k.hostname,
+            source: k.source.to_string(),
+            imported: query::iso(k.imported_ms),
+            reveals: k.reveals,
+        })
+        .collect();
+    page(
+        StatusCode::OK,
+        &KeysPage {
+            user: s.name,
+            read_only: s.read_only,
+            csrf: s.csrf,
+            keys,
+        },
+    )
+}
+
+/// A result page for the BitLocker forms.
+fn keys_result(
+    s: Session,
+    status: StatusCode,
+    title: &str,
+    summary: String,
+    lines: Vec<(String, String, bool)>,
+    back: String,
+) -> Response {
+    page(
+        status,
+        &ResultPage {
+            user: s.name,
+            read_only: s.read_only,
+            csrf: s.csrf,
+            title: title.into(),
+            summary,
+            lines,
+            back,
+        },
+    )
+}
+
+/// The message of an API error response (`{"error": ...}`), for a console page.
+async fn error_text(r: Response) -> (StatusCode, String) {
+    let status = r.status();
+    let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+        .await
+        .unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let msg = v["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).to_string());
+    (status, msg)
+}
+
+pub async fn ui_keys_import(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let text = field(&f, "csv").unwrap_or("").as_bytes().to_vec();
+    let actor = format!("console:{}", s.name);
+    let r = crate::bitlocker::import_bytes(&c, &actor, text).await;
+    let (status, summary, lines) = match r {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            (
+                status,
+                format!(
+                    "{} keys imported ({} new, {} replaced) from a {} export; {} rows refused",
+                    v["imported"].as_u64().unwrap_or(0) + v["updated"].as_u64().unwrap_or(0),
+                    v["imported"],
+                    v["updated"],
+                    v["format"].as_str().unwrap_or("?"),
+                    v["errors"].as_array().map(Vec::len).unwrap_or(0)
+                ),
+                v["errors"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|e| {
+                        (
+                            format!("line {}", e["line"]),
+                            e["error"].as_str().unwrap_or("").to_string(),
+                            false,
+                        )
+                    })
+                    .collect(),
+            )
+        }
+        Err(r) => {
+            let (status, msg) = error_text(r).await;
+            (status, msg, vec![])
+        }
+    };
+    keys_result(
+        s,
+        status,
+        "Import BitLocker keys",
+        summary,
+        lines,
+        "/bitlocker".into(),
+    )
+}
+
+pub async fn ui_keys_reveal(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Some(id) = field(&f, "protector_id").and_then(|p| fleet::escrow::protector_id(p).ok())
+    else {
+        return (StatusCode::BAD_REQUEST, "not a recovery key ID\n").into_response();
+    };
+    let (fleet, actor, pid) = (c.fleet.clone(), format!("console:{}", s.name), id.clone());
+    let r = tokio::task::spawn_blocking(move || {
+        fleet.escrow_reveal(&pid, &actor, netboot_server::now_ms())
+    })
+    .await;
+    let (status, summary, lines) = match r {
+        Ok(Ok(Some(pw))) => {
+            if let Err(e) = c.fleet.durable().await {
+                return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response();
+            }
+            (
+                StatusCode::OK,
+                "Recovery key (this reveal is in the audit log):".to_string(),
+                vec![(id, pw.expose().to_string(), true)],
+            )
+        }
+        Ok(Ok(None)) => (
+            StatusCode::NOT_FOUND,
+            format!("no key is escrowed for {id}"),
+            vec![],
+        ),
+        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e, vec![]),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![]),
+    };
+    keys_result(
+        s,
+        status,
+        "BitLocker recovery key",
+        summary,
+        lines,
+        "/bitlocker".into(),
+    )
+}
+
+pub async fn ui_key_paste(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let Ok(mac) = mac.parse::<fleet::Mac>() else {
+        return (StatusCode::BAD_REQUEST, "not a MAC address\n").into_response();
+    };
+    let p = crate::bitlocker::Paste {
+        recovery_password: field(&f, "recovery_password").unwrap_or("").to_string(),
+        protector_id: field(&f, "protector_id")
+            .filter(|p| !p.is_empty())
+            .map(str::to_string),
+    };
+    let actor = format!("console:{}", s.name);
+    let back = format!("/hosts/{mac}");
+    match crate::bitlocker::paste_key(&c, &actor, mac, &p).await {
+        Ok(_) => (StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response(),
+        Err(r) => {
+            let (status, msg) = error_text(r).await;
+            keys_result(s, status, "Paste a BitLocker key", msg, vec![], back)
+        }
+    }
+}

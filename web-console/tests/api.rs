@@ -829,24 +829,46 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
         ID1.to_uppercase(),
         RP2.replace("516978", "516979")
     );
-    let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", Some(&t.viewer), "text/csv", &ad)).await;
+    let (s, _, b) = send(
+        &t,
+        post("/api/v1/bitlocker/keys", Some(&t.viewer), "text/csv", &ad),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
     let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", None, "text/csv", &ad)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
-    let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", &ad)).await;
+    let (s, _, b) = send(
+        &t,
+        post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", &ad),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let v = json(&b);
-    assert_eq!((v["format"].as_str(), v["imported"].as_u64()), (Some("active-directory"), Some(2)), "{b}");
+    assert_eq!(
+        (v["format"].as_str(), v["imported"].as_u64()),
+        (Some("active-directory"), Some(2)),
+        "{b}"
+    );
     assert_eq!(v["errors"][0]["line"], 4, "{b}");
-    assert!(!b.contains("516979") && !b.contains("235818"), "no password in the answer: {b}");
+    assert!(
+        !b.contains("516979") && !b.contains("235818"),
+        "no password in the answer: {b}"
+    );
     for bad in ["", "name,site\nx,y\n", "\u{0}\u{1}"] {
-        let (s, _, b) = send(&t, post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", bad)).await;
+        let (s, _, b) = send(
+            &t,
+            post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", bad),
+        )
+        .await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}: {b}");
     }
     // The list never carries a password; readers may list.
     let (s, _, b) = send(&t, get("/api/v1/bitlocker/keys", Some(&t.viewer))).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(b.contains(ID1) && b.contains("PC-001") && !b.contains("235818"), "{b}");
+    assert!(
+        b.contains(ID1) && b.contains("PC-001") && !b.contains("235818"),
+        "{b}"
+    );
     // Reveal: writers only, audited.
     let reveal = format!("/api/v1/bitlocker/keys/{ID1}/reveal");
     let (s, _, _) = send(&t, post(&reveal, Some(&t.viewer), "application/json", "")).await;
@@ -855,8 +877,14 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(json(&b)["recovery_password"], RP1);
     for (path, want) in [
-        ("/api/v1/bitlocker/keys/not-a-guid/reveal", StatusCode::BAD_REQUEST),
-        ("/api/v1/bitlocker/keys/00000000-0000-0000-0000-000000000000/reveal", StatusCode::NOT_FOUND),
+        (
+            "/api/v1/bitlocker/keys/not-a-guid/reveal",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/api/v1/bitlocker/keys/00000000-0000-0000-0000-000000000000/reveal",
+            StatusCode::NOT_FOUND,
+        ),
     ] {
         let (s, _, b) = send(&t, post(path, Some(&t.admin), "application/json", "")).await;
         assert_eq!(s, want, "{path}: {b}");
@@ -864,12 +892,18 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
 
     // Release: only inside an active campaign.
     let now = 1_721_366_900_000;
-    assert!(matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("not in an active campaign")));
-    let mut spec = fleet::CampaignSpec {
+    assert!(
+        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("not in an active campaign"))
+    );
+    let spec = fleet::CampaignSpec {
         name: "bitlk".into(),
         targets: fleet::campaign::Targets::List(vec![m1, m2]),
         waves: vec!["100%".parse().unwrap()],
-        gate: fleet::campaign::Gate { min_success: 1, max_failure_rate: 1.0, min_soak_ms: 0 },
+        gate: fleet::campaign::Gate {
+            min_success: 1,
+            max_failure_rate: 1.0,
+            min_soak_ms: 0,
+        },
         concurrency: 10,
         host_timeout_ms: 3_600_000,
         verify_window_ms: None,
@@ -877,7 +911,8 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     spec.validate().unwrap();
     let hosts = t.fleet.hosts();
     t.policy.with(|cs| {
-        let mut c = fleet::Campaign::new("c-bitlk".into(), spec.clone(), String::new(), now).unwrap();
+        let mut c =
+            fleet::Campaign::new("c-bitlk".into(), spec.clone(), String::new(), now).unwrap();
         c.start(&hosts, &Default::default(), now).unwrap();
         cs.push(c);
     });
@@ -890,18 +925,29 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
             })
             .unwrap();
     }
-    let KeyAnswer::Release { protector_id, password } = t.fleet.release_key(m1, &[ID1.into()], "vda3", now) else {
+    let KeyAnswer::Release {
+        protector_id,
+        password,
+    } = t.fleet.release_key(m1, &[ID1.into()], "vda3", now)
+    else {
         panic!("pc-001's own key is released");
     };
     assert_eq!((protector_id.as_str(), password.expose()), (ID1, RP1));
     assert!(t.fleet.host(m1).unwrap().rotate_bitlocker_key);
     // Once per host per campaign.
-    assert!(matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now + 1), KeyAnswer::Refuse(r) if r.contains("already released")));
+    assert!(
+        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now + 1), KeyAnswer::Refuse(r) if r.contains("already released"))
+    );
     // pc-002 asking for a key escrowed for PC-777: refused.
-    assert!(matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("escrowed for PC-777")));
+    assert!(
+        matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("escrowed for PC-777"))
+    );
     // pc-002's disk carries a protector nobody escrowed: it waits in needs-attention.
     let id3 = "b9859a34-8139-4d5e-a628-412bef9ba206";
-    assert!(matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now), KeyAnswer::Wait(_)));
+    assert!(matches!(
+        t.fleet.release_key(m2, &[id3.into()], "vda3", now),
+        KeyAnswer::Wait(_)
+    ));
     let h = t.fleet.host(m2).unwrap();
     assert_eq!(h.state.name(), "needs-attention");
     assert_eq!(h.bitlocker_waiting, vec![id3.to_string()]);
@@ -912,34 +958,87 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     for (body, want) in [
         ("{}".to_string(), StatusCode::BAD_REQUEST),
         ("not json".to_string(), StatusCode::BAD_REQUEST),
-        (r#"{"recovery_password": "123", "extra": 1}"#.to_string(), StatusCode::BAD_REQUEST),
-        (r#"{"recovery_password": "123"}"#.to_string(), StatusCode::UNPROCESSABLE_ENTITY),
-        (format!(r#"{{"recovery_password": "{}"}}"#, RP2.replace("516978", "516979")), StatusCode::UNPROCESSABLE_ENTITY),
-        (format!(r#"{{"recovery_password": "{RP2}", "protector_id": "x"}}"#), StatusCode::UNPROCESSABLE_ENTITY),
+        (
+            r#"{"recovery_password": "123", "extra": 1}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            r#"{"recovery_password": "123"}"#.to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!(
+                r#"{{"recovery_password": "{}"}}"#,
+                RP2.replace("516978", "516979")
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            format!(r#"{{"recovery_password": "{RP2}", "protector_id": "x"}}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
     ] {
         let (s, _, b) = send(&t, post(paste, Some(&t.admin), "application/json", &body)).await;
         assert_eq!(s, want, "{body}: {b}");
     }
-    let (s, _, _) = send(&t, post(paste, Some(&t.viewer), "application/json", &format!(r#"{{"recovery_password": "{RP2}"}}"#))).await;
+    let (s, _, _) = send(
+        &t,
+        post(
+            paste,
+            Some(&t.viewer),
+            "application/json",
+            &format!(r#"{{"recovery_password": "{RP2}"}}"#),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, _, b) = send(&t, post("/api/v1/hosts/52:54:00:ab:00:77/bitlocker-key", Some(&t.admin), "application/json", &format!(r#"{{"recovery_password": "{RP2}"}}"#))).await;
+    let (s, _, b) = send(
+        &t,
+        post(
+            "/api/v1/hosts/52:54:00:ab:00:77/bitlocker-key",
+            Some(&t.admin),
+            "application/json",
+            &format!(r#"{{"recovery_password": "{RP2}"}}"#),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
-    let (s, _, b) = send(&t, post(paste, Some(&t.admin), "application/json", &format!(r#"{{"recovery_password": "{RP2}"}}"#))).await;
+    let (s, _, b) = send(
+        &t,
+        post(
+            paste,
+            Some(&t.admin),
+            "application/json",
+            &format!(r#"{{"recovery_password": "{RP2}"}}"#),
+        ),
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(json(&b)["protector_id"], id3);
-    let KeyAnswer::Release { password, .. } = t.fleet.release_key(m2, &[id3.into()], "vda3", now + 2) else {
+    let KeyAnswer::Release { password, .. } =
+        t.fleet.release_key(m2, &[id3.into()], "vda3", now + 2)
+    else {
         panic!("the pasted key is released to the waiting host");
     };
     assert_eq!(password.expose(), RP2);
     assert!(t.fleet.host(m2).unwrap().bitlocker_waiting.is_empty());
-    assert!(matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now + 3), KeyAnswer::Refuse(r) if r.contains("already released")));
+    assert!(
+        matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now + 3), KeyAnswer::Refuse(r) if r.contains("already released"))
+    );
     // The export flags both hosts for a key rotation.
     let (_, _, b) = send(&t, get("/api/v1/export?format=csv", Some(&t.admin))).await;
     let rot: Vec<&str> = b.lines().filter(|l| l.ends_with(",yes")).collect();
     assert_eq!(rot.len(), 2, "{b}");
     // The audit log has every import, reveal, release, refusal and paste, and no password.
     let (_, _, b) = send(&t, get("/api/v1/audit", Some(&t.admin))).await;
-    for what in ["bitlocker-import", "bitlocker-reveal", "bitlocker-release", "bitlocker-refuse", "bitlocker-paste", "bitlocker-wait"] {
+    for what in [
+        "bitlocker-import",
+        "bitlocker-reveal",
+        "bitlocker-release",
+        "bitlocker-refuse",
+        "bitlocker-paste",
+        "bitlocker-wait",
+    ] {
         assert!(b.contains(what), "{what} missing: {b}");
     }
     for pw in [RP1, RP2, "235818", "042647"] {
