@@ -6,10 +6,11 @@
 //!   the disk on the host.
 //! - pc-bl2: an aes-xts-256 volume whose escrowed key is wrong, a partially encrypted one, and
 //!   an aes-cbc-elephant-128 (Windows 7) volume that unlocks (dislocker cannot write through the
-//!   diffuser, so it holds no file system and is reported as not mountable): needs attention,
-//!   with each reason.
+//!   diffuser, so it holds no file system and is reported as not mountable), and a suspended
+//!   one (clear key): needs attention, with each reason.
 //! - pc-bl3: an aes-cbc-256 volume with no escrowed key: the host waits in needs-attention,
-//!   the key is pasted through the API, the agent picks it up and the volume is remediated.
+//!   an admin pastes the key in the console's form, the agent picks it up and the volume is
+//!   remediated.
 //!
 //! A second request for a released key is refused (here and in web-console/tests/api.rs).
 use crate::campaign::{api_json, cli, state, token, wait_for};
@@ -42,6 +43,15 @@ fn images_conf(dir: &Path) -> HashMap<String, HashMap<String, String>> {
     out
 }
 
+/// A FUSE mount (dislocker, ntfs-3g) taken down when dropped, also when a step panics.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = sh(&format!("umount {}", self.0.display()));
+    }
+}
+
 /// A copy of a Windows-made BitLocker image whose decrypted area now holds NTFS with Windows'
 /// layout and the bad channel file (written through dislocker-fuse and ntfs-3g on the host).
 fn encrypted_windows_volume(lab: &Lab, imgs: &Path, image: &str, rp: &str, seed: u8) -> PathBuf {
@@ -62,12 +72,14 @@ fn encrypted_windows_volume(lab: &Lab, imgs: &Path, image: &str, rp: &str, seed:
         out.display(),
         m1.display()
     ));
+    let outer = Mounted(m1.clone());
     let plain = m1.join("dislocker-file");
     must(&format!(
         "mkntfs -F -Q -q -L WINDOWS {} 2>/dev/null",
         plain.display()
     ));
     must(&format!("ntfs-3g {} {}", plain.display(), m2.display()));
+    let inner = Mounted(m2.clone());
     let cs = m2.join(CS);
     std::fs::create_dir_all(&cs).unwrap();
     std::fs::write(cs.join(BAD), channel_file(seed, 20_000)).unwrap();
@@ -77,13 +89,13 @@ fn encrypted_windows_volume(lab: &Lab, imgs: &Path, image: &str, rp: &str, seed:
         cs.join(BAD).display()
     ));
     std::fs::write(m2.join("Windows/System32/ntoskrnl.exe"), b"MZ").unwrap();
-    must(&format!("umount {}", m2.display()));
-    must(&format!("umount {}", m1.display()));
+    drop(inner);
+    drop(outer);
     out
 }
 
 /// Files under a directory of an encrypted volume (decrypted on the host with dislocker).
-fn ls_encrypted(lab: &Lab, vol: &Path, rp: &str, dir: &str) -> Vec<String> {
+fn ls_encrypted(vol: &Path, rp: &str, dir: &str) -> Vec<String> {
     let m = vol.with_extension("check");
     std::fs::create_dir_all(&m).unwrap();
     must(&format!(
@@ -91,6 +103,7 @@ fn ls_encrypted(lab: &Lab, vol: &Path, rp: &str, dir: &str) -> Vec<String> {
         vol.display(),
         m.display()
     ));
+    let _mounted = Mounted(m.clone());
     let plain = m.join("dislocker-file");
     let mut out = ntfs_ls(&plain, dir);
     if out.is_empty() {
@@ -99,8 +112,6 @@ fn ls_encrypted(lab: &Lab, vol: &Path, rp: &str, dir: &str) -> Vec<String> {
             ntfs_read(&plain, &format!("{CS}/{BAD}")).map(|b| b.len())
         )];
     }
-    let _ = lab;
-    must(&format!("umount {}", m.display()));
     out
 }
 
@@ -215,7 +226,9 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
         imgs.join("bitlk-aes-cbc-elephant-128.img").display(),
         elephant.display()
     ));
-    let (d2, _) = disk_of(&lab, "pc-bl2", &[&v2, &partial, &elephant]);
+    // Suspended protection: Windows stored a clear key (refused, never guessed at).
+    let suspended = imgs.join("bitlk-aes-xts-128-clearkey-only.img");
+    let (d2, _) = disk_of(&lab, "pc-bl2", &[&v2, &partial, &elephant, &suspended]);
     let (d3, s3) = disk_of(&lab, "pc-bl3", &[&v3]);
 
     // The fleet and the keys: an Active Directory export (computer name, msFVE-RecoveryGuid in
@@ -306,16 +319,36 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
     );
     assert_eq!(state(&lab, &tok, macs[2]), "needs-attention");
     let waited = t0.elapsed();
+    // An admin pastes it in the console: log in, open the host page, submit its form.
+    let jar = lab.dir.join("cookies");
+    let base = format!("http://{SERVER_IP}:8080");
+    lab.exec(&format!(
+        "curl -s -m 10 -c {} -d token={tok} {base}/login",
+        jar.display()
+    ));
+    let page = lab.exec(&format!(
+        "curl -s -m 10 -b {} {base}/hosts/{}",
+        jar.display(),
+        macs[2]
+    ));
+    let page = String::from_utf8_lossy(&page.stdout).to_string();
+    assert!(
+        page.contains("Waiting for a BitLocker recovery key"),
+        "{page}"
+    );
+    let csrf = page
+        .split("name=\"csrf\" content=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{page}"));
     let paste = lab.exec(&format!(
-        "curl -s -m 10 -H 'Authorization: Bearer {tok}' -H 'content-type: application/json' -d '{{\"recovery_password\": \"{}\"}}' http://{SERVER_IP}:8080/api/v1/hosts/{}/bitlocker-key",
+        "curl -s -m 10 -o /dev/null -w '%{{http_code}}' -b {} --data-urlencode csrf={csrf} --data-urlencode protector_id={} --data-urlencode recovery_password={} {base}/ui/hosts/{}/bitlocker-key",
+        jar.display(),
+        rid("bitlk-aes-cbc-256"),
         rp("bitlk-aes-cbc-256"),
         macs[2]
     ));
-    assert!(
-        String::from_utf8_lossy(&paste.stdout).contains(&rid("bitlk-aes-cbc-256")),
-        "{paste:?}"
-    );
-
+    assert_eq!(String::from_utf8_lossy(&paste.stdout), "303", "{paste:?}");
     for (i, g) in guests.iter_mut().enumerate() {
         assert!(
             g.wait_exit(Instant::now() + Duration::from_secs(300)),
@@ -367,9 +400,9 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
     for (i, (n, vol)) in v1.iter().enumerate() {
         let part = lab.dir.join(format!("after-{n}.vol"));
         extract(&d1, s1[i], std::fs::metadata(vol).unwrap().len(), &part);
-        let cs = ls_encrypted(&lab, &part, &rp(n), CS);
+        let cs = ls_encrypted(&part, &rp(n), CS);
         assert!(!cs.iter().any(|f| f == BAD), "{n}: {cs:?}");
-        let q = ls_encrypted(&lab, &part, &rp(n), "unbrick-quarantine");
+        let q = ls_encrypted(&part, &rp(n), "unbrick-quarantine");
         assert!(
             !q.is_empty() && !q[0].starts_with("(nothing"),
             "{n}: quarantine {q:?}"
@@ -382,6 +415,7 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
     let r2 = h2["reason"].as_str().unwrap();
     assert!(r2.contains("does not unlock"), "{r2}");
     assert!(r2.contains("only partially encrypted"), "{r2}");
+    assert!(r2.contains("protection is suspended"), "{r2}");
     let v2s = h2["last_report"]["volumes"].as_array().unwrap();
     let el = v2s
         .iter()
@@ -405,7 +439,7 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
     assert_eq!(h3["state"], "remediated", "{h3}");
     let part = lab.dir.join("after-bl3.vol");
     extract(&d3, s3[0], std::fs::metadata(&v3).unwrap().len(), &part);
-    assert!(!ls_encrypted(&lab, &part, &rp("bitlk-aes-cbc-256"), CS)
+    assert!(!ls_encrypted(&part, &rp("bitlk-aes-cbc-256"), CS)
         .iter()
         .any(|f| f == BAD));
 

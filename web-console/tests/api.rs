@@ -114,6 +114,58 @@ fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
+/// Logs in to the console with the admin token; returns the session cookie.
+async fn console_login(t: &T) -> String {
+    login_set_cookie(t)
+        .await
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The console's Set-Cookie answer to a login with the admin token.
+async fn login_set_cookie(t: &T) -> String {
+    let (s, h, _) = send(
+        t,
+        post(
+            "/login",
+            None,
+            "application/x-www-form-urlencoded",
+            &format!("token={}", t.admin),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    h[header::SET_COOKIE].to_str().unwrap().to_string()
+}
+
+fn page_req(cookie: &str, path: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, cookie)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn form_req(cookie: &str, path: &str, body: String) -> Request<Body> {
+    Request::post(path)
+        .header(header::COOKIE, cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+/// The CSRF token a console page carries in its forms.
+fn csrf_of(html: &str) -> String {
+    html.split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no CSRF token in {html}"))
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 #[tokio::test]
 async fn every_endpoint_refuses_missing_and_bad_credentials() {
     let t = setup("auth");
@@ -485,26 +537,10 @@ async fn console_login_csrf_and_forms() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(b.contains("unknown or revoked"));
-    let (s, h, _) = send(
-        &t,
-        post(
-            "/login",
-            None,
-            "application/x-www-form-urlencoded",
-            &format!("token={}", t.admin),
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::SEE_OTHER);
-    let cookie = h[header::SET_COOKIE].to_str().unwrap().to_string();
+    let cookie = login_set_cookie(&t).await;
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
     let cookie = cookie.split(';').next().unwrap().to_string();
-    let with_cookie = |path: &str| {
-        Request::get(path)
-            .header(header::COOKIE, &cookie)
-            .body(Body::empty())
-            .unwrap()
-    };
+    let with_cookie = |path: &str| page_req(&cookie, path);
     let (s, _, page) = send(&t, with_cookie("/?state=failed&per_page=5")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(page.contains("data-mac=\"52:54:00:ab:00:01\""));
@@ -722,47 +758,13 @@ async fn campaigns_api() {
 #[tokio::test]
 async fn campaign_pages_create_start_and_show_waves() {
     let t = setup("campaign-pages");
-    let (_, h, _) = send(
-        &t,
-        post(
-            "/login",
-            None,
-            "application/x-www-form-urlencoded",
-            &format!("token={}", t.admin),
-        ),
-    )
-    .await;
-    let cookie = h[header::SET_COOKIE]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let page = |path: &str| {
-        Request::get(path)
-            .header(header::COOKIE, &cookie)
-            .body(Body::empty())
-            .unwrap()
-    };
+    let cookie = console_login(&t).await;
+    let page = |path: &str| page_req(&cookie, path);
     let (s, _, b) = send(&t, page("/campaigns")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(b.contains("New campaign") && b.contains("No campaign yet"));
-    let csrf = b
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let form = |path: &str, body: String| {
-        Request::post(path)
-            .header(header::COOKIE, &cookie)
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Body::from(body))
-            .unwrap()
-    };
+    let csrf = csrf_of(&b);
+    let form = |path: &str, body: String| form_req(&cookie, path, body);
     let (s, _, b) = send(&t, form("/ui/campaigns", format!("csrf={csrf}&name=berlin&target_kind=site&target=berlin&waves=1%2C100%25&concurrency=3&min_success=1&max_failure_percent=10&soak_minutes=0&verify_minutes="))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert!(b.contains("Created as a draft"), "{b}");
@@ -1048,4 +1050,101 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
             assert!(ev.iter().all(|e| !e.message.contains(pw)), "{ev:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn bitlocker_console_pages_import_reveal_and_paste() {
+    let t = setup("bitlk-pages");
+    let cookie = console_login(&t).await;
+    let page = |path: &str| page_req(&cookie, path);
+    let form = |path: &str, body: String| form_req(&cookie, path, body);
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let (s, _, b) = send(&t, page("/bitlocker")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains("0 key(s) escrowed"), "{b}");
+    let csrf = csrf_of(&b);
+    // Import a plain CSV through the form (one bad row), without and with the CSRF token.
+    let csv =
+        format!("protector_id,recovery_password,hostname\n{ID1},{RP1},pc-001\n{ID2},123,pc-002\n");
+    let (s, _, _) = send(
+        &t,
+        form(
+            "/ui/bitlocker/import",
+            format!("csrf=wrong&csv={}", enc(&csv)),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, b) = send(
+        &t,
+        form(
+            "/ui/bitlocker/import",
+            format!("csrf={csrf}&csv={}", enc(&csv)),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.contains("1 keys imported") && b.contains("line 3"), "{b}");
+    let (_, _, b) = send(&t, page("/bitlocker")).await;
+    assert!(
+        b.contains(ID1) && b.contains("pc-001") && !b.contains(RP1),
+        "{b}"
+    );
+    // Reveal: shown on the result page, counted, audited.
+    let (s, _, b) = send(
+        &t,
+        form(
+            "/ui/bitlocker/reveal",
+            format!("csrf={csrf}&protector_id={ID1}"),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains(RP1), "{b}");
+    let (_, _, b) = send(&t, get("/api/v1/audit", Some(&t.admin))).await;
+    assert!(
+        b.contains("bitlocker-reveal") && b.contains("console:ops"),
+        "{b}"
+    );
+    // A host waiting for a key shows the paste form; a bad key is refused with its reason, the
+    // right one goes back to the host page.
+    let m = Mac([0x52, 0x54, 0, 0xab, 0, 5]);
+    t.fleet
+        .update(m, 1, &mut |h| {
+            h.bitlocker_waiting = vec![ID2.into()];
+            h.rotate_bitlocker_key = true;
+            Ok(())
+        })
+        .unwrap();
+    let (_, _, b) = send(&t, page("/hosts/52:54:00:ab:00:05")).await;
+    assert!(
+        b.contains("Waiting for a BitLocker recovery key") && b.contains(ID2),
+        "{b}"
+    );
+    assert!(b.contains("rotate BitLocker recovery key"), "{b}");
+    let (s, _, b) = send(
+        &t,
+        form(
+            "/ui/hosts/52:54:00:ab:00:05/bitlocker-key",
+            format!("csrf={csrf}&protector_id={ID2}&recovery_password=123"),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(b.contains("48 digits"), "{b}");
+    let (s, h, _) = send(
+        &t,
+        form(
+            "/ui/hosts/52:54:00:ab:00:05/bitlocker-key",
+            format!(
+                "csrf={csrf}&protector_id={ID2}&recovery_password={}",
+                enc(RP2)
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h[header::LOCATION], "/hosts/52:54:00:ab:00:05");
+    let (_, _, b) = send(&t, get("/api/v1/bitlocker/keys", Some(&t.admin))).await;
+    assert!(b.contains(ID2) && b.contains("\"console\""), "{b}");
 }
