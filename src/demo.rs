@@ -374,7 +374,14 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
             .map_err(|e| Fail(format!("{}: {e}", d.store().display())))?;
     }
     crate::init::run(&a.data_dir, None).map_err(Fail)?;
-    crate::image_build(&a.data_dir, None, Some(kernel_dir), a.agent.clone(), None)?;
+    crate::image_build(
+        &a.data_dir,
+        None,
+        Some(kernel_dir),
+        a.agent.clone(),
+        None,
+        true,
+    )?;
     let book = web_console::tokens::TokenBook::new(&d.tokens());
     let _ = book.revoke("demo-admin");
     let token = book

@@ -276,6 +276,10 @@ enum ImageCmd {
         agent: Option<PathBuf>,
         #[arg(long)]
         image_version: Option<String>,
+        /// Leave out BitLocker unlocking (cryptsetup, its libraries, dm-crypt): a smaller image
+        /// for fleets without BitLocker; encrypted volumes are then only reported.
+        #[arg(long)]
+        no_bitlocker: bool,
     },
     /// Write manifest.json and manifest.json.sig over every file in DIR.
     Sign {
@@ -661,6 +665,7 @@ pub(crate) fn image_build(
     kernel_dir: Option<PathBuf>,
     agent: Option<PathBuf>,
     version: Option<String>,
+    bitlocker: bool,
 ) -> Result<(), Fail> {
     let d = DataDir(data_dir.to_path_buf());
     let trusted = signing::PublicKey::load(&d.public_key()).map_err(|e| {
@@ -697,6 +702,7 @@ pub(crate) fn image_build(
             public_key: &trusted,
             image_version: &version,
             server_cert_sha256: Some(fingerprint),
+            bitlocker,
             cryptsetup: None,
         },
         &mut |msg| println!("{msg}"),
@@ -733,7 +739,15 @@ fn image(i: ImageCmd) -> Result<(), Fail> {
             kernel_dir,
             agent,
             image_version,
-        } => image_build(&data_dir, kernel_deb, kernel_dir, agent, image_version)?,
+            no_bitlocker,
+        } => image_build(
+            &data_dir,
+            kernel_deb,
+            kernel_dir,
+            agent,
+            image_version,
+            !no_bitlocker,
+        )?,
         ImageCmd::Sign {
             dir,
             key,

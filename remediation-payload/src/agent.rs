@@ -608,6 +608,10 @@ fn bitlocker_unlock(ctx: &Ctx, dev: &str) -> Bitlk {
     {
         return locked(dev, "bitlocker-suspended", format!("{what}: BitLocker protection is suspended (a clear key is stored on the disk); unbrick does not unlock suspended volumes. Repair it by hand or resume protection"), protectors);
     }
+    if !Path::new("/").join(crate::build::IMAGE_CRYPTSETUP).exists() {
+        // Checked before asking: a key must not leave escrow for an image that cannot use it.
+        return locked(dev, "bitlocker-locked", format!("{what}: this recovery image was built without BitLocker unlocking (image build --no-bitlocker); recovery key ID {}", i.recovery_ids().join(", ")), protectors);
+    }
     let ids: Vec<String> = i.recovery_ids().iter().map(|s| s.to_string()).collect();
     if ids.is_empty() {
         let kinds: Vec<String> = i.protectors.iter().map(|p| p.kind.to_string()).collect();

@@ -2,7 +2,7 @@
 //! newc, gzip) holding the static agent as `/init`, the kernel modules it needs (resolved from
 //! modules.dep, dependencies first, kept compressed) and the agent's configuration.
 use crate::cpio::Archive;
-use crate::modules::{parse_builtin, ModuleDep, HARDWARE, REQUIRED};
+use crate::modules::{parse_builtin, ModuleDep, BITLOCKER, HARDWARE, REQUIRED};
 use std::path::{Path, PathBuf};
 
 pub struct BuildInput<'a> {
@@ -14,6 +14,8 @@ pub struct BuildInput<'a> {
     pub image_version: &'a str,
     /// `sha256:<hex>` of the server's TLS certificate, pinned by the agent.
     pub server_cert_sha256: Option<String>,
+    /// Ship BitLocker unlocking (cryptsetup, its libraries, dm-crypt): the default.
+    pub bitlocker: bool,
     /// cryptsetup to ship (default: the build machine's, see [`CRYPTSETUP`]).
     pub cryptsetup: Option<&'a Path>,
 }
@@ -226,11 +228,16 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
     );
     let builtin =
         parse_builtin(&std::fs::read_to_string(mdir.join("modules.builtin")).unwrap_or_default());
-    let (_, missing_required) = dep.resolve(REQUIRED, &builtin);
+    let required: Vec<&str> = REQUIRED
+        .iter()
+        .chain(if input.bitlocker { BITLOCKER } else { &[] })
+        .copied()
+        .collect();
+    let (_, missing_required) = dep.resolve(&required, &builtin);
     if !missing_required.is_empty() {
         return Err(format!("kernel {kver} lacks modules the payload needs: {} (use Debian's 6.12 kernel from bookworm-backports; bookworm's 6.1 has no ntfs3)", missing_required.join(", ")));
     }
-    let wanted: Vec<&str> = REQUIRED.iter().chain(HARDWARE).copied().collect();
+    let wanted: Vec<&str> = required.iter().chain(HARDWARE).copied().collect();
     let (order, missing_hardware) = dep.resolve(&wanted, &builtin);
     let mut mods = Vec::new();
     let mut deps = std::collections::BTreeMap::new();
@@ -274,6 +281,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         aliases,
         always: crate::modules::ALWAYS
             .iter()
+            .chain(if input.bitlocker { BITLOCKER } else { &[] })
             .map(|s| s.to_string())
             .collect(),
         server_cert_sha256: input.server_cert_sha256.clone(),
@@ -283,18 +291,22 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         serde_json::to_vec_pretty(&cfg).expect("config serializes"),
         0o644,
     );
-    progress("      cryptsetup with its libraries (BitLocker unlock)");
-    let cs = input
-        .cryptsetup
-        .map(Path::to_path_buf)
-        .or_else(|| CRYPTSETUP.iter().map(PathBuf::from).find(|p| p.exists()))
-        .ok_or("cryptsetup is not installed on this machine; the image needs it to unlock BitLocker (apt-get install cryptsetup-bin)")?;
-    let cs_bytes = add_cryptsetup(&mut a, &cs)?;
-    progress(&format!(
-        "      {} and its libraries: {:.1} MB",
-        cs.display(),
-        cs_bytes as f64 / 1e6
-    ));
+    if input.bitlocker {
+        progress("      cryptsetup with its libraries (BitLocker unlock)");
+        let cs = input
+            .cryptsetup
+            .map(Path::to_path_buf)
+            .or_else(|| CRYPTSETUP.iter().map(PathBuf::from).find(|p| p.exists()))
+            .ok_or("cryptsetup is not installed on this machine; the image needs it to unlock BitLocker (apt-get install cryptsetup-bin, or build with --no-bitlocker)")?;
+        let cs_bytes = add_cryptsetup(&mut a, &cs)?;
+        progress(&format!(
+            "      {} and its libraries: {:.1} MB",
+            cs.display(),
+            cs_bytes as f64 / 1e6
+        ));
+    } else {
+        progress("      without BitLocker unlocking (--no-bitlocker): encrypted volumes are reported, not opened");
+    }
     a.char_dev("dev/console", 5, 1);
     for d in [
         "proc", "sys", "run", "tmp", "mnt", "usr", "usr/sbin", "lib", "lib64",

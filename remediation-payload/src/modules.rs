@@ -15,14 +15,12 @@ pub const REQUIRED: &[&str] = &[
     "nvme",
     "ntfs3",
     "efivarfs",
-    // BitLocker unlock (cryptsetup's BITLK): device-mapper, dm-crypt, dm-zero for the metadata
-    // areas, and XTS (Windows 10+ default; CBC and the elephant diffuser are built into the
-    // kernel and dm-crypt).
-    "dm_mod",
-    "dm_crypt",
-    "dm_zero",
-    "xts",
 ];
+
+/// BitLocker unlock (cryptsetup's BITLK): device-mapper, dm-crypt, dm-zero for the metadata
+/// areas, and XTS (Windows 10+ default; CBC and the elephant diffuser are built into the kernel
+/// and dm-crypt). Required, and always loaded, unless the image is built without BitLocker.
+pub const BITLOCKER: &[&str] = &["dm_mod", "dm_crypt", "dm_zero", "xts"];
 
 /// Real-hardware drivers; missing ones are reported but not fatal.
 pub const HARDWARE: &[&str] = &[
@@ -125,9 +123,7 @@ impl ModuleDep {
 
 /// Modules loaded whatever the hardware: file systems and the SCSI disk driver that storage
 /// controllers hand their disks to.
-pub const ALWAYS: &[&str] = &[
-    "ntfs3", "efivarfs", "sd_mod", "dm_mod", "dm_crypt", "dm_zero", "xts",
-];
+pub const ALWAYS: &[&str] = &["ntfs3", "efivarfs", "sd_mod"];
 
 /// `modules.alias` lines (`alias PATTERN MODULE`) for the given modules only.
 pub fn parse_alias(text: &str, keep: &BTreeSet<String>) -> Vec<(String, String)> {

@@ -279,6 +279,27 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
         out.contains("4 keys imported") && out.contains("active-directory"),
         "{out}"
     );
+    // A file with only bad rows: nothing imported, a non-zero exit, each row by line.
+    let bad = lab.dir.join("bad-keys.csv");
+    std::fs::write(
+        &bad,
+        "Device name,Key ID,Recovery key\nPC-X,not-a-guid,1\nPC-Y,64311dea-4587-4029-924a-ba299647998e,123456-123456\n",
+    )
+    .unwrap();
+    let o = lab.exec(&format!(
+        "{} keys import-bitlocker {} --server http://{SERVER_IP}:8080 --token {tok}",
+        unbrick(),
+        bad.display()
+    ));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !o.status.success() && text.contains("line 2") && text.contains("line 3"),
+        "{text}"
+    );
     let listed = cli(&lab, &tok, "keys list-bitlocker");
     assert!(
         listed.contains(&rid("bitlk-aes-xts-128")) && !listed.contains(&rp("bitlk-aes-xts-128")),
