@@ -38,7 +38,7 @@ enum Cmd {
     },
     /// Serve DHCP (proxy or full), TFTP and HTTP boot on one interface.
     Serve(ServeArgs),
-    /// Signing keys.
+    /// Signing keys and escrowed BitLocker recovery keys.
     #[command(subcommand)]
     Keys(KeysCmd),
     /// Recovery images.
@@ -229,10 +229,12 @@ pub enum KeysCmd {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Import escrowed BitLocker recovery keys from a CSV export: Active Directory
-    /// (msFVE-RecoveryGuid, msFVE-RecoveryPassword, computer name or DistinguishedName), Entra ID /
-    /// Intune (Device name, Key ID, Recovery key) or plain protector_id,recovery_password[,hostname].
-    /// Bad rows are reported by line, the rest imported; keys are sealed at rest.
+    /// Import escrowed BitLocker recovery keys from an AD, Entra ID / Intune or plain CSV export.
+    ///
+    /// Active Directory: msFVE-RecoveryGuid, msFVE-RecoveryPassword, and ComputerName or the
+    /// DistinguishedName. Entra ID / Intune: Device name, Key ID, Recovery key. Plain:
+    /// protector_id,recovery_password[,hostname]. Bad rows are reported by line, the rest
+    /// imported; keys are sealed at rest.
     ImportBitlocker {
         file: PathBuf,
         #[command(flatten)]
