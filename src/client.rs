@@ -597,21 +597,6 @@ fn local_actor() -> String {
     )
 }
 
-fn print_escrow_import(v: &serde_json::Value) {
-    println!(
-        "{} keys imported ({} new, {} replaced) from a {} export; {} rows refused",
-        v["imported"].as_u64().unwrap_or(0) + v["updated"].as_u64().unwrap_or(0),
-        v["imported"],
-        v["updated"],
-        v["format"].as_str().unwrap_or("?"),
-        v["errors"].as_array().map(Vec::len).unwrap_or(0)
-    );
-    let errs = import_errors(&serde_json::to_vec(v).unwrap_or_default());
-    if !errs.is_empty() {
-        println!("{errs}");
-    }
-}
-
 /// `unbrick keys import-bitlocker|list-bitlocker|reveal-bitlocker`.
 pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
     use crate::KeysCmd;
@@ -619,8 +604,13 @@ pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
         KeysCmd::ImportBitlocker { file, target } => {
             let data =
                 std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
-            let v = if let Some(api) = Api::from(&target)? {
-                api.json("POST", "/api/v1/bitlocker/keys", Some((&data, "text/csv")))?
+            let r: netboot_server::escrow::ImportResult = if let Some(api) = Api::from(&target)? {
+                serde_json::from_value(api.json(
+                    "POST",
+                    "/api/v1/bitlocker/keys",
+                    Some((&data, "text/csv")),
+                )?)
+                .map_err(|e| Fail(format!("the server's import answer: {e}")))?
             } else {
                 let parsed = fleet::escrow::parse_export(&data)
                     .map_err(|e| Fail(format!("{}: {e}", file.display())))?;
@@ -629,10 +619,13 @@ pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
                     .escrow_import(&parsed, &local_actor(), crate::now_unix() * 1000)
                     .map_err(Fail)?;
                 fl.store().flush().map_err(|e| Fail(e.to_string()))?;
-                serde_json::to_value(&r)?
+                r
             };
-            print_escrow_import(&v);
-            if v["imported"].as_u64().unwrap_or(0) + v["updated"].as_u64().unwrap_or(0) == 0 {
+            println!("{}", r.summary());
+            for e in &r.errors {
+                println!("  line {}: {}", e.line, e.error);
+            }
+            if r.stored() == 0 {
                 return Err(Fail(format!("{}: no key imported", file.display())));
             }
             Ok(())

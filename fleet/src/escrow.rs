@@ -402,7 +402,11 @@ pub enum ReleaseDecision {
         reason: String,
     },
     /// Refused for good (for this boot): the reason goes to the agent, the host and the audit log.
-    Refuse { reason: String },
+    /// `already_released`: one of the reasons is an earlier release (a conflict, not a denial).
+    Refuse {
+        reason: String,
+        already_released: bool,
+    },
 }
 
 /// The release policy. `ids`: the recovery-password protector IDs the agent read from the disk
@@ -422,14 +426,17 @@ pub fn decide(
     let Some(scope) = scope else {
         return ReleaseDecision::Refuse {
             reason: "this host is not in an active campaign: keys are released only to hosts of a running campaign".into(),
+            already_released: false,
         };
     };
     if ids.is_empty() {
         return ReleaseDecision::Refuse {
             reason: "the volume has no recovery-password protector".into(),
+            already_released: false,
         };
     }
     let mut refusals = Vec::new();
+    let mut already_released = false;
     let mut missing = Vec::new();
     for (id, rec) in ids.iter().zip(records) {
         let Some(rec) = rec else {
@@ -462,6 +469,7 @@ pub fn decide(
             .iter()
             .find(|r| r.mac == host.mac && r.scope == scope)
         {
+            already_released = true;
             refusals.push(format!(
                 "the key for protector {id} was already released to this host in campaign {scope} (at {} ms); an admin can paste it in the console to allow another unlock",
                 r.time_ms
@@ -476,6 +484,7 @@ pub fn decide(
     if !refusals.is_empty() {
         return ReleaseDecision::Refuse {
             reason: refusals.join("; "),
+            already_released,
         };
     }
     ReleaseDecision::Wait {

@@ -366,14 +366,14 @@ pub async fn bitlocker_key(
             }),
         )
             .into_response(),
-        KeyAnswer::Refuse(r) => (
-            if r.contains("already released") {
+        KeyAnswer::Refuse { reason, conflict } => (
+            if conflict {
                 StatusCode::CONFLICT
             } else {
                 StatusCode::FORBIDDEN
             },
             Json(KeyReply {
-                refused: Some(r),
+                refused: Some(reason),
                 ..none
             }),
         )

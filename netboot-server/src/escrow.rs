@@ -7,11 +7,10 @@ use fleet::escrow::{
     decide, vault::Vault, EscrowRecord, EscrowSummary, Parsed, RecoveryPassword, Release,
     ReleaseDecision, Source,
 };
-use fleet::store::AuditEntry;
 use fleet::{EventSource, HostState, Mac};
 
 /// What an import did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImportResult {
     pub format: String,
     pub imported: usize,
@@ -19,10 +18,29 @@ pub struct ImportResult {
     pub errors: Vec<ImportError>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ImportError {
     pub line: usize,
     pub error: String,
+}
+
+impl ImportResult {
+    /// Keys stored, new or replacing an earlier one.
+    pub fn stored(&self) -> usize {
+        self.imported + self.updated
+    }
+
+    /// One line for the admin (CLI and console).
+    pub fn summary(&self) -> String {
+        format!(
+            "{} keys imported ({} new, {} replaced) from a {} export; {} rows refused",
+            self.stored(),
+            self.imported,
+            self.updated,
+            self.format,
+            self.errors.len()
+        )
+    }
 }
 
 /// The answer to an agent's key request.
@@ -32,7 +50,20 @@ pub enum KeyAnswer {
         password: RecoveryPassword,
     },
     Wait(String),
-    Refuse(String),
+    /// `conflict`: refused because the key was released to this host before (HTTP 409).
+    Refuse {
+        reason: String,
+        conflict: bool,
+    },
+}
+
+impl KeyAnswer {
+    fn refuse(reason: String) -> KeyAnswer {
+        KeyAnswer::Refuse {
+            reason,
+            conflict: false,
+        }
+    }
 }
 
 impl FleetIo {
@@ -42,13 +73,9 @@ impl FleetIo {
         })
     }
 
+    /// An audit entry whose failure is logged (the release or refusal already happened).
     fn audit_entry(&self, actor: &str, action: &str, detail: String, now_ms: u64) {
-        if let Err(e) = self.store().audit(&AuditEntry {
-            time_ms: now_ms,
-            actor: actor.to_string(),
-            action: action.to_string(),
-            detail,
-        }) {
+        if let Err(e) = self.audit(actor, action, detail, now_ms) {
             tracing::error!("audit log: {e}");
         }
     }
@@ -217,11 +244,11 @@ impl FleetIo {
     pub fn release_key(&self, mac: Mac, ids: &[String], volume: &str, now_ms: u64) -> KeyAnswer {
         let actor = format!("agent {mac}");
         let Some(host) = self.host(mac) else {
-            return KeyAnswer::Refuse(format!("no host {mac}"));
+            return KeyAnswer::refuse(format!("no host {mac}"));
         };
         let vault = match self.vault() {
             Ok(v) => v,
-            Err(e) => return KeyAnswer::Refuse(e),
+            Err(e) => return KeyAnswer::refuse(e),
         };
         let scope = self.policy().key_scope(mac);
         let _g = self.escrow_lock.lock().unwrap();
@@ -229,7 +256,7 @@ impl FleetIo {
         for id in ids {
             match self.store().escrow(id) {
                 Ok(r) => records.push(r),
-                Err(e) => return KeyAnswer::Refuse(format!("store: {e}")),
+                Err(e) => return KeyAnswer::refuse(format!("store: {e}")),
             }
         }
         match decide(ids, &records, &host, scope.as_deref()) {
@@ -247,7 +274,7 @@ impl FleetIo {
                     Err(e) => {
                         drop(_g);
                         self.refused(mac, &actor, volume, &e, now_ms);
-                        return KeyAnswer::Refuse(e);
+                        return KeyAnswer::refuse(e);
                     }
                 };
                 let scope = scope.expect("released only in a campaign");
@@ -261,7 +288,7 @@ impl FleetIo {
                     rec.manual_grant = None;
                 }
                 if let Err(e) = self.store().put_escrow(&rec) {
-                    return KeyAnswer::Refuse(format!("store: {e}"));
+                    return KeyAnswer::refuse(format!("store: {e}"));
                 }
                 drop(_g);
                 let _ = self.update(mac, now_ms, &mut |h| {
@@ -317,10 +344,16 @@ impl FleetIo {
                 }
                 KeyAnswer::Wait(reason)
             }
-            ReleaseDecision::Refuse { reason } => {
+            ReleaseDecision::Refuse {
+                reason,
+                already_released,
+            } => {
                 drop(_g);
                 self.refused(mac, &actor, volume, &reason, now_ms);
-                KeyAnswer::Refuse(reason)
+                KeyAnswer::Refuse {
+                    reason,
+                    conflict: already_released,
+                }
             }
         }
     }

@@ -197,6 +197,22 @@ impl FleetIo {
         }
     }
 
+    /// Appends an entry to the audit log (admin actions, key releases).
+    pub fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: String,
+        now_ms: u64,
+    ) -> Result<(), fleet::StoreError> {
+        self.store.audit(&fleet::store::AuditEntry {
+            time_ms: now_ms,
+            actor: actor.to_string(),
+            action: action.to_string(),
+            detail,
+        })
+    }
+
     pub fn store(&self) -> &dyn Store {
         &*self.store
     }

@@ -608,7 +608,7 @@ fn bitlocker_unlock(ctx: &Ctx, dev: &str) -> Bitlk {
     {
         return locked(dev, "bitlocker-suspended", format!("{what}: BitLocker protection is suspended (a clear key is stored on the disk); unbrick does not unlock suspended volumes. Repair it by hand or resume protection"), protectors);
     }
-    if !Path::new("/").join(crate::build::IMAGE_CRYPTSETUP).exists() {
+    if !cryptsetup_path().exists() {
         // Checked before asking: a key must not leave escrow for an image that cannot use it.
         return locked(dev, "bitlocker-locked", format!("{what}: this recovery image was built without BitLocker unlocking (image build --no-bitlocker); recovery key ID {}", i.recovery_ids().join(", ")), protectors);
     }
@@ -742,10 +742,10 @@ fn request_key(
 /// environment). Returns the milliseconds it took (the key derivation is most of it).
 fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'static str, String)> {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let _ = std::fs::create_dir_all("/run/cryptsetup");
     let t = Instant::now();
-    let child = Command::new(format!("/{}", crate::build::IMAGE_CRYPTSETUP))
+    let child = cryptsetup()
         // --debug: cryptsetup 2.6 says why BITLK failed only there ("No more VMKs to try": the
         // key opened no protector); exit 1 also covers other errors. Keys are not in it.
         .args([
@@ -758,9 +758,6 @@ fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'sta
         ])
         .arg(format!("/dev/{dev}"))
         .arg(name)
-        // No udev in the image: libdevmapper makes the /dev/mapper node itself.
-        .env("DM_DISABLE_UDEV", "1")
-        .env("LC_ALL", "C")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -805,15 +802,24 @@ fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'sta
     }
 }
 
+/// cryptsetup as the image ships it.
+fn cryptsetup_path() -> PathBuf {
+    Path::new("/").join(crate::build::IMAGE_CRYPTSETUP)
+}
+
+/// A cryptsetup command for this image: no udev here (libdevmapper makes the /dev/mapper node
+/// itself), C locale.
+fn cryptsetup() -> std::process::Command {
+    let mut c = std::process::Command::new(cryptsetup_path());
+    c.env("DM_DISABLE_UDEV", "1").env("LC_ALL", "C");
+    c
+}
+
 /// Closes an unlocked mapping (retried: a just-unmounted file system may still hold it).
 fn cryptsetup_close(name: &str) -> Result<(), String> {
     let mut last = String::new();
     for _ in 0..10 {
-        match std::process::Command::new(format!("/{}", crate::build::IMAGE_CRYPTSETUP))
-            .args(["close", name])
-            .env("DM_DISABLE_UDEV", "1")
-            .output()
-        {
+        match cryptsetup().args(["close", name]).output() {
             Ok(o) if o.status.success() => return Ok(()),
             Ok(o) => last = String::from_utf8_lossy(&o.stderr).trim().to_string(),
             Err(e) => last = e.to_string(),

@@ -52,6 +52,19 @@ impl Drop for Mounted {
     }
 }
 
+/// `vol` decrypted by dislocker-fuse at `mnt` (`mnt/dislocker-file` is the plain volume),
+/// read-only or not; unmounted when the guard drops.
+fn dislocker(vol: &Path, rp: &str, mnt: &Path, read_only: bool) -> Mounted {
+    std::fs::create_dir_all(mnt).unwrap();
+    must(&format!(
+        "dislocker-fuse {}-V {} -p{rp} -- {}",
+        if read_only { "-r " } else { "" },
+        vol.display(),
+        mnt.display()
+    ));
+    Mounted(mnt.to_path_buf())
+}
+
 /// A copy of a Windows-made BitLocker image whose decrypted area now holds NTFS with Windows'
 /// layout and the bad channel file (written through dislocker-fuse and ntfs-3g on the host).
 fn encrypted_windows_volume(lab: &Lab, imgs: &Path, image: &str, rp: &str, seed: u8) -> PathBuf {
@@ -65,14 +78,8 @@ fn encrypted_windows_volume(lab: &Lab, imgs: &Path, image: &str, rp: &str, seed:
         lab.dir.join(format!("{image}.m1")),
         lab.dir.join(format!("{image}.m2")),
     );
-    std::fs::create_dir_all(&m1).unwrap();
     std::fs::create_dir_all(&m2).unwrap();
-    must(&format!(
-        "dislocker-fuse -V {} -p{rp} -- {}",
-        out.display(),
-        m1.display()
-    ));
-    let outer = Mounted(m1.clone());
+    let outer = dislocker(&out, rp, &m1, false);
     let plain = m1.join("dislocker-file");
     must(&format!(
         "mkntfs -F -Q -q -L WINDOWS {} 2>/dev/null",
@@ -97,13 +104,7 @@ fn encrypted_windows_volume(lab: &Lab, imgs: &Path, image: &str, rp: &str, seed:
 /// Files under a directory of an encrypted volume (decrypted on the host with dislocker).
 fn ls_encrypted(vol: &Path, rp: &str, dir: &str) -> Vec<String> {
     let m = vol.with_extension("check");
-    std::fs::create_dir_all(&m).unwrap();
-    must(&format!(
-        "dislocker-fuse -r -V {} -p{rp} -- {}",
-        vol.display(),
-        m.display()
-    ));
-    let _mounted = Mounted(m.clone());
+    let _mounted = dislocker(vol, rp, &m, true);
     let plain = m.join("dislocker-file");
     let mut out = ntfs_ls(&plain, dir);
     if out.is_empty() {

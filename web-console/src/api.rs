@@ -329,13 +329,7 @@ pub async fn apply_import(
 #[allow(clippy::result_large_err)]
 fn record_audit(c: &Console, actor: &str, action: &str, detail: String) -> Result<(), Response> {
     c.fleet
-        .store()
-        .audit(&fleet::store::AuditEntry {
-            time_ms: now(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            detail,
-        })
+        .audit(actor, action, detail, now())
         .map_err(unavailable)
 }
 

@@ -1,6 +1,7 @@
 //! The admin API for escrowed BitLocker recovery keys: import an export (AD, Entra ID, plain
 //! CSV), list them (never the passwords), reveal one (audited, write tokens only), and paste a
-//! key for a host whose agent waits.
+//! key for a host whose agent waits. The operations answer `(status, message)` on failure, like
+//! the campaign operations, so the API and the console pages share them.
 use crate::api::parse_mac;
 use crate::auth::{caller, error};
 use crate::Console;
@@ -10,44 +11,55 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::escrow::{parse_export, protector_id, RecoveryPassword};
+use netboot_server::escrow::ImportResult;
 use serde::Deserialize;
 use std::sync::Arc;
 
-type Res = Result<Response, Response>;
+/// A failed operation: the status and the reason, for an API error or a console page.
+pub type Failure = (StatusCode, String);
 
-fn done(r: Res) -> Response {
-    r.unwrap_or_else(|e| e)
+fn respond(r: Result<Response, Failure>) -> Response {
+    r.unwrap_or_else(|(s, m)| error(s, m))
 }
 
 /// Runs a blocking escrow operation (store, vault) off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, Response> {
+) -> Result<T, Failure> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))
 }
 
-async fn durable(c: &Console) -> Result<(), Response> {
+async fn durable(c: &Console) -> Result<(), Failure> {
     c.fleet
         .durable()
         .await
-        .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
 }
 
 /// `POST /api/v1/bitlocker/keys`: a CSV export in the body.
 pub async fn import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
-    let r = async {
-        let who = caller(&c, &Method::POST, &headers)?;
-        import_bytes(&c, &who.actor, body.to_vec()).await
+    let who = match caller(&c, &Method::POST, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
     };
-    done(r.await)
+    respond(
+        import_export(&c, &who.actor, body.to_vec())
+            .await
+            .map(|(status, res)| (status, Json(res)).into_response()),
+    )
 }
 
-/// Parses and stores an export; 422 when the file is not an export or no row was good.
-pub async fn import_bytes(c: &Arc<Console>, actor: &str, body: Vec<u8>) -> Res {
-    let parsed = parse_export(&body).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+/// Parses and stores an export. The status is 422 when no row was good; a file that is not an
+/// export at all is a failure.
+pub async fn import_export(
+    c: &Console,
+    actor: &str,
+    body: Vec<u8>,
+) -> Result<(StatusCode, ImportResult), Failure> {
+    let parsed = parse_export(&body).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let status = if parsed.rows.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -57,18 +69,35 @@ pub async fn import_bytes(c: &Arc<Console>, actor: &str, body: Vec<u8>) -> Res {
     let res =
         blocking(move || fleet.escrow_import(&parsed, &actor, netboot_server::now_ms())).await?;
     durable(c).await?;
-    Ok((status, Json(res)).into_response())
+    Ok((status, res))
 }
 
 /// `GET /api/v1/bitlocker/keys`: every escrowed key without its password.
 pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let r = async {
-        caller(&c, &Method::GET, &headers)?;
-        let fleet = c.fleet.clone();
-        let keys = blocking(move || fleet.escrow_list()).await?;
-        Ok(Json(serde_json::json!({ "keys": keys })).into_response())
-    };
-    done(r.await)
+    if let Err(r) = caller(&c, &Method::GET, &headers) {
+        return r;
+    }
+    let fleet = c.fleet.clone();
+    respond(
+        blocking(move || fleet.escrow_list())
+            .await
+            .map(|keys| Json(serde_json::json!({ "keys": keys })).into_response()),
+    )
+}
+
+/// An admin asks to see one password (audited); 404 when nothing is escrowed for it.
+pub async fn reveal_key(c: &Console, actor: &str, id: &str) -> Result<RecoveryPassword, Failure> {
+    let (fleet, actor, pid) = (c.fleet.clone(), actor.to_string(), id.to_string());
+    let pw = blocking(move || fleet.escrow_reveal(&pid, &actor, netboot_server::now_ms()))
+        .await?
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!("no key is escrowed for protector {id}"),
+            )
+        })?;
+    durable(c).await?;
+    Ok(pw)
 }
 
 /// `POST /api/v1/bitlocker/keys/{id}/reveal`: one password, to an admin who asks (audited).
@@ -77,26 +106,20 @@ pub async fn reveal(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
+    let who = match caller(&c, &Method::POST, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
     let r = async {
-        let who = caller(&c, &Method::POST, &headers)?;
-        let id = protector_id(&id).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-        let (fleet, actor, pid) = (c.fleet.clone(), who.actor.clone(), id.clone());
-        let pw = blocking(move || fleet.escrow_reveal(&pid, &actor, netboot_server::now_ms()))
-            .await?
-            .ok_or_else(|| {
-                error(
-                    StatusCode::NOT_FOUND,
-                    format!("no key is escrowed for protector {id}"),
-                )
-            })?;
-        durable(&c).await?;
+        let id = protector_id(&id).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let pw = reveal_key(&c, &who.actor, &id).await?;
         Ok(Json(serde_json::json!({
             "protector_id": id,
             "recovery_password": pw.expose(),
         }))
         .into_response())
     };
-    done(r.await)
+    respond(r.await)
 }
 
 #[derive(Debug, Deserialize)]
@@ -114,25 +137,40 @@ pub async fn paste(
     Path(mac): Path<String>,
     body: Bytes,
 ) -> Response {
-    let r = async {
-        let who = caller(&c, &Method::POST, &headers)?;
-        let mac = parse_mac(&mac)?;
-        let p: Paste = serde_json::from_slice(&body).map_err(|e| {
-            error(
+    let who = match caller(&c, &Method::POST, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let mac = match parse_mac(&mac) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let p: Paste = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
                 StatusCode::BAD_REQUEST,
                 format!("body: {e} (expected {{\"recovery_password\": \"...\", \"protector_id\": optional}})"),
             )
-        })?;
-        paste_key(&c, &who.actor, mac, &p).await
+        }
     };
-    done(r.await)
+    respond(paste_key(&c, &who.actor, mac, &p).await.map(|id| {
+        Json(serde_json::json!({ "mac": mac.to_string(), "protector_id": id })).into_response()
+    }))
 }
 
-pub async fn paste_key(c: &Arc<Console>, actor: &str, mac: fleet::Mac, p: &Paste) -> Res {
+/// Escrows a pasted key for `mac` (validated) and grants it to that host once. Returns the
+/// protector ID it was filed under.
+pub async fn paste_key(
+    c: &Console,
+    actor: &str,
+    mac: fleet::Mac,
+    p: &Paste,
+) -> Result<String, Failure> {
     let pw = RecoveryPassword::parse(&p.recovery_password)
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
     if c.fleet.host(mac).is_none() {
-        return Err(error(StatusCode::NOT_FOUND, format!("no host {mac}")));
+        return Err((StatusCode::NOT_FOUND, format!("no host {mac}")));
     }
     let (fleet, actor, pid) = (c.fleet.clone(), actor.to_string(), p.protector_id.clone());
     let id = blocking(move || {
@@ -140,5 +178,5 @@ pub async fn paste_key(c: &Arc<Console>, actor: &str, mac: fleet::Mac, p: &Paste
     })
     .await?;
     durable(c).await?;
-    Ok(Json(serde_json::json!({ "mac": mac.to_string(), "protector_id": id })).into_response())
+    Ok(id)
 }

@@ -231,12 +231,9 @@ pub async fn create(
 }
 
 fn audit(c: &Console, actor: &str, action: &str, detail: String) {
-    let _ = c.fleet.store().audit(&fleet::store::AuditEntry {
-        time_ms: netboot_server::now_ms(),
-        actor: actor.to_string(),
-        action: action.to_string(),
-        detail,
-    });
+    let _ = c
+        .fleet
+        .audit(actor, action, detail, netboot_server::now_ms());
 }
 
 /// start | pause | resume | abort | rollback.

@@ -401,18 +401,7 @@ pub async fn ui_actions(
         ),
         Err(r) => return r,
     };
-    page(
-        status,
-        &ResultPage {
-            user: s.name,
-            read_only: s.read_only,
-            csrf: s.csrf,
-            title: "Bulk action".into(),
-            summary,
-            lines,
-            back,
-        },
-    )
+    result_page(s, status, "Bulk action", summary, lines, back)
 }
 
 pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -442,18 +431,7 @@ pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: 
             Err(r) => return r,
         },
     };
-    page(
-        status,
-        &ResultPage {
-            user: s.name,
-            read_only: s.read_only,
-            csrf: s.csrf,
-            title: "Import".into(),
-            summary,
-            lines,
-            back: "/".into(),
-        },
-    )
+    result_page(s, status, "Import", summary, lines, "/".into())
 }
 
 pub async fn script() -> Response {
@@ -704,8 +682,8 @@ pub async fn keys_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Res
     )
 }
 
-/// A result page for the BitLocker forms.
-fn keys_result(
+/// The result page of a form (bulk action, import, key reveal or paste).
+fn result_page(
     s: Session,
     status: StatusCode,
     title: &str,
@@ -727,20 +705,6 @@ fn keys_result(
     )
 }
 
-/// The message of an API error response (`{"error": ...}`), for a console page.
-async fn error_text(r: Response) -> (StatusCode, String) {
-    let status = r.status();
-    let body = axum::body::to_bytes(r.into_body(), 1 << 16)
-        .await
-        .unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let msg = v["error"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).to_string());
-    (status, msg)
-}
-
 pub async fn ui_keys_import(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -753,45 +717,18 @@ pub async fn ui_keys_import(
     };
     let text = field(&f, "csv").unwrap_or("").as_bytes().to_vec();
     let actor = format!("console:{}", s.name);
-    let r = crate::bitlocker::import_bytes(&c, &actor, text).await;
-    let (status, summary, lines) = match r {
-        Ok(resp) => {
-            let status = resp.status();
-            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-                .await
-                .unwrap_or_default();
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            (
-                status,
-                format!(
-                    "{} keys imported ({} new, {} replaced) from a {} export; {} rows refused",
-                    v["imported"].as_u64().unwrap_or(0) + v["updated"].as_u64().unwrap_or(0),
-                    v["imported"],
-                    v["updated"],
-                    v["format"].as_str().unwrap_or("?"),
-                    v["errors"].as_array().map(Vec::len).unwrap_or(0)
-                ),
-                v["errors"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|e| {
-                        (
-                            format!("line {}", e["line"]),
-                            e["error"].as_str().unwrap_or("").to_string(),
-                            false,
-                        )
-                    })
-                    .collect(),
-            )
-        }
-        Err(r) => {
-            let (status, msg) = error_text(r).await;
-            (status, msg, vec![])
-        }
+    let (status, summary, lines) = match crate::bitlocker::import_export(&c, &actor, text).await {
+        Ok((status, r)) => (
+            status,
+            r.summary(),
+            r.errors
+                .into_iter()
+                .map(|e| (format!("line {}", e.line), e.error, false))
+                .collect(),
+        ),
+        Err((status, msg)) => (status, msg, vec![]),
     };
-    keys_result(
+    result_page(
         s,
         status,
         "Import BitLocker keys",
@@ -815,31 +752,16 @@ pub async fn ui_keys_reveal(
     else {
         return (StatusCode::BAD_REQUEST, "not a recovery key ID\n").into_response();
     };
-    let (fleet, actor, pid) = (c.fleet.clone(), format!("console:{}", s.name), id.clone());
-    let r = tokio::task::spawn_blocking(move || {
-        fleet.escrow_reveal(&pid, &actor, netboot_server::now_ms())
-    })
-    .await;
-    let (status, summary, lines) = match r {
-        Ok(Ok(Some(pw))) => {
-            if let Err(e) = c.fleet.durable().await {
-                return (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")).into_response();
-            }
-            (
-                StatusCode::OK,
-                "Recovery key (this reveal is in the audit log):".to_string(),
-                vec![(id, pw.expose().to_string(), true)],
-            )
-        }
-        Ok(Ok(None)) => (
-            StatusCode::NOT_FOUND,
-            format!("no key is escrowed for {id}"),
-            vec![],
+    let actor = format!("console:{}", s.name);
+    let (status, summary, lines) = match crate::bitlocker::reveal_key(&c, &actor, &id).await {
+        Ok(pw) => (
+            StatusCode::OK,
+            "Recovery key (this reveal is in the audit log):".to_string(),
+            vec![(id, pw.expose().to_string(), true)],
         ),
-        Ok(Err(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e, vec![]),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string(), vec![]),
+        Err((status, msg)) => (status, msg, vec![]),
     };
-    keys_result(
+    result_page(
         s,
         status,
         "BitLocker recovery key",
@@ -873,9 +795,6 @@ pub async fn ui_key_paste(
     let back = format!("/hosts/{mac}");
     match crate::bitlocker::paste_key(&c, &actor, mac, &p).await {
         Ok(_) => (StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response(),
-        Err(r) => {
-            let (status, msg) = error_text(r).await;
-            keys_result(s, status, "Paste a BitLocker key", msg, vec![], back)
-        }
+        Err((status, msg)) => result_page(s, status, "Paste a BitLocker key", msg, vec![], back),
     }
 }

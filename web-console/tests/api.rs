@@ -895,7 +895,7 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     // Release: only inside an active campaign.
     let now = 1_721_366_900_000;
     assert!(
-        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("not in an active campaign"))
+        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("not in an active campaign"))
     );
     let spec = fleet::CampaignSpec {
         name: "bitlk".into(),
@@ -938,11 +938,11 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     assert!(t.fleet.host(m1).unwrap().rotate_bitlocker_key);
     // Once per host per campaign.
     assert!(
-        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now + 1), KeyAnswer::Refuse(r) if r.contains("already released"))
+        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now + 1), KeyAnswer::Refuse { reason: r, conflict: true } if r.contains("already released"))
     );
     // pc-002 asking for a key escrowed for PC-777: refused.
     assert!(
-        matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", now), KeyAnswer::Refuse(r) if r.contains("escrowed for PC-777"))
+        matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("escrowed for PC-777"))
     );
     // pc-002's disk carries a protector nobody escrowed: it waits in needs-attention.
     let id3 = "b9859a34-8139-4d5e-a628-412bef9ba206";
@@ -1025,7 +1025,7 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     assert_eq!(password.expose(), RP2);
     assert!(t.fleet.host(m2).unwrap().bitlocker_waiting.is_empty());
     assert!(
-        matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now + 3), KeyAnswer::Refuse(r) if r.contains("already released"))
+        matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now + 3), KeyAnswer::Refuse { reason: r, conflict: true } if r.contains("already released"))
     );
     // The export flags both hosts for a key rotation.
     let (_, _, b) = send(&t, get("/api/v1/export?format=csv", Some(&t.admin))).await;

@@ -199,7 +199,7 @@ fn release_policy() {
     };
     // Not in a campaign.
     assert!(
-        matches!(decide(&ids, &[Some(rec(ID, None))], &h, None), ReleaseDecision::Refuse { reason } if reason.contains("not in an active campaign"))
+        matches!(decide(&ids, &[Some(rec(ID, None))], &h, None), ReleaseDecision::Refuse { reason, .. } if reason.contains("not in an active campaign"))
     );
     // Escrowed without a host name, or for this host (FQDN, other case): released.
     assert_eq!(decide(&ids, &[Some(rec(ID, None))], &h, Some("c1")), ok);
@@ -209,7 +209,7 @@ fn release_policy() {
     );
     // Escrowed for another machine: refused.
     assert!(
-        matches!(decide(&ids, &[Some(rec(ID, Some("PC043")))], &h, Some("c1")), ReleaseDecision::Refuse { reason } if reason.contains("escrowed for PC043"))
+        matches!(decide(&ids, &[Some(rec(ID, Some("PC043")))], &h, Some("c1")), ReleaseDecision::Refuse { reason, .. } if reason.contains("escrowed for PC043"))
     );
     // Not escrowed: wait for a paste.
     assert!(
@@ -224,7 +224,7 @@ fn release_policy() {
     let mut inv = h.clone();
     inv.protector_ids = vec![ID2.into()];
     assert!(
-        matches!(decide(&ids, &[Some(rec(ID, None))], &inv, Some("c1")), ReleaseDecision::Refuse { reason } if reason.contains("inventory"))
+        matches!(decide(&ids, &[Some(rec(ID, None))], &inv, Some("c1")), ReleaseDecision::Refuse { reason, .. } if reason.contains("inventory"))
     );
     inv.protector_ids.push(ID.into());
     assert_eq!(decide(&ids, &[Some(rec(ID, None))], &inv, Some("c1")), ok);
@@ -237,7 +237,7 @@ fn release_policy() {
         manual: false,
     });
     assert!(
-        matches!(decide(&ids, &[Some(r.clone())], &h, Some("c1")), ReleaseDecision::Refuse { reason } if reason.contains("already released"))
+        matches!(decide(&ids, &[Some(r.clone())], &h, Some("c1")), ReleaseDecision::Refuse { reason, already_released: true } if reason.contains("already released"))
     );
     assert_eq!(
         decide(&ids, &[Some(r.clone())], &h, Some("c2")),

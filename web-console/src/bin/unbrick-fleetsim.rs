@@ -651,32 +651,19 @@ fn main() {
         println!("server peak RSS: {} MB", rss_mb(&pid));
     }
     let mut bad = false;
-    if !errors.is_empty() {
-        println!(
-            "ERRORS ({}): {}",
-            errors.len(),
-            errors
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        bad = true;
-    }
-    if !early.is_empty() {
-        println!(
-            "BOOTED OUTSIDE ITS WAVE ({}): {}",
-            early.len(),
-            early
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        );
-        bad = true;
-    }
+    // A failed check with its count and the first ten cases.
+    let mut failed = |what: &str, cases: &[String]| {
+        if !cases.is_empty() {
+            println!(
+                "{what} ({}): {}",
+                cases.len(),
+                cases[..cases.len().min(10)].join("; ")
+            );
+            bad = true;
+        }
+    };
+    failed("ERRORS", &errors);
+    failed("BOOTED OUTSIDE ITS WAVE", &early);
     if peak > conc as i32 {
         println!("CONCURRENCY EXCEEDED: {peak} > {conc}");
         bad = true;
