@@ -64,10 +64,15 @@ impl Drop {
 /// The options a request may keep: everything the decision reads, nothing else.
 const KEPT_OPTIONS: &[u8] = &[12, 50, 53, 54, 55, 57, 60, 61, 77, 93, 94, 97, 175];
 
+/// Kept options with one valid length whose dhcproto decoder assumes it: option 94, the client
+/// network interface identifier, is 3 bytes (RFC 4578 2.2); dhcproto `debug_assert!`s it.
+const FIXED_LENGTHS: &[(u8, usize)] = &[(94, 3)];
+
 /// Rebuilds a request with only [`KEPT_OPTIONS`], after checking the fixed header and the
 /// option TLVs by hand. dhcproto 0.13 panics on some hostile input (`Message::chaddr()` when hlen
 /// exceeds 16; `debug_assert!`s and an `unwrap()` in rarely used option decoders such as 121), so
-/// only these well-understood options ever reach it.
+/// only these well-understood options ever reach it; the kept options whose decoders assume a
+/// length are checked for it here (see [`FIXED_LENGTHS`]).
 fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
     const COOKIE: [u8; 4] = [99, 130, 83, 99];
     if datagram.len() < 240 {
@@ -99,6 +104,13 @@ fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
                     return Err(Drop::Malformed(format!(
                         "option {code} runs past the end of the packet"
                     )));
+                }
+                if let Some((_, want)) = FIXED_LENGTHS.iter().find(|(c, _)| *c == code) {
+                    if len != *want {
+                        return Err(Drop::Malformed(format!(
+                            "option {code} is {len} bytes long; it must be {want}"
+                        )));
+                    }
                 }
                 if KEPT_OPTIONS.contains(&code) {
                     out.extend_from_slice(&datagram[i..end]);

@@ -508,6 +508,23 @@ fn malformed_packets_are_dropped_with_a_reason() {
     cut.truncate(end);
     cut.extend_from_slice(&[60, 200, b'x']);
     assert!(matches!(parse(&cut), Err(Drop::Malformed(_))));
+    // Option 94 (client network interface) is 3 bytes; dhcproto debug-asserts it (found by
+    // mutated_requests_never_panic: 94 with length 7 panicked a debug build).
+    for len in [0u8, 2, 7] {
+        let mut nic = packet(C::UefiPxe, MessageType::Discover, vec![]);
+        let end = nic.len() - 1;
+        let mut opt = vec![94u8, len];
+        opt.extend(std::iter::repeat_n(1u8, len as usize));
+        nic.splice(end..end, opt);
+        assert_eq!(
+            parse(&nic).unwrap_err(),
+            Drop::Malformed(format!("option 94 is {len} bytes long; it must be 3"))
+        );
+    }
+    let mut nic = packet(C::UefiPxe, MessageType::Discover, vec![]);
+    let end = nic.len() - 1;
+    nic.splice(end..end, [94u8, 3, 1, 3, 0]);
+    assert!(parse(&nic).is_ok());
     let mut reply = packet(C::BiosRom, MessageType::Discover, vec![]);
     reply[0] = 2;
     assert_eq!(parse(&reply).unwrap_err(), Drop::NotARequest);
