@@ -86,6 +86,7 @@ pub struct ServeFile {
     pub secure_boot_off: Option<bool>,
     pub kernel_cmdline: Option<String>,
     pub max_tftp_transfers: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -161,6 +162,9 @@ pub const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # kernel_cmdline = ""
 
 # max_tftp_transfers = 128
+
+# An HTTP or HTTPS connection without traffic for this long is closed (agents reconnect).
+# idle_timeout_secs = 60
 
 # Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
 [boot_loaders]

@@ -211,6 +211,9 @@ struct ServeArgs {
     require_approval: bool,
     #[arg(long, env = "UNBRICK_TFTP_PORT")]
     tftp_port: Option<u16>,
+    /// Close an HTTP/HTTPS connection after this many seconds without traffic (default 60).
+    #[arg(long, env = "UNBRICK_IDLE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    idle_timeout_secs: Option<u64>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
     secure_boot_off: bool,
@@ -551,6 +554,11 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
         rules_dir: d.rules(),
         trusted_key: trusted,
         max_tftp_transfers: f.max_tftp_transfers.unwrap_or(128),
+        idle_timeout: std::time::Duration::from_secs(
+            a.idle_timeout_secs
+                .or(f.idle_timeout_secs)
+                .unwrap_or(netboot_server::idle::IDLE_TIMEOUT.as_secs()),
+        ),
     };
     let (fp, made) = d.ensure_tls().map_err(Fail)?;
     if made {

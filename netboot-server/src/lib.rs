@@ -12,6 +12,7 @@ pub mod dhcp;
 pub mod escrow;
 pub mod fleetio;
 pub mod http;
+pub mod idle;
 pub mod image;
 pub mod net;
 pub mod tftp;
@@ -75,6 +76,8 @@ pub struct ServerConfig {
     pub rules_dir: std::path::PathBuf,
     pub trusted_key: signing::PublicKey,
     pub max_tftp_transfers: usize,
+    /// HTTP and HTTPS connections without traffic for this long are closed.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// State shared by the HTTP and TFTP handlers.
@@ -362,6 +365,7 @@ pub async fn start(
     };
 
     let console = console(fleet.clone());
+    let idle_timeout = cfg.idle_timeout;
     // Plain HTTP: boot scripts and artefacts (firmware speaks nothing else), the console and the
     // admin API. HTTPS: the same plus the agent API, which is served nowhere else.
     let app = http::router(shared.clone())
@@ -380,6 +384,8 @@ pub async fn start(
     };
     let srx = rx.clone();
     tasks.push(tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        let listener = idle::IdleListener(listener, idle_timeout).tap_io(|_| {});
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop(srx))
             .await
@@ -391,7 +397,8 @@ pub async fn start(
     tasks.push(tokio::spawn(async move {
         // tap_io: axum provides the peer address (ConnectInfo) for tapped custom listeners.
         use axum::serve::ListenerExt;
-        if let Err(e) = axum::serve(tls_listener.tap_io(|_| {}), tls_app)
+        let listener = idle::IdleListener(tls_listener, idle_timeout).tap_io(|_| {});
+        if let Err(e) = axum::serve(listener, tls_app)
             .with_graceful_shutdown(stop(srx))
             .await
         {

@@ -108,6 +108,7 @@ fn setup_console() {
 }
 
 fn finish(poweroff: bool) -> ! {
+    http::close_idle();
     nix::unistd::sync();
     let mode = if poweroff {
         nix::sys::reboot::RebootMode::RB_POWER_OFF

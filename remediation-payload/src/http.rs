@@ -1,10 +1,13 @@
-//! A minimal HTTP/1.1 client for the agent and the CLI (one request per connection): enough for
-//! JSON to and from unbrick, without an async stack in PID 1. `https://` URLs need the server
-//! certificate's SHA-256 fingerprint: the certificate is pinned, no CA is consulted, and its
-//! validity dates are ignored (a boot-looping machine's clock may be anywhere).
+//! A minimal HTTP/1.1 client for the agent and the CLI: enough for JSON to and from unbrick,
+//! without an async stack in PID 1. The last connection is kept open and reused for the next
+//! request to the same server (one TLS handshake per agent run instead of one per request); a
+//! kept connection that the server closed meanwhile is replaced once, transparently, when it
+//! produced no byte of a response. `https://` URLs need the server certificate's SHA-256
+//! fingerprint: the certificate is pinned, no CA is consulted, and its validity dates are
+//! ignored (a boot-looping machine's clock may be anywhere).
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Response {
@@ -62,18 +65,17 @@ pub fn request_with(
 ) -> Result<Response, String> {
     let tls = url.starts_with("https://");
     let (host, path) = split_url(url)?;
-    let addr = std::net::ToSocketAddrs::to_socket_addrs(&host)
-        .map_err(|e| format!("{host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host}: no address"))?;
-    let s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {host}: {e}"))?;
-    s.set_read_timeout(Some(timeout)).ok();
-    s.set_write_timeout(Some(timeout)).ok();
-    s.set_nodelay(true).ok();
+    let pin =
+        if tls {
+            Some(opt.pin.ok_or_else(|| {
+                format!("{url}: https needs the server certificate's fingerprint")
+            })?)
+        } else {
+            None
+        };
     let body = body.unwrap_or(&[]);
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unbrick/{}\r\nConnection: close\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unbrick/{}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
         crate::AGENT_VERSION,
         opt.content_type.unwrap_or("application/json"),
         body.len()
@@ -82,36 +84,260 @@ pub fn request_with(
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    let mut raw = Vec::new();
-    if tls {
-        let pin = opt
-            .pin
-            .ok_or_else(|| format!("{url}: https needs the server certificate's fingerprint"))?;
-        let cfg = cached_config(pin)?;
-        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        let conn =
-            rustls::ClientConnection::new(cfg, name).map_err(|e| format!("TLS to {host}: {e}"))?;
-        let mut t = rustls::StreamOwned::new(conn, s);
-        t.write_all(head.as_bytes())
-            .and_then(|_| t.write_all(body))
-            .and_then(|_| t.flush())
-            .map_err(|e| format!("send to {host}: {e}"))?;
-        if let Err(e) = t.read_to_end(&mut raw) {
-            // A server that closes without close_notify after a complete response is fine:
-            // parse_response checks the length.
-            if e.kind() != std::io::ErrorKind::UnexpectedEof || raw.is_empty() {
-                return Err(format!("read from {host}: {e}"));
+    let key = format!("{host} {}", pin.unwrap_or(""));
+    // A kept connection to the same server with the same pin, if there is one.
+    let kept = {
+        let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+        idle.iter()
+            .position(|c| c.key == key)
+            .map(|i| idle.remove(i))
+    };
+    if let Some(mut c) = kept {
+        match c.exchange(&head, body, timeout, &host) {
+            Ok((r, keep)) => {
+                c.keep_if(keep);
+                return Ok(r);
+            }
+            // The server closed the idle connection before reading this request: a new one.
+            Err(Failure::Closed) => {}
+            Err(Failure::Other(e)) => return Err(e),
+        }
+    }
+    let mut c = Conn::open(&host, pin, timeout, key)?;
+    match c.exchange(&head, body, timeout, &host) {
+        Ok((r, keep)) => {
+            c.keep_if(keep);
+            Ok(r)
+        }
+        Err(Failure::Closed) => Err(format!("read from {host}: closed without a response")),
+        Err(Failure::Other(e)) => Err(e),
+    }
+}
+
+/// Idle connections kept for reuse, one per server (the agent talks to the agent API over HTTPS
+/// and fetches files over plain HTTP).
+static IDLE: Mutex<Vec<Conn>> = Mutex::new(Vec::new());
+/// At most this many are kept; the oldest goes first.
+const MAX_IDLE: usize = 4;
+
+/// Closes the kept connections (TLS close_notify, then FIN): the agent calls this before it
+/// reboots the machine, so the server does not wait for a peer that is gone.
+pub fn close_idle() {
+    let kept = std::mem::take(&mut *IDLE.lock().unwrap_or_else(|e| e.into_inner()));
+    for c in kept {
+        if let Stream::Tls(mut t) = c.stream {
+            t.conn.send_close_notify();
+            let _ = t.flush();
+        }
+    }
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+struct Conn {
+    /// `host:port` and pin: a connection is reused only for the same pair.
+    key: String,
+    stream: Stream,
+}
+
+enum Failure {
+    /// Not one byte of a response before the connection ended.
+    Closed,
+    Other(String),
+}
+
+impl Conn {
+    fn open(host: &str, pin: Option<&str>, timeout: Duration, key: String) -> Result<Conn, String> {
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
+            .map_err(|e| format!("{host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host}: no address"))?;
+        let s = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("connect {host}: {e}"))?;
+        s.set_nodelay(true).ok();
+        let stream = match pin {
+            Some(pin) => {
+                let cfg = cached_config(pin)?;
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                let conn = rustls::ClientConnection::new(cfg, name)
+                    .map_err(|e| format!("TLS to {host}: {e}"))?;
+                Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+            }
+            None => Stream::Plain(s),
+        };
+        Ok(Conn { key, stream })
+    }
+
+    fn tcp(&self) -> &TcpStream {
+        match &self.stream {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+
+    fn keep_if(self, keep: bool) {
+        if keep {
+            let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() >= MAX_IDLE {
+                idle.remove(0);
+            }
+            idle.push(self);
+        }
+    }
+
+    /// Sends one request and reads its response. Returns the response and whether the
+    /// connection may be used again.
+    fn exchange(
+        &mut self,
+        head: &str,
+        body: &[u8],
+        timeout: Duration,
+        host: &str,
+    ) -> Result<(Response, bool), Failure> {
+        self.tcp().set_read_timeout(Some(timeout)).ok();
+        self.tcp().set_write_timeout(Some(timeout)).ok();
+        let sent = match &mut self.stream {
+            Stream::Plain(s) => s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)),
+            Stream::Tls(t) => t
+                .write_all(head.as_bytes())
+                .and_then(|_| t.write_all(body))
+                .and_then(|_| t.flush()),
+        };
+        if let Err(e) = sent {
+            return Err(match e.kind() {
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
+                    Failure::Closed
+                }
+                _ => Failure::Other(format!("send to {host}: {e}")),
+            });
+        }
+        let mut raw = Vec::new();
+        let mut chunk = [0u8; 16384];
+        loop {
+            match response_len(&raw) {
+                Ok(Some(n)) => {
+                    let r = parse_response(&raw[..n]).map_err(Failure::Other)?;
+                    let keep = n == raw.len() && !closes(&raw[..n]);
+                    return Ok((r, keep));
+                }
+                Ok(None) => {}
+                // No length: the body ends when the server closes.
+                Err(_) => {}
+            }
+            let got = match &mut self.stream {
+                Stream::Plain(s) => s.read(&mut chunk),
+                Stream::Tls(t) => t.read(&mut chunk),
+            };
+            match got {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                // A server that closes without close_notify ends the stream like a close.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e)
+                    if raw.is_empty()
+                        && matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::ConnectionAborted
+                        ) =>
+                {
+                    return Err(Failure::Closed)
+                }
+                Err(e) => return Err(Failure::Other(format!("read from {host}: {e}"))),
             }
         }
-    } else {
-        let mut s = s;
-        s.write_all(head.as_bytes())
-            .and_then(|_| s.write_all(body))
-            .map_err(|e| format!("send to {host}: {e}"))?;
-        s.read_to_end(&mut raw)
-            .map_err(|e| format!("read from {host}: {e}"))?;
+        if raw.is_empty() {
+            return Err(Failure::Closed);
+        }
+        // The server closed: whatever arrived is the response (parse_response checks a length).
+        parse_response(&raw)
+            .map(|r| (r, false))
+            .map_err(Failure::Other)
     }
-    parse_response(&raw)
+}
+
+/// Whether the response's header says the server closes the connection.
+fn closes(response: &[u8]) -> bool {
+    header_lines(response).any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"))
+}
+
+fn header_lines(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    raw[..end].split(|&b| b == b'\n').skip(1).filter_map(|l| {
+        let l = std::str::from_utf8(l).ok()?;
+        let (k, v) = l.split_once(':')?;
+        Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+    })
+}
+
+/// How many bytes at the start of `raw` make the first complete response: `Ok(None)` while more
+/// are needed, `Err` when the response has no length (its body ends when the server closes).
+pub fn response_len(raw: &[u8]) -> Result<Option<usize>, String> {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        if raw.len() > 64 * 1024 {
+            return Err("HTTP response header longer than 64 KiB".into());
+        }
+        return Ok(None);
+    };
+    let start = end + 4;
+    let status: u16 = std::str::from_utf8(&raw[..end])
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok(Some(start));
+    }
+    let mut len = None;
+    let mut chunked = false;
+    for (k, v) in header_lines(raw) {
+        if k == "content-length" {
+            len = v.parse::<usize>().ok();
+        } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
+            chunked = true;
+        }
+    }
+    if chunked {
+        // Walk the chunks; the last is size 0, then trailer lines up to an empty line.
+        let mut at = start;
+        loop {
+            let Some(e) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+                return Ok(None);
+            };
+            let size = std::str::from_utf8(&raw[at..at + e])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+                .ok_or_else(|| "bad chunk size".to_string())?;
+            at += e + 2;
+            if size == 0 {
+                loop {
+                    let Some(e) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+                        return Ok(None);
+                    };
+                    at += e + 2;
+                    if e == 0 {
+                        return Ok(Some(at));
+                    }
+                }
+            }
+            if raw.len() < at + size + 2 {
+                return Ok(None);
+            }
+            at += size + 2;
+        }
+    }
+    match len {
+        Some(n) if raw.len() >= start + n => Ok(Some(start + n)),
+        Some(_) => Ok(None),
+        None => Err("response without a length".into()),
+    }
 }
 
 /// Parses `sha256:<64 hex>`.
@@ -125,7 +351,7 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
 }
 
 /// The client configuration for `pin`, made once per process: reusing it lets rustls resume TLS
-/// sessions across the agent's one-request connections.
+/// sessions when a connection has to be opened again.
 fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     static CACHE: std::sync::Mutex<Option<(String, Arc<rustls::ClientConfig>)>> =
         std::sync::Mutex::new(None);
@@ -301,6 +527,77 @@ mod tests {
         assert_eq!(r.body, b"abc");
         assert!(parse_response(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}").is_err());
         assert!(parse_response(b"garbage").is_err());
+        // Framing for kept connections.
+        let one = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(response_len(&one[..10]).unwrap(), None);
+        assert_eq!(response_len(&one[..one.len() - 1]).unwrap(), None);
+        assert_eq!(response_len(one).unwrap(), Some(one.len()));
+        let two = [&one[..], &one[..]].concat();
+        assert_eq!(response_len(&two).unwrap(), Some(one.len()));
+        let ch =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\nX-T: 1\r\n\r\n";
+        for cut in 0..ch.len() {
+            assert_eq!(response_len(&ch[..cut]).unwrap(), None, "{cut}");
+        }
+        assert_eq!(response_len(ch).unwrap(), Some(ch.len()));
+        assert_eq!(
+            response_len(b"HTTP/1.1 204 No Content\r\n\r\nHTTP").unwrap(),
+            Some(27)
+        );
+        assert!(response_len(b"HTTP/1.1 200 OK\r\n\r\nuntil close").is_err());
+        assert!(
+            response_len(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
+        assert!(closes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"));
+        assert!(!closes(one));
+    }
+
+    /// A real socket: two requests share a connection; when the server then closes it, the
+    /// third request goes out again on a new one without the caller noticing.
+    #[test]
+    fn keeps_and_replaces_connections() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/x", l.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut accepted = 0;
+            for answers in [2, 1] {
+                let (mut s, _) = l.accept().unwrap();
+                accepted += 1;
+                let mut buf = Vec::new();
+                for i in 0..answers {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut c = [0u8; 512];
+                        let n = s.read(&mut c).unwrap();
+                        assert!(n > 0, "client closed early");
+                        buf.extend_from_slice(&c[..n]);
+                    }
+                    buf.clear();
+                    let body = format!("{{\"n\":{i}}}");
+                    write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .unwrap();
+                }
+            }
+            accepted
+        });
+        let t = Duration::from_secs(5);
+        let a = request("GET", &url, None, t).unwrap();
+        let b = request("GET", &url, None, t).unwrap();
+        // The server has closed the first connection by now, or will when it reads this.
+        std::thread::sleep(Duration::from_millis(50));
+        let c = request("GET", &url, None, t).unwrap();
+        assert_eq!(
+            [a.body, b.body, c.body],
+            [
+                b"{\"n\":0}".to_vec(),
+                b"{\"n\":1}".to_vec(),
+                b"{\"n\":0}".to_vec()
+            ]
+        );
+        assert_eq!(server.join().unwrap(), 2);
         assert_eq!(
             split_url("http://10.0.0.1:8080/agent/v1/hello").unwrap(),
             ("10.0.0.1:8080".into(), "/agent/v1/hello".into())

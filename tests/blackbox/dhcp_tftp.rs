@@ -587,3 +587,36 @@ fn tftp_and_http_with_real_clients() {
         "TFTP transfer recorded for the host: {ev:?}"
     );
 }
+
+/// Connections are kept between requests (the agent reuses its connection) and closed by the
+/// server after the idle limit, on both listeners; seen by Python's HTTP and OpenSSL stacks.
+#[test]
+fn http_connections_kept_and_idle_ones_closed() {
+    let mut lab = Lab::new("ka");
+    lab.init();
+    lab.serve("--dhcp off --idle-timeout-secs 3");
+    let (c, _) = lab.add_client("52:54:00:cc:00:09");
+    must(&format!("ip -n {c} addr add 10.99.0.51/24 dev eth0"));
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/blackbox/helpers/keepalive.py"
+    );
+    let o = lab.exec_in(&c, &format!("python3 {script} {SERVER_IP}"));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for scheme in ["http", "https"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{scheme} ")))
+            .unwrap_or_else(|| panic!("no {scheme} line in {out}"));
+        let w: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(w[1..4], ["200", "200", "closed-after"], "{line}");
+        let secs: f64 = w[4].parse().unwrap();
+        // The limit counts from the last response; 1 s of slack for a loaded machine.
+        assert!((2.5..=4.5).contains(&secs), "{line}");
+    }
+}

@@ -1,8 +1,9 @@
 //! Load generator for the agent API and the console (scripts/bench.sh runs it).
 //!
 //! `agents`: N simulated agents at once. Each gets a per-boot token the way a machine does (its
-//! iPXE script over HTTP), then, like the real agent, opens a new TLS connection per request
-//! (certificate pinned) for hello, 5 steps and the report. Prints throughput and latency
+//! iPXE script over HTTP), then, like the real agent, opens one TLS connection (certificate
+//! pinned) and sends hello, 5 steps and the report on it (`NEW_CONN=1`: a new connection per
+//! request instead). Prints throughput and latency
 //! percentiles, and the list of acknowledged requests for `verify`.
 //!
 //! `verify`: after the server stopped, opens the store and checks that every acknowledged event
@@ -40,6 +41,40 @@ async fn request(
         body.len()
     );
     exchange::exchange(tcp, tls, &head, body).await
+}
+
+/// A request on the agent's kept connection (`conn`), opening one when there is none or the
+/// kept one fails, as the agent's client does.
+async fn kept_request(
+    conn: &mut Option<exchange::Io>,
+    tls: Option<(&tokio_rustls::TlsConnector, std::net::IpAddr)>,
+    addr: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}\r\n",
+        body.len()
+    );
+    if let Some(mut io) = conn.take() {
+        if let Ok((st, b, keep)) = io.roundtrip(&head, body).await {
+            if keep {
+                *conn = Some(io);
+            }
+            return Ok((st, b));
+        }
+    }
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_nodelay(true).ok();
+    let mut io = exchange::Io::new(tcp, tls).await?;
+    let (st, b, keep) = io.roundtrip(&head, body).await?;
+    if keep {
+        *conn = Some(io);
+    }
+    Ok((st, b))
 }
 
 fn host_port(base: &str) -> String {
@@ -101,6 +136,15 @@ async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // NEW_CONN=1: a new TLS connection per request (the agent before it kept its connection).
+    let new_conn = std::env::var("NEW_CONN").is_ok_and(|v| v == "1");
+    // PACE_MS: the agent's pause between its requests, on average (uniform between half and one
+    // and a half times it, fixed per agent and request), as the real agent spends time scanning
+    // and repairing between its steps. 0: back to back.
+    let pace: u64 = std::env::var("PACE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (mac, token)) in tokens.into_iter().enumerate() {
@@ -109,9 +153,11 @@ async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
         let delay = Duration::from_millis(ramp * i as u64 / n.max(1) as u64);
         tasks.spawn(async move {
             tokio::time::sleep(delay).await;
+            let began = start.elapsed();
             let mut lat = Vec::new();
             let mut acked = Vec::new();
             let mut errors = 0usize;
+            let mut conn = None;
             let hdr = "Content-Type: application/json\r\n";
             let mut calls: Vec<(String, serde_json::Value)> = vec![(
                 "/agent/v1/hello".into(),
@@ -129,12 +175,26 @@ async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
                 serde_json::json!({"token": token, "mac": mac, "report_id": format!("r-{mac}"), "result": "clean",
                     "reason": null, "volumes": [], "files": [], "rules_id": null, "rules_version": null, "agent_ms": 1}),
             ));
-            for (path, body) in calls {
+            for (k, (path, body)) in calls.into_iter().enumerate() {
+                if k > 0 && pace > 0 {
+                    // A fixed pseudo-random pause (splitmix64 of agent and request).
+                    let mut z = (i as u64) << 8 | k as u64;
+                    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^= z >> 31;
+                    tokio::time::sleep(Duration::from_millis(pace / 2 + z % (pace + 1))).await;
+                }
                 let t = Instant::now();
                 let data = serde_json::to_vec(&body).unwrap();
                 let mut ok = false;
                 for _ in 0..5 {
-                    match request(Some((&c, ip)), &a, "POST", &path, hdr, &data).await {
+                    let r = if new_conn {
+                        request(Some((&c, ip)), &a, "POST", &path, hdr, &data).await
+                    } else {
+                        kept_request(&mut conn, Some((&c, ip)), &a, &path, hdr, &data).await
+                    };
+                    match r {
                         Ok((200, _)) => {
                             ok = true;
                             break;
@@ -149,33 +209,61 @@ async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
                         }
                     }
                 }
-                lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                lat.push((path.ends_with("/hello"), t.elapsed().as_secs_f64() * 1000.0));
                 if ok {
                     acked.push(format!("{mac} {path} {}", body.get("step").and_then(|s| s.as_str()).unwrap_or("")));
                 } else {
                     errors += 1;
                 }
             }
-            (lat, acked, errors)
+            (lat, acked, errors, (began, start.elapsed()))
         });
     }
-    let (mut lat, mut acked, mut errors) = (Vec::new(), Vec::new(), 0);
+    let (mut lat, mut acked, mut errors, mut spans) = (Vec::new(), Vec::new(), 0, Vec::new());
     while let Some(r) = tasks.join_next().await {
-        let (l, a, e) = r.unwrap();
+        let (l, a, e, span) = r.unwrap();
         lat.extend(l);
         acked.extend(a);
         errors += e;
+        spans.push(span);
+    }
+    // How many agents were between their first request and their last at the same time.
+    let mut edges: Vec<(Duration, i32)> =
+        spans.iter().flat_map(|&(b, e)| [(b, 1), (e, -1)]).collect();
+    edges.sort();
+    let (mut active, mut peak) = (0, 0);
+    for (_, d) in edges {
+        active += d;
+        peak = peak.max(active);
     }
     let secs = start.elapsed().as_secs_f64();
+    let mut all: Vec<f64> = lat.iter().map(|l| l.1).collect();
     std::fs::write(acks, acked.join("\n") + "\n").unwrap();
     println!(
-        "agents {n} (started over {ramp} ms): {} requests acknowledged, {errors} failed, in {secs:.2} s = {:.0} req/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+        "agents {n} (started over {ramp} ms, {pace} ms between requests, {}, at most {peak} at once): {} requests acknowledged, {errors} failed, in {secs:.2} s = {:.0} req/s; latency ms p50 {:.1} p90 {:.1} p99 {:.1} max {:.1}",
+        if new_conn { "a connection per request" } else { "one kept connection each" },
         acked.len(),
         acked.len() as f64 / secs,
-        pct(&mut lat, 0.5),
-        pct(&mut lat, 0.9),
-        pct(&mut lat, 0.99),
-        pct(&mut lat, 1.0)
+        pct(&mut all, 0.5),
+        pct(&mut all, 0.9),
+        pct(&mut all, 0.99),
+        pct(&mut all, 1.0)
+    );
+    // The first request of each agent carries its TCP and TLS handshakes.
+    let (mut first, mut later): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for (hello, ms) in lat {
+        if hello {
+            first.push(ms)
+        } else {
+            later.push(ms)
+        }
+    }
+    println!(
+        "first request (connect + TLS + hello) p50 {:.1} p99 {:.1} ms; later requests p50 {:.1} p99 {:.1} ms",
+        pct(&mut first, 0.5),
+        pct(&mut first, 0.99),
+        pct(&mut later, 0.5),
+        pct(&mut later, 0.99)
     );
     if errors > 0 {
         std::process::exit(1);

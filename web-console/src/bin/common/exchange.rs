@@ -1,42 +1,87 @@
-//! One HTTP/1.1 request/response on a connected TCP stream, plain or TLS (certificate pinned by
-//! the connector), for the load generator and the fleet simulator. `Connection: close`: the
-//! response is everything until the server closes.
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! HTTP/1.1 requests on a TCP stream, plain or TLS (certificate pinned by the connector), for the
+//! load generator and the fleet simulator. A connection may carry several requests in turn
+//! (keep-alive, as the agent does); the response framing is the agent's own
+//! (`remediation_payload::http::response_len`).
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+pub enum Io {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl Io {
+    /// Wraps a connected stream, doing the TLS handshake when `tls` is given.
+    pub async fn new(
+        tcp: tokio::net::TcpStream,
+        tls: Option<(&tokio_rustls::TlsConnector, std::net::IpAddr)>,
+    ) -> Result<Io, String> {
+        Ok(match tls {
+            Some((c, ip)) => Io::Tls(Box::new(
+                c.connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?,
+            )),
+            None => Io::Plain(tcp),
+        })
+    }
+
+    /// One request and its response: (status, body, whether the connection may be reused).
+    pub async fn roundtrip(
+        &mut self,
+        head: &str,
+        body: &[u8],
+    ) -> Result<(u16, Vec<u8>, bool), String> {
+        match self {
+            Io::Plain(s) => roundtrip(s, head, body).await,
+            Io::Tls(s) => roundtrip(s.as_mut(), head, body).await,
+        }
+    }
+}
+
+async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    head: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>, bool), String> {
+    s.write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    s.write_all(body).await.map_err(|e| e.to_string())?;
+    s.flush().await.map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    let mut chunk = vec![0u8; 16384];
+    loop {
+        if let Ok(Some(n)) = remediation_payload::http::response_len(&raw) {
+            let r = remediation_payload::http::parse_response(&raw[..n])?;
+            let close = String::from_utf8_lossy(&raw[..n])
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n");
+            return Ok((r.status, r.body, n == raw.len() && !close));
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            // A server that closes without close_notify after a complete response is fine:
+            // parse_response checks the length.
+            Err(_) if !raw.is_empty() => break,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if raw.is_empty() {
+        return Err("connection closed without a response".into());
+    }
+    let r = remediation_payload::http::parse_response(&raw)?;
+    Ok((r.status, r.body, false))
+}
+
+/// One request on a new connection (`head` says `Connection: close`).
 pub async fn exchange(
     tcp: tokio::net::TcpStream,
     tls: Option<(&tokio_rustls::TlsConnector, std::net::IpAddr)>,
     head: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), String> {
-    let mut raw = Vec::new();
-    match tls {
-        Some((c, ip)) => {
-            let mut s = c
-                .connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            s.write_all(head.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(body).await.map_err(|e| e.to_string())?;
-            // A server that closes without close_notify after a complete response is fine:
-            // parse_response checks the length.
-            if let Err(e) = s.read_to_end(&mut raw).await {
-                if raw.is_empty() {
-                    return Err(e.to_string());
-                }
-            }
-        }
-        None => {
-            let mut s = tcp;
-            s.write_all(head.as_bytes())
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(body).await.map_err(|e| e.to_string())?;
-            s.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
-        }
-    }
-    let r = remediation_payload::http::parse_response(&raw)?;
-    Ok((r.status, r.body))
+    let mut io = Io::new(tcp, tls).await?;
+    let (status, body, _) = io.roundtrip(head, body).await?;
+    Ok((status, body))
 }
