@@ -561,6 +561,24 @@ pub fn campaign(c: CampaignCmd) -> Result<(), Fail> {
                     w["opened"].as_str().unwrap_or("-"), w["closed"].as_str().unwrap_or("-"),
                     w["gate_note"].as_str().unwrap_or("")
                 );
+                let members: Vec<&str> = w["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.as_str())
+                    .collect();
+                if !members.is_empty() {
+                    let more = members.len().saturating_sub(12);
+                    println!(
+                        "    {}{}",
+                        members[..members.len() - more].join(" "),
+                        if more > 0 {
+                            format!(" and {more} more")
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
             }
             for l in v["log"].as_array().into_iter().flatten() {
                 println!("  {}  {}", s(&l[0]), s(&l[1]));

@@ -305,20 +305,31 @@ impl Campaign {
         if self.state != CampaignState::Draft {
             return Err(format!("campaign is {}, not draft", self.state.name()));
         }
-        let mut members: Vec<Mac> = hosts
+        let chosen: Vec<&HostRecord> = hosts
             .iter()
             .filter(|h| self.spec.targets.matches(h) && !h.skipped)
-            .map(|h| h.mac)
+            .collect();
+        let mut members: Vec<Member> = chosen
+            .iter()
+            .map(|h| Member {
+                mac: h.mac,
+                site: h.site.clone().unwrap_or_default(),
+                canary: h.tags.iter().any(|t| t.eq_ignore_ascii_case("canary")),
+            })
             .collect();
         if let Targets::List(l) = &self.spec.targets {
             // Listed hosts need not have been seen yet.
             for m in l {
-                if !members.contains(m) {
-                    members.push(*m);
+                if !chosen.iter().any(|h| h.mac == *m) {
+                    members.push(Member {
+                        mac: *m,
+                        site: String::new(),
+                        canary: false,
+                    });
                 }
             }
         }
-        members.sort();
+        let members = wave_order(members);
         let clash: Vec<String> = members
             .iter()
             .filter(|m| taken.contains(m))
@@ -652,7 +663,57 @@ impl Campaign {
     }
 }
 
-/// Splits sorted members into waves: `Hosts(n)` takes the next n, `Percent(p)` takes up to p% of
+/// A campaign member as [`wave_order`] sees it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub mac: Mac,
+    pub site: String,
+    /// Tagged `canary` by an admin.
+    pub canary: bool,
+}
+
+/// The order in which members fill the waves. Hosts an admin tagged `canary` come first (in MAC
+/// order). The others are spread over groups of (site, network card vendor, i.e. the MAC's first
+/// three bytes, a rough stand-in for the hardware model) in proportion to the groups' sizes: the
+/// k-th of a group of n sits at (k + 1/2) / n of the way through, so any early wave, the canaries
+/// included, samples every large site and kind of machine instead of the lowest MACs, which are
+/// one vendor's range. Within a group, MAC order. Deterministic: the same fleet gives the same
+/// waves.
+pub fn wave_order(members: Vec<Member>) -> Vec<Mac> {
+    let (mut canaries, rest): (Vec<Member>, Vec<Member>) =
+        members.into_iter().partition(|m| m.canary);
+    canaries.sort_by_key(|m| m.mac);
+    let mut groups: BTreeMap<(String, [u8; 3]), Vec<Mac>> = BTreeMap::new();
+    for m in rest {
+        let oui = [m.mac.0[0], m.mac.0[1], m.mac.0[2]];
+        groups.entry((m.site, oui)).or_default().push(m.mac);
+    }
+    // (position numerator 2k+1, denominator 2n, group index, mac)
+    let mut spread: Vec<(u64, u64, usize, Mac)> = Vec::new();
+    for (g, macs) in groups.values_mut().enumerate() {
+        macs.sort();
+        macs.dedup();
+        let n = macs.len() as u64;
+        for (k, mac) in macs.iter().enumerate() {
+            spread.push((2 * k as u64 + 1, 2 * n, g, *mac));
+        }
+    }
+    spread.sort_by(|a, b| {
+        // a.0/a.1 against b.0/b.1 without rounding.
+        (u128::from(a.0) * u128::from(b.1))
+            .cmp(&(u128::from(b.0) * u128::from(a.1)))
+            .then(a.2.cmp(&b.2))
+    });
+    let mut seen = BTreeSet::new();
+    canaries
+        .into_iter()
+        .map(|m| m.mac)
+        .chain(spread.into_iter().map(|s| s.3))
+        .filter(|m| seen.insert(*m))
+        .collect()
+}
+
+/// Splits ordered members into waves: `Hosts(n)` takes the next n, `Percent(p)` takes up to p% of
 /// all members cumulatively; the last wave takes whatever is left. Empty waves are dropped.
 pub fn split_waves(members: &[Mac], sizes: &[WaveSize]) -> Vec<Vec<Mac>> {
     let total = members.len();

@@ -100,7 +100,8 @@ impl CampaignInput {
 pub struct WaveView {
     pub number: usize,
     pub hosts: usize,
-    /// The members (MACs, sorted).
+    /// The members (MACs) in wave order: tagged canaries first, then spread over sites and
+    /// vendors (`fleet::campaign::wave_order`).
     pub members: Vec<String>,
     pub opened_ms: Option<u64>,
     pub opened: Option<String>,

@@ -789,6 +789,13 @@ async fn campaign_pages_create_start_and_show_waves() {
         b.contains("<td>1</td><td>1</td>") || b.contains("<td>1</td>"),
         "waves table: {b}"
     );
+    // Wave 1 is a host tagged canary (pc-000..pc-004 are), listed with a link to its page.
+    let wave1 = b.split("<tr class=\"current\">").nth(1).unwrap_or_default();
+    let wave1 = wave1.split("</tr>").next().unwrap_or_default();
+    assert!(
+        wave1.contains("<a href=\"/hosts/52:54:00:ab:00:00\">"),
+        "wave 1 members: {wave1}"
+    );
     let (s, _, _) = send(
         &t,
         form(

@@ -500,3 +500,81 @@ fn a_host_waiting_for_a_bitlocker_key_keeps_its_wave_open_and_key_scope_follows_
     });
     assert_eq!(p.key_scope(mac(1)).as_deref(), Some("c2:rollback"));
 }
+
+fn member(oui: u8, i: u16, site: &str, canary: bool) -> Member {
+    Member {
+        mac: Mac([0x52, 0x54, oui, 0, (i >> 8) as u8, i as u8]),
+        site: site.into(),
+        canary,
+    }
+}
+
+/// Canaries an admin tagged come first; the rest spread over sites and card vendors in
+/// proportion, so a small first wave is not one vendor's lowest MACs at one site.
+#[test]
+fn waves_sample_every_site_and_vendor() {
+    // 60 machines of vendor 0x01 and 40 of vendor 0x02 at one site: the lowest MACs are all 0x01.
+    let mut m: Vec<Member> = (0..60).map(|i| member(1, i, "hq", false)).collect();
+    m.extend((0..40).map(|i| member(2, i, "hq", false)));
+    let order = wave_order(m.clone());
+    let first5: Vec<u8> = order[..5].iter().map(|m| m.0[2]).collect();
+    assert_eq!(first5.iter().filter(|&&o| o == 2).count(), 2, "{first5:?}");
+    let tenth: Vec<u8> = order[..10].iter().map(|m| m.0[2]).collect();
+    assert_eq!(tenth.iter().filter(|&&o| o == 1).count(), 6, "{tenth:?}");
+    // Two sites, 90 and 10 machines: a 10 % wave has 9 and 1.
+    let mut m: Vec<Member> = (0..90).map(|i| member(1, i, "berlin", false)).collect();
+    m.extend((100..110).map(|i| member(1, i, "austin", false)));
+    let order = wave_order(m);
+    let waves = split_waves(&order, &[WaveSize::Percent(10), WaveSize::Percent(100)]);
+    let austin = waves[0].iter().filter(|m| m.0[5] >= 100).count();
+    assert_eq!((waves[0].len(), austin), (10, 1));
+    // Tagged canaries first, whatever their MACs; then the spread.
+    let mut m: Vec<Member> = (0..20).map(|i| member(1, i, "hq", false)).collect();
+    m.push(member(9, 7, "hq", true));
+    m.push(member(9, 3, "branch", true));
+    let order = wave_order(m);
+    assert_eq!(
+        order[..2],
+        [member(9, 3, "", true).mac, member(9, 7, "", true).mac]
+    );
+    assert_eq!(order.len(), 22);
+}
+
+proptest::proptest! {
+    /// Every member exactly once, canaries first, and the input order does not matter.
+    #[test]
+    fn wave_order_is_a_deterministic_permutation(
+        spec in proptest::collection::vec((0u8..3, 0u16..40, 0usize..3, proptest::bool::weighted(0.1)), 0..120),
+        seed in proptest::prelude::any::<u64>(),
+    ) {
+        let sites = ["a", "b", ""];
+        let members: Vec<Member> = spec
+            .iter()
+            .map(|&(oui, i, s, c)| member(oui, i, sites[s], c))
+            .collect();
+        // One record per MAC, as the store has.
+        let mut uniq: Vec<Member> = Vec::new();
+        for m in members {
+            if !uniq.iter().any(|u| u.mac == m.mac) {
+                uniq.push(m);
+            }
+        }
+        let order = wave_order(uniq.clone());
+        let mut shuffled = uniq.clone();
+        let mut z = seed;
+        for i in (1..shuffled.len()).rev() {
+            z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            shuffled.swap(i, (z >> 33) as usize % (i + 1));
+        }
+        proptest::prop_assert_eq!(&wave_order(shuffled), &order);
+        let mut sorted = order.clone();
+        sorted.sort();
+        let mut want: Vec<Mac> = uniq.iter().map(|m| m.mac).collect();
+        want.sort();
+        proptest::prop_assert_eq!(sorted, want);
+        let n = uniq.iter().filter(|m| m.canary).count();
+        for mac in &order[..n] {
+            proptest::prop_assert!(uniq.iter().any(|m| m.mac == *mac && m.canary));
+        }
+    }
+}
