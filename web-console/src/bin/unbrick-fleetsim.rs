@@ -228,27 +228,39 @@ async fn tftp_get(from: Ipv4Addr, file: &str) -> Result<usize, String> {
     }
 }
 
-async fn http(
-    tls: Option<&tokio_rustls::TlsConnector>,
-    from: Ipv4Addr,
-    port: u16,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<(u16, Vec<u8>), String> {
+async fn connect(from: Ipv4Addr, port: u16) -> Result<tokio::net::TcpStream, String> {
     let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
     sock.bind(SocketAddr::from((from, 0)))
         .map_err(|e| format!("bind {from}: {e}"))?;
-    let tcp = sock
-        .connect(SocketAddr::from((SERVER, port)))
+    sock.connect(SocketAddr::from((SERVER, port)))
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {e}"))
+}
+
+/// One request on a new connection, as firmware sends them.
+async fn http(from: Ipv4Addr, port: u16, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let tcp = connect(from, port).await?;
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {SERVER}:{port}\r\nConnection: close\r\n\r\n");
+    exchange::exchange(tcp, None, &head, b"").await
+}
+
+/// An agent API request on the agent's kept HTTPS connection.
+async fn agent_post(
+    conn: &mut Option<exchange::Io>,
+    tls: &tokio_rustls::TlsConnector,
+    from: Ipv4Addr,
+    path: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String> {
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {SERVER}:{port}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {SERVER}:8443\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    let tls = tls.map(|c| (c, std::net::IpAddr::V4(SERVER)));
-    exchange::exchange(tcp, tls, &head, body).await
+    let open = || async {
+        let tcp = connect(from, 8443).await?;
+        exchange::Io::new(tcp, Some((tls, std::net::IpAddr::V4(SERVER)))).await
+    };
+    exchange::on_kept(conn, open, &head, body).await
 }
 
 #[derive(Default, Clone)]
@@ -344,7 +356,7 @@ async fn boot_once(
             .map(|(_, p)| p.to_string())
             .ok_or_else(|| format!("iPXE boot file {script_url:?}"))?;
         let token = loop {
-            let (st, body) = http(None, ip, 8080, "GET", &path, b"").await?;
+            let (st, body) = http(ip, 8080, &path).await?;
             let text = String::from_utf8_lossy(&body).to_string();
             if st != 200 {
                 return Err(format!("script: {st}"));
@@ -363,26 +375,26 @@ async fn boot_once(
             tokio::time::sleep(poll).await;
         };
         for f in ["vmlinuz", "initrd.img"] {
-            let (st, _) = http(None, ip, 8080, "GET", &format!("/image/{f}?host={m}"), b"").await?;
+            let (st, _) = http(ip, 8080, &format!("/image/{f}?host={m}")).await?;
             if st != 200 {
                 return Err(format!("{f}: {st}"));
             }
         }
-        let post = |p: &'static str, body: serde_json::Value| {
-            let tls = tls.clone();
-            async move {
-                let data = serde_json::to_vec(&body).unwrap();
-                for _ in 0..5 {
-                    match http(Some(&tls), ip, 8443, "POST", p, &data).await {
-                        Ok((200, _)) => return Ok(()),
-                        Ok((st, b)) => {
-                            return Err(format!("{p}: {st} {}", String::from_utf8_lossy(&b)))
-                        }
-                        Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        // The agent keeps one HTTPS connection for its requests, and closes it before it
+        // reboots (dropping it here).
+        let mut conn = None;
+        let mut post = async |p: &'static str, body: serde_json::Value| {
+            let data = serde_json::to_vec(&body).unwrap();
+            for _ in 0..5 {
+                match agent_post(&mut conn, tls, ip, p, &data).await {
+                    Ok((200, _)) => return Ok(()),
+                    Ok((st, b)) => {
+                        return Err(format!("{p}: {st} {}", String::from_utf8_lossy(&b)))
                     }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
                 }
-                Err(format!("{p}: no answer"))
             }
+            Err(format!("{p}: no answer"))
         };
         post("/agent/v1/hello", serde_json::json!({"token": token, "mac": m, "uuid": null, "serial": format!("SIM{i}"),
             "firmware": "bios", "secure_boot": null, "lockdown": null, "agent_version": "fleetsim", "kernel": "6.12"})).await?;
@@ -401,6 +413,7 @@ async fn boot_once(
                        "size": 40000, "sha256": "00".repeat(32), "mtime": 1721362140, "rule_id": "cs", "action": "quarantine",
                        "quarantined_to": "unbrick-quarantine\\sim"}],
             "rules_id": null, "rules_version": null, "agent_ms": 2000})).await?;
+        drop(conn);
         // Reboot into Windows: its DHCP client asks for an address and, like the real one,
         // asks again until a server answers (a broadcast can be dropped under load).
         tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -57,24 +57,14 @@ async fn kept_request(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n{headers}\r\n",
         body.len()
     );
-    if let Some(mut io) = conn.take() {
-        if let Ok((st, b, keep)) = io.roundtrip(&head, body).await {
-            if keep {
-                *conn = Some(io);
-            }
-            return Ok((st, b));
-        }
-    }
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    tcp.set_nodelay(true).ok();
-    let mut io = exchange::Io::new(tcp, tls).await?;
-    let (st, b, keep) = io.roundtrip(&head, body).await?;
-    if keep {
-        *conn = Some(io);
-    }
-    Ok((st, b))
+    let open = || async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_nodelay(true).ok();
+        exchange::Io::new(tcp, tls).await
+    };
+    exchange::on_kept(conn, open, &head, body).await
 }
 
 fn host_port(base: &str) -> String {

@@ -74,6 +74,35 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((r.status, r.body, false))
 }
 
+/// A request on a kept connection, as the agent sends them: reuses `conn` when there is one and
+/// it still works, otherwise opens a new one with `open`; keeps the connection for the next
+/// request unless the server closes it.
+pub async fn on_kept<F, Fut>(
+    conn: &mut Option<Io>,
+    open: F,
+    head: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), String>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<Io, String>>,
+{
+    if let Some(mut io) = conn.take() {
+        if let Ok((status, body, keep)) = io.roundtrip(head, body).await {
+            if keep {
+                *conn = Some(io);
+            }
+            return Ok((status, body));
+        }
+    }
+    let mut io = open().await?;
+    let (status, body, keep) = io.roundtrip(head, body).await?;
+    if keep {
+        *conn = Some(io);
+    }
+    Ok((status, body))
+}
+
 /// One request on a new connection (`head` says `Connection: close`).
 pub async fn exchange(
     tcp: tokio::net::TcpStream,
