@@ -144,6 +144,7 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
             site,
             tag,
             search,
+            flag,
             json,
         } => {
             let filter = query::Filter {
@@ -151,6 +152,7 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 site,
                 tag,
                 q: search,
+                flag,
                 page: None,
                 per_page: None,
             };
@@ -165,6 +167,7 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                         ("site", &filter.site),
                         ("tag", &filter.tag),
                         ("q", &filter.q),
+                        ("flag", &filter.flag),
                     ] {
                         if let Some(v) = v {
                             qs.append_pair(k, v);

@@ -360,6 +360,9 @@ enum HostsCmd {
         /// Text in MAC, hostname, IP, serial or reason.
         #[arg(long)]
         search: Option<String>,
+        /// key-needed (waiting for a pasted BitLocker key) or rotate-key (a key was released).
+        #[arg(long)]
+        flag: Option<String>,
         #[arg(long)]
         json: bool,
     },

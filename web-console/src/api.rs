@@ -59,7 +59,10 @@ pub fn parse_query(
 /// The host-table filter from a query string.
 #[allow(clippy::result_large_err)]
 pub fn parse_filter(q: Option<&str>) -> Result<Filter, Response> {
-    let mut m = parse_query(q, &["state", "site", "tag", "q", "page", "per_page"])?;
+    let mut m = parse_query(
+        q,
+        &["state", "site", "tag", "q", "flag", "page", "per_page"],
+    )?;
     let num = |m: &mut std::collections::HashMap<String, String>, k: &str| {
         m.remove(k)
             .filter(|v| !v.is_empty())
@@ -80,6 +83,7 @@ pub fn parse_filter(q: Option<&str>) -> Result<Filter, Response> {
         site: m.remove("site"),
         tag: m.remove("tag"),
         q: m.remove("q"),
+        flag: m.remove("flag"),
     };
     f.validate()
         .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;

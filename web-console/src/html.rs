@@ -192,6 +192,7 @@ struct Dashboard {
     f_state: String,
     f_site: String,
     f_tag: String,
+    f_flag: String,
     flash: Option<String>,
 }
 
@@ -208,6 +209,7 @@ fn page_link(f: &Filter, page: usize) -> String {
         ("state", &f.state),
         ("site", &f.site),
         ("tag", &f.tag),
+        ("flag", &f.flag),
     ] {
         if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
             s.append_pair(k, v);
@@ -268,6 +270,7 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
             f_state: o(&f.state),
             f_site: o(&f.site),
             f_tag: o(&f.tag),
+            f_flag: o(&f.flag),
             flash,
         },
     )

@@ -36,6 +36,10 @@ pub struct Filter {
     /// Free text: part of the MAC, hostname, IP, serial, UUID or failure reason.
     #[serde(default)]
     pub q: Option<String>,
+    /// `key-needed`: waits for a BitLocker recovery key to be pasted; `rotate-key`: a recovery
+    /// key was released and should be rotated in Windows.
+    #[serde(default)]
+    pub flag: Option<String>,
     #[serde(default)]
     pub page: Option<usize>,
     #[serde(default)]
@@ -43,6 +47,8 @@ pub struct Filter {
 }
 
 pub const MAX_PER_PAGE: usize = 500;
+/// The values of [`Filter::flag`].
+pub const FLAGS: [&str; 2] = ["key-needed", "rotate-key"];
 pub const DEFAULT_PER_PAGE: usize = 50;
 
 impl Filter {
@@ -56,6 +62,11 @@ impl Filter {
                         STATES.join(", ")
                     ));
                 }
+            }
+        }
+        if let Some(f) = self.flag.as_deref().filter(|s| !s.is_empty()) {
+            if !FLAGS.contains(&f) {
+                return Err(format!("unknown flag {f:?}; one of: {}", FLAGS.join(", ")));
             }
         }
         if self.page == Some(0) {
@@ -93,6 +104,11 @@ impl Filter {
             if !h.tags.iter().any(|t| t.eq_ignore_ascii_case(&tag)) {
                 return false;
             }
+        }
+        match nonempty(&self.flag).as_deref() {
+            Some("key-needed") if h.bitlocker_waiting.is_empty() => return false,
+            Some("rotate-key") if !h.rotate_bitlocker_key => return false,
+            _ => {}
         }
         if let Some(q) = nonempty(&self.q) {
             let q = q.to_ascii_lowercase();

@@ -962,6 +962,35 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     assert_eq!(h.bitlocker_waiting, vec![id3.to_string()]);
     let (_, _, b) = send(&t, get("/api/v1/hosts/52:54:00:ab:00:02", Some(&t.admin))).await;
     assert_eq!(json(&b)["host"]["bitlocker_waiting"][0], id3);
+    // Filters find the hosts an admin must act on.
+    let macs = |b: &str| -> Vec<String> {
+        json(b)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["mac"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (s, _, b) = send(&t, get("/api/v1/hosts?flag=key-needed", Some(&t.admin))).await;
+    assert_eq!(
+        (s, macs(&b)),
+        (StatusCode::OK, vec!["52:54:00:ab:00:02".to_string()])
+    );
+    let (_, _, b) = send(&t, get("/api/v1/hosts?flag=rotate-key", Some(&t.admin))).await;
+    assert_eq!(macs(&b), vec!["52:54:00:ab:00:01".to_string()]);
+    let (s, _, b) = send(&t, get("/api/v1/hosts?flag=keys", Some(&t.admin))).await;
+    assert!(
+        s == StatusCode::BAD_REQUEST && b.contains("key-needed"),
+        "{b}"
+    );
+    let cookie = console_login(&t).await;
+    let (_, _, b) = send(&t, page_req(&cookie, "/?flag=key-needed")).await;
+    assert!(
+        b.contains("data-mac=\"52:54:00:ab:00:02\"")
+            && !b.contains("data-mac=\"52:54:00:ab:00:01\""),
+        "{b}"
+    );
+    assert!(b.contains("<option value=\"key-needed\" selected>"), "{b}");
     // The paste: bad bodies and passwords refused with a reason, then the key.
     let paste = "/api/v1/hosts/52:54:00:ab:00:02/bitlocker-key";
     for (body, want) in [
