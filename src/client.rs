@@ -162,16 +162,8 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 let mut page = 1;
                 loop {
                     let mut qs = form_urlencoded::Serializer::new(String::new());
-                    for (k, v) in [
-                        ("state", &filter.state),
-                        ("site", &filter.site),
-                        ("tag", &filter.tag),
-                        ("q", &filter.q),
-                        ("flag", &filter.flag),
-                    ] {
-                        if let Some(v) = v {
-                            qs.append_pair(k, v);
-                        }
+                    for (k, v) in filter.query_pairs() {
+                        qs.append_pair(k, v);
                     }
                     qs.append_pair("per_page", "500");
                     qs.append_pair("page", &page.to_string());

@@ -260,86 +260,6 @@ impl Conn {
     }
 }
 
-/// Whether the response's header says the server closes the connection.
-fn closes(response: &[u8]) -> bool {
-    header_lines(response).any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"))
-}
-
-fn header_lines(raw: &[u8]) -> impl Iterator<Item = (String, String)> + '_ {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(raw.len());
-    raw[..end].split(|&b| b == b'\n').skip(1).filter_map(|l| {
-        let l = std::str::from_utf8(l).ok()?;
-        let (k, v) = l.split_once(':')?;
-        Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
-    })
-}
-
-/// How many bytes at the start of `raw` make the first complete response: `Ok(None)` while more
-/// are needed, `Err` when the response has no length (its body ends when the server closes).
-pub fn response_len(raw: &[u8]) -> Result<Option<usize>, String> {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if raw.len() > 64 * 1024 {
-            return Err("HTTP response header longer than 64 KiB".into());
-        }
-        return Ok(None);
-    };
-    let start = end + 4;
-    let status: u16 = std::str::from_utf8(&raw[..end])
-        .ok()
-        .and_then(|h| h.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    if status == 204 || status == 304 || (100..200).contains(&status) {
-        return Ok(Some(start));
-    }
-    let mut len = None;
-    let mut chunked = false;
-    for (k, v) in header_lines(raw) {
-        if k == "content-length" {
-            len = v.parse::<usize>().ok();
-        } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-            chunked = true;
-        }
-    }
-    if chunked {
-        // Walk the chunks; the last is size 0, then trailer lines up to an empty line.
-        let mut at = start;
-        loop {
-            let Some(e) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
-                return Ok(None);
-            };
-            let size = std::str::from_utf8(&raw[at..at + e])
-                .ok()
-                .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-                .ok_or_else(|| "bad chunk size".to_string())?;
-            at += e + 2;
-            if size == 0 {
-                loop {
-                    let Some(e) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
-                        return Ok(None);
-                    };
-                    at += e + 2;
-                    if e == 0 {
-                        return Ok(Some(at));
-                    }
-                }
-            }
-            if raw.len() < at + size + 2 {
-                return Ok(None);
-            }
-            at += size + 2;
-        }
-    }
-    match len {
-        Some(n) if raw.len() >= start + n => Ok(Some(start + n)),
-        Some(_) => Ok(None),
-        None => Err("response without a length".into()),
-    }
-}
-
 /// Parses `sha256:<64 hex>`.
 pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
     let h = pin
@@ -445,36 +365,127 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
     }
 }
 
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("malformed HTTP response (no header end)")?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.lines();
-    let status_line = lines.next().unwrap_or("");
+/// A response's header: what framing needs.
+struct Head {
+    /// The status line (for error messages) and its code, if it parses.
+    status_line: String,
+    status: Option<u16>,
+    len: Option<usize>,
+    chunked: bool,
+    /// `Connection: close`.
+    close: bool,
+    /// Where the body starts.
+    body: usize,
+}
+
+/// The header at the start of `raw`, once it is complete.
+fn head(raw: &[u8]) -> Option<Head> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status_line =
+        String::from_utf8_lossy(raw[..end].split(|&b| b == b'\r').next()?).to_string();
     let status = status_line
         .split_whitespace()
         .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("malformed status line {status_line:?}"))?;
-    let mut len = None;
-    let mut chunked = false;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            let k = k.trim().to_ascii_lowercase();
-            if k == "content-length" {
-                len = v.trim().parse::<usize>().ok();
-            } else if k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked") {
-                chunked = true;
-            }
+        .and_then(|s| s.parse().ok());
+    let mut h = Head {
+        status_line,
+        status,
+        len: None,
+        chunked: false,
+        close: false,
+        body: end + 4,
+    };
+    for (k, v) in raw[..end].split(|&b| b == b'\n').skip(1).filter_map(|l| {
+        let (k, v) = std::str::from_utf8(l).ok()?.split_once(':')?;
+        Some((k.trim().to_ascii_lowercase(), v.trim()))
+    }) {
+        match k.as_str() {
+            "content-length" => h.len = v.parse().ok(),
+            "transfer-encoding" if v.to_ascii_lowercase().contains("chunked") => h.chunked = true,
+            "connection" if v.eq_ignore_ascii_case("close") => h.close = true,
+            _ => {}
         }
     }
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
+    Some(h)
+}
+
+/// Whether the response's header says the server closes the connection.
+pub fn closes(response: &[u8]) -> bool {
+    head(response).is_some_and(|h| h.close)
+}
+
+/// Walks the chunks of a chunked body, handing each chunk's data to `data`. Returns the length of
+/// the body with its last chunk and trailer (`None` while incomplete) and whether the last
+/// (zero-size) chunk was reached.
+fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, bool), String> {
+    let line = |at: usize| b[at..].windows(2).position(|w| w == b"\r\n");
+    let mut at = 0;
+    loop {
+        let Some(e) = line(at) else {
+            return Ok((None, false));
+        };
+        let size = std::str::from_utf8(&b[at..at + e])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .ok_or_else(|| "bad chunk size".to_string())?;
+        at += e + 2;
+        if size == 0 {
+            // Trailer lines up to an empty one.
+            loop {
+                let Some(e) = line(at) else {
+                    return Ok((None, true));
+                };
+                at += e + 2;
+                if e == 0 {
+                    return Ok((Some(at), true));
+                }
+            }
+        }
+        if b.len() < at + size + 2 {
+            return Ok((None, false));
+        }
+        data(&b[at..at + size]);
+        at += size + 2;
+    }
+}
+
+/// How many bytes at the start of `raw` make the first complete response: `Ok(None)` while more
+/// are needed, `Err` when the response has no length (its body ends when the server closes).
+pub fn response_len(raw: &[u8]) -> Result<Option<usize>, String> {
+    let Some(h) = head(raw) else {
+        if raw.len() > 64 * 1024 {
+            return Err("HTTP response header longer than 64 KiB".into());
+        }
+        return Ok(None);
+    };
+    let status = h.status.unwrap_or(0);
+    if status == 204 || status == 304 || (100..200).contains(&status) {
+        return Ok(Some(h.body));
+    }
+    if h.chunked {
+        return Ok(walk_chunks(&raw[h.body..], |_| {})?.0.map(|n| h.body + n));
+    }
+    match h.len {
+        Some(n) if raw.len() >= h.body + n => Ok(Some(h.body + n)),
+        Some(_) => Ok(None),
+        None => Err("response without a length".into()),
+    }
+}
+
+pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
+    let h = head(raw).ok_or("malformed HTTP response (no header end)")?;
+    let status = h
+        .status
+        .ok_or_else(|| format!("malformed status line {:?}", h.status_line))?;
+    let rest = &raw[h.body..];
+    let body = if h.chunked {
+        let mut out = Vec::new();
+        if !walk_chunks(rest, |d| out.extend_from_slice(d))?.1 {
+            return Err("truncated chunk".into());
+        }
+        out
     } else {
-        match len {
+        match h.len {
             Some(n) if n <= rest.len() => rest[..n].to_vec(),
             Some(n) => {
                 return Err(format!(
@@ -486,31 +497,6 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
         }
     };
     Ok(Response { status, body })
-}
-
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let e = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk")?;
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..e])
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim(),
-            16,
-        )
-        .map_err(|_| "bad chunk size")?;
-        b = &b[e + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if b.len() < size + 2 {
-            return Err("truncated chunk".into());
-        }
-        out.extend_from_slice(&b[..size]);
-        b = &b[size + 2..];
-    }
 }
 
 #[cfg(test)]

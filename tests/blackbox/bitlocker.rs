@@ -402,12 +402,7 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
             d.contains(method) && d.contains("unlocked with the recovery key"),
             "{d}"
         );
-        let ms: u64 = d
-            .split(" in ")
-            .nth(1)
-            .and_then(|r| r.split(" ms").next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
+        let ms = unlock_ms(d);
         eprintln!(
             "unlock {method}: {ms} ms (key derivation included, accel {})",
             crate::firmware::accel()
@@ -448,12 +443,7 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
         d.contains("unlocked with the recovery key") && el["status"] == "mount-failed",
         "{el}"
     );
-    let ms: u64 = d
-        .split(" in ")
-        .nth(1)
-        .and_then(|r| r.split(" ms").next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let ms = unlock_ms(d);
     eprintln!("unlock aes-cbc-128 with diffuser (elephant): {ms} ms");
 
     // pc-bl3: the pasted key unlocked it.
@@ -486,4 +476,14 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
         3,
         "{export}"
     );
+}
+
+/// The unlock time in a volume's report detail ("... unlocked with the recovery key ... in N ms").
+fn unlock_ms(detail: &str) -> u64 {
+    detail
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }

@@ -204,16 +204,8 @@ fn short_time(ms: u64) -> String {
 
 fn page_link(f: &Filter, page: usize) -> String {
     let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in [
-        ("q", &f.q),
-        ("state", &f.state),
-        ("site", &f.site),
-        ("tag", &f.tag),
-        ("flag", &f.flag),
-    ] {
-        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
-            s.append_pair(k, v);
-        }
+    for (k, v) in f.query_pairs() {
+        s.append_pair(k, v);
     }
     if let Some(n) = f.per_page {
         s.append_pair("per_page", &n.to_string());

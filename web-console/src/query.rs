@@ -79,6 +79,21 @@ impl Filter {
         }
     }
 
+    /// The non-empty selection fields (not the page) as query-string pairs, for links and
+    /// API calls that carry the filter on.
+    pub fn query_pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("q", &self.q),
+            ("state", &self.state),
+            ("site", &self.site),
+            ("tag", &self.tag),
+            ("flag", &self.flag),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v.as_deref().filter(|v| !v.is_empty())?)))
+        .collect()
+    }
+
     pub fn matches(&self, h: &HostRecord) -> bool {
         let nonempty = |o: &Option<String>| {
             o.as_deref()

@@ -53,10 +53,8 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     loop {
         if let Ok(Some(n)) = remediation_payload::http::response_len(&raw) {
             let r = remediation_payload::http::parse_response(&raw[..n])?;
-            let close = String::from_utf8_lossy(&raw[..n])
-                .to_ascii_lowercase()
-                .contains("\r\nconnection: close\r\n");
-            return Ok((r.status, r.body, n == raw.len() && !close));
+            let keep = n == raw.len() && !remediation_payload::http::closes(&raw[..n]);
+            return Ok((r.status, r.body, keep));
         }
         match s.read(&mut chunk).await {
             Ok(0) => break,
