@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench-console.sh: run as root" >&2; exit 2; }
 AGENTS=${AGENTS:-1000}; HOSTS=${HOSTS:-10000}
-cargo build --release -q --bin unbrick && cargo build --release -q -p web-console --bin unbrick-loadgen
+cargo build --release -q --bin unbrick && cargo build --release -q -p unbrick-testtools --bin unbrick-loadgen
 UB=$PWD/target/release/unbrick; LG=$PWD/target/release/unbrick-loadgen
 NS=ubbenchc$$; W=$(mktemp -d /tmp/unbrick-benchc.XXXX); SPID=
 cleanup() { [ -n "$SPID" ] && kill "$SPID" 2>/dev/null; sleep 0.5; [ -n "$SPID" ] && kill -9 "$SPID" 2>/dev/null; ip netns del $NS 2>/dev/null || true; rm -rf "$W"; }

@@ -4,9 +4,9 @@
 use crate::config::DataDir;
 use crate::{CampaignCmd, Fail, HostsCmd, Target};
 use fleet::Store as _;
-use remediation_payload::http;
 use std::path::Path;
 use std::time::Duration;
+use unbrick_http as http;
 use web_console::query;
 
 struct Api {
@@ -299,41 +299,16 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 query::parse_csv(&text)
             }
             .map_err(Fail)?;
-            let store = open_store(&target.data_dir)?;
-            let now = netboot_server::now_ms();
-            let (mut created, mut updated) = (0, 0);
-            for r in &rows {
-                let existed = store.host(r.mac)?.is_some();
-                store.update_host(r.mac, now, &mut |h| {
-                    r.apply(h);
-                    Ok(())
-                })?;
-                store.append_event(
-                    r.mac,
-                    &fleet::Event {
-                        time_ms: now,
-                        source: fleet::EventSource::Admin,
-                        kind: "import".into(),
-                        message: format!("inventory imported from {} by the CLI", file.display()),
-                    },
-                )?;
-                if existed {
-                    updated += 1
-                } else {
-                    created += 1
-                }
-            }
-            store.audit(&fleet::store::AuditEntry {
-                time_ms: now,
-                actor: "cli".into(),
-                action: "import".into(),
-                detail: format!(
-                    "{created} created, {updated} updated, {} rows refused ({})",
-                    errors.len(),
-                    file.display()
-                ),
-            })?;
-            store.flush()?;
+            let fl = local_fleet(&target.data_dir)?;
+            let origin = file.display().to_string();
+            let n = block_on(fl.import_inventory(
+                &local_actor(),
+                &rows,
+                errors.len(),
+                Some(&origin),
+                fleet_service::now_ms(),
+            ))?;
+            let (created, updated) = (n.created, n.updated);
             println!(
                 "{created} created, {updated} updated, {} rows refused",
                 errors.len()
@@ -375,47 +350,22 @@ pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 }
                 return Ok(());
             }
-            let store = open_store(&target.data_dir)?;
-            let now = netboot_server::now_ms();
-            let mut failed = 0;
-            for m in &macs {
-                let mac: fleet::Mac = match m.parse() {
-                    Ok(m) => m,
-                    Err(e) => {
-                        println!("{m}  REFUSED  {e}");
-                        failed += 1;
-                        continue;
-                    }
-                };
-                if store.host(mac)?.is_none() {
-                    println!("{mac}  REFUSED  unknown host");
-                    failed += 1;
-                    continue;
-                }
-                let mut from = "";
-                store.update_host(mac, now, &mut |h| {
-                    from = h.state.name();
-                    h.reset_for_retry(now);
-                    Ok(())
-                })?;
-                store.append_event(
-                    mac,
-                    &fleet::Event {
-                        time_ms: now,
-                        source: fleet::EventSource::Admin,
-                        kind: "state".into(),
-                        message: format!("{from} -> seen: retry from the CLI"),
-                    },
-                )?;
-                println!("{mac}  ok      {from} -> seen");
+            let fl = local_fleet(&target.data_dir)?;
+            let r = block_on(fl.admin_action(
+                &local_actor(),
+                fleet_service::Action::Retry,
+                &macs,
+                fleet_service::now_ms(),
+            ))?;
+            for o in &r.results {
+                println!(
+                    "{}  {}  {}",
+                    o.mac,
+                    if o.ok { "ok    " } else { "REFUSED" },
+                    o.message
+                );
             }
-            store.audit(&fleet::store::AuditEntry {
-                time_ms: now,
-                actor: "cli".into(),
-                action: "retry".into(),
-                detail: format!("{} hosts, {failed} refused", macs.len()),
-            })?;
-            store.flush()?;
+            let failed = r.failed;
             if failed > 0 {
                 return Err(Fail(format!("{failed} of {} hosts refused", macs.len())));
             }
@@ -588,15 +538,25 @@ pub fn campaign(c: CampaignCmd) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A fleet over the data directory's store (server stopped) with the escrow key, for the
-/// BitLocker key commands.
-fn local_fleet(data_dir: &Path) -> Result<netboot_server::fleetio::FleetIo, Fail> {
+/// Runs one of the fleet's async operations (they wait for the group commit) on a small
+/// runtime: the CLI's offline commands share the server's code paths.
+fn block_on<T>(f: impl std::future::Future<Output = fleet_service::Result<T>>) -> Result<T, Fail> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+        .map_err(|e| Fail(e.to_string()))
+}
+
+/// A fleet over the data directory's store (server stopped) with the escrow key: the offline
+/// commands write through the same single writer, events and audit entries as the server.
+fn local_fleet(data_dir: &Path) -> Result<fleet_service::FleetIo, Fail> {
     let store = std::sync::Arc::new(open_store(data_dir)?);
     let vault =
         fleet::escrow::vault::Vault::open(&DataDir(data_dir.to_path_buf()).escrow_key(), true)
             .map_err(Fail)?;
     let policy = std::sync::Arc::new(fleet::DefaultPolicy::default());
-    Ok(netboot_server::fleetio::FleetIo::new(store, policy)
+    Ok(fleet_service::FleetIo::new(store, policy)
         .map_err(|e| Fail(e.to_string()))?
         .with_vault(vault))
 }
@@ -617,7 +577,7 @@ pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
         KeysCmd::ImportBitlocker { file, target } => {
             let data =
                 std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
-            let r: netboot_server::escrow::ImportResult = if let Some(api) = Api::from(&target)? {
+            let r: fleet_service::escrow::ImportResult = if let Some(api) = Api::from(&target)? {
                 serde_json::from_value(api.json(
                     "POST",
                     "/api/v1/bitlocker/keys",
@@ -630,7 +590,7 @@ pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
                 let fl = local_fleet(&target.data_dir)?;
                 let r = fl
                     .escrow_import(&parsed, &local_actor(), crate::now_unix() * 1000)
-                    .map_err(Fail)?;
+                    .map_err(|e| Fail(e.to_string()))?;
                 fl.store().flush().map_err(|e| Fail(e.to_string()))?;
                 r
             };
@@ -647,7 +607,11 @@ pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
             let keys = if let Some(api) = Api::from(&target)? {
                 api.json("GET", "/api/v1/bitlocker/keys", None)?["keys"].clone()
             } else {
-                serde_json::to_value(local_fleet(&target.data_dir)?.escrow_list().map_err(Fail)?)?
+                serde_json::to_value(
+                    local_fleet(&target.data_dir)?
+                        .escrow_list()
+                        .map_err(|e| Fail(e.to_string()))?,
+                )?
             };
             println!(
                 "{:<38} {:<20} {:<17} {:>8} {:>7}",
@@ -680,7 +644,7 @@ pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
                 let fl = local_fleet(&target.data_dir)?;
                 let pw = fl
                     .escrow_reveal(&id, &local_actor(), crate::now_unix() * 1000)
-                    .map_err(Fail)?
+                    .map_err(|e| Fail(e.to_string()))?
                     .ok_or_else(|| Fail(format!("no key is escrowed for protector {id}")))?;
                 fl.store().flush().map_err(|e| Fail(e.to_string()))?;
                 pw.expose().to_string()

@@ -451,7 +451,7 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
         // Wait for the console to answer through the forwarder.
         let mut up = false;
         for _ in 0..100 {
-            if let Ok(r) = remediation_payload::http::request(
+            if let Ok(r) = unbrick_http::request(
                 "GET",
                 &format!("http://{}/healthz", a.console),
                 None,
@@ -519,11 +519,11 @@ pub fn run(a: DemoArgs) -> Result<(), Fail> {
 }
 
 fn summary_line(console: SocketAddr, token: &str) -> String {
-    let opts = remediation_payload::http::Options {
+    let opts = unbrick_http::Options {
         headers: vec![("Authorization", format!("Bearer {token}"))],
         ..Default::default()
     };
-    let Ok(r) = remediation_payload::http::request_with(
+    let Ok(r) = unbrick_http::request_with(
         "GET",
         &format!("http://{console}/api/v1/summary"),
         None,

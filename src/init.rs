@@ -118,7 +118,7 @@ pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
     if added || !manifest_exists {
         match &key {
             Some(k) => {
-                let m = netboot_server::image::sign_dir(&d.image(), k, &crate::image_version_now(), crate::now_unix())?;
+                let m = signing::image_dir::sign_dir(&d.image(), netboot_server::proto::boot::KERNEL, k, &crate::image_version_now(), crate::now_unix())?;
                 say(format!("signed   {} ({} artefacts)", d.image().join("manifest.json").display(), m.artefacts.len()));
             }
             None => say(format!("NOT SIGNED {}: the signing key is offline; sign the image there (unbrick image sign) and copy the manifest back", d.image().display())),

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod demo;
 mod init;
+mod serve;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use config::{ConfigFile, DataDir};
@@ -401,7 +402,7 @@ enum HostsCmd {
 }
 
 pub fn now_unix() -> u64 {
-    netboot_server::now_ms() / 1000
+    fleet_service::now_ms() / 1000
 }
 
 pub fn image_version_now() -> String {
@@ -478,13 +479,13 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
     let f = ConfigFile::load(&d.config())?.serve;
     let interface = a.interface.or(f.interface).ok_or_else(|| Fail("no interface: pass --interface IF (or set UNBRICK_INTERFACE, or [serve] interface in unbrick.toml)".into()))?;
     let dhcp = match a.dhcp {
-        Some(DhcpArg::Proxy) => netboot_server::DhcpMode::Proxy,
-        Some(DhcpArg::Full) => netboot_server::DhcpMode::Full,
-        Some(DhcpArg::Off) => netboot_server::DhcpMode::Off,
+        Some(DhcpArg::Proxy) => serve::DhcpMode::Proxy,
+        Some(DhcpArg::Full) => serve::DhcpMode::Full,
+        Some(DhcpArg::Off) => serve::DhcpMode::Off,
         None => match f.dhcp.as_deref().unwrap_or("proxy") {
-            "proxy" => netboot_server::DhcpMode::Proxy,
-            "full" => netboot_server::DhcpMode::Full,
-            "off" => netboot_server::DhcpMode::Off,
+            "proxy" => serve::DhcpMode::Proxy,
+            "full" => serve::DhcpMode::Full,
+            "off" => serve::DhcpMode::Off,
             o => {
                 return Err(Fail(format!(
                     "{}: dhcp = {o:?}; expected proxy, full or off",
@@ -536,7 +537,7 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
             "{e} (the trusted signing key; `unbrick init` writes it)"
         ))
     })?;
-    let cfg = netboot_server::ServerConfig {
+    let cfg = serve::ServerConfig {
         interface,
         server_ip: a.server_ip.or(ip("server_ip", f.server_ip)?),
         dhcp,
@@ -570,7 +571,7 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
     let policy = fleet::DefaultPolicy {
         require_approval: a.require_approval || f.require_approval.unwrap_or(false),
     };
-    let proxy = cfg.dhcp == netboot_server::DhcpMode::Proxy;
+    let proxy = cfg.dhcp == serve::DhcpMode::Proxy;
     let rules_label =
         netboot_server::image::SignedRules::load(&cfg.rules_dir, &cfg.trusted_key, now_unix())
             .map(|r| format!("{} v{}", r.rules.id, r.rules.version))
@@ -584,17 +585,17 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
         let store: Arc<dyn fleet::Store> = Arc::new(store);
         let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
         let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));
-        let mut console_handle = None;
-        let server = netboot_server::start(cfg, store, policy.clone(), |fleet| {
-            let c = web_console::Console::new(fleet, &tokens_file, policy, rules_label);
-            console_handle = Some(c.clone());
-            web_console::router(c)
-        })
+        let server = serve::start(
+            cfg,
+            store,
+            policy,
+            serve::ConsoleConfig {
+                tokens_file: tokens_file.clone(),
+                rules_label,
+            },
+        )
         .await
         .map_err(Fail)?;
-        if let Some(c) = console_handle {
-            web_console::campaigns::spawn_ticker(c);
-        }
         if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
             tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
         }
@@ -695,7 +696,7 @@ pub(crate) fn image_build(
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
             println!("unpacking {}", deb.display());
-            remediation_payload::build::unpack_deb(&deb, &tmp).map_err(Fail)?;
+            payload_builder::build::unpack_deb(&deb, &tmp).map_err(Fail)?;
             unpacked = Some(tmp.clone());
             tmp
         }
@@ -708,8 +709,8 @@ pub(crate) fn image_build(
     let version = version.unwrap_or_else(image_version_now);
     let (fingerprint, _) = d.ensure_tls().map_err(Fail)?;
     println!("the agent will pin the server certificate {fingerprint}");
-    let built = remediation_payload::build::build(
-        &remediation_payload::build::BuildInput {
+    let built = payload_builder::build::build(
+        &payload_builder::build::BuildInput {
             kernel_root: &root,
             agent: &agent,
             public_key: &trusted,
@@ -723,14 +724,14 @@ pub(crate) fn image_build(
     .map_err(Fail)?;
     let img = d.image();
     for (name, data) in [("vmlinuz", &built.vmlinuz), ("initrd.img", &built.initrd)] {
-        netboot_server::image::write_replacing(&img, name, data).map_err(Fail)?;
+        signing::image_dir::write_replacing(&img, name, data).map_err(Fail)?;
     }
     if let Some(tmp) = unpacked {
         let _ = std::fs::remove_dir_all(tmp);
     }
     match signing::KeyPair::load(&d.private_key()) {
         Ok(k) => {
-            let m = netboot_server::image::sign_dir(&img, &k, &version, now_unix())?;
+            let m = signing::image_dir::sign_dir(&img, netboot_server::proto::boot::KERNEL, &k, &version, now_unix())?;
             println!("signed {} (version {}, kernel {}, {} artefacts); restart `unbrick serve` to serve it", img.display(), m.image_version, m.kernel_version, m.artefacts.len());
         }
         Err(_) => println!("NOT SIGNED: no private key in {}; sign {} on the offline machine (unbrick image sign) and copy the manifest back", d.keys().display(), img.display()),
@@ -768,8 +769,9 @@ fn image(i: ImageCmd) -> Result<(), Fail> {
         } => {
             let key = key.unwrap_or_else(|| sibling_key(&dir, "signing.key"));
             let kp = signing::KeyPair::load(&key)?;
-            let m = netboot_server::image::sign_dir(
+            let m = signing::image_dir::sign_dir(
                 &dir,
+                netboot_server::proto::boot::KERNEL,
                 &kp,
                 &image_version.unwrap_or_else(image_version_now),
                 now_unix(),

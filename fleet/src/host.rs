@@ -55,6 +55,20 @@ pub enum ClientKind {
     Other,
 }
 
+impl ClientKind {
+    /// The kind in words, for timelines and the console ("PXE UefiX64", "Windows").
+    pub fn label(self) -> String {
+        match self {
+            Self::Pxe(a) => format!("PXE {a:?}"),
+            Self::Ipxe(a) => format!("iPXE {a:?}"),
+            Self::HttpBoot(a) => format!("HTTP boot {a:?}"),
+            Self::Windows => "Windows".into(),
+            Self::Agent => "unbrick agent".into(),
+            Self::Other => "other DHCP client".into(),
+        }
+    }
+}
+
 /// The states of the design's host state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "reason")]

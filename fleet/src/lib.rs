@@ -9,6 +9,9 @@ pub mod agent;
 pub mod campaign;
 pub mod escrow;
 pub mod host;
+pub mod inventory;
+pub mod lease;
+pub mod lifecycle;
 pub mod mac;
 pub mod policy;
 #[cfg(feature = "sled-store")]
@@ -16,7 +19,8 @@ pub mod store;
 
 pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState};
 pub use host::{Arch, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError};
+pub use lease::Lease;
 pub use mac::Mac;
 pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
 #[cfg(feature = "sled-store")]
-pub use store::{Lease, SledStore, Store, StoreError};
+pub use store::{SledStore, Store, StoreError};

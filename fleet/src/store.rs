@@ -7,6 +7,7 @@
 //! tree `escrow` (protector ID -> JSON [`crate::escrow::EscrowRecord`], the password sealed),
 //! tree `meta` (`schema_version`).
 //! Writes are durable once [`Store::flush`] returns; callers flush before acknowledging.
+pub use crate::lease::Lease;
 use crate::{Event, HostRecord, Mac};
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
@@ -30,16 +31,6 @@ pub enum StoreError {
     TooNew { found: u32 },
     #[error("{0}")]
     Rejected(String),
-}
-
-/// A DHCP lease handed out in full mode.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
-    pub ip: Ipv4Addr,
-    pub mac: Mac,
-    pub expires_ms: u64,
-    /// Offered but not yet requested: reclaimed quickly if the client goes away.
-    pub offered_only: bool,
 }
 
 /// An entry of the audit log (admin actions, key releases).

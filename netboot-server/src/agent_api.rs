@@ -6,27 +6,38 @@
 // axum's Response is the natural error of these handler helpers; they run once per agent request.
 #![allow(clippy::result_large_err)]
 
-use crate::escrow::KeyAnswer;
-use crate::http::text;
-use crate::Shared;
+use crate::reply::{fleet_error, text};
+use crate::Booter;
 use axum::extract::{rejection::JsonRejection, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use axum::Json;
-use fleet::agent::{Hello, HelloReply, KeyReply, KeyRequest, Report, RunResult, Step};
-use fleet::{EventSource, HostRecord, HostState, Mac};
+use axum::Router;
+use fleet::agent::{Hello, HelloReply, KeyReply, KeyRequest, Report, Step};
+use fleet::lifecycle::Input;
+use fleet::{EventSource, HostRecord, Mac};
+use fleet_service::escrow::KeyAnswer;
+use fleet_service::now_ms;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// The agent API, mounted on the HTTPS listener only (the agent pins its certificate).
+pub fn router(booter: Arc<Booter>) -> Router {
+    Router::new()
+        .route("/agent/v1/hello", post(hello))
+        .route("/agent/v1/step", post(step))
+        .route("/agent/v1/report", post(report))
+        .route("/agent/v1/bitlocker-key", post(bitlocker_key))
+        .with_state(booter)
+}
 
 /// How long a per-boot token stays valid.
 pub const TOKEN_LIFETIME_MS: u64 = 6 * 3600 * 1000;
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks the token against the host record; returns the host.
 fn authenticate(
-    s: &Shared,
+    s: &Booter,
     mac: &str,
     token: &str,
     now: u64,
@@ -41,7 +52,7 @@ fn authenticate(
         ));
     };
     match &host.boot_token {
-        Some(t) if ct_eq(t.as_bytes(), token.as_bytes()) => {}
+        Some(t) if bool::from(t.as_bytes().ct_eq(token.as_bytes())) => {}
         _ => {
             s.fleet.event(
                 mac,
@@ -70,49 +81,26 @@ fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
         .map_err(|e| text(StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())))
 }
 
-async fn flush(s: &Shared) -> Result<(), Response> {
+async fn flush(s: &Booter) -> Result<(), Response> {
     s.fleet
         .durable()
         .await
         .map_err(|e| text(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}\n")))
 }
 
-fn transition(
-    s: &Shared,
-    mac: Mac,
-    to: HostState,
-    now: u64,
-    f: impl Fn(&mut HostRecord),
-) -> Result<(), Response> {
-    let mut note = String::new();
-    let r = s.fleet.update(mac, now, &mut |h| {
-        f(h);
-        let from = h.state.name();
-        note = match h.transition(to.clone(), now) {
-            Ok(true) => format!("{from} -> {}", to.name()),
-            Ok(false) => String::new(),
-            // Late or repeated steps must not fail the agent; the refusal is recorded.
-            Err(e) => format!("kept {from}: {e}"),
-        };
-        Ok(())
-    });
-    if let Err(e) = r {
-        return Err(text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store: {e}\n"),
-        ));
-    }
-    if !note.is_empty() {
-        s.fleet.event(mac, EventSource::Agent, "state", note, now);
-    }
-    Ok(())
+/// Applies an agent message to the host through the fleet's one transition function.
+fn observe(s: &Booter, mac: Mac, input: &Input<'_>, now: u64) -> Result<(), Response> {
+    s.fleet
+        .observe(mac, input, now)
+        .map(drop)
+        .map_err(|e| fleet_error(&e.into()))
 }
 
 pub async fn hello(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Booter>>,
     req: Result<Json<Hello>, JsonRejection>,
 ) -> Response {
-    let now = crate::now_ms();
+    let now = now_ms();
     let h = match body(req) {
         Ok(h) => h,
         Err(r) => return r,
@@ -121,16 +109,11 @@ pub async fn hello(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let uuid = h.uuid.clone();
-    let serial = h.serial.clone();
-    if let Err(r) = transition(&s, mac, HostState::AgentUp, now, |rec| {
-        if uuid.is_some() {
-            rec.uuid = uuid.clone();
-        }
-        if serial.is_some() {
-            rec.serial = serial.clone();
-        }
-    }) {
+    let hello = Input::AgentHello {
+        uuid: h.uuid.as_deref(),
+        serial: h.serial.as_deref(),
+    };
+    if let Err(r) = observe(&s, mac, &hello, now) {
         return r;
     }
     s.fleet.event(
@@ -159,10 +142,10 @@ pub async fn hello(
 }
 
 pub async fn step(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Booter>>,
     req: Result<Json<Step>, JsonRejection>,
 ) -> Response {
-    let now = crate::now_ms();
+    let now = now_ms();
     let st = match body(req) {
         Ok(h) => h,
         Err(r) => return r,
@@ -171,16 +154,8 @@ pub async fn step(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let to = match st.step.as_str() {
-        "scanning" => Some(HostState::Scanning),
-        // A BitLocker volume was unlocked with a released key.
-        "unlocked" => Some(HostState::Unlocked),
-        _ => None,
-    };
-    if let Some(to) = to {
-        if let Err(r) = transition(&s, mac, to, now, |_| {}) {
-            return r;
-        }
+    if let Err(r) = observe(&s, mac, &Input::AgentStep { step: &st.step }, now) {
+        return r;
     }
     let kind: String = st
         .step
@@ -202,10 +177,10 @@ pub async fn step(
 }
 
 pub async fn report(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Booter>>,
     req: Result<Json<Report>, JsonRejection>,
 ) -> Response {
-    let now = crate::now_ms();
+    let now = now_ms();
     let mut rep = match body(req) {
         Ok(h) => h,
         Err(r) => return r,
@@ -223,21 +198,6 @@ pub async fn report(
     }
     rep.token.clear();
     let reason = rep.reason.clone().unwrap_or_default();
-    let to = match rep.result {
-        RunResult::Remediated => HostState::Remediated,
-        // Rolled back: the machine is as it was before the campaign, so a person must look.
-        RunResult::Restored => HostState::NeedsAttention(format!(
-            "rolled back: {}",
-            if reason.is_empty() {
-                "quarantined files restored"
-            } else {
-                &reason
-            }
-        )),
-        RunResult::Clean | RunResult::NothingFound => HostState::Clean,
-        RunResult::NeedsAttention => HostState::NeedsAttention(reason.clone()),
-        RunResult::Failed => HostState::Failed(reason.clone()),
-    };
     for f in &rep.files {
         s.fleet.event(
             mac,
@@ -274,26 +234,7 @@ pub async fn report(
             .join(", "),
         rep.agent_ms
     );
-    let stored = rep.clone();
-    // The recovery-password protectors the disk carries: what an admin looks the key up by.
-    let recovery_ids: Vec<String> = rep
-        .volumes
-        .iter()
-        .flat_map(|v| v.protectors.iter())
-        .filter(|p| p.ends_with(" recovery password"))
-        .filter_map(|p| p.split_whitespace().next().map(str::to_string))
-        .collect();
-    if let Err(r) = transition(&s, mac, to, now, move |h| {
-        h.last_report = Some(stored.clone());
-        h.reports += 1;
-        // The run is over: the agent no longer waits for a key.
-        h.bitlocker_waiting.clear();
-        for id in &recovery_ids {
-            if !h.protector_ids.contains(id) {
-                h.protector_ids.push(id.clone());
-            }
-        }
-    }) {
+    if let Err(r) = observe(&s, mac, &Input::AgentReport(&rep), now) {
         return r;
     }
     s.fleet
@@ -307,10 +248,10 @@ pub async fn report(
 /// `POST /agent/v1/bitlocker-key` (HTTPS only, like the whole agent API): the release policy is
 /// [`fleet::escrow::decide`]; every answer is recorded and flushed before it is sent.
 pub async fn bitlocker_key(
-    State(s): State<Arc<Shared>>,
+    State(s): State<Arc<Booter>>,
     req: Result<Json<KeyRequest>, JsonRejection>,
 ) -> Response {
-    let now = crate::now_ms();
+    let now = now_ms();
     let k = match body(req) {
         Ok(k) => k,
         Err(r) => return r,

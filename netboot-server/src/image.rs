@@ -1,5 +1,6 @@
 //! The recovery image directory: loaded into memory, verified against its signed manifest, and
 //! served only from that verified copy. Also the signed remediation rules.
+use signing::image_dir::read_files;
 use signing::manifest::{MANIFEST_FILE, SIGNATURE_FILE};
 use signing::{Manifest, PublicKey, RuleSet};
 use std::collections::BTreeMap;
@@ -12,76 +13,6 @@ pub struct Image {
     pub dir: PathBuf,
     pub manifest: Manifest,
     files: BTreeMap<String, Arc<[u8]>>,
-}
-
-/// Reads every regular file of `dir` except the manifest and its signature.
-pub fn read_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut out = Vec::new();
-    for entry in rd {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name == MANIFEST_FILE || name == SIGNATURE_FILE || name.starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        if !meta.is_file() {
-            return Err(format!(
-                "{}: only plain files belong in an image directory",
-                path.display()
-            ));
-        }
-        let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        out.push((name, data));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The kernel release string inside a bzImage (setup header `kernel_version`, boot protocol 2.00+).
-pub fn bzimage_version(data: &[u8]) -> Option<String> {
-    if data.get(0x202..0x206)? != b"HdrS" {
-        return None;
-    }
-    let off = u16::from_le_bytes([*data.get(0x20e)?, *data.get(0x20f)?]) as usize + 0x200;
-    let tail = data.get(off..)?;
-    let end = tail.iter().position(|b| *b == 0)?;
-    let s = std::str::from_utf8(&tail[..end]).ok()?;
-    s.split_whitespace().next().map(str::to_string)
-}
-
-/// Signs `dir`: writes `manifest.json` and `manifest.json.sig` over every file in it.
-pub fn sign_dir(
-    dir: &Path,
-    key: &signing::KeyPair,
-    version: &str,
-    now_unix: u64,
-) -> Result<Manifest, String> {
-    let files = read_files(dir)?;
-    let kernel_version = files
-        .iter()
-        .find(|(n, _)| n == crate::boot::KERNEL)
-        .and_then(|(_, d)| bzimage_version(d))
-        .unwrap_or_else(|| "none".into());
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(n, d)| (n.as_str(), d.as_slice()))
-        .collect();
-    let m = Manifest::new(version, now_unix, &kernel_version, &key.public_key(), &refs)
-        .map_err(|e| e.to_string())?;
-    write_replacing(dir, MANIFEST_FILE, &m.to_canonical())?;
-    write_replacing(dir, SIGNATURE_FILE, m.sign(key).to_text().as_bytes())?;
-    Ok(m)
-}
-
-/// Writes `dir/name` through a temporary file and a rename, so a reader (or a crash) never sees
-/// half a file.
-pub fn write_replacing(dir: &Path, name: &str, data: &[u8]) -> Result<(), String> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, data)
-        .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
-        .map_err(|e| format!("{}: {e}", dir.join(name).display()))
 }
 
 impl Image {
@@ -133,7 +64,8 @@ impl Image {
 
     /// Whether the image can boot the payload (kernel and initrd present).
     pub fn payload_ready(&self) -> bool {
-        self.files.contains_key(crate::boot::KERNEL) && self.files.contains_key(crate::boot::INITRD)
+        self.files.contains_key(netboot_proto::boot::KERNEL)
+            && self.files.contains_key(netboot_proto::boot::INITRD)
     }
 
     /// Compares the files on disk with the verified copy in memory; returns the differences.

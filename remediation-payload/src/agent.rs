@@ -4,7 +4,6 @@
 //! reboots (or powers off with `unbrick.poweroff`). Whatever fails, it reports and reboots: PID 1
 //! never exits into a kernel panic.
 use crate::cmdline::{Cmdline, DirtyPolicy};
-use crate::http;
 use crate::remediate;
 use fleet::agent::{FileRecord, Hello, HelloReply, Report, RunResult, Step, VolumeReport};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -12,6 +11,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use unbrick_http as http;
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -805,7 +805,7 @@ fn cryptsetup_open(dev: &str, name: &str, password: &str) -> Result<u128, (&'sta
 
 /// cryptsetup as the image ships it.
 fn cryptsetup_path() -> PathBuf {
-    Path::new("/").join(crate::build::IMAGE_CRYPTSETUP)
+    Path::new("/").join(crate::IMAGE_CRYPTSETUP)
 }
 
 /// A cryptsetup command for this image: no udev here (libdevmapper makes the /dev/mapper node

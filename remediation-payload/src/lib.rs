@@ -1,16 +1,16 @@
-//! The recovery payload: the agent that runs as PID 1 of the initramfs, and the builder that
-//! makes the image (kernel + initramfs) it runs in.
+//! The recovery agent: PID 1 of the initramfs. It brings the network up, finds the Windows
+//! volumes (unlocking BitLocker with a released key), quarantines what the signed rules name,
+//! reports and reboots. The host-side image builder is the `payload-builder` crate beside this
+//! one, the HTTP client the `unbrick-http` crate.
 //!
-//! Pure parts (cpio, module resolution, command line, volume and rule walking logic) are unit
-//! tested here; the agent's Linux runtime is tested end to end in QEMU (tests/blackbox).
+//! Pure parts (module resolution, command line, volume classification, rule walking, report
+//! building) are unit tested here; the agent's Linux runtime is tested end to end in QEMU
+//! (tests/blackbox).
 #![deny(unsafe_code)]
 
 pub mod agent;
 pub mod bitlk;
-pub mod build;
 pub mod cmdline;
-pub mod cpio;
-pub mod http;
 pub mod modules;
 pub mod remediate;
 mod sys;
@@ -36,6 +36,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub server_cert_sha256: Option<String>,
 }
+
+/// Where the image puts cryptsetup (the agent runs it from there).
+pub const IMAGE_CRYPTSETUP: &str = "usr/sbin/cryptsetup";
 
 pub const AGENT_CONFIG_PATH: &str = "etc/unbrick/agent.json";
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

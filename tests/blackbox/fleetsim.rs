@@ -9,7 +9,7 @@ fn sim_binary() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let dir = env!("CARGO_MANIFEST_DIR");
     must(&format!(
-        "cd {dir} && {cargo} build -q --release -p web-console --bin unbrick-fleetsim"
+        "cd {dir} && {cargo} build -q --release -p unbrick-testtools --bin unbrick-fleetsim"
     ));
     format!("{dir}/target/release/unbrick-fleetsim")
 }

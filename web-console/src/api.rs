@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet::{EventSource, HostRecord, HostState, Mac};
+use fleet::{EventSource, HostRecord, Mac};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ pub async fn openapi() -> Response {
 }
 
 fn now() -> u64 {
-    netboot_server::now_ms()
+    fleet_service::now_ms()
 }
 
 /// Parses a query string into key/value pairs, allowing only `known` keys, each once.
@@ -143,7 +143,7 @@ pub fn view(h: &HostRecord) -> HostView {
         ip: h.ip.map(|i| i.to_string()),
         uuid: h.uuid.clone(),
         serial: h.serial.clone(),
-        client: h.last_kind.map(netboot_server::fleetio::kind_name),
+        client: h.last_kind.map(fleet::ClientKind::label),
         payload_boots: h.payload_boots,
         approved: h.approved,
         skipped: h.skipped,
@@ -248,6 +248,19 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
     error(StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}"))
 }
 
+/// The one mapping of a fleet error to an API answer: its status from
+/// [`fleet_service::Error::http_status`], the reason in the body; a server fault is logged.
+pub fn fleet_error(e: impl Into<fleet_service::Error>) -> Response {
+    let e = e.into();
+    if e.is_server_fault() {
+        tracing::error!("{e}");
+    }
+    error(
+        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        e.to_string(),
+    )
+}
+
 /// Reads from the store off the async threads.
 async fn read_store<T: Send + 'static>(
     c: &Console,
@@ -257,7 +270,7 @@ async fn read_store<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&*store))
         .await
         .map_err(unavailable)?
-        .map_err(unavailable)
+        .map_err(fleet_error)
 }
 
 /// A host's history from the store.
@@ -281,60 +294,16 @@ pub async fn apply_import(
     rows: Vec<HostImport>,
     errors: Vec<RowError>,
 ) -> Result<ImportResult, Response> {
-    let now = now();
-    let (mut created, mut updated) = (0, 0);
-    for r in &rows {
-        let existed = c.fleet.host(r.mac).is_some();
-        c.fleet
-            .update(r.mac, now, &mut |h| {
-                r.apply(h);
-                Ok(())
-            })
-            .map_err(unavailable)?;
-        c.fleet.event(
-            r.mac,
-            EventSource::Admin,
-            "import",
-            format!(
-                "inventory imported by {actor}: hostname {}, site {}, tags {}",
-                r.hostname.as_deref().unwrap_or("-"),
-                r.site.as_deref().unwrap_or("-"),
-                if r.tags.is_empty() {
-                    "-".into()
-                } else {
-                    r.tags.join(",")
-                }
-            ),
-            now,
-        );
-        if existed {
-            updated += 1
-        } else {
-            created += 1
-        }
-    }
-    record_audit(
-        c,
-        actor,
-        "import",
-        format!(
-            "{created} created, {updated} updated, {} rows refused",
-            errors.len()
-        ),
-    )?;
-    c.fleet.durable().await.map_err(unavailable)?;
+    let n = c
+        .fleet
+        .import_inventory(actor, &rows, errors.len(), None, now())
+        .await
+        .map_err(fleet_error)?;
     Ok(ImportResult {
-        created,
-        updated,
+        created: n.created,
+        updated: n.updated,
         errors,
     })
-}
-
-#[allow(clippy::result_large_err)]
-fn record_audit(c: &Console, actor: &str, action: &str, detail: String) -> Result<(), Response> {
-    c.fleet
-        .audit(actor, action, detail, now())
-        .map_err(unavailable)
 }
 
 /// Largest request body the API reads (a 100,000-host CSV is ~5 MB).
@@ -395,21 +364,7 @@ pub async fn import_hosts(
     done(r.await)
 }
 
-/// The bulk actions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Action {
-    /// Allow the payload (when the site requires approval).
-    Approve,
-    /// Run the payload again on the next network boot, whatever happened before.
-    Retry,
-    /// Leave the machine alone: it boots locally and never gets the payload.
-    Skip,
-    /// An admin fixed it by other means: recovered.
-    MarkDone,
-    /// Remove the host and its history.
-    Forget,
-}
+pub use fleet_service::actions::{Action, ActionOutcome, ActionResult, MAX_BULK};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,23 +373,6 @@ pub struct ActionRequest {
     pub macs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct ActionOutcome {
-    pub mac: String,
-    pub ok: bool,
-    pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct ActionResult {
-    pub action: Action,
-    pub ok: usize,
-    pub failed: usize,
-    pub results: Vec<ActionOutcome>,
-}
-
-pub const MAX_BULK: usize = 20_000;
-
 /// Runs one action on many hosts; each host's result is reported, one audit entry in all.
 pub async fn apply_action(
     c: &Console,
@@ -442,136 +380,10 @@ pub async fn apply_action(
     action: Action,
     macs: &[String],
 ) -> Result<ActionResult, Response> {
-    if macs.is_empty() {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "no hosts given (macs is empty)",
-        ));
-    }
-    if macs.len() > MAX_BULK {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("at most {MAX_BULK} hosts per request"),
-        ));
-    }
-    let now = now();
-    let mut results = Vec::with_capacity(macs.len());
-    for m in macs {
-        let out = match m.parse::<Mac>() {
-            Err(e) => ActionOutcome {
-                mac: m.clone(),
-                ok: false,
-                message: e,
-            },
-            Ok(mac) => one_action(c, actor, action, mac, now),
-        };
-        results.push(out);
-    }
-    let ok = results.iter().filter(|r| r.ok).count();
-    let failed = results.len() - ok;
-    let name = serde_json::to_value(action)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let sample: Vec<&str> = results
-        .iter()
-        .filter(|r| r.ok)
-        .take(20)
-        .map(|r| r.mac.as_str())
-        .collect();
-    record_audit(
-        c,
-        actor,
-        &name,
-        format!(
-            "{ok} hosts ({}{}), {failed} refused",
-            sample.join(" "),
-            if ok > 20 { " ..." } else { "" }
-        ),
-    )?;
-    c.fleet.durable().await.map_err(unavailable)?;
-    Ok(ActionResult {
-        action,
-        ok,
-        failed,
-        results,
-    })
-}
-
-fn one_action(c: &Console, actor: &str, action: Action, mac: Mac, now: u64) -> ActionOutcome {
-    let fail = |message: String| ActionOutcome {
-        mac: mac.to_string(),
-        ok: false,
-        message,
-    };
-    if action == Action::Forget {
-        return match c.fleet.forget(mac) {
-            Ok(true) => {
-                tracing::info!("{mac} forgotten by {actor}");
-                ActionOutcome {
-                    mac: mac.to_string(),
-                    ok: true,
-                    message: "forgotten".into(),
-                }
-            }
-            Ok(false) => fail("unknown host".into()),
-            Err(e) => fail(format!("store: {e}")),
-        };
-    }
-    if c.fleet.host(mac).is_none() {
-        return fail("unknown host; import it first".into());
-    }
-    let mut msg = String::new();
-    let r = c.fleet.update(mac, now, &mut |h| {
-        msg = match action {
-            Action::Approve => {
-                if h.approved {
-                    "already approved".into()
-                } else {
-                    h.approved = true;
-                    "approved for the recovery payload".into()
-                }
-            }
-            Action::Retry => {
-                let from = h.state.name();
-                h.reset_for_retry(now);
-                format!("{from} -> seen: the payload runs again on the next network boot")
-            }
-            Action::Skip => {
-                h.skipped = true;
-                "skipped: boots locally, never gets the payload".into()
-            }
-            Action::MarkDone => {
-                let from = h.state.name();
-                h.state = HostState::Recovered;
-                h.state_since_ms = now;
-                format!("{from} -> recovered (marked done by hand)")
-            }
-            Action::Forget => unreachable!("handled above"),
-        };
-        Ok(())
-    });
-    match r {
-        Ok(_) => {
-            c.fleet.event(
-                mac,
-                EventSource::Admin,
-                if matches!(action, Action::Retry | Action::MarkDone) {
-                    "state"
-                } else {
-                    "admin"
-                },
-                format!("{msg} (by {actor})"),
-                now,
-            );
-            ActionOutcome {
-                mac: mac.to_string(),
-                ok: true,
-                message: msg,
-            }
-        }
-        Err(e) => fail(format!("store: {e}")),
-    }
+    c.fleet
+        .admin_action(actor, action, macs, now())
+        .await
+        .map_err(fleet_error)
 }
 
 pub async fn bulk_action(

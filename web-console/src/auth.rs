@@ -90,7 +90,7 @@ pub fn session_id(headers: &HeaderMap) -> Option<String> {
 /// Read-only callers may only read.
 #[allow(clippy::result_large_err)]
 pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Caller, Response> {
-    let now = netboot_server::now_ms();
+    let now = fleet_service::now_ms();
     let who = if let Some(v) = headers.get(header::AUTHORIZATION) {
         let v = v.to_str().unwrap_or("");
         let Some(secret) = v
@@ -150,5 +150,6 @@ pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Calle
 }
 
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::escrow::{parse_export, protector_id, RecoveryPassword};
-use netboot_server::escrow::ImportResult;
+use fleet_service::escrow::ImportResult;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -24,12 +24,24 @@ fn respond(r: Result<Response, Failure>) -> Response {
 
 /// Runs a blocking escrow operation (store, vault) off the async threads.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    f: impl FnOnce() -> fleet_service::Result<T> + Send + 'static,
 ) -> Result<T, Failure> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
-        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))
+        .map_err(failure)
+}
+
+/// A fleet error as a failure: the status from its one mapping, the reason; server faults are
+/// logged.
+fn failure(e: fleet_service::Error) -> Failure {
+    if e.is_server_fault() {
+        tracing::error!("{e}");
+    }
+    (
+        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        e.to_string(),
+    )
 }
 
 async fn durable(c: &Console) -> Result<(), Failure> {
@@ -67,7 +79,7 @@ pub async fn import_export(
     };
     let (fleet, actor) = (c.fleet.clone(), actor.to_string());
     let res =
-        blocking(move || fleet.escrow_import(&parsed, &actor, netboot_server::now_ms())).await?;
+        blocking(move || fleet.escrow_import(&parsed, &actor, fleet_service::now_ms())).await?;
     durable(c).await?;
     Ok((status, res))
 }
@@ -88,7 +100,7 @@ pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
 /// An admin asks to see one password (audited); 404 when nothing is escrowed for it.
 pub async fn reveal_key(c: &Console, actor: &str, id: &str) -> Result<RecoveryPassword, Failure> {
     let (fleet, actor, pid) = (c.fleet.clone(), actor.to_string(), id.to_string());
-    let pw = blocking(move || fleet.escrow_reveal(&pid, &actor, netboot_server::now_ms()))
+    let pw = blocking(move || fleet.escrow_reveal(&pid, &actor, fleet_service::now_ms()))
         .await?
         .ok_or_else(|| {
             (
@@ -174,7 +186,7 @@ pub async fn paste_key(
     }
     let (fleet, actor, pid) = (c.fleet.clone(), actor.to_string(), p.protector_id.clone());
     let id = blocking(move || {
-        fleet.escrow_paste(mac, pid.as_deref(), &pw, &actor, netboot_server::now_ms())
+        fleet.escrow_paste(mac, pid.as_deref(), &pw, &actor, fleet_service::now_ms())
     })
     .await?;
     durable(c).await?;

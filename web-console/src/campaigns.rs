@@ -218,7 +218,7 @@ pub async fn create(
     let spec = input
         .into_spec()
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
-    let now = netboot_server::now_ms();
+    let now = fleet_service::now_ms();
     let id = format!("c-{}", &crate::tokens::random_id()[..8]);
     let camp = Campaign::new(id.clone(), spec, c.rules_label.clone(), now)
         .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
@@ -234,7 +234,7 @@ pub async fn create(
 fn audit(c: &Console, actor: &str, action: &str, detail: String) {
     let _ = c
         .fleet
-        .audit(actor, action, detail, netboot_server::now_ms());
+        .audit(actor, action, detail, fleet_service::now_ms());
 }
 
 /// start | pause | resume | abort | rollback.
@@ -244,7 +244,7 @@ pub async fn act(
     id: &str,
     action: &str,
 ) -> Result<String, (StatusCode, String)> {
-    let now = netboot_server::now_ms();
+    let now = fleet_service::now_ms();
     let hosts: Vec<fleet::HostRecord> = c.fleet.hosts();
     let taken = c.campaigns.taken(id);
     let r = c.campaigns.with(|cs| {
@@ -287,7 +287,7 @@ pub fn spawn_ticker(c: Arc<Console>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let now = netboot_server::now_ms();
+            let now = fleet_service::now_ms();
             if c.campaigns.any_active() {
                 let (changes, logs) = c.fleet.with_hosts(|h| c.campaigns.tick(h, now));
                 for l in logs {

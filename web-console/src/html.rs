@@ -42,7 +42,7 @@ fn to_login() -> Response {
 #[allow(clippy::result_large_err)]
 fn session(c: &Console, headers: &HeaderMap) -> Result<Session, Response> {
     auth::session_id(headers)
-        .and_then(|id| c.sessions.get(&id, netboot_server::now_ms()))
+        .and_then(|id| c.sessions.get(&id, fleet_service::now_ms()))
         .ok_or_else(to_login)
 }
 
@@ -72,7 +72,7 @@ pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
     };
     let (id, _) = c
         .sessions
-        .open(&t.name, t.read_only, netboot_server::now_ms());
+        .open(&t.name, t.read_only, fleet_service::now_ms());
     tracing::info!("console login: {}", t.name);
     (
         StatusCode::SEE_OTHER,
@@ -125,7 +125,7 @@ fn form_session(
     let id = auth::session_id(headers).ok_or_else(to_login)?;
     let s = c
         .sessions
-        .get(&id, netboot_server::now_ms())
+        .get(&id, fleet_service::now_ms())
         .ok_or_else(to_login)?;
     let sent = field(f, "csrf").unwrap_or("");
     if !auth::ct_eq(sent.as_bytes(), s.csrf.as_bytes()) {

@@ -5,7 +5,7 @@
 //! - `/`, `/hosts/{mac}`, `/login`: server-rendered HTML (askama), a small script for live updates
 //!   over SSE (`/api/v1/events`); forms carry a per-session CSRF token.
 //!
-//! Every write goes through [`netboot_server::fleetio::FleetIo`] (the store's single writer) and is
+//! Every write goes through [`fleet_service::FleetIo`] (the store's single writer) and is
 //! on disk before the answer. Input errors are 4xx with a reason, never a 500.
 #![forbid(unsafe_code)]
 
@@ -19,7 +19,7 @@ pub mod tokens;
 
 use axum::routing::{get, post};
 use axum::Router;
-use netboot_server::fleetio::FleetIo;
+use fleet_service::FleetIo;
 use std::sync::Arc;
 
 /// Everything the console's handlers share.

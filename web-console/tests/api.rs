@@ -3,8 +3,8 @@
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use fleet::{Event, EventSource, HostState, Mac, SledStore, Store};
+use fleet_service::FleetIo;
 use http_body_util::BodyExt;
-use netboot_server::fleetio::FleetIo;
 use std::sync::Arc;
 use tower::ServiceExt;
 use web_console::{router, Console};
@@ -825,7 +825,7 @@ const RP2: &str = "042647-302313-590458-071500-554323-116567-412181-516978";
 
 #[tokio::test]
 async fn bitlocker_keys_import_list_reveal_paste_and_release() {
-    use netboot_server::escrow::KeyAnswer;
+    use fleet_service::escrow::KeyAnswer;
     let t = setup("bitlk");
     let m1 = Mac([0x52, 0x54, 0, 0xab, 0, 1]);
     let m2 = Mac([0x52, 0x54, 0, 0xab, 0, 2]);
@@ -927,12 +927,9 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     });
     // Both hosts' agents are up and scanning.
     for m in [m1, m2] {
-        t.fleet
-            .update(m, now, &mut |h| {
-                h.state = HostState::Scanning;
-                Ok(())
-            })
-            .unwrap();
+        let mut h = t.fleet.host(m).unwrap();
+        h.state = HostState::Scanning;
+        t.fleet.put_fixture(h).unwrap();
     }
     let KeyAnswer::Release {
         protector_id,

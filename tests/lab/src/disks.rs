@@ -1,7 +1,7 @@
 //! Test disks as ../shared/lab/LAB.md describes, without loop devices or kernel NTFS on the host:
 //! sparse images partitioned with sgdisk (GPT) or sfdisk (MBR), NTFS made by mkntfs on a
 //! partition-sized file, populated through ntfs-3g (FUSE), then copied into place.
-use crate::lab::*;
+use crate::lab::{must, sh};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];

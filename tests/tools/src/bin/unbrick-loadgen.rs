@@ -12,8 +12,7 @@
 //! `console`: imports H hosts through the API, logs in, and times the console's host table
 //! (first page, a search, a state filter) and the JSON host list.
 use std::time::{Duration, Instant};
-#[path = "common/exchange.rs"]
-mod exchange;
+use unbrick_testtools::exchange;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -84,7 +83,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn agents(http: &str, https: &str, pin: &str, n: usize, acks: &str) {
-    let cfg = remediation_payload::http::pinned_config(pin).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = unbrick_http::pinned_config(pin).unwrap_or_else(|e| panic!("{e}"));
     let connector = tokio_rustls::TlsConnector::from(cfg);
     let http_addr = host_port(http);
     let https_addr = host_port(https);

@@ -1,10 +1,10 @@
 //! The tokio DHCP driver: sockets on :67 and :4011 bound to one interface, IP_PKTINFO on every
 //! datagram so replies leave on the interface the request came in on, lease changes made durable
 //! before a reply is sent.
-use super::decide::{decide, parse, Dest, DhcpConfig, LeaseChange, Via, PXE_PORT};
-use super::pool::LeasePool;
-use crate::fleetio::FleetIo;
 use dhcproto::{Encodable, Encoder};
+use fleet_service::{now_ms, FleetIo};
+use netboot_proto::dhcp::decide::{decide, parse, Dest, DhcpConfig, LeaseChange, Via, PXE_PORT};
+use netboot_proto::dhcp::pool::LeasePool;
 use nix::libc;
 use nix::sys::socket::{
     recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -134,7 +134,7 @@ impl DhcpServer {
 
     fn expire_leases(&self) {
         let Some(pool) = &self.pool else { return };
-        let gone = pool.lock().unwrap().expire(crate::now_ms());
+        let gone = pool.lock().unwrap().expire(now_ms());
         for l in gone {
             let _ = self.fleet.store().remove_lease(l.ip);
         }
@@ -153,7 +153,7 @@ impl DhcpServer {
                 return;
             }
         };
-        let now = crate::now_ms();
+        let now = now_ms();
         let host = self.fleet.host(inb.mac);
         let outcome = {
             let mut guard = self.pool.as_ref().map(|p| p.lock().unwrap());
@@ -203,7 +203,13 @@ impl DhcpServer {
             (_, PXE_PORT) => Some(*rx.src.ip()),
             _ => None,
         };
-        self.fleet.dhcp_seen(&inb, port, &outcome, ip_hint, now);
+        self.fleet.dhcp_seen(
+            inb.mac,
+            inb.seen(ip_hint),
+            &inb.type_name(),
+            inb.describe(port, &outcome),
+            now,
+        );
         let Some(reply) = outcome.reply else {
             self.stats.silent.fetch_add(1, Ordering::Relaxed);
             return;

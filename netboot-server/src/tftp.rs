@@ -1,7 +1,7 @@
 //! The tokio TFTP driver: one socket on port 69 for requests, one ephemeral socket (a new
 //! transfer ID) per transfer, timers from the state machine's deadlines.
-use super::transfer::{Limits, Outcome, Transfer};
-use super::{check_request, packet, to_netascii, ErrorCode};
+use netboot_proto::tftp::transfer::{Limits, Outcome, Transfer};
+use netboot_proto::tftp::{check_request, packet, to_netascii, ErrorCode};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -14,8 +14,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-#[path = "common/exchange.rs"]
-mod exchange;
+use unbrick_testtools::exchange;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -177,7 +176,7 @@ async fn dora(d: &Dhcp, mac: &[u8; 6], xid: u32, kind: &str) -> Result<(Ipv4Addr
 
 /// A TFTP read (RFC 1350 + blksize/tsize), from `from`; returns the size.
 async fn tftp_get(from: Ipv4Addr, file: &str) -> Result<usize, String> {
-    use netboot_server::tftp::packet::Packet;
+    use netboot_proto::tftp::packet::Packet;
     let s = UdpSocket::bind((from, 0))
         .await
         .map_err(|e| format!("tftp bind {from}: {e}"))?;
@@ -431,12 +430,12 @@ fn api(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let opts = remediation_payload::http::Options {
+    let opts = unbrick_http::Options {
         headers: vec![("Authorization", format!("Bearer {token}"))],
         ..Default::default()
     };
     let data = body.map(|b| serde_json::to_vec(&b).unwrap());
-    let r = remediation_payload::http::request_with(
+    let r = unbrick_http::request_with(
         method,
         &format!("http://{SERVER}:8080{path}"),
         data.as_deref(),
@@ -482,12 +481,12 @@ fn main() {
     for i in 0..n {
         csv.push_str(&format!("{},sim-{i:05},lab,sim\n", mac_str(&mac_of(i))));
     }
-    let opts = remediation_payload::http::Options {
+    let opts = unbrick_http::Options {
         headers: vec![("Authorization", format!("Bearer {token}"))],
         content_type: Some("text/csv"),
         ..Default::default()
     };
-    let r = remediation_payload::http::request_with(
+    let r = unbrick_http::request_with(
         "POST",
         &format!("http://{SERVER}:8080/api/v1/hosts/import"),
         Some(csv.as_bytes()),
@@ -525,9 +524,7 @@ fn main() {
     let log = Arc::new(Mutex::new(vec![HostLog::default(); n]));
     let done = rt.block_on(async {
         let dhcp = Dhcp::new(&iface);
-        let tls = tokio_rustls::TlsConnector::from(
-            remediation_payload::http::pinned_config(&pin).unwrap(),
-        );
+        let tls = tokio_rustls::TlsConnector::from(unbrick_http::pinned_config(&pin).unwrap());
         let iface = Arc::new(iface.clone());
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let mut set = tokio::task::JoinSet::new();

@@ -1,6 +1,5 @@
-//! TFTP: packet codec, the per-transfer state machine, request checks, and the tokio driver.
+//! TFTP: packet codec, the per-transfer state machine and request checks.
 pub mod packet;
-pub mod server;
 pub mod transfer;
 
 #[cfg(test)]

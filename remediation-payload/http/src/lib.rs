@@ -76,7 +76,7 @@ pub fn request_with(
     let body = body.unwrap_or(&[]);
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unbrick/{}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-        crate::AGENT_VERSION,
+        env!("CARGO_PKG_VERSION"),
         opt.content_type.unwrap_or("application/json"),
         body.len()
     );

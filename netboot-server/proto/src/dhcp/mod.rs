@@ -1,8 +1,7 @@
-//! DHCP: client classification, the pure decision core, the full-mode pool, and the driver.
+//! DHCP: client classification, the pure decision core and the full-mode pool.
 pub mod classify;
 pub mod decide;
 pub mod pool;
-pub mod server;
 
 #[cfg(test)]
 mod tests;

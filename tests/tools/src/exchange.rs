@@ -1,7 +1,7 @@
 //! HTTP/1.1 requests on a TCP stream, plain or TLS (certificate pinned by the connector), for the
 //! load generator and the fleet simulator. A connection may carry several requests in turn
 //! (keep-alive, as the agent does); the response framing is the agent's own
-//! (`remediation_payload::http::response_len`).
+//! (`unbrick_http::response_len`).
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub enum Io {
@@ -51,9 +51,9 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     let mut raw = Vec::new();
     let mut chunk = vec![0u8; 16384];
     loop {
-        if let Ok(Some(n)) = remediation_payload::http::response_len(&raw) {
-            let r = remediation_payload::http::parse_response(&raw[..n])?;
-            let keep = n == raw.len() && !remediation_payload::http::closes(&raw[..n]);
+        if let Ok(Some(n)) = unbrick_http::response_len(&raw) {
+            let r = unbrick_http::parse_response(&raw[..n])?;
+            let keep = n == raw.len() && !unbrick_http::closes(&raw[..n]);
             return Ok((r.status, r.body, keep));
         }
         match s.read(&mut chunk).await {
@@ -68,7 +68,7 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     if raw.is_empty() {
         return Err("connection closed without a response".into());
     }
-    let r = remediation_payload::http::parse_response(&raw)?;
+    let r = unbrick_http::parse_response(&raw)?;
     Ok((r.status, r.body, false))
 }
 

@@ -2,7 +2,8 @@
 //! newc, gzip) holding the static agent as `/init`, the kernel modules it needs (resolved from
 //! modules.dep, dependencies first, kept compressed) and the agent's configuration.
 use crate::cpio::Archive;
-use crate::modules::{parse_builtin, ModuleDep, BITLOCKER, HARDWARE, REQUIRED};
+use remediation_payload::modules;
+use remediation_payload::modules::{parse_builtin, ModuleDep, BITLOCKER, HARDWARE, REQUIRED};
 use std::path::{Path, PathBuf};
 
 pub struct BuildInput<'a> {
@@ -87,7 +88,7 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, String), String> {
 pub const CRYPTSETUP: &[&str] = &["/usr/sbin/cryptsetup", "/sbin/cryptsetup"];
 
 /// The path of `cryptsetup` inside the image (the agent runs it to unlock BitLocker).
-pub const IMAGE_CRYPTSETUP: &str = "usr/sbin/cryptsetup";
+pub use remediation_payload::IMAGE_CRYPTSETUP;
 
 /// The shared libraries `bin` needs, as absolute paths (the dynamic loader's answer, `ldd`),
 /// the loader itself included.
@@ -252,7 +253,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         deps.insert(m.clone(), dep.deps(m).to_vec());
     }
     let keep: std::collections::BTreeSet<String> = order.iter().cloned().collect();
-    let aliases = crate::modules::parse_alias(
+    let aliases = modules::parse_alias(
         &std::fs::read_to_string(mdir.join("modules.alias")).unwrap_or_default(),
         &keep,
     );
@@ -272,14 +273,14 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         return Err(format!("{} is not an ELF binary", input.agent.display()));
     }
     a.file("init", agent, 0o755);
-    let cfg = crate::AgentConfig {
+    let cfg = remediation_payload::AgentConfig {
         signing_public_key: hex::encode(input.public_key.as_bytes()),
         image_version: input.image_version.into(),
         kernel_version: kver.clone(),
         modules: mods,
         deps,
         aliases,
-        always: crate::modules::ALWAYS
+        always: modules::ALWAYS
             .iter()
             .chain(if input.bitlocker { BITLOCKER } else { &[] })
             .map(|s| s.to_string())
@@ -287,7 +288,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         server_cert_sha256: input.server_cert_sha256.clone(),
     };
     a.file(
-        crate::AGENT_CONFIG_PATH,
+        remediation_payload::AGENT_CONFIG_PATH,
         serde_json::to_vec_pretty(&cfg).expect("config serializes"),
         0o644,
     );

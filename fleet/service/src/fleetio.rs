@@ -1,8 +1,8 @@
-//! The bridge between the protocol drivers and the fleet store: records what every client did,
-//! answers "what is this host's record", and remembers which IP address belongs to which MAC
-//! (TFTP and HTTP only see addresses).
-use crate::dhcp::{Inbound, Outcome};
-use fleet::{BootPolicy, ClientKind, Event, EventSource, HostRecord, HostState, Mac, Store};
+//! The store's single writer: records what every client did, answers "what is this host's
+//! record", and remembers which IP address belongs to which MAC (TFTP and HTTP only see
+//! addresses). Every state change goes through [`fleet::lifecycle::apply`].
+use fleet::lifecycle::{self, DhcpSeen, Input};
+use fleet::{BootPolicy, Event, EventSource, HostRecord, Mac, Store};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,10 +49,6 @@ pub struct FleetIo {
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
 /// retransmits constantly, and a DHCP storm must not become a store storm.
 pub const DHCP_REPEAT_WINDOW_MS: u64 = 30_000;
-
-/// Network-boot DISCOVERs further apart than this are separate boots (firmware and iPXE
-/// retransmit within seconds during one boot; Windows crashing and rebooting takes longer).
-pub const NEW_BOOT_GAP_MS: u64 = 20_000;
 
 impl FleetIo {
     pub fn new(
@@ -139,9 +135,39 @@ impl FleetIo {
         Ok(existed || cached)
     }
 
-    /// Read-modify-write of one host, in the cache and the store together. The closure may
-    /// refuse with `Err`, which changes nothing.
+    /// Read-modify-write of one host's inventory fields (host name, site, tags, notes), in the
+    /// cache and the store together. The closure may refuse with `Err`, which changes nothing.
+    /// A state change is refused here: those go through [`FleetIo::observe`].
     pub fn update(
+        &self,
+        mac: Mac,
+        now_ms: u64,
+        f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
+    ) -> Result<HostRecord, fleet::StoreError> {
+        self.write(mac, now_ms, &mut |h| {
+            let before = h.state.clone();
+            f(h)?;
+            if h.state != before {
+                return Err(format!(
+                    "{mac}: state changes go through fleet::lifecycle, not an inventory update"
+                ));
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes a whole record as given, bypassing the lifecycle: for test fixtures that need a
+    /// host in a given state. Nothing in the server calls it.
+    pub fn put_fixture(&self, rec: HostRecord) -> Result<(), fleet::StoreError> {
+        let mac = rec.mac;
+        self.write(mac, rec.state_since_ms, &mut |h| {
+            *h = rec.clone();
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    fn write(
         &self,
         mac: Mac,
         now_ms: u64,
@@ -159,42 +185,41 @@ impl FleetIo {
         Ok(rec)
     }
 
-    /// The host was sent to the waiting room: `waiting` (from seen).
-    pub fn waiting(&self, mac: Mac, now_ms: u64) {
-        let mut note = String::new();
-        let r = self.update(mac, now_ms, &mut |h| {
-            note.clear();
-            if h.state != HostState::Waiting && h.state.allows(&HostState::Waiting) {
-                note = format!("{} -> waiting", h.state.name());
-                h.state = HostState::Waiting;
-                h.state_since_ms = now_ms;
-            }
+    /// Applies `input` to the host (created when new) through [`lifecycle::apply`], writes it
+    /// and records the note on its timeline (returned too). The one way a host's state changes.
+    pub fn observe(
+        &self,
+        mac: Mac,
+        input: &Input<'_>,
+        now_ms: u64,
+    ) -> Result<Option<String>, fleet::StoreError> {
+        let mut note = None;
+        self.write(mac, now_ms, &mut |h| {
+            note = lifecycle::apply(h, input, now_ms);
             Ok(())
-        });
-        if let Err(e) = r {
-            tracing::error!("store: {e}");
-        } else if !note.is_empty() {
-            self.event(mac, EventSource::Policy, "state", note, now_ms);
+        })?;
+        Ok(note.map(|n| {
+            self.event(mac, n.source, n.kind, n.message.clone(), now_ms);
+            n.message
+        }))
+    }
+
+    /// [`FleetIo::observe`] where the caller has no one to tell of a store failure (a packet,
+    /// a policy tick): the failure is logged.
+    pub fn observe_logged(&self, mac: Mac, input: &Input<'_>, now_ms: u64) {
+        if let Err(e) = self.observe(mac, input, now_ms) {
+            tracing::error!("store: cannot record {mac}: {e}");
         }
     }
 
+    /// The host was sent to the waiting room: `waiting` (from seen).
+    pub fn waiting(&self, mac: Mac, now_ms: u64) {
+        self.observe_logged(mac, &Input::WaitingRoom, now_ms);
+    }
+
     /// Applies a state change decided elsewhere (a campaign's timeout or verification window).
-    pub fn set_state(&self, mac: Mac, to: HostState, why: &str, now_ms: u64) {
-        let mut note = String::new();
-        let r = self.update(mac, now_ms, &mut |h| {
-            let from = h.state.name();
-            note = match h.transition(to.clone(), now_ms) {
-                Ok(true) => format!("{from} -> {}: {why}", to.name()),
-                Ok(false) => String::new(),
-                Err(e) => format!("kept {from}: {e} ({why})"),
-            };
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::error!("store: {e}");
-        } else if !note.is_empty() {
-            self.event(mac, EventSource::Policy, "state", note, now_ms);
-        }
+    pub fn set_state(&self, mac: Mac, to: fleet::HostState, why: &str, now_ms: u64) {
+        self.observe_logged(mac, &Input::Decided { to, why }, now_ms);
     }
 
     /// Appends an entry to the audit log (admin actions, key releases).
@@ -240,20 +265,11 @@ impl FleetIo {
     /// Records that `mac` asked for something (a script, a grub config) from `ip`.
     pub fn touch(&self, mac: Mac, ip: IpAddr, now_ms: u64) {
         self.remember_peer(ip, mac);
-        let r = self.update(mac, now_ms, &mut |h| {
-            h.last_seen_ms = now_ms;
-            if let IpAddr::V4(v4) = ip {
-                h.ip = Some(v4);
-            }
-            if h.state == HostState::Unknown {
-                h.state = HostState::Seen;
-                h.state_since_ms = now_ms;
-            }
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::error!("store: {e}");
-        }
+        let ip = match ip {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        };
+        self.observe_logged(mac, &Input::ConfigFetched { ip }, now_ms);
     }
 
     /// Appends one event to a host's history (creating the host if needed).
@@ -288,174 +304,70 @@ impl FleetIo {
         }
     }
 
-    /// Records a DHCP packet from `inb` and what we did about it.
+    /// Records a DHCP packet from `mac`: `what` describes the packet and the answer (one line,
+    /// identical for a retransmission), `msg_type` names the message (`discover`, `request`).
+    /// Identical packets within [`DHCP_REPEAT_WINDOW_MS`] are one event.
     pub fn dhcp_seen(
         &self,
-        inb: &Inbound,
-        port: u16,
-        out: &Outcome,
-        ip: Option<std::net::Ipv4Addr>,
+        mac: Mac,
+        seen: DhcpSeen<'_>,
+        msg_type: &str,
+        what: String,
         now_ms: u64,
     ) {
-        if let Some(ip) = ip {
-            self.remember_peer(IpAddr::V4(ip), inb.mac);
+        if let Some(ip) = seen.ip {
+            self.remember_peer(IpAddr::V4(ip), mac);
         }
-        let what = format!(
-            "{:?} on :{port} from {} ({}){}{}{}",
-            inb.msg_type,
-            inb.mac,
-            kind_name(inb.kind),
-            out.decision
-                .as_ref()
-                .map(|d| format!(", decision {}", d.name()))
-                .unwrap_or_default(),
-            if out.note.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", out.note)
-            },
-            out.boot_file
-                .as_ref()
-                .map(|f| format!(", boot file {f}"))
-                .unwrap_or_default()
-        );
         {
             let mut recent = self.recent_dhcp.lock().unwrap();
-            if let Some((w, t)) = recent.get(&inb.mac) {
+            if let Some((w, t)) = recent.get(&mac) {
                 if *w == what && now_ms.saturating_sub(*t) < DHCP_REPEAT_WINDOW_MS {
-                    if let Some(h) = self.hosts.lock().unwrap().get_mut(&inb.mac) {
+                    if let Some(h) = self.hosts.lock().unwrap().get_mut(&mac) {
                         h.last_seen_ms = now_ms;
                     }
                     return;
                 }
             }
-            recent.insert(inb.mac, (what.clone(), now_ms));
+            recent.insert(mac, (what.clone(), now_ms));
         }
-        let mut changed: Option<String> = None;
-        let r = self.update(inb.mac, now_ms, &mut |h| {
-            h.last_seen_ms = now_ms;
-            h.last_kind = Some(inb.kind);
-            if let Some(u) = &inb.uuid {
-                h.uuid = Some(u.clone());
-            }
-            if let Some(ip) = ip {
-                h.ip = Some(ip);
-            }
-            changed = None;
-            if h.state == HostState::Unknown {
-                h.state = HostState::Seen;
-                h.state_since_ms = now_ms;
-                changed = Some("unknown -> seen".into());
-            }
-            // A remediated host that asks for an address as Windows is back: recovered.
-            if inb.kind == ClientKind::Windows
-                && matches!(
-                    h.state,
-                    HostState::Remediated
-                        | HostState::Clean
-                        | HostState::Rebooted
-                        | HostState::Unverified
-                )
-            {
-                let from = h.state.name();
-                h.state = HostState::Recovered;
-                h.state_since_ms = now_ms;
-                changed = Some(format!("{from} -> recovered (Windows DHCP seen)"));
-            }
-            // A host whose run finished and that network-boots again: the first time it is the
-            // reboot after the run; a later boot (not a retransmission within the same boot)
-            // without Windows in between means it still loops.
-            let netboot = matches!(
-                inb.kind,
-                ClientKind::Pxe(_) | ClientKind::Ipxe(_) | ClientKind::HttpBoot(_)
-            ) && inb.msg_type == dhcproto::v4::MessageType::Discover;
-            if netboot {
-                let new_boot = now_ms.saturating_sub(h.netboot_ms) >= NEW_BOOT_GAP_MS;
-                match h.state {
-                    HostState::Remediated | HostState::Clean => {
-                        let from = h.state.name();
-                        h.state = HostState::Rebooted;
-                        h.state_since_ms = now_ms;
-                        changed = Some(format!("{from} -> rebooted (network boot after the run)"));
-                    }
-                    HostState::Rebooted | HostState::Unverified if new_boot => {
-                        let from = h.state.name();
-                        h.state =
-                            HostState::Failed("still boot-looping after remediation".into());
-                        h.state_since_ms = now_ms;
-                        changed = Some(format!(
-                            "{from} -> failed: still boot-looping after remediation (network boot again, no Windows seen)"
-                        ));
-                    }
-                    _ => {}
-                }
-                h.netboot_ms = now_ms;
-            }
+        let mut note = None;
+        let r = self.write(mac, now_ms, &mut |h| {
+            note = lifecycle::apply(h, &Input::Dhcp(seen), now_ms);
             Ok(())
         });
         if let Err(e) = r {
-            tracing::error!("store: cannot record DHCP for {}: {e}", inb.mac);
+            tracing::error!("store: cannot record DHCP for {mac}: {e}");
             return;
         }
         // Every packet is in the host's history; the log gets state changes at info level and
         // the rest at debug (a DHCP storm must not become a log storm).
         tracing::debug!("DHCP {what}");
-        if let Some(c) = &changed {
-            tracing::info!("{} state {c}: {what}", inb.mac);
+        if let Some(n) = &note {
+            tracing::info!("{mac} state {}: {what}", n.message);
         }
         self.event(
-            inb.mac,
+            mac,
             EventSource::Dhcp,
-            &format!("dhcp-{}", format!("{:?}", inb.msg_type).to_lowercase()),
+            &format!("dhcp-{msg_type}"),
             what,
             now_ms,
         );
-        if let Some(c) = changed {
-            self.event(inb.mac, EventSource::Dhcp, "state", c, now_ms);
+        if let Some(n) = note {
+            self.event(mac, n.source, n.kind, n.message, now_ms);
         }
     }
 
     /// The payload was handed to `mac` with a fresh boot token.
     /// `restore`: a rollback run, which an admin asked for whatever the host's state.
     pub fn payload_issued(&self, mac: Mac, via: &str, token: &str, restore: bool, now_ms: u64) {
-        let mut note = String::new();
-        let r = self.update(mac, now_ms, &mut |h| {
-            h.boot_token = Some(token.to_string());
-            h.boot_token_issued_ms = now_ms;
-            h.payload_boots += 1;
-            if restore && h.state != HostState::Booting {
-                note = format!("{} -> booting (restore mode)", h.state.name());
-                h.state = HostState::Booting;
-                h.state_since_ms = now_ms;
-                return Ok(());
-            }
-            note = match h.transition(HostState::Booting, now_ms) {
-                Ok(true) => "-> booting".into(),
-                Ok(false) => String::new(),
-                Err(e) => format!("(state kept: {e})"),
-            };
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::error!("store: {e}");
-        }
-        self.event(
+        self.observe_logged(
             mac,
-            EventSource::Policy,
-            "payload",
-            format!("recovery payload issued via {via} {note}"),
+            &Input::PayloadIssued {
+                via,
+                token,
+                restore,
+            },
             now_ms,
         );
-    }
-}
-
-pub fn kind_name(k: ClientKind) -> String {
-    match k {
-        ClientKind::Pxe(a) => format!("PXE {a:?}"),
-        ClientKind::Ipxe(a) => format!("iPXE {a:?}"),
-        ClientKind::HttpBoot(a) => format!("HTTP boot {a:?}"),
-        ClientKind::Windows => "Windows".into(),
-        ClientKind::Agent => "unbrick agent".into(),
-        ClientKind::Other => "other DHCP client".into(),
     }
 }

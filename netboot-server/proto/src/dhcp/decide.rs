@@ -179,6 +179,47 @@ pub struct Outcome {
     pub note: String,
 }
 
+impl Inbound {
+    /// What the host's timeline records of a packet: the same for a client and the store's
+    /// writer, which uses it to drop retransmissions (fleet::lifecycle never sees those).
+    pub fn seen(&self, ip: Option<Ipv4Addr>) -> fleet::lifecycle::DhcpSeen<'_> {
+        fleet::lifecycle::DhcpSeen {
+            kind: self.kind,
+            discover: self.msg_type == MessageType::Discover,
+            uuid: self.uuid.as_deref(),
+            ip,
+        }
+    }
+
+    /// The message type in lower case (`discover`, `request`), for event kinds.
+    pub fn type_name(&self) -> String {
+        format!("{:?}", self.msg_type).to_lowercase()
+    }
+
+    /// One line for the host's history: the packet, the decision and the boot file.
+    pub fn describe(&self, port: u16, out: &Outcome) -> String {
+        format!(
+            "{:?} on :{port} from {} ({}){}{}{}",
+            self.msg_type,
+            self.mac,
+            self.kind.label(),
+            out.decision
+                .as_ref()
+                .map(|d| format!(", decision {}", d.name()))
+                .unwrap_or_default(),
+            if out.note.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", out.note)
+            },
+            out.boot_file
+                .as_ref()
+                .map(|f| format!(", boot file {f}"))
+                .unwrap_or_default()
+        )
+    }
+}
+
 impl Outcome {
     fn silent(note: impl Into<String>) -> Self {
         Outcome {

@@ -2,12 +2,13 @@
 //! passwords, an admin's audited reveal, an admin's paste for a waiting host, and the release to
 //! an agent under [`fleet::escrow::decide`]. Every release, refusal, reveal and paste goes to
 //! the audit log; no password is ever logged.
-use crate::fleetio::FleetIo;
+use crate::{Error, FleetIo, Result};
 use fleet::escrow::{
     decide, vault::Vault, EscrowRecord, EscrowSummary, Parsed, RecoveryPassword, Release,
     ReleaseDecision, Source,
 };
-use fleet::{EventSource, HostState, Mac};
+use fleet::lifecycle::Input;
+use fleet::{EventSource, Mac};
 
 /// What an import did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -67,9 +68,11 @@ impl KeyAnswer {
 }
 
 impl FleetIo {
-    fn vault(&self) -> Result<&Vault, String> {
+    fn vault(&self) -> Result<&Vault> {
         self.vault.as_deref().ok_or_else(|| {
-            "no BitLocker escrow key is configured on this server (run `unbrick init`)".to_string()
+            Error::NotConfigured(
+                "no BitLocker escrow key is configured on this server (run `unbrick init`)".into(),
+            )
         })
     }
 
@@ -82,31 +85,25 @@ impl FleetIo {
 
     /// Seals and stores every good row of an export (a row for a known protector ID replaces
     /// it, keeping its release history). One audit entry names the count, never a password.
-    pub fn escrow_import(
-        &self,
-        parsed: &Parsed,
-        actor: &str,
-        now_ms: u64,
-    ) -> Result<ImportResult, String> {
+    pub fn escrow_import(&self, parsed: &Parsed, actor: &str, now_ms: u64) -> Result<ImportResult> {
         let vault = self.vault()?;
         let _g = self.escrow_lock.lock().unwrap();
         let (mut imported, mut updated) = (0, 0);
         for row in &parsed.rows {
-            let old = self
-                .store()
-                .escrow(&row.protector_id)
-                .map_err(|e| e.to_string())?;
+            let old = self.store().escrow(&row.protector_id)?;
             let rec = EscrowRecord {
                 protector_id: row.protector_id.clone(),
                 hostname: row.hostname.clone(),
                 source: parsed.source,
                 imported_ms: now_ms,
-                sealed: vault.seal(&row.protector_id, &row.password)?,
+                sealed: vault
+                    .seal(&row.protector_id, &row.password)
+                    .map_err(Error::Sealing)?,
                 releases: old.as_ref().map(|o| o.releases.clone()).unwrap_or_default(),
                 manual_grant: None,
                 reveals: old.as_ref().map(|o| o.reveals).unwrap_or(0),
             };
-            self.store().put_escrow(&rec).map_err(|e| e.to_string())?;
+            self.store().put_escrow(&rec)?;
             if old.is_some() {
                 updated += 1;
             } else {
@@ -142,11 +139,10 @@ impl FleetIo {
     }
 
     /// Every escrowed key, without its password.
-    pub fn escrow_list(&self) -> Result<Vec<EscrowSummary>, String> {
+    pub fn escrow_list(&self) -> Result<Vec<EscrowSummary>> {
         Ok(self
             .store()
-            .escrows()
-            .map_err(|e| e.to_string())?
+            .escrows()?
             .iter()
             .map(EscrowSummary::from)
             .collect())
@@ -158,19 +154,17 @@ impl FleetIo {
         protector_id: &str,
         actor: &str,
         now_ms: u64,
-    ) -> Result<Option<RecoveryPassword>, String> {
+    ) -> Result<Option<RecoveryPassword>> {
         let vault = self.vault()?;
         let _g = self.escrow_lock.lock().unwrap();
-        let Some(mut rec) = self
-            .store()
-            .escrow(protector_id)
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(mut rec) = self.store().escrow(protector_id)? else {
             return Ok(None);
         };
-        let pw = vault.open_sealed(&rec.protector_id, &rec.sealed)?;
+        let pw = vault
+            .open_sealed(&rec.protector_id, &rec.sealed)
+            .map_err(Error::Sealing)?;
         rec.reveals += 1;
-        self.store().put_escrow(&rec).map_err(|e| e.to_string())?;
+        self.store().put_escrow(&rec)?;
         self.audit_entry(
             actor,
             "bitlocker-reveal",
@@ -196,32 +190,32 @@ impl FleetIo {
         password: &RecoveryPassword,
         actor: &str,
         now_ms: u64,
-    ) -> Result<String, String> {
+    ) -> Result<String> {
         let vault = self.vault()?;
         let Some(host) = self.host(mac) else {
-            return Err(format!("no host {mac}"));
+            return Err(Error::NotFound(format!("no host {mac}")));
         };
         let id = match protector_id {
-            Some(p) => fleet::escrow::protector_id(p)?,
+            Some(p) => fleet::escrow::protector_id(p).map_err(Error::Refused)?,
             None => match host.bitlocker_waiting.as_slice() {
                 [one] => one.clone(),
-                [] => return Err(format!("{mac} is not waiting for a BitLocker key; name the protector ID (protector_id)")),
-                many => return Err(format!("{mac} waits for {} protectors ({}); name one (protector_id)", many.len(), many.join(", "))),
+                [] => return Err(Error::Refused(format!("{mac} is not waiting for a BitLocker key; name the protector ID (protector_id)"))),
+                many => return Err(Error::Refused(format!("{mac} waits for {} protectors ({}); name one (protector_id)", many.len(), many.join(", ")))),
             },
         };
         let _g = self.escrow_lock.lock().unwrap();
-        let old = self.store().escrow(&id).map_err(|e| e.to_string())?;
+        let old = self.store().escrow(&id)?;
         let rec = EscrowRecord {
             protector_id: id.clone(),
             hostname: host.hostname.clone(),
             source: Source::Console,
             imported_ms: now_ms,
-            sealed: vault.seal(&id, password)?,
+            sealed: vault.seal(&id, password).map_err(Error::Sealing)?,
             releases: old.as_ref().map(|o| o.releases.clone()).unwrap_or_default(),
             manual_grant: Some(mac),
             reveals: old.as_ref().map(|o| o.reveals).unwrap_or(0),
         };
-        self.store().put_escrow(&rec).map_err(|e| e.to_string())?;
+        self.store().put_escrow(&rec)?;
         drop(_g);
         self.audit_entry(
             actor,
@@ -248,7 +242,7 @@ impl FleetIo {
         };
         let vault = match self.vault() {
             Ok(v) => v,
-            Err(e) => return KeyAnswer::refuse(e),
+            Err(e) => return KeyAnswer::refuse(e.to_string()),
         };
         let scope = self.policy().key_scope(mac);
         let _g = self.escrow_lock.lock().unwrap();
@@ -291,11 +285,7 @@ impl FleetIo {
                     return KeyAnswer::refuse(format!("store: {e}"));
                 }
                 drop(_g);
-                let _ = self.update(mac, now_ms, &mut |h| {
-                    h.rotate_bitlocker_key = true;
-                    h.bitlocker_waiting.clear();
-                    Ok(())
-                });
+                self.observe_logged(mac, &Input::KeyReleased, now_ms);
                 let what = format!(
                     "recovery key for protector {protector_id} on {volume} released{} in campaign {scope}",
                     if manual { " (pasted by an admin)" } else { "" }
@@ -322,14 +312,12 @@ impl FleetIo {
                 drop(_g);
                 let first = host.bitlocker_waiting != missing;
                 if first {
-                    let _ = self.update(mac, now_ms, &mut |h| {
-                        h.bitlocker_waiting = missing.clone();
-                        Ok(())
-                    });
-                    self.set_state(
+                    self.observe_logged(
                         mac,
-                        HostState::NeedsAttention(reason.clone()),
-                        "agent waits for a key",
+                        &Input::KeyWaiting {
+                            missing: &missing,
+                            reason: &reason,
+                        },
                         now_ms,
                     );
                     self.audit_entry(

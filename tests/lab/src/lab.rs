@@ -31,8 +31,26 @@ pub fn must(cmd: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The `unbrick` binary the lab runs: `UNBRICK_BIN`, else this program itself when it is
+/// `unbrick` (the demo), else the `unbrick` beside cargo's `deps/` folder (a test binary).
 pub fn unbrick() -> &'static str {
-    env!("CARGO_BIN_EXE_unbrick")
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Ok(p) = std::env::var("UNBRICK_BIN") {
+            return p;
+        }
+        let exe = std::env::current_exe().expect("current executable");
+        if exe.file_name().is_some_and(|n| n == "unbrick") {
+            return exe.to_string_lossy().into_owned();
+        }
+        let dir = exe.parent().expect("a folder");
+        let dir = if dir.ends_with("deps") {
+            dir.parent().expect("target profile folder")
+        } else {
+            dir
+        };
+        dir.join("unbrick").to_string_lossy().into_owned()
+    })
 }
 
 pub fn require_root() {

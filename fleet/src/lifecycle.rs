@@ -1,0 +1,631 @@
+//! Every change to a host's state, in one place: what the server observed (DHCP, boot-config
+//! fetches, the agent's messages), what a policy decided (campaign timeouts, the escrow's
+//! waiting room) and what an admin asked. [`apply`] is the one transition function; the
+//! store's writer (`fleet-service`) calls it inside its read-modify-write and records the note
+//! it returns on the host's timeline.
+//!
+//! The guard is [`HostState::allows`]; an admin's retry and mark-done and a rollback run
+//! override it on purpose (an admin outranks the state machine).
+use crate::agent::{Report, RunResult};
+use crate::{ClientKind, EventSource, HostRecord, HostState};
+use std::net::Ipv4Addr;
+
+/// Network-boot DISCOVERs further apart than this are separate boots (firmware and iPXE
+/// retransmit within seconds during one boot; Windows crashing and rebooting takes longer).
+pub const NEW_BOOT_GAP_MS: u64 = 20_000;
+
+/// An admin's action on one host (forgetting a host removes it and is not a state change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    /// Allow the payload (when the site requires approval).
+    Approve,
+    /// Run the payload again on the next network boot, whatever happened before.
+    Retry,
+    /// Leave the machine alone: it boots locally and never gets the payload.
+    Skip,
+    /// An admin fixed it by other means: recovered.
+    MarkDone,
+}
+
+/// A DHCP packet from the host (retransmissions within a boot are collapsed before this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhcpSeen<'a> {
+    /// What the client said it is (options 60/77/93/97/175).
+    pub kind: ClientKind,
+    /// A DISCOVER (a boot starts with one; a REQUEST may renew a lease).
+    pub discover: bool,
+    /// SMBIOS UUID from option 97, when sent.
+    pub uuid: Option<&'a str>,
+    /// The address the client has or was given.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Something that happened to a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input<'a> {
+    /// A DHCP packet.
+    Dhcp(DhcpSeen<'a>),
+    /// The host fetched its boot script or grub configuration.
+    ConfigFetched {
+        /// The address it fetched it from (IPv4 only is kept).
+        ip: Option<Ipv4Addr>,
+    },
+    /// The boot policy sent the host to the waiting room.
+    WaitingRoom,
+    /// The recovery payload was handed out with a fresh per-boot token.
+    PayloadIssued {
+        /// How it went out ("iPXE script", "grub config").
+        via: &'a str,
+        /// The per-boot token put on the kernel command line.
+        token: &'a str,
+        /// A rollback run, which an admin asked for whatever the host's state.
+        restore: bool,
+    },
+    /// The agent said hello (authenticated by its token).
+    AgentHello {
+        /// SMBIOS UUID the agent read.
+        uuid: Option<&'a str>,
+        /// SMBIOS serial number the agent read.
+        serial: Option<&'a str>,
+    },
+    /// The agent reported a step (`scanning`, `unlocked`; other steps change no state).
+    AgentStep {
+        /// The step's name.
+        step: &'a str,
+    },
+    /// The agent's final report (its token already cleared).
+    AgentReport(&'a Report),
+    /// A released BitLocker key: the key should be rotated, the agent waits no more.
+    KeyReleased,
+    /// The agent waits for keys no one escrowed.
+    KeyWaiting {
+        /// The protector IDs nothing is escrowed for.
+        missing: &'a [String],
+        /// What the admin is told.
+        reason: &'a str,
+    },
+    /// A state decided by a policy (a campaign's host timeout or verification window).
+    Decided {
+        /// The state to move to.
+        to: HostState,
+        /// Why, for the timeline.
+        why: &'a str,
+    },
+    /// An admin's action.
+    Admin {
+        /// Which.
+        action: AdminAction,
+        /// Who asked, for the timeline.
+        actor: &'a str,
+    },
+}
+
+/// What [`apply`] did, for the host's timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Who the event is attributed to.
+    pub source: EventSource,
+    /// The event kind (`state`, `payload`, `admin`).
+    pub kind: &'static str,
+    /// The text.
+    pub message: String,
+}
+
+impl Input<'_> {
+    fn source(&self) -> EventSource {
+        match self {
+            Input::Dhcp(_) => EventSource::Dhcp,
+            Input::ConfigFetched { .. }
+            | Input::WaitingRoom
+            | Input::PayloadIssued { .. }
+            | Input::Decided { .. }
+            | Input::KeyWaiting { .. } => EventSource::Policy,
+            Input::AgentHello { .. }
+            | Input::AgentStep { .. }
+            | Input::AgentReport(_)
+            | Input::KeyReleased => EventSource::Agent,
+            Input::Admin { .. } => EventSource::Admin,
+        }
+    }
+}
+
+/// The state an agent's final report moves the host to.
+pub fn report_state(rep: &Report) -> HostState {
+    let reason = rep.reason.clone().unwrap_or_default();
+    match rep.result {
+        RunResult::Remediated => HostState::Remediated,
+        // Rolled back: the machine is as it was before the campaign, so a person must look.
+        RunResult::Restored => HostState::NeedsAttention(format!(
+            "rolled back: {}",
+            if reason.is_empty() {
+                "quarantined files restored"
+            } else {
+                &reason
+            }
+        )),
+        RunResult::Clean | RunResult::NothingFound => HostState::Clean,
+        RunResult::NeedsAttention => HostState::NeedsAttention(reason),
+        RunResult::Failed => HostState::Failed(reason),
+    }
+}
+
+/// Sets the state without the guard (an admin's override, a rollback run, and the observations
+/// that the guard allows anyway).
+fn force(h: &mut HostRecord, to: HostState, now_ms: u64) {
+    h.state = to;
+    h.state_since_ms = now_ms;
+}
+
+/// A guarded move: `"from -> to"`, nothing when already there, or why the state was kept.
+fn guarded(h: &mut HostRecord, to: HostState, now_ms: u64) -> Option<String> {
+    let from = h.state.name();
+    match h.transition(to.clone(), now_ms) {
+        Ok(true) => Some(format!("{from} -> {}", to.name())),
+        Ok(false) => None,
+        // Late or repeated messages must not fail the sender; the refusal is recorded.
+        Err(e) => Some(format!("kept {from}: {e}")),
+    }
+}
+
+/// Applies `input` to `h` at `now_ms`: the one place a host's state changes. Returns what to
+/// record on the host's timeline, if anything.
+pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note> {
+    let note = |kind: &'static str, message: String| Note {
+        source: input.source(),
+        kind,
+        message,
+    };
+    match input {
+        Input::Dhcp(d) => dhcp(h, d, now_ms).map(|m| note("state", m)),
+        Input::ConfigFetched { ip } => {
+            h.last_seen_ms = now_ms;
+            if let Some(ip) = ip {
+                h.ip = Some(*ip);
+            }
+            if h.state == HostState::Unknown {
+                force(h, HostState::Seen, now_ms);
+            }
+            None
+        }
+        Input::WaitingRoom => {
+            if h.state != HostState::Waiting && h.state.allows(&HostState::Waiting) {
+                let from = h.state.name();
+                force(h, HostState::Waiting, now_ms);
+                return Some(note("state", format!("{from} -> waiting")));
+            }
+            None
+        }
+        Input::PayloadIssued {
+            via,
+            token,
+            restore,
+        } => {
+            h.boot_token = Some((*token).to_string());
+            h.boot_token_issued_ms = now_ms;
+            h.payload_boots += 1;
+            let moved = if *restore && h.state != HostState::Booting {
+                let from = h.state.name();
+                force(h, HostState::Booting, now_ms);
+                format!("{from} -> booting (restore mode)")
+            } else {
+                match h.transition(HostState::Booting, now_ms) {
+                    Ok(true) => "-> booting".into(),
+                    Ok(false) => String::new(),
+                    Err(e) => format!("(state kept: {e})"),
+                }
+            };
+            Some(note(
+                "payload",
+                format!("recovery payload issued via {via} {moved}"),
+            ))
+        }
+        Input::AgentHello { uuid, serial } => {
+            if let Some(u) = uuid {
+                h.uuid = Some((*u).to_string());
+            }
+            if let Some(s) = serial {
+                h.serial = Some((*s).to_string());
+            }
+            guarded(h, HostState::AgentUp, now_ms).map(|m| note("state", m))
+        }
+        Input::AgentStep { step } => {
+            let to = match *step {
+                "scanning" => HostState::Scanning,
+                // A BitLocker volume was unlocked with a released key.
+                "unlocked" => HostState::Unlocked,
+                _ => return None,
+            };
+            guarded(h, to, now_ms).map(|m| note("state", m))
+        }
+        Input::AgentReport(rep) => {
+            h.last_report = Some((*rep).clone());
+            h.reports += 1;
+            // The run is over: the agent no longer waits for a key.
+            h.bitlocker_waiting.clear();
+            // The recovery-password protectors the disk carries: what an admin looks the key
+            // up by.
+            for v in &rep.volumes {
+                for p in &v.protectors {
+                    if let Some(id) = p
+                        .strip_suffix(" recovery password")
+                        .and_then(|p| p.split_whitespace().next())
+                    {
+                        if !h.protector_ids.iter().any(|x| x == id) {
+                            h.protector_ids.push(id.to_string());
+                        }
+                    }
+                }
+            }
+            guarded(h, report_state(rep), now_ms).map(|m| note("state", m))
+        }
+        Input::KeyReleased => {
+            h.rotate_bitlocker_key = true;
+            h.bitlocker_waiting.clear();
+            None
+        }
+        Input::KeyWaiting { missing, reason } => {
+            h.bitlocker_waiting = missing.to_vec();
+            decided(
+                h,
+                HostState::NeedsAttention((*reason).to_string()),
+                "agent waits for a key",
+                now_ms,
+            )
+            .map(|m| note("state", m))
+        }
+        Input::Decided { to, why } => decided(h, to.clone(), why, now_ms).map(|m| note("state", m)),
+        Input::Admin { action, actor } => {
+            let (kind, msg) = admin(h, *action, now_ms);
+            Some(note(kind, format!("{msg} (by {actor})")))
+        }
+    }
+}
+
+fn decided(h: &mut HostRecord, to: HostState, why: &str, now_ms: u64) -> Option<String> {
+    let from = h.state.name();
+    match h.transition(to.clone(), now_ms) {
+        Ok(true) => Some(format!("{from} -> {}: {why}", to.name())),
+        Ok(false) => None,
+        Err(e) => Some(format!("kept {from}: {e} ({why})")),
+    }
+}
+
+fn admin(h: &mut HostRecord, action: AdminAction, now_ms: u64) -> (&'static str, String) {
+    match action {
+        AdminAction::Approve => (
+            "admin",
+            if h.approved {
+                "already approved".into()
+            } else {
+                h.approved = true;
+                "approved for the recovery payload".into()
+            },
+        ),
+        AdminAction::Retry => {
+            let from = h.state.name();
+            h.reset_for_retry(now_ms);
+            (
+                "state",
+                format!("{from} -> seen: the payload runs again on the next network boot"),
+            )
+        }
+        AdminAction::Skip => {
+            h.skipped = true;
+            (
+                "admin",
+                "skipped: boots locally, never gets the payload".into(),
+            )
+        }
+        AdminAction::MarkDone => {
+            let from = h.state.name();
+            force(h, HostState::Recovered, now_ms);
+            (
+                "state",
+                format!("{from} -> recovered (marked done by hand)"),
+            )
+        }
+    }
+}
+
+/// A DHCP packet: the host is seen; Windows asking for an address after a run means the fix
+/// worked; network-booting again after a run means it did not.
+fn dhcp(h: &mut HostRecord, d: &DhcpSeen<'_>, now_ms: u64) -> Option<String> {
+    h.last_seen_ms = now_ms;
+    h.last_kind = Some(d.kind);
+    if let Some(u) = d.uuid {
+        h.uuid = Some(u.to_string());
+    }
+    if let Some(ip) = d.ip {
+        h.ip = Some(ip);
+    }
+    let mut changed = None;
+    if h.state == HostState::Unknown {
+        force(h, HostState::Seen, now_ms);
+        changed = Some("unknown -> seen".to_string());
+    }
+    // A remediated host that asks for an address as Windows is back: recovered.
+    if d.kind == ClientKind::Windows
+        && matches!(
+            h.state,
+            HostState::Remediated | HostState::Clean | HostState::Rebooted | HostState::Unverified
+        )
+    {
+        let from = h.state.name();
+        force(h, HostState::Recovered, now_ms);
+        changed = Some(format!("{from} -> recovered (Windows DHCP seen)"));
+    }
+    // A host whose run finished and that network-boots again: the first time it is the reboot
+    // after the run; a later boot (not a retransmission within the same boot) without Windows in
+    // between means it still loops.
+    let netboot = matches!(
+        d.kind,
+        ClientKind::Pxe(_) | ClientKind::Ipxe(_) | ClientKind::HttpBoot(_)
+    ) && d.discover;
+    if netboot {
+        let new_boot = now_ms.saturating_sub(h.netboot_ms) >= NEW_BOOT_GAP_MS;
+        match h.state {
+            HostState::Remediated | HostState::Clean => {
+                let from = h.state.name();
+                force(h, HostState::Rebooted, now_ms);
+                changed = Some(format!("{from} -> rebooted (network boot after the run)"));
+            }
+            HostState::Rebooted | HostState::Unverified if new_boot => {
+                let from = h.state.name();
+                force(
+                    h,
+                    HostState::Failed("still boot-looping after remediation".into()),
+                    now_ms,
+                );
+                changed = Some(format!(
+                    "{from} -> failed: still boot-looping after remediation (network boot again, no Windows seen)"
+                ));
+            }
+            _ => {}
+        }
+        h.netboot_ms = now_ms;
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::VolumeReport;
+    use crate::{Arch, Mac};
+
+    const T: u64 = 1_000_000;
+
+    fn host(state: HostState) -> HostRecord {
+        let mut h = HostRecord::new(Mac([2, 0, 0, 0, 0, 1]), 0);
+        h.state = state;
+        h
+    }
+
+    fn pxe(discover: bool) -> Input<'static> {
+        Input::Dhcp(DhcpSeen {
+            kind: ClientKind::Pxe(Arch::UefiX64),
+            discover,
+            uuid: None,
+            ip: None,
+        })
+    }
+
+    fn windows() -> Input<'static> {
+        Input::Dhcp(DhcpSeen {
+            kind: ClientKind::Windows,
+            discover: true,
+            uuid: None,
+            ip: Some(Ipv4Addr::new(10, 0, 0, 9)),
+        })
+    }
+
+    fn report(result: RunResult, reason: Option<&str>) -> Report {
+        Report {
+            mac: "02:00:00:00:00:01".into(),
+            token: String::new(),
+            report_id: "r1".into(),
+            result,
+            reason: reason.map(str::to_string),
+            volumes: vec![VolumeReport {
+                device: "sda2".into(),
+                kind: "ntfs".into(),
+                status: "remediated".into(),
+                detail: String::new(),
+                protectors: vec![
+                    "{AAAAAAAA-0000-0000-0000-000000000001} recovery password".into(),
+                    "{AAAAAAAA-0000-0000-0000-000000000002} TPM".into(),
+                ],
+            }],
+            files: vec![],
+            rules_id: None,
+            rules_version: None,
+            agent_ms: 10,
+        }
+    }
+
+    /// The observations' table: (state before, input, state after, note).
+    #[test]
+    fn observation_table() {
+        use HostState::*;
+        let rep_ok = report(RunResult::Remediated, None);
+        let rep_restored = report(RunResult::Restored, None);
+        let rep_failed = report(RunResult::Failed, Some("disk"));
+        let failed_loop = Failed("still boot-looping after remediation".into());
+        let cases: Vec<(HostState, Input<'_>, HostState, Option<&str>)> = vec![
+            (Unknown, pxe(true), Seen, Some("unknown -> seen")),
+            (Seen, pxe(true), Seen, None),
+            (
+                Remediated,
+                windows(),
+                Recovered,
+                Some("remediated -> recovered (Windows DHCP seen)"),
+            ),
+            (
+                Clean,
+                windows(),
+                Recovered,
+                Some("clean -> recovered (Windows DHCP seen)"),
+            ),
+            (
+                Unverified,
+                windows(),
+                Recovered,
+                Some("unverified -> recovered (Windows DHCP seen)"),
+            ),
+            (Booting, windows(), Booting, None),
+            (
+                Remediated,
+                pxe(true),
+                Rebooted,
+                Some("remediated -> rebooted (network boot after the run)"),
+            ),
+            (Remediated, pxe(false), Remediated, None),
+            (
+                Rebooted,
+                pxe(true),
+                failed_loop.clone(),
+                Some("rebooted -> failed: still boot-looping after remediation (network boot again, no Windows seen)"),
+            ),
+            (Unknown, Input::ConfigFetched { ip: None }, Seen, None),
+            (Seen, Input::WaitingRoom, Waiting, Some("seen -> waiting")),
+            (Waiting, Input::WaitingRoom, Waiting, None),
+            (Remediated, Input::WaitingRoom, Remediated, None),
+            (
+                Seen,
+                Input::PayloadIssued { via: "iPXE script", token: "t", restore: false },
+                Booting,
+                Some("recovery payload issued via iPXE script -> booting"),
+            ),
+            (
+                Recovered,
+                Input::PayloadIssued { via: "grub config", token: "t", restore: true },
+                Booting,
+                Some("recovery payload issued via grub config recovered -> booting (restore mode)"),
+            ),
+            (
+                Recovered,
+                Input::PayloadIssued { via: "grub config", token: "t", restore: false },
+                Recovered,
+                Some("recovery payload issued via grub config (state kept: host 02:00:00:00:00:01: recovered -> booting is not an allowed transition)"),
+            ),
+            (
+                Booting,
+                Input::AgentHello { uuid: Some("u"), serial: None },
+                AgentUp,
+                Some("booting -> agent-up"),
+            ),
+            (AgentUp, Input::AgentStep { step: "scanning" }, Scanning, Some("agent-up -> scanning")),
+            (Scanning, Input::AgentStep { step: "unlocked" }, Unlocked, Some("scanning -> unlocked")),
+            (Scanning, Input::AgentStep { step: "mounting" }, Scanning, None),
+            (Scanning, Input::AgentReport(&rep_ok), Remediated, Some("scanning -> remediated")),
+            (
+                Scanning,
+                Input::AgentReport(&rep_restored),
+                NeedsAttention("rolled back: quarantined files restored".into()),
+                Some("scanning -> needs-attention"),
+            ),
+            (Scanning, Input::AgentReport(&rep_failed), Failed("disk".into()), Some("scanning -> failed")),
+            (
+                Seen,
+                Input::AgentReport(&rep_ok),
+                Seen,
+                Some("kept seen: host 02:00:00:00:00:01: seen -> remediated is not an allowed transition"),
+            ),
+            (
+                Booting,
+                Input::Decided { to: Failed("timed out".into()), why: "host timeout" },
+                Failed("timed out".into()),
+                Some("booting -> failed: host timeout"),
+            ),
+            (
+                AgentUp,
+                Input::KeyWaiting { missing: &[], reason: "no key" },
+                NeedsAttention("no key".into()),
+                Some("agent-up -> needs-attention: agent waits for a key"),
+            ),
+            (
+                Failed("x".into()),
+                Input::Admin { action: AdminAction::Retry, actor: "admin" },
+                Seen,
+                Some("failed -> seen: the payload runs again on the next network boot (by admin)"),
+            ),
+            (
+                Booting,
+                Input::Admin { action: AdminAction::MarkDone, actor: "admin" },
+                Recovered,
+                Some("booting -> recovered (marked done by hand) (by admin)"),
+            ),
+            (
+                Seen,
+                Input::Admin { action: AdminAction::Skip, actor: "a" },
+                Seen,
+                Some("skipped: boots locally, never gets the payload (by a)"),
+            ),
+        ];
+        for (i, (before, input, after, note)) in cases.into_iter().enumerate() {
+            let mut h = host(before.clone());
+            h.netboot_ms = 0;
+            let got = apply(&mut h, &input, T);
+            assert_eq!(h.state, after, "case {i}: {before:?} + {input:?}");
+            assert_eq!(
+                got.as_ref().map(|n| n.message.as_str()),
+                note,
+                "case {i}: {before:?} + {input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn retransmission_within_a_boot_is_not_a_second_boot() {
+        let mut h = host(HostState::Remediated);
+        apply(&mut h, &pxe(true), T);
+        assert_eq!(h.state, HostState::Rebooted);
+        // The same boot's DISCOVER retransmitted 3 s later.
+        apply(&mut h, &pxe(true), T + 3_000);
+        assert_eq!(h.state, HostState::Rebooted);
+        // A new boot 30 s later without Windows in between: still looping.
+        apply(&mut h, &pxe(true), T + 33_000);
+        assert!(matches!(h.state, HostState::Failed(_)));
+    }
+
+    #[test]
+    fn report_records_protectors_once_and_clears_waiting() {
+        let mut h = host(HostState::Scanning);
+        h.bitlocker_waiting = vec!["x".into()];
+        let rep = report(RunResult::Remediated, None);
+        apply(&mut h, &Input::AgentReport(&rep), T);
+        apply(&mut h, &Input::AgentReport(&rep), T);
+        assert_eq!(
+            h.protector_ids,
+            vec!["{AAAAAAAA-0000-0000-0000-000000000001}".to_string()]
+        );
+        assert!(h.bitlocker_waiting.is_empty());
+        assert_eq!(h.reports, 2);
+    }
+
+    #[test]
+    fn approve_twice_says_so_and_payload_counts_boots() {
+        let mut h = host(HostState::Seen);
+        let approve = Input::Admin {
+            action: AdminAction::Approve,
+            actor: "a",
+        };
+        assert_eq!(
+            apply(&mut h, &approve, T).unwrap().message,
+            "approved for the recovery payload (by a)"
+        );
+        assert_eq!(
+            apply(&mut h, &approve, T).unwrap().message,
+            "already approved (by a)"
+        );
+        let issue = Input::PayloadIssued {
+            via: "iPXE script",
+            token: "tok",
+            restore: false,
+        };
+        apply(&mut h, &issue, T);
+        assert_eq!(h.payload_boots, 1);
+        assert_eq!(h.boot_token.as_deref(), Some("tok"));
+        assert_eq!(h.boot_token_issued_ms, T);
+    }
+}
