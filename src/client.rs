@@ -16,7 +16,7 @@ struct Api {
 }
 
 impl Api {
-    fn from(t: &Target) -> Result<Option<Api>, Fail> {
+    fn from(t: &Target) -> Result<Option<Self>, Fail> {
         let Some(server) = &t.server else {
             return Ok(None);
         };
@@ -33,7 +33,7 @@ impl Api {
         } else {
             None
         };
-        Ok(Some(Api { base, token, pin }))
+        Ok(Some(Self { base, token, pin }))
     }
 
     fn call(&self, method: &str, path: &str, body: Option<(&[u8], &str)>) -> Result<Vec<u8>, Fail> {
@@ -136,7 +136,7 @@ fn s(v: &serde_json::Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
-pub fn hosts(h: HostsCmd) -> Result<(), Fail> {
+pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
     match h {
         HostsCmd::List {
             target,
@@ -427,7 +427,7 @@ fn print_campaign(v: &serde_json::Value) {
     );
 }
 
-pub fn campaign(c: CampaignCmd) -> Result<(), Fail> {
+pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
     let act = |id: &str, t: &Target, action: &str| -> Result<(), Fail> {
         let v = need_api(t)?.json(
             "POST",
@@ -571,7 +571,7 @@ fn local_actor() -> String {
 }
 
 /// `unbrick keys import-bitlocker|list-bitlocker|reveal-bitlocker`.
-pub fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
+pub(crate) fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
     use crate::KeysCmd;
     match k {
         KeysCmd::ImportBitlocker { file, target } => {

@@ -2,51 +2,51 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub const CONFIG_FILE: &str = "unbrick.toml";
+pub(crate) const CONFIG_FILE: &str = "unbrick.toml";
 
 /// Where everything lives inside a data directory.
-pub struct DataDir(pub PathBuf);
+pub(crate) struct DataDir(pub PathBuf);
 
 impl DataDir {
-    pub fn config(&self) -> PathBuf {
+    pub(crate) fn config(&self) -> PathBuf {
         self.0.join(CONFIG_FILE)
     }
-    pub fn keys(&self) -> PathBuf {
+    pub(crate) fn keys(&self) -> PathBuf {
         self.0.join("keys")
     }
-    pub fn public_key(&self) -> PathBuf {
+    pub(crate) fn public_key(&self) -> PathBuf {
         self.keys().join("signing.pub")
     }
-    pub fn private_key(&self) -> PathBuf {
+    pub(crate) fn private_key(&self) -> PathBuf {
         self.keys().join("signing.key")
     }
-    pub fn image(&self) -> PathBuf {
+    pub(crate) fn image(&self) -> PathBuf {
         self.0.join("image")
     }
-    pub fn rules(&self) -> PathBuf {
+    pub(crate) fn rules(&self) -> PathBuf {
         self.0.join("rules")
     }
-    pub fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.0.join("store")
     }
-    pub fn tls_cert(&self) -> PathBuf {
+    pub(crate) fn tls_cert(&self) -> PathBuf {
         self.0.join("tls").join("cert.pem")
     }
-    pub fn tls_key(&self) -> PathBuf {
+    pub(crate) fn tls_key(&self) -> PathBuf {
         self.0.join("tls").join("key.pem")
     }
     /// The key that seals escrowed BitLocker recovery passwords (32 bytes, 0600), kept apart
     /// from the store so a copy of the store alone reveals no key.
-    pub fn escrow_key(&self) -> PathBuf {
+    pub(crate) fn escrow_key(&self) -> PathBuf {
         self.0.join("keys").join("bitlocker-escrow.key")
     }
     /// Admin API tokens (hashes only), re-read by the running server when they change.
-    pub fn tokens(&self) -> PathBuf {
+    pub(crate) fn tokens(&self) -> PathBuf {
         self.0.join("tokens.json")
     }
 
     /// The server's TLS certificate fingerprint, making the certificate first if there is none.
-    pub fn ensure_tls(&self) -> Result<(String, bool), String> {
+    pub(crate) fn ensure_tls(&self) -> Result<(String, bool), String> {
         if self.tls_cert().exists() {
             return netboot_server::tls::cert_fingerprint(&self.tls_cert()).map(|f| (f, false));
         }
@@ -71,7 +71,7 @@ impl DataDir {
 /// `[serve]` in unbrick.toml; every field optional (flags and UNBRICK_* variables win).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ServeFile {
+pub(crate) struct ServeFile {
     pub interface: Option<String>,
     pub server_ip: Option<String>,
     pub dhcp: Option<String>,
@@ -91,7 +91,7 @@ pub struct ServeFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BootLoadersFile {
+pub(crate) struct BootLoadersFile {
     pub undionly_kpxe: Option<PathBuf>,
     pub snponly_efi: Option<PathBuf>,
     pub ipxe_efi: Option<PathBuf>,
@@ -101,7 +101,7 @@ pub struct BootLoadersFile {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConfigFile {
+pub(crate) struct ConfigFile {
     #[serde(default)]
     pub serve: ServeFile,
     #[serde(default)]
@@ -111,16 +111,16 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub(crate) fn load(path: &Path) -> Result<Self, String> {
         match std::fs::read_to_string(path) {
             Ok(s) => toml::from_str(&s).map_err(|e| format!("{}: {e}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }
     }
 }
 
-pub const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
+pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # Precedence: command-line flags, then UNBRICK_* environment variables
 # (e.g. UNBRICK_INTERFACE, UNBRICK_DHCP, UNBRICK_POOL), then this file, then built-in defaults.
 

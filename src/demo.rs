@@ -17,7 +17,7 @@ const NS: &str = "unbrick-demo";
 const SERVER_IP: &str = "10.99.0.1";
 
 #[derive(Args)]
-pub struct DemoArgs {
+pub(crate) struct DemoArgs {
     /// How many boot-looping machines (odd: SeaBIOS + iPXE, even: OVMF with Secure Boot).
     #[arg(long, default_value_t = 4)]
     guests: u32,
@@ -148,9 +148,8 @@ fn forward_console(listen: SocketAddr) -> Result<(), Fail> {
                 break;
             }
             let Ok(Ok(server)) = rrx.recv() else { continue };
-            let (mut c2, mut s2) = match (client.try_clone(), server.try_clone()) {
-                (Ok(c), Ok(s)) => (c, s),
-                _ => continue,
+            let (Ok(mut c2), Ok(mut s2)) = (client.try_clone(), server.try_clone()) else {
+                continue;
             };
             let (mut c1, mut s1) = (client, server);
             std::thread::spawn(move || {
@@ -354,7 +353,7 @@ fn stop(children: &mut [Child]) {
     }
 }
 
-pub fn run(a: DemoArgs) -> Result<(), Fail> {
+pub(crate) fn run(a: DemoArgs) -> Result<(), Fail> {
     prerequisites(&a.accel)?;
     let exe = std::env::current_exe()?;
     let d = DataDir(a.data_dir.clone());

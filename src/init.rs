@@ -5,7 +5,7 @@ use signing::{KeyPair, PublicKey, RuleSet};
 use std::path::{Path, PathBuf};
 
 /// (name in the image, Debian package, default path)
-pub const BOOT_LOADERS: &[(&str, &str, &str)] = &[
+pub(crate) const BOOT_LOADERS: &[(&str, &str, &str)] = &[
     ("undionly.kpxe", "ipxe", "/usr/lib/ipxe/undionly.kpxe"),
     ("snponly.efi", "ipxe", "/usr/lib/ipxe/snponly.efi"),
     ("ipxe.efi", "ipxe", "/usr/lib/ipxe/ipxe.efi"),
@@ -24,7 +24,7 @@ pub const BOOT_LOADERS: &[(&str, &str, &str)] = &[
 /// Default rule lifetime when `init` signs the built-in rules.
 const RULES_LIFETIME_DAYS: u64 = 90;
 
-pub fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
+pub(crate) fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
     let d = DataDir(dir.to_path_buf());
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let say = |what: String| println!("  {what}");

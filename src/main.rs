@@ -417,7 +417,7 @@ struct Fail(String);
 
 impl<E: std::fmt::Display> From<E> for Fail {
     fn from(e: E) -> Self {
-        Fail(e.to_string())
+        Self(e.to_string())
     }
 }
 

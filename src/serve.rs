@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DhcpMode {
+pub(crate) enum DhcpMode {
     Proxy,
     Full,
     Off,
@@ -22,7 +22,7 @@ pub enum DhcpMode {
 
 /// Everything `unbrick serve` decided, validated.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     pub interface: String,
     pub server_ip: Option<Ipv4Addr>,
     pub dhcp: DhcpMode,
@@ -47,11 +47,11 @@ pub struct ServerConfig {
     pub trusted_key: signing::PublicKey,
     pub max_tftp_transfers: usize,
     /// HTTP and HTTPS connections without traffic for this long are closed.
-    pub idle_timeout: std::time::Duration,
+    pub idle_timeout: Duration,
 }
 
 /// What the console needs besides the fleet.
-pub struct ConsoleConfig {
+pub(crate) struct ConsoleConfig {
     /// `tokens.json` of the data directory.
     pub tokens_file: std::path::PathBuf,
     /// The signed rules new campaigns run with ("id vN").
@@ -59,7 +59,7 @@ pub struct ConsoleConfig {
 }
 
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
-pub struct RunningServer {
+pub(crate) struct RunningServer {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     pub http_addr: SocketAddr,
@@ -69,7 +69,7 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Stops accepting, lets in-flight transfers finish (up to `grace`), flushes the store.
-    pub async fn shutdown(self, grace: Duration) {
+    pub(crate) async fn shutdown(self, grace: Duration) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(grace + Duration::from_secs(3), t).await;
@@ -83,7 +83,7 @@ impl RunningServer {
 /// Validates the configuration, loads and verifies the image and rules, binds every socket, and
 /// starts serving. `console` adds routes (the web console and admin API) to both HTTP and HTTPS;
 /// it gets the fleet the server writes through. Errors are one line each, for the admin.
-pub async fn start(
+pub(crate) async fn start(
     cfg: ServerConfig,
     store: Arc<dyn Store>,
     policy: Arc<fleet::CampaignPolicy>,

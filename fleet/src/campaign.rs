@@ -25,10 +25,10 @@ pub enum Targets {
 impl Targets {
     pub fn matches(&self, h: &HostRecord) -> bool {
         match self {
-            Targets::All => true,
-            Targets::Site(s) => h.site.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(s)),
-            Targets::Tag(t) => h.tags.iter().any(|x| x.eq_ignore_ascii_case(t)),
-            Targets::List(l) => l.contains(&h.mac),
+            Self::All => true,
+            Self::Site(s) => h.site.as_deref().is_some_and(|x| x.eq_ignore_ascii_case(s)),
+            Self::Tag(t) => h.tags.iter().any(|x| x.eq_ignore_ascii_case(t)),
+            Self::List(l) => l.contains(&h.mac),
         }
     }
 }
@@ -54,7 +54,7 @@ impl std::str::FromStr for WaveSize {
             if p == 0 || p > 100 {
                 return Err(format!("wave {s:?}: a percentage is 1% to 100%"));
             }
-            Ok(WaveSize::Percent(p))
+            Ok(Self::Percent(p))
         } else {
             let n: u32 = s
                 .parse()
@@ -62,7 +62,7 @@ impl std::str::FromStr for WaveSize {
             if n == 0 {
                 return Err(format!("wave {s:?}: a wave has at least one host"));
             }
-            Ok(WaveSize::Hosts(n))
+            Ok(Self::Hosts(n))
         }
     }
 }
@@ -161,13 +161,13 @@ pub enum CampaignState {
 impl CampaignState {
     pub fn name(&self) -> &'static str {
         match self {
-            CampaignState::Draft => "draft",
-            CampaignState::Running => "running",
-            CampaignState::Paused => "paused",
-            CampaignState::Halted(_) => "halted",
-            CampaignState::Completed => "completed",
-            CampaignState::Aborted => "aborted",
-            CampaignState::RollingBack => "rolling-back",
+            Self::Draft => "draft",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Halted(_) => "halted",
+            Self::Completed => "completed",
+            Self::Aborted => "aborted",
+            Self::RollingBack => "rolling-back",
         }
     }
 
@@ -175,10 +175,7 @@ impl CampaignState {
     pub fn is_active(&self) -> bool {
         matches!(
             self,
-            CampaignState::Running
-                | CampaignState::Paused
-                | CampaignState::Halted(_)
-                | CampaignState::RollingBack
+            Self::Running | Self::Paused | Self::Halted(_) | Self::RollingBack
         )
     }
 }
@@ -266,7 +263,7 @@ impl Campaign {
     /// A new campaign in draft.
     pub fn new(id: String, spec: CampaignSpec, rules: String, now_ms: u64) -> Result<Self, String> {
         spec.validate()?;
-        Ok(Campaign {
+        Ok(Self {
             id,
             spec,
             rules,
@@ -750,7 +747,7 @@ pub struct CampaignPolicy {
 
 impl CampaignPolicy {
     pub fn new(base: crate::DefaultPolicy, proxy: bool, campaigns: Vec<Campaign>) -> Self {
-        CampaignPolicy {
+        Self {
             base,
             proxy,
             campaigns: std::sync::Mutex::new(campaigns),

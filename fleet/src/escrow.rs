@@ -58,7 +58,7 @@ impl RecoveryPassword {
                 ));
             }
         }
-        Ok(RecoveryPassword(groups.join("-")))
+        Ok(Self(groups.join("-")))
     }
 
     pub fn expose(&self) -> &str {
@@ -112,10 +112,10 @@ pub enum Source {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Source::ActiveDirectory => "active-directory",
-            Source::Entra => "entra",
-            Source::Plain => "plain",
-            Source::Console => "console",
+            Self::ActiveDirectory => "active-directory",
+            Self::Entra => "entra",
+            Self::Plain => "plain",
+            Self::Console => "console",
         })
     }
 }
@@ -380,7 +380,7 @@ pub struct EscrowSummary {
 
 impl From<&EscrowRecord> for EscrowSummary {
     fn from(r: &EscrowRecord) -> Self {
-        EscrowSummary {
+        Self {
             protector_id: r.protector_id.clone(),
             hostname: r.hostname.clone(),
             source: r.source,

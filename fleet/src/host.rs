@@ -24,15 +24,15 @@ pub enum Arch {
 }
 
 impl Arch {
-    pub fn from_option93(v: u16) -> Arch {
+    pub fn from_option93(v: u16) -> Self {
         match v {
-            0 => Arch::Bios,
-            6 => Arch::UefiIa32,
-            7 | 9 => Arch::UefiX64,
-            10 => Arch::UefiArm32,
-            11 => Arch::UefiArm64,
-            16 => Arch::UefiHttpX64,
-            n => Arch::Other(n),
+            0 => Self::Bios,
+            6 => Self::UefiIa32,
+            7 | 9 => Self::UefiX64,
+            10 => Self::UefiArm32,
+            11 => Self::UefiArm64,
+            16 => Self::UefiHttpX64,
+            n => Self::Other(n),
         }
     }
 }
@@ -93,26 +93,26 @@ pub enum HostState {
 impl HostState {
     pub fn name(&self) -> &'static str {
         match self {
-            HostState::Unknown => "unknown",
-            HostState::Seen => "seen",
-            HostState::Waiting => "waiting",
-            HostState::Booting => "booting",
-            HostState::AgentUp => "agent-up",
-            HostState::Scanning => "scanning",
-            HostState::Unlocked => "unlocked",
-            HostState::Remediated => "remediated",
-            HostState::Clean => "clean",
-            HostState::NeedsAttention(_) => "needs-attention",
-            HostState::Failed(_) => "failed",
-            HostState::Rebooted => "rebooted",
-            HostState::Recovered => "recovered",
-            HostState::Unverified => "unverified",
+            Self::Unknown => "unknown",
+            Self::Seen => "seen",
+            Self::Waiting => "waiting",
+            Self::Booting => "booting",
+            Self::AgentUp => "agent-up",
+            Self::Scanning => "scanning",
+            Self::Unlocked => "unlocked",
+            Self::Remediated => "remediated",
+            Self::Clean => "clean",
+            Self::NeedsAttention(_) => "needs-attention",
+            Self::Failed(_) => "failed",
+            Self::Rebooted => "rebooted",
+            Self::Recovered => "recovered",
+            Self::Unverified => "unverified",
         }
     }
 
     pub fn reason(&self) -> Option<&str> {
         match self {
-            HostState::NeedsAttention(r) | HostState::Failed(r) => Some(r),
+            Self::NeedsAttention(r) | Self::Failed(r) => Some(r),
             _ => None,
         }
     }
@@ -121,16 +121,12 @@ impl HostState {
     pub fn is_done(&self) -> bool {
         matches!(
             self,
-            HostState::Remediated
-                | HostState::Clean
-                | HostState::Rebooted
-                | HostState::Recovered
-                | HostState::Unverified
+            Self::Remediated | Self::Clean | Self::Rebooted | Self::Recovered | Self::Unverified
         )
     }
 
     /// Whether the state machine allows `self -> to` without an admin's explicit retry.
-    pub fn allows(&self, to: &HostState) -> bool {
+    pub fn allows(&self, to: &Self) -> bool {
         use HostState::*;
         if std::mem::discriminant(self) == std::mem::discriminant(to) && self.reason().is_none() {
             return true;
@@ -181,12 +177,12 @@ pub enum EventSource {
 impl std::fmt::Display for EventSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            EventSource::Dhcp => "dhcp",
-            EventSource::Tftp => "tftp",
-            EventSource::Http => "http",
-            EventSource::Agent => "agent",
-            EventSource::Admin => "admin",
-            EventSource::Policy => "policy",
+            Self::Dhcp => "dhcp",
+            Self::Tftp => "tftp",
+            Self::Http => "http",
+            Self::Agent => "agent",
+            Self::Admin => "admin",
+            Self::Policy => "policy",
         })
     }
 }
@@ -262,7 +258,7 @@ pub struct HostRecord {
 
 impl HostRecord {
     pub fn new(mac: Mac, now_ms: u64) -> Self {
-        HostRecord {
+        Self {
             mac,
             uuid: None,
             serial: None,

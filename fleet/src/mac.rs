@@ -51,7 +51,7 @@ impl FromStr for Mac {
             *o = u8::from_str_radix(&hexdigits[2 * i..2 * i + 2], 16)
                 .map_err(|_| format!("{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)"))?;
         }
-        Ok(Mac(out))
+        Ok(Self(out))
     }
 }
 

@@ -30,11 +30,11 @@ pub enum BootDecision {
 impl BootDecision {
     pub fn name(&self) -> &'static str {
         match self {
-            BootDecision::Payload => "payload",
-            BootDecision::Restore => "restore",
-            BootDecision::WaitingRoom { .. } => "waiting-room",
-            BootDecision::LocalBoot => "local-boot",
-            BootDecision::Ignore => "ignore",
+            Self::Payload => "payload",
+            Self::Restore => "restore",
+            Self::WaitingRoom { .. } => "waiting-room",
+            Self::LocalBoot => "local-boot",
+            Self::Ignore => "ignore",
         }
     }
 }
@@ -50,7 +50,7 @@ pub trait BootPolicy: Send + Sync {
     /// The active campaign (and phase) a host is in, for the BitLocker key release policy:
     /// `Some("<campaign id>")` while it runs or is paused, `Some("<id>:rollback")` while it rolls
     /// back; `None` outside any (no key is released then).
-    fn key_scope(&self, _mac: crate::Mac) -> Option<String> {
+    fn key_scope(&self, _mac: Mac) -> Option<String> {
         None
     }
 }

@@ -144,7 +144,7 @@ impl SledStore {
                 }
             }
         }
-        Ok(SledStore {
+        Ok(Self {
             hosts: db.open_tree("hosts")?,
             events: db.open_tree("events")?,
             leases: db.open_tree("leases")?,

@@ -71,7 +71,7 @@ impl DhcpServer {
             // Decisions are made as for the standard ports whatever port numbers tests use.
             sockets.push((if port == p67 { 67 } else { PXE_PORT }, Arc::new(s)));
         }
-        Ok(DhcpServer {
+        Ok(Self {
             sockets,
             cfg,
             ifindex,

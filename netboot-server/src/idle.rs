@@ -41,7 +41,7 @@ pub struct Idle<S> {
 
 impl<S> Idle<S> {
     pub fn new(inner: S, timeout: Duration) -> Self {
-        Idle {
+        Self {
             inner,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),

@@ -17,7 +17,7 @@ pub struct Image {
 
 impl Image {
     /// Loads and verifies `dir`. Every problem is reported, each naming its file.
-    pub fn load(dir: &Path, trusted: &PublicKey) -> Result<Image, Vec<String>> {
+    pub fn load(dir: &Path, trusted: &PublicKey) -> Result<Self, Vec<String>> {
         let read = |name: &str| {
             std::fs::read(dir.join(name)).map_err(|e| {
                 vec![format!(
@@ -41,7 +41,7 @@ impl Image {
             return Err(problems);
         }
         let files = files.into_iter().map(|(n, d)| (n, Arc::from(d))).collect();
-        Ok(Image {
+        Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
             files,
@@ -94,7 +94,7 @@ pub struct SignedRules {
 pub const RULES_FILE: &str = "active.json";
 
 impl SignedRules {
-    pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<SignedRules, String> {
+    pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<Self, String> {
         let doc_path = dir.join(RULES_FILE);
         let sig_path = dir.join(format!("{RULES_FILE}.sig"));
         let document =
@@ -108,7 +108,7 @@ impl SignedRules {
         })?;
         let rules = RuleSet::verify_signed(trusted, &document, &signature, now_unix)
             .map_err(|e| format!("{}: {e}", doc_path.display()))?;
-        Ok(SignedRules {
+        Ok(Self {
             rules,
             document: Arc::from(document),
             signature: Arc::from(signature),

@@ -66,7 +66,7 @@ impl TftpServer {
         let std = crate::net::udp_socket(cfg.bind, cfg.device.as_deref(), false)
             .map_err(|e| crate::net::bind_error("TFTP", cfg.bind, &e))?;
         let socket = UdpSocket::from_std(std).map_err(|e| format!("TFTP: {e}"))?;
-        Ok(TftpServer {
+        Ok(Self {
             socket,
             slots: Arc::new(Semaphore::new(cfg.max_transfers)),
             cfg,

@@ -106,7 +106,7 @@ impl TlsListener {
                 });
             }
         });
-        Ok(TlsListener { rx, local })
+        Ok(Self { rx, local })
     }
 }
 

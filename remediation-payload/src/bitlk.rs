@@ -34,14 +34,14 @@ pub enum ProtectorKind {
 impl ProtectorKind {
     fn from_u16(v: u16) -> Self {
         match v {
-            0x0000 => ProtectorKind::ClearKey,
-            0x0100 => ProtectorKind::Tpm,
-            0x0200 => ProtectorKind::StartupKey,
-            0x0500 => ProtectorKind::TpmAndPin,
-            0x0800 => ProtectorKind::RecoveryPassword,
-            0x1000 => ProtectorKind::SmartCard,
-            0x2000 => ProtectorKind::Password,
-            n => ProtectorKind::Other(n),
+            0x0000 => Self::ClearKey,
+            0x0100 => Self::Tpm,
+            0x0200 => Self::StartupKey,
+            0x0500 => Self::TpmAndPin,
+            0x0800 => Self::RecoveryPassword,
+            0x1000 => Self::SmartCard,
+            0x2000 => Self::Password,
+            n => Self::Other(n),
         }
     }
 }
@@ -49,14 +49,14 @@ impl ProtectorKind {
 impl fmt::Display for ProtectorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ProtectorKind::ClearKey => f.write_str("clear key"),
-            ProtectorKind::Tpm => f.write_str("TPM"),
-            ProtectorKind::StartupKey => f.write_str("startup key"),
-            ProtectorKind::TpmAndPin => f.write_str("TPM and PIN"),
-            ProtectorKind::RecoveryPassword => f.write_str("recovery password"),
-            ProtectorKind::Password => f.write_str("password"),
-            ProtectorKind::SmartCard => f.write_str("smart card"),
-            ProtectorKind::Other(n) => write!(f, "protection 0x{n:04x}"),
+            Self::ClearKey => f.write_str("clear key"),
+            Self::Tpm => f.write_str("TPM"),
+            Self::StartupKey => f.write_str("startup key"),
+            Self::TpmAndPin => f.write_str("TPM and PIN"),
+            Self::RecoveryPassword => f.write_str("recovery password"),
+            Self::Password => f.write_str("password"),
+            Self::SmartCard => f.write_str("smart card"),
+            Self::Other(n) => write!(f, "protection 0x{n:04x}"),
         }
     }
 }

@@ -26,7 +26,7 @@ pub struct Cmdline {
 }
 
 impl Cmdline {
-    pub fn parse(text: &str) -> Result<Cmdline, String> {
+    pub fn parse(text: &str) -> Result<Self, String> {
         let mut server = None;
         let mut api = None;
         let mut token = None;
@@ -76,7 +76,7 @@ impl Cmdline {
             }
         }
         let token = token.ok_or("the kernel command line has no unbrick.token=")?;
-        Ok(Cmdline {
+        Ok(Self {
             server,
             api,
             token,

@@ -65,7 +65,7 @@ pub struct ModuleDep {
 }
 
 impl ModuleDep {
-    pub fn parse(text: &str) -> ModuleDep {
+    pub fn parse(text: &str) -> Self {
         let mut modules = BTreeMap::new();
         for line in text.lines() {
             let Some((path, deps)) = line.split_once(':') else {
@@ -74,7 +74,7 @@ impl ModuleDep {
             let deps = deps.split_whitespace().map(canonical).collect();
             modules.insert(canonical(path), (path.trim().to_string(), deps));
         }
-        ModuleDep { modules }
+        Self { modules }
     }
 
     /// The closure of `wanted` in load order (dependencies before dependants). Names that are

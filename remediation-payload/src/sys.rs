@@ -58,7 +58,7 @@ fn check(r: libc::c_int, what: &str, name: &str) -> std::io::Result<()> {
 }
 
 /// `ip link set NAME up`.
-pub fn link_up(name: &str) -> std::io::Result<()> {
+pub(crate) fn link_up(name: &str) -> std::io::Result<()> {
     let s = socket()?;
     let mut r = ifreq(name)?;
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `r`, a valid ifreq that outlives the call.
@@ -78,7 +78,7 @@ pub fn link_up(name: &str) -> std::io::Result<()> {
 }
 
 /// `ip addr add ADDR/MASK dev NAME`.
-pub fn set_ipv4(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> std::io::Result<()> {
+pub(crate) fn set_ipv4(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> std::io::Result<()> {
     let s = socket()?;
     let mut r = ifreq(name)?;
     r.ifr_ifru.ifru_addr = sockaddr_in(addr);
@@ -101,7 +101,7 @@ pub fn set_ipv4(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> std::io::Result<(
 }
 
 /// `ip route add default via GW`.
-pub fn default_route(gw: Ipv4Addr) -> std::io::Result<()> {
+pub(crate) fn default_route(gw: Ipv4Addr) -> std::io::Result<()> {
     let s = socket()?;
     // SAFETY: rtentry is plain old data; all-zero is valid.
     let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };

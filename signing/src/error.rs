@@ -53,7 +53,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
+        Self::Io {
             path: path.into(),
             source,
         }

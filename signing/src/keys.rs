@@ -16,13 +16,13 @@ impl std::fmt::Debug for PublicKey {
 
 impl PublicKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        PublicKey(bytes)
+        Self(bytes)
     }
 
     /// Accepts the raw 32 bytes or 64 hex digits (surrounding white space ignored).
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         if let Ok(raw) = <[u8; 32]>::try_from(data) {
-            return Ok(PublicKey(raw));
+            return Ok(Self(raw));
         }
         let text = std::str::from_utf8(data)
             .map_err(|_| Error::BadPublicKey(format!("{} bytes of binary data", data.len())))?
@@ -73,7 +73,7 @@ impl KeyPair {
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, Error> {
         let inner = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
             .map_err(|e| Error::BadPrivateKey(e.to_string()))?;
-        Ok(KeyPair {
+        Ok(Self {
             pkcs8: pkcs8.to_vec(),
             inner,
         })

@@ -58,7 +58,7 @@ impl Manifest {
                 w[0].name
             )));
         }
-        Ok(Manifest {
+        Ok(Self {
             format: 1,
             image_version: image_version.into(),
             created: crate::time::format_utc(created_unix),
@@ -76,7 +76,7 @@ impl Manifest {
     }
 
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
-        let m: Manifest =
+        let m: Self =
             serde_json::from_slice(data).map_err(|e| Error::MalformedManifest(e.to_string()))?;
         if m.format != 1 {
             return Err(Error::MalformedManifest(format!(

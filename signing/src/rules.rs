@@ -187,7 +187,7 @@ impl RuleSet {
     /// A `C-00000291*.sys` channel file stamped 04:09 UTC is the bad one; one stamped 05:27 UTC
     /// or later is the reverted, good version and stays. So: last write before 05:27:00 UTC.
     pub fn default_crowdstrike(expires_unix: u64) -> Self {
-        RuleSet {
+        Self {
             format: 1,
             id: "crowdstrike-c00000291-2024-07-19".into(),
             version: 1,
@@ -207,7 +207,7 @@ impl RuleSet {
 
     /// Parses and validates (without checking a signature or the expiry).
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
-        let r: RuleSet =
+        let r: Self =
             serde_json::from_slice(data).map_err(|e| Error::MalformedRules(e.to_string()))?;
         r.validate()?;
         Ok(r)

@@ -23,14 +23,14 @@ pub enum Purpose {
 impl Purpose {
     pub fn as_str(self) -> &'static str {
         match self {
-            Purpose::Manifest => "manifest",
-            Purpose::Rules => "rules",
+            Self::Manifest => "manifest",
+            Self::Rules => "rules",
         }
     }
     fn parse(s: &str) -> Option<Self> {
         match s {
-            "manifest" => Some(Purpose::Manifest),
-            "rules" => Some(Purpose::Rules),
+            "manifest" => Some(Self::Manifest),
+            "rules" => Some(Self::Rules),
             _ => None,
         }
     }
@@ -52,7 +52,7 @@ fn message(purpose: Purpose, document: &[u8]) -> Vec<u8> {
 
 impl SignatureFile {
     pub fn sign(key: &KeyPair, purpose: Purpose, document: &[u8]) -> Self {
-        SignatureFile {
+        Self {
             purpose,
             key_fingerprint: key.public_key().fingerprint(),
             signature: key.sign(&message(purpose, document)),
@@ -100,7 +100,7 @@ impl SignatureFile {
         if lines.any(|l| !l.trim().is_empty()) {
             return Err(bad("unexpected text after the signature line"));
         }
-        let parsed = SignatureFile {
+        let parsed = Self {
             purpose,
             key_fingerprint,
             signature,

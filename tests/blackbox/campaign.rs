@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 const CS: &str = "Windows/System32/drivers/CrowdStrike";
 
-pub fn token(lab: &Lab) -> String {
+pub(crate) fn token(lab: &Lab) -> String {
     must(&format!(
         "{} tokens create --name campaign-test --data-dir {}",
         unbrick(),
@@ -20,14 +20,14 @@ pub fn token(lab: &Lab) -> String {
     .to_string()
 }
 
-pub fn api_json(lab: &Lab, tok: &str, path: &str) -> serde_json::Value {
+pub(crate) fn api_json(lab: &Lab, tok: &str, path: &str) -> serde_json::Value {
     let o = lab.exec(&format!(
         "curl -s -m 5 -H 'Authorization: Bearer {tok}' http://{SERVER_IP}:8080{path}"
     ));
     serde_json::from_slice(&o.stdout).unwrap_or_default()
 }
 
-pub fn cli(lab: &Lab, tok: &str, args: &str) -> String {
+pub(crate) fn cli(lab: &Lab, tok: &str, args: &str) -> String {
     let o = lab.exec(&format!(
         "{} {args} --server http://{SERVER_IP}:8080 --token {tok}",
         unbrick()
@@ -65,7 +65,7 @@ fn windows_disk(lab: &Lab, name: &str) -> Disk {
     )
 }
 
-pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, lab: &Lab) {
+pub(crate) fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, lab: &Lab) {
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(secs) {
         if f() {
@@ -76,7 +76,7 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, lab: &Lab) {
     panic!("{what} within {secs} s:\n{}", lab.server_log());
 }
 
-pub fn state(lab: &Lab, tok: &str, mac: &str) -> String {
+pub(crate) fn state(lab: &Lab, tok: &str, mac: &str) -> String {
     api_json(lab, tok, &format!("/api/v1/hosts/{mac}"))["host"]["state"]
         .as_str()
         .unwrap_or("")

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Firmware {
+pub(crate) enum Firmware {
     /// SeaBIOS + the NIC's iPXE option ROM.
     Bios,
     /// OVMF + the NIC's iPXE EFI ROM.
@@ -19,7 +19,7 @@ pub enum Firmware {
     UefiSb,
 }
 
-pub struct Guest {
+pub(crate) struct Guest {
     pub name: String,
     pub mac: String,
     pub fw: Firmware,
@@ -35,7 +35,7 @@ impl Drop for Guest {
 }
 
 /// The payload kernel installed by scripts/install-deps.sh.
-pub fn payload_kernel() -> PathBuf {
+pub(crate) fn payload_kernel() -> PathBuf {
     let boot = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root/boot");
     let entry = std::fs::read_dir(&boot)
         .unwrap_or_else(|e| {
@@ -50,20 +50,20 @@ pub fn payload_kernel() -> PathBuf {
     entry.path()
 }
 
-pub fn accel() -> String {
+pub(crate) fn accel() -> String {
     std::env::var("ACCEL").unwrap_or_else(|_| "tcg".into())
 }
 
 /// How a guest's disk is attached.
 #[derive(Clone, Copy, Debug)]
-pub enum Bus {
+pub(crate) enum Bus {
     Virtio,
     Sata,
     Nvme,
     Usb,
 }
 
-pub fn start_guest(
+pub(crate) fn start_guest(
     lab: &Lab,
     name: &str,
     fw: Firmware,
@@ -180,10 +180,10 @@ pub fn start_guest(
 }
 
 impl Guest {
-    pub fn serial_text(&self) -> String {
+    pub(crate) fn serial_text(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
     }
-    pub fn wait_exit(&mut self, until: Instant) -> bool {
+    pub(crate) fn wait_exit(&mut self, until: Instant) -> bool {
         while Instant::now() < until {
             if self.exited() {
                 return true;
@@ -192,7 +192,7 @@ impl Guest {
         }
         false
     }
-    pub fn exited(&mut self) -> bool {
+    pub(crate) fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }

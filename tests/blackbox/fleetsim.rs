@@ -21,7 +21,7 @@ fn sim_binary() -> String {
 struct NeighTable([String; 3]);
 
 impl NeighTable {
-    fn raise() -> NeighTable {
+    fn raise() -> Self {
         let f = |i: usize| format!("/proc/sys/net/ipv4/neigh/default/gc_thresh{i}");
         let old = [1, 2, 3].map(|i| std::fs::read_to_string(f(i)).unwrap().trim().to_string());
         for (i, v) in [(1, "4096"), (2, "8192"), (3, "16384")] {
@@ -29,7 +29,7 @@ impl NeighTable {
                 std::fs::write(f(i), v).unwrap();
             }
         }
-        NeighTable(old)
+        Self(old)
     }
 }
 

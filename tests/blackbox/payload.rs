@@ -8,7 +8,7 @@ use crate::lab::*;
 use std::time::{Duration, Instant};
 
 /// Builds the static musl agent (a no-op when it is up to date) so the test never runs a stale one.
-pub fn agent_binary() -> String {
+pub(crate) fn agent_binary() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let dir = env!("CARGO_MANIFEST_DIR");
     must(&format!("cd {dir} && {cargo} build -q --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent"));
@@ -23,12 +23,12 @@ pub fn agent_binary() -> String {
 
 /// `unbrick image build` into the lab's data dir, from the Debian kernel scripts/install-deps.sh
 /// unpacked and the fresh static agent; returns the command's output.
-pub fn build_image(lab: &Lab) -> String {
+pub(crate) fn build_image(lab: &Lab) -> String {
     build_image_with(lab, "")
 }
 
 /// The same with extra `image build` flags.
-pub fn build_image_with(lab: &Lab, flags: &str) -> String {
+pub(crate) fn build_image_with(lab: &Lab, flags: &str) -> String {
     let kernel_root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
     must(&format!(
         "{} image build --data-dir {} --kernel-dir {} --agent {} {flags}",

@@ -34,7 +34,7 @@ fn image_verify_names_every_tamper_case() {
         must(&format!("{} image sign {}", unbrick(), img.display()));
     };
     type Tamper<'a> = (&'a str, Box<dyn Fn() + 'a>, &'a str);
-    let cases: Vec<Tamper> = vec![
+    let cases: Vec<Tamper<'_>> = vec![
         (
             "missing file",
             Box::new(|| std::fs::remove_file(img.join("initrd.img")).unwrap()),

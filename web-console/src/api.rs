@@ -152,7 +152,7 @@ pub fn view(h: &HostRecord) -> HostView {
         bitlocker_waiting: h.bitlocker_waiting.clone(),
         rotate_bitlocker_key: h.rotate_bitlocker_key,
         last_report: h.last_report.as_ref().map(|r| ReportView {
-            result: crate::query::result_name(r.result),
+            result: query::result_name(r.result),
             reason: r.reason.clone(),
             volumes: r.volumes.clone(),
             files: r.files.clone(),

@@ -277,18 +277,15 @@ pub async fn dashboard(
         Ok(s) => s,
         Err(r) => return r,
     };
-    let f = match api::parse_filter(q.as_deref()) {
-        Ok(f) => f,
-        Err(_) => {
-            return render_dashboard(
-                &c,
-                &s,
-                &Filter::default(),
-                Some("That filter was not understood; showing every host.".into()),
-            )
-        }
-    };
-    render_dashboard(&c, &s, &f, None)
+    match api::parse_filter(q.as_deref()) {
+        Ok(f) => render_dashboard(&c, &s, &f, None),
+        Err(_) => render_dashboard(
+            &c,
+            &s,
+            &Filter::default(),
+            Some("That filter was not understood; showing every host.".into()),
+        ),
+    }
 }
 
 #[derive(Template)]

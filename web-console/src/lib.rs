@@ -39,8 +39,8 @@ impl Console {
         tokens_file: &std::path::Path,
         campaigns: Arc<fleet::CampaignPolicy>,
         rules_label: String,
-    ) -> Arc<Console> {
-        Arc::new(Console {
+    ) -> Arc<Self> {
+        Arc::new(Self {
             fleet,
             tokens: tokens::TokenBook::new(tokens_file),
             sessions: auth::Sessions::default(),

@@ -296,10 +296,7 @@ pub fn report_row(h: &HostRecord) -> ReportRow {
         last_seen: iso(h.last_seen_ms),
         state_since: iso(h.state_since_ms),
         payload_boots: h.payload_boots,
-        result: h
-            .last_report
-            .as_ref()
-            .map(|r| crate::query::result_name(r.result)),
+        result: h.last_report.as_ref().map(|r| result_name(r.result)),
         files: h
             .last_report
             .as_ref()

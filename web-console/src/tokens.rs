@@ -64,7 +64,7 @@ fn valid_name(n: &str) -> bool {
 
 impl TokenBook {
     pub fn new(path: &Path) -> Self {
-        TokenBook {
+        Self {
             path: path.to_path_buf(),
             cache: Mutex::new((None, Vec::new())),
         }

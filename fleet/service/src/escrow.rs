@@ -59,8 +59,8 @@ pub enum KeyAnswer {
 }
 
 impl KeyAnswer {
-    fn refuse(reason: String) -> KeyAnswer {
-        KeyAnswer::Refuse {
+    fn refuse(reason: String) -> Self {
+        Self::Refuse {
             reason,
             conflict: false,
         }

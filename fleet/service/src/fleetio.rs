@@ -60,7 +60,7 @@ impl FleetIo {
         for h in hosts.values() {
             policy.observe(h);
         }
-        Ok(FleetIo {
+        Ok(Self {
             store,
             policy,
             peers: Mutex::new(HashMap::new()),

@@ -10,11 +10,11 @@ fn mac(i: u8) -> Mac {
 }
 
 struct Fleet {
-    hosts: std::collections::HashMap<Mac, HostRecord>,
+    hosts: HashMap<Mac, HostRecord>,
 }
 
 impl Fleet {
-    fn new(n: u8) -> Fleet {
+    fn new(n: u8) -> Self {
         let hosts = (1..=n)
             .map(|i| {
                 let mut h = HostRecord::new(mac(i), 0);
@@ -28,7 +28,7 @@ impl Fleet {
                 (mac(i), h)
             })
             .collect();
-        Fleet { hosts }
+        Self { hosts }
     }
     fn all(&self) -> Vec<HostRecord> {
         self.hosts.values().cloned().collect()

@@ -21,7 +21,7 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Opens the key file, or creates it (32 random bytes, 0600) when `create` and it is absent.
     /// A key file readable by others is refused.
-    pub fn open(path: &Path, create: bool) -> Result<Vault, String> {
+    pub fn open(path: &Path, create: bool) -> Result<Self, String> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let rng = SystemRandom::new();
         let bytes = match std::fs::read(path) {
@@ -74,7 +74,7 @@ impl Vault {
         let key = LessSafeKey::new(
             UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| "bad escrow key".to_string())?,
         );
-        Ok(Vault {
+        Ok(Self {
             key,
             rng,
             path: path.to_path_buf(),

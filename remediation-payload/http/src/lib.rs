@@ -150,7 +150,7 @@ enum Failure {
 }
 
 impl Conn {
-    fn open(host: &str, pin: Option<&str>, timeout: Duration, key: String) -> Result<Conn, String> {
+    fn open(host: &str, pin: Option<&str>, timeout: Duration, key: String) -> Result<Self, String> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
             .map_err(|e| format!("{host}: {e}"))?
             .next()
@@ -168,7 +168,7 @@ impl Conn {
             }
             None => Stream::Plain(s),
         };
-        Ok(Conn { key, stream })
+        Ok(Self { key, stream })
     }
 
     fn tcp(&self) -> &TcpStream {
@@ -273,8 +273,7 @@ pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
 /// The client configuration for `pin`, made once per process: reusing it lets rustls resume TLS
 /// sessions when a connection has to be opened again.
 fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
-    static CACHE: std::sync::Mutex<Option<(String, Arc<rustls::ClientConfig>)>> =
-        std::sync::Mutex::new(None);
+    static CACHE: Mutex<Option<(String, Arc<rustls::ClientConfig>)>> = Mutex::new(None);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((p, cfg)) = c.as_ref() {
         if p == pin {

@@ -69,7 +69,7 @@ pub struct Lab {
 
 impl Lab {
     /// A server namespace `ub<tag><n>-<pid>` with bridge br0 at 10.99.0.1/24 and a data dir.
-    pub fn new(tag: &str) -> Lab {
+    pub fn new(tag: &str) -> Self {
         require_root();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let ns = format!("ub{tag}{n}-{}", std::process::id());
@@ -85,7 +85,7 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("server.log");
-        Lab {
+        Self {
             ns,
             clients: Vec::new(),
             dir,

@@ -14,14 +14,14 @@ impl Io {
     pub async fn new(
         tcp: tokio::net::TcpStream,
         tls: Option<(&tokio_rustls::TlsConnector, std::net::IpAddr)>,
-    ) -> Result<Io, String> {
+    ) -> Result<Self, String> {
         Ok(match tls {
-            Some((c, ip)) => Io::Tls(Box::new(
+            Some((c, ip)) => Self::Tls(Box::new(
                 c.connect(rustls::pki_types::ServerName::IpAddress(ip.into()), tcp)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?,
             )),
-            None => Io::Plain(tcp),
+            None => Self::Plain(tcp),
         })
     }
 
@@ -32,8 +32,8 @@ impl Io {
         body: &[u8],
     ) -> Result<(u16, Vec<u8>, bool), String> {
         match self {
-            Io::Plain(s) => roundtrip(s, head, body).await,
-            Io::Tls(s) => roundtrip(s.as_mut(), head, body).await,
+            Self::Plain(s) => roundtrip(s, head, body).await,
+            Self::Tls(s) => roundtrip(s.as_mut(), head, body).await,
         }
     }
 }

@@ -53,10 +53,10 @@ pub enum Drop {
 impl Drop {
     pub fn reason(&self) -> String {
         match self {
-            Drop::Malformed(e) => format!("malformed DHCP packet: {e}"),
-            Drop::NotARequest => "not a BOOTREQUEST".into(),
-            Drop::NotEthernet => "hardware type is not Ethernet".into(),
-            Drop::NoMessageType => "no DHCP message type (plain BOOTP is not served)".into(),
+            Self::Malformed(e) => format!("malformed DHCP packet: {e}"),
+            Self::NotARequest => "not a BOOTREQUEST".into(),
+            Self::NotEthernet => "hardware type is not Ethernet".into(),
+            Self::NoMessageType => "no DHCP message type (plain BOOTP is not served)".into(),
         }
     }
 }
@@ -222,7 +222,7 @@ impl Inbound {
 
 impl Outcome {
     fn silent(note: impl Into<String>) -> Self {
-        Outcome {
+        Self {
             reply: None,
             decision: None,
             boot_file: None,

@@ -20,9 +20,9 @@ pub enum Nak {
 impl Nak {
     pub fn reason(&self) -> &'static str {
         match self {
-            Nak::NotInPool => "requested address is not in this server's pool",
-            Nak::LeasedToOther => "requested address is leased to another client",
-            Nak::NoOffer => "requested address was not offered to this client",
+            Self::NotInPool => "requested address is not in this server's pool",
+            Self::LeasedToOther => "requested address is leased to another client",
+            Self::NoOffer => "requested address was not offered to this client",
         }
     }
 }
@@ -39,7 +39,7 @@ pub struct LeasePool {
 impl LeasePool {
     /// A pool from `first` to `last` inclusive, never handing out `exclude` (the server itself).
     pub fn new(first: Ipv4Addr, last: Ipv4Addr, exclude: Ipv4Addr, existing: Vec<Lease>) -> Self {
-        let mut p = LeasePool {
+        let mut p = Self {
             first: first.into(),
             last: last.into(),
             exclude,

@@ -17,7 +17,7 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Refusal {
+        Self {
             code,
             message: message.into(),
         }

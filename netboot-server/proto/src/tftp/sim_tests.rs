@@ -20,7 +20,7 @@ struct Client {
 
 impl Client {
     fn new(blksize: usize, window: u16) -> Self {
-        Client {
+        Self {
             blksize,
             window,
             expected: 1,

@@ -22,7 +22,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
+        Self {
             max_blksize: 65464,
             max_windowsize: 64,
             default_timeout_ms: 1000,
@@ -50,11 +50,11 @@ pub enum Outcome {
 impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
-            Outcome::Complete => "complete",
-            Outcome::ClientError { .. } => "client-error",
-            Outcome::TimedOut => "timed-out",
-            Outcome::TooLong => "too-long",
-            Outcome::Protocol(_) => "protocol-error",
+            Self::Complete => "complete",
+            Self::ClientError { .. } => "client-error",
+            Self::TimedOut => "timed-out",
+            Self::TooLong => "too-long",
+            Self::Protocol(_) => "protocol-error",
         }
     }
 }
@@ -149,7 +149,7 @@ impl Transfer {
         let timeout_ms = n
             .timeout_s
             .map_or(limits.default_timeout_ms, |s| u64::from(s) * 1000);
-        let mut t = Transfer {
+        let mut t = Self {
             total_blocks: file.len() as u64 / blksize as u64 + 1,
             file,
             blksize,

@@ -47,7 +47,7 @@ struct Dhcp {
 }
 
 impl Dhcp {
-    fn new(iface: &str) -> Dhcp {
+    fn new(iface: &str) -> Self {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
         s.set_reuse_address(true).unwrap();
         s.set_broadcast(true).unwrap();
@@ -74,7 +74,7 @@ impl Dhcp {
                 }
             }
         });
-        Dhcp { sock, waiting }
+        Self { sock, waiting }
     }
 
     /// Sends `m` (broadcast) and waits for a reply of type `want`, retrying.
