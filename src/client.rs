@@ -553,8 +553,7 @@ fn block_on<T>(f: impl std::future::Future<Output = fleet_service::Result<T>>) -
 fn local_fleet(data_dir: &Path) -> Result<fleet_service::FleetIo, Fail> {
     let store = std::sync::Arc::new(open_store(data_dir)?);
     let vault =
-        fleet::escrow::vault::Vault::open(&DataDir(data_dir.to_path_buf()).escrow_key(), true)
-            .map_err(Fail)?;
+        fleet::escrow::vault::Vault::open(&DataDir(data_dir.to_path_buf()).escrow_key(), true)?;
     let policy = std::sync::Arc::new(fleet::DefaultPolicy::default());
     Ok(fleet_service::FleetIo::new(store, policy)
         .map_err(|e| Fail(e.to_string()))?
@@ -633,7 +632,7 @@ pub(crate) fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
             protector_id,
             target,
         } => {
-            let id = fleet::escrow::protector_id(&protector_id).map_err(Fail)?;
+            let id = fleet::escrow::protector_id(&protector_id)?;
             let pw = if let Some(api) = Api::from(&target)? {
                 api.json("POST", &format!("/api/v1/bitlocker/keys/{id}/reveal"), None)?
                     ["recovery_password"]

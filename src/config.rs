@@ -48,7 +48,9 @@ impl DataDir {
     /// The server's TLS certificate fingerprint, making the certificate first if there is none.
     pub(crate) fn ensure_tls(&self) -> Result<(String, bool), String> {
         if self.tls_cert().exists() {
-            return netboot_server::tls::cert_fingerprint(&self.tls_cert()).map(|f| (f, false));
+            return netboot_server::tls::cert_fingerprint(&self.tls_cert())
+                .map(|f| (f, false))
+                .map_err(|e| e.to_string());
         }
         let host = std::fs::read_to_string("/etc/hostname")
             .ok()
@@ -65,6 +67,7 @@ impl DataDir {
             &[host, "unbrick".into()],
         )
         .map(|f| (f, true))
+        .map_err(|e| e.to_string())
     }
 }
 

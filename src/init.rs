@@ -150,7 +150,7 @@ pub(crate) fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> 
 
     // The key that seals escrowed BitLocker recovery passwords.
     let had = d.escrow_key().exists();
-    fleet::escrow::vault::Vault::open(&d.escrow_key(), true)?;
+    fleet::escrow::vault::Vault::open(&d.escrow_key(), true).map_err(|e| e.to_string())?;
     say(format!(
         "{} {} (seals escrowed BitLocker keys; back it up apart from the store)",
         if had { "kept    " } else { "made    " },

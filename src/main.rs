@@ -595,7 +595,7 @@ fn serve(a: ServeArgs) -> Result<(), Fail> {
             },
         )
         .await
-        .map_err(Fail)?;
+        ?;
         if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
             tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
         }

@@ -7,7 +7,7 @@ use fleet_service::{now_ms, FleetIo};
 use netboot_server::image::{Image, SignedRules};
 use netboot_server::proto::dhcp as dhcp_core;
 use netboot_server::proto::tftp as tftp_core;
-use netboot_server::{dhcp, http, idle, net, tftp, tls, Booter, TftpFiles};
+use netboot_server::{dhcp, http, idle, net, tftp, tls, Booter, Error, TftpFiles};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,27 +88,24 @@ pub(crate) async fn start(
     store: Arc<dyn Store>,
     policy: Arc<fleet::CampaignPolicy>,
     console: ConsoleConfig,
-) -> Result<RunningServer, String> {
+) -> Result<RunningServer, Error> {
     let boot_policy: Arc<dyn BootPolicy> = policy.clone();
     let iface = net::find_interface(&cfg.interface)?;
     let server_ip = cfg.server_ip.unwrap_or(iface.addr);
     if let Some((a, b)) = cfg.pool {
         if !iface.contains(a) || !iface.contains(b) || u32::from(a) > u32::from(b) {
-            return Err(format!(
+            return Err(Error::Config(format!(
                 "pool {a}-{b} is not inside {}'s subnet {}/{}; pass --pool FIRST-LAST within it",
                 iface.name, iface.addr, iface.prefix_len
-            ));
+            )));
         }
     }
     if cfg.dhcp == DhcpMode::Full && cfg.pool.is_none() {
-        return Err("--dhcp full needs --pool FIRST-LAST (addresses to hand out)".into());
+        return Err(Error::Config(
+            "--dhcp full needs --pool FIRST-LAST (addresses to hand out)".into(),
+        ));
     }
-    let image = Image::load(&cfg.image_dir, &cfg.trusted_key).map_err(|p| {
-        format!(
-            "refusing to serve a recovery image that fails verification:\n  {}",
-            p.join("\n  ")
-        )
-    })?;
+    let image = Image::load(&cfg.image_dir, &cfg.trusted_key).map_err(Error::Image)?;
     tracing::info!(
         "recovery image {} verified: {} artefacts ({})",
         image.manifest.image_version,
@@ -138,12 +135,9 @@ pub(crate) async fn start(
     let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
     let https_addr = SocketAddrV4::new(server_ip, cfg.https_port);
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
-    let vault = fleet::escrow::vault::Vault::open(&cfg.escrow_key, true)?;
-    let fleet = Arc::new(
-        FleetIo::new(store.clone(), boot_policy)
-            .map_err(|e| e.to_string())?
-            .with_vault(vault),
-    );
+    let vault = fleet::escrow::vault::Vault::open(&cfg.escrow_key, true)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let fleet = Arc::new(FleetIo::new(store.clone(), boot_policy)?.with_vault(vault));
     let shared = Arc::new(Booter {
         fleet: fleet.clone(),
         image: Arc::new(image),
@@ -158,12 +152,17 @@ pub(crate) async fn start(
 
     // Bind everything first so that a port in use fails before anything starts.
     let listener =
-        net::tcp_listener(http_addr).map_err(|e| net::bind_error("HTTP", http_addr, &e))?;
-    let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+        net::tcp_listener(http_addr).map_err(|e| net::bind_error_of("HTTP", http_addr, &e))?;
+    let http_addr = listener
+        .local_addr()
+        .map_err(|e| Error::Bind(format!("HTTP: {e}")))?;
     let tls_listener =
-        net::tcp_listener(https_addr).map_err(|e| net::bind_error("HTTPS", https_addr, &e))?;
-    let https_addr = tls_listener.local_addr().map_err(|e| e.to_string())?;
-    let tls_listener = tls::TlsListener::new(tls_listener, tls).map_err(|e| e.to_string())?;
+        net::tcp_listener(https_addr).map_err(|e| net::bind_error_of("HTTPS", https_addr, &e))?;
+    let https_addr = tls_listener
+        .local_addr()
+        .map_err(|e| Error::Bind(format!("HTTPS: {e}")))?;
+    let tls_listener =
+        tls::TlsListener::new(tls_listener, tls).map_err(|e| Error::Bind(format!("HTTPS: {e}")))?;
     let (rec_tx, mut rec_rx) = mpsc::unbounded_channel();
     let tftp_bind = SocketAddrV4::new(server_ip, cfg.tftp_port);
     let tftp = tftp::TftpServer::bind(
@@ -176,7 +175,9 @@ pub(crate) async fn start(
         Arc::new(TftpFiles(shared.clone())),
         rec_tx,
     )?;
-    let tftp_addr = tftp.local_addr().map_err(|e| e.to_string())?;
+    let tftp_addr = tftp
+        .local_addr()
+        .map_err(|e| Error::Bind(format!("TFTP: {e}")))?;
     let dhcp = match cfg.dhcp {
         DhcpMode::Off => None,
         mode => {
@@ -199,7 +200,7 @@ pub(crate) async fn start(
                     a,
                     b,
                     server_ip,
-                    store.leases().map_err(|e| e.to_string())?,
+                    store.leases()?,
                 )),
                 _ => None,
             };

@@ -8,7 +8,7 @@
 //! wave open at least the soak time); otherwise the campaign halts and touches no further host
 //! until an admin resumes or rolls it back. At most `concurrency` hosts of a campaign are in the
 //! payload at once.
-use crate::{BootDecision, HostRecord, HostState, Mac};
+use crate::{BootDecision, Error, HostRecord, HostState, Mac};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -43,24 +43,31 @@ pub enum WaveSize {
 }
 
 impl std::str::FromStr for WaveSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
-            let p: u32 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("wave {s:?}: expected a number of hosts or a percentage"))?;
+            let p: u32 = p.trim().parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "wave {s:?}: expected a number of hosts or a percentage"
+                ))
+            })?;
             if p == 0 || p > 100 {
-                return Err(format!("wave {s:?}: a percentage is 1% to 100%"));
+                return Err(Error::Invalid(format!(
+                    "wave {s:?}: a percentage is 1% to 100%"
+                )));
             }
             Ok(Self::Percent(p))
         } else {
-            let n: u32 = s
-                .parse()
-                .map_err(|_| format!("wave {s:?}: expected a number of hosts or a percentage"))?;
+            let n: u32 = s.parse().map_err(|_| {
+                Error::Invalid(format!(
+                    "wave {s:?}: expected a number of hosts or a percentage"
+                ))
+            })?;
             if n == 0 {
-                return Err(format!("wave {s:?}: a wave has at least one host"));
+                return Err(Error::Invalid(format!(
+                    "wave {s:?}: a wave has at least one host"
+                )));
             }
             Ok(Self::Hosts(n))
         }
@@ -106,36 +113,44 @@ fn default_host_timeout() -> u64 {
 }
 
 impl CampaignSpec {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Error> {
         if self.name.trim().is_empty() || self.name.len() > 80 {
-            return Err("name: 1 to 80 characters".into());
+            return Err(Error::Invalid("name: 1 to 80 characters".into()));
         }
         if self.waves.is_empty() || self.waves.len() > 20 {
-            return Err("waves: 1 to 20 waves, e.g. [\"5\", \"10%\", \"50%\", \"100%\"]".into());
+            return Err(Error::Invalid(
+                "waves: 1 to 20 waves, e.g. [\"5\", \"10%\", \"50%\", \"100%\"]".into(),
+            ));
         }
         let mut last = 0;
         for w in &self.waves {
             if let WaveSize::Percent(p) = w {
                 if *p < last {
-                    return Err("percent waves are cumulative shares and must not decrease".into());
+                    return Err(Error::Invalid(
+                        "percent waves are cumulative shares and must not decrease".into(),
+                    ));
                 }
                 last = *p;
             }
         }
         if !(0.0..=1.0).contains(&self.gate.max_failure_rate) || self.gate.max_failure_rate.is_nan()
         {
-            return Err("gate.max_failure_rate is a share from 0.0 to 1.0".into());
+            return Err(Error::Invalid(
+                "gate.max_failure_rate is a share from 0.0 to 1.0".into(),
+            ));
         }
         if self.concurrency == 0 {
-            return Err("concurrency: at least 1".into());
+            return Err(Error::Invalid("concurrency: at least 1".into()));
         }
         if let Targets::List(l) = &self.targets {
             if l.is_empty() {
-                return Err("targets: the list is empty".into());
+                return Err(Error::Invalid("targets: the list is empty".into()));
             }
         }
         if self.host_timeout_ms < 60_000 {
-            return Err("host_timeout_ms: at least 60000 (one minute)".into());
+            return Err(Error::Invalid(
+                "host_timeout_ms: at least 60000 (one minute)".into(),
+            ));
         }
         Ok(())
     }
@@ -261,7 +276,7 @@ pub struct HostChange {
 
 impl Campaign {
     /// A new campaign in draft.
-    pub fn new(id: String, spec: CampaignSpec, rules: String, now_ms: u64) -> Result<Self, String> {
+    pub fn new(id: String, spec: CampaignSpec, rules: String, now_ms: u64) -> Result<Self, Error> {
         spec.validate()?;
         Ok(Self {
             id,
@@ -298,9 +313,12 @@ impl Campaign {
         hosts: &[HostRecord],
         taken: &BTreeSet<Mac>,
         now: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), Error> {
         if self.state != CampaignState::Draft {
-            return Err(format!("campaign is {}, not draft", self.state.name()));
+            return Err(Error::State(format!(
+                "campaign is {}, not draft",
+                self.state.name()
+            )));
         }
         let chosen: Vec<&HostRecord> = hosts
             .iter()
@@ -334,13 +352,15 @@ impl Campaign {
             .map(|m| m.to_string())
             .collect();
         if !clash.is_empty() {
-            return Err(format!(
+            return Err(Error::State(format!(
                 "hosts already in another active campaign (one campaign per host): {}",
                 clash.join(", ")
-            ));
+            )));
         }
         if members.is_empty() {
-            return Err("no host matches the campaign's targets".into());
+            return Err(Error::State(
+                "no host matches the campaign's targets".into(),
+            ));
         }
         self.waves = split_waves(&members, &self.spec.waves)
             .into_iter()
@@ -370,23 +390,23 @@ impl Campaign {
         Ok(())
     }
 
-    pub fn pause(&mut self, now: u64) -> Result<(), String> {
+    pub fn pause(&mut self, now: u64) -> Result<(), Error> {
         match self.state {
             CampaignState::Running => {
                 self.state = CampaignState::Paused;
                 self.note(now, "paused".into());
                 Ok(())
             }
-            ref s => Err(format!(
+            ref s => Err(Error::State(format!(
                 "campaign is {}; only a running campaign pauses",
                 s.name()
-            )),
+            ))),
         }
     }
 
     /// Resumes a paused or halted campaign. A halted one reopens with the next wave if the
     /// halted wave is closed (the admin accepted its result).
-    pub fn resume(&mut self, now: u64) -> Result<(), String> {
+    pub fn resume(&mut self, now: u64) -> Result<(), Error> {
         match &self.state {
             CampaignState::Paused => {}
             CampaignState::Halted(_) => {
@@ -398,10 +418,10 @@ impl Campaign {
                 }
             }
             s => {
-                return Err(format!(
+                return Err(Error::State(format!(
                     "campaign is {}; only a paused or halted campaign resumes",
                     s.name()
-                ))
+                )))
             }
         }
         self.state = CampaignState::Running;
@@ -412,12 +432,15 @@ impl Campaign {
         Ok(())
     }
 
-    pub fn abort(&mut self, now: u64) -> Result<(), String> {
+    pub fn abort(&mut self, now: u64) -> Result<(), Error> {
         if matches!(
             self.state,
             CampaignState::Completed | CampaignState::Aborted
         ) {
-            return Err(format!("campaign is already {}", self.state.name()));
+            return Err(Error::State(format!(
+                "campaign is already {}",
+                self.state.name()
+            )));
         }
         self.state = CampaignState::Aborted;
         self.note(now, "aborted by an admin".into());
@@ -425,15 +448,15 @@ impl Campaign {
     }
 
     /// Rolls back: every host this campaign remediated gets the payload in restore mode.
-    pub fn rollback(&mut self, now: u64) -> Result<(), String> {
+    pub fn rollback(&mut self, now: u64) -> Result<(), Error> {
         if matches!(
             self.state,
             CampaignState::Draft | CampaignState::Aborted | CampaignState::RollingBack
         ) {
-            return Err(format!(
+            return Err(Error::State(format!(
                 "campaign is {}; nothing to roll back",
                 self.state.name()
-            ));
+            )));
         }
         self.state = CampaignState::RollingBack;
         self.note(

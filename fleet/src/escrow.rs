@@ -4,7 +4,7 @@
 //! Pure: no I/O and no clock. The sealed form (encryption at rest) is [`vault`]'s business; a
 //! record here only carries the sealed bytes. A recovery password never appears in an error
 //! message or a `Debug` output of this module.
-use crate::{HostRecord, Mac};
+use crate::{Error, HostRecord, Mac};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -27,35 +27,37 @@ impl RecoveryPassword {
     /// `-` or spaces (or not at all). Each group is a 16-bit value times 11, so it must be a
     /// multiple of 11 below 720,896: this catches almost every typing error. The error never
     /// repeats the digits.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, Error> {
         let digits: String = s
             .trim()
             .chars()
             .filter(|c| *c != '-' && !c.is_whitespace())
             .collect();
         if !digits.chars().all(|c| c.is_ascii_digit()) {
-            return Err("a recovery password has only digits and dashes".into());
+            return Err(Error::Invalid(
+                "a recovery password has only digits and dashes".into(),
+            ));
         }
         if digits.len() != 48 {
-            return Err(format!(
+            return Err(Error::Invalid(format!(
                 "a recovery password has 48 digits (8 groups of 6), this one has {}",
                 digits.len()
-            ));
+            )));
         }
         let groups: Vec<&str> = (0..8).map(|i| &digits[i * 6..i * 6 + 6]).collect();
         for (i, g) in groups.iter().enumerate() {
             let v: u32 = g.parse().expect("six ASCII digits");
             if !v.is_multiple_of(11) {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "recovery password group {} is not a multiple of 11 (a typing error?)",
                     i + 1
-                ));
+                )));
             }
             if v / 11 > 0xffff {
-                return Err(format!(
+                return Err(Error::Invalid(format!(
                     "recovery password group {} is out of range (above 720895)",
                     i + 1
-                ));
+                )));
             }
         }
         Ok(Self(groups.join("-")))
@@ -68,7 +70,7 @@ impl RecoveryPassword {
 
 /// Canonical key protector ID: a GUID in lower case without braces. Accepts `{...}`, upper
 /// case and surrounding spaces.
-pub fn protector_id(s: &str) -> Result<String, String> {
+pub fn protector_id(s: &str) -> Result<String, Error> {
     let t = s.trim().trim_start_matches('{').trim_end_matches('}');
     let parts: Vec<&str> = t.split('-').collect();
     let lens = [8, 4, 4, 4, 12];
@@ -79,9 +81,9 @@ pub fn protector_id(s: &str) -> Result<String, String> {
             .any(|(p, n)| p.len() != n || !p.chars().all(|c| c.is_ascii_hexdigit()))
     {
         let shown: String = s.chars().take(60).collect();
-        return Err(format!(
+        return Err(Error::Invalid(format!(
             "{shown:?} is not a key protector ID (a GUID like 64311DEA-4587-4029-924A-BA299647998E)"
-        ));
+        )));
     }
     Ok(t.to_ascii_lowercase())
 }
@@ -193,9 +195,13 @@ fn from_dn(dn: &str) -> (Option<String>, Option<String>) {
 /// `protector_id,recovery_password[,hostname]` with or without a header. Bad rows are reported by
 /// line (1 = the first line of the file) and the rest kept; a protector ID given twice keeps the
 /// last row. Comma- or semicolon-separated (a European Excel writes `;`).
-pub fn parse_export(data: &[u8]) -> Result<Parsed, String> {
-    let text = std::str::from_utf8(data)
-        .map_err(|e| format!("the file is not UTF-8 text (byte {})", e.valid_up_to()))?;
+pub fn parse_export(data: &[u8]) -> Result<Parsed, Error> {
+    let text = std::str::from_utf8(data).map_err(|e| {
+        Error::Invalid(format!(
+            "the file is not UTF-8 text (byte {})",
+            e.valid_up_to()
+        ))
+    })?;
     let text = text.trim_start_matches('\u{feff}');
     let first = text.lines().next().unwrap_or("");
     let delim = if first.matches(';').count() > first.matches(',').count() {
@@ -211,9 +217,9 @@ pub fn parse_export(data: &[u8]) -> Result<Parsed, String> {
         .from_reader(text.as_bytes());
     let mut records = rd.records();
     let Some(head) = records.next() else {
-        return Err("the file is empty".into());
+        return Err(Error::Invalid("the file is empty".into()));
     };
-    let head = head.map_err(|e| format!("line 1: {e}"))?;
+    let head = head.map_err(|e| Error::Invalid(format!("line 1: {e}")))?;
     let roles: Vec<Option<Col>> = head.iter().map(|h| role(&norm_header(h))).collect();
     let names: Vec<String> = head.iter().map(norm_header).collect();
     // Without a header the first field of the first line is already a protector ID.
@@ -231,10 +237,10 @@ pub fn parse_export(data: &[u8]) -> Result<Parsed, String> {
         };
         let has = |c: Col| roles.contains(&Some(c));
         if !has(Col::Password) {
-            return Err(format!("line 1: no recovery password column (expected msFVE-RecoveryPassword, Recovery key or recovery_password; found {})", head.iter().collect::<Vec<_>>().join(", ")));
+            return Err(Error::Invalid(format!("line 1: no recovery password column (expected msFVE-RecoveryPassword, Recovery key or recovery_password; found {})", head.iter().collect::<Vec<_>>().join(", "))));
         }
         if !has(Col::Id) && !has(Col::Dn) {
-            return Err("line 1: no key protector ID column (expected msFVE-RecoveryGuid, Key ID or protector_id)".into());
+            return Err(Error::Invalid("line 1: no key protector ID column (expected msFVE-RecoveryGuid, Key ID or protector_id)".into()));
         }
         (source, roles, None)
     } else {
@@ -291,12 +297,12 @@ pub fn parse_export(data: &[u8]) -> Result<Parsed, String> {
         let id = match (id, dn_id) {
             (Some(i), _) => protector_id(i),
             (None, Some(i)) => Ok(i),
-            (None, None) => Err("no key protector ID".into()),
+            (None, None) => Err(Error::Invalid("no key protector ID".into())),
         };
         let id = match id {
             Ok(i) => i,
             Err(e) => {
-                errors.push((line, e));
+                errors.push((line, e.to_string()));
                 continue;
             }
         };

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod campaign;
+pub mod error;
 pub mod escrow;
 pub mod host;
 pub mod inventory;
@@ -18,6 +19,7 @@ pub mod policy;
 pub mod store;
 
 pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState};
+pub use error::Error;
 pub use host::{Arch, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError};
 pub use lease::Lease;
 pub use mac::Mac;

@@ -1,6 +1,7 @@
 //! The tokio DHCP driver: sockets on :67 and :4011 bound to one interface, IP_PKTINFO on every
 //! datagram so replies leave on the interface the request came in on, lease changes made durable
 //! before a reply is sent.
+use crate::Error;
 use dhcproto::{Encodable, Encoder};
 use fleet_service::{now_ms, FleetIo};
 use netboot_proto::dhcp::decide::{decide, parse, Dest, DhcpConfig, LeaseChange, Via, PXE_PORT};
@@ -58,16 +59,16 @@ impl DhcpServer {
         port_base: Option<(u16, u16)>,
         fleet: Arc<FleetIo>,
         pool: Option<LeasePool>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let (p67, p4011) = port_base.unwrap_or((67, PXE_PORT));
         let mut sockets = Vec::new();
         for port in [p67, p4011] {
             let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
             let std = crate::net::udp_socket(addr, Some(device), true)
-                .map_err(|e| crate::net::bind_error("DHCP", addr, &e))?;
+                .map_err(|e| crate::net::bind_error_of("DHCP", addr, &e))?;
             setsockopt(&std, sockopt::Ipv4PacketInfo, &true)
-                .map_err(|e| format!("DHCP: IP_PKTINFO: {e}"))?;
-            let s = UdpSocket::from_std(std).map_err(|e| format!("DHCP: {e}"))?;
+                .map_err(|e| Error::Bind(format!("DHCP: IP_PKTINFO: {e}")))?;
+            let s = UdpSocket::from_std(std).map_err(|e| Error::Bind(format!("DHCP: {e}")))?;
             // Decisions are made as for the standard ports whatever port numbers tests use.
             sockets.push((if port == p67 { 67 } else { PXE_PORT }, Arc::new(s)));
         }

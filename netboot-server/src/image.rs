@@ -1,5 +1,6 @@
 //! The recovery image directory: loaded into memory, verified against its signed manifest, and
 //! served only from that verified copy. Also the signed remediation rules.
+use crate::Error;
 use signing::image_dir::read_files;
 use signing::manifest::{MANIFEST_FILE, SIGNATURE_FILE};
 use signing::{Manifest, PublicKey, RuleSet};
@@ -94,20 +95,20 @@ pub struct SignedRules {
 pub const RULES_FILE: &str = "active.json";
 
 impl SignedRules {
-    pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<Self, String> {
+    pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<Self, Error> {
         let doc_path = dir.join(RULES_FILE);
         let sig_path = dir.join(format!("{RULES_FILE}.sig"));
-        let document =
-            std::fs::read(&doc_path).map_err(|e| format!("{}: {e}", doc_path.display()))?;
+        let document = std::fs::read(&doc_path)
+            .map_err(|e| Error::Rules(format!("{}: {e}", doc_path.display())))?;
         let signature = std::fs::read(&sig_path).map_err(|e| {
-            format!(
+            Error::Rules(format!(
                 "{}: {e} (sign the rules with `unbrick rules sign {}`)",
                 sig_path.display(),
                 doc_path.display()
-            )
+            ))
         })?;
         let rules = RuleSet::verify_signed(trusted, &document, &signature, now_unix)
-            .map_err(|e| format!("{}: {e}", doc_path.display()))?;
+            .map_err(|e| Error::Rules(format!("{}: {e}", doc_path.display())))?;
         Ok(Self {
             rules,
             document: Arc::from(document),

@@ -8,6 +8,7 @@
 pub mod agent_api;
 pub mod booter;
 pub mod dhcp;
+pub mod error;
 pub mod http;
 pub mod idle;
 pub mod image;
@@ -17,4 +18,5 @@ pub mod tftp;
 pub mod tls;
 
 pub use booter::{BootConfigKind, Booter, TftpFiles};
+pub use error::Error;
 pub use netboot_proto as proto;

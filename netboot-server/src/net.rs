@@ -1,4 +1,5 @@
 //! Socket set-up shared by the DHCP, TFTP and HTTP drivers, and interface look-up.
+use crate::Error;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
@@ -29,9 +30,9 @@ impl Interface {
 }
 
 /// Finds `name`'s first IPv4 address. Errors name the interfaces that do exist.
-pub fn find_interface(name: &str) -> Result<Interface, String> {
-    let addrs =
-        nix::ifaddrs::getifaddrs().map_err(|e| format!("cannot list network interfaces: {e}"))?;
+pub fn find_interface(name: &str) -> Result<Interface, Error> {
+    let addrs = nix::ifaddrs::getifaddrs()
+        .map_err(|e| Error::Interface(format!("cannot list network interfaces: {e}")))?;
     let mut names = std::collections::BTreeSet::new();
     let mut found_name = false;
     for a in addrs {
@@ -46,8 +47,8 @@ pub fn find_interface(name: &str) -> Result<Interface, String> {
         let (Some(sin), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) else {
             continue;
         };
-        let index =
-            nix::net::if_::if_nametoindex(name).map_err(|e| format!("interface {name}: {e}"))?;
+        let index = nix::net::if_::if_nametoindex(name)
+            .map_err(|e| Error::Interface(format!("interface {name}: {e}")))?;
         return Ok(Interface {
             name: name.to_string(),
             index,
@@ -56,13 +57,13 @@ pub fn find_interface(name: &str) -> Result<Interface, String> {
         });
     }
     if found_name {
-        Err(format!("interface {name} has no IPv4 address; add one (ip addr add 10.0.0.1/24 dev {name}) or pick another interface"))
+        Err(Error::Interface(format!("interface {name} has no IPv4 address; add one (ip addr add 10.0.0.1/24 dev {name}) or pick another interface")))
     } else {
         let list: Vec<String> = names.into_iter().collect();
-        Err(format!(
+        Err(Error::Interface(format!(
             "interface {name} not found; pass --interface with one of: {}",
             list.join(", ")
-        ))
+        )))
     }
 }
 
@@ -113,6 +114,11 @@ pub fn bind_error(what: &str, addr: SocketAddrV4, e: &std::io::Error) -> String 
     }
 }
 
+/// [`bind_error`] as the server's error.
+pub fn bind_error_of(what: &str, addr: SocketAddrV4, e: &std::io::Error) -> Error {
+    Error::Bind(bind_error(what, addr, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +135,9 @@ mod tests {
         assert!(!i.contains(Ipv4Addr::new(10, 99, 1, 1)));
         assert_eq!(i.broadcast(), Ipv4Addr::new(10, 99, 0, 255));
         assert!(find_interface("lo").is_ok());
-        assert!(find_interface("nope0").unwrap_err().contains("lo"));
+        assert!(find_interface("nope0")
+            .unwrap_err()
+            .to_string()
+            .contains("lo"));
     }
 }

@@ -1,5 +1,6 @@
 //! The tokio TFTP driver: one socket on port 69 for requests, one ephemeral socket (a new
 //! transfer ID) per transfer, timers from the state machine's deadlines.
+use crate::Error;
 use netboot_proto::tftp::transfer::{Limits, Outcome, Transfer};
 use netboot_proto::tftp::{check_request, packet, to_netascii, ErrorCode};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -62,10 +63,10 @@ impl TftpServer {
         cfg: TftpConfig,
         source: Arc<dyn FileSource>,
         records: mpsc::UnboundedSender<TransferRecord>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, Error> {
         let std = crate::net::udp_socket(cfg.bind, cfg.device.as_deref(), false)
-            .map_err(|e| crate::net::bind_error("TFTP", cfg.bind, &e))?;
-        let socket = UdpSocket::from_std(std).map_err(|e| format!("TFTP: {e}"))?;
+            .map_err(|e| crate::net::bind_error_of("TFTP", cfg.bind, &e))?;
+        let socket = UdpSocket::from_std(std).map_err(|e| Error::Bind(format!("TFTP: {e}")))?;
         Ok(Self {
             socket,
             slots: Arc::new(Semaphore::new(cfg.max_transfers)),

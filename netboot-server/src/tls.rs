@@ -3,6 +3,7 @@
 //!
 //! Handshakes run in their own tasks (with a deadline) and finished connections are handed to
 //! axum through [`TlsListener`], so one slow or hostile client cannot stall the accept loop.
+use crate::Error;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,49 +17,53 @@ use tokio_rustls::TlsAcceptor;
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// SHA-256 of the first certificate in a PEM file, as `sha256:<hex>` (what the agent pins).
-pub fn cert_fingerprint(cert_pem: &Path) -> Result<String, String> {
+pub fn cert_fingerprint(cert_pem: &Path) -> Result<String, Error> {
     let certs = read_certs(cert_pem)?;
-    let first = certs
-        .first()
-        .ok_or_else(|| format!("{}: no certificate in the file", cert_pem.display()))?;
+    let first = certs.first().ok_or_else(|| {
+        Error::Tls(format!(
+            "{}: no certificate in the file",
+            cert_pem.display()
+        ))
+    })?;
     Ok(format!(
         "sha256:{}",
         hex::encode(ring::digest::digest(&ring::digest::SHA256, first.as_ref()))
     ))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_certs(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Error> {
+    let pem = std::fs::read(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
     rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not a PEM certificate: {e}", path.display()))
+        .map_err(|e| Error::Tls(format!("{}: not a PEM certificate: {e}", path.display())))
 }
 
 /// Loads the certificate and key into a rustls server configuration (HTTP/1.1 only).
-pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn server_config(cert_pem: &Path, key_pem: &Path) -> Result<Arc<rustls::ServerConfig>, Error> {
     let certs = read_certs(cert_pem)?;
     if certs.is_empty() {
-        return Err(format!(
+        return Err(Error::Tls(format!(
             "{}: no certificate in the file",
             cert_pem.display()
-        ));
+        )));
     }
-    let pem = std::fs::read(key_pem).map_err(|e| format!("{}: {e}", key_pem.display()))?;
+    let pem =
+        std::fs::read(key_pem).map_err(|e| Error::Tls(format!("{}: {e}", key_pem.display())))?;
     let key = rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| format!("{}: {e}", key_pem.display()))?
-        .ok_or_else(|| format!("{}: no private key in the file", key_pem.display()))?;
+        .map_err(|e| Error::Tls(format!("{}: {e}", key_pem.display())))?
+        .ok_or_else(|| Error::Tls(format!("{}: no private key in the file", key_pem.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| {
-            format!(
+            Error::Tls(format!(
                 "{} and {} do not make a usable TLS identity: {e}",
                 cert_pem.display(),
                 key_pem.display()
-            )
+            ))
         })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Agents open a connection per request: resumed sessions skip the certificate signature.
@@ -129,12 +134,12 @@ impl axum::serve::Listener for TlsListener {
 
 /// Makes a self-signed certificate (ECDSA P-256, ten years) for the server's HTTPS listener and
 /// writes `cert` (0644) and `key` (0600). Never overwrites. Returns the fingerprint.
-pub fn generate_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<String, String> {
+pub fn generate_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<String, Error> {
     use std::io::Write;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| format!("TLS key generation: {e}"))?;
+        .map_err(|e| Error::Tls(format!("TLS key generation: {e}")))?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())
-        .map_err(|e| format!("TLS certificate names {names:?}: {e}"))?;
+        .map_err(|e| Error::Tls(format!("TLS certificate names {names:?}: {e}")))?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "unbrick recovery server");
@@ -142,21 +147,21 @@ pub fn generate_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result
     params.not_after = rcgen::date_time_ymd(2036, 1, 1);
     let c = params
         .self_signed(&kp)
-        .map_err(|e| format!("TLS certificate: {e}"))?;
+        .map_err(|e| Error::Tls(format!("TLS certificate: {e}")))?;
     if let Some(d) = cert.parent() {
-        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        std::fs::create_dir_all(d).map_err(|e| Error::Tls(format!("{}: {e}", d.display())))?;
     }
-    let write = |path: &Path, data: &str, mode: u32| -> Result<(), String> {
+    let write = |path: &Path, data: &str, mode: u32| -> Result<(), Error> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
         f.write_all(data.as_bytes())
             .and_then(|_| f.sync_all())
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))
     };
     write(key, &kp.serialize_pem(), 0o600)?;
     write(cert, &c.pem(), 0o644)?;
@@ -185,6 +190,7 @@ mod tests {
         std::fs::write(&k, "garbage").unwrap();
         assert!(server_config(&c, &k)
             .unwrap_err()
+            .to_string()
             .contains("no private key"));
         std::fs::remove_dir_all(&d).unwrap();
     }

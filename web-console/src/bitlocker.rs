@@ -34,7 +34,7 @@ async fn blocking<T: Send + 'static>(
 
 /// A fleet error as a failure: the status from its one mapping, the reason; server faults are
 /// logged.
-fn failure(e: fleet_service::Error) -> Failure {
+pub fn failure(e: fleet_service::Error) -> Failure {
     if e.is_server_fault() {
         tracing::error!("{e}");
     }
@@ -71,7 +71,8 @@ pub async fn import_export(
     actor: &str,
     body: Vec<u8>,
 ) -> Result<(StatusCode, ImportResult), Failure> {
-    let parsed = parse_export(&body).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let parsed =
+        parse_export(&body).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let status = if parsed.rows.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
@@ -123,7 +124,7 @@ pub async fn reveal(
         Err(r) => return r,
     };
     let r = async {
-        let id = protector_id(&id).map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        let id = protector_id(&id).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
         let pw = reveal_key(&c, &who.actor, &id).await?;
         Ok(Json(serde_json::json!({
             "protector_id": id,
@@ -179,8 +180,7 @@ pub async fn paste_key(
     mac: fleet::Mac,
     p: &Paste,
 ) -> Result<String, Failure> {
-    let pw = RecoveryPassword::parse(&p.recovery_password)
-        .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let pw = RecoveryPassword::parse(&p.recovery_password).map_err(|e| failure(e.into()))?;
     if c.fleet.host(mac).is_none() {
         return Err((StatusCode::NOT_FOUND, format!("no host {mac}")));
     }

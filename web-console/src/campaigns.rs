@@ -74,7 +74,8 @@ impl CampaignInput {
             .waves
             .iter()
             .map(|w| w.parse::<WaveSize>())
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         let spec = CampaignSpec {
             name: self.name.trim().to_string(),
             targets,
@@ -91,7 +92,7 @@ impl CampaignInput {
                 .saturating_mul(60_000),
             verify_window_ms: self.verify_window_minutes.map(|m| m.saturating_mul(60_000)),
         };
-        spec.validate()?;
+        spec.validate().map_err(|e| e.to_string())?;
         Ok(spec)
     }
 }
@@ -217,11 +218,11 @@ pub async fn create(
 ) -> Result<String, (StatusCode, String)> {
     let spec = input
         .into_spec()
-        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let now = fleet_service::now_ms();
     let id = format!("c-{}", &crate::tokens::random_id()[..8]);
     let camp = Campaign::new(id.clone(), spec, c.rules_label.clone(), now)
-        .map_err(|e| (StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
     let name = camp.spec.name.clone();
     c.campaigns.with(|cs| cs.push(camp));
     audit(c, actor, "campaign-create", format!("{id} {name:?}"));
@@ -265,7 +266,7 @@ pub async fn act(
             }
         };
         r.map(|_| format!("{} is {}", camp.spec.name, camp.state.name()))
-            .map_err(|e| (StatusCode::CONFLICT, e))
+            .map_err(|e| crate::bitlocker::failure(e.into()))
     })?;
     audit(
         c,

@@ -33,6 +33,18 @@ pub enum Error {
     Internal(String),
 }
 
+impl From<fleet::Error> for Error {
+    fn from(e: fleet::Error) -> Self {
+        match e {
+            fleet::Error::Invalid(m) => Self::Refused(m),
+            fleet::Error::State(m) => Self::Conflict(m),
+            fleet::Error::Vault(m) => Self::Sealing(m),
+            // fleet::Error is non_exhaustive: a new kind is the server's to explain.
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
 impl Error {
     /// The HTTP status for this error: 4xx only for what the caller can fix.
     pub fn http_status(&self) -> u16 {

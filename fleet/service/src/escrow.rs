@@ -96,9 +96,7 @@ impl FleetIo {
                 hostname: row.hostname.clone(),
                 source: parsed.source,
                 imported_ms: now_ms,
-                sealed: vault
-                    .seal(&row.protector_id, &row.password)
-                    .map_err(Error::Sealing)?,
+                sealed: vault.seal(&row.protector_id, &row.password)?,
                 releases: old.as_ref().map(|o| o.releases.clone()).unwrap_or_default(),
                 manual_grant: None,
                 reveals: old.as_ref().map(|o| o.reveals).unwrap_or(0),
@@ -160,9 +158,7 @@ impl FleetIo {
         let Some(mut rec) = self.store().escrow(protector_id)? else {
             return Ok(None);
         };
-        let pw = vault
-            .open_sealed(&rec.protector_id, &rec.sealed)
-            .map_err(Error::Sealing)?;
+        let pw = vault.open_sealed(&rec.protector_id, &rec.sealed)?;
         rec.reveals += 1;
         self.store().put_escrow(&rec)?;
         self.audit_entry(
@@ -196,7 +192,7 @@ impl FleetIo {
             return Err(Error::NotFound(format!("no host {mac}")));
         };
         let id = match protector_id {
-            Some(p) => fleet::escrow::protector_id(p).map_err(Error::Refused)?,
+            Some(p) => fleet::escrow::protector_id(p)?,
             None => match host.bitlocker_waiting.as_slice() {
                 [one] => one.clone(),
                 [] => return Err(Error::Refused(format!("{mac} is not waiting for a BitLocker key; name the protector ID (protector_id)"))),
@@ -210,7 +206,7 @@ impl FleetIo {
             hostname: host.hostname.clone(),
             source: Source::Console,
             imported_ms: now_ms,
-            sealed: vault.seal(&id, password).map_err(Error::Sealing)?,
+            sealed: vault.seal(&id, password)?,
             releases: old.as_ref().map(|o| o.releases.clone()).unwrap_or_default(),
             manual_grant: Some(mac),
             reveals: old.as_ref().map(|o| o.reveals).unwrap_or(0),
@@ -267,6 +263,7 @@ impl FleetIo {
                     Ok(p) => p,
                     Err(e) => {
                         drop(_g);
+                        let e = e.to_string();
                         self.refused(mac, &actor, volume, &e, now_ms);
                         return KeyAnswer::refuse(e);
                     }

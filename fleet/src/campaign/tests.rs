@@ -103,7 +103,11 @@ fn wave_sizes_parse_and_split() {
     assert!("101%".parse::<WaveSize>().is_err());
     assert!("x".parse::<WaveSize>().is_err());
     let mut bad = spec(&["50%", "10%"], strict(), 1);
-    assert!(bad.validate().unwrap_err().contains("must not decrease"));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("must not decrease"));
     bad = spec(&["1"], strict(), 0);
     assert!(bad.validate().is_err());
     bad = spec(
@@ -354,6 +358,7 @@ fn pause_abort_and_one_campaign_per_host() {
     assert!(b
         .start(&f.all(), &taken, 1)
         .unwrap_err()
+        .to_string()
         .contains("already in another active campaign"));
     let mut site = spec(&["100%"], strict(), 5);
     site.targets = Targets::Site("berlin".into());
@@ -377,6 +382,7 @@ fn pause_abort_and_one_campaign_per_host() {
         .unwrap()
         .start(&f.all(), &BTreeSet::new(), 0)
         .unwrap_err()
+        .to_string()
         .contains("no host matches"));
 }
 

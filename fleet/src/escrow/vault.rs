@@ -2,6 +2,7 @@
 //! kept in its own file (mode 0600), apart from the store. A record's protector ID is the
 //! associated data, so a sealed password moved to another record does not open.
 use super::RecoveryPassword;
+use crate::Error;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::path::{Path, PathBuf};
@@ -21,58 +22,60 @@ impl std::fmt::Debug for Vault {
 impl Vault {
     /// Opens the key file, or creates it (32 random bytes, 0600) when `create` and it is absent.
     /// A key file readable by others is refused.
-    pub fn open(path: &Path, create: bool) -> Result<Self, String> {
+    pub fn open(path: &Path, create: bool) -> Result<Self, Error> {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let rng = SystemRandom::new();
         let bytes = match std::fs::read(path) {
             Ok(b) => {
                 let mode = std::fs::metadata(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .map_err(|e| Error::Vault(format!("{}: {e}", path.display())))?
                     .permissions()
                     .mode();
                 if mode & 0o077 != 0 {
-                    return Err(format!(
+                    return Err(Error::Vault(format!(
                         "{}: the BitLocker escrow key is readable by others (mode {:o}); chmod 600 it",
                         path.display(),
                         mode & 0o777
-                    ));
+                    )));
                 }
                 b
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
                 let mut k = [0u8; 32];
                 rng.fill(&mut k)
-                    .map_err(|_| "no randomness for the escrow key".to_string())?;
+                    .map_err(|_| Error::Vault("no randomness for the escrow key".into()))?;
                 if let Some(d) = path.parent() {
-                    std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+                    std::fs::create_dir_all(d)
+                        .map_err(|e| Error::Vault(format!("{}: {e}", d.display())))?;
                 }
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|e| Error::Vault(format!("{}: {e}", path.display())))?;
                 std::io::Write::write_all(&mut f, &k)
                     .and_then(|_| f.sync_all())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                    .map_err(|e| Error::Vault(format!("{}: {e}", path.display())))?;
                 k.to_vec()
             }
             Err(e) => {
-                return Err(format!(
+                return Err(Error::Vault(format!(
                     "{}: {e} (the BitLocker escrow key; without it escrowed keys cannot be read)",
                     path.display()
-                ))
+                )))
             }
         };
         if bytes.len() != 32 {
-            return Err(format!(
+            return Err(Error::Vault(format!(
                 "{}: an escrow key is 32 bytes, this file has {}",
                 path.display(),
                 bytes.len()
-            ));
+            )));
         }
         let key = LessSafeKey::new(
-            UnboundKey::new(&AES_256_GCM, &bytes).map_err(|_| "bad escrow key".to_string())?,
+            UnboundKey::new(&AES_256_GCM, &bytes)
+                .map_err(|_| Error::Vault("bad escrow key".into()))?,
         );
         Ok(Self {
             key,
@@ -82,11 +85,11 @@ impl Vault {
     }
 
     /// Seals `pw` for the record of `protector_id`: hex of nonce ++ ciphertext ++ tag.
-    pub fn seal(&self, protector_id: &str, pw: &RecoveryPassword) -> Result<String, String> {
+    pub fn seal(&self, protector_id: &str, pw: &RecoveryPassword) -> Result<String, Error> {
         let mut n = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut n)
-            .map_err(|_| "no randomness for a nonce".to_string())?;
+            .map_err(|_| Error::Vault("no randomness for a nonce".into()))?;
         let mut buf = pw.expose().as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
@@ -94,7 +97,7 @@ impl Vault {
                 Aad::from(protector_id.as_bytes()),
                 &mut buf,
             )
-            .map_err(|_| "sealing failed".to_string())?;
+            .map_err(|_| Error::Vault("sealing failed".into()))?;
         let mut out = n.to_vec();
         out.extend_from_slice(&buf);
         Ok(hex::encode(out))
@@ -102,16 +105,12 @@ impl Vault {
 
     /// Opens a sealed password; an error when the key file is not the one it was sealed with or
     /// the record was altered.
-    pub fn open_sealed(
-        &self,
-        protector_id: &str,
-        sealed: &str,
-    ) -> Result<RecoveryPassword, String> {
+    pub fn open_sealed(&self, protector_id: &str, sealed: &str) -> Result<RecoveryPassword, Error> {
         let fail = || {
-            format!(
+            Error::Vault(format!(
                 "the escrowed key for protector {protector_id} does not decrypt with {} (another key file, or the record was altered)",
                 self.path.display()
-            )
+            ))
         };
         let raw = hex::decode(sealed).map_err(|_| fail())?;
         if raw.len() < NONCE_LEN + 16 {
@@ -176,12 +175,15 @@ mod tests {
         let other = Vault::open(&d.join("other.key"), true).unwrap();
         let e = other.open_sealed(ID, &s).unwrap_err();
         assert!(
-            e.contains("does not decrypt") && !e.contains("235818"),
+            e.to_string().contains("does not decrypt") && !e.to_string().contains("235818"),
             "{e}"
         );
         // A key file others can read is refused; a short one too.
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(Vault::open(&p, false).unwrap_err().contains("chmod 600"));
+        assert!(Vault::open(&p, false)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
         std::fs::write(d.join("short.key"), b"abc").unwrap();
         std::fs::set_permissions(d.join("short.key"), std::fs::Permissions::from_mode(0o600))
             .unwrap();
