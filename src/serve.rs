@@ -221,6 +221,10 @@ pub(crate) async fn start(
         policy,
         console.rules_label,
     );
+    console_state.add_counters(tftp.stats.clone());
+    if let Some(d) = &dhcp {
+        console_state.add_counters(d.stats.clone());
+    }
     let console = web_console::router(console_state.clone());
     let idle_timeout = cfg.idle_timeout;
     // Plain HTTP: boot scripts and artefacts (firmware speaks nothing else), the console and the

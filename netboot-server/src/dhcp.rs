@@ -30,6 +30,40 @@ pub struct DhcpStats {
     pub silent: AtomicU64,
 }
 
+impl fleet_service::metrics::Counters for DhcpStats {
+    fn counters(&self) -> Vec<fleet_service::metrics::Counter> {
+        use fleet_service::metrics::Counter;
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            Counter {
+                name: "unbrick_dhcp_received_total",
+                help: "DHCP datagrams received.",
+                value: v(&self.received),
+            },
+            Counter {
+                name: "unbrick_dhcp_answered_total",
+                help: "DHCP replies sent.",
+                value: v(&self.answered),
+            },
+            Counter {
+                name: "unbrick_dhcp_silent_total",
+                help: "DHCP requests decided with no reply (not ours to answer).",
+                value: v(&self.silent),
+            },
+            Counter {
+                name: "unbrick_dhcp_dropped_malformed_total",
+                help: "DHCP datagrams dropped as malformed.",
+                value: v(&self.dropped_malformed),
+            },
+            Counter {
+                name: "unbrick_dhcp_dropped_overload_total",
+                help: "DHCP datagrams dropped because too many were in flight.",
+                value: v(&self.dropped_overload),
+            },
+        ]
+    }
+}
+
 pub struct DhcpServer {
     sockets: Vec<(u16, Arc<UdpSocket>)>,
     cfg: DhcpConfig,

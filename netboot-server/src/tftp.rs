@@ -49,6 +49,45 @@ pub struct TftpStats {
     pub failed: AtomicU64,
 }
 
+impl fleet_service::metrics::Counters for TftpStats {
+    fn counters(&self) -> Vec<fleet_service::metrics::Counter> {
+        use fleet_service::metrics::Counter;
+        let v = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        vec![
+            Counter {
+                name: "unbrick_tftp_requests_total",
+                help: "TFTP read requests received.",
+                value: v(&self.requests),
+            },
+            Counter {
+                name: "unbrick_tftp_refused_total",
+                help: "TFTP requests refused (unknown file, write, bad path).",
+                value: v(&self.refused),
+            },
+            Counter {
+                name: "unbrick_tftp_malformed_total",
+                help: "TFTP datagrams that did not parse.",
+                value: v(&self.malformed),
+            },
+            Counter {
+                name: "unbrick_tftp_busy_total",
+                help: "TFTP requests refused because every transfer slot was taken.",
+                value: v(&self.busy),
+            },
+            Counter {
+                name: "unbrick_tftp_completed_total",
+                help: "TFTP transfers completed.",
+                value: v(&self.completed),
+            },
+            Counter {
+                name: "unbrick_tftp_failed_total",
+                help: "TFTP transfers that failed or timed out.",
+                value: v(&self.failed),
+            },
+        ]
+    }
+}
+
 pub struct TftpServer {
     socket: UdpSocket,
     cfg: TftpConfig,

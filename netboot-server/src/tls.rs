@@ -135,7 +135,6 @@ impl axum::serve::Listener for TlsListener {
 /// Makes a self-signed certificate (ECDSA P-256, ten years) for the server's HTTPS listener and
 /// writes `cert` (0644) and `key` (0600). Never overwrites. Returns the fingerprint.
 pub fn generate_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result<String, Error> {
-    use std::io::Write;
     let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| Error::Tls(format!("TLS key generation: {e}")))?;
     let mut params = rcgen::CertificateParams::new(names.to_vec())
@@ -152,15 +151,7 @@ pub fn generate_self_signed(cert: &Path, key: &Path, names: &[String]) -> Result
         std::fs::create_dir_all(d).map_err(|e| Error::Tls(format!("{}: {e}", d.display())))?;
     }
     let write = |path: &Path, data: &str, mode: u32| -> Result<(), Error> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(path)
-            .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))?;
-        f.write_all(data.as_bytes())
-            .and_then(|_| f.sync_all())
+        signing::keys::create_exclusive(path, data.as_bytes(), mode)
             .map_err(|e| Error::Tls(format!("{}: {e}", path.display())))
     };
     write(key, &kp.serialize_pem(), 0o600)?;

@@ -119,22 +119,28 @@ impl KeyPair {
 
 /// Creates `path` exclusively (never truncating an existing file) with the given mode.
 pub fn write_new(path: &Path, data: &[u8], mode: u32) -> Result<(), Error> {
+    create_exclusive(path, data, mode).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::WouldOverwrite { path: path.into() }
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
+/// The one "create a private file" writer of unbrick (signing keys, the TLS key, the escrow
+/// key, tokens.json): creates `path` exclusively with `mode` from the start (no window where
+/// it is readable by others), writes `data` and syncs it to disk before returning.
+pub fn create_exclusive(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::WouldOverwrite { path: path.into() }
-            } else {
-                Error::io(path, e)
-            }
-        })?;
-    f.write_all(data).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 #[cfg(test)]

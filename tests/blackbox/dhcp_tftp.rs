@@ -577,6 +577,32 @@ fn tftp_and_http_with_real_clients() {
         o.ends_with(" 400") && o.contains("not a MAC address"),
         "{o}"
     );
+    // The drivers' counters are in /metrics (admin token).
+    let tok = must(&format!(
+        "{} tokens create --name metrics --read-only --data-dir {}",
+        unbrick(),
+        lab.data().display()
+    ));
+    let m = String::from_utf8_lossy(
+        &lab.exec_in(
+            &c,
+            &format!(
+                "curl -sS -H 'Authorization: Bearer {}' http://{SERVER_IP}:8080/metrics",
+                tok.trim()
+            ),
+        )
+        .stdout,
+    )
+    .to_string();
+    let counter = |name: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics:\n{m}"))
+    };
+    assert!(counter("unbrick_tftp_requests_total") >= 3, "{m}");
+    assert!(counter("unbrick_tftp_completed_total") >= 3, "{m}");
+    assert!(m.contains("# TYPE unbrick_tftp_busy_total counter"), "{m}");
 
     assert!(lab.stop_server().success(), "graceful stop");
     let ev = lab.events("52:54:00:cc:00:01");

@@ -518,5 +518,6 @@ pub async fn metrics(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
         "# HELP unbrick_progress_ratio Hosts done over all hosts.\n# TYPE unbrick_progress_ratio gauge\nunbrick_progress_ratio {}\n",
         if s.total == 0 { 0.0 } else { s.done as f64 / s.total as f64 }
     ));
+    fleet_service::metrics::render(&c.counters.lock().unwrap(), &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

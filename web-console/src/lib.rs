@@ -31,6 +31,8 @@ pub struct Console {
     pub campaigns: Arc<fleet::CampaignPolicy>,
     /// The signed rules new campaigns run with (id and version).
     pub rules_label: String,
+    /// The protocol drivers' counters, rendered by `/metrics`.
+    pub counters: std::sync::Mutex<Vec<Arc<dyn fleet_service::metrics::Counters>>>,
 }
 
 impl Console {
@@ -46,7 +48,15 @@ impl Console {
             sessions: auth::Sessions::default(),
             campaigns,
             rules_label,
+            counters: std::sync::Mutex::new(Vec::new()),
         })
+    }
+}
+
+impl Console {
+    /// Adds a source of counters to `/metrics` (the DHCP and TFTP drivers').
+    pub fn add_counters(&self, c: Arc<dyn fleet_service::metrics::Counters>) {
+        self.counters.lock().unwrap().push(c);
     }
 }
 

@@ -81,19 +81,10 @@ impl TokenBook {
     }
 
     fn write(&self, tokens: Vec<TokenInfo>) -> Result<(), String> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let tmp = self.path.with_extension("json.tmp");
         let _ = std::fs::remove_file(&tmp);
         let data = serde_json::to_vec_pretty(&TokenFile { tokens }).expect("tokens serialize");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        f.write_all(&data)
-            .and_then(|_| f.sync_all())
+        signing::keys::create_exclusive(&tmp, &data, 0o600)
             .map_err(|e| format!("{}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
     }

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod error;
 pub mod escrow;
 pub mod fleetio;
+pub mod metrics;
 
 pub use actions::{Action, ActionOutcome, ActionResult, ImportCount};
 pub use clock::now_ms;

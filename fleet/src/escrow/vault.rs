@@ -23,7 +23,7 @@ impl Vault {
     /// Opens the key file, or creates it (32 random bytes, 0600) when `create` and it is absent.
     /// A key file readable by others is refused.
     pub fn open(path: &Path, create: bool) -> Result<Self, Error> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        use std::os::unix::fs::PermissionsExt;
         let rng = SystemRandom::new();
         let bytes = match std::fs::read(path) {
             Ok(b) => {
@@ -48,14 +48,7 @@ impl Vault {
                     std::fs::create_dir_all(d)
                         .map_err(|e| Error::Vault(format!("{}: {e}", d.display())))?;
                 }
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(|e| Error::Vault(format!("{}: {e}", path.display())))?;
-                std::io::Write::write_all(&mut f, &k)
-                    .and_then(|_| f.sync_all())
+                signing::keys::create_exclusive(path, &k, 0o600)
                     .map_err(|e| Error::Vault(format!("{}: {e}", path.display())))?;
                 k.to_vec()
             }
