@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];
 const DIRTY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/tests/blackbox/helpers/ntfs_dirty.py"
+    "/../../tests/blackbox/helpers/ntfs_dirty.py"
 );
 
 /// A file to put on a volume: path (with `/`), content, last-write time (UTC, `touch -d` syntax).

@@ -153,7 +153,10 @@ impl Lab {
             .arg(self.data())
             .args(["--interface", "br0"])
             .args(args.split_whitespace())
-            .env("UNBRICK_LOG", "info,netboot_server=debug")
+            .env(
+                "UNBRICK_LOG",
+                "info,netboot_server=debug,fleet_service=debug",
+            )
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
