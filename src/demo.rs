@@ -6,7 +6,6 @@
 use crate::config::DataDir;
 use crate::Fail;
 use clap::Args;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,7 +13,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 const NS: &str = "unbrick-demo";
-const SERVER_IP: &str = "10.99.0.1";
+use unbrick_lab::lab::SERVER_IP;
 
 #[derive(Args)]
 pub(crate) struct DemoArgs {
@@ -39,26 +38,6 @@ pub(crate) struct DemoArgs {
     accel: String,
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<(), Fail> {
-    let out = cmd
-        .output()
-        .map_err(|e| Fail(format!("{:?}: {e}", cmd.get_program())))?;
-    if !out.status.success() {
-        return Err(Fail(format!(
-            "{:?} {:?}: {}",
-            cmd.get_program(),
-            cmd.get_args().collect::<Vec<_>>(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(())
-}
-
-fn sh(program: &str, args: &[&str]) -> Result<(), Fail> {
-    run_cmd(Command::new(program).args(args))
-}
-
-/// Checks what the demo needs and says what to install.
 fn prerequisites(accel: &str) -> Result<(), Fail> {
     if !nix::unistd::Uid::effective().is_root() {
         return Err(Fail(
@@ -165,168 +144,69 @@ fn forward_console(listen: SocketAddr) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A 256 MiB GPT disk with one NTFS volume laid out like Windows, written with ntfs-3g (no loop
-/// devices). `bad`: also the 04:09 UTC channel file the rules quarantine.
-fn make_disk(img: &Path, work: &Path, bad: bool) -> Result<(), Fail> {
-    let part = work.join("part.ntfs");
-    let mnt = work.join("mnt");
-    let _ = std::fs::remove_file(img);
-    std::fs::File::create(img)?.set_len(256 << 20)?;
-    sh(
-        "sgdisk",
-        &[
-            "-o",
-            "-n",
-            "1:2048:+64M",
-            "-t",
-            "1:0700",
-            &img.to_string_lossy(),
-        ],
-    )?;
-    let _ = std::fs::remove_file(&part);
-    std::fs::File::create(&part)?.set_len(64 << 20)?;
-    sh(
-        "mkntfs",
-        &[
-            "-F",
-            "-Q",
-            "-q",
-            "-s",
-            "512",
-            "-L",
-            "WINDOWS",
-            "-p",
-            "2048",
-            "-H",
-            "255",
-            "-S",
-            "63",
-            &part.to_string_lossy(),
-        ],
-    )?;
-    std::fs::create_dir_all(&mnt)?;
-    sh(
-        "ntfs-3g",
-        &[&part.to_string_lossy(), &mnt.to_string_lossy()],
-    )?;
-    let r = (|| -> Result<(), Fail> {
-        let cs = mnt.join("Windows/System32/drivers/CrowdStrike");
-        std::fs::create_dir_all(&cs)?;
-        let mut files = vec![(
-            "C-00000291-00000000-00000033.sys",
-            "2024-07-19 05:27:00 UTC",
-        )];
-        if bad {
-            files.push((
-                "C-00000291-00000000-00000032.sys",
-                "2024-07-19 04:09:00 UTC",
-            ));
-        }
-        for (name, when) in files {
-            let mut data = b"\xaa\xaa\xaa\xaa\x01\x00\x23\x01".to_vec();
-            let mut noise = vec![0u8; 40_000];
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut noise)?;
-            data.extend_from_slice(&noise);
-            std::fs::write(cs.join(name), &data)?;
-            sh("touch", &["-d", when, &cs.join(name).to_string_lossy()])?;
-        }
-        std::fs::write(mnt.join("Windows/System32/ntoskrnl.exe"), b"MZ demo kernel")?;
-        Ok(())
-    })();
-    sh("umount", &[&mnt.to_string_lossy()])?;
-    r?;
-    // Copy the volume into the partition at sector 2048.
-    let vol = std::fs::read(&part)?;
-    let mut f = std::fs::OpenOptions::new().write(true).open(img)?;
-    use std::io::Seek;
-    f.seek(std::io::SeekFrom::Start(2048 * 512))?;
-    f.write_all(&vol)?;
-    f.sync_all()?;
-    std::fs::remove_file(&part)?;
-    Ok(())
+/// A GPT disk laid out like Windows (ESP, MSR, one NTFS volume), written with ntfs-3g (no loop
+/// devices) by the lab's disk maker. `bad`: also the 04:09 UTC channel file the rules
+/// quarantine.
+fn make_disk(work: &Path, name: &str, bad: bool) -> Result<PathBuf, Fail> {
+    use unbrick_lab::disks::{channel_file, try_make_disk, File, Table, Volume};
+    let cs = "Windows/System32/drivers/CrowdStrike";
+    let mut files = vec![
+        File {
+            path: format!("{cs}/C-00000291-00000000-00000033.sys"),
+            data: channel_file(0x33, 40_000),
+            mtime: "2024-07-19 05:27:00 UTC".into(),
+        },
+        File {
+            path: "Windows/System32/ntoskrnl.exe".into(),
+            data: b"MZ demo kernel".to_vec(),
+            mtime: "2024-07-01 00:00:00 UTC".into(),
+        },
+    ];
+    if bad {
+        files.push(File {
+            path: format!("{cs}/C-00000291-00000000-00000032.sys"),
+            data: channel_file(0x32, 40_000),
+            mtime: "2024-07-19 04:09:00 UTC".into(),
+        });
+    }
+    let vols = [Volume {
+        label: "WINDOWS".into(),
+        files,
+        dirty: false,
+    }];
+    Ok(try_make_disk(work, name, Table::Gpt, &vols)
+        .map_err(Fail)?
+        .path)
 }
 
 fn guest(work: &Path, i: u32, accel: &str) -> Result<Child, Fail> {
+    use unbrick_lab::qemu::{Bus, Firmware, GuestSpec};
     let name = format!("pc{i}");
-    let mac = format!("52:54:00:de:00:{i:02x}");
-    let img = work.join(format!("{name}.img"));
     // Every fourth machine is already fine (only the good file): it comes out "clean".
-    make_disk(&img, work, !i.is_multiple_of(4))?;
-    let tap = format!("t{name}");
-    sh(
-        "ip",
-        &["-n", NS, "tuntap", "add", "dev", &tap, "mode", "tap"],
-    )?;
-    sh(
-        "ip",
-        &["-n", NS, "link", "set", &tap, "master", "br0", "up"],
-    )?;
-    let serial = work.join(format!("{name}.serial"));
-    let mut args: Vec<String> = vec![
-        "netns",
-        "exec",
-        NS,
-        "qemu-system-x86_64",
-        "-accel",
-        accel,
-        "-m",
-        "1024",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-boot",
-        "n",
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    args.push("-serial".into());
-    args.push(format!("file:{}", serial.display()));
-    args.push("-smbios".into());
-    args.push(format!("type=1,serial=DEMO-{name}"));
-    args.push("-netdev".into());
-    args.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
-    args.push("-drive".into());
-    args.push(format!("file={},format=raw,if=none,id=d0", img.display()));
-    args.push("-device".into());
-    args.push("virtio-blk-pci,drive=d0".into());
-    let fw = if i % 2 == 1 {
-        args.push("-device".into());
-        args.push(format!("virtio-net-pci,netdev=n0,mac={mac}"));
-        "SeaBIOS + iPXE"
-    } else {
-        let vars = work.join(format!("{name}.vars.fd"));
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.ms.fd", &vars)?;
-        for a in [
-            "-machine".to_string(),
-            "q35,smm=on".into(),
-            "-global".into(),
-            "driver=cfi.pflash01,property=secure,value=on".into(),
-            "-drive".into(),
-            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd"
-                .into(),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-            "-device".into(),
-            format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
-        ] {
-            args.push(a);
-        }
-        "OVMF with Secure Boot"
+    let img = make_disk(work, &name, !i.is_multiple_of(4))?;
+    let spec = GuestSpec {
+        mac: format!("52:54:00:de:00:{i:02x}"),
+        fw: if i % 2 == 1 {
+            Firmware::Bios
+        } else {
+            Firmware::UefiSb
+        },
+        disk: Some((img, Bus::Virtio)),
+        accel: accel.into(),
+        smbios_serial: format!("DEMO-{name}"),
+        dir: work.to_path_buf(),
+        name,
     };
-    let child = Command::new("ip")
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| Fail(format!("qemu: {e}")))?;
+    unbrick_lab::lab::add_tap(NS, &spec.tap()).map_err(Fail)?;
+    let child = spec
+        .spawn(NS, &work.join(format!("{}.qemu.log", spec.name)))
+        .map_err(Fail)?;
     println!(
-        "demo: {name} ({fw}, {mac}) boot-loops into the network; serial console {}",
-        serial.display()
+        "demo: {} ({}, {}) boot-loops into the network; serial console {}",
+        spec.name,
+        spec.fw.label(),
+        spec.mac,
+        spec.serial().display()
     );
     Ok(child)
 }
@@ -389,40 +269,9 @@ pub(crate) fn run(a: DemoArgs) -> Result<(), Fail> {
 
     let work = std::env::temp_dir().join(format!("unbrick-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let _ = Command::new("ip").args(["netns", "del", NS]).output();
-    sh("ip", &["netns", "add", NS])?;
+    unbrick_lab::lab::bridge_namespace(NS).map_err(Fail)?;
     let mut children: Vec<Child> = Vec::new();
     let result = (|| -> Result<(), Fail> {
-        sh("ip", &["-n", NS, "link", "set", "lo", "up"])?;
-        sh(
-            "ip",
-            &[
-                "-n",
-                NS,
-                "link",
-                "add",
-                "br0",
-                "type",
-                "bridge",
-                "stp_state",
-                "0",
-                "forward_delay",
-                "0",
-            ],
-        )?;
-        sh(
-            "ip",
-            &[
-                "-n",
-                NS,
-                "addr",
-                "add",
-                &format!("{SERVER_IP}/24"),
-                "dev",
-                "br0",
-            ],
-        )?;
-        sh("ip", &["-n", NS, "link", "set", "br0", "up"])?;
         let server = Command::new("ip")
             .args(["netns", "exec", NS])
             .arg(&exe)
@@ -512,7 +361,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<(), Fail> {
         children.len()
     );
     stop(&mut children);
-    let _ = Command::new("ip").args(["netns", "del", NS]).output();
+    unbrick_lab::lab::remove_namespace(NS);
     let _ = std::fs::remove_dir_all(&work);
     result
 }

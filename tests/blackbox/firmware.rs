@@ -4,20 +4,10 @@
 //! or grub configuration, download the recovery kernel and initrd, and start the kernel.
 use crate::lab::*;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum Firmware {
-    /// SeaBIOS + the NIC's iPXE option ROM.
-    Bios,
-    /// OVMF + the NIC's iPXE EFI ROM.
-    Uefi,
-    /// OVMF's own PXE (no option ROM): EDK2 fetches the NBP by TFTP.
-    UefiFw,
-    /// OVMF with Secure Boot on (Microsoft keys), EDK2 PXE.
-    UefiSb,
-}
+pub(crate) use unbrick_lab::qemu::{Bus, Firmware};
 
 pub(crate) struct Guest {
     pub name: String,
@@ -54,15 +44,6 @@ pub(crate) fn accel() -> String {
     std::env::var("ACCEL").unwrap_or_else(|_| "tcg".into())
 }
 
-/// How a guest's disk is attached.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Bus {
-    Virtio,
-    Sata,
-    Nvme,
-    Usb,
-}
-
 pub(crate) fn start_guest(
     lab: &Lab,
     name: &str,
@@ -70,111 +51,24 @@ pub(crate) fn start_guest(
     mac: &str,
     disk: Option<(&Path, Bus)>,
 ) -> Guest {
-    let tap = format!("t{name}");
-    lab.add_tap(&tap);
-    let serial = lab.dir.join(format!("{name}.serial"));
-    let uuid = format!("5a1e0000-0000-4000-8000-{}", mac.replace(':', ""));
-    let mut args: Vec<String> = format!(
-        "-accel {} -m 1024 -smp 1 -nodefaults -display none -no-reboot -boot n -serial file:{} -uuid {uuid} -smbios type=1,serial=UB-{name}",
-        accel(),
-        serial.display()
-    )
-    .split_whitespace()
-    .map(String::from)
-    .collect();
-    // QEMU's default ROM for virtio-net (iPXE's efi-virtio.rom, found through its search path)
-    // serves SeaBIOS and OVMF; naming the same file by absolute path left SeaBIOS without PXE here.
-    let rom = match fw {
-        Firmware::Bios | Firmware::Uefi => "",
-        Firmware::UefiFw | Firmware::UefiSb => ",romfile=",
+    let spec = unbrick_lab::qemu::GuestSpec {
+        name: name.into(),
+        mac: mac.into(),
+        fw,
+        disk: disk.map(|(d, b)| (d.to_path_buf(), b)),
+        accel: accel(),
+        smbios_serial: format!("UB-{name}"),
+        dir: lab.dir.clone(),
     };
-    match fw {
-        Firmware::Bios => {}
-        Firmware::Uefi | Firmware::UefiFw | Firmware::UefiSb => {
-            let (code, vars_src) = if fw == Firmware::UefiSb {
-                (
-                    "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
-                    "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",
-                )
-            } else {
-                (
-                    "/usr/share/OVMF/OVMF_CODE_4M.fd",
-                    "/usr/share/OVMF/OVMF_VARS_4M.fd",
-                )
-            };
-            let vars = lab.dir.join(format!("{name}.vars.fd"));
-            std::fs::copy(vars_src, &vars).unwrap();
-            if fw == Firmware::UefiSb {
-                args.extend(
-                    [
-                        "-machine",
-                        "q35,smm=on",
-                        "-global",
-                        "driver=cfi.pflash01,property=secure,value=on",
-                    ]
-                    .map(String::from),
-                );
-            } else {
-                args.extend(["-machine", "q35"].map(String::from));
-            }
-            args.push("-drive".into());
-            args.push(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={code}"
-            ));
-            args.push("-drive".into());
-            args.push(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-        }
-    }
-    args.push("-netdev".into());
-    args.push(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
-    args.push("-device".into());
-    // SeaBIOS skips the NIC's ROM when it carries a bootindex; OVMF needs it to try PXE first.
-    let bootindex = if fw == Firmware::Bios {
-        ""
-    } else {
-        ",bootindex=1"
-    };
-    args.push(format!(
-        "virtio-net-pci,netdev=n0,mac={mac}{rom}{bootindex}"
-    ));
-    if let Some((d, bus)) = disk {
-        args.push("-drive".into());
-        args.push(format!("file={},format=raw,if=none,id=d0", d.display()));
-        let dev: &[&str] = match bus {
-            Bus::Virtio => &["-device", "virtio-blk-pci,drive=d0"],
-            Bus::Sata => &[
-                "-device",
-                "ahci,id=ahci0",
-                "-device",
-                "ide-hd,bus=ahci0.0,drive=d0",
-            ],
-            Bus::Nvme => &["-device", "nvme,serial=UB0001,drive=d0"],
-            Bus::Usb => &[
-                "-device",
-                "qemu-xhci,id=xhci0",
-                "-device",
-                "usb-storage,bus=xhci0.0,drive=d0",
-            ],
-        };
-        args.extend(dev.iter().map(|s| s.to_string()));
-    }
-    let log = std::fs::File::create(lab.dir.join(format!("{name}.qemu.log"))).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &lab.ns, "qemu-system-x86_64"])
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("qemu-system-x86_64");
+    lab.add_tap(&spec.tap());
+    let child = spec
+        .spawn(&lab.ns, &lab.dir.join(format!("{name}.qemu.log")))
+        .unwrap_or_else(|e| panic!("{e}"));
     Guest {
         name: name.into(),
         mac: mac.into(),
         fw,
-        serial,
+        serial: spec.serial(),
         child,
     }
 }

@@ -1,7 +1,7 @@
 //! Test disks as ../shared/lab/LAB.md describes, without loop devices or kernel NTFS on the host:
 //! sparse images partitioned with sgdisk (GPT) or sfdisk (MBR), NTFS made by mkntfs on a
 //! partition-sized file, populated through ntfs-3g (FUSE), then copied into place.
-use crate::lab::{must, sh};
+use crate::lab::{must, run, sh};
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];
@@ -45,10 +45,15 @@ pub fn channel_file(seed: u8, len: usize) -> Vec<u8> {
 
 /// Makes a 320 MiB disk: on GPT an ESP and an MSR first (as Windows lays it out), then one
 /// 64 MiB NTFS partition per volume; on MBR just the NTFS partitions.
-pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk {
+pub fn try_make_disk(
+    dir: &Path,
+    name: &str,
+    table: Table,
+    vols: &[Volume],
+) -> Result<Disk, String> {
     let path = dir.join(format!("{name}.img"));
     let _ = std::fs::remove_file(&path);
-    must(&format!("truncate -s 320M {}", path.display()));
+    run(&format!("truncate -s 320M {}", path.display()))?;
     let mut parts = Vec::new();
     let size: u64 = 64 * 2048;
     match table {
@@ -57,18 +62,15 @@ pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk 
             for i in 0..vols.len() {
                 cmd += &format!(" -n {}:0:+64M -t {}:0700", i + 3, i + 3);
             }
-            must(&format!("{cmd} {}", path.display()));
+            run(&format!("{cmd} {}", path.display()))?;
             for i in 0..vols.len() {
-                let info = must(&format!("sgdisk -i {} {}", i + 3, path.display()));
+                let info = run(&format!("sgdisk -i {} {}", i + 3, path.display()))?;
                 let first: u64 = info
                     .lines()
                     .find_map(|l| l.strip_prefix("First sector: "))
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| format!("sgdisk -i {}: no first sector in {info:?}", i + 3))?;
                 parts.push((first, size));
             }
         }
@@ -78,45 +80,55 @@ pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk 
                 script += &format!("{},{},7\n", 2048 + i as u64 * (size + 2048), size);
                 parts.push((2048 + i as u64 * (size + 2048), size));
             }
-            std::fs::write(dir.join(format!("{name}.sfdisk")), script).unwrap();
-            must(&format!(
+            std::fs::write(dir.join(format!("{name}.sfdisk")), script)
+                .map_err(|e| e.to_string())?;
+            run(&format!(
                 "sfdisk -q {} < {}",
                 path.display(),
                 dir.join(format!("{name}.sfdisk")).display()
-            ));
+            ))?;
         }
     }
     for (v, (start, count)) in vols.iter().zip(&parts) {
         let part = dir.join(format!("{name}-{}.ntfs", v.label));
         let mnt = dir.join(format!("{name}-{}.mnt", v.label));
         let _ = std::fs::remove_file(&part);
-        std::fs::create_dir_all(&mnt).unwrap();
-        must(&format!("truncate -s {} {}", count * 512, part.display()));
-        must(&format!(
+        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        run(&format!("truncate -s {} {}", count * 512, part.display()))?;
+        run(&format!(
             "mkntfs -F -Q -q -s 512 -L {} -p {start} -H 255 -S 63 {}",
             v.label,
             part.display()
-        ));
-        must(&format!("ntfs-3g {} {}", part.display(), mnt.display()));
-        for f in &v.files {
+        ))?;
+        run(&format!("ntfs-3g {} {}", part.display(), mnt.display()))?;
+        // The FUSE mount comes down whatever happens while the files are written.
+        let written = v.files.iter().try_for_each(|f| {
             let p = mnt.join(&f.path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, &f.data).unwrap();
-            must(&format!("touch -d '{}' '{}'", f.mtime, p.display()));
-        }
-        must(&format!("umount {}", mnt.display()));
+            if let Some(d) = p.parent() {
+                std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+            }
+            std::fs::write(&p, &f.data).map_err(|e| format!("{}: {e}", p.display()))?;
+            run(&format!("touch -d '{}' '{}'", f.mtime, p.display())).map(drop)
+        });
+        run(&format!("umount {}", mnt.display()))?;
+        written?;
         if v.dirty {
-            must(&format!("python3 {DIRTY} {}", part.display()));
+            run(&format!("python3 {DIRTY} {}", part.display()))?;
         }
-        must(&format!(
+        run(&format!(
             "dd if={} of={} bs=1M seek={} oflag=seek_bytes conv=notrunc,sparse status=none",
             part.display(),
             path.display(),
             start * 512
-        ));
-        std::fs::remove_file(&part).unwrap();
+        ))?;
+        std::fs::remove_file(&part).map_err(|e| e.to_string())?;
     }
-    Disk { path, parts }
+    Ok(Disk { path, parts })
+}
+
+/// [`try_make_disk`] for tests: panics with the failing command.
+pub fn make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Disk {
+    try_make_disk(dir, name, table, vols).unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Disk {

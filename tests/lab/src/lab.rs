@@ -19,16 +19,54 @@ pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
 
-/// Runs a command and panics with its output when it fails.
+/// Runs a command; its standard output, or an error naming the command and its output.
+pub fn run(cmd: &str) -> Result<String, String> {
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "command failed: {cmd}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// Runs a command and panics with its output when it fails (tests).
 pub fn must(cmd: &str) -> String {
-    let o = sh(cmd);
-    assert!(
-        o.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    run(cmd).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A namespace `ns` with loopback up and bridge `br0` at [`SERVER_IP`]/24: no uplink, nothing
+/// of the machine's own interfaces in it. Any namespace of that name is replaced.
+pub fn bridge_namespace(ns: &str) -> Result<(), String> {
+    let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+    run(&format!("ip netns add {ns}"))?;
+    run(&format!("ip -n {ns} link set lo up"))?;
+    run(&format!(
+        "ip -n {ns} link add br0 type bridge stp_state 0 forward_delay 0"
+    ))?;
+    run(&format!("ip -n {ns} addr add {SERVER_IP}/24 dev br0"))?;
+    run(&format!("ip -n {ns} link set br0 up")).map(drop)
+}
+
+/// A tap device `name` on `ns`'s bridge, for a QEMU guest.
+pub fn add_tap(ns: &str, name: &str) -> Result<(), String> {
+    run(&format!("ip -n {ns} tuntap add dev {name} mode tap"))?;
+    run(&format!("ip -n {ns} link set {name} master br0 up")).map(drop)
+}
+
+/// Kills every process left in `ns` by PID, then deletes the namespace.
+pub fn remove_namespace(ns: &str) {
+    let pids = sh(&format!("ip netns pids {ns}"));
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = sh(&format!("kill -KILL {pid}"));
+    }
+    let _ = sh(&format!("ip netns del {ns}"));
 }
 
 /// The `unbrick` binary the lab runs: `UNBRICK_BIN`, else this program itself when it is
@@ -73,14 +111,7 @@ impl Lab {
         require_root();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let ns = format!("ub{tag}{n}-{}", std::process::id());
-        let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
-        must(&format!("ip netns add {ns}"));
-        must(&format!("ip -n {ns} link set lo up"));
-        must(&format!(
-            "ip -n {ns} link add br0 type bridge stp_state 0 forward_delay 0"
-        ));
-        must(&format!("ip -n {ns} addr add {SERVER_IP}/24 dev br0"));
-        must(&format!("ip -n {ns} link set br0 up"));
+        bridge_namespace(&ns).unwrap_or_else(|e| panic!("{e}"));
         let dir = std::env::temp_dir().join(format!("unbrick-lab-{ns}"));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -141,8 +172,7 @@ impl Lab {
 
     /// A tap device on the bridge for a QEMU guest.
     pub fn add_tap(&self, name: &str) {
-        must(&format!("ip -n {} tuntap add dev {name} mode tap", self.ns));
-        must(&format!("ip -n {} link set {name} master br0 up", self.ns));
+        add_tap(&self.ns, name).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Starts `unbrick serve` inside the namespace and waits until HTTP answers.
@@ -287,17 +317,9 @@ impl Drop for Lab {
         }
         for c in &self.clients {
             // Processes left in a client namespace (dhclient daemons) are killed by PID.
-            let pids = sh(&format!("ip netns pids {c}"));
-            for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-                let _ = sh(&format!("kill -KILL {pid}"));
-            }
-            let _ = sh(&format!("ip netns del {c}"));
+            remove_namespace(c);
         }
-        let pids = sh(&format!("ip netns pids {}", self.ns));
-        for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-            let _ = sh(&format!("kill -KILL {pid}"));
-        }
-        let _ = sh(&format!("ip netns del {}", self.ns));
+        remove_namespace(&self.ns);
         if std::env::var_os("UNBRICK_KEEP_LABS").is_none() && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
