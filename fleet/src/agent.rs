@@ -35,6 +35,7 @@ pub struct Step {
 
 /// The outcome of a whole run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum RunResult {
     /// At least one file was quarantined or deleted, nothing failed.
@@ -52,6 +53,7 @@ pub enum RunResult {
 
 /// One file the rules matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileRecord {
     pub volume: String,
     /// Path relative to the volume root, as found on disk.
@@ -69,6 +71,7 @@ pub struct FileRecord {
 
 /// One volume the agent looked at.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeReport {
     /// Block device, e.g. `vda2`, `nvme0n1p3`.
     pub device: String,

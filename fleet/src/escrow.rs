@@ -102,6 +102,7 @@ pub fn same_host(a: &str, b: &str) -> bool {
 
 /// The export an import was read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
     ActiveDirectory,
@@ -341,7 +342,9 @@ pub fn parse_export(data: &[u8]) -> Result<Parsed, Error> {
 
 /// One release of a key to a host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Release {
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub mac: Mac,
     /// The campaign (and phase) it was released in: `<campaign id>` or `<id>:rollback`.
     pub scope: String,
@@ -375,6 +378,7 @@ pub struct EscrowRecord {
 
 /// The list view of a record: never the password.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EscrowSummary {
     pub protector_id: String,
     pub hostname: Option<String>,

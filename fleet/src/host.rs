@@ -164,6 +164,7 @@ pub struct TransitionError {
 
 /// Who caused an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum EventSource {
     Dhcp,

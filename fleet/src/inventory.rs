@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 /// One host of an import.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImportRow {
     pub mac: String,
@@ -44,6 +45,7 @@ impl HostImport {
 
 /// A row that was refused, by line (1 = the CSV header; JSON: 1-based array index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RowError {
     pub line: usize,
     pub error: String,

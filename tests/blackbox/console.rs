@@ -144,6 +144,18 @@ fn schemathesis_finds_no_server_error() {
         lab.ns,
         unbrick()
     ));
+    // The generated document validates as OpenAPI 3.0 (openapi-spec-validator).
+    let doc = lab.dir.join("openapi.json");
+    must(&format!(
+        "ip netns exec {} curl -sSf -o {} http://{SERVER_IP}:8080/api/v1/openapi.json",
+        lab.ns,
+        doc.display()
+    ));
+    let v = must(&format!(
+        "/var/tmp/unbrick-venv/bin/openapi-spec-validator {}",
+        doc.display()
+    ));
+    assert!(v.contains(": OK"), "{v}");
     let report = lab.dir.join("schemathesis");
     // The event stream never ends: it is checked by the API tests instead. One worker: with two,
     // hypothesis 6 on CPython 3.11 sometimes trips over its own concurrent ast.parse.

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleet::agent::{FileRecord, VolumeReport};
 use fleet::{EventSource, HostRecord, Mac};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -25,7 +26,11 @@ fn done(r: Res) -> Response {
 }
 
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+        .into_response()
 }
 
 fn now() -> u64 {
@@ -91,7 +96,7 @@ pub fn parse_filter(q: Option<&str>) -> Result<Filter, Response> {
 }
 
 /// The view of a host the API returns.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HostView {
     pub mac: String,
     pub hostname: Option<String>,
@@ -118,12 +123,12 @@ pub struct HostView {
     pub last_report: Option<ReportView>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportView {
     pub result: String,
     pub reason: Option<String>,
-    pub volumes: Vec<fleet::agent::VolumeReport>,
-    pub files: Vec<fleet::agent::FileRecord>,
+    pub volumes: Vec<VolumeReport>,
+    pub files: Vec<FileRecord>,
     pub rules_id: Option<String>,
     pub rules_version: Option<u64>,
     pub agent_ms: u64,
@@ -163,7 +168,7 @@ pub fn view(h: &HostRecord) -> HostView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     pub time: String,
     pub time_ms: u64,
@@ -182,6 +187,9 @@ pub fn event_view(e: &fleet::Event) -> EventView {
     }
 }
 
+/// Host counts by state and the recovery's progress
+#[utoipa::path(get, path = "/api/v1/summary", operation_id = "summary",
+    responses((status = 200, description = "Counts", body = Summary), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn summary(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     done((|| {
         caller(&c, &Method::GET, &headers)?;
@@ -189,6 +197,18 @@ pub async fn summary(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
     })())
 }
 
+/// Hosts, filtered and paginated (sorted by MAC)
+#[utoipa::path(get, path = "/api/v1/hosts", operation_id = "listHosts",
+    params(
+        ("state" = Option<String>, Query, description = "One state or several separated by commas: unknown, seen, waiting, booting, agent-up, scanning, unlocked, remediated, clean, needs-attention, failed, rebooted, recovered"),
+        ("site" = Option<String>, Query, description = "Site, as imported"),
+        ("tag" = Option<String>, Query, description = "One tag, as imported"),
+        ("q" = Option<String>, Query, description = "Text in MAC, hostname, IP, serial, UUID, site or failure reason"),
+        ("flag" = Option<HostFlag>, Query, description = "key-needed: waiting for a pasted BitLocker recovery key; rotate-key: a recovery key was released and should be rotated"),
+        ("page" = Option<u32>, Query, minimum = 1, description = "Page number, from 1"),
+        ("per_page" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Hosts per page (default 50)"),
+    ),
+    responses((status = 200, description = "One page", body = HostPage), (status = 400, description = "Bad filter", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn list_hosts(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -215,12 +235,17 @@ pub fn parse_mac(s: &str) -> Result<Mac, Response> {
         .map_err(|e: String| error(StatusCode::BAD_REQUEST, e))
 }
 
-#[derive(Serialize)]
-struct Detail {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Detail {
+    /// The host.
     host: HostView,
     events: Vec<EventView>,
 }
 
+/// One host with its whole history
+#[utoipa::path(get, path = "/api/v1/hosts/{mac}", operation_id = "hostDetail",
+    params(("mac" = String, Path, description = "MAC address, e.g. 52:54:00:12:34:56")),
+    responses((status = 200, description = "The host and its events", body = Detail), (status = 400, description = "Not a MAC address", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn host_detail(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -279,7 +304,8 @@ pub async fn store_events(c: &Console, mac: Mac) -> Result<Vec<fleet::Event>, Re
 }
 
 /// What an import did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = HostImportResult)]
 pub struct ImportResult {
     pub created: usize,
     pub updated: usize,
@@ -335,6 +361,10 @@ pub fn parse_import(
     parsed.map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
+/// Create or update hosts from CSV (header mac,hostname,site,tags) or JSON; bad rows are reported by line, the rest imported
+#[utoipa::path(post, path = "/api/v1/hosts/import", operation_id = "importHosts",
+    request_body(content = Vec<ImportRow>, description = "CSV (text/csv, header mac,hostname,site,tags; tags separated by ;) or a JSON array", content_type = "application/json"),
+    responses((status = 200, description = "Imported", body = HostImportResult), (status = 400, description = "Not CSV or JSON, or no mac column", body = ErrorBody), (status = 413, description = "Body over 16 MiB"), (status = 415, description = "Neither text/csv nor application/json", body = ErrorBody), (status = 422, description = "No row was good", body = HostImportResult), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn import_hosts(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -366,7 +396,7 @@ pub async fn import_hosts(
 
 pub use fleet_service::actions::{Action, ActionOutcome, ActionResult, MAX_BULK};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     pub action: Action,
@@ -386,6 +416,10 @@ pub async fn apply_action(
         .map_err(fleet_error)
 }
 
+/// Run one action on many hosts: approve, retry, skip, mark-done, forget
+#[utoipa::path(post, path = "/api/v1/hosts/actions", operation_id = "bulkAction",
+    request_body(content = ActionRequest, content_type = "application/json"),
+    responses((status = 200, description = "Each host's outcome", body = ActionResult), (status = 400, description = "Bad request (no hosts, too many, unknown action)", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn bulk_action(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -405,6 +439,10 @@ pub async fn bulk_action(
     done(r.await)
 }
 
+/// The fleet report: per host, state, files quarantined with hashes, times
+#[utoipa::path(get, path = "/api/v1/export", operation_id = "export",
+    params(("format" = Option<ExportFormat>, Query, description = "csv (default) or json")),
+    responses((status = 200, description = "The report", body = Vec<ReportRow>, content_type = ["application/json", "text/csv"]), (status = 400, description = "Unknown format or parameter", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn export(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -446,8 +484,12 @@ pub async fn export(
     })())
 }
 
+/// Live fleet changes as server-sent events: `hello` once, then `change` (JSON: mac, state, reason, event) per change, `resync` when the client fell behind
+///
 /// Server-sent events: one `change` event per fleet change (JSON: mac, state, reason, event); a
 /// `resync` event when this client fell behind and should reload.
+#[utoipa::path(get, path = "/api/v1/events", operation_id = "events",
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if let Err(r) = caller(&c, &Method::GET, &headers) {
         return r;
@@ -473,15 +515,23 @@ pub async fn audit_log(c: &Console) -> Result<Vec<fleet::store::AuditEntry>, Res
     read_store(c, |s| s.audit_log()).await
 }
 
-#[derive(Serialize)]
-struct AuditView {
-    time: String,
-    actor: String,
-    action: String,
-    detail: String,
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AuditView {
+    /// When (ISO 8601, UTC).
+    pub time: String,
+    /// Who (token name, `console:NAME`, `agent MAC`, `cli:USER`).
+    pub actor: String,
+    /// What (`import`, `retry`, `bitlocker-reveal`, ...).
+    pub action: String,
+    /// The details, never a secret.
+    pub detail: String,
 }
 
+/// The audit log, newest first (at most 1000 entries)
+///
 /// The audit log, newest first (at most 1000 entries).
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "audit",
+    responses((status = 200, description = "Entries", body = Vec<AuditView>), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     let r = async {
         caller(&c, &Method::GET, &headers)?;

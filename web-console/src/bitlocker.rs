@@ -51,7 +51,12 @@ async fn durable(c: &Console) -> Result<(), Failure> {
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("store: {e}")))
 }
 
+/// Import recovery keys from an Active Directory (msFVE-RecoveryGuid, msFVE-RecoveryPassword, computer name), Entra ID / Intune (Device name, Key ID, Recovery key) or plain (protector_id,recovery_password[,hostname]) CSV; bad rows are reported by line, the rest imported; keys are sealed at rest
+///
 /// `POST /api/v1/bitlocker/keys`: a CSV export in the body.
+#[utoipa::path(post, path = "/api/v1/bitlocker/keys", operation_id = "importBitlockerKeys",
+    request_body(content = String, description = "The CSV export", content_type = "text/csv"),
+    responses((status = 200, description = "Imported", body = ImportResult), (status = 422, description = "Not an export, or no row was good", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
     let who = match caller(&c, &Method::POST, &headers) {
         Ok(w) => w,
@@ -85,7 +90,11 @@ pub async fn import_export(
     Ok((status, res))
 }
 
+/// Escrowed BitLocker recovery keys (never the passwords)
+///
 /// `GET /api/v1/bitlocker/keys`: every escrowed key without its password.
+#[utoipa::path(get, path = "/api/v1/bitlocker/keys", operation_id = "listBitlockerKeys",
+    responses((status = 200, description = "{\"keys\": [...]}", body = KeyList), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody)))]
 pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if let Err(r) = caller(&c, &Method::GET, &headers) {
         return r;
@@ -113,7 +122,12 @@ pub async fn reveal_key(c: &Console, actor: &str, id: &str) -> Result<RecoveryPa
     Ok(pw)
 }
 
+/// Show one recovery password (write tokens only; written to the audit log)
+///
 /// `POST /api/v1/bitlocker/keys/{id}/reveal`: one password, to an admin who asks (audited).
+#[utoipa::path(post, path = "/api/v1/bitlocker/keys/{id}/reveal", operation_id = "revealBitlockerKey",
+    params(("id" = String, Path, description = "Key protector ID (a GUID, with or without braces)")),
+    responses((status = 200, description = "{\"protector_id\", \"recovery_password\"}", body = Object), (status = 400, description = "Not a GUID", body = ErrorBody), (status = 404, description = "Nothing escrowed for it", body = ErrorBody), (status = 422, description = "Refused", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn reveal(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -135,7 +149,7 @@ pub async fn reveal(
     respond(r.await)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Paste {
     pub recovery_password: String,
@@ -143,7 +157,13 @@ pub struct Paste {
     pub protector_id: Option<String>,
 }
 
+/// Paste a recovery key for a host whose agent waits for one (escrowed and released to this host once; audited)
+///
 /// `POST /api/v1/hosts/{mac}/bitlocker-key`: an admin pastes the key a waiting agent needs.
+#[utoipa::path(post, path = "/api/v1/hosts/{mac}/bitlocker-key", operation_id = "pasteBitlockerKey",
+    params(("mac" = String, Path, description = "The host's MAC address")),
+    request_body(content = Paste, content_type = "application/json"),
+    responses((status = 200, description = "{\"mac\", \"protector_id\"}", body = Object), (status = 400, description = "Bad body or MAC", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 422, description = "Bad recovery password or protector ID, or the host waits for no key", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn paste(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,

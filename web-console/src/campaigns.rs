@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The API's way to write a campaign (friendlier than the stored form).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignInput {
     pub name: String,
@@ -33,7 +33,7 @@ pub struct CampaignInput {
     pub verify_window_minutes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum TargetsInput {
     All(bool),
@@ -42,7 +42,7 @@ pub enum TargetsInput {
     Macs(Vec<String>),
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GateInput {
     #[serde(default)]
@@ -97,7 +97,7 @@ impl CampaignInput {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WaveView {
     pub number: usize,
     pub hosts: usize,
@@ -113,7 +113,7 @@ pub struct WaveView {
     pub pending: usize,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignView {
     pub id: String,
     pub name: String,
@@ -121,14 +121,20 @@ pub struct CampaignView {
     pub reason: Option<String>,
     pub rules: String,
     pub created: String,
+    /// `{"kind": "all"}`, `{"kind": "site"|"tag", "value": ...}` or `{"kind": "list", "value": [MACs]}`.
+    #[schema(value_type = Object)]
     pub targets: Targets,
     pub concurrency: u32,
     pub in_payload: usize,
     pub members: usize,
     pub current_wave: usize,
+    /// `{"min_success", "max_failure_rate", "min_soak_ms"}`.
+    #[schema(value_type = Object)]
     pub gate: Gate,
     pub verify_window_minutes: Option<u64>,
     pub waves: Vec<WaveView>,
+    /// (time, note) pairs, oldest first.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub log: Vec<(String, String)>,
 }
 
@@ -309,6 +315,9 @@ pub fn spawn_ticker(c: Arc<Console>) {
 
 // ---- API handlers ----
 
+/// Every campaign with its state, waves and gate results
+#[utoipa::path(get, path = "/api/v1/campaigns", operation_id = "listCampaigns",
+    responses((status = 200, description = "Campaigns", body = Vec<CampaignView>), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     if let Err(r) = caller(&c, &Method::GET, &headers) {
         return r;
@@ -316,6 +325,10 @@ pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
     Json(views(&c, None)).into_response()
 }
 
+/// One campaign
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", operation_id = "campaignDetail",
+    params(("id" = String, Path, description = "Campaign id")),
+    responses((status = 200, description = "The campaign", body = CampaignView), (status = 404, description = "No such campaign", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn detail(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -330,6 +343,10 @@ pub async fn detail(
     }
 }
 
+/// Create a campaign (a draft; start it with /start)
+#[utoipa::path(post, path = "/api/v1/campaigns", operation_id = "createCampaign",
+    request_body(content = CampaignInput, content_type = "application/json"),
+    responses((status = 201, description = "Created: {\"id\": ...}", body = Object), (status = 400, description = "Bad campaign", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn create_api(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -354,6 +371,10 @@ pub async fn create_api(
     }
 }
 
+/// start, pause, resume, abort or rollback a campaign
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", operation_id = "campaignAction",
+    params(("id" = String, Path, description = "Campaign id"), ("action" = CampaignAction, Path, description = "What to do")),
+    responses((status = 200, description = "Done: {\"id\", \"result\"}", body = Object), (status = 404, description = "No such campaign or action", body = ErrorBody), (status = 409, description = "Not allowed in the campaign's state", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn action_api(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,

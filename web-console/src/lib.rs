@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bitlocker;
 pub mod campaigns;
 pub mod html;
+pub mod openapi;
 pub mod query;
 pub mod tokens;
 
@@ -60,8 +61,10 @@ impl Console {
     }
 }
 
-/// The OpenAPI 3.0 document of the admin API.
-pub const OPENAPI: &str = include_str!("openapi.json");
+/// The OpenAPI 3.0 document of the admin API (generated, see [`openapi`]).
+pub fn openapi_document() -> &'static str {
+    openapi::document()
+}
 
 /// The console's and API's routes.
 pub fn router(c: Arc<Console>) -> Router {

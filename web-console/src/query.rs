@@ -1,5 +1,7 @@
 //! Pure fleet queries: filtering and paging the host table, counts by state, host import (CSV and
 //! JSON) and the fleet report (CSV and JSON). No I/O: hosts come in as arguments.
+use crate::api::HostView;
+use fleet::agent::FileRecord;
 pub use fleet::inventory::{
     parse_csv, parse_json, HostImport, ImportRow, RowError, MAX_IMPORT_ROWS,
 };
@@ -154,7 +156,8 @@ impl Filter {
 }
 
 /// One page of hosts, sorted by MAC.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[aliases(HostPage = Page<HostView>)]
 pub struct Page<T> {
     pub total: usize,
     pub page: usize,
@@ -190,7 +193,7 @@ pub fn page<'a>(hosts: impl Iterator<Item = &'a HostRecord>, f: &Filter) -> Page
 }
 
 /// Counts by state and the progress of the recovery.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Summary {
     pub total: usize,
     /// Every state name, zero counts included.
@@ -226,7 +229,7 @@ pub fn summary<'a>(hosts: impl Iterator<Item = &'a HostRecord>) -> Summary {
 }
 
 /// The fleet report for one host (JSON export; the CSV has the same columns, files flattened).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportRow {
     pub mac: String,
     pub hostname: Option<String>,
@@ -242,7 +245,7 @@ pub struct ReportRow {
     pub state_since: String,
     pub payload_boots: u32,
     pub result: Option<String>,
-    pub files: Vec<fleet::agent::FileRecord>,
+    pub files: Vec<FileRecord>,
     /// A BitLocker recovery key left escrow for this host: rotate it in Windows.
     pub rotate_bitlocker_key: bool,
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// The bulk actions, as the API names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Allow the payload (when the site requires approval).
@@ -48,6 +49,7 @@ impl Action {
 
 /// What an action did to one host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionOutcome {
     /// The host, as the caller named it.
     pub mac: String,
@@ -59,6 +61,7 @@ pub struct ActionOutcome {
 
 /// What an action did to every host it named.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActionResult {
     /// The action.
     pub action: Action,

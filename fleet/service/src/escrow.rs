@@ -12,6 +12,7 @@ use fleet::{EventSource, Mac};
 
 /// What an import did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportResult {
     pub format: String,
     pub imported: usize,
@@ -20,6 +21,7 @@ pub struct ImportResult {
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportError {
     pub line: usize,
     pub error: String,
