@@ -470,7 +470,7 @@ mod tests {
             result: fleet::agent::RunResult::Remediated,
             reason: None,
             volumes: vec![],
-            files: vec![fleet::agent::FileRecord {
+            files: vec![FileRecord {
                 volume: "sda2".into(),
                 path: "Windows/System32/drivers/CrowdStrike/C-00000291-0.sys".into(),
                 size: 42,
