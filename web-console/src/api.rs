@@ -3,12 +3,13 @@
 //! a 500).
 // axum's Response is the natural error of these handler helpers (a 4xx with its reason).
 #![allow(clippy::result_large_err)]
-use crate::auth::{caller, error, Caller};
+use crate::auth::{error, Caller};
+use crate::extract::StrictQuery;
 use crate::query::{self, Filter, HostImport, RowError};
 use crate::Console;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -37,62 +38,28 @@ fn now() -> u64 {
     fleet_service::now_ms()
 }
 
-/// Parses a query string into key/value pairs, allowing only `known` keys, each once.
-#[allow(clippy::result_large_err)]
-pub fn parse_query(
-    q: Option<&str>,
-    known: &[&str],
-) -> Result<std::collections::HashMap<String, String>, Response> {
-    let mut m = std::collections::HashMap::new();
-    for (k, v) in form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
-        if !known.contains(&k.as_ref()) {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown query parameter {k:?}; known: {}", known.join(", ")),
-            ));
-        }
-        if m.insert(k.to_string(), v.to_string()).is_some() {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("query parameter {k} given twice"),
-            ));
-        }
-    }
-    Ok(m)
-}
-
-/// The host-table filter from a query string.
+/// The host-table filter from a query string: typed by [`StrictQuery`] (unknown, repeated or
+/// malformed parameters are a 400), then checked (state and flag names, page bounds).
 #[allow(clippy::result_large_err)]
 pub fn parse_filter(q: Option<&str>) -> Result<Filter, Response> {
-    let mut m = parse_query(
-        q,
-        &["state", "site", "tag", "q", "flag", "page", "per_page"],
-    )?;
-    let num = |m: &mut std::collections::HashMap<String, String>, k: &str| {
-        m.remove(k)
-            .filter(|v| !v.is_empty())
-            .map(|v| {
-                v.parse::<usize>().map_err(|_| {
-                    error(
-                        StatusCode::BAD_REQUEST,
-                        format!("{k}={v:?} is not a positive whole number"),
-                    )
-                })
-            })
-            .transpose()
-    };
-    let f = Filter {
-        page: num(&mut m, "page")?,
-        per_page: num(&mut m, "per_page")?,
-        state: m.remove("state"),
-        site: m.remove("site"),
-        tag: m.remove("tag"),
-        q: m.remove("q"),
-        flag: m.remove("flag"),
-    };
+    let f: Filter = crate::extract::parse(q.unwrap_or(""))?;
+    checked(f)
+}
+
+#[allow(clippy::result_large_err)]
+fn checked(f: Filter) -> Result<Filter, Response> {
     f.validate()
         .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
     Ok(f)
+}
+
+/// `GET /api/v1/export`'s query.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    /// `csv` (the default) or `json`.
+    #[serde(default)]
+    pub format: Option<String>,
 }
 
 /// The view of a host the API returns.
@@ -190,9 +157,8 @@ pub fn event_view(e: &fleet::Event) -> EventView {
 /// Host counts by state and the recovery's progress
 #[utoipa::path(get, path = "/api/v1/summary", operation_id = "summary",
     responses((status = 200, description = "Counts", body = Summary), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn summary(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+pub async fn summary(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     done((|| {
-        caller(&c, &Method::GET, &headers)?;
         Ok(Json(c.fleet.with_hosts(|h| query::summary(h.values()))).into_response())
     })())
 }
@@ -211,12 +177,11 @@ pub async fn summary(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respo
     responses((status = 200, description = "One page", body = HostPage), (status = 400, description = "Bad filter", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn list_hosts(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    _who: Caller,
+    StrictQuery(f): StrictQuery<Filter>,
 ) -> Response {
     done((|| {
-        caller(&c, &Method::GET, &headers)?;
-        let f = parse_filter(q.as_deref())?;
+        let f = checked(f)?;
         let p = c.fleet.with_hosts(|h| query::page(h.values(), &f));
         let out = query::Page {
             total: p.total,
@@ -248,11 +213,10 @@ pub struct Detail {
     responses((status = 200, description = "The host and its events", body = Detail), (status = 400, description = "Not a MAC address", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn host_detail(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    _who: Caller,
     Path(mac): Path<String>,
 ) -> Response {
     let r = async {
-        caller(&c, &Method::GET, &headers)?;
         let mac = parse_mac(&mac)?;
         let host = c
             .fleet
@@ -367,11 +331,11 @@ pub fn parse_import(
     responses((status = 200, description = "Imported", body = HostImportResult), (status = 400, description = "Not CSV or JSON, or no mac column", body = ErrorBody), (status = 413, description = "Body over 16 MiB"), (status = 415, description = "Neither text/csv nor application/json", body = ErrorBody), (status = 422, description = "No row was good", body = HostImportResult), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn import_hosts(
     State(c): State<Arc<Console>>,
+    who: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let r = async {
-        let who = caller(&c, &Method::POST, &headers)?;
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -420,13 +384,8 @@ pub async fn apply_action(
 #[utoipa::path(post, path = "/api/v1/hosts/actions", operation_id = "bulkAction",
     request_body(content = ActionRequest, content_type = "application/json"),
     responses((status = 200, description = "Each host's outcome", body = ActionResult), (status = 400, description = "Bad request (no hosts, too many, unknown action)", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn bulk_action(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn bulk_action(State(c): State<Arc<Console>>, who: Caller, body: Bytes) -> Response {
     let r = async {
-        let who: Caller = caller(&c, &Method::POST, &headers)?;
         let req: ActionRequest = serde_json::from_slice(&body).map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
@@ -441,22 +400,20 @@ pub async fn bulk_action(
 
 /// The fleet report: per host, state, files quarantined with hashes, times
 #[utoipa::path(get, path = "/api/v1/export", operation_id = "export",
-    params(("format" = Option<ExportFormat>, Query, description = "csv (default) or json")),
+    params(("format" = Option<ExportFormat>, Query, description = "json (the default) or csv")),
     responses((status = 200, description = "The report", body = Vec<ReportRow>, content_type = ["application/json", "text/csv"]), (status = 400, description = "Unknown format or parameter", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn export(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    RawQuery(q): RawQuery,
+    _who: Caller,
+    StrictQuery(eq): StrictQuery<ExportQuery>,
 ) -> Response {
     done((|| {
-        caller(&c, &Method::GET, &headers)?;
-        let eq = parse_query(q.as_deref(), &["format"])?;
         let mut rows: Vec<query::ReportRow> = c
             .fleet
             .with_hosts(|h| h.values().map(query::report_row).collect());
         rows.sort_by(|a, b| a.mac.cmp(&b.mac));
         let stamp = query::iso(now()).replace([':', '-'], "");
-        match eq.get("format").map(String::as_str).unwrap_or("json") {
+        match eq.format.as_deref().unwrap_or("json") {
             "csv" => Ok((
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -490,10 +447,7 @@ pub async fn export(
 /// `resync` event when this client fell behind and should reload.
 #[utoipa::path(get, path = "/api/v1/events", operation_id = "events",
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn events(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&c, &Method::GET, &headers) {
-        return r;
-    }
+pub async fn events(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let rx = c.fleet.subscribe();
     let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|m| {
         Ok::<_, std::convert::Infallible>(match m {
@@ -532,9 +486,8 @@ pub struct AuditView {
 /// The audit log, newest first (at most 1000 entries).
 #[utoipa::path(get, path = "/api/v1/audit", operation_id = "audit",
     responses((status = 200, description = "Entries", body = Vec<AuditView>), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+pub async fn audit(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let r = async {
-        caller(&c, &Method::GET, &headers)?;
         let mut log = audit_log(&c).await?;
         log.reverse();
         log.truncate(1000);
@@ -554,10 +507,7 @@ pub async fn audit(State(c): State<Arc<Console>>, headers: HeaderMap) -> Respons
 }
 
 /// Prometheus text format: hosts by state (needs a token like the rest of the API).
-pub async fn metrics(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&c, &Method::GET, &headers) {
-        return r;
-    }
+pub async fn metrics(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let s = c.fleet.with_hosts(|h| query::summary(h.values()));
     let mut out =
         String::from("# HELP unbrick_hosts Hosts by state.\n# TYPE unbrick_hosts gauge\n");

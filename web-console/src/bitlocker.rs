@@ -3,11 +3,12 @@
 //! key for a host whose agent waits. The operations answer `(status, message)` on failure, like
 //! the campaign operations, so the API and the console pages share them.
 use crate::api::parse_mac;
-use crate::auth::{caller, error};
+use crate::auth::error;
+use crate::auth::Caller;
 use crate::Console;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::escrow::{parse_export, protector_id, RecoveryPassword};
@@ -57,11 +58,7 @@ async fn durable(c: &Console) -> Result<(), Failure> {
 #[utoipa::path(post, path = "/api/v1/bitlocker/keys", operation_id = "importBitlockerKeys",
     request_body(content = String, description = "The CSV export", content_type = "text/csv"),
     responses((status = 200, description = "Imported", body = ImportResult), (status = 422, description = "Not an export, or no row was good", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
-    let who = match caller(&c, &Method::POST, &headers) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+pub async fn import(State(c): State<Arc<Console>>, who: Caller, body: Bytes) -> Response {
     respond(
         import_export(&c, &who.actor, body.to_vec())
             .await
@@ -95,10 +92,7 @@ pub async fn import_export(
 /// `GET /api/v1/bitlocker/keys`: every escrowed key without its password.
 #[utoipa::path(get, path = "/api/v1/bitlocker/keys", operation_id = "listBitlockerKeys",
     responses((status = 200, description = "{\"keys\": [...]}", body = KeyList), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody)))]
-pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&c, &Method::GET, &headers) {
-        return r;
-    }
+pub async fn list(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let fleet = c.fleet.clone();
     respond(
         blocking(move || fleet.escrow_list())
@@ -130,13 +124,9 @@ pub async fn reveal_key(c: &Console, actor: &str, id: &str) -> Result<RecoveryPa
     responses((status = 200, description = "{\"protector_id\", \"recovery_password\"}", body = Object), (status = 400, description = "Not a GUID", body = ErrorBody), (status = 404, description = "Nothing escrowed for it", body = ErrorBody), (status = 422, description = "Refused", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn reveal(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    who: Caller,
     Path(id): Path<String>,
 ) -> Response {
-    let who = match caller(&c, &Method::POST, &headers) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let r = async {
         let id = protector_id(&id).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
         let pw = reveal_key(&c, &who.actor, &id).await?;
@@ -166,14 +156,10 @@ pub struct Paste {
     responses((status = 200, description = "{\"mac\", \"protector_id\"}", body = Object), (status = 400, description = "Bad body or MAC", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 422, description = "Bad recovery password or protector ID, or the host waits for no key", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn paste(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    who: Caller,
     Path(mac): Path<String>,
     body: Bytes,
 ) -> Response {
-    let who = match caller(&c, &Method::POST, &headers) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     let mac = match parse_mac(&mac) {
         Ok(m) => m,
         Err(r) => return r,

@@ -2,11 +2,12 @@
 //! verification windows, wave closure and gates (`fleet::campaign` decides; this module applies
 //! and persists).
 #![allow(clippy::result_large_err)]
-use crate::auth::{caller, error};
+use crate::auth::error;
+use crate::auth::Caller;
 use crate::Console;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::campaign::{outcome, Campaign, CampaignSpec, Gate, Outcome, Targets, WaveSize};
@@ -318,10 +319,7 @@ pub fn spawn_ticker(c: Arc<Console>) {
 /// Every campaign with its state, waves and gate results
 #[utoipa::path(get, path = "/api/v1/campaigns", operation_id = "listCampaigns",
     responses((status = 200, description = "Campaigns", body = Vec<CampaignView>), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    if let Err(r) = caller(&c, &Method::GET, &headers) {
-        return r;
-    }
+pub async fn list(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     Json(views(&c, None)).into_response()
 }
 
@@ -331,12 +329,9 @@ pub async fn list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response
     responses((status = 200, description = "The campaign", body = CampaignView), (status = 404, description = "No such campaign", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn detail(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    _who: Caller,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(r) = caller(&c, &Method::GET, &headers) {
-        return r;
-    }
     match views(&c, Some(&id)).pop() {
         Some(v) => Json(v).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no campaign {id}")),
@@ -347,15 +342,7 @@ pub async fn detail(
 #[utoipa::path(post, path = "/api/v1/campaigns", operation_id = "createCampaign",
     request_body(content = CampaignInput, content_type = "application/json"),
     responses((status = 201, description = "Created: {\"id\": ...}", body = Object), (status = 400, description = "Bad campaign", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
-pub async fn create_api(
-    State(c): State<Arc<Console>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let who = match caller(&c, &Method::POST, &headers) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
+pub async fn create_api(State(c): State<Arc<Console>>, who: Caller, body: Bytes) -> Response {
     let input: CampaignInput = match serde_json::from_slice(&body) {
         Ok(i) => i,
         Err(e) => {
@@ -377,13 +364,9 @@ pub async fn create_api(
     responses((status = 200, description = "Done: {\"id\", \"result\"}", body = Object), (status = 404, description = "No such campaign or action", body = ErrorBody), (status = 409, description = "Not allowed in the campaign's state", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn action_api(
     State(c): State<Arc<Console>>,
-    headers: HeaderMap,
+    who: Caller,
     Path((id, action)): Path<(String, String)>,
 ) -> Response {
-    let who = match caller(&c, &Method::POST, &headers) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
     match act(&c, &who.actor, &id, &action).await {
         Ok(msg) => Json(serde_json::json!({ "id": id, "result": msg })).into_response(),
         Err((s, e)) => error(s, e),

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod bitlocker;
 pub mod campaigns;
+pub mod extract;
 pub mod html;
 pub mod openapi;
 pub mod query;

@@ -32,9 +32,9 @@ pub enum HostFlag {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
-    /// RFC 4180 CSV, files flattened (the default).
+    /// RFC 4180 CSV, files flattened.
     Csv,
-    /// A JSON array of report rows.
+    /// A JSON array of report rows (the default).
     Json,
 }
 

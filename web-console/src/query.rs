@@ -45,9 +45,9 @@ pub struct Filter {
     /// key was released and should be rotated in Windows.
     #[serde(default)]
     pub flag: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::empty_as_none")]
     pub page: Option<usize>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::extract::empty_as_none")]
     pub per_page: Option<usize>,
 }
 
