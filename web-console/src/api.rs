@@ -158,9 +158,7 @@ pub fn event_view(e: &fleet::Event) -> EventView {
 #[utoipa::path(get, path = "/api/v1/summary", operation_id = "summary",
     responses((status = 200, description = "Counts", body = Summary), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
 pub async fn summary(State(c): State<Arc<Console>>, _who: Caller) -> Response {
-    done((|| {
-        Ok(Json(c.fleet.with_hosts(|h| query::summary(h.values()))).into_response())
-    })())
+    Json(c.fleet.with_hosts(|h| query::summary(h.values()))).into_response()
 }
 
 /// Hosts, filtered and paginated (sorted by MAC)
@@ -407,14 +405,14 @@ pub async fn export(
     _who: Caller,
     StrictQuery(eq): StrictQuery<ExportQuery>,
 ) -> Response {
-    done((|| {
+    {
         let mut rows: Vec<query::ReportRow> = c
             .fleet
             .with_hosts(|h| h.values().map(query::report_row).collect());
         rows.sort_by(|a, b| a.mac.cmp(&b.mac));
         let stamp = query::iso(now()).replace([':', '-'], "");
         match eq.format.as_deref().unwrap_or("json") {
-            "csv" => Ok((
+            "csv" => (
                 [
                     (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
                     (
@@ -424,21 +422,21 @@ pub async fn export(
                 ],
                 query::export_csv(&rows),
             )
-                .into_response()),
-            "json" => Ok((
+                .into_response(),
+            "json" => (
                 [(
                     header::CONTENT_DISPOSITION,
                     format!("attachment; filename=\"unbrick-fleet-{stamp}.json\""),
                 )],
                 Json(rows),
             )
-                .into_response()),
-            other => Err(error(
+                .into_response(),
+            other => error(
                 StatusCode::BAD_REQUEST,
                 format!("format {other:?}: use csv or json"),
-            )),
+            ),
         }
-    })())
+    }
 }
 
 /// Live fleet changes as server-sent events: `hello` once, then `change` (JSON: mac, state, reason, event) per change, `resync` when the client fell behind
