@@ -1,8 +1,9 @@
 //! `unbrick hosts ...`: against the running server's admin API (`--server URL --token T`), or,
 //! without `--server`, directly on the data directory's store (the server must be stopped: sled
 //! allows one process).
+use crate::cli::{CampaignCmd, HostsCmd, KeysCmd, Target};
 use crate::config::DataDir;
-use crate::{CampaignCmd, Fail, HostsCmd, Target};
+use crate::Fail;
 use fleet::Store as _;
 use std::path::Path;
 use std::time::Duration;
@@ -570,8 +571,7 @@ fn local_actor() -> String {
 }
 
 /// `unbrick keys import-bitlocker|list-bitlocker|reveal-bitlocker`.
-pub(crate) fn bitlocker_keys(k: crate::KeysCmd) -> Result<(), Fail> {
-    use crate::KeysCmd;
+pub(crate) fn bitlocker_keys(k: KeysCmd) -> Result<(), Fail> {
     match k {
         KeysCmd::ImportBitlocker { file, target } => {
             let data =

@@ -71,27 +71,6 @@ impl DataDir {
     }
 }
 
-/// `[serve]` in unbrick.toml; every field optional (flags and UNBRICK_* variables win).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct ServeFile {
-    pub interface: Option<String>,
-    pub server_ip: Option<String>,
-    pub dhcp: Option<String>,
-    pub pool: Option<String>,
-    pub router: Option<String>,
-    pub dns: Option<Vec<String>>,
-    pub lease_secs: Option<u32>,
-    pub http_port: Option<u16>,
-    pub https_port: Option<u16>,
-    pub tftp_port: Option<u16>,
-    pub require_approval: Option<bool>,
-    pub secure_boot_off: Option<bool>,
-    pub kernel_cmdline: Option<String>,
-    pub max_tftp_transfers: Option<usize>,
-    pub idle_timeout_secs: Option<u64>,
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BootLoadersFile {
@@ -106,7 +85,8 @@ pub(crate) struct BootLoadersFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct ConfigFile {
     #[serde(default)]
-    pub serve: ServeFile,
+    /// `[serve]`: a settings layer (flags and UNBRICK_* variables win, defaults fill in).
+    pub serve: crate::settings::Settings,
     #[serde(default)]
     pub boot_loaders: BootLoadersFile,
     /// Path of the signing key when it is kept outside the data directory.

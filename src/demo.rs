@@ -253,7 +253,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<(), Fail> {
             .map_err(|e| Fail(format!("{}: {e}", d.store().display())))?;
     }
     crate::init::run(&a.data_dir, None).map_err(Fail)?;
-    crate::image_build(
+    crate::commands::image_build(
         &a.data_dir,
         None,
         Some(kernel_dir),

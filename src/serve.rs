@@ -2,6 +2,9 @@
 //! and its single writer (`fleet_service::FleetIo`), the boot policy (campaigns), the verified
 //! image and rules, the DHCP, TFTP, HTTP and HTTPS drivers (`netboot-server`), the console and
 //! admin API (`web-console`) and the campaign ticker; and the orderly shutdown.
+use crate::cli::ServeArgs;
+use crate::config::{ConfigFile, DataDir};
+use crate::{now_unix, settings, Fail};
 use fleet::{BootPolicy, EventSource, Store};
 use fleet_service::{now_ms, FleetIo};
 use netboot_server::image::{Image, SignedRules};
@@ -13,12 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DhcpMode {
-    Proxy,
-    Full,
-    Off,
-}
+pub(crate) use crate::settings::DhcpMode;
 
 /// Everything `unbrick serve` decided, validated.
 #[derive(Debug, Clone)]
@@ -349,5 +347,139 @@ pub(crate) async fn start(
         http_addr,
         https_addr,
         store,
+    })
+}
+
+impl ServeArgs {
+    /// The flags (and UNBRICK_* variables) as the top settings layer.
+    fn layer(&self) -> Result<settings::Settings, Fail> {
+        Ok(settings::Settings {
+            interface: self.interface.clone(),
+            server_ip: self.server_ip,
+            dhcp: self.dhcp,
+            pool: self
+                .pool
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e: String| Fail(format!("--{e}")))?,
+            router: self.router,
+            dns: (!self.dns.is_empty()).then(|| self.dns.clone()),
+            lease_secs: self.lease_secs,
+            http_port: self.http_port,
+            https_port: self.https_port,
+            tftp_port: self.tftp_port,
+            require_approval: self.require_approval.then_some(true),
+            secure_boot_off: self.secure_boot_off.then_some(true),
+            kernel_cmdline: self.kernel_cmdline.clone(),
+            max_tftp_transfers: None,
+            idle_timeout_secs: self.idle_timeout_secs,
+        })
+    }
+}
+
+/// `unbrick serve`: the settings layers resolved, the server composed and run until SIGINT or
+/// SIGTERM, then shut down in order.
+pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
+    let d = DataDir(a.data_dir.clone());
+    if !d.config().exists() && !d.store().exists() {
+        return Err(Fail(format!(
+            "{} is not an unbrick data directory; run `unbrick init --data-dir {}` first",
+            a.data_dir.display(),
+            a.data_dir.display()
+        )));
+    }
+    let s = a
+        .layer()?
+        .or(ConfigFile::load(&d.config())?.serve)
+        .or(settings::Settings::defaults());
+    let interface = s.interface.clone().ok_or_else(|| Fail("no interface: pass --interface IF (or set UNBRICK_INTERFACE, or [serve] interface in unbrick.toml)".into()))?;
+    let dhcp_ports = match &a.dhcp_ports {
+        Some(p) => {
+            let (x, y) = p
+                .split_once(',')
+                .ok_or_else(|| Fail("--dhcp-ports: expected \"67,4011\"".into()))?;
+            Some((
+                x.parse()
+                    .map_err(|_| Fail("--dhcp-ports: bad port".into()))?,
+                y.parse()
+                    .map_err(|_| Fail("--dhcp-ports: bad port".into()))?,
+            ))
+        }
+        None => None,
+    };
+    let trusted = signing::PublicKey::load(&d.public_key()).map_err(|e| {
+        Fail(format!(
+            "{e} (the trusted signing key; `unbrick init` writes it)"
+        ))
+    })?;
+    // Every field below has a built-in default (settings::Settings::defaults).
+    let cfg = ServerConfig {
+        interface,
+        server_ip: s.server_ip,
+        dhcp: s.dhcp.unwrap_or(DhcpMode::Proxy),
+        pool: s.pool.map(|p| (p.0, p.1)),
+        router: s.router,
+        dns: s.dns.clone().unwrap_or_default(),
+        lease_secs: s.lease_secs.unwrap_or_default(),
+        http_port: s.http_port.unwrap_or_default(),
+        https_port: s.https_port.unwrap_or_default(),
+        tls_cert: d.tls_cert(),
+        tls_key: d.tls_key(),
+        escrow_key: d.escrow_key(),
+        tftp_port: s.tftp_port.unwrap_or_default(),
+        dhcp_ports,
+        secure_boot_off: s.secure_boot_off.unwrap_or_default(),
+        extra_cmdline: s.kernel_cmdline.clone().unwrap_or_default(),
+        image_dir: d.image(),
+        rules_dir: d.rules(),
+        trusted_key: trusted,
+        max_tftp_transfers: s.max_tftp_transfers.unwrap_or_default(),
+        idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or_default()),
+    };
+    let (fp, made) = d.ensure_tls().map_err(Fail)?;
+    if made {
+        eprintln!("unbrick: made a TLS certificate {} ({fp}); rebuild the image (unbrick image build) so the agent pins it", d.tls_cert().display());
+    }
+    let policy = fleet::DefaultPolicy {
+        require_approval: s.require_approval.unwrap_or_default(),
+    };
+    let proxy = cfg.dhcp == DhcpMode::Proxy;
+    let rules_label = SignedRules::load(&cfg.rules_dir, &cfg.trusted_key, now_unix())
+        .map(|r| format!("{} v{}", r.rules.id, r.rules.version))
+        .unwrap_or_default();
+    let tokens_file = d.tokens();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
+        let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));
+        let server = start(
+            cfg,
+            store,
+            policy,
+            ConsoleConfig {
+                tokens_file: tokens_file.clone(),
+                rules_label,
+            },
+        )
+        .await
+        ?;
+        if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
+            tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
+        }
+        tracing::info!("console: http://{} and https://{} (certificate {fp})", server.http_addr, server.https_addr);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down: letting transfers in flight finish (up to 10 s), then flushing the store");
+        server.shutdown(Duration::from_secs(10)).await;
+        tracing::info!("stopped");
+        Ok(())
     })
 }

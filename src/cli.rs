@@ -1,0 +1,393 @@
+//! The command line (clap): every command and flag of `unbrick`. Its names are a contract
+//! (checks and admins' scripts rely on them): extend, do not rename.
+use clap::{Args, Parser, Subcommand};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "unbrick",
+    version,
+    about = "Network-boot recovery of boot-looping Windows fleets",
+    propagate_version = true
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Create a data directory: configuration, signing key, boot loaders, signed rules, store.
+    Init {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        /// Use this existing signing key instead of making one.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+    },
+    /// Serve DHCP (proxy or full), TFTP and HTTP boot on one interface.
+    Serve(ServeArgs),
+    /// Signing keys and escrowed BitLocker recovery keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Recovery images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Signed remediation rules.
+    #[command(subcommand)]
+    Rules(RulesCmd),
+    /// The fleet's hosts: from the running server's API (--server, --token) or the data directory.
+    #[command(subcommand)]
+    Hosts(HostsCmd),
+    /// Admin API tokens (for scripts and for logging in to the console).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The demo lab: a namespace with QEMU machines in a boot loop, the server, the console.
+    Demo(crate::demo::DemoArgs),
+    /// Staged recovery campaigns (through the running server's API).
+    #[command(subcommand)]
+    Campaign(CampaignCmd),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CampaignCmd {
+    /// Create a campaign (a draft: nothing happens until `campaign start`).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Every known host.
+        #[arg(long, conflicts_with_all = ["site", "tag", "hosts"])]
+        all: bool,
+        #[arg(long, conflicts_with_all = ["tag", "hosts"])]
+        site: Option<String>,
+        #[arg(long, conflicts_with = "hosts")]
+        tag: Option<String>,
+        /// Explicit MAC addresses, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Wave sizes, comma-separated: hosts or cumulative percentages, e.g. 5,10%,50%,100%.
+        #[arg(long, value_delimiter = ',', required = true)]
+        waves: Vec<String>,
+        /// At most this many hosts in the payload at once.
+        #[arg(long, default_value_t = 50)]
+        concurrency: u32,
+        /// Gate: at least this many hosts of a wave succeeded.
+        #[arg(long, default_value_t = 1)]
+        min_success: u32,
+        /// Gate: at most this share of a wave failed (0.0 to 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        max_failure_rate: f64,
+        /// Gate: a wave stays open at least this long before the next opens.
+        #[arg(long, default_value_t = 0)]
+        soak_minutes: u64,
+        /// A remediated host not seen back in Windows within this time is `unverified`.
+        #[arg(long)]
+        verify_minutes: Option<u64>,
+        /// A host with no result this long after getting the payload failed.
+        #[arg(long, default_value_t = 30)]
+        host_timeout_minutes: u64,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every campaign with its state and waves.
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One campaign: waves, gates, history.
+    Show {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Freeze the members into waves and open the first.
+    Start {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let hosts in the payload finish; start no new one.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Go on after a pause or a halt (after a halt: the next wave opens).
+    Resume {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop for good: its hosts boot locally.
+    Abort {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Put back what the campaign quarantined (restore mode on each host's next boot).
+    Rollback {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum TokensCmd {
+    /// Make a token; it is shown once (only its hash is kept).
+    Create {
+        #[arg(long)]
+        name: String,
+        /// May read but not change anything.
+        #[arg(long)]
+        read_only: bool,
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+    },
+    /// Token names and scopes (never the tokens).
+    List {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+    },
+    /// Remove a token; a running server stops accepting it at once.
+    Revoke {
+        name: String,
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+    pub(crate) data_dir: PathBuf,
+    /// The recovery LAN interface (nothing is served on any other).
+    #[arg(long, env = "UNBRICK_INTERFACE")]
+    pub(crate) interface: Option<String>,
+    /// Address clients reach us on (default: the interface's IPv4 address).
+    #[arg(long, env = "UNBRICK_SERVER_IP")]
+    pub(crate) server_ip: Option<Ipv4Addr>,
+    /// proxy: beside the office DHCP server; full: hand out addresses; off: no DHCP.
+    #[arg(long, env = "UNBRICK_DHCP", value_enum)]
+    pub(crate) dhcp: Option<crate::settings::DhcpMode>,
+    /// Full mode: FIRST-LAST addresses to hand out.
+    #[arg(long, env = "UNBRICK_POOL")]
+    pub(crate) pool: Option<String>,
+    #[arg(long, env = "UNBRICK_ROUTER")]
+    pub(crate) router: Option<Ipv4Addr>,
+    #[arg(long, env = "UNBRICK_DNS", value_delimiter = ',')]
+    pub(crate) dns: Vec<Ipv4Addr>,
+    #[arg(long, env = "UNBRICK_LEASE_SECS")]
+    pub(crate) lease_secs: Option<u32>,
+    #[arg(long, env = "UNBRICK_HTTP_PORT")]
+    pub(crate) http_port: Option<u16>,
+    /// HTTPS port: agent API (certificate pinned by the agent), console and admin API.
+    #[arg(long, env = "UNBRICK_HTTPS_PORT")]
+    pub(crate) https_port: Option<u16>,
+    /// Hand out the payload only to hosts an admin approved.
+    #[arg(long, env = "UNBRICK_REQUIRE_APPROVAL")]
+    pub(crate) require_approval: bool,
+    #[arg(long, env = "UNBRICK_TFTP_PORT")]
+    pub(crate) tftp_port: Option<u16>,
+    /// Close an HTTP/HTTPS connection after this many seconds without traffic (default 60).
+    #[arg(long, env = "UNBRICK_IDLE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub(crate) idle_timeout_secs: Option<u64>,
+    /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
+    #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
+    pub(crate) secure_boot_off: bool,
+    /// Extra words for the recovery kernel command line.
+    #[arg(long, env = "UNBRICK_KERNEL_CMDLINE")]
+    pub(crate) kernel_cmdline: Option<String>,
+    /// Testing only: DHCP server and PXE ports instead of 67 and 4011, as "67,4011".
+    #[arg(long, env = "UNBRICK_DHCP_PORTS", hide = true)]
+    pub(crate) dhcp_ports: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCmd {
+    /// Write a new Ed25519 key pair: DIR/signing.key (PKCS#8, 0600) and DIR/signing.pub.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import escrowed BitLocker recovery keys from an AD, Entra ID / Intune or plain CSV export.
+    ///
+    /// Active Directory: msFVE-RecoveryGuid, msFVE-RecoveryPassword, and ComputerName or the
+    /// DistinguishedName. Entra ID / Intune: Device name, Key ID, Recovery key. Plain:
+    /// protector_id,recovery_password[,hostname]. Bad rows are reported by line, the rest
+    /// imported; keys are sealed at rest.
+    ImportBitlocker {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List escrowed BitLocker keys (protector ID, host, source, releases; never the passwords).
+    ListBitlocker {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show one escrowed recovery password (recorded in the audit log).
+    RevealBitlocker {
+        protector_id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Print the fingerprint of a public or private key (default: the data directory's).
+    Show {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        /// A signing.key or signing.pub file.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ImageCmd {
+    /// Build the recovery image (kernel + initramfs with the agent) into DATA/image and sign it.
+    Build {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        /// A Debian linux-image .deb (6.12 from bookworm-backports: signed, has ntfs3).
+        #[arg(long, conflicts_with = "kernel_dir")]
+        kernel_deb: Option<PathBuf>,
+        /// The same package already unpacked (boot/vmlinuz-*, lib/modules/*).
+        #[arg(long)]
+        kernel_dir: Option<PathBuf>,
+        /// The static agent binary (default: next to this unbrick, or /usr/lib/unbrick/unbrick-agent).
+        #[arg(long, env = "UNBRICK_AGENT")]
+        agent: Option<PathBuf>,
+        #[arg(long)]
+        image_version: Option<String>,
+        /// Leave out BitLocker unlocking (cryptsetup, its libraries, dm-crypt): a smaller image
+        /// for fleets without BitLocker; encrypted volumes are then only reported.
+        #[arg(long)]
+        no_bitlocker: bool,
+    },
+    /// Write manifest.json and manifest.json.sig over every file in DIR.
+    Sign {
+        dir: PathBuf,
+        /// Private key (default: DIR/../keys/signing.key).
+        #[arg(long, env = "UNBRICK_SIGNING_KEY")]
+        key: Option<PathBuf>,
+        /// Image version (default: the current UTC time, YYYY.MMDD.HHMMSS).
+        #[arg(long)]
+        image_version: Option<String>,
+    },
+    /// Check DIR against its signed manifest: every file present, unchanged, nothing extra.
+    Verify {
+        dir: PathBuf,
+        /// Trusted public key (default: DIR/../keys/signing.pub).
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum RulesCmd {
+    /// Check a rules document and write FILE.sig next to it.
+    Sign {
+        file: PathBuf,
+        #[arg(long, env = "UNBRICK_SIGNING_KEY")]
+        key: PathBuf,
+    },
+    /// Verify FILE against FILE.sig, the trusted key and the current time.
+    Verify {
+        file: PathBuf,
+        #[arg(long)]
+        pubkey: PathBuf,
+    },
+    /// Print the built-in CrowdStrike C-00000291 rules, to edit and sign.
+    Default {
+        /// Days until the rules expire.
+        #[arg(long, default_value_t = 90)]
+        days: u64,
+    },
+}
+
+/// Where `hosts` commands get the fleet from.
+#[derive(Args, Clone)]
+pub(crate) struct Target {
+    /// The running server's URL (http://IP:8080 or https://IP:8443); without it the data
+    /// directory's store is read directly (the server must be stopped).
+    #[arg(long, env = "UNBRICK_SERVER")]
+    pub(crate) server: Option<String>,
+    /// Admin API token (unbrick tokens create).
+    #[arg(long, env = "UNBRICK_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// For https: the server certificate's fingerprint (default: the data directory's).
+    #[arg(long, env = "UNBRICK_FINGERPRINT")]
+    pub(crate) fingerprint: Option<String>,
+    #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+    pub(crate) data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HostsCmd {
+    /// Hosts with their state, filtered.
+    List {
+        #[command(flatten)]
+        target: Target,
+        /// State(s), comma-separated (e.g. failed,needs-attention).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        /// Text in MAC, hostname, IP, serial or reason.
+        #[arg(long)]
+        search: Option<String>,
+        /// key-needed (waiting for a pasted BitLocker key) or rotate-key (a key was released).
+        #[arg(long)]
+        flag: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One host with its full history.
+    Show {
+        mac: String,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import hosts from CSV (header mac,hostname,site,tags) or JSON (.json); bad rows are
+    /// reported by line, the rest imported.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Run the payload again on these hosts' next network boot.
+    Retry {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// The fleet report (per host: state, files quarantined with hashes, times).
+    Export {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_parser = ["csv", "json"], default_value = "csv")]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
