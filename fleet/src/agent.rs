@@ -4,19 +4,27 @@ use serde::{Deserialize, Serialize};
 /// `POST /agent/v1/hello`: the agent is up and says who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    /// The per-boot token from the kernel command line.
     pub token: String,
+    /// The MAC of the NIC the agent booted from.
     pub mac: String,
+    /// SMBIOS UUID.
     pub uuid: Option<String>,
+    /// SMBIOS serial number.
     pub serial: Option<String>,
     /// `bios` or `uefi`.
     pub firmware: String,
+    /// Whether Secure Boot is on (None: not a UEFI machine, or unknown).
     pub secure_boot: Option<bool>,
     /// Kernel lockdown mode (`none`, `integrity`, `confidentiality`), if known.
     pub lockdown: Option<String>,
+    /// The agent's version.
     pub agent_version: String,
+    /// The recovery kernel's release.
     pub kernel: String,
 }
 
+/// The server's answer to hello.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloReply {
     /// The server's clock (seconds since the epoch), for machines whose RTC is wrong.
@@ -26,10 +34,13 @@ pub struct HelloReply {
 /// `POST /agent/v1/step`: one step of the run, as it happens.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Step {
+    /// The per-boot token.
     pub token: String,
+    /// The agent's MAC.
     pub mac: String,
     /// `modules`, `network`, `rules`, `scanning`, `volume`, `file`, `unmount`, ...
     pub step: String,
+    /// What the step did, in words.
     pub message: String,
 }
 
@@ -46,6 +57,7 @@ pub enum RunResult {
     NothingFound,
     /// A person must look (dirty or hibernated volume, locked BitLocker, ...).
     NeedsAttention,
+    /// The run failed.
     Failed,
     /// Restore mode (a campaign's rollback): quarantined files were put back.
     Restored,
@@ -55,13 +67,17 @@ pub enum RunResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileRecord {
+    /// The volume's device (`sda2`, `dm-0`).
     pub volume: String,
     /// Path relative to the volume root, as found on disk.
     pub path: String,
+    /// Size in bytes.
     pub size: u64,
+    /// SHA-256 of the content, hex.
     pub sha256: String,
     /// Last-write time, seconds since the epoch.
     pub mtime: i64,
+    /// The rule that matched.
     pub rule_id: String,
     /// `quarantine`, `delete` or `report-only`.
     pub action: String,
@@ -80,6 +96,7 @@ pub struct VolumeReport {
     /// `remediated`, `clean`, `dirty-forced`, `dirty-skipped`, `hibernated`, `bitlocker-locked`,
     /// `mount-failed`, `not-windows`.
     pub status: String,
+    /// More about the status, in words.
     pub detail: String,
     /// BitLocker key protectors found in the volume's metadata, as `GUID kind`.
     #[serde(default)]
@@ -89,14 +106,23 @@ pub struct VolumeReport {
 /// `POST /agent/v1/report`: the final result. `report_id` makes retries idempotent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
+    /// The per-boot token.
     pub token: String,
+    /// The agent's MAC.
     pub mac: String,
+    /// Idempotency key: a retried report with the same ID is recorded once.
     pub report_id: String,
+    /// The outcome.
     pub result: RunResult,
+    /// Why, for needs-attention, failed and restored.
     pub reason: Option<String>,
+    /// Every volume looked at.
     pub volumes: Vec<VolumeReport>,
+    /// Every file quarantined or restored.
     pub files: Vec<FileRecord>,
+    /// The rules the run used.
     pub rules_id: Option<String>,
+    /// Their version.
     pub rules_version: Option<u64>,
     /// Milliseconds from agent start to this report.
     pub agent_ms: u64,
@@ -106,7 +132,9 @@ pub struct Report {
 /// volume, naming the recovery-password protectors it read from the volume's own metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyRequest {
+    /// The per-boot token.
     pub token: String,
+    /// The agent's MAC.
     pub mac: String,
     /// Block device, e.g. `vda3`.
     pub volume: String,
@@ -118,9 +146,13 @@ pub struct KeyRequest {
 /// or 409 with the reason (refused for this boot).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyReply {
+    /// The protector whose key is released.
     pub protector_id: Option<String>,
+    /// The recovery password (only on 200).
     pub recovery_password: Option<String>,
+    /// Why the agent should poll again (202).
     pub waiting: Option<String>,
+    /// Why the key is refused (403, 409).
     pub refused: Option<String>,
 }
 

@@ -16,13 +16,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
 pub enum Targets {
+    /// Every host.
     All,
+    /// Hosts of one site.
     Site(String),
+    /// Hosts with one tag.
     Tag(String),
+    /// These hosts.
     List(Vec<Mac>),
 }
 
 impl Targets {
+    /// Whether `h` is a target.
     pub fn matches(&self, h: &HostRecord) -> bool {
         match self {
             Self::All => true,
@@ -38,7 +43,9 @@ impl Targets {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
 pub enum WaveSize {
+    /// So many hosts.
     Hosts(u32),
+    /// So many percent of the members, cumulative.
     Percent(u32),
 }
 
@@ -92,9 +99,13 @@ pub struct Gate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignSpec {
+    /// The admin's name for it.
     pub name: String,
+    /// Which hosts it covers.
     pub targets: Targets,
+    /// The waves' sizes, in order.
     pub waves: Vec<WaveSize>,
+    /// When a wave counts as good.
     pub gate: Gate,
     /// At most this many hosts of the campaign in the payload at once.
     pub concurrency: u32,
@@ -113,6 +124,7 @@ fn default_host_timeout() -> u64 {
 }
 
 impl CampaignSpec {
+    /// Checks the spec: names, wave sizes, gate, concurrency, timeouts.
     pub fn validate(&self) -> Result<(), Error> {
         if self.name.trim().is_empty() || self.name.len() > 80 {
             return Err(Error::Invalid("name: 1 to 80 characters".into()));
@@ -156,11 +168,13 @@ impl CampaignSpec {
     }
 }
 
+/// Where a campaign is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
 pub enum CampaignState {
     /// Created, not started: touches nothing.
     Draft,
+    /// Waves open one after another.
     Running,
     /// Paused by an admin: hosts in the payload finish, no new host starts.
     Paused,
@@ -168,12 +182,14 @@ pub enum CampaignState {
     Halted(String),
     /// Every wave closed.
     Completed,
+    /// Stopped by an admin; nobody else gets the payload.
     Aborted,
     /// Hosts remediated by this campaign get the payload in restore mode on their next boot.
     RollingBack,
 }
 
 impl CampaignState {
+    /// The state's name (`draft`, `running`, `halted`, ...).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Draft => "draft",
@@ -195,24 +211,34 @@ impl CampaignState {
     }
 }
 
+/// One wave: its hosts and when it opened and closed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Wave {
+    /// Its members, in wave order.
     pub hosts: Vec<Mac>,
+    /// When it opened.
     pub opened_ms: Option<u64>,
+    /// When it closed (the gate was judged).
     pub closed_ms: Option<u64>,
     /// Why the gate held or failed, when the wave closed.
     #[serde(default)]
     pub gate_note: String,
 }
 
+/// A campaign: the spec, its state and its waves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Campaign {
+    /// Its id.
     pub id: String,
+    /// What the admin asked for.
     pub spec: CampaignSpec,
     /// The signed rules the campaign runs with (id and version, from the server's active rules).
     pub rules: String,
+    /// Where it is.
     pub state: CampaignState,
+    /// When it was made.
     pub created_ms: u64,
+    /// Its waves (filled at start).
     pub waves: Vec<Wave>,
     /// Index of the open (or last opened) wave.
     pub current: usize,
@@ -233,8 +259,11 @@ pub struct Campaign {
 /// How a host's state counts for its wave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Still running.
     Pending,
+    /// Remediated, clean, rebooted or recovered.
     Success,
+    /// Failed, needs attention or timed out.
     Failure,
     /// Final but neither (unverified, skipped by an admin).
     Neutral,
@@ -269,8 +298,11 @@ fn in_payload_state(s: &HostState) -> bool {
 /// A change the caller must apply to a host (and record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostChange {
+    /// The host.
     pub mac: Mac,
+    /// The state to move it to.
     pub to: HostState,
+    /// Why, for the timeline.
     pub why: String,
 }
 
@@ -293,10 +325,12 @@ impl Campaign {
         })
     }
 
+    /// Every member, in wave order.
     pub fn members(&self) -> impl Iterator<Item = &Mac> {
         self.waves.iter().flat_map(|w| w.hosts.iter())
     }
 
+    /// The wave `mac` is in.
     pub fn wave_of(&self, mac: Mac) -> Option<usize> {
         self.waves.iter().position(|w| w.hosts.contains(&mac))
     }
@@ -390,6 +424,7 @@ impl Campaign {
         Ok(())
     }
 
+    /// Stops handing out the payload (hosts in it finish).
     pub fn pause(&mut self, now: u64) -> Result<(), Error> {
         match self.state {
             CampaignState::Running => {
@@ -432,6 +467,7 @@ impl Campaign {
         Ok(())
     }
 
+    /// Ends the campaign: nobody else gets the payload.
     pub fn abort(&mut self, now: u64) -> Result<(), Error> {
         if matches!(
             self.state,
@@ -686,7 +722,9 @@ impl Campaign {
 /// A campaign member as [`wave_order`] sees it.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// The host.
     pub mac: Mac,
+    /// Its site (empty when none).
     pub site: String,
     /// Tagged `canary` by an admin.
     pub canary: bool,
@@ -761,6 +799,7 @@ pub fn split_waves(members: &[Mac], sizes: &[WaveSize]) -> Vec<Vec<Mac>> {
 /// no machine is touched outside a wave. Before that, the base policy answers (every machine gets
 /// the payload, or only approved ones).
 pub struct CampaignPolicy {
+    /// What hosts outside every campaign get.
     pub base: crate::DefaultPolicy,
     /// Proxy DHCP: hosts outside every campaign are not answered at all.
     pub proxy: bool,
@@ -769,6 +808,7 @@ pub struct CampaignPolicy {
 }
 
 impl CampaignPolicy {
+    /// The policy over `campaigns`; `proxy`: the server runs proxyDHCP.
     pub fn new(base: crate::DefaultPolicy, proxy: bool, campaigns: Vec<Campaign>) -> Self {
         Self {
             base,

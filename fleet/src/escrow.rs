@@ -63,6 +63,7 @@ impl RecoveryPassword {
         Ok(Self(groups.join("-")))
     }
 
+    /// The password itself (for cryptsetup's stdin or an admin's reveal; never log it).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -105,8 +106,11 @@ pub fn same_host(a: &str, b: &str) -> bool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Source {
+    /// An Active Directory export (msFVE-RecoveryGuid, msFVE-RecoveryPassword).
     ActiveDirectory,
+    /// An Entra ID / Intune export (Device name, Key ID, Recovery key).
     Entra,
+    /// A plain CSV (protector_id, recovery_password, hostname).
     Plain,
     /// Pasted by an admin in the console or through the API.
     Console,
@@ -126,9 +130,13 @@ impl fmt::Display for Source {
 /// One good row of an import.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
+    /// Its line in the file.
     pub line: usize,
+    /// The key protector ID (a GUID).
     pub protector_id: String,
+    /// The recovery password.
     pub password: RecoveryPassword,
+    /// The computer's name, when the export has one.
     pub hostname: Option<String>,
 }
 
@@ -136,8 +144,11 @@ pub struct KeyRow {
 /// that never contains the password).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
+    /// Which kind of export.
     pub source: Source,
+    /// The good rows.
     pub rows: Vec<KeyRow>,
+    /// The refused rows: line and reason.
     pub errors: Vec<(usize, String)>,
 }
 
@@ -344,10 +355,12 @@ pub fn parse_export(data: &[u8]) -> Result<Parsed, Error> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Release {
+    /// The host it was released to.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub mac: Mac,
     /// The campaign (and phase) it was released in: `<campaign id>` or `<id>:rollback`.
     pub scope: String,
+    /// When.
     pub time_ms: u64,
     /// Released on an admin's paste for this host (not counted against the once-per-campaign
     /// rule).
@@ -358,13 +371,18 @@ pub struct Release {
 /// An escrowed recovery password, sealed. Stored by protector ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EscrowRecord {
+    /// The key protector ID (a GUID).
     pub protector_id: String,
+    /// The computer's name, when the export had one.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Where the key came from.
     pub source: Source,
+    /// When it was imported.
     pub imported_ms: u64,
     /// Nonce and ciphertext (AES-256-GCM, the protector ID as associated data), hex.
     pub sealed: String,
+    /// Every release, per campaign.
     #[serde(default)]
     pub releases: Vec<Release>,
     /// An admin pasted this key for this host: released to it once more, whatever was released
@@ -380,11 +398,17 @@ pub struct EscrowRecord {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EscrowSummary {
+    /// The key protector ID.
     pub protector_id: String,
+    /// The computer's name, when known.
     pub hostname: Option<String>,
+    /// Where the key came from.
     pub source: Source,
+    /// When it was imported.
     pub imported_ms: u64,
+    /// Every release.
     pub releases: Vec<Release>,
+    /// How often an admin revealed it.
     pub reveals: u32,
 }
 
@@ -404,17 +428,26 @@ impl From<&EscrowRecord> for EscrowSummary {
 /// What the server answers an agent that asks for a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReleaseDecision {
-    /// Release this record's password (`manual`: on an admin's paste).
-    Release { protector_id: String, manual: bool },
+    /// Release this record's password.
+    Release {
+        /// The protector whose key is released.
+        protector_id: String,
+        /// On an admin's paste for this host.
+        manual: bool,
+    },
     /// No key is escrowed for any of the IDs: the agent waits, the console asks for a paste.
     Wait {
+        /// The protector IDs nothing is escrowed for.
         missing: Vec<String>,
+        /// What the admin is told.
         reason: String,
     },
     /// Refused for good (for this boot): the reason goes to the agent, the host and the audit log.
     /// `already_released`: one of the reasons is an earlier release (a conflict, not a denial).
     Refuse {
+        /// Why.
         reason: String,
+        /// The key was released to this host in this campaign already (409).
         already_released: bool,
     },
 }

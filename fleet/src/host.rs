@@ -24,6 +24,7 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The architecture from DHCP option 93 (RFC 4578 processor architecture type).
     pub fn from_option93(v: u16) -> Self {
         match v {
             0 => Self::Bios,
@@ -73,24 +74,38 @@ impl ClientKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "state", content = "reason")]
 pub enum HostState {
+    /// Never seen on the network (a host imported from the inventory).
     Unknown,
+    /// Seen asking for an address or a boot file.
     Seen,
+    /// Held in the waiting room (not approved, or its campaign wave is not open).
     Waiting,
+    /// The recovery payload was handed out; the machine is loading it.
     Booting,
+    /// The agent said hello.
     AgentUp,
+    /// The agent is looking for Windows volumes.
     Scanning,
+    /// A BitLocker volume was unlocked with a released key.
     Unlocked,
+    /// The bad file was quarantined.
     Remediated,
+    /// The agent found nothing to quarantine.
     Clean,
+    /// A person must look (the reason says why).
     NeedsAttention(String),
+    /// The run failed (the reason says why).
     Failed(String),
+    /// The machine network-booted again after its run (its first reboot).
     Rebooted,
+    /// Windows asked for an address after the run: the machine is back.
     Recovered,
     /// Remediated, but not seen back in Windows within the campaign's verification window.
     Unverified,
 }
 
 impl HostState {
+    /// The state's name as the API, the console and the timeline show it (`needs-attention`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Unknown => "unknown",
@@ -110,6 +125,7 @@ impl HostState {
         }
     }
 
+    /// The reason of `needs-attention` and `failed`.
     pub fn reason(&self) -> Option<&str> {
         match self {
             Self::NeedsAttention(r) | Self::Failed(r) => Some(r),
@@ -154,11 +170,15 @@ impl HostState {
     }
 }
 
+/// A state change the state machine does not allow.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("host {mac}: {from} -> {to} is not an allowed transition")]
 pub struct TransitionError {
+    /// The host.
     pub mac: Mac,
+    /// The state it is in.
     pub from: &'static str,
+    /// The state it was asked to move to.
     pub to: &'static str,
 }
 
@@ -167,11 +187,17 @@ pub struct TransitionError {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum EventSource {
+    /// The DHCP server.
     Dhcp,
+    /// The TFTP server.
     Tftp,
+    /// The HTTP server (boot scripts, artefacts).
     Http,
+    /// The recovery agent.
     Agent,
+    /// An admin (console, API, CLI).
     Admin,
+    /// A policy (campaign, escrow, timeouts).
     Policy,
 }
 
@@ -191,7 +217,9 @@ impl std::fmt::Display for EventSource {
 /// One entry of a host's append-only history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
+    /// When (milliseconds since the Unix epoch).
     pub time_ms: u64,
+    /// Who caused it.
     pub source: EventSource,
     /// Short machine-readable kind, e.g. `dhcp-discover`, `tftp-done`, `state`.
     pub kind: String,
@@ -202,27 +230,41 @@ pub struct Event {
 /// Everything unbrick knows about one machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostRecord {
+    /// The host's MAC address (the record's key).
     pub mac: Mac,
+    /// SMBIOS UUID (DHCP option 97 or the agent).
     #[serde(default)]
     pub uuid: Option<String>,
+    /// SMBIOS serial number (the agent).
     #[serde(default)]
     pub serial: Option<String>,
+    /// Host name, from the inventory.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Site, from the inventory.
     #[serde(default)]
     pub site: Option<String>,
+    /// Tags, from the inventory (`canary` puts a host in the first wave).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Recovery-password protector IDs seen on the host's BitLocker volumes.
     #[serde(default)]
     pub protector_ids: Vec<String>,
+    /// Free text an admin keeps on the host.
     #[serde(default)]
     pub notes: String,
+    /// Where the host is in the recovery.
     pub state: HostState,
+    /// Since when it is in that state.
     pub state_since_ms: u64,
+    /// When it was first seen or imported.
     pub first_seen_ms: u64,
+    /// When it was last seen on the network.
     pub last_seen_ms: u64,
+    /// What kind of client it last was (PXE, iPXE, Windows, ...).
     #[serde(default)]
     pub last_kind: Option<ClientKind>,
+    /// The IPv4 address it last used.
     #[serde(default)]
     pub ip: Option<Ipv4Addr>,
     /// How many times the payload was handed out.
@@ -231,6 +273,7 @@ pub struct HostRecord {
     /// The last per-boot token issued (hex); the agent proves itself with it.
     #[serde(default)]
     pub boot_token: Option<String>,
+    /// When the per-boot token was issued (tokens expire).
     #[serde(default)]
     pub boot_token_issued_ms: u64,
     /// The agent's last final report (its token removed).
@@ -258,6 +301,7 @@ pub struct HostRecord {
 }
 
 impl HostRecord {
+    /// A new record for `mac`, first seen at `now_ms`, in state `unknown`.
     pub fn new(mac: Mac, now_ms: u64) -> Self {
         Self {
             mac,

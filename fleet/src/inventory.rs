@@ -8,11 +8,15 @@ use serde::{Deserialize, Serialize};
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ImportRow {
+    /// MAC address (required).
     pub mac: String,
+    /// Host name.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Site.
     #[serde(default)]
     pub site: Option<String>,
+    /// Tags (`;`-separated in CSV).
     #[serde(default)]
     pub tags: Vec<String>,
 }
@@ -20,10 +24,15 @@ pub struct ImportRow {
 /// A validated import row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostImport {
+    /// The row's line in the file.
     pub line: usize,
+    /// The host.
     pub mac: Mac,
+    /// Host name, if given.
     pub hostname: Option<String>,
+    /// Site, if given.
     pub site: Option<String>,
+    /// Tags, if given.
     pub tags: Vec<String>,
 }
 
@@ -47,7 +56,9 @@ impl HostImport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RowError {
+    /// The line in the file.
     pub line: usize,
+    /// What is wrong with it.
     pub error: String,
 }
 

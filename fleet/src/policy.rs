@@ -4,8 +4,11 @@ use crate::{ClientKind, HostRecord, Mac};
 /// What the network-boot server knows when it asks.
 #[derive(Debug, Clone)]
 pub struct BootQuery {
+    /// The machine.
     pub mac: Mac,
+    /// What kind of client asks.
     pub kind: ClientKind,
+    /// The time of the question.
     pub now_ms: u64,
     /// The answer will be handed out now (a boot script), not only looked at (a DHCP offer that
     /// leads to the script): a campaign then counts a payload answer against its concurrency.
@@ -20,7 +23,10 @@ pub enum BootDecision {
     /// Boot the payload in restore mode: move quarantined files back (a campaign's rollback).
     Restore,
     /// Show the waiting-room screen and poll again later.
-    WaitingRoom { reason: String },
+    WaitingRoom {
+        /// What the screen says.
+        reason: String,
+    },
     /// Boot from the local disk (iPXE `exit`, grub `exit`); in proxy mode the server stays silent.
     LocalBoot,
     /// Do not answer at all.
@@ -28,6 +34,7 @@ pub enum BootDecision {
 }
 
 impl BootDecision {
+    /// The decision's name, for timelines (`payload`, `local-boot`, `waiting-room`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Payload => "payload",
@@ -41,6 +48,7 @@ impl BootDecision {
 
 /// Decides per host. Pure: the host view and the time come in as arguments.
 pub trait BootPolicy: Send + Sync {
+    /// What `query`'s machine gets now, given its record (None: never seen).
     fn decide(&self, query: &BootQuery, host: Option<&HostRecord>) -> BootDecision;
 
     /// Called with every host record after it changed (and once per host at start), so a
@@ -61,6 +69,7 @@ pub trait BootPolicy: Send + Sync {
 /// only after an admin approved it (imported lists, bulk approve); the others wait on screen.
 #[derive(Debug, Default, Clone)]
 pub struct DefaultPolicy {
+    /// Only hosts an admin approved get the payload.
     pub require_approval: bool,
 }
 

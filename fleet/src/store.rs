@@ -13,22 +13,39 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+/// The store layout this build writes; older ones are migrated at open.
 pub const SCHEMA_VERSION: u32 = 2;
 
+/// Why the store could not read or write.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// The store could not be opened (locked by another server, damaged).
     #[error("store at {path}: {source}")]
-    Open { path: String, source: sled::Error },
+    Open {
+        /// The store's folder.
+        path: String,
+        /// Why.
+        source: sled::Error,
+    },
+    /// sled failed.
     #[error("store: {0}")]
     Sled(#[from] sled::Error),
+    /// A record does not decode.
     #[error("store record is corrupt ({what}): {source}")]
     Corrupt {
+        /// Which record.
         what: String,
+        /// Why.
         source: serde_json::Error,
     },
+    /// The store was written by a newer unbrick.
     #[error("store schema version {found} is newer than this unbrick understands ({SCHEMA_VERSION}); upgrade unbrick")]
-    TooNew { found: u32 },
+    TooNew {
+        /// The version found on disk.
+        found: u32,
+    },
+    /// The caller's update refused the change.
     #[error("{0}")]
     Rejected(String),
 }
@@ -36,15 +53,21 @@ pub enum StoreError {
 /// An entry of the audit log (admin actions, key releases).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// When (milliseconds since the Unix epoch).
     pub time_ms: u64,
+    /// Who (`token:NAME`, `console:NAME`, `cli:USER`, `agent MAC`).
     pub actor: String,
+    /// What (`import`, `retry`, `bitlocker-release`, ...).
     pub action: String,
+    /// The details, never a secret.
     pub detail: String,
 }
 
 /// Fleet persistence. Object-safe so servers can hold `Arc<dyn Store>`.
 pub trait Store: Send + Sync + 'static {
+    /// One host's record.
     fn host(&self, mac: Mac) -> Result<Option<HostRecord>, StoreError>;
+    /// Writes a host's record.
     fn put_host(&self, host: &HostRecord) -> Result<(), StoreError>;
     /// Atomic read-modify-write of one host (created with `HostRecord::new` if absent). The
     /// closure may run more than once under contention and may refuse with `Err`.
@@ -54,28 +77,42 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
         f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
     ) -> Result<HostRecord, StoreError>;
+    /// Every host's record.
     fn hosts(&self) -> Result<Vec<HostRecord>, StoreError>;
     /// Forgets a host: its record and its whole history. Returns whether it existed.
     fn remove_host(&self, mac: Mac) -> Result<bool, StoreError>;
+    /// Appends to a host's history.
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError>;
+    /// A host's history, oldest first.
     fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError>;
+    /// The lease of an address.
     fn lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError>;
+    /// Writes a lease.
     fn put_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Forgets a lease.
     fn remove_lease(&self, ip: Ipv4Addr) -> Result<(), StoreError>;
+    /// Every lease.
     fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+    /// Appends to the audit log.
     fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// The audit log, oldest first.
     fn audit_log(&self) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Writes a campaign.
     fn put_campaign(&self, c: &crate::Campaign) -> Result<(), StoreError>;
+    /// Every campaign.
     fn campaigns(&self) -> Result<Vec<crate::Campaign>, StoreError>;
     /// Escrowed BitLocker keys (sealed), by protector ID.
     fn put_escrow(&self, r: &crate::escrow::EscrowRecord) -> Result<(), StoreError>;
+    /// The escrow record of a protector ID.
     fn escrow(&self, protector_id: &str)
         -> Result<Option<crate::escrow::EscrowRecord>, StoreError>;
+    /// Every escrow record.
     fn escrows(&self) -> Result<Vec<crate::escrow::EscrowRecord>, StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// The sled implementation of [`Store`].
 pub struct SledStore {
     db: sled::Db,
     hosts: sled::Tree,

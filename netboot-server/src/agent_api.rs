@@ -96,6 +96,7 @@ fn observe(s: &Booter, mac: Mac, input: &Input<'_>, now: u64) -> Result<(), Resp
         .map_err(|e| fleet_error(&e.into()))
 }
 
+/// `POST /agent/v1/hello`: the agent is up (host -> agent-up); answers the server's time.
 pub async fn hello(
     State(s): State<Arc<Booter>>,
     req: Result<Json<Hello>, JsonRejection>,
@@ -141,6 +142,7 @@ pub async fn hello(
     .into_response()
 }
 
+/// `POST /agent/v1/step`: a step of the run (scanning, unlocked, ...), recorded.
 pub async fn step(
     State(s): State<Arc<Booter>>,
     req: Result<Json<Step>, JsonRejection>,
@@ -176,6 +178,7 @@ pub async fn step(
     (StatusCode::OK, "ok\n").into_response()
 }
 
+/// `POST /agent/v1/report`: the run's outcome, recorded once per report ID.
 pub async fn report(
     State(s): State<Arc<Booter>>,
     req: Result<Json<Report>, JsonRejection>,

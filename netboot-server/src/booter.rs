@@ -21,21 +21,28 @@ pub fn new_token() -> String {
 /// (iPXE script, grub config) from the boot policy, and the verified files served by TFTP and
 /// HTTP. Shared by the HTTP and TFTP handlers and the agent API.
 pub struct Booter {
+    /// The store's writer.
     pub fleet: Arc<FleetIo>,
+    /// The verified image, held in memory.
     pub image: Arc<Image>,
     /// The signed remediation rules the agent fetches.
     pub rules: SignedRules,
+    /// `http://ip:port` of the boot scripts and artefacts.
     pub http_base: String,
     /// `https://ip:port` of the agent API (put on the kernel command line).
     pub https_base: String,
+    /// Our address on the recovery LAN.
     pub server_ip: Ipv4Addr,
+    /// Extra words for the recovery kernel's command line.
     pub extra_cmdline: String,
 }
 
 /// Which boot loader a per-host configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootConfigKind {
+    /// An iPXE script (`/boot/<mac>.ipxe`).
     Ipxe,
+    /// A grub configuration (`grub/host-<mac>.cfg` over TFTP).
     Grub,
 }
 

@@ -20,13 +20,18 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+/// What the DHCP driver did, counted (shown in /metrics).
 #[derive(Debug, Default)]
 pub struct DhcpStats {
+    /// Datagrams received.
     pub received: AtomicU64,
+    /// Dropped as malformed.
     pub dropped_malformed: AtomicU64,
     /// Dropped because MAX_IN_FLIGHT requests were already being handled.
     pub dropped_overload: AtomicU64,
+    /// Replies sent.
     pub answered: AtomicU64,
+    /// Requests decided with no reply.
     pub silent: AtomicU64,
 }
 
@@ -64,12 +69,14 @@ impl fleet_service::metrics::Counters for DhcpStats {
     }
 }
 
+/// The DHCP driver: sockets on :67 and :4011 of one interface.
 pub struct DhcpServer {
     sockets: Vec<(u16, Arc<UdpSocket>)>,
     cfg: DhcpConfig,
     ifindex: u32,
     fleet: Arc<FleetIo>,
     pool: Option<Arc<Mutex<LeasePool>>>,
+    /// Its counters.
     pub stats: Arc<DhcpStats>,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
@@ -117,6 +124,7 @@ impl DhcpServer {
         })
     }
 
+    /// Serves until `shutdown` turns true.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let me = Arc::new(self);
         let mut tasks = Vec::new();

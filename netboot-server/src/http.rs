@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The boot edge's HTTP routes: boot scripts, artefacts, the signed rules, /healthz.
 pub fn router(shared: Arc<Booter>) -> Router {
     Router::new()
         .route("/boot/{file}", get(boot_script))

@@ -40,6 +40,7 @@ pub struct Idle<S> {
 }
 
 impl<S> Idle<S> {
+    /// Wraps `inner`, which is closed after `timeout` without reads or writes.
     pub fn new(inner: S, timeout: Duration) -> Self {
         Self {
             inner,

@@ -11,7 +11,9 @@ use std::sync::Arc;
 /// A verified image held in memory.
 #[derive(Debug)]
 pub struct Image {
+    /// Where it was loaded from.
     pub dir: PathBuf,
+    /// Its verified manifest.
     pub manifest: Manifest,
     files: BTreeMap<String, Arc<[u8]>>,
 }
@@ -49,6 +51,7 @@ impl Image {
         })
     }
 
+    /// An artefact's bytes (the verified copy).
     pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
         self.files.get(name).cloned().or_else(|| {
             // Firmware and loaders are not consistent about case; names are unique regardless.
@@ -59,6 +62,7 @@ impl Image {
         })
     }
 
+    /// Every artefact's name.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.files.keys().map(String::as_str)
     }
@@ -87,14 +91,19 @@ impl Image {
 /// Signed remediation rules as served to agents: the exact signed bytes and the signature.
 #[derive(Debug, Clone)]
 pub struct SignedRules {
+    /// The verified rules.
     pub rules: RuleSet,
+    /// The document as signed (served to agents as is).
     pub document: Arc<[u8]>,
+    /// Its signature file.
     pub signature: Arc<[u8]>,
 }
 
+/// The rules document's name in the rules folder.
 pub const RULES_FILE: &str = "active.json";
 
 impl SignedRules {
+    /// Loads and verifies the rules in `dir` with `trusted`; expired rules are refused.
     pub fn load(dir: &Path, trusted: &PublicKey, now_unix: u64) -> Result<Self, Error> {
         let doc_path = dir.join(RULES_FILE);
         let sig_path = dir.join(format!("{RULES_FILE}.sig"));

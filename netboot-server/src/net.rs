@@ -6,13 +6,18 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 /// An IPv4 interface: name, index, address and prefix length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Interface {
+    /// Its name.
     pub name: String,
+    /// Its index.
     pub index: u32,
+    /// Its first IPv4 address.
     pub addr: Ipv4Addr,
+    /// That address's prefix length.
     pub prefix_len: u8,
 }
 
 impl Interface {
+    /// The subnet mask.
     pub fn netmask(&self) -> Ipv4Addr {
         Ipv4Addr::from(
             u32::MAX
@@ -20,10 +25,12 @@ impl Interface {
                 .unwrap_or(0),
         )
     }
+    /// Whether `ip` is in the interface's subnet.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let m = u32::from(self.netmask());
         u32::from(ip) & m == u32::from(self.addr) & m
     }
+    /// The subnet's broadcast address.
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.addr) | !u32::from(self.netmask()))
     }

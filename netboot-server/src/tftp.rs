@@ -17,35 +17,54 @@ pub trait FileSource: Send + Sync + 'static {
     fn open(&self, path: &str, peer: SocketAddr) -> Option<Arc<[u8]>>;
 }
 
+/// Where and how the TFTP driver serves.
 #[derive(Debug, Clone)]
 pub struct TftpConfig {
+    /// The request socket's address.
     pub bind: SocketAddrV4,
+    /// The interface to bind to (SO_BINDTODEVICE).
     pub device: Option<String>,
+    /// Per-transfer limits.
     pub limits: Limits,
+    /// Most transfers at once.
     pub max_transfers: usize,
 }
 
 /// One finished transfer, for the record.
 #[derive(Debug, Clone)]
 pub struct TransferRecord {
+    /// The client.
     pub peer: SocketAddr,
+    /// The file.
     pub path: String,
+    /// Bytes sent.
     pub bytes: u64,
+    /// The file's size.
     pub size: u64,
+    /// How long it took.
     pub duration_ms: u64,
+    /// Negotiated block size.
     pub blksize: usize,
+    /// Negotiated window size.
     pub windowsize: u16,
+    /// How it ended.
     pub outcome: Outcome,
 }
 
 /// Counters for /metrics and the logs.
 #[derive(Debug, Default)]
 pub struct TftpStats {
+    /// Read requests received.
     pub requests: AtomicU64,
+    /// Requests refused.
     pub refused: AtomicU64,
+    /// Datagrams that did not parse.
     pub malformed: AtomicU64,
+    /// Requests refused for want of a slot.
     pub busy: AtomicU64,
+    /// Transfers completed.
     pub completed: AtomicU64,
+    /// Transfers that failed.
     pub failed: AtomicU64,
 }
 
@@ -88,16 +107,19 @@ impl fleet_service::metrics::Counters for TftpStats {
     }
 }
 
+/// The TFTP driver.
 pub struct TftpServer {
     socket: UdpSocket,
     cfg: TftpConfig,
     source: Arc<dyn FileSource>,
     records: mpsc::UnboundedSender<TransferRecord>,
+    /// Its counters.
     pub stats: Arc<TftpStats>,
     slots: Arc<Semaphore>,
 }
 
 impl TftpServer {
+    /// Binds the request socket.
     pub fn bind(
         cfg: TftpConfig,
         source: Arc<dyn FileSource>,
@@ -116,6 +138,7 @@ impl TftpServer {
         })
     }
 
+    /// The request socket's address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }

@@ -21,13 +21,21 @@ const TOGO_GUID_AT: usize = 0x1a8;
 /// What protects one copy of the volume master key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtectorKind {
+    /// The key is stored in the clear (protection suspended).
     ClearKey,
+    /// TPM only.
     Tpm,
+    /// A startup key on a USB stick.
     StartupKey,
+    /// TPM and PIN.
     TpmAndPin,
+    /// A 48-digit recovery password.
     RecoveryPassword,
+    /// A password.
     Password,
+    /// A smart card.
     SmartCard,
+    /// A kind this parser does not name.
     Other(u16),
 }
 
@@ -61,20 +69,27 @@ impl fmt::Display for ProtectorKind {
     }
 }
 
+/// One key protector of a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Protector {
     /// Lower-case GUID, e.g. `64311dea-4587-4029-924a-ba299647998e`.
     pub guid: String,
+    /// Its kind.
     pub kind: ProtectorKind,
 }
 
+/// What a BitLocker volume's FVE metadata says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
+    /// The volume's GUID.
     pub volume_guid: String,
     /// Encryption method code (e.g. 0x8004 AES-XTS-128).
     pub method: u16,
+    /// The description Windows wrote (computer name, drive, date).
     pub description: Option<String>,
+    /// Its key protectors.
     pub protectors: Vec<Protector>,
+    /// A BitLocker To Go volume.
     pub to_go: bool,
     /// Encryption or decryption was in progress (the header carries the transition GUID; cryptsetup
     /// calls it "encrypt-on-write" and will not activate it): the volume is partly plain, partly
@@ -92,6 +107,7 @@ impl Info {
             .collect()
     }
 
+    /// The encryption method's name (`AES-XTS-128`).
     pub fn method_name(&self) -> &'static str {
         match self.method {
             0x8000 => "aes-cbc-128 with diffuser (elephant)",

@@ -1,5 +1,6 @@
 //! The kernel command line the boot script gives the agent.
 
+/// What to do with a volume Windows did not unmount cleanly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirtyPolicy {
     /// Mount a volume marked dirty with ntfs3's `force` and report it (the default: the machine
@@ -9,14 +10,20 @@ pub enum DirtyPolicy {
     Skip,
 }
 
+/// What the boot script put on the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cmdline {
+    /// `unbrick.server`: the HTTP base of the server.
     pub server: String,
     /// `https://ip:port` of the agent API (`unbrick.api=`).
     pub api: Option<String>,
+    /// `unbrick.token`: the per-boot token.
     pub token: String,
+    /// `unbrick.mac`: the NIC to use.
     pub mac: Option<String>,
+    /// `unbrick.poweroff`: power off instead of rebooting (tests, the demo).
     pub poweroff: bool,
+    /// `unbrick.dirty`: force or skip.
     pub dirty: DirtyPolicy,
     /// `unbrick.mode=restore`: a campaign's rollback; quarantined files go back.
     pub restore: bool,
@@ -26,6 +33,7 @@ pub struct Cmdline {
 }
 
 impl Cmdline {
+    /// Parses `/proc/cmdline`; the server and the token are required.
     pub fn parse(text: &str) -> Result<Self, String> {
         let mut server = None;
         let mut api = None;

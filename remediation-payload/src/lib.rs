@@ -20,7 +20,9 @@ mod sys;
 pub struct AgentConfig {
     /// Hex of the Ed25519 public key that must have signed the rules.
     pub signing_public_key: String,
+    /// The image's version.
     pub image_version: String,
+    /// The kernel's release.
     pub kernel_version: String,
     /// Every module in the image, in load order (dependencies first): name and path relative
     /// to /lib/modules/<kernel>/.
@@ -40,5 +42,7 @@ pub struct AgentConfig {
 /// Where the image puts cryptsetup (the agent runs it from there).
 pub const IMAGE_CRYPTSETUP: &str = "usr/sbin/cryptsetup";
 
+/// Where the image keeps the agent's configuration.
 pub const AGENT_CONFIG_PATH: &str = "etc/unbrick/agent.json";
+/// The agent's version.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -61,10 +61,12 @@ pub fn canonical(name: &str) -> String {
 /// Parsed `modules.dep`: name -> (relative path, direct dependencies' names).
 #[derive(Debug, Default)]
 pub struct ModuleDep {
+    /// Each module: its path and direct dependencies.
     pub modules: BTreeMap<String, (String, Vec<String>)>,
 }
 
 impl ModuleDep {
+    /// Parses `modules.dep`.
     pub fn parse(text: &str) -> Self {
         let mut modules = BTreeMap::new();
         for line in text.lines() {
@@ -109,6 +111,7 @@ impl ModuleDep {
         (order, missing)
     }
 
+    /// A module's direct dependencies.
     pub fn deps(&self, name: &str) -> &[String] {
         self.modules
             .get(name)
@@ -116,6 +119,7 @@ impl ModuleDep {
             .unwrap_or(&[])
     }
 
+    /// A module's path relative to /lib/modules/<kernel>/.
     pub fn path(&self, name: &str) -> Option<&str> {
         self.modules.get(name).map(|(p, _)| p.as_str())
     }

@@ -7,6 +7,7 @@ use signing::{Action, FileFacts, Rule, RuleSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+/// The folder on the volume where quarantined files and their records go.
 pub const QUARANTINE_DIR: &str = "unbrick-quarantine";
 
 /// Directory entries of `dir` whose names match `pattern` case-insensitively (glob per component).
@@ -87,6 +88,7 @@ fn fsync_dir(p: &Path) {
 /// What happened on one volume.
 #[derive(Debug, Default)]
 pub struct VolumeOutcome {
+    /// The files quarantined or restored.
     pub files: Vec<FileRecord>,
     /// Lines of the run log (also written to the volume).
     pub log: Vec<String>,

@@ -15,6 +15,7 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
+    /// A public key from its 32 raw bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -33,11 +34,13 @@ impl PublicKey {
             .map_err(|_| Error::BadPublicKey(format!("{} bytes after hex decoding", raw.len())))
     }
 
+    /// Reads a public key file (32 raw bytes or 64 hex digits).
     pub fn load(path: &Path) -> Result<Self, Error> {
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::parse(&data)
     }
 
+    /// The 32 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -64,12 +67,14 @@ pub struct KeyPair {
 }
 
 impl KeyPair {
+    /// A new random key pair.
     pub fn generate() -> Result<Self, Error> {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| Error::BadPrivateKey("the system random source failed".into()))?;
         Self::from_pkcs8(doc.as_ref())
     }
 
+    /// A key pair from its PKCS#8 document.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, Error> {
         let inner = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
             .map_err(|e| Error::BadPrivateKey(e.to_string()))?;
@@ -79,24 +84,28 @@ impl KeyPair {
         })
     }
 
+    /// Reads a private key file (PKCS#8).
     pub fn load(path: &Path) -> Result<Self, Error> {
         let data = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_pkcs8(&data)
             .map_err(|e| Error::BadPrivateKey(format!("{}: {e}", path.display())))
     }
 
+    /// The public half.
     pub fn public_key(&self) -> PublicKey {
         let mut raw = [0u8; 32];
         raw.copy_from_slice(self.inner.public_key().as_ref());
         PublicKey(raw)
     }
 
+    /// The Ed25519 signature of `message`.
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         let mut out = [0u8; 64];
         out.copy_from_slice(self.inner.sign(message).as_ref());
         out
     }
 
+    /// The PKCS#8 document (for writing the key file).
     pub fn pkcs8(&self) -> &[u8] {
         &self.pkcs8
     }

@@ -7,28 +7,40 @@ use serde::{Deserialize, Serialize};
 
 /// File names inside an image directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The detached signature of the manifest.
 pub const SIGNATURE_FILE: &str = "manifest.json.sig";
 
+/// One file of the image, as signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Artefact {
+    /// Its name in the image directory.
     pub name: String,
+    /// Its size in bytes.
     pub size: u64,
+    /// SHA-256 of its content, hex.
     pub sha256: String,
 }
 
+/// The signed list of an image's files.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
+    /// The manifest format (1).
     pub format: u32,
+    /// The image's version (`2026.1201.215414`).
     pub image_version: String,
     /// RFC 3339 UTC.
     pub created: String,
+    /// The kernel release inside vmlinuz, or `none`.
     pub kernel_version: String,
+    /// The fingerprint of the key that signs it.
     pub key_fingerprint: String,
+    /// Every artefact, by name.
     pub artefacts: Vec<Artefact>,
 }
 
+/// SHA-256 of `data`, lower-case hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
 }
@@ -75,6 +87,7 @@ impl Manifest {
         v
     }
 
+    /// Parses a canonical manifest.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let m: Self =
             serde_json::from_slice(data).map_err(|e| Error::MalformedManifest(e.to_string()))?;
@@ -96,6 +109,7 @@ impl Manifest {
         Ok(m)
     }
 
+    /// Signs the canonical form with `key` (purpose: manifest).
     pub fn sign(&self, key: &KeyPair) -> SignatureFile {
         SignatureFile::sign(key, Purpose::Manifest, &self.to_canonical())
     }
@@ -117,6 +131,7 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The artefact named `name`.
     pub fn artefact(&self, name: &str) -> Option<&Artefact> {
         self.artefacts.iter().find(|a| a.name == name)
     }

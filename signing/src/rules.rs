@@ -18,10 +18,13 @@ pub enum Action {
     ReportOnly,
 }
 
+/// One rule: which files on a Windows volume to quarantine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// The rule's id (named in reports).
     pub id: String,
+    /// What it is for, in words.
     pub description: String,
     /// Relative to the volume root, `\` or `/` separated, case-insensitive; `*` and `?` match
     /// within one path component.
@@ -35,18 +38,25 @@ pub struct Rule {
     /// Only files last written strictly after this RFC 3339 UTC time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_after: Option<String>,
+    /// What to do with a match.
     pub action: Action,
 }
 
+/// A signed set of remediation rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSet {
+    /// The rules format (1).
     pub format: u32,
+    /// The set's id (`crowdstrike-c00000291-2024-07-19`).
     pub id: String,
+    /// Its version; a newer one replaces an older one.
     pub version: u64,
     /// RFC 3339 UTC; the agent refuses the rules after this time.
     pub expires: String,
+    /// What it is for, in words.
     pub description: String,
+    /// The rules, in order (the first match decides).
     pub rules: Vec<Rule>,
 }
 
@@ -64,7 +74,9 @@ pub struct FileFacts<'a> {
 /// The decision for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
+    /// The rule that matched.
     pub rule_id: String,
+    /// What to do.
     pub action: Action,
 }
 
@@ -213,6 +225,7 @@ impl RuleSet {
         Ok(r)
     }
 
+    /// Checks every rule (paths, magic, time window, sizes) and the expiry's format.
     pub fn validate(&self) -> Result<(), Error> {
         if self.format != 1 {
             return Err(Error::MalformedRules(format!(
@@ -241,10 +254,12 @@ impl RuleSet {
         Ok(())
     }
 
+    /// The expiry as Unix seconds.
     pub fn expires_unix(&self) -> u64 {
         crate::time::parse_utc(&self.expires).unwrap_or(0)
     }
 
+    /// The document as signed (canonical JSON).
     pub fn to_json(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec_pretty(self).expect("rules serialize");
         v.push(b'\n');

@@ -16,11 +16,14 @@ const MAGIC: &str = "unbrick-signature v1";
 /// What a signed document is; part of the signed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
+    /// An image manifest.
     Manifest,
+    /// A remediation rules document.
     Rules,
 }
 
 impl Purpose {
+    /// The purpose's name in the signature file.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Manifest => "manifest",
@@ -39,8 +42,11 @@ impl Purpose {
 /// A parsed detached signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureFile {
+    /// What the signed document is.
     pub purpose: Purpose,
+    /// The signing key's fingerprint.
     pub key_fingerprint: String,
+    /// The Ed25519 signature over the purpose and the document.
     pub signature: [u8; 64],
 }
 
@@ -51,6 +57,7 @@ fn message(purpose: Purpose, document: &[u8]) -> Vec<u8> {
 }
 
 impl SignatureFile {
+    /// Signs `document` for `purpose` with `key`.
     pub fn sign(key: &KeyPair, purpose: Purpose, document: &[u8]) -> Self {
         Self {
             purpose,
@@ -59,6 +66,7 @@ impl SignatureFile {
         }
     }
 
+    /// The signature file's text.
     pub fn to_text(&self) -> String {
         format!(
             "{MAGIC}\npurpose: {}\nkey: {}\nsignature: {}\n",
@@ -68,6 +76,7 @@ impl SignatureFile {
         )
     }
 
+    /// Parses a signature file.
     pub fn parse(data: &[u8]) -> Result<Self, Error> {
         let bad = |why: &str| Error::MalformedSignature(why.to_string());
         let text = std::str::from_utf8(data).map_err(|_| bad("not UTF-8 text"))?;

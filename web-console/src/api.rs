@@ -26,6 +26,7 @@ fn done(r: Res) -> Response {
     r.unwrap_or_else(|e| e)
 }
 
+/// `GET /api/v1/openapi.json`: the generated OpenAPI document (no token needed).
 pub async fn openapi() -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -65,42 +66,85 @@ pub struct ExportQuery {
 /// The view of a host the API returns.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct HostView {
+    /// MAC address.
     pub mac: String,
+    /// Host name, from the inventory.
     pub hostname: Option<String>,
+    /// Site, from the inventory.
     pub site: Option<String>,
+    /// Tags, from the inventory.
     pub tags: Vec<String>,
+    /// State name (`remediated`, `needs-attention`, ...).
     pub state: String,
+    /// Why, for needs-attention and failed.
     pub reason: Option<String>,
+    /// Since when it is in that state (ISO 8601, UTC).
     pub state_since: String,
+    /// When it was first seen or imported.
     pub first_seen: String,
+    /// When it was last seen on the network.
     pub last_seen: String,
+    /// Last IPv4 address.
     pub ip: Option<String>,
+    /// SMBIOS UUID.
     pub uuid: Option<String>,
+    /// SMBIOS serial number.
     pub serial: Option<String>,
+    /// What it last booted as (`PXE UefiX64`, `Windows`).
     pub client: Option<String>,
+    /// How often the payload was handed out.
     pub payload_boots: u32,
+    /// Approved for the payload (when approval is required).
     pub approved: bool,
+    /// Skipped: never gets the payload.
     pub skipped: bool,
+    /// An admin's notes.
     pub notes: String,
+    /// Recovery-password protector IDs seen on its volumes.
     pub protector_ids: Vec<String>,
     /// Recovery-password protectors the agent waits for a key for (paste one to go on).
     pub bitlocker_waiting: Vec<String>,
     /// A recovery key left escrow for this host: rotate it in Windows.
     pub rotate_bitlocker_key: bool,
+    /// The agent's last report.
     pub last_report: Option<ReportView>,
 }
 
+/// The agent's last report, as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportView {
+    /// `remediated`, `clean`, `nothing-found`, `needs-attention`, `failed` or `restored`.
     pub result: String,
+    /// Why.
     pub reason: Option<String>,
+    /// Every volume looked at.
     pub volumes: Vec<VolumeReport>,
+    /// Every file quarantined or restored.
     pub files: Vec<FileRecord>,
+    /// The rules the run used.
     pub rules_id: Option<String>,
+    /// Their version.
     pub rules_version: Option<u64>,
+    /// How long the agent took, milliseconds.
     pub agent_ms: u64,
 }
 
+/// One page of hosts, as `GET /api/v1/hosts` answers.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct HostPage {
+    /// Hosts that pass the filter.
+    pub total: usize,
+    /// This page's number, from 1.
+    pub page: usize,
+    /// Hosts per page.
+    pub per_page: usize,
+    /// How many pages.
+    pub pages: usize,
+    /// This page's hosts, sorted by MAC.
+    pub hosts: Vec<HostView>,
+}
+
+/// The API's view of a host record.
 pub fn view(h: &HostRecord) -> HostView {
     HostView {
         mac: h.mac.to_string(),
@@ -135,15 +179,22 @@ pub fn view(h: &HostRecord) -> HostView {
     }
 }
 
+/// One event of a host's history.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventView {
+    /// When (ISO 8601, UTC).
     pub time: String,
+    /// When (milliseconds since the Unix epoch).
     pub time_ms: u64,
+    /// Who caused it.
     pub source: EventSource,
+    /// What kind of event (`dhcp-discover`, `state`, `agent-report`, ...).
     pub kind: String,
+    /// What happened, in words.
     pub message: String,
 }
 
+/// The API's view of an event.
 pub fn event_view(e: &fleet::Event) -> EventView {
     EventView {
         time: query::iso(e.time_ms),
@@ -181,7 +232,7 @@ pub async fn list_hosts(
     done((|| {
         let f = checked(f)?;
         let p = c.fleet.with_hosts(|h| query::page(h.values(), &f));
-        let out = query::Page {
+        let out = HostPage {
             total: p.total,
             page: p.page,
             per_page: p.per_page,
@@ -192,12 +243,14 @@ pub async fn list_hosts(
     })())
 }
 
+/// A MAC from a path; a 400 naming the mistake.
 #[allow(clippy::result_large_err)]
 pub fn parse_mac(s: &str) -> Result<Mac, Response> {
     s.parse()
         .map_err(|e: String| error(StatusCode::BAD_REQUEST, e))
 }
 
+/// A host and its history.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Detail {
     /// The host.
@@ -269,8 +322,11 @@ pub async fn store_events(c: &Console, mac: Mac) -> Result<Vec<fleet::Event>, Re
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(as = HostImportResult)]
 pub struct ImportResult {
+    /// Hosts that were new.
     pub created: usize,
+    /// Hosts that existed and were updated.
     pub updated: usize,
+    /// The refused rows, by line.
     pub errors: Vec<RowError>,
 }
 
@@ -297,6 +353,7 @@ pub async fn apply_import(
 /// Largest request body the API reads (a 100,000-host CSV is ~5 MB).
 pub const MAX_BODY: usize = 16 << 20;
 
+/// Parses an import body by its Content-Type (CSV or JSON); 400/415 with the reason.
 #[allow(clippy::result_large_err)]
 pub fn parse_import(
     content_type: &str,
@@ -358,10 +415,13 @@ pub async fn import_hosts(
 
 pub use fleet_service::actions::{Action, ActionOutcome, ActionResult, MAX_BULK};
 
+/// `POST /api/v1/hosts/actions`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
+    /// What to do.
     pub action: Action,
+    /// To which hosts (MAC addresses).
     pub macs: Vec<String>,
 }
 
@@ -463,10 +523,12 @@ pub async fn events(State(c): State<Arc<Console>>, _who: Caller) -> Response {
         .into_response()
 }
 
+/// The audit log from the store, oldest first.
 pub async fn audit_log(c: &Console) -> Result<Vec<fleet::store::AuditEntry>, Response> {
     read_store(c, |s| s.audit_log()).await
 }
 
+/// One audit log entry as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AuditView {
     /// When (ISO 8601, UTC).

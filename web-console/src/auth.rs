@@ -6,18 +6,25 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// The console's session cookie.
 pub const COOKIE: &str = "unbrick_session";
 /// Sessions end after this long.
 pub const SESSION_MS: u64 = 12 * 3600 * 1000;
 
+/// A logged-in console user.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// The token's name it logged in with.
     pub name: String,
+    /// Whether it may only read.
     pub read_only: bool,
+    /// The CSRF token its forms and scripts must send.
     pub csrf: String,
+    /// When it ends.
     pub expires_ms: u64,
 }
 
+/// The console's sessions, in memory.
 #[derive(Default)]
 pub struct Sessions(Mutex<HashMap<String, Session>>);
 
@@ -37,6 +44,7 @@ impl Sessions {
         (id, s)
     }
 
+    /// The session `id`, unless it ended.
     pub fn get(&self, id: &str, now_ms: u64) -> Option<Session> {
         self.0
             .lock()
@@ -46,6 +54,7 @@ impl Sessions {
             .cloned()
     }
 
+    /// Ends a session (log out).
     pub fn close(&self, id: &str) {
         self.0.lock().unwrap().remove(id);
     }
@@ -56,6 +65,7 @@ impl Sessions {
 pub struct Caller {
     /// Token name (audit log: `token:ops` or `console:ops`).
     pub actor: String,
+    /// Whether it may only read.
     pub read_only: bool,
     /// The session's CSRF token and id, when the caller is a console session.
     pub session: Option<(String, Session)>,
@@ -74,6 +84,7 @@ pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     r
 }
 
+/// The session cookie's value, if the request carries one.
 pub fn session_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -149,6 +160,7 @@ pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Calle
     Ok(who)
 }
 
+/// Constant-time comparison of two secrets (subtle).
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(a.ct_eq(b))

@@ -139,10 +139,13 @@ pub async fn reveal(
     respond(r.await)
 }
 
+/// `POST /api/v1/hosts/{mac}/bitlocker-key`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Paste {
+    /// The 48-digit recovery password.
     pub recovery_password: String,
+    /// The protector it is for (default: the one the host waits for).
     #[serde(default)]
     pub protector_id: Option<String>,
 }

@@ -21,40 +21,56 @@ use std::time::Duration;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignInput {
+    /// The campaign's name.
     pub name: String,
+    /// Which hosts.
     pub targets: TargetsInput,
     /// e.g. `["5", "10%", "50%", "100%"]`
     pub waves: Vec<String>,
+    /// When a wave counts as good.
     #[serde(default)]
     pub gate: GateInput,
+    /// Most hosts in the payload at once.
     pub concurrency: u32,
+    /// A host that takes longer in the payload fails (default 30).
     #[serde(default)]
     pub host_timeout_minutes: Option<u64>,
+    /// How long after a run Windows must be seen for `recovered`.
     #[serde(default)]
     pub verify_window_minutes: Option<u64>,
 }
 
+/// Which hosts a campaign covers (exactly one key).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
 pub enum TargetsInput {
+    /// `{"all": true}`: every host.
     All(bool),
+    /// One site.
     Site(String),
+    /// One tag.
     Tag(String),
+    /// These MAC addresses.
     Macs(Vec<String>),
 }
 
+/// The gate between waves.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GateInput {
+    /// At least so many hosts of a wave must succeed.
     #[serde(default)]
     pub min_success: u32,
+    /// At most this share of a wave may fail (0.0 to 1.0).
     #[serde(default)]
     pub max_failure_rate: f64,
+    /// Wait this long after a wave before the next opens.
     #[serde(default)]
     pub min_soak_minutes: u64,
 }
 
 impl CampaignInput {
+    /// The campaign spec this input asks for, checked.
     pub fn into_spec(self) -> Result<CampaignSpec, String> {
         let targets = match self.targets {
             TargetsInput::All(true) => Targets::All,
@@ -98,47 +114,71 @@ impl CampaignInput {
     }
 }
 
+/// One wave as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct WaveView {
+    /// Its number, from 1.
     pub number: usize,
+    /// How many hosts.
     pub hosts: usize,
     /// The members (MACs) in wave order: tagged canaries first, then spread over sites and
     /// vendors (`fleet::campaign::wave_order`).
     pub members: Vec<String>,
+    /// When it opened (milliseconds since the Unix epoch).
     pub opened_ms: Option<u64>,
+    /// When it opened (ISO 8601).
     pub opened: Option<String>,
+    /// When it closed (ISO 8601).
     pub closed: Option<String>,
+    /// What the gate said.
     pub gate_note: String,
+    /// Members that succeeded.
     pub succeeded: usize,
+    /// Members that failed.
     pub failed: usize,
+    /// Members still running.
     pub pending: usize,
 }
 
+/// A campaign as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CampaignView {
+    /// Its id.
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// Its state (`draft`, `running`, `halted`, ...).
     pub state: String,
+    /// Why it halted.
     pub reason: Option<String>,
+    /// The signed rules it runs with.
     pub rules: String,
+    /// When it was made (ISO 8601).
     pub created: String,
     /// `{"kind": "all"}`, `{"kind": "site"|"tag", "value": ...}` or `{"kind": "list", "value": [MACs]}`.
     #[schema(value_type = Object)]
     pub targets: Targets,
+    /// Most hosts in the payload at once.
     pub concurrency: u32,
+    /// Hosts in the payload now.
     pub in_payload: usize,
+    /// How many members.
     pub members: usize,
+    /// The wave open now (from 1; 0 before start).
     pub current_wave: usize,
     /// `{"min_success", "max_failure_rate", "min_soak_ms"}`.
     #[schema(value_type = Object)]
     pub gate: Gate,
+    /// The verification window, minutes.
     pub verify_window_minutes: Option<u64>,
+    /// Its waves.
     pub waves: Vec<WaveView>,
     /// (time, note) pairs, oldest first.
     #[schema(value_type = Vec<Vec<String>>)]
     pub log: Vec<(String, String)>,
 }
 
+/// The API's view of a campaign.
 pub fn view(c: &Campaign, hosts: &HashMap<Mac, fleet::HostRecord>) -> CampaignView {
     let verify = c.spec.verify_window_ms.is_some();
     CampaignView {

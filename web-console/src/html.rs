@@ -52,10 +52,12 @@ struct LoginPage {
     error: Option<String>,
 }
 
+/// `GET /login`.
 pub async fn login_page() -> Response {
     page(StatusCode::OK, &LoginPage { error: None })
 }
 
+/// `POST /login`: a token makes a session (cookie) and a CSRF token.
 pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
     let token = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
@@ -138,6 +140,7 @@ fn form_session(
     Ok((id, s))
 }
 
+/// `POST /logout`.
 pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
     let f = form(&body);
     match form_session(&c, &headers, &f) {
@@ -268,6 +271,7 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
     )
 }
 
+/// `GET /`: the dashboard (summary, host table, filters, bulk actions).
 pub async fn dashboard(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -298,6 +302,7 @@ struct HostPage {
     events: Vec<api::EventView>,
 }
 
+/// `GET /hosts/{mac}`: one host, its timeline and its actions.
 pub async fn host_page(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -341,6 +346,7 @@ struct ResultPage {
     back: String,
 }
 
+/// `POST /ui/actions`: a bulk action from the dashboard's form.
 pub async fn ui_actions(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -396,6 +402,7 @@ pub async fn ui_actions(
     result_page(s, status, "Bulk action", summary, lines, back)
 }
 
+/// `POST /ui/import`: an inventory import from the dashboard's form.
 pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
     let f = form(&body);
     let s = match writing_session(&c, &headers, &f) {
@@ -426,6 +433,7 @@ pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: 
     result_page(s, status, "Import", summary, lines, "/".into())
 }
 
+/// `GET /assets/console.js`.
 pub async fn script() -> Response {
     (
         [
@@ -437,6 +445,7 @@ pub async fn script() -> Response {
         .into_response()
 }
 
+/// `GET /assets/console.css`.
 pub async fn style() -> Response {
     (
         [
@@ -486,6 +495,7 @@ fn campaigns_page(c: &Console, s: &Session, flash: Option<String>, status: Statu
     )
 }
 
+/// `GET /campaigns`.
 pub async fn campaigns_list(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
     match session(&c, &headers) {
         Ok(s) => campaigns_page(&c, &s, None, StatusCode::OK),
@@ -523,6 +533,7 @@ fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> R
     )
 }
 
+/// `GET /campaigns/{id}`.
 pub async fn campaign_detail(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -697,6 +708,7 @@ fn result_page(
     )
 }
 
+/// `POST /ui/bitlocker/import`.
 pub async fn ui_keys_import(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -730,6 +742,7 @@ pub async fn ui_keys_import(
     )
 }
 
+/// `POST /ui/bitlocker/reveal`: shows one password (audited).
 pub async fn ui_keys_reveal(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,
@@ -763,6 +776,7 @@ pub async fn ui_keys_reveal(
     )
 }
 
+/// `POST /ui/hosts/{mac}/bitlocker-key`: an admin pastes a key.
 pub async fn ui_key_paste(
     State(c): State<Arc<Console>>,
     headers: HeaderMap,

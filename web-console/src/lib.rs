@@ -26,8 +26,11 @@ use std::sync::Arc;
 
 /// Everything the console's handlers share.
 pub struct Console {
+    /// The store's writer.
     pub fleet: Arc<FleetIo>,
+    /// Admin tokens (tokens.json).
     pub tokens: tokens::TokenBook,
+    /// Console sessions.
     pub sessions: auth::Sessions,
     /// The boot policy's campaigns (the same object the network-boot server asks).
     pub campaigns: Arc<fleet::CampaignPolicy>,
@@ -38,6 +41,7 @@ pub struct Console {
 }
 
 impl Console {
+    /// The console over `fleet`, with tokens from `tokens_file`.
     pub fn new(
         fleet: Arc<FleetIo>,
         tokens_file: &std::path::Path,

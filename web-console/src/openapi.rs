@@ -109,7 +109,7 @@ impl Modify for Bearer {
         CampaignAction,
         KeyList,
         query::Summary,
-        query::HostPage,
+        api::HostPage,
         query::ReportRow,
         api::HostView,
         api::ReportView,

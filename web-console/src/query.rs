@@ -1,6 +1,5 @@
 //! Pure fleet queries: filtering and paging the host table, counts by state, host import (CSV and
 //! JSON) and the fleet report (CSV and JSON). No I/O: hosts come in as arguments.
-use crate::api::HostView;
 use fleet::agent::FileRecord;
 pub use fleet::inventory::{
     parse_csv, parse_json, HostImport, ImportRow, RowError, MAX_IMPORT_ROWS,
@@ -34,8 +33,10 @@ pub struct Filter {
     /// One state name, or several separated by commas.
     #[serde(default)]
     pub state: Option<String>,
+    /// A site.
     #[serde(default)]
     pub site: Option<String>,
+    /// A tag.
     #[serde(default)]
     pub tag: Option<String>,
     /// Free text: part of the MAC, hostname, IP, serial, UUID or failure reason.
@@ -45,15 +46,19 @@ pub struct Filter {
     /// key was released and should be rotated in Windows.
     #[serde(default)]
     pub flag: Option<String>,
+    /// Page number, from 1.
     #[serde(default, deserialize_with = "crate::extract::empty_as_none")]
     pub page: Option<usize>,
+    /// Hosts per page.
     #[serde(default, deserialize_with = "crate::extract::empty_as_none")]
     pub per_page: Option<usize>,
 }
 
+/// Most hosts on one page.
 pub const MAX_PER_PAGE: usize = 500;
 /// The values of [`Filter::flag`].
 pub const FLAGS: [&str; 2] = ["key-needed", "rotate-key"];
+/// Hosts on a page when the filter names none.
 pub const DEFAULT_PER_PAGE: usize = 50;
 
 impl Filter {
@@ -99,6 +104,7 @@ impl Filter {
         .collect()
     }
 
+    /// Whether `h` passes the filter.
     pub fn matches(&self, h: &HostRecord) -> bool {
         let nonempty = |o: &Option<String>| {
             o.as_deref()
@@ -156,13 +162,17 @@ impl Filter {
 }
 
 /// One page of hosts, sorted by MAC.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-#[aliases(HostPage = Page<HostView>)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Page<T> {
+    /// Hosts that pass the filter.
     pub total: usize,
+    /// This page's number.
     pub page: usize,
+    /// Hosts per page.
     pub per_page: usize,
+    /// How many pages.
     pub pages: usize,
+    /// This page's hosts.
     pub hosts: Vec<T>,
 }
 
@@ -195,6 +205,7 @@ pub fn page<'a>(hosts: impl Iterator<Item = &'a HostRecord>, f: &Filter) -> Page
 /// Counts by state and the progress of the recovery.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Summary {
+    /// Every host.
     pub total: usize,
     /// Every state name, zero counts included.
     pub by_state: BTreeMap<String, usize>,
@@ -206,6 +217,7 @@ pub struct Summary {
     pub progress_percent: u32,
 }
 
+/// Counts `hosts` by state.
 pub fn summary<'a>(hosts: impl Iterator<Item = &'a HostRecord>) -> Summary {
     let mut by_state: BTreeMap<String, usize> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
     let (mut total, mut done, mut attention) = (0, 0, 0);
@@ -231,25 +243,41 @@ pub fn summary<'a>(hosts: impl Iterator<Item = &'a HostRecord>) -> Summary {
 /// The fleet report for one host (JSON export; the CSV has the same columns, files flattened).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportRow {
+    /// MAC address.
     pub mac: String,
+    /// Host name.
     pub hostname: Option<String>,
+    /// Site.
     pub site: Option<String>,
+    /// Tags.
     pub tags: Vec<String>,
+    /// State name.
     pub state: String,
+    /// Why, for needs-attention and failed.
     pub reason: Option<String>,
+    /// Last IPv4 address.
     pub ip: Option<String>,
+    /// SMBIOS serial number.
     pub serial: Option<String>,
+    /// SMBIOS UUID.
     pub uuid: Option<String>,
+    /// First seen (ISO 8601).
     pub first_seen: String,
+    /// Last seen (ISO 8601).
     pub last_seen: String,
+    /// In its state since (ISO 8601).
     pub state_since: String,
+    /// How often the payload was handed out.
     pub payload_boots: u32,
+    /// The last report's result.
     pub result: Option<String>,
+    /// Files quarantined or restored, with hashes.
     pub files: Vec<FileRecord>,
     /// A BitLocker recovery key left escrow for this host: rotate it in Windows.
     pub rotate_bitlocker_key: bool,
 }
 
+/// Milliseconds since the Unix epoch as ISO 8601 UTC (`2024-07-19T04:09:00Z`).
 pub fn iso(ms: u64) -> String {
     let s = ms / 1000;
     let (days, rem) = (s / 86400, s % 86400);
@@ -284,6 +312,7 @@ pub fn result_name(r: fleet::agent::RunResult) -> String {
         .unwrap_or_default()
 }
 
+/// The report row of a host.
 pub fn report_row(h: &HostRecord) -> ReportRow {
     ReportRow {
         mac: h.mac.to_string(),
@@ -309,6 +338,7 @@ pub fn report_row(h: &HostRecord) -> ReportRow {
     }
 }
 
+/// The CSV export's columns.
 pub const CSV_COLUMNS: [&str; 16] = [
     "mac",
     "hostname",

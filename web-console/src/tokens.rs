@@ -10,8 +10,11 @@ use std::time::SystemTime;
 /// What a token may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
+    /// Its name (audit log: `token:NAME`).
     pub name: String,
+    /// Whether it may only read.
     pub read_only: bool,
+    /// When it was made.
     pub created_unix: u64,
     /// SHA-256 of the token, hex.
     pub sha256: String,
@@ -34,6 +37,7 @@ pub struct TokenBook {
 /// Tokens look like `ubk_` + 32 hex digits (128 random bits).
 pub const PREFIX: &str = "ubk_";
 
+/// SHA-256 of a token (only hashes are stored).
 pub fn hash(secret: &str) -> String {
     hex::encode(ring::digest::digest(
         &ring::digest::SHA256,
@@ -63,6 +67,7 @@ fn valid_name(n: &str) -> bool {
 }
 
 impl TokenBook {
+    /// The tokens of `path` (re-read when the file changes).
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
@@ -125,6 +130,7 @@ impl TokenBook {
         Ok(true)
     }
 
+    /// Every token (names and flags, never a secret).
     pub fn list(&self) -> Result<Vec<TokenInfo>, String> {
         self.read()
     }

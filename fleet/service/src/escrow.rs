@@ -14,16 +14,23 @@ use fleet::{EventSource, Mac};
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportResult {
+    /// Which kind of export it was.
     pub format: String,
+    /// Keys that were new.
     pub imported: usize,
+    /// Keys that replaced an earlier one.
     pub updated: usize,
+    /// The refused rows.
     pub errors: Vec<ImportError>,
 }
 
+/// A refused row of an export.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImportError {
+    /// Its line in the file.
     pub line: usize,
+    /// Why it was refused.
     pub error: String,
 }
 
@@ -48,14 +55,20 @@ impl ImportResult {
 
 /// The answer to an agent's key request.
 pub enum KeyAnswer {
+    /// Release the key.
     Release {
+        /// The protector whose key it is.
         protector_id: String,
+        /// The recovery password.
         password: RecoveryPassword,
     },
+    /// Poll again: nothing is escrowed yet (the reason says what the admin is asked).
     Wait(String),
     /// `conflict`: refused because the key was released to this host before (HTTP 409).
     Refuse {
+        /// Why.
         reason: String,
+        /// Refused because the key was released to this host before (HTTP 409).
         conflict: bool,
     },
 }

@@ -14,10 +14,13 @@ use tokio::sync::broadcast;
 /// change and the event that was recorded (absent when the host was forgotten).
 #[derive(Debug, Clone, Serialize)]
 pub struct Change {
+    /// The host.
     pub mac: Mac,
     /// State name after the change (`forgotten` when an admin removed the host).
     pub state: String,
+    /// The reason of `needs-attention` or `failed`.
     pub reason: Option<String>,
+    /// The event recorded.
     pub event: Option<Event>,
 }
 
@@ -51,6 +54,7 @@ pub struct FleetIo {
 pub const DHCP_REPEAT_WINDOW_MS: u64 = 30_000;
 
 impl FleetIo {
+    /// Loads every host record into the cache and tells the policy of each.
     pub fn new(
         store: Arc<dyn Store>,
         policy: Arc<dyn BootPolicy>,
@@ -238,26 +242,32 @@ impl FleetIo {
         })
     }
 
+    /// The store behind the cache (reads; writes go through this type).
     pub fn store(&self) -> &dyn Store {
         &*self.store
     }
 
+    /// The store, shared.
     pub fn store_arc(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
 
+    /// The boot policy.
     pub fn policy(&self) -> &dyn BootPolicy {
         &*self.policy
     }
 
+    /// A host's record, from the cache.
     pub fn host(&self, mac: Mac) -> Option<HostRecord> {
         self.hosts.lock().unwrap().get(&mac).cloned()
     }
 
+    /// Remembers that `ip` is `mac` (TFTP and HTTP see only addresses).
     pub fn remember_peer(&self, ip: IpAddr, mac: Mac) {
         self.peers.lock().unwrap().insert(ip, mac);
     }
 
+    /// The MAC last seen at `ip`.
     pub fn peer_mac(&self, ip: IpAddr) -> Option<Mac> {
         self.peers.lock().unwrap().get(&ip).copied()
     }

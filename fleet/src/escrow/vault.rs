@@ -7,6 +7,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 use std::path::{Path, PathBuf};
 
+/// The AES-256-GCM key that seals escrowed recovery passwords, from its 0600 key file.
 pub struct Vault {
     key: LessSafeKey,
     rng: SystemRandom,

@@ -4,16 +4,21 @@ use fleet::{BootDecision, Mac};
 
 /// Names of the recovery kernel and initrd inside the image.
 pub const KERNEL: &str = "vmlinuz";
+/// The initramfs's name in the image.
 pub const INITRD: &str = "initrd.img";
 
+/// What a boot script needs besides the decision.
 #[derive(Debug, Clone)]
 pub struct BootParams<'a> {
     /// `http://ip:port`
     pub http_base: &'a str,
     /// `https://ip:port`: the agent API (certificate pinned by the agent).
     pub https_base: &'a str,
+    /// The server's address on the recovery LAN.
     pub server_ip: std::net::Ipv4Addr,
+    /// The machine.
     pub mac: Mac,
+    /// The per-boot token put on the kernel command line.
     pub token: &'a str,
     /// Whether the image holds a kernel and an initrd.
     pub image_ready: bool,
@@ -40,6 +45,7 @@ pub fn kernel_cmdline(p: &BootParams<'_>, restore: bool) -> String {
 
 const POLL_SECONDS: u32 = 30;
 
+/// The iPXE script for decision `d`.
 pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
     let mac = p.mac;
     let again = format!("{}/boot/{mac}.ipxe", p.http_base);

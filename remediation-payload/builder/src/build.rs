@@ -6,12 +6,16 @@ use remediation_payload::modules;
 use remediation_payload::modules::{parse_builtin, ModuleDep, BITLOCKER, HARDWARE, REQUIRED};
 use std::path::{Path, PathBuf};
 
+/// What an image build needs.
 pub struct BuildInput<'a> {
     /// A directory holding `boot/vmlinuz-<version>` and `lib/modules/<version>/` (a Debian
     /// linux-image package unpacked with `dpkg-deb -x`).
     pub kernel_root: &'a Path,
+    /// The static agent binary (becomes /init).
     pub agent: &'a Path,
+    /// The key the agent trusts for the rules.
     pub public_key: &'a signing::PublicKey,
+    /// The image's version.
     pub image_version: &'a str,
     /// `sha256:<hex>` of the server's TLS certificate, pinned by the agent.
     pub server_cert_sha256: Option<String>,
@@ -21,12 +25,19 @@ pub struct BuildInput<'a> {
     pub cryptsetup: Option<&'a Path>,
 }
 
+/// A built image.
 pub struct Built {
+    /// The kernel's release.
     pub kernel_version: String,
+    /// The kernel, as Debian signed it.
     pub vmlinuz: Vec<u8>,
+    /// The compressed initramfs.
     pub initrd: Vec<u8>,
+    /// The initramfs's size before compression.
     pub uncompressed: usize,
+    /// The kernel modules put in.
     pub modules: Vec<String>,
+    /// Hardware drivers asked for that the kernel package lacks.
     pub missing_hardware: Vec<String>,
 }
 
@@ -199,6 +210,7 @@ fn read_module(mdir: &Path, rel: &str) -> Result<(Vec<u8>, String), String> {
     }
 }
 
+/// Builds the initramfs around the agent and the kernel's modules; `progress` hears each step.
 pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<Built, String> {
     progress("[1/5] kernel");
     let (kpath, kver) = find_kernel(input.kernel_root)?;

@@ -3,17 +3,25 @@
 //! mtime 0, uid/gid 0, inode numbers in order, so the same inputs always give the same bytes.
 use std::collections::BTreeMap;
 
+/// One entry of the archive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
+    /// A directory.
     Dir,
+    /// A regular file.
     File {
+        /// Its content.
         data: Vec<u8>,
+        /// Its permission bits.
         mode: u32,
     },
+    /// A symbolic link to this target.
     Symlink(String),
     /// A character device node (e.g. /dev/console 5:1, so PID 1 has a console from the start).
     CharDev {
+        /// Major device number.
         major: u32,
+        /// Minor device number.
         minor: u32,
     },
 }
@@ -26,6 +34,7 @@ pub struct Archive {
 }
 
 impl Archive {
+    /// An empty archive.
     pub fn new() -> Self {
         Self::default()
     }
@@ -42,12 +51,14 @@ impl Archive {
         }
     }
 
+    /// Adds a directory.
     pub fn dir(&mut self, path: &str) {
         let path = path.trim_matches('/');
         self.add_parents(path);
         self.entries.insert(path.to_string(), Entry::Dir);
     }
 
+    /// Adds a file.
     pub fn file(&mut self, path: &str, data: Vec<u8>, mode: u32) {
         let path = path.trim_matches('/');
         self.add_parents(path);
@@ -55,6 +66,7 @@ impl Archive {
             .insert(path.to_string(), Entry::File { data, mode });
     }
 
+    /// Adds a symbolic link.
     pub fn symlink(&mut self, path: &str, target: &str) {
         let path = path.trim_matches('/');
         self.add_parents(path);
@@ -62,6 +74,7 @@ impl Archive {
             .insert(path.to_string(), Entry::Symlink(target.to_string()));
     }
 
+    /// Adds a character device node.
     pub fn char_dev(&mut self, path: &str, major: u32, minor: u32) {
         let path = path.trim_matches('/');
         self.add_parents(path);
@@ -69,14 +82,17 @@ impl Archive {
             .insert(path.to_string(), Entry::CharDev { major, minor });
     }
 
+    /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether the archive has no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Every path, in archive order.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }

@@ -10,8 +10,11 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A response.
 pub struct Response {
+    /// The status code.
     pub status: u16,
+    /// The body (de-chunked).
     pub body: Vec<u8>,
 }
 
@@ -56,6 +59,7 @@ pub fn request(
     request_with(method, url, body, timeout, &Options::default())
 }
 
+/// One request with a timeout and options (pin, headers, content type), on a kept connection when there is one.
 pub fn request_with(
     method: &str,
     url: &str,
@@ -285,6 +289,7 @@ fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(cfg)
 }
 
+/// A rustls client configuration that accepts only the certificate with fingerprint `pin`.
 pub fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinned {
@@ -471,6 +476,7 @@ pub fn response_len(raw: &[u8]) -> Result<Option<usize>, String> {
     }
 }
 
+/// Parses one whole response (status line, headers, body).
 pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let h = head(raw).ok_or("malformed HTTP response (no header end)")?;
     let status = h

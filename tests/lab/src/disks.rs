@@ -4,6 +4,7 @@
 use crate::lab::{must, run, sh};
 use std::path::{Path, PathBuf};
 
+/// The first bytes of a CrowdStrike channel file (what the rules match).
 pub const MAGIC: [u8; 8] = [0xAA, 0xAA, 0xAA, 0xAA, 0x01, 0x00, 0x23, 0x01];
 const DIRTY: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -12,29 +13,42 @@ const DIRTY: &str = concat!(
 
 /// A file to put on a volume: path (with `/`), content, last-write time (UTC, `touch -d` syntax).
 pub struct File {
+    /// Path on the volume, `/`-separated.
     pub path: String,
+    /// Content.
     pub data: Vec<u8>,
+    /// Last-write time (`touch -d` syntax, UTC).
     pub mtime: String,
 }
 
+/// One NTFS volume to make.
 pub struct Volume {
+    /// Its label.
     pub label: String,
+    /// Its files.
     pub files: Vec<File>,
+    /// Mark it dirty (as a crashed Windows leaves it).
     pub dirty: bool,
 }
 
+/// The partition table.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Table {
+    /// GPT with ESP and MSR first.
     Gpt,
+    /// MBR.
     Mbr,
 }
 
+/// A made disk image.
 pub struct Disk {
+    /// The image file.
     pub path: PathBuf,
     /// (start sector, sector count) of each NTFS volume, in order.
     pub parts: Vec<(u64, u64)>,
 }
 
+/// A channel file of `len` bytes after the magic, its content a function of `seed`.
 pub fn channel_file(seed: u8, len: usize) -> Vec<u8> {
     MAGIC
         .iter()
@@ -177,6 +191,7 @@ pub fn ntfs_read(part: &Path, path: &str) -> Option<Vec<u8>> {
     o.status.success().then_some(o.stdout)
 }
 
+/// The names in `dir` of the NTFS file system in `part` (ntfsls).
 pub fn ntfs_ls(part: &Path, dir: &str) -> Vec<String> {
     let o = sh(&format!("ntfsls -f -p '{}' {}", dir, part.display()));
     String::from_utf8_lossy(&o.stdout)

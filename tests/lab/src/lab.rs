@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+/// The server's address on the lab's bridge.
 pub const SERVER_IP: &str = "10.99.0.1";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -15,6 +16,7 @@ pub fn qemu_turn() -> std::sync::MutexGuard<'static, ()> {
     QEMU.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs a shell command; its output, whatever the status.
 pub fn sh(cmd: &str) -> Output {
     Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
 }
@@ -91,16 +93,22 @@ pub fn unbrick() -> &'static str {
     })
 }
 
+/// Panics unless root (namespaces need it).
 pub fn require_root() {
     let uid = must("id -u");
     assert_eq!(uid.trim(), "0", "the black-box tests create network namespaces and need root (run the README's test command as root)");
 }
 
+/// A lab: a server namespace with a bridge, client namespaces, `unbrick serve` inside.
 pub struct Lab {
+    /// The server namespace.
     pub ns: String,
+    /// Client namespaces.
     pub clients: Vec<String>,
+    /// The lab's folder (data directory, logs, disks).
     pub dir: PathBuf,
     server: Option<Child>,
+    /// The server's log.
     pub log: PathBuf,
     extra_children: Vec<Child>,
 }
@@ -126,6 +134,7 @@ impl Lab {
         }
     }
 
+    /// The data directory.
     pub fn data(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -223,10 +232,12 @@ impl Lab {
         self.server.as_ref().expect("server running").id()
     }
 
+    /// The server's log so far.
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Runs a command in the server namespace.
     pub fn exec(&self, cmd: &str) -> Output {
         sh(&format!(
             "ip netns exec {} sh -c '{}'",
@@ -235,10 +246,12 @@ impl Lab {
         ))
     }
 
+    /// Whether a command in the server namespace succeeds.
     pub fn exec_ok(&self, cmd: &str) -> bool {
         self.exec(cmd).status.success()
     }
 
+    /// Runs a command in namespace `ns`.
     pub fn exec_in(&self, ns: &str, cmd: &str) -> Output {
         sh(&format!(
             "ip netns exec {ns} sh -c '{}'",
@@ -293,6 +306,7 @@ impl Lab {
             .collect()
     }
 
+    /// Waits up to `timeout` for `needle` in the server's log.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
         let t = Instant::now();
         while t.elapsed() < timeout {
@@ -352,11 +366,13 @@ pub fn pcap_udp_payloads(path: &Path) -> Vec<(u16, Vec<u8>)> {
     out
 }
 
+/// SHA-256 of a file, hex.
 pub fn sha256_file(p: &Path) -> String {
     let d = std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     hex(ring::digest::digest(&ring::digest::SHA256, &d).as_ref())
 }
 
+/// Lower-case hex of `b`.
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }

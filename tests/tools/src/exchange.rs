@@ -4,8 +4,11 @@
 //! (`unbrick_http::response_len`).
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// A connection, plain or TLS.
 pub enum Io {
+    /// Plain TCP.
     Plain(tokio::net::TcpStream),
+    /// TLS with the pinned certificate.
     Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 

@@ -37,6 +37,7 @@ pub fn is_ipxe(msg: &Message) -> bool {
     user_class || msg.opts().get(OptionCode::Unknown(175)).is_some()
 }
 
+/// What kind of client sent `msg` (options 60, 77, 93, 175).
 pub fn classify(msg: &Message) -> ClientKind {
     let vc = vendor_class(msg).unwrap_or(&[]);
     if vc.starts_with(b"MSFT 5.0") {

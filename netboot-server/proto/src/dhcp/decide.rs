@@ -7,8 +7,10 @@ use dhcproto::{Decodable, Decoder};
 use fleet::{Arch, BootDecision, BootPolicy, BootQuery, ClientKind, HostRecord, Lease, Mac};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+/// The PXE boot server port (PXE 2.1 spec): the second half of proxyDHCP.
 pub const PXE_PORT: u16 = 4011;
 
+/// Which DHCP the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Answer only PXE clients, without addresses, beside the office DHCP server.
@@ -17,13 +19,20 @@ pub enum Mode {
     Full,
 }
 
+/// The DHCP settings the decision needs.
 #[derive(Debug, Clone)]
 pub struct DhcpConfig {
+    /// Proxy or full.
     pub mode: Mode,
+    /// Our address (next-server, server identifier).
     pub server_ip: Ipv4Addr,
+    /// The subnet mask handed out in full mode.
     pub subnet_mask: Ipv4Addr,
+    /// The router handed out in full mode.
     pub router: Option<Ipv4Addr>,
+    /// DNS servers handed out in full mode.
     pub dns: Vec<Ipv4Addr>,
+    /// Lease time in full mode.
     pub lease_secs: u32,
     /// `http://ip:port` of our HTTP server.
     pub http_base: String,
@@ -34,23 +43,33 @@ pub struct DhcpConfig {
 /// A request that passed the basic checks.
 #[derive(Debug, Clone)]
 pub struct Inbound {
+    /// The sanitised message.
     pub msg: Message,
+    /// Its DHCP message type.
     pub msg_type: MessageType,
+    /// The client's MAC.
     pub mac: Mac,
+    /// What kind of client it is.
     pub kind: ClientKind,
+    /// SMBIOS UUID from option 97.
     pub uuid: Option<String>,
 }
 
 /// Why a datagram was dropped without an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drop {
+    /// The datagram does not decode (the reason says where).
     Malformed(String),
+    /// A BOOTREPLY or other non-request.
     NotARequest,
+    /// Not Ethernet (htype 1, hlen 6).
     NotEthernet,
+    /// No option 53.
     NoMessageType,
 }
 
 impl Drop {
+    /// The reason in words.
     pub fn reason(&self) -> String {
         match self {
             Self::Malformed(e) => format!("malformed DHCP packet: {e}"),
@@ -123,6 +142,7 @@ fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
     Ok(out)
 }
 
+/// Sanitises and decodes a datagram (hostile input never reaches dhcproto unchecked).
 pub fn parse(datagram: &[u8]) -> Result<Inbound, Drop> {
     let clean = sanitize(datagram)?;
     let msg =
@@ -158,22 +178,31 @@ pub enum Dest {
 /// A lease change the driver must make durable before sending the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseChange {
+    /// Store this lease (before the ACK goes out).
     Put(Lease),
+    /// Forget the lease of this address.
     Remove(Ipv4Addr),
 }
 
+/// A reply to send.
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The message.
     pub msg: Message,
+    /// Where it goes.
     pub dest: Dest,
 }
 
 /// Everything the driver needs to act on and record.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The reply, if any.
     pub reply: Option<Reply>,
+    /// The boot decision, when the client network-boots.
     pub decision: Option<BootDecision>,
+    /// The boot file named in the reply.
     pub boot_file: Option<String>,
+    /// Lease changes to make durable before sending.
     pub lease_changes: Vec<LeaseChange>,
     /// One line for the host's history.
     pub note: String,
@@ -339,7 +368,9 @@ fn server_id(req: &Message) -> Option<Ipv4Addr> {
 /// Where a request arrived: our port (67 or 4011) and the sender.
 #[derive(Debug, Clone, Copy)]
 pub struct Via {
+    /// The port the request came in on (67 or 4011).
     pub port: u16,
+    /// Its source address.
     pub src: SocketAddrV4,
 }
 

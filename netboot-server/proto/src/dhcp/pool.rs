@@ -10,14 +10,19 @@ pub const DECLINE_HOLD_MS: u64 = 10 * 60_000;
 /// The owner recorded for a declined address.
 pub const DECLINED: Mac = Mac([0; 6]);
 
+/// Why a REQUEST is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Nak {
+    /// The address is not in the pool.
     NotInPool,
+    /// The address is leased to another client.
     LeasedToOther,
+    /// Nothing was offered to this client.
     NoOffer,
 }
 
 impl Nak {
+    /// The reason in words (for the NAK's message).
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NotInPool => "requested address is not in this server's pool",
@@ -27,6 +32,7 @@ impl Nak {
     }
 }
 
+/// The full-mode address pool: leases and offers, pure.
 #[derive(Debug, Clone)]
 pub struct LeasePool {
     first: u32,
@@ -54,11 +60,13 @@ impl LeasePool {
         p
     }
 
+    /// Whether `ip` is in the pool.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let n = u32::from(ip);
         n >= self.first && n <= self.last && ip != self.exclude
     }
 
+    /// How many addresses it has.
     pub fn size(&self) -> usize {
         let ex = u32::from(self.exclude);
         (self.last - self.first + 1) as usize - usize::from(ex >= self.first && ex <= self.last)

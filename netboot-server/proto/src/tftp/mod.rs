@@ -11,7 +11,9 @@ pub use transfer::{Limits, Outcome, Transfer};
 /// Why a request is refused, with the TFTP error code to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
+    /// The error code.
     pub code: ErrorCode,
+    /// The message.
     pub message: String,
 }
 
@@ -22,6 +24,7 @@ impl Refusal {
             message: message.into(),
         }
     }
+    /// The ERROR datagram.
     pub fn packet(&self) -> Vec<u8> {
         packet::error_packet(self.code as u16, &self.message)
     }
@@ -32,7 +35,9 @@ impl Refusal {
 pub struct ReadRequest {
     /// Normalized path: `/`-separated, relative to the TFTP root, no empty, `.` or `..` parts.
     pub path: String,
+    /// Mode netascii (line ends converted).
     pub netascii: bool,
+    /// RFC 2347 options, in the order sent.
     pub options: Vec<(String, String)>,
 }
 

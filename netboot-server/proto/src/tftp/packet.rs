@@ -1,51 +1,83 @@
 //! TFTP packets (RFC 1350) with the option extension (RFC 2347).
 use std::fmt;
 
+/// Read request.
 pub const OP_RRQ: u16 = 1;
+/// Write request.
 pub const OP_WRQ: u16 = 2;
+/// Data.
 pub const OP_DATA: u16 = 3;
+/// Acknowledgement.
 pub const OP_ACK: u16 = 4;
+/// Error.
 pub const OP_ERROR: u16 = 5;
+/// Option acknowledgement (RFC 2347).
 pub const OP_OACK: u16 = 6;
 
 /// RFC 1350 error codes (and 8, RFC 2347 option negotiation refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum ErrorCode {
+    /// Not defined; see the message.
     NotDefined = 0,
+    /// File not found.
     FileNotFound = 1,
+    /// Access violation.
     AccessViolation = 2,
+    /// Disk full.
     DiskFull = 3,
+    /// Illegal TFTP operation.
     IllegalOperation = 4,
+    /// Unknown transfer ID.
     UnknownTid = 5,
+    /// File already exists.
     FileExists = 6,
+    /// No such user.
     NoSuchUser = 7,
+    /// Option negotiation refused (RFC 2347).
     OptionsRefused = 8,
 }
 
+/// A TFTP datagram (RFC 1350, 2347).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet<'a> {
+    /// A read request.
     Rrq {
+        /// The file asked for.
         filename: String,
+        /// octet or netascii.
         mode: String,
+        /// Options asked for.
         options: Vec<(String, String)>,
     },
+    /// A write request (always refused).
     Wrq {
+        /// The file.
         filename: String,
+        /// The mode.
         mode: String,
     },
+    /// A block of data.
     Data {
+        /// The block number.
         block: u16,
+        /// Its bytes.
         data: &'a [u8],
     },
+    /// An acknowledgement of a block.
     Ack(u16),
+    /// An error.
     Error {
+        /// The code.
         code: u16,
+        /// The message.
         message: String,
     },
+    /// The options accepted.
     Oack(Vec<(String, String)>),
 }
 
+/// Why a datagram did not parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError(pub &'static str);
 
@@ -80,6 +112,7 @@ fn pairs(fields: &[String]) -> Result<Vec<(String, String)>, ParseError> {
 }
 
 impl<'a> Packet<'a> {
+    /// Parses a datagram.
     pub fn parse(buf: &'a [u8]) -> Result<Self, ParseError> {
         if buf.len() < 4 {
             return Err(ParseError("shorter than 4 bytes"));
@@ -126,6 +159,7 @@ impl<'a> Packet<'a> {
         }
     }
 
+    /// The datagram's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let put_str = |out: &mut Vec<u8>, s: &str| {
@@ -169,6 +203,7 @@ impl<'a> Packet<'a> {
     }
 }
 
+/// A DATA datagram.
 pub fn data_packet(block: u16, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + data.len());
     out.extend_from_slice(&OP_DATA.to_be_bytes());
@@ -177,6 +212,7 @@ pub fn data_packet(block: u16, data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// An ERROR datagram.
 pub fn error_packet(code: u16, message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(5 + message.len());
     out.extend_from_slice(&OP_ERROR.to_be_bytes());

@@ -10,7 +10,9 @@ use std::sync::Arc;
 /// Server-side limits applied to what a client asks for.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Largest blksize accepted (RFC 2348).
     pub max_blksize: usize,
+    /// Largest windowsize accepted (RFC 7440).
     pub max_windowsize: u16,
     /// Initial retransmission timeout when the client does not ask for one.
     pub default_timeout_ms: u64,
@@ -38,7 +40,12 @@ pub enum Outcome {
     /// The client acknowledged the last block.
     Complete,
     /// The client sent an ERROR (EDK2 ends its tsize probe this way with code 8).
-    ClientError { code: u16, message: String },
+    ClientError {
+        /// The error code.
+        code: u16,
+        /// The message.
+        message: String,
+    },
     /// No acknowledgement after every retransmission.
     TimedOut,
     /// The per-transfer duration cap was reached.
@@ -48,6 +55,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's name, for logs.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Complete => "complete",
@@ -93,9 +101,13 @@ pub struct Transfer {
 /// The options negotiated for a request; `None` fields were not asked for or not accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Negotiated {
+    /// blksize asked for.
     pub blksize: Option<usize>,
+    /// windowsize asked for.
     pub windowsize: Option<u16>,
+    /// timeout asked for, seconds.
     pub timeout_s: Option<u8>,
+    /// tsize asked for (0: tell me the size).
     pub tsize: Option<u64>,
 }
 
@@ -176,10 +188,12 @@ impl Transfer {
         (t, out)
     }
 
+    /// How it ended, once it has.
     pub fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
     }
 
+    /// Whether it has ended.
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
     }
@@ -189,14 +203,17 @@ impl Transfer {
         (self.phase != Phase::Finished).then_some(self.deadline_ms)
     }
 
+    /// Bytes sent so far.
     pub fn bytes_sent(&self) -> u64 {
         self.bytes_sent
     }
 
+    /// The negotiated block size.
     pub fn blksize(&self) -> usize {
         self.blksize
     }
 
+    /// The negotiated window size.
     pub fn windowsize(&self) -> u16 {
         self.windowsize
     }

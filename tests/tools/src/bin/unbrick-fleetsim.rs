@@ -8,6 +8,8 @@
 //! wave opened, that at most `concurrency` were in the payload at once, and that none was lost.
 //!
 //! unbrick-fleetsim IFACE TOKEN FINGERPRINT HOSTS WAVES CONCURRENCY POLL_SECS [SERVER_PID]
+// missing_docs is for library crates: a binary exports nothing.
+#![allow(missing_docs)]
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use std::collections::HashMap;
