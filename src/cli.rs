@@ -1,7 +1,7 @@
 //! The command line (clap): every command and flag of `unbrick`. Its names are a contract
 //! (checks and admins' scripts rely on them): extend, do not rename.
 use clap::{Args, Parser, Subcommand};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -44,7 +44,7 @@ pub(crate) enum Cmd {
     #[command(subcommand)]
     Tokens(TokensCmd),
     /// The demo lab: a namespace with QEMU machines in a boot loop, the server, the console.
-    Demo(crate::demo::DemoArgs),
+    Demo(DemoArgs),
     /// Staged recovery campaigns (through the running server's API).
     #[command(subcommand)]
     Campaign(CampaignCmd),
@@ -381,6 +381,30 @@ pub(crate) enum HostsCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// `unbrick demo`'s flags.
+#[derive(Args)]
+pub(crate) struct DemoArgs {
+    /// How many boot-looping machines (odd: SeaBIOS + iPXE, even: OVMF with Secure Boot).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) guests: u32,
+    /// Where the demo keeps its data directory (kept between runs).
+    #[arg(long, default_value = "/var/tmp/unbrick-demo")]
+    pub(crate) data_dir: PathBuf,
+    /// The unpacked Debian kernel for the recovery image (scripts/install-deps.sh puts one in
+    /// target/kernel/root).
+    #[arg(long)]
+    pub(crate) kernel_dir: Option<PathBuf>,
+    /// The static agent (default: the musl build next to this binary).
+    #[arg(long)]
+    pub(crate) agent: Option<PathBuf>,
+    /// Where the console is reachable on this machine.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) console: SocketAddr,
+    /// QEMU accelerator (tcg works everywhere; kvm where /dev/kvm exists).
+    #[arg(long, default_value = "tcg")]
+    pub(crate) accel: String,
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 //! a loop with Windows-like NTFS disks holding the bad CrowdStrike channel file, and the console
 //! forwarded to 127.0.0.1:8080 on the host. Ctrl-C stops everything by PID and deletes the
 //! namespace.
+use crate::cli::DemoArgs;
 use crate::config::DataDir;
 use crate::Fail;
-use clap::Args;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,29 +14,6 @@ use std::time::Duration;
 
 const NS: &str = "unbrick-demo";
 use unbrick_lab::lab::SERVER_IP;
-
-#[derive(Args)]
-pub(crate) struct DemoArgs {
-    /// How many boot-looping machines (odd: SeaBIOS + iPXE, even: OVMF with Secure Boot).
-    #[arg(long, default_value_t = 4)]
-    guests: u32,
-    /// Where the demo keeps its data directory (kept between runs).
-    #[arg(long, default_value = "/var/tmp/unbrick-demo")]
-    data_dir: PathBuf,
-    /// The unpacked Debian kernel for the recovery image (scripts/install-deps.sh puts one in
-    /// target/kernel/root).
-    #[arg(long)]
-    kernel_dir: Option<PathBuf>,
-    /// The static agent (default: the musl build next to this binary).
-    #[arg(long)]
-    agent: Option<PathBuf>,
-    /// Where the console is reachable on this machine.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    console: SocketAddr,
-    /// QEMU accelerator (tcg works everywhere; kvm where /dev/kvm exists).
-    #[arg(long, default_value = "tcg")]
-    accel: String,
-}
 
 fn prerequisites(accel: &str) -> Result<(), Fail> {
     if !nix::unistd::Uid::effective().is_root() {

@@ -26,15 +26,6 @@ fn done(r: Res) -> Response {
     r.unwrap_or_else(|e| e)
 }
 
-/// `GET /api/v1/openapi.json`: the generated OpenAPI document (no token needed).
-pub async fn openapi() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::openapi::document(),
-    )
-        .into_response()
-}
-
 fn now() -> u64 {
     fleet_service::now_ms()
 }

@@ -74,7 +74,7 @@ pub fn openapi_document() -> &'static str {
 /// The console's and API's routes.
 pub fn router(c: Arc<Console>) -> Router {
     Router::new()
-        .route("/api/v1/openapi.json", get(api::openapi))
+        .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/api/v1/summary", get(api::summary))
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/import", post(api::import_hosts))
