@@ -88,7 +88,7 @@ pub(crate) fn image_build(
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
             println!("unpacking {}", deb.display());
-            payload_builder::build::unpack_deb(&deb, &tmp).map_err(Fail)?;
+            payload_builder::build::unpack_deb(&deb, &tmp)?;
             unpacked = Some(tmp.clone());
             tmp
         }
@@ -112,8 +112,7 @@ pub(crate) fn image_build(
             cryptsetup: None,
         },
         &mut |msg| println!("{msg}"),
-    )
-    .map_err(Fail)?;
+    )?;
     let img = d.image();
     for (name, data) in [("vmlinuz", &built.vmlinuz), ("initrd.img", &built.initrd)] {
         signing::image_dir::write_replacing(&img, name, data).map_err(Fail)?;

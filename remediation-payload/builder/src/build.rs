@@ -2,6 +2,7 @@
 //! newc, gzip) holding the static agent as `/init`, the kernel modules it needs (resolved from
 //! modules.dep, dependencies first, kept compressed) and the agent's configuration.
 use crate::cpio::Archive;
+use crate::Error;
 use remediation_payload::modules;
 use remediation_payload::modules::{parse_builtin, ModuleDep, BITLOCKER, HARDWARE, REQUIRED};
 use std::path::{Path, PathBuf};
@@ -42,31 +43,31 @@ pub struct Built {
 }
 
 /// Unpacks a linux-image .deb into `dest` with dpkg-deb.
-pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), String> {
+pub fn unpack_deb(deb: &Path, dest: &Path) -> Result<(), Error> {
     let o = std::process::Command::new("dpkg-deb")
         .arg("-x")
         .arg(deb)
         .arg(dest)
         .output()
-        .map_err(|e| format!("dpkg-deb: {e} (apt-get install dpkg)"))?;
+        .map_err(|e| Error::Tool(format!("dpkg-deb: {e} (apt-get install dpkg)")))?;
     if !o.status.success() {
-        return Err(format!(
+        return Err(Error::Tool(format!(
             "dpkg-deb -x {}: {}",
             deb.display(),
             String::from_utf8_lossy(&o.stderr).trim()
-        ));
+        )));
     }
     Ok(())
 }
 
-fn find_kernel(root: &Path) -> Result<(PathBuf, String), String> {
+fn find_kernel(root: &Path) -> Result<(PathBuf, String), Error> {
     let boot = root.join("boot");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
         .map_err(|e| {
-            format!(
+            Error::Kernel(format!(
                 "{}: {e}: expected an unpacked Debian kernel package (boot/vmlinuz-*)",
                 boot.display()
-            )
+            ))
         })?
         .flatten()
         .map(|e| e.path())
@@ -86,12 +87,15 @@ fn find_kernel(root: &Path) -> Result<(PathBuf, String), String> {
                 .to_string();
             Ok((one.clone(), v))
         }
-        [] => Err(format!("no kernel (boot/vmlinuz-*) in {}", root.display())),
-        many => Err(format!(
+        [] => Err(Error::Kernel(format!(
+            "no kernel (boot/vmlinuz-*) in {}",
+            root.display()
+        ))),
+        many => Err(Error::Kernel(format!(
             "{} kernels in {}; keep one",
             many.len(),
             boot.display()
-        )),
+        ))),
     }
 }
 
@@ -103,26 +107,26 @@ pub use remediation_payload::IMAGE_CRYPTSETUP;
 
 /// The shared libraries `bin` needs, as absolute paths (the dynamic loader's answer, `ldd`),
 /// the loader itself included.
-fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, String> {
+fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, Error> {
     let o = std::process::Command::new("ldd")
         .arg(bin)
         .output()
-        .map_err(|e| format!("ldd: {e} (apt-get install libc-bin)"))?;
+        .map_err(|e| Error::Tool(format!("ldd: {e} (apt-get install libc-bin)")))?;
     if !o.status.success() {
-        return Err(format!(
+        return Err(Error::Tool(format!(
             "ldd {}: {}",
             bin.display(),
             String::from_utf8_lossy(&o.stderr).trim()
-        ));
+        )));
     }
     let mut libs = Vec::new();
     for line in String::from_utf8_lossy(&o.stdout).lines() {
         if line.contains("not found") {
-            return Err(format!(
+            return Err(Error::Tool(format!(
                 "{}: a library is missing: {}",
                 bin.display(),
                 line.trim()
-            ));
+            )));
         }
         // "libx.so.1 => /lib/x86_64-linux-gnu/libx.so.1 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
         let path = match line.split_once("=>") {
@@ -141,13 +145,14 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// cryptsetup and every library it loads, at the same paths in the image (symlinks followed:
 /// each is a regular file there).
-fn add_cryptsetup(a: &mut Archive, bin: &Path) -> Result<usize, String> {
+fn add_cryptsetup(a: &mut Archive, bin: &Path) -> Result<usize, Error> {
     let mut total = 0;
-    let data = std::fs::read(bin).map_err(|e| format!("{}: {e}", bin.display()))?;
+    let data = std::fs::read(bin).map_err(|e| Error::Input(format!("{}: {e}", bin.display())))?;
     total += data.len();
     a.file(IMAGE_CRYPTSETUP, data, 0o755);
     for lib in shared_libraries(bin)? {
-        let data = std::fs::read(&lib).map_err(|e| format!("{}: {e}", lib.display()))?;
+        let data =
+            std::fs::read(&lib).map_err(|e| Error::Input(format!("{}: {e}", lib.display())))?;
         total += data.len();
         let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
         a.file(&rel, data, 0o755);
@@ -157,7 +162,7 @@ fn add_cryptsetup(a: &mut Archive, bin: &Path) -> Result<usize, String> {
 
 /// zstd at level 19 (the kernel unpacks zstd initramfs; smaller than gzip -9 by a fifth and
 /// faster to unpack under emulation, measured: 3.4 s against 3.9 s to the first init).
-fn zstd(data: &[u8]) -> Result<Vec<u8>, String> {
+fn zstd(data: &[u8]) -> Result<Vec<u8>, Error> {
     use std::io::Write;
     let mut child = std::process::Command::new("zstd")
         .args(["-19", "-q", "-c", "--no-progress"])
@@ -165,20 +170,22 @@ fn zstd(data: &[u8]) -> Result<Vec<u8>, String> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("zstd: {e} (apt-get install zstd)"))?;
+        .map_err(|e| Error::Tool(format!("zstd: {e} (apt-get install zstd)")))?;
     let mut stdin = child.stdin.take().expect("piped");
     let input = data.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let o = child.wait_with_output().map_err(|e| format!("zstd: {e}"))?;
+    let o = child
+        .wait_with_output()
+        .map_err(|e| Error::Tool(format!("zstd: {e}")))?;
     writer
         .join()
-        .map_err(|_| "zstd: writer panicked".to_string())?
-        .map_err(|e| format!("zstd: {e}"))?;
+        .map_err(|_| Error::Tool("zstd: writer panicked".into()))?
+        .map_err(|e| Error::Tool(format!("zstd: {e}")))?;
     if !o.status.success() {
-        return Err(format!(
+        return Err(Error::Tool(format!(
             "zstd: {}",
             String::from_utf8_lossy(&o.stderr).trim()
-        ));
+        )));
     }
     Ok(o.stdout)
 }
@@ -186,7 +193,7 @@ fn zstd(data: &[u8]) -> Result<Vec<u8>, String> {
 /// A module's bytes, decompressed when it is `.ko.xz` (the initramfs is compressed as a whole,
 /// and in-kernel xz decompression is the slowest part of loading under emulation). `xz -d`
 /// leaves the appended module signature intact, so Secure Boot lockdown still accepts it.
-fn read_module(mdir: &Path, rel: &str) -> Result<(Vec<u8>, String), String> {
+fn read_module(mdir: &Path, rel: &str) -> Result<(Vec<u8>, String), Error> {
     let path = mdir.join(rel);
     match rel.strip_suffix(".xz") {
         Some(plain) => {
@@ -194,30 +201,34 @@ fn read_module(mdir: &Path, rel: &str) -> Result<(Vec<u8>, String), String> {
                 .arg("-dc")
                 .arg(&path)
                 .output()
-                .map_err(|e| format!("xz: {e} (apt-get install xz-utils)"))?;
+                .map_err(|e| Error::Tool(format!("xz: {e} (apt-get install xz-utils)")))?;
             if !o.status.success() {
-                return Err(format!(
+                return Err(Error::Input(format!(
                     "xz -d {}: {}",
                     path.display(),
                     String::from_utf8_lossy(&o.stderr).trim()
-                ));
+                )));
             }
             Ok((o.stdout, plain.to_string()))
         }
         None => std::fs::read(&path)
             .map(|d| (d, rel.to_string()))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| Error::Input(e.to_string())),
     }
 }
 
 /// Builds the initramfs around the agent and the kernel's modules; `progress` hears each step.
-pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<Built, String> {
+pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<Built, Error> {
     progress("[1/5] kernel");
     let (kpath, kver) = find_kernel(input.kernel_root)?;
-    let vmlinuz = std::fs::read(&kpath).map_err(|e| format!("{}: {e}", kpath.display()))?;
+    let vmlinuz =
+        std::fs::read(&kpath).map_err(|e| Error::Input(format!("{}: {e}", kpath.display())))?;
     let mdir = input.kernel_root.join("lib/modules").join(&kver);
     if !mdir.is_dir() {
-        return Err(format!("{}: no modules for kernel {kver}", mdir.display()));
+        return Err(Error::Kernel(format!(
+            "{}: no modules for kernel {kver}",
+            mdir.display()
+        )));
     }
     if !mdir.join("modules.dep").exists() {
         progress("      running depmod (the .deb ships no modules.dep)");
@@ -226,18 +237,18 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
             .arg(input.kernel_root)
             .arg(&kver)
             .output()
-            .map_err(|e| format!("depmod: {e} (apt-get install kmod)"))?;
+            .map_err(|e| Error::Tool(format!("depmod: {e} (apt-get install kmod)")))?;
         if !o.status.success() {
-            return Err(format!(
+            return Err(Error::Input(format!(
                 "depmod: {}",
                 String::from_utf8_lossy(&o.stderr).trim()
-            ));
+            )));
         }
     }
     progress(&format!("[2/5] modules for {kver}"));
     let dep = ModuleDep::parse(
         &std::fs::read_to_string(mdir.join("modules.dep"))
-            .map_err(|e| format!("modules.dep: {e}"))?,
+            .map_err(|e| Error::Input(format!("modules.dep: {e}")))?,
     );
     let builtin =
         parse_builtin(&std::fs::read_to_string(mdir.join("modules.builtin")).unwrap_or_default());
@@ -248,7 +259,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         .collect();
     let (_, missing_required) = dep.resolve(&required, &builtin);
     if !missing_required.is_empty() {
-        return Err(format!("kernel {kver} lacks modules the payload needs: {} (use Debian's 6.12 kernel from bookworm-backports; bookworm's 6.1 has no ntfs3)", missing_required.join(", ")));
+        return Err(Error::Kernel(format!("kernel {kver} lacks modules the payload needs: {} (use Debian's 6.12 kernel from bookworm-backports; bookworm's 6.1 has no ntfs3)", missing_required.join(", "))));
     }
     let wanted: Vec<&str> = required.iter().chain(HARDWARE).copied().collect();
     let (order, missing_hardware) = dep.resolve(&wanted, &builtin);
@@ -257,8 +268,8 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
     let mut a = Archive::new();
     for m in &order {
         let rel = dep.path(m).expect("resolved modules have paths");
-        let (data, rel) =
-            read_module(&mdir, rel).map_err(|e| format!("module {m} ({rel}): {e}"))?;
+        let (data, rel) = read_module(&mdir, rel)
+            .map_err(|e| Error::Input(format!("module {m} ({rel}): {e}")))?;
         let rel = rel.as_str();
         a.file(&format!("lib/modules/{kver}/{rel}"), data, 0o644);
         mods.push((m.clone(), rel.to_string()));
@@ -280,9 +291,12 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         }
     ));
     progress("[3/5] agent");
-    let agent = std::fs::read(input.agent).map_err(|e| format!("{}: {e} (build it: cargo build --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent)", input.agent.display()))?;
+    let agent = std::fs::read(input.agent).map_err(|e| Error::Input(format!("{}: {e} (build it: cargo build --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent)", input.agent.display())))?;
     if agent.get(..4) != Some(b"\x7fELF") {
-        return Err(format!("{} is not an ELF binary", input.agent.display()));
+        return Err(Error::Input(format!(
+            "{} is not an ELF binary",
+            input.agent.display()
+        )));
     }
     a.file("init", agent, 0o755);
     let cfg = remediation_payload::AgentConfig {
@@ -310,7 +324,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
             .cryptsetup
             .map(Path::to_path_buf)
             .or_else(|| CRYPTSETUP.iter().map(PathBuf::from).find(|p| p.exists()))
-            .ok_or("cryptsetup is not installed on this machine; the image needs it to unlock BitLocker (apt-get install cryptsetup-bin, or build with --no-bitlocker)")?;
+            .ok_or_else(|| Error::Input("cryptsetup is not installed on this machine; the image needs it to unlock BitLocker (apt-get install cryptsetup-bin, or build with --no-bitlocker)".into()))?;
         let cs_bytes = add_cryptsetup(&mut a, &cs)?;
         progress(&format!(
             "      {} and its libraries: {:.1} MB",

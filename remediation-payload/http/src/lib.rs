@@ -6,6 +6,31 @@
 //! fingerprint: the certificate is pinned, no CA is consulted, and its validity dates are
 //! ignored (a boot-looping machine's clock may be anywhere).
 use std::io::{Read, Write};
+
+/// Why a request failed. The text says what and to whom; the kind tells a caller whether to
+/// retry (connect and transport failures may pass, a bad URL or pin will not).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL is not http:// or https://, or https lacks a fingerprint.
+    #[error("{0}")]
+    Url(String),
+    /// The certificate fingerprint is malformed.
+    #[error("{0}")]
+    Pin(String),
+    /// The server could not be reached.
+    #[error("{0}")]
+    Connect(String),
+    /// TLS could not be set up (or the certificate is not the pinned one).
+    #[error("{0}")]
+    Tls(String),
+    /// Sending or reading failed, or the server closed without a response.
+    #[error("{0}")]
+    Transport(String),
+    /// The response is malformed.
+    #[error("{0}")]
+    Response(String),
+}
 use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,13 +43,15 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
-fn split_url(url: &str) -> Result<(String, String), String> {
+fn split_url(url: &str) -> Result<(String, String), Error> {
     let (rest, port) = if let Some(r) = url.strip_prefix("http://") {
         (r, 80)
     } else if let Some(r) = url.strip_prefix("https://") {
         (r, 443)
     } else {
-        return Err(format!("{url}: only http:// and https:// are supported"));
+        return Err(Error::Url(format!(
+            "{url}: only http:// and https:// are supported"
+        )));
     };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
@@ -55,7 +82,7 @@ pub fn request(
     url: &str,
     body: Option<&[u8]>,
     timeout: Duration,
-) -> Result<Response, String> {
+) -> Result<Response, Error> {
     request_with(method, url, body, timeout, &Options::default())
 }
 
@@ -66,17 +93,18 @@ pub fn request_with(
     body: Option<&[u8]>,
     timeout: Duration,
     opt: &Options<'_>,
-) -> Result<Response, String> {
+) -> Result<Response, Error> {
     let tls = url.starts_with("https://");
     let (host, path) = split_url(url)?;
-    let pin =
-        if tls {
-            Some(opt.pin.ok_or_else(|| {
-                format!("{url}: https needs the server certificate's fingerprint")
-            })?)
-        } else {
-            None
-        };
+    let pin = if tls {
+        Some(opt.pin.ok_or_else(|| {
+            Error::Url(format!(
+                "{url}: https needs the server certificate's fingerprint"
+            ))
+        })?)
+    } else {
+        None
+    };
     let body = body.unwrap_or(&[]);
     let mut head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: unbrick/{}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
@@ -113,7 +141,9 @@ pub fn request_with(
             c.keep_if(keep);
             Ok(r)
         }
-        Err(Failure::Closed) => Err(format!("read from {host}: closed without a response")),
+        Err(Failure::Closed) => Err(Error::Url(format!(
+            "read from {host}: closed without a response"
+        ))),
         Err(Failure::Other(e)) => Err(e),
     }
 }
@@ -150,24 +180,24 @@ struct Conn {
 enum Failure {
     /// Not one byte of a response before the connection ended.
     Closed,
-    Other(String),
+    Other(Error),
 }
 
 impl Conn {
-    fn open(host: &str, pin: Option<&str>, timeout: Duration, key: String) -> Result<Self, String> {
+    fn open(host: &str, pin: Option<&str>, timeout: Duration, key: String) -> Result<Self, Error> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
-            .map_err(|e| format!("{host}: {e}"))?
+            .map_err(|e| Error::Connect(format!("{host}: {e}")))?
             .next()
-            .ok_or_else(|| format!("{host}: no address"))?;
+            .ok_or_else(|| Error::Connect(format!("{host}: no address")))?;
         let s = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| format!("connect {host}: {e}"))?;
+            .map_err(|e| Error::Connect(format!("connect {host}: {e}")))?;
         s.set_nodelay(true).ok();
         let stream = match pin {
             Some(pin) => {
                 let cfg = cached_config(pin)?;
                 let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
                 let conn = rustls::ClientConnection::new(cfg, name)
-                    .map_err(|e| format!("TLS to {host}: {e}"))?;
+                    .map_err(|e| Error::Tls(format!("TLS to {host}: {e}")))?;
                 Stream::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
             }
             None => Stream::Plain(s),
@@ -215,7 +245,7 @@ impl Conn {
                 std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
                     Failure::Closed
                 }
-                _ => Failure::Other(format!("send to {host}: {e}")),
+                _ => Failure::Other(Error::Transport(format!("send to {host}: {e}"))),
             });
         }
         let mut raw = Vec::new();
@@ -251,7 +281,11 @@ impl Conn {
                 {
                     return Err(Failure::Closed)
                 }
-                Err(e) => return Err(Failure::Other(format!("read from {host}: {e}"))),
+                Err(e) => {
+                    return Err(Failure::Other(Error::Transport(format!(
+                        "read from {host}: {e}"
+                    ))))
+                }
             }
         }
         if raw.is_empty() {
@@ -265,18 +299,21 @@ impl Conn {
 }
 
 /// Parses `sha256:<64 hex>`.
-pub fn parse_pin(pin: &str) -> Result<[u8; 32], String> {
-    let h = pin
-        .strip_prefix("sha256:")
-        .ok_or_else(|| format!("certificate fingerprint {pin:?} must start with sha256:"))?;
-    let v = hex::decode(h).map_err(|_| format!("certificate fingerprint {pin:?} is not hex"))?;
+pub fn parse_pin(pin: &str) -> Result<[u8; 32], Error> {
+    let h = pin.strip_prefix("sha256:").ok_or_else(|| {
+        Error::Pin(format!(
+            "certificate fingerprint {pin:?} must start with sha256:"
+        ))
+    })?;
+    let v = hex::decode(h)
+        .map_err(|_| Error::Pin(format!("certificate fingerprint {pin:?} is not hex")))?;
     v.try_into()
-        .map_err(|_| format!("certificate fingerprint {pin:?} is not 32 bytes"))
+        .map_err(|_| Error::Pin(format!("certificate fingerprint {pin:?} is not 32 bytes")))
 }
 
 /// The client configuration for `pin`, made once per process: reusing it lets rustls resume TLS
 /// sessions when a connection has to be opened again.
-fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
     static CACHE: Mutex<Option<(String, Arc<rustls::ClientConfig>)>> = Mutex::new(None);
     let mut c = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((p, cfg)) = c.as_ref() {
@@ -290,7 +327,7 @@ fn cached_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
 }
 
 /// A rustls client configuration that accepts only the certificate with fingerprint `pin`.
-pub fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Arc::new(Pinned {
         sha256: parse_pin(pin)?,
@@ -298,7 +335,7 @@ pub fn pinned_config(pin: &str) -> Result<Arc<rustls::ClientConfig>, String> {
     });
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| Error::Pin(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
@@ -421,7 +458,7 @@ pub fn closes(response: &[u8]) -> bool {
 /// Walks the chunks of a chunked body, handing each chunk's data to `data`. Returns the length of
 /// the body with its last chunk and trailer (`None` while incomplete) and whether the last
 /// (zero-size) chunk was reached.
-fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, bool), String> {
+fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, bool), Error> {
     let line = |at: usize| b[at..].windows(2).position(|w| w == b"\r\n");
     let mut at = 0;
     loop {
@@ -431,7 +468,7 @@ fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, 
         let size = std::str::from_utf8(&b[at..at + e])
             .ok()
             .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
-            .ok_or_else(|| "bad chunk size".to_string())?;
+            .ok_or_else(|| Error::Response("bad chunk size".into()))?;
         at += e + 2;
         if size == 0 {
             // Trailer lines up to an empty one.
@@ -455,10 +492,12 @@ fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, 
 
 /// How many bytes at the start of `raw` make the first complete response: `Ok(None)` while more
 /// are needed, `Err` when the response has no length (its body ends when the server closes).
-pub fn response_len(raw: &[u8]) -> Result<Option<usize>, String> {
+pub fn response_len(raw: &[u8]) -> Result<Option<usize>, Error> {
     let Some(h) = head(raw) else {
         if raw.len() > 64 * 1024 {
-            return Err("HTTP response header longer than 64 KiB".into());
+            return Err(Error::Response(
+                "HTTP response header longer than 64 KiB".into(),
+            ));
         }
         return Ok(None);
     };
@@ -472,31 +511,32 @@ pub fn response_len(raw: &[u8]) -> Result<Option<usize>, String> {
     match h.len {
         Some(n) if raw.len() >= h.body + n => Ok(Some(h.body + n)),
         Some(_) => Ok(None),
-        None => Err("response without a length".into()),
+        None => Err(Error::Response("response without a length".into())),
     }
 }
 
 /// Parses one whole response (status line, headers, body).
-pub fn parse_response(raw: &[u8]) -> Result<Response, String> {
-    let h = head(raw).ok_or("malformed HTTP response (no header end)")?;
+pub fn parse_response(raw: &[u8]) -> Result<Response, Error> {
+    let h = head(raw)
+        .ok_or_else(|| Error::Response("malformed HTTP response (no header end)".into()))?;
     let status = h
         .status
-        .ok_or_else(|| format!("malformed status line {:?}", h.status_line))?;
+        .ok_or_else(|| Error::Response(format!("malformed status line {:?}", h.status_line)))?;
     let rest = &raw[h.body..];
     let body = if h.chunked {
         let mut out = Vec::new();
         if !walk_chunks(rest, |d| out.extend_from_slice(d))?.1 {
-            return Err("truncated chunk".into());
+            return Err(Error::Response("truncated chunk".into()));
         }
         out
     } else {
         match h.len {
             Some(n) if n <= rest.len() => rest[..n].to_vec(),
             Some(n) => {
-                return Err(format!(
+                return Err(Error::Response(format!(
                     "response body truncated: {} of {n} bytes",
                     rest.len()
-                ))
+                )))
             }
             None => rest.to_vec(),
         }

@@ -192,7 +192,7 @@ pub(super) fn request_key(
                 if errors > 20 {
                     return Err(("bitlocker-locked", format!("the key request failed: {e}")));
                 }
-                e
+                e.to_string()
             }
         };
         if t.elapsed() > Duration::from_secs(ctx.cmd.key_wait_secs) {

@@ -196,7 +196,7 @@ pub(super) fn post_json<T: serde::Serialize>(
                 ))
             }
             Ok(r) => last = format!("server answered {path} with {}", r.status),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         say(&format!("{last}; retrying in {} ms", delay.as_millis()));
         std::thread::sleep(delay);
@@ -211,7 +211,7 @@ pub(super) fn get(ctx: &Ctx, path: &str) -> Result<Vec<u8>, String> {
         match http::request("GET", &ctx.url(path), None, Duration::from_secs(10)) {
             Ok(r) if r.status == 200 => return Ok(r.body),
             Ok(r) => last = format!("GET {path}: {}", r.status),
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
         let delay = Duration::from_millis(500 << i.min(5));
         say(&format!("{last}; retrying in {} ms", delay.as_millis()));

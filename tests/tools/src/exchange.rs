@@ -55,7 +55,7 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     let mut chunk = vec![0u8; 16384];
     loop {
         if let Ok(Some(n)) = unbrick_http::response_len(&raw) {
-            let r = unbrick_http::parse_response(&raw[..n])?;
+            let r = unbrick_http::parse_response(&raw[..n]).map_err(|e| e.to_string())?;
             let keep = n == raw.len() && !unbrick_http::closes(&raw[..n]);
             return Ok((r.status, r.body, keep));
         }
@@ -71,7 +71,7 @@ async fn roundtrip<S: AsyncRead + AsyncWrite + Unpin>(
     if raw.is_empty() {
         return Err("connection closed without a response".into());
     }
-    let r = unbrick_http::parse_response(&raw)?;
+    let r = unbrick_http::parse_response(&raw).map_err(|e| e.to_string())?;
     Ok((r.status, r.body, false))
 }
 
