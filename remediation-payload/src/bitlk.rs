@@ -3,6 +3,7 @@
 //! Active Directory's `msFVE-RecoveryGuid`, Entra ID's key ID, the "Key ID" on the recovery
 //! screen). Layout as documented by the libbde project and implemented by cryptsetup's
 //! `bitlkDump`, which the tests compare against on real Windows-made volumes.
+use crate::Error;
 use std::fmt;
 
 /// The BitLocker volume-header GUID at 0xA0 (Windows 7 and later), in on-disk order.
@@ -155,66 +156,72 @@ pub fn is_bitlocker(boot: &[u8]) -> bool {
 /// image file). The first metadata copy that parses wins (Windows keeps three).
 pub fn read(
     read_at: &mut dyn FnMut(u64, usize) -> std::io::Result<Vec<u8>>,
-) -> Result<Info, String> {
-    let boot = read_at(0, 512).map_err(|e| format!("boot sector: {e}"))?;
+) -> Result<Info, Error> {
+    let boot = read_at(0, 512).map_err(|e| Error::Metadata(format!("boot sector: {e}")))?;
     let mut partial = false;
     let (offsets_at, to_go) =
         if boot.get(3..11) == Some(b"-FVE-FS-") {
             match boot.get(0xa0..0xb0) {
                 Some(g) if g == FVE_GUID => {}
                 Some(g) if g == PARTIAL_GUID => partial = true,
-                _ => return Err(
+                _ => return Err(Error::Metadata(
                     "BitLocker volume with an unsupported header (Windows Vista era?); not touched"
                         .into(),
-                ),
+                )),
             }
             (0xb0, false)
         } else if boot.get(TOGO_GUID_AT..TOGO_GUID_AT + 16) == Some(&FVE_GUID[..]) {
             (0x1b8, true)
         } else {
-            return Err("not a BitLocker volume".into());
+            return Err(Error::Metadata("not a BitLocker volume".into()));
         };
     let mut last = String::from("no metadata copy");
     for k in 0..3 {
-        let off = u64_at(&boot, offsets_at + 8 * k).ok_or("short boot sector")?;
+        let off = u64_at(&boot, offsets_at + 8 * k)
+            .ok_or_else(|| Error::Metadata("short boot sector".into()))?;
         if off == 0 {
             continue;
         }
         match read_at(off, 64 * 1024)
-            .map_err(|e| format!("metadata at {off}: {e}"))
+            .map_err(|e| Error::Metadata(format!("metadata at {off}: {e}")))
             .and_then(|b| parse_block(&b, to_go))
         {
             Ok(mut i) => {
                 i.partially_encrypted = partial;
                 return Ok(i);
             }
-            Err(e) => last = e,
+            Err(e) => last = e.to_string(),
         }
     }
-    Err(format!("no readable BitLocker metadata: {last}"))
+    Err(Error::Metadata(format!(
+        "no readable BitLocker metadata: {last}"
+    )))
 }
 
 /// One FVE metadata block: 64-byte block header, 48-byte metadata header, entries.
-fn parse_block(b: &[u8], to_go: bool) -> Result<Info, String> {
+fn parse_block(b: &[u8], to_go: bool) -> Result<Info, Error> {
     if b.get(0..8) != Some(b"-FVE-FS-") {
-        return Err("metadata block without its signature".into());
-    }
-    let version = u16_at(b, 10).ok_or("short block")?;
-    if version != 2 {
-        return Err(format!(
-            "metadata version {version} (only 2, Windows 7 and later)"
+        return Err(Error::Metadata(
+            "metadata block without its signature".into(),
         ));
+    }
+    let version = u16_at(b, 10).ok_or_else(|| Error::Metadata("short block".into()))?;
+    if version != 2 {
+        return Err(Error::Metadata(format!(
+            "metadata version {version} (only 2, Windows 7 and later)"
+        )));
     }
     let h = 64;
-    let size = u32_at(b, h).ok_or("short header")? as usize;
-    let header_size = u32_at(b, h + 8).ok_or("short header")? as usize;
+    let size = u32_at(b, h).ok_or_else(|| Error::Metadata("short header".into()))? as usize;
+    let header_size =
+        u32_at(b, h + 8).ok_or_else(|| Error::Metadata("short header".into()))? as usize;
     if header_size != 48 || size < 48 || h + size > b.len() {
-        return Err(format!(
+        return Err(Error::Metadata(format!(
             "metadata header size {header_size}, size {size}: malformed"
-        ));
+        )));
     }
     let volume_guid = guid(&b[h + 16..h + 32]);
-    let method = u16_at(b, h + 36).ok_or("short header")?;
+    let method = u16_at(b, h + 36).ok_or_else(|| Error::Metadata("short header".into()))?;
     let mut protectors = Vec::new();
     let mut description = None;
     let mut at = h + 48;
@@ -247,7 +254,7 @@ fn parse_block(b: &[u8], to_go: bool) -> Result<Info, String> {
         at += len;
     }
     if protectors.is_empty() {
-        return Err("metadata lists no key protector".into());
+        return Err(Error::Metadata("metadata lists no key protector".into()));
     }
     Ok(Info {
         volume_guid,
@@ -288,7 +295,7 @@ mod tests {
         Some(dir.join("bitlk-images"))
     }
 
-    fn read_file(p: &Path) -> Result<Info, String> {
+    fn read_file(p: &Path) -> Result<Info, Error> {
         let mut f = std::fs::File::open(p).unwrap();
         read(&mut |off, len| {
             f.seek(SeekFrom::Start(off))?;
@@ -390,13 +397,16 @@ mod tests {
     #[test]
     fn not_bitlocker_and_damaged_headers_are_errors() {
         let mut zero = |_: u64, len: usize| Ok(vec![0u8; len]);
-        assert!(read(&mut zero).unwrap_err().contains("not a BitLocker"));
+        assert!(read(&mut zero)
+            .unwrap_err()
+            .to_string()
+            .contains("not a BitLocker"));
         let mut vista = |_: u64, len: usize| {
             let mut b = vec![0u8; len];
             b[3..11].copy_from_slice(b"-FVE-FS-");
             Ok(b)
         };
-        assert!(read(&mut vista).unwrap_err().contains("Vista"));
+        assert!(read(&mut vista).unwrap_err().to_string().contains("Vista"));
         let mut broken = |off: u64, len: usize| {
             let mut b = vec![0u8; len];
             if off == 0 {
@@ -410,7 +420,10 @@ mod tests {
             }
             Ok(b)
         };
-        assert!(read(&mut broken).unwrap_err().contains("malformed"));
+        assert!(read(&mut broken)
+            .unwrap_err()
+            .to_string()
+            .contains("malformed"));
         assert_eq!(guid(&FVE_GUID), "4967d63b-2e29-4ad8-8399-f6a339e3d001");
     }
 }

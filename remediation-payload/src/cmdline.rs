@@ -1,4 +1,5 @@
 //! The kernel command line the boot script gives the agent.
+use crate::Error;
 
 /// What to do with a volume Windows did not unmount cleanly.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +35,7 @@ pub struct Cmdline {
 
 impl Cmdline {
     /// Parses `/proc/cmdline`; the server and the token are required.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Error> {
         let mut server = None;
         let mut api = None;
         let mut token = None;
@@ -55,15 +56,15 @@ impl Cmdline {
                     "restore" => restore = true,
                     "remediate" => {}
                     other => {
-                        return Err(format!(
+                        return Err(Error::Cmdline(format!(
                             "unbrick.mode={other}: this agent knows remediate and restore"
-                        ))
+                        )))
                     }
                 },
                 "unbrick.keywait" => {
-                    key_wait_secs = v
-                        .parse()
-                        .map_err(|_| format!("unbrick.keywait={v}: expected seconds"))?
+                    key_wait_secs = v.parse().map_err(|_| {
+                        Error::Cmdline(format!("unbrick.keywait={v}: expected seconds"))
+                    })?
                 }
                 "unbrick.dirty" => {
                     dirty = match v {
@@ -74,16 +75,22 @@ impl Cmdline {
                 _ => {}
             }
         }
-        let server = server.ok_or("the kernel command line has no unbrick.server=; this machine was not booted by unbrick")?;
+        let server = server.ok_or_else(|| Error::Cmdline("the kernel command line has no unbrick.server=; this machine was not booted by unbrick".into()))?;
         if !server.starts_with("http://") && !server.starts_with("https://") {
-            return Err(format!("unbrick.server={server} is not an http:// URL"));
+            return Err(Error::Cmdline(format!(
+                "unbrick.server={server} is not an http:// URL"
+            )));
         }
         if let Some(a) = &api {
             if !a.starts_with("https://") {
-                return Err(format!("unbrick.api={a} is not an https:// URL"));
+                return Err(Error::Cmdline(format!(
+                    "unbrick.api={a} is not an https:// URL"
+                )));
             }
         }
-        let token = token.ok_or("the kernel command line has no unbrick.token=")?;
+        let token = token.ok_or_else(|| {
+            Error::Cmdline("the kernel command line has no unbrick.token=".into())
+        })?;
         Ok(Self {
             server,
             api,
@@ -110,6 +117,7 @@ mod tests {
         assert_eq!(c.dirty, DirtyPolicy::Skip);
         assert!(Cmdline::parse("quiet")
             .unwrap_err()
+            .to_string()
             .contains("unbrick.server"));
         assert!(Cmdline::parse("unbrick.server=ftp://x unbrick.token=t").is_err());
         assert!(
@@ -126,6 +134,7 @@ mod tests {
             "unbrick.server=http://a unbrick.api=http://10.99.0.1:8443 unbrick.token=t"
         )
         .unwrap_err()
+        .to_string()
         .contains("https"));
     }
 }

@@ -15,6 +15,18 @@ pub mod modules;
 pub mod remediate;
 mod sys;
 
+/// Why the agent cannot go on with a step: the text says what and what the admin can do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The kernel command line lacks what the boot script puts there.
+    #[error("{0}")]
+    Cmdline(String),
+    /// A BitLocker volume's FVE metadata is missing or damaged.
+    #[error("{0}")]
+    Metadata(String),
+}
+
 /// The agent's configuration, embedded in the initramfs at build time.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AgentConfig {

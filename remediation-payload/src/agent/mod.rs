@@ -101,7 +101,7 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     mount_pseudo();
     let cmdline =
         std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
-    let cmd = Cmdline::parse(&cmdline)?;
+    let cmd = Cmdline::parse(&cmdline).map_err(|e| e.to_string())?;
     *poweroff = cmd.poweroff;
     let cfg: crate::AgentConfig = serde_json::from_slice(
         &std::fs::read(Path::new("/").join(crate::AGENT_CONFIG_PATH))
