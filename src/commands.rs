@@ -267,7 +267,7 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<(), Fail> {
                 )));
             }
             let book = web_console::tokens::TokenBook::new(&d.tokens());
-            let secret = book.create(&name, read_only, now_unix()).map_err(Fail)?;
+            let secret = book.create(&name, read_only, now_unix())?;
             eprintln!(
                 "token {name:?} ({}) created; it is shown only this once:",
                 if read_only {
@@ -280,7 +280,7 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<(), Fail> {
         }
         TokensCmd::List { data_dir } => {
             let book = web_console::tokens::TokenBook::new(&DataDir(data_dir).tokens());
-            let all = book.list().map_err(Fail)?;
+            let all = book.list()?;
             println!("{:<24}  {:<11}  CREATED", "NAME", "SCOPE");
             for t in &all {
                 println!(
@@ -294,7 +294,7 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<(), Fail> {
         }
         TokensCmd::Revoke { name, data_dir } => {
             let book = web_console::tokens::TokenBook::new(&DataDir(data_dir).tokens());
-            if !book.revoke(&name).map_err(Fail)? {
+            if !book.revoke(&name)? {
                 return Err(Fail(format!(
                     "no token named {name:?} (see: unbrick tokens list)"
                 )));

@@ -240,9 +240,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<(), Fail> {
     )?;
     let book = web_console::tokens::TokenBook::new(&d.tokens());
     let _ = book.revoke("demo-admin");
-    let token = book
-        .create("demo-admin", false, crate::now_unix())
-        .map_err(Fail)?;
+    let token = book.create("demo-admin", false, crate::now_unix())?;
 
     let work = std::env::temp_dir().join(format!("unbrick-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;

@@ -1,6 +1,11 @@
 //! The agent API's messages, shared by the recovery agent and the server.
 use serde::{Deserialize, Serialize};
 
+/// The step an agent sends when it starts looking for Windows volumes (host -> scanning).
+pub const STEP_SCANNING: &str = "scanning";
+/// The step an agent sends after it unlocked a BitLocker volume (host -> unlocked).
+pub const STEP_UNLOCKED: &str = "unlocked";
+
 /// `POST /agent/v1/hello`: the agent is up and says who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {

@@ -230,9 +230,9 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
         }
         Input::AgentStep { step } => {
             let to = match *step {
-                "scanning" => HostState::Scanning,
+                crate::agent::STEP_SCANNING => HostState::Scanning,
                 // A BitLocker volume was unlocked with a released key.
-                "unlocked" => HostState::Unlocked,
+                crate::agent::STEP_UNLOCKED => HostState::Unlocked,
                 _ => return None,
             };
             guarded(h, to, now_ms).map(|m| note("state", m))
@@ -572,6 +572,60 @@ mod tests {
                 note,
                 "case {i}: {before:?} + {input:?}"
             );
+        }
+    }
+
+    /// A whole run in the agent's order (payload, hello, its steps, the report, the reboot,
+    /// Windows back), with and without a BitLocker volume: every step is a move the state
+    /// machine allows, none is refused, and the host ends recovered.
+    #[test]
+    fn the_agents_step_order_is_the_state_machines() {
+        use crate::agent::{STEP_SCANNING, STEP_UNLOCKED};
+        let rep = report(RunResult::Remediated, None);
+        for bitlocker in [false, true] {
+            let mut h = host(HostState::Seen);
+            let mut inputs = vec![
+                Input::PayloadIssued {
+                    via: "iPXE script",
+                    token: "t",
+                    restore: false,
+                },
+                Input::AgentHello {
+                    uuid: None,
+                    serial: None,
+                },
+                Input::AgentStep { step: "modules" },
+                Input::AgentStep { step: "rules" },
+                Input::AgentStep {
+                    step: STEP_SCANNING,
+                },
+                Input::AgentStep { step: "volume" },
+            ];
+            if bitlocker {
+                inputs.push(Input::KeyReleased);
+                inputs.push(Input::AgentStep {
+                    step: STEP_UNLOCKED,
+                });
+            }
+            inputs.push(Input::AgentReport(&rep));
+            inputs.push(pxe(true));
+            inputs.push(windows());
+            let mut states = Vec::new();
+            for (i, input) in inputs.iter().enumerate() {
+                let note = apply(&mut h, input, T + i as u64 * 1000);
+                if let Some(n) = &note {
+                    assert!(!n.message.contains("kept"), "{input:?}: {}", n.message);
+                }
+                states.push(h.state.name());
+            }
+            let mut want = vec![
+                "booting", "agent-up", "agent-up", "agent-up", "scanning", "scanning",
+            ];
+            if bitlocker {
+                want.extend(["scanning", "unlocked"]);
+            }
+            want.extend(["remediated", "rebooted", "recovered"]);
+            assert_eq!(states, want, "bitlocker: {bitlocker}");
         }
     }
 

@@ -66,6 +66,24 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
 }
 
+/// Why the token file could not be read or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenError {
+    /// The name is not 1-64 letters, digits, '-', '_', '.', '@'.
+    #[error("{0}")]
+    Name(String),
+    /// A token of that name exists.
+    #[error("{0}")]
+    Exists(String),
+    /// tokens.json could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// tokens.json does not parse.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
 impl TokenBook {
     /// The tokens of `path` (re-read when the file changes).
     pub fn new(path: &Path) -> Self {
@@ -75,37 +93,38 @@ impl TokenBook {
         }
     }
 
-    fn read(&self) -> Result<Vec<TokenInfo>, String> {
+    fn read(&self) -> Result<Vec<TokenInfo>, TokenError> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice::<TokenFile>(&b)
                 .map(|f| f.tokens)
-                .map_err(|e| format!("{}: {e}", self.path.display())),
+                .map_err(|e| TokenError::Corrupt(format!("{}: {e}", self.path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(format!("{}: {e}", self.path.display())),
+            Err(e) => Err(TokenError::Io(format!("{}: {e}", self.path.display()))),
         }
     }
 
-    fn write(&self, tokens: Vec<TokenInfo>) -> Result<(), String> {
+    fn write(&self, tokens: Vec<TokenInfo>) -> Result<(), TokenError> {
         let tmp = self.path.with_extension("json.tmp");
         let _ = std::fs::remove_file(&tmp);
         let data = serde_json::to_vec_pretty(&TokenFile { tokens }).expect("tokens serialize");
         signing::keys::create_exclusive(&tmp, &data, 0o600)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+            .map_err(|e| TokenError::Io(format!("{}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &self.path)
+            .map_err(|e| TokenError::Io(format!("{}: {e}", self.path.display())))
     }
 
     /// Creates a token; returns the secret, which is not stored and cannot be shown again.
-    pub fn create(&self, name: &str, read_only: bool, now_unix: u64) -> Result<String, String> {
+    pub fn create(&self, name: &str, read_only: bool, now_unix: u64) -> Result<String, TokenError> {
         if !valid_name(name) {
-            return Err(format!(
+            return Err(TokenError::Name(format!(
                 "token name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"
-            ));
+            )));
         }
         let mut all = self.read()?;
         if all.iter().any(|t| t.name == name) {
-            return Err(format!(
+            return Err(TokenError::Exists(format!(
                 "a token named {name:?} exists; revoke it first or pick another name"
-            ));
+            )));
         }
         let secret = format!("{PREFIX}{}", random_hex(16));
         all.push(TokenInfo {
@@ -119,7 +138,7 @@ impl TokenBook {
     }
 
     /// Removes a token by name; returns whether it existed.
-    pub fn revoke(&self, name: &str) -> Result<bool, String> {
+    pub fn revoke(&self, name: &str) -> Result<bool, TokenError> {
         let mut all = self.read()?;
         let before = all.len();
         all.retain(|t| t.name != name);
@@ -131,7 +150,7 @@ impl TokenBook {
     }
 
     /// Every token (names and flags, never a secret).
-    pub fn list(&self) -> Result<Vec<TokenInfo>, String> {
+    pub fn list(&self) -> Result<Vec<TokenInfo>, TokenError> {
         self.read()
     }
 
@@ -175,7 +194,11 @@ mod tests {
         assert!(book.check(&r).unwrap().read_only);
         assert!(book.check("ubk_00000000000000000000000000000000").is_none());
         assert!(book.check("").is_none());
-        assert!(book.create("ops", true, 3).unwrap_err().contains("exists"));
+        assert!(book
+            .create("ops", true, 3)
+            .unwrap_err()
+            .to_string()
+            .contains("exists"));
         assert!(book.create("bad name", true, 3).is_err());
         let text = std::fs::read_to_string(d.join("tokens.json")).unwrap();
         assert!(!text.contains(&s[4..]), "the secret is never stored");

@@ -115,7 +115,7 @@ pub(super) fn bitlocker_unlock(ctx: &Ctx, dev: &str) -> Bitlk {
             let detail = format!(
                 "{what} unlocked with the recovery key of protector {id} in {ms} ms (key derivation included)"
             );
-            ctx.step("unlocked", &format!("{dev}: {detail}"));
+            ctx.step(fleet::agent::STEP_UNLOCKED, &format!("{dev}: {detail}"));
             Bitlk::Open {
                 mapper: format!("/dev/mapper/{name}"),
                 name,

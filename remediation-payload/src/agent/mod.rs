@@ -209,7 +209,7 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
             rules.id, rules.version, rules.expires
         ),
     );
-    ctx.step("scanning", "looking for Windows volumes");
+    ctx.step(fleet::agent::STEP_SCANNING, "looking for Windows volumes");
     // Storage drivers probe asynchronously: give disks a moment to appear.
     let t = Instant::now();
     let mut devs = block_devices();
