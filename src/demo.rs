@@ -151,9 +151,7 @@ fn make_disk(work: &Path, name: &str, bad: bool) -> Result<PathBuf, Fail> {
         files,
         dirty: false,
     }];
-    Ok(try_make_disk(work, name, Table::Gpt, &vols)
-        .map_err(Fail)?
-        .path)
+    Ok(try_make_disk(work, name, Table::Gpt, &vols)?.path)
 }
 
 fn guest(work: &Path, i: u32, accel: &str) -> Result<Child, Fail> {
@@ -174,10 +172,8 @@ fn guest(work: &Path, i: u32, accel: &str) -> Result<Child, Fail> {
         dir: work.to_path_buf(),
         name,
     };
-    unbrick_lab::lab::add_tap(NS, &spec.tap()).map_err(Fail)?;
-    let child = spec
-        .spawn(NS, &work.join(format!("{}.qemu.log", spec.name)))
-        .map_err(Fail)?;
+    unbrick_lab::lab::add_tap(NS, &spec.tap())?;
+    let child = spec.spawn(NS, &work.join(format!("{}.qemu.log", spec.name)))?;
     println!(
         "demo: {} ({}, {}) boot-loops into the network; serial console {}",
         spec.name,
@@ -244,7 +240,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<(), Fail> {
 
     let work = std::env::temp_dir().join(format!("unbrick-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    unbrick_lab::lab::bridge_namespace(NS).map_err(Fail)?;
+    unbrick_lab::lab::bridge_namespace(NS)?;
     let mut children: Vec<Child> = Vec::new();
     let result = (|| -> Result<(), Fail> {
         let server = Command::new("ip")

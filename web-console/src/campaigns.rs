@@ -71,28 +71,32 @@ pub struct GateInput {
 
 impl CampaignInput {
     /// The campaign spec this input asks for, checked.
-    pub fn into_spec(self) -> Result<CampaignSpec, String> {
+    pub fn into_spec(self) -> Result<CampaignSpec, fleet::Error> {
         let targets = match self.targets {
             TargetsInput::All(true) => Targets::All,
-            TargetsInput::All(false) => return Err(
+            TargetsInput::All(false) => return Err(fleet::Error::Invalid(
                 "targets: {\"all\": true}, {\"site\": ...}, {\"tag\": ...} or {\"macs\": [...]}"
                     .into(),
-            ),
+            )),
             TargetsInput::Site(s) if !s.trim().is_empty() => Targets::Site(s.trim().to_string()),
             TargetsInput::Tag(t) if !t.trim().is_empty() => Targets::Tag(t.trim().to_string()),
             TargetsInput::Macs(l) => Targets::List(
                 l.iter()
                     .map(|m| m.parse::<Mac>())
-                    .collect::<Result<Vec<_>, _>>()?,
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(fleet::Error::Invalid)?,
             ),
-            _ => return Err("targets: the site or tag is empty".into()),
+            _ => {
+                return Err(fleet::Error::Invalid(
+                    "targets: the site or tag is empty".into(),
+                ))
+            }
         };
         let waves = self
             .waves
             .iter()
             .map(|w| w.parse::<WaveSize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
         let spec = CampaignSpec {
             name: self.name.trim().to_string(),
             targets,
@@ -109,7 +113,7 @@ impl CampaignInput {
                 .saturating_mul(60_000),
             verify_window_ms: self.verify_window_minutes.map(|m| m.saturating_mul(60_000)),
         };
-        spec.validate().map_err(|e| e.to_string())?;
+        spec.validate()?;
         Ok(spec)
     }
 }
@@ -247,14 +251,11 @@ pub fn views(c: &Console, id: Option<&str>) -> Vec<CampaignView> {
 }
 
 /// Writes every campaign and waits for the disk.
-pub async fn persist(c: &Console) -> Result<(), String> {
+pub async fn persist(c: &Console) -> fleet_service::Result<()> {
     for camp in c.campaigns.snapshot() {
-        c.fleet
-            .store()
-            .put_campaign(&camp)
-            .map_err(|e| format!("store: {e}"))?;
+        c.fleet.store().put_campaign(&camp)?;
     }
-    c.fleet.durable().await.map_err(|e| format!("store: {e}"))
+    Ok(c.fleet.durable().await?)
 }
 
 /// Creates a campaign (draft). Returns its id.
@@ -273,9 +274,7 @@ pub async fn create(
     let name = camp.spec.name.clone();
     c.campaigns.with(|cs| cs.push(camp));
     audit(c, actor, "campaign-create", format!("{id} {name:?}"));
-    persist(c)
-        .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+    persist(c).await.map_err(crate::bitlocker::failure)?;
     Ok(id)
 }
 
@@ -322,9 +321,7 @@ pub async fn act(
         format!("{id}: {r}"),
     );
     tracing::info!("campaign {id} {action} by {actor}: {r}");
-    persist(c)
-        .await
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
+    persist(c).await.map_err(crate::bitlocker::failure)?;
     Ok(r)
 }
 

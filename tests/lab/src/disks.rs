@@ -2,6 +2,7 @@
 //! sparse images partitioned with sgdisk (GPT) or sfdisk (MBR), NTFS made by mkntfs on a
 //! partition-sized file, populated through ntfs-3g (FUSE), then copied into place.
 use crate::lab::{must, run, sh};
+use crate::Error;
 use std::path::{Path, PathBuf};
 
 /// The first bytes of a CrowdStrike channel file (what the rules match).
@@ -59,12 +60,7 @@ pub fn channel_file(seed: u8, len: usize) -> Vec<u8> {
 
 /// Makes a 320 MiB disk: on GPT an ESP and an MSR first (as Windows lays it out), then one
 /// 64 MiB NTFS partition per volume; on MBR just the NTFS partitions.
-pub fn try_make_disk(
-    dir: &Path,
-    name: &str,
-    table: Table,
-    vols: &[Volume],
-) -> Result<Disk, String> {
+pub fn try_make_disk(dir: &Path, name: &str, table: Table, vols: &[Volume]) -> Result<Disk, Error> {
     let path = dir.join(format!("{name}.img"));
     let _ = std::fs::remove_file(&path);
     run(&format!("truncate -s 320M {}", path.display()))?;
@@ -84,7 +80,9 @@ pub fn try_make_disk(
                     .find_map(|l| l.strip_prefix("First sector: "))
                     .and_then(|l| l.split_whitespace().next())
                     .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("sgdisk -i {}: no first sector in {info:?}", i + 3))?;
+                    .ok_or_else(|| {
+                        Error::Io(format!("sgdisk -i {}: no first sector in {info:?}", i + 3))
+                    })?;
                 parts.push((first, size));
             }
         }
@@ -95,7 +93,7 @@ pub fn try_make_disk(
                 parts.push((2048 + i as u64 * (size + 2048), size));
             }
             std::fs::write(dir.join(format!("{name}.sfdisk")), script)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Error::Io(e.to_string()))?;
             run(&format!(
                 "sfdisk -q {} < {}",
                 path.display(),
@@ -107,7 +105,7 @@ pub fn try_make_disk(
         let part = dir.join(format!("{name}-{}.ntfs", v.label));
         let mnt = dir.join(format!("{name}-{}.mnt", v.label));
         let _ = std::fs::remove_file(&part);
-        std::fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&mnt).map_err(|e| Error::Io(e.to_string()))?;
         run(&format!("truncate -s {} {}", count * 512, part.display()))?;
         run(&format!(
             "mkntfs -F -Q -q -s 512 -L {} -p {start} -H 255 -S 63 {}",
@@ -119,9 +117,9 @@ pub fn try_make_disk(
         let written = v.files.iter().try_for_each(|f| {
             let p = mnt.join(&f.path);
             if let Some(d) = p.parent() {
-                std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+                std::fs::create_dir_all(d).map_err(|e| Error::Io(e.to_string()))?;
             }
-            std::fs::write(&p, &f.data).map_err(|e| format!("{}: {e}", p.display()))?;
+            std::fs::write(&p, &f.data).map_err(|e| Error::Io(format!("{}: {e}", p.display())))?;
             run(&format!("touch -d '{}' '{}'", f.mtime, p.display())).map(drop)
         });
         run(&format!("umount {}", mnt.display()))?;
@@ -135,7 +133,7 @@ pub fn try_make_disk(
             path.display(),
             start * 512
         ))?;
-        std::fs::remove_file(&part).map_err(|e| e.to_string())?;
+        std::fs::remove_file(&part).map_err(|e| Error::Io(e.to_string()))?;
     }
     Ok(Disk { path, parts })
 }

@@ -1,6 +1,7 @@
 //! A throw-away network lab: a server namespace with a bridge (10.99.0.1/24, no uplink), client
 //! namespaces attached by veth, and `unbrick serve` running inside. Everything is removed by
 //! PID and namespace name on drop.
+use crate::Error;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,18 +23,18 @@ pub fn sh(cmd: &str) -> Output {
 }
 
 /// Runs a command; its standard output, or an error naming the command and its output.
-pub fn run(cmd: &str) -> Result<String, String> {
+pub fn run(cmd: &str) -> Result<String, Error> {
     let o = Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
+        .map_err(|e| Error::Io(format!("{cmd}: {e}")))?;
     if !o.status.success() {
-        return Err(format!(
-            "command failed: {cmd}\nstdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        ));
+        return Err(Error::Command {
+            cmd: cmd.to_string(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        });
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
 }
@@ -45,7 +46,7 @@ pub fn must(cmd: &str) -> String {
 
 /// A namespace `ns` with loopback up and bridge `br0` at [`SERVER_IP`]/24: no uplink, nothing
 /// of the machine's own interfaces in it. Any namespace of that name is replaced.
-pub fn bridge_namespace(ns: &str) -> Result<(), String> {
+pub fn bridge_namespace(ns: &str) -> Result<(), Error> {
     let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
     run(&format!("ip netns add {ns}"))?;
     run(&format!("ip -n {ns} link set lo up"))?;
@@ -57,7 +58,7 @@ pub fn bridge_namespace(ns: &str) -> Result<(), String> {
 }
 
 /// A tap device `name` on `ns`'s bridge, for a QEMU guest.
-pub fn add_tap(ns: &str, name: &str) -> Result<(), String> {
+pub fn add_tap(ns: &str, name: &str) -> Result<(), Error> {
     run(&format!("ip -n {ns} tuntap add dev {name} mode tap"))?;
     run(&format!("ip -n {ns} link set {name} master br0 up")).map(drop)
 }

@@ -8,5 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod disks;
+pub mod error;
 pub mod lab;
 pub mod qemu;
+
+pub use error::Error;

@@ -1,6 +1,7 @@
 //! QEMU guests that network-boot like the fleet's machines: SeaBIOS with iPXE, OVMF with iPXE,
 //! OVMF's own PXE, OVMF with Secure Boot on (Microsoft keys); one NIC on a tap of the lab's
 //! bridge, a disk on virtio, SATA, NVMe or USB, the serial console to a file.
+use crate::Error;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -163,13 +164,14 @@ impl GuestSpec {
     }
 
     /// Starts the guest inside namespace `ns` (its tap must exist), output to `log`.
-    pub fn spawn(&self, ns: &str, log: &Path) -> Result<Child, String> {
+    pub fn spawn(&self, ns: &str, log: &Path) -> Result<Child, Error> {
         if self.fw != Firmware::Bios {
             let (_, vars) = ovmf(self.fw);
-            std::fs::copy(vars, self.vars()).map_err(|e| format!("{vars}: {e}"))?;
+            std::fs::copy(vars, self.vars()).map_err(|e| Error::Io(format!("{vars}: {e}")))?;
         }
-        let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let out =
+            std::fs::File::create(log).map_err(|e| Error::Io(format!("{}: {e}", log.display())))?;
+        let err = out.try_clone().map_err(|e| Error::Io(e.to_string()))?;
         Command::new("ip")
             .args(["netns", "exec", ns, "qemu-system-x86_64"])
             .args(self.args())
@@ -177,7 +179,7 @@ impl GuestSpec {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .map_err(|e| format!("qemu-system-x86_64: {e}"))
+            .map_err(|e| Error::Io(format!("qemu-system-x86_64: {e}")))
     }
 }
 

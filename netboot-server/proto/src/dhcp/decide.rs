@@ -55,28 +55,27 @@ pub struct Inbound {
     pub uuid: Option<String>,
 }
 
-/// Why a datagram was dropped without an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a datagram was dropped without an answer (the DHCP side's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Drop {
     /// The datagram does not decode (the reason says where).
+    #[error("malformed DHCP packet: {0}")]
     Malformed(String),
     /// A BOOTREPLY or other non-request.
+    #[error("not a BOOTREQUEST")]
     NotARequest,
     /// Not Ethernet (htype 1, hlen 6).
+    #[error("hardware type is not Ethernet")]
     NotEthernet,
     /// No option 53.
+    #[error("no DHCP message type (plain BOOTP is not served)")]
     NoMessageType,
 }
 
 impl Drop {
-    /// The reason in words.
+    /// The reason in words (its `Display`).
     pub fn reason(&self) -> String {
-        match self {
-            Self::Malformed(e) => format!("malformed DHCP packet: {e}"),
-            Self::NotARequest => "not a BOOTREQUEST".into(),
-            Self::NotEthernet => "hardware type is not Ethernet".into(),
-            Self::NoMessageType => "no DHCP message type (plain BOOTP is not served)".into(),
-        }
+        self.to_string()
     }
 }
 

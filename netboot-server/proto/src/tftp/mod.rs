@@ -8,8 +8,9 @@ mod sim_tests;
 pub use packet::{ErrorCode, Packet};
 pub use transfer::{Limits, Outcome, Transfer};
 
-/// Why a request is refused, with the TFTP error code to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why a request is refused, with the TFTP error code to send (the TFTP side's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
 pub struct Refusal {
     /// The error code.
     pub code: ErrorCode,

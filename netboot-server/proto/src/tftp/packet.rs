@@ -1,5 +1,4 @@
 //! TFTP packets (RFC 1350) with the option extension (RFC 2347).
-use std::fmt;
 
 /// Read request.
 pub const OP_RRQ: u16 = 1;
@@ -78,14 +77,9 @@ pub enum Packet<'a> {
 }
 
 /// Why a datagram did not parse.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed TFTP packet: {0}")]
 pub struct ParseError(pub &'static str);
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed TFTP packet: {}", self.0)
-    }
-}
 
 fn strings(body: &[u8]) -> Result<Vec<String>, ParseError> {
     if body.last() != Some(&0) {
