@@ -107,8 +107,20 @@ pub struct Note {
     pub source: EventSource,
     /// The event kind (`state`, `payload`, `admin`).
     pub kind: &'static str,
-    /// The text.
+    /// What happened.
     pub message: String,
+    /// The admin who asked, for an admin's action.
+    pub by: Option<String>,
+}
+
+impl Note {
+    /// The text for the host's timeline: the message, and who asked when an admin did.
+    pub fn text(&self) -> String {
+        match &self.by {
+            Some(actor) => format!("{} (by {actor})", self.message),
+            None => self.message.clone(),
+        }
+    }
 }
 
 impl Input<'_> {
@@ -156,14 +168,17 @@ fn force(h: &mut HostRecord, to: HostState, now_ms: u64) {
     h.state_since_ms = now_ms;
 }
 
-/// A guarded move: `"from -> to"`, nothing when already there, or why the state was kept.
-fn guarded(h: &mut HostRecord, to: HostState, now_ms: u64) -> Option<String> {
+/// A guarded move: `"from -> to"` (`": why"` after it when given), nothing when already there,
+/// or why the state was kept.
+fn guarded(h: &mut HostRecord, to: HostState, why: Option<&str>, now_ms: u64) -> Option<String> {
     let from = h.state.name();
-    match h.transition(to.clone(), now_ms) {
-        Ok(true) => Some(format!("{from} -> {}", to.name())),
-        Ok(false) => None,
+    match (h.transition(to.clone(), now_ms), why) {
+        (Ok(true), None) => Some(format!("{from} -> {}", to.name())),
+        (Ok(true), Some(why)) => Some(format!("{from} -> {}: {why}", to.name())),
+        (Ok(false), _) => None,
         // Late or repeated messages must not fail the sender; the refusal is recorded.
-        Err(e) => Some(format!("kept {from}: {e}")),
+        (Err(e), None) => Some(format!("kept {from}: {e}")),
+        (Err(e), Some(why)) => Some(format!("kept {from}: {e} ({why})")),
     }
 }
 
@@ -174,6 +189,7 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
         source: input.source(),
         kind,
         message,
+        by: None,
     };
     match input {
         Input::Dhcp(d) => dhcp(h, d, now_ms).map(|m| note("state", m)),
@@ -226,7 +242,7 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
             if let Some(s) = serial {
                 h.serial = Some((*s).to_string());
             }
-            guarded(h, HostState::AgentUp, now_ms).map(|m| note("state", m))
+            guarded(h, HostState::AgentUp, None, now_ms).map(|m| note("state", m))
         }
         Input::AgentStep { step } => {
             let to = match *step {
@@ -235,7 +251,7 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
                 crate::agent::STEP_UNLOCKED => HostState::Unlocked,
                 _ => return None,
             };
-            guarded(h, to, now_ms).map(|m| note("state", m))
+            guarded(h, to, None, now_ms).map(|m| note("state", m))
         }
         Input::AgentReport(rep) => {
             h.last_report = Some((*rep).clone());
@@ -256,7 +272,7 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
                     }
                 }
             }
-            guarded(h, report_state(rep), now_ms).map(|m| note("state", m))
+            guarded(h, report_state(rep), None, now_ms).map(|m| note("state", m))
         }
         Input::KeyReleased => {
             h.rotate_bitlocker_key = true;
@@ -265,28 +281,24 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
         }
         Input::KeyWaiting { missing, reason } => {
             h.bitlocker_waiting = missing.to_vec();
-            decided(
+            guarded(
                 h,
                 HostState::NeedsAttention((*reason).to_string()),
-                "agent waits for a key",
+                Some("agent waits for a key"),
                 now_ms,
             )
             .map(|m| note("state", m))
         }
-        Input::Decided { to, why } => decided(h, to.clone(), why, now_ms).map(|m| note("state", m)),
-        Input::Admin { action, actor } => {
-            let (kind, msg) = admin(h, *action, now_ms);
-            Some(note(kind, format!("{msg} (by {actor})")))
+        Input::Decided { to, why } => {
+            guarded(h, to.clone(), Some(why), now_ms).map(|m| note("state", m))
         }
-    }
-}
-
-fn decided(h: &mut HostRecord, to: HostState, why: &str, now_ms: u64) -> Option<String> {
-    let from = h.state.name();
-    match h.transition(to.clone(), now_ms) {
-        Ok(true) => Some(format!("{from} -> {}: {why}", to.name())),
-        Ok(false) => None,
-        Err(e) => Some(format!("kept {from}: {e} ({why})")),
+        Input::Admin { action, actor } => {
+            let (kind, message) = admin(h, *action, now_ms);
+            Some(Note {
+                by: Some((*actor).to_string()),
+                ..note(kind, message)
+            })
+        }
     }
 }
 
@@ -568,7 +580,7 @@ mod tests {
             let got = apply(&mut h, &input, T);
             assert_eq!(h.state, after, "case {i}: {before:?} + {input:?}");
             assert_eq!(
-                got.as_ref().map(|n| n.message.as_str()),
+                got.as_ref().map(Note::text).as_deref(),
                 note,
                 "case {i}: {before:?} + {input:?}"
             );
@@ -665,11 +677,11 @@ mod tests {
             actor: "a",
         };
         assert_eq!(
-            apply(&mut h, &approve, T).unwrap().message,
+            apply(&mut h, &approve, T).unwrap().text(),
             "approved for the recovery payload (by a)"
         );
         assert_eq!(
-            apply(&mut h, &approve, T).unwrap().message,
+            apply(&mut h, &approve, T).unwrap().text(),
             "already approved (by a)"
         );
         let issue = Input::PayloadIssued {

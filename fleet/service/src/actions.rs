@@ -169,13 +169,7 @@ impl FleetIo {
             },
             now_ms,
         ) {
-            Ok(note) => {
-                let note = note.unwrap_or_default();
-                let message = note
-                    .strip_suffix(&format!(" (by {actor})"))
-                    .unwrap_or(&note);
-                outcome(true, message.to_string())
-            }
+            Ok(note) => outcome(true, note.map(|n| n.message).unwrap_or_default()),
             Err(e) => outcome(false, format!("store: {e}")),
         }
     }

@@ -1,7 +1,7 @@
 //! The store's single writer: records what every client did, answers "what is this host's
 //! record", and remembers which IP address belongs to which MAC (TFTP and HTTP only see
 //! addresses). Every state change goes through [`fleet::lifecycle::apply`].
-use fleet::lifecycle::{self, DhcpSeen, Input};
+use fleet::lifecycle::{self, DhcpSeen, Input, Note};
 use fleet::{BootPolicy, Event, EventSource, HostRecord, Mac, Store};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -183,6 +183,11 @@ impl FleetIo {
             .cloned()
             .unwrap_or_else(|| HostRecord::new(mac, now_ms));
         f(&mut rec).map_err(fleet::StoreError::Rejected)?;
+        // A known host that did not change (an informational agent step, a repeated decision)
+        // costs no store write.
+        if hosts.get(&mac) == Some(&rec) {
+            return Ok(rec);
+        }
         self.store.put_host(&rec)?;
         hosts.insert(mac, rec.clone());
         self.policy.observe(&rec);
@@ -196,16 +201,27 @@ impl FleetIo {
         mac: Mac,
         input: &Input<'_>,
         now_ms: u64,
-    ) -> Result<Option<String>, fleet::StoreError> {
+    ) -> Result<Option<Note>, fleet::StoreError> {
+        let note = self.apply(mac, input, now_ms)?;
+        if let Some(n) = &note {
+            self.event(mac, n.source, n.kind, n.text(), now_ms);
+        }
+        Ok(note)
+    }
+
+    /// [`lifecycle::apply`] inside the read-modify-write; the caller records the note.
+    fn apply(
+        &self,
+        mac: Mac,
+        input: &Input<'_>,
+        now_ms: u64,
+    ) -> Result<Option<Note>, fleet::StoreError> {
         let mut note = None;
         self.write(mac, now_ms, &mut |h| {
             note = lifecycle::apply(h, input, now_ms);
             Ok(())
         })?;
-        Ok(note.map(|n| {
-            self.event(mac, n.source, n.kind, n.message.clone(), now_ms);
-            n.message
-        }))
+        Ok(note)
     }
 
     /// [`FleetIo::observe`] where the caller has no one to tell of a store failure (a packet,
@@ -340,20 +356,18 @@ impl FleetIo {
             }
             recent.insert(mac, (what.clone(), now_ms));
         }
-        let mut note = None;
-        let r = self.write(mac, now_ms, &mut |h| {
-            note = lifecycle::apply(h, &Input::Dhcp(seen), now_ms);
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::error!("store: cannot record DHCP for {mac}: {e}");
-            return;
-        }
+        let note = match self.apply(mac, &Input::Dhcp(seen), now_ms) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!("store: cannot record DHCP for {mac}: {e}");
+                return;
+            }
+        };
         // Every packet is in the host's history; the log gets state changes at info level and
         // the rest at debug (a DHCP storm must not become a log storm).
         tracing::debug!("DHCP {what}");
         if let Some(n) = &note {
-            tracing::info!("{mac} state {}: {what}", n.message);
+            tracing::info!("{mac} state {}: {what}", n.text());
         }
         self.event(
             mac,
@@ -363,7 +377,7 @@ impl FleetIo {
             now_ms,
         );
         if let Some(n) = note {
-            self.event(mac, n.source, n.kind, n.message, now_ms);
+            self.event(mac, n.source, n.kind, n.text(), now_ms);
         }
     }
 
