@@ -13,15 +13,10 @@ pub fn text(status: StatusCode, msg: impl Into<String>) -> Response {
         .into_response()
 }
 
-/// The HTTP status of a fleet error (`fleet_service::Error::http_status`), as axum's type.
-pub fn status_of(e: &fleet_service::Error) -> StatusCode {
-    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-}
-
-/// A fleet error as a text answer; a server fault is logged with its reason.
+/// A fleet error as a text answer (`fleet_service::Error::answer_status`: a server fault is
+/// logged with its reason).
 pub fn fleet_error(e: &fleet_service::Error) -> Response {
-    if e.is_server_fault() {
-        tracing::error!("{e}");
-    }
-    text(status_of(e), format!("{e}\n"))
+    let status =
+        StatusCode::from_u16(e.answer_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text(status, format!("{e}\n"))
 }

@@ -282,14 +282,8 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
 /// The one mapping of a fleet error to an API answer: its status from
 /// [`fleet_service::Error::http_status`], the reason in the body; a server fault is logged.
 pub fn fleet_error(e: impl Into<fleet_service::Error>) -> Response {
-    let e = e.into();
-    if e.is_server_fault() {
-        tracing::error!("{e}");
-    }
-    error(
-        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        e.to_string(),
-    )
+    let (status, reason) = crate::auth::failure(e.into());
+    error(status, reason)
 }
 
 /// Reads from the store off the async threads.

@@ -71,6 +71,18 @@ pub struct Caller {
     pub session: Option<(String, Session)>,
 }
 
+/// A failed operation: the status and the reason, for an API error or a console page.
+pub type Failure = (StatusCode, String);
+
+/// A fleet error as a failure: the status from its one mapping, the reason; server faults are
+/// logged.
+pub fn failure(e: fleet_service::Error) -> Failure {
+    (
+        StatusCode::from_u16(e.answer_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        e.to_string(),
+    )
+}
+
 /// A JSON error body `{"error": "..."}` with a status.
 pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     let body = serde_json::json!({ "error": msg.into() });

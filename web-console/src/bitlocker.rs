@@ -3,8 +3,7 @@
 //! key for a host whose agent waits. The operations answer `(status, message)` on failure, like
 //! the campaign operations, so the API and the console pages share them.
 use crate::api::parse_mac;
-use crate::auth::error;
-use crate::auth::Caller;
+use crate::auth::{error, failure, Caller, Failure};
 use crate::Console;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -15,9 +14,6 @@ use fleet::escrow::{parse_export, protector_id, RecoveryPassword};
 use fleet_service::escrow::ImportResult;
 use serde::Deserialize;
 use std::sync::Arc;
-
-/// A failed operation: the status and the reason, for an API error or a console page.
-pub type Failure = (StatusCode, String);
 
 fn respond(r: Result<Response, Failure>) -> Response {
     r.unwrap_or_else(|(s, m)| error(s, m))
@@ -31,18 +27,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         .map_err(failure)
-}
-
-/// A fleet error as a failure: the status from its one mapping, the reason; server faults are
-/// logged.
-pub fn failure(e: fleet_service::Error) -> Failure {
-    if e.is_server_fault() {
-        tracing::error!("{e}");
-    }
-    (
-        StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        e.to_string(),
-    )
 }
 
 async fn durable(c: &Console) -> Result<(), Failure> {

@@ -274,7 +274,7 @@ pub async fn create(
     let name = camp.spec.name.clone();
     c.campaigns.with(|cs| cs.push(camp));
     audit(c, actor, "campaign-create", format!("{id} {name:?}"));
-    persist(c).await.map_err(crate::bitlocker::failure)?;
+    persist(c).await.map_err(crate::auth::failure)?;
     Ok(id)
 }
 
@@ -312,7 +312,7 @@ pub async fn act(
             }
         };
         r.map(|_| format!("{} is {}", camp.spec.name, camp.state.name()))
-            .map_err(|e| crate::bitlocker::failure(e.into()))
+            .map_err(|e| crate::auth::failure(e.into()))
     })?;
     audit(
         c,
@@ -321,7 +321,7 @@ pub async fn act(
         format!("{id}: {r}"),
     );
     tracing::info!("campaign {id} {action} by {actor}: {r}");
-    persist(c).await.map_err(crate::bitlocker::failure)?;
+    persist(c).await.map_err(crate::auth::failure)?;
     Ok(r)
 }
 

@@ -63,6 +63,15 @@ impl Error {
     pub fn is_server_fault(&self) -> bool {
         self.http_status() >= 500
     }
+
+    /// The status to answer with; a server fault is logged here, with its reason. Every HTTP
+    /// layer (agent API, admin API, console) answers a fleet error through this.
+    pub fn answer_status(&self) -> u16 {
+        if self.is_server_fault() {
+            tracing::error!("{self}");
+        }
+        self.http_status()
+    }
 }
 
 /// The result of a fleet operation.
