@@ -3,6 +3,7 @@
 //! a 500).
 // axum's Response is the natural error of these handler helpers (a 4xx with its reason).
 #![allow(clippy::result_large_err)]
+use crate::auth::AuthErrors;
 use crate::auth::{error, Caller};
 use crate::extract::StrictQuery;
 use crate::query::{self, Filter, HostImport, RowError};
@@ -198,7 +199,7 @@ pub fn event_view(e: &fleet::Event) -> EventView {
 
 /// Host counts by state and the recovery's progress
 #[utoipa::path(get, path = "/api/v1/summary", operation_id = "summary",
-    responses((status = 200, description = "Counts", body = Summary), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Counts", body = Summary), AuthErrors))]
 pub async fn summary(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     Json(c.fleet.with_hosts(|h| query::summary(h.values()))).into_response()
 }
@@ -214,7 +215,7 @@ pub async fn summary(State(c): State<Arc<Console>>, _who: Caller) -> Response {
         ("page" = Option<u32>, Query, minimum = 1, description = "Page number, from 1"),
         ("per_page" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Hosts per page (default 50)"),
     ),
-    responses((status = 200, description = "One page", body = HostPage), (status = 400, description = "Bad filter", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "One page", body = HostPage), (status = 400, description = "Bad filter", body = ErrorBody), AuthErrors))]
 pub async fn list_hosts(
     State(c): State<Arc<Console>>,
     _who: Caller,
@@ -252,7 +253,7 @@ pub struct Detail {
 /// One host with its whole history
 #[utoipa::path(get, path = "/api/v1/hosts/{mac}", operation_id = "hostDetail",
     params(("mac" = String, Path, description = "MAC address, e.g. 52:54:00:12:34:56")),
-    responses((status = 200, description = "The host and its events", body = Detail), (status = 400, description = "Not a MAC address", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "The host and its events", body = Detail), (status = 400, description = "Not a MAC address", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), AuthErrors))]
 pub async fn host_detail(
     State(c): State<Arc<Console>>,
     _who: Caller,
@@ -368,7 +369,7 @@ pub fn parse_import(
 /// Create or update hosts from CSV (header mac,hostname,site,tags) or JSON; bad rows are reported by line, the rest imported
 #[utoipa::path(post, path = "/api/v1/hosts/import", operation_id = "importHosts",
     request_body(content = Vec<ImportRow>, description = "CSV (text/csv, header mac,hostname,site,tags; tags separated by ;) or a JSON array", content_type = "application/json"),
-    responses((status = 200, description = "Imported", body = HostImportResult), (status = 400, description = "Not CSV or JSON, or no mac column", body = ErrorBody), (status = 413, description = "Body over 16 MiB"), (status = 415, description = "Neither text/csv nor application/json", body = ErrorBody), (status = 422, description = "No row was good", body = HostImportResult), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Imported", body = HostImportResult), (status = 400, description = "Not CSV or JSON, or no mac column", body = ErrorBody), (status = 413, description = "Body over 16 MiB"), (status = 415, description = "Neither text/csv nor application/json", body = ErrorBody), (status = 422, description = "No row was good", body = HostImportResult), AuthErrors))]
 pub async fn import_hosts(
     State(c): State<Arc<Console>>,
     who: Caller,
@@ -426,7 +427,7 @@ pub async fn apply_action(
 /// Run one action on many hosts: approve, retry, skip, mark-done, forget
 #[utoipa::path(post, path = "/api/v1/hosts/actions", operation_id = "bulkAction",
     request_body(content = ActionRequest, content_type = "application/json"),
-    responses((status = 200, description = "Each host's outcome", body = ActionResult), (status = 400, description = "Bad request (no hosts, too many, unknown action)", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Each host's outcome", body = ActionResult), (status = 400, description = "Bad request (no hosts, too many, unknown action)", body = ErrorBody), (status = 413, description = "Body too large"), AuthErrors))]
 pub async fn bulk_action(State(c): State<Arc<Console>>, who: Caller, body: Bytes) -> Response {
     let r = async {
         let req: ActionRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -444,7 +445,7 @@ pub async fn bulk_action(State(c): State<Arc<Console>>, who: Caller, body: Bytes
 /// The fleet report: per host, state, files quarantined with hashes, times
 #[utoipa::path(get, path = "/api/v1/export", operation_id = "export",
     params(("format" = Option<ExportFormat>, Query, description = "json (the default) or csv")),
-    responses((status = 200, description = "The report", body = Vec<ReportRow>, content_type = ["application/json", "text/csv"]), (status = 400, description = "Unknown format or parameter", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "The report", body = Vec<ReportRow>, content_type = ["application/json", "text/csv"]), (status = 400, description = "Unknown format or parameter", body = ErrorBody), AuthErrors))]
 pub async fn export(
     State(c): State<Arc<Console>>,
     _who: Caller,
@@ -489,7 +490,7 @@ pub async fn export(
 /// Server-sent events: one `change` event per fleet change (JSON: mac, state, reason, event); a
 /// `resync` event when this client fell behind and should reload.
 #[utoipa::path(get, path = "/api/v1/events", operation_id = "events",
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), AuthErrors))]
 pub async fn events(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let rx = c.fleet.subscribe();
     let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|m| {
@@ -530,7 +531,7 @@ pub struct AuditView {
 ///
 /// The audit log, newest first (at most 1000 entries).
 #[utoipa::path(get, path = "/api/v1/audit", operation_id = "audit",
-    responses((status = 200, description = "Entries", body = Vec<AuditView>), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Entries", body = Vec<AuditView>), AuthErrors))]
 pub async fn audit(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let r = async {
         let mut log = audit_log(&c).await?;

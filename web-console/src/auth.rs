@@ -71,6 +71,31 @@ pub struct Caller {
     pub session: Option<(String, Session)>,
 }
 
+/// Every error answer: a 4xx says what was wrong with the request, a 5xx what failed here.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, in words.
+    pub error: String,
+}
+
+/// The answers every /api/v1 operation may give before it runs: no or bad credentials, or a
+/// caller that may not do this.
+#[derive(utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No, unknown or revoked credentials
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Read-only token, or a console session without its CSRF token
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+}
+
+// The 401 alone, for operations every token may call (its doc is the response's description).
+/// No, unknown or revoked credentials
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401)]
+pub struct Unauthorized(pub ErrorBody);
+
 /// A failed operation: the status and the reason, for an API error or a console page.
 pub type Failure = (StatusCode, String);
 
@@ -85,7 +110,7 @@ pub fn failure(e: fleet_service::Error) -> Failure {
 
 /// A JSON error body `{"error": "..."}` with a status.
 pub fn error(status: StatusCode, msg: impl Into<String>) -> Response {
-    let body = serde_json::json!({ "error": msg.into() });
+    let body = ErrorBody { error: msg.into() };
     let mut r = (status, axum::Json(body)).into_response();
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(

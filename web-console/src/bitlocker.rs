@@ -4,6 +4,7 @@
 //! the campaign operations, so the API and the console pages share them.
 use crate::api::parse_mac;
 use crate::auth::{error, failure, Caller, Failure};
+use crate::auth::{AuthErrors, Unauthorized};
 use crate::Console;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -41,7 +42,7 @@ async fn durable(c: &Console) -> Result<(), Failure> {
 /// `POST /api/v1/bitlocker/keys`: a CSV export in the body.
 #[utoipa::path(post, path = "/api/v1/bitlocker/keys", operation_id = "importBitlockerKeys",
     request_body(content = String, description = "The CSV export", content_type = "text/csv"),
-    responses((status = 200, description = "Imported", body = ImportResult), (status = 422, description = "Not an export, or no row was good", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Imported", body = ImportResult), (status = 422, description = "Not an export, or no row was good", body = ErrorBody), (status = 413, description = "Body too large"), AuthErrors))]
 pub async fn import(State(c): State<Arc<Console>>, who: Caller, body: Bytes) -> Response {
     respond(
         import_export(&c, &who.actor, body.to_vec())
@@ -75,7 +76,7 @@ pub async fn import_export(
 ///
 /// `GET /api/v1/bitlocker/keys`: every escrowed key without its password.
 #[utoipa::path(get, path = "/api/v1/bitlocker/keys", operation_id = "listBitlockerKeys",
-    responses((status = 200, description = "{\"keys\": [...]}", body = KeyList), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody)))]
+    responses((status = 200, description = "{\"keys\": [...]}", body = KeyList), Unauthorized))]
 pub async fn list(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     let fleet = c.fleet.clone();
     respond(
@@ -105,7 +106,7 @@ pub async fn reveal_key(c: &Console, actor: &str, id: &str) -> Result<RecoveryPa
 /// `POST /api/v1/bitlocker/keys/{id}/reveal`: one password, to an admin who asks (audited).
 #[utoipa::path(post, path = "/api/v1/bitlocker/keys/{id}/reveal", operation_id = "revealBitlockerKey",
     params(("id" = String, Path, description = "Key protector ID (a GUID, with or without braces)")),
-    responses((status = 200, description = "{\"protector_id\", \"recovery_password\"}", body = Object), (status = 400, description = "Not a GUID", body = ErrorBody), (status = 404, description = "Nothing escrowed for it", body = ErrorBody), (status = 422, description = "Refused", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "{\"protector_id\", \"recovery_password\"}", body = Object), (status = 400, description = "Not a GUID", body = ErrorBody), (status = 404, description = "Nothing escrowed for it", body = ErrorBody), (status = 422, description = "Refused", body = ErrorBody), AuthErrors))]
 pub async fn reveal(
     State(c): State<Arc<Console>>,
     who: Caller,
@@ -140,7 +141,7 @@ pub struct Paste {
 #[utoipa::path(post, path = "/api/v1/hosts/{mac}/bitlocker-key", operation_id = "pasteBitlockerKey",
     params(("mac" = String, Path, description = "The host's MAC address")),
     request_body(content = Paste, content_type = "application/json"),
-    responses((status = 200, description = "{\"mac\", \"protector_id\"}", body = Object), (status = 400, description = "Bad body or MAC", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 422, description = "Bad recovery password or protector ID, or the host waits for no key", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "{\"mac\", \"protector_id\"}", body = Object), (status = 400, description = "Bad body or MAC", body = ErrorBody), (status = 404, description = "Unknown host", body = ErrorBody), (status = 422, description = "Bad recovery password or protector ID, or the host waits for no key", body = ErrorBody), (status = 413, description = "Body too large"), AuthErrors))]
 pub async fn paste(
     State(c): State<Arc<Console>>,
     who: Caller,

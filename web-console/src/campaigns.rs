@@ -3,6 +3,7 @@
 //! and persists).
 #![allow(clippy::result_large_err)]
 use crate::auth::error;
+use crate::auth::AuthErrors;
 use crate::auth::Caller;
 use crate::Console;
 use axum::body::Bytes;
@@ -355,7 +356,7 @@ pub fn spawn_ticker(c: Arc<Console>) {
 
 /// Every campaign with its state, waves and gate results
 #[utoipa::path(get, path = "/api/v1/campaigns", operation_id = "listCampaigns",
-    responses((status = 200, description = "Campaigns", body = Vec<CampaignView>), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Campaigns", body = Vec<CampaignView>), AuthErrors))]
 pub async fn list(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     Json(views(&c, None)).into_response()
 }
@@ -363,7 +364,7 @@ pub async fn list(State(c): State<Arc<Console>>, _who: Caller) -> Response {
 /// One campaign
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}", operation_id = "campaignDetail",
     params(("id" = String, Path, description = "Campaign id")),
-    responses((status = 200, description = "The campaign", body = CampaignView), (status = 404, description = "No such campaign", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "The campaign", body = CampaignView), (status = 404, description = "No such campaign", body = ErrorBody), AuthErrors))]
 pub async fn detail(
     State(c): State<Arc<Console>>,
     _who: Caller,
@@ -378,7 +379,7 @@ pub async fn detail(
 /// Create a campaign (a draft; start it with /start)
 #[utoipa::path(post, path = "/api/v1/campaigns", operation_id = "createCampaign",
     request_body(content = CampaignInput, content_type = "application/json"),
-    responses((status = 201, description = "Created: {\"id\": ...}", body = Object), (status = 400, description = "Bad campaign", body = ErrorBody), (status = 413, description = "Body too large"), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 201, description = "Created: {\"id\": ...}", body = Object), (status = 400, description = "Bad campaign", body = ErrorBody), (status = 413, description = "Body too large"), AuthErrors))]
 pub async fn create_api(State(c): State<Arc<Console>>, who: Caller, body: Bytes) -> Response {
     let input: CampaignInput = match serde_json::from_slice(&body) {
         Ok(i) => i,
@@ -398,7 +399,7 @@ pub async fn create_api(State(c): State<Arc<Console>>, who: Caller, body: Bytes)
 /// start, pause, resume, abort or rollback a campaign
 #[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", operation_id = "campaignAction",
     params(("id" = String, Path, description = "Campaign id"), ("action" = CampaignAction, Path, description = "What to do")),
-    responses((status = 200, description = "Done: {\"id\", \"result\"}", body = Object), (status = 404, description = "No such campaign or action", body = ErrorBody), (status = 409, description = "Not allowed in the campaign's state", body = ErrorBody), (status = 401, description = "No, unknown or revoked credentials", body = ErrorBody), (status = 403, description = "Read-only token, or a console session without its CSRF token", body = ErrorBody)))]
+    responses((status = 200, description = "Done: {\"id\", \"result\"}", body = Object), (status = 404, description = "No such campaign or action", body = ErrorBody), (status = 409, description = "Not allowed in the campaign's state", body = ErrorBody), AuthErrors))]
 pub async fn action_api(
     State(c): State<Arc<Console>>,
     who: Caller,

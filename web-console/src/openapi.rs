@@ -1,6 +1,7 @@
 //! The admin API's OpenAPI 3.0 document, generated from the handlers' `#[utoipa::path]`
 //! annotations and the types they answer with (`utoipa::ToSchema`), so code and contract move
 //! together. A test checks that every `/api/v1` route is in it and that it validates.
+use crate::auth::ErrorBody;
 use crate::{api, bitlocker, campaigns, query};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -8,13 +9,6 @@ use fleet::escrow::EscrowSummary;
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
-
-/// Every error answer: a 4xx says what was wrong with the request, a 5xx what failed here.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    /// What went wrong, in words.
-    pub error: String,
-}
 
 /// The host list's `flag` filter (an empty value means no filter).
 #[derive(Debug, Serialize, ToSchema)]
