@@ -4,7 +4,7 @@
 //! admin API (`web-console`) and the campaign ticker; and the orderly shutdown.
 use crate::cli::ServeArgs;
 use crate::config::{ConfigFile, DataDir};
-use crate::{now_unix, settings, Fail};
+use crate::{settings, Fail};
 use fleet::{BootPolicy, EventSource, Store};
 use fleet_service::{now_ms, FleetIo};
 use netboot_server::image::{Image, SignedRules};
@@ -48,14 +48,6 @@ pub(crate) struct ServerConfig {
     pub idle_timeout: Duration,
 }
 
-/// What the console needs besides the fleet.
-pub(crate) struct ConsoleConfig {
-    /// `tokens.json` of the data directory.
-    pub tokens_file: std::path::PathBuf,
-    /// The signed rules new campaigns run with ("id vN").
-    pub rules_label: String,
-}
-
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
 pub(crate) struct RunningServer {
     shutdown: watch::Sender<bool>,
@@ -85,7 +77,7 @@ pub(crate) async fn start(
     cfg: ServerConfig,
     store: Arc<dyn Store>,
     policy: Arc<fleet::CampaignPolicy>,
-    console: ConsoleConfig,
+    tokens_file: &std::path::Path,
 ) -> Result<RunningServer, Error> {
     let boot_policy: Arc<dyn BootPolicy> = policy.clone();
     let iface = net::find_interface(&cfg.interface)?;
@@ -128,6 +120,8 @@ pub(crate) async fn start(
         rules.rules.version,
         rules.rules.expires
     );
+    // What new campaigns record they run with.
+    let rules_label = format!("{} v{}", rules.rules.id, rules.rules.version);
 
     let tls = tls::server_config(&cfg.tls_cert, &cfg.tls_key)?;
     let http_addr = SocketAddrV4::new(server_ip, cfg.http_port);
@@ -213,12 +207,7 @@ pub(crate) async fn start(
         }
     };
 
-    let console_state = web_console::Console::new(
-        fleet.clone(),
-        &console.tokens_file,
-        policy,
-        console.rules_label,
-    );
+    let console_state = web_console::Console::new(fleet.clone(), tokens_file, policy, rules_label);
     console_state.add_counters(tftp.stats.clone());
     if let Some(d) = &dhcp {
         console_state.add_counters(d.stats.clone());
@@ -417,7 +406,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
     let cfg = ServerConfig {
         interface,
         server_ip: s.server_ip,
-        dhcp: s.dhcp.unwrap_or(DhcpMode::Proxy),
+        dhcp: s.dhcp.unwrap_or_default(),
         pool: s.pool.map(|p| (p.0, p.1)),
         router: s.router,
         dns: s.dns.clone().unwrap_or_default(),
@@ -445,9 +434,6 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         require_approval: s.require_approval.unwrap_or_default(),
     };
     let proxy = cfg.dhcp == DhcpMode::Proxy;
-    let rules_label = SignedRules::load(&cfg.rules_dir, &cfg.trusted_key, now_unix())
-        .map(|r| format!("{} v{}", r.rules.id, r.rules.version))
-        .unwrap_or_default();
     let tokens_file = d.tokens();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -457,17 +443,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         let store: Arc<dyn Store> = Arc::new(store);
         let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
         let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));
-        let server = start(
-            cfg,
-            store,
-            policy,
-            ConsoleConfig {
-                tokens_file: tokens_file.clone(),
-                rules_label,
-            },
-        )
-        .await
-        ?;
+        let server = start(cfg, store, policy, &tokens_file).await?;
         if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
             tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
         }

@@ -7,10 +7,12 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 /// How `unbrick serve` answers DHCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum DhcpMode {
-    /// Beside the office DHCP server: answer network-booting machines only, no addresses.
+    /// Beside the office DHCP server: answer network-booting machines only, no addresses (the
+    /// default).
+    #[default]
     Proxy,
     /// Hand out addresses from the pool too (an isolated recovery VLAN).
     Full,
@@ -79,7 +81,7 @@ impl Settings {
     /// `router` and `dns` have none (the interface must be named; the rest are optional).
     pub(crate) fn defaults() -> Self {
         Self {
-            dhcp: Some(DhcpMode::Proxy),
+            dhcp: Some(DhcpMode::default()),
             lease_secs: Some(3600),
             http_port: Some(8080),
             https_port: Some(8443),
