@@ -161,7 +161,8 @@ impl FleetIo {
     }
 
     /// Writes a whole record as given, bypassing the lifecycle: for test fixtures that need a
-    /// host in a given state. Nothing in the server calls it.
+    /// host in a given state (feature `test-fixtures`, never in the server).
+    #[cfg(feature = "test-fixtures")]
     pub fn put_fixture(&self, rec: HostRecord) -> Result<(), fleet::StoreError> {
         let mac = rec.mac;
         self.write(mac, rec.state_since_ms, &mut |h| {
