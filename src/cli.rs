@@ -87,6 +87,11 @@ pub(crate) enum CampaignCmd {
         /// A host with no result this long after getting the payload failed.
         #[arg(long, default_value_t = 30)]
         host_timeout_minutes: u64,
+        /// BitLocker keys: `auto` releases a key when the host's imported name matches the
+        /// escrowed key's; `confirm` waits until an admin approves each host
+        /// (`unbrick hosts approve-key`, the console's wave view, the API).
+        #[arg(long, default_value = "auto", value_parser = ["auto", "confirm"])]
+        key_release: String,
         #[command(flatten)]
         target: Target,
     },
@@ -131,6 +136,12 @@ pub(crate) enum CampaignCmd {
     },
     /// Put back what the campaign quarantined (restore mode on each host's next boot).
     Rollback {
+        id: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Approve the BitLocker key release for every host of the campaign's open wave.
+    ApproveKeys {
         id: String,
         #[command(flatten)]
         target: Target,
@@ -197,6 +208,10 @@ pub(crate) struct ServeArgs {
     /// Close an HTTP/HTTPS connection after this many seconds without traffic (default 60).
     #[arg(long, env = "UNBRICK_IDLE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) idle_timeout_secs: Option<u64>,
+    /// A per-boot token is valid this many minutes (default 120), and ends with the run's
+    /// final report.
+    #[arg(long, env = "UNBRICK_TOKEN_LIFETIME_MINS", value_parser = clap::value_parser!(u64).range(5..=720))]
+    pub(crate) token_lifetime_mins: Option<u64>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
     pub(crate) secure_boot_off: bool,
@@ -366,6 +381,15 @@ pub(crate) enum HostsCmd {
     },
     /// Run the payload again on these hosts' next network boot.
     Retry {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Let these hosts' BitLocker keys leave escrow in their running campaign (campaigns with
+    /// --key-release confirm, keys not bound to the host's imported name, disputed claims);
+    /// `unbrick campaign approve-keys ID` approves a whole wave.
+    ApproveKey {
         #[arg(required = true)]
         macs: Vec<String>,
         #[command(flatten)]

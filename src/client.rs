@@ -138,6 +138,7 @@ fn s(v: &serde_json::Value) -> &str {
 }
 
 pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
+    let approve_key = matches!(h, HostsCmd::ApproveKey { .. });
     match h {
         HostsCmd::List {
             target,
@@ -321,10 +322,16 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 return Err(Fail("nothing imported".into()));
             }
         }
-        HostsCmd::Retry { macs, target } => {
+        HostsCmd::Retry { macs, target } | HostsCmd::ApproveKey { macs, target } => {
+            let action = if approve_key {
+                fleet_service::Action::ApproveKey
+            } else {
+                fleet_service::Action::Retry
+            };
             if let Some(api) = Api::from(&target)? {
-                let body =
-                    serde_json::to_vec(&serde_json::json!({"action": "retry", "macs": macs}))?;
+                let body = serde_json::to_vec(
+                    &serde_json::json!({"action": action.name(), "macs": macs}),
+                )?;
                 let v = api.json(
                     "POST",
                     "/api/v1/hosts/actions",
@@ -352,12 +359,8 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 return Ok(());
             }
             let fl = local_fleet(&target.data_dir)?;
-            let r = block_on(fl.admin_action(
-                &local_actor(),
-                fleet_service::Action::Retry,
-                &macs,
-                fleet_service::now_ms(),
-            ))?;
+            let r =
+                block_on(fl.admin_action(&local_actor(), action, &macs, fleet_service::now_ms()))?;
             for o in &r.results {
                 println!(
                     "{}  {}  {}",
@@ -452,6 +455,7 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
             soak_minutes,
             verify_minutes,
             host_timeout_minutes,
+            key_release,
             target,
         } => {
             let targets = if let Some(s) = site {
@@ -471,6 +475,7 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
                 "name": name, "targets": targets, "waves": waves, "concurrency": concurrency,
                 "gate": { "min_success": min_success, "max_failure_rate": max_failure_rate, "min_soak_minutes": soak_minutes },
                 "host_timeout_minutes": host_timeout_minutes, "verify_window_minutes": verify_minutes,
+                "key_release": key_release,
             });
             let v = need_api(&target)?.json(
                 "POST",
@@ -535,6 +540,7 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
         CampaignCmd::Resume { id, target } => act(&id, &target, "resume")?,
         CampaignCmd::Abort { id, target } => act(&id, &target, "abort")?,
         CampaignCmd::Rollback { id, target } => act(&id, &target, "rollback")?,
+        CampaignCmd::ApproveKeys { id, target } => act(&id, &target, "approve-keys")?,
     }
     Ok(())
 }

@@ -149,6 +149,9 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # An HTTP or HTTPS connection without traffic for this long is closed (agents reconnect).
 # idle_timeout_secs = 60
 
+# A per-boot token is valid this long, and ends with the run's final report.
+# token_lifetime_mins = 120
+
 # Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
 [boot_loaders]
 # undionly_kpxe = "/usr/lib/ipxe/undionly.kpxe"

@@ -46,6 +46,8 @@ pub(crate) struct ServerConfig {
     pub max_tftp_transfers: usize,
     /// HTTP and HTTPS connections without traffic for this long are closed.
     pub idle_timeout: Duration,
+    /// How long a per-boot token is valid.
+    pub token_lifetime: Duration,
 }
 
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
@@ -130,6 +132,14 @@ pub(crate) async fn start(
     let vault = fleet::escrow::vault::Vault::open(&cfg.escrow_key, true)
         .map_err(|e| Error::Config(e.to_string()))?;
     let fleet = Arc::new(FleetIo::new(store.clone(), boot_policy)?.with_vault(vault));
+    // Full mode: the lease pool, shared by the DHCP server (which hands out leases) and the
+    // boot edge (which binds a per-boot token to the leased address).
+    let pool = match (cfg.dhcp, cfg.pool) {
+        (DhcpMode::Full, Some((a, b))) => Some(Arc::new(std::sync::Mutex::new(
+            dhcp_core::pool::LeasePool::new(a, b, server_ip, store.leases()?),
+        ))),
+        _ => None,
+    };
     let shared = Arc::new(Booter {
         fleet: fleet.clone(),
         image: Arc::new(image),
@@ -138,6 +148,12 @@ pub(crate) async fn start(
         https_base: format!("https://{server_ip}:{}", cfg.https_port),
         server_ip,
         extra_cmdline: cfg.extra_cmdline.clone(),
+        neighbours: net::Neighbours {
+            device: iface.name.clone(),
+            iface: Some(iface.clone()),
+        },
+        leases: pool.clone(),
+        token_lifetime_ms: cfg.token_lifetime.as_millis() as u64,
     });
     let (tx, rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -186,15 +202,6 @@ pub(crate) async fn start(
                 lease_secs: cfg.lease_secs,
                 http_base: http_base.clone(),
                 secure_boot_off: cfg.secure_boot_off,
-            };
-            let pool = match (mode, cfg.pool) {
-                (DhcpMode::Full, Some((a, b))) => Some(dhcp_core::pool::LeasePool::new(
-                    a,
-                    b,
-                    server_ip,
-                    store.leases()?,
-                )),
-                _ => None,
             };
             Some(dhcp::DhcpServer::bind(
                 dcfg,
@@ -363,6 +370,7 @@ impl ServeArgs {
             kernel_cmdline: self.kernel_cmdline.clone(),
             max_tftp_transfers: None,
             idle_timeout_secs: self.idle_timeout_secs,
+            token_lifetime_mins: self.token_lifetime_mins,
         })
     }
 }
@@ -425,6 +433,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         trusted_key: trusted,
         max_tftp_transfers: s.max_tftp_transfers.unwrap_or_default(),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or_default()),
+        token_lifetime: Duration::from_secs(s.token_lifetime_mins.unwrap_or_default() * 60),
     };
     let (fp, made) = d.ensure_tls().map_err(Fail)?;
     if made {

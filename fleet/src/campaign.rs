@@ -117,6 +117,32 @@ pub struct CampaignSpec {
     /// `unverified` (milliseconds).
     #[serde(default)]
     pub verify_window_ms: Option<u64>,
+    /// Whether BitLocker keys leave escrow by themselves (when the host's imported name matches
+    /// the escrowed key's) or only when an admin approves each host.
+    #[serde(default)]
+    pub key_release: KeyRelease,
+}
+
+/// How a campaign releases BitLocker keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyRelease {
+    /// Released when the escrowed key's host name matches the host's imported name.
+    #[default]
+    Auto,
+    /// Released only after an admin approved the release for that host.
+    Confirm,
+}
+
+impl KeyRelease {
+    /// `auto` or `confirm`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Confirm => "confirm",
+        }
+    }
 }
 
 fn default_host_timeout() -> u64 {
@@ -934,6 +960,19 @@ impl crate::BootPolicy for CampaignPolicy {
                 CampaignState::RollingBack => Some(format!("{}:rollback", c.id)),
                 _ => None,
             })
+    }
+
+    fn key_release_confirm(&self, mac: Mac) -> bool {
+        let cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        cs.iter()
+            .filter(|c| c.wave_of(mac).is_some())
+            .find(|c| {
+                matches!(
+                    c.state,
+                    CampaignState::Running | CampaignState::Paused | CampaignState::RollingBack
+                )
+            })
+            .is_some_and(|c| c.spec.key_release == KeyRelease::Confirm)
     }
 
     fn observe(&self, h: &HostRecord) {

@@ -442,6 +442,14 @@ pub enum ReleaseDecision {
         /// What the admin is told.
         reason: String,
     },
+    /// A key is escrowed but may leave only on an admin's approval for this host: the agent
+    /// waits, the console and the CLI offer the approval.
+    Approval {
+        /// The protector whose key waits.
+        protector_id: String,
+        /// What the admin is told.
+        reason: String,
+    },
     /// Refused for good (for this boot): the reason goes to the agent, the host and the audit log.
     /// `already_released`: one of the reasons is an earlier release (a conflict, not a denial).
     Refuse {
@@ -454,17 +462,23 @@ pub enum ReleaseDecision {
 
 /// The release policy. `ids`: the recovery-password protector IDs the agent read from the disk
 /// (canonical); `records`: the escrow record of each (same order, `None` when not escrowed);
-/// `scope`: the active campaign (and phase) the host is in, `None` when none is.
+/// `scope`: the active campaign (and phase) the host is in, `None` when none is; `confirm`: the
+/// campaign releases keys only on an admin's approval (`key_release = confirm`).
 ///
 /// A key is released only inside an active campaign, only for a protector the agent found on
-/// the disk, only when the escrow's host name (when it has one) is this host's, only when the
-/// host's inventory (protector IDs imported or reported earlier, when it has any) lists it, and
-/// at most once per host per campaign unless an admin pasted it for this host.
+/// the disk, never when the escrow's host name differs from the host's imported name or the
+/// host's imported protector inventory (when it has one) lacks it, and at most once per host
+/// per campaign unless an admin pasted it for this host. It is released *automatically* only
+/// when the escrow's host name and the host's imported name match and the host's claim is not
+/// disputed; otherwise, and always with `confirm`, it waits for an admin's approval for this
+/// host in this scope. Refusal texts name no host names and no inventory (the agent reads
+/// them).
 pub fn decide(
     ids: &[String],
     records: &[Option<EscrowRecord>],
     host: &HostRecord,
     scope: Option<&str>,
+    confirm: bool,
 ) -> ReleaseDecision {
     let Some(scope) = scope else {
         return ReleaseDecision::Refuse {
@@ -481,23 +495,25 @@ pub fn decide(
     let mut refusals = Vec::new();
     let mut already_released = false;
     let mut missing = Vec::new();
+    let approved = host.key_release_approved.as_deref() == Some(scope);
     for (id, rec) in ids.iter().zip(records) {
         let Some(rec) = rec else {
             missing.push(id.clone());
             continue;
         };
-        if let (Some(want), Some(have)) = (&rec.hostname, &host.hostname) {
-            if !same_host(want, have) {
+        let names_match = match (&rec.hostname, &host.hostname) {
+            (Some(want), Some(have)) if !same_host(want, have) => {
                 refusals.push(format!(
-                    "the key for protector {id} is escrowed for {want}, this host is {have}"
+                    "the key for protector {id} is escrowed for another host"
                 ));
                 continue;
             }
-        }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        };
         if !host.protector_ids.is_empty() && !host.protector_ids.contains(id) {
             refusals.push(format!(
-                "protector {id} is not in this host's inventory ({})",
-                host.protector_ids.join(", ")
+                "protector {id} is not in this host's imported inventory"
             ));
             continue;
         }
@@ -518,6 +534,25 @@ pub fn decide(
                 r.time_ms
             ));
             continue;
+        }
+        if !approved {
+            let why = if host.claim_conflict.is_some() {
+                Some("two machines claimed this host's MAC")
+            } else if confirm {
+                Some("the campaign releases keys only on an admin's approval")
+            } else if !names_match {
+                Some("the escrowed key is not bound to this host's imported host name")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return ReleaseDecision::Approval {
+                    protector_id: id.clone(),
+                    reason: format!(
+                        "BitLocker: the key for protector {id} waits for an admin's approval ({why}): approve the key release for this host"
+                    ),
+                };
+            }
         }
         return ReleaseDecision::Release {
             protector_id: id.clone(),

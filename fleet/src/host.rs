@@ -247,7 +247,8 @@ pub struct HostRecord {
     /// Tags, from the inventory (`canary` puts a host in the first wave).
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Recovery-password protector IDs seen on the host's BitLocker volumes.
+    /// Recovery-password protector IDs of the host's BitLocker volumes, from an admin's import
+    /// (never from the agent).
     #[serde(default)]
     pub protector_ids: Vec<String>,
     /// Free text an admin keeps on the host.
@@ -270,9 +271,29 @@ pub struct HostRecord {
     /// How many times the payload was handed out.
     #[serde(default)]
     pub payload_boots: u32,
-    /// The last per-boot token issued (hex); the agent proves itself with it.
+    /// SHA-256 (hex) of the last per-boot token issued; the agent proves itself with the token,
+    /// which is never stored.
     #[serde(default)]
-    pub boot_token: Option<String>,
+    pub boot_token_sha256: Option<String>,
+    /// The machine the outstanding per-boot token was issued to (its address and the layer-2
+    /// evidence for it).
+    #[serde(default)]
+    pub boot_peer: Option<BootPeer>,
+    /// The per-boot token was spent: the agent's final report came with it.
+    #[serde(default)]
+    pub token_spent: bool,
+    /// Two machines claimed this MAC for one grant: why. Nothing is released to the host
+    /// automatically until an admin retries it.
+    #[serde(default)]
+    pub claim_conflict: Option<String>,
+    /// An admin approved the release of this host's BitLocker key in this campaign scope
+    /// (campaigns with `key_release = confirm`, or a disputed claim).
+    #[serde(default)]
+    pub key_release_approved: Option<String>,
+    /// Recovery-password protector IDs the agent reported on the disk (shown to admins; never
+    /// used to decide a release, which only the imported `protector_ids` inform).
+    #[serde(default)]
+    pub reported_protectors: Vec<String>,
     /// When the per-boot token was issued (tokens expire).
     #[serde(default)]
     pub boot_token_issued_ms: u64,
@@ -319,7 +340,12 @@ impl HostRecord {
             last_kind: None,
             ip: None,
             payload_boots: 0,
-            boot_token: None,
+            boot_token_sha256: None,
+            boot_peer: None,
+            token_spent: false,
+            claim_conflict: None,
+            key_release_approved: None,
+            reported_protectors: Vec::new(),
             boot_token_issued_ms: 0,
             last_report: None,
             approved: false,
@@ -355,6 +381,29 @@ impl HostRecord {
         self.state_since_ms = now_ms;
         self.skipped = false;
         self.approved = true;
+        self.claim_conflict = None;
+    }
+}
+
+/// Who a per-boot token was issued to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootPeer {
+    /// The address the boot configuration was fetched from.
+    pub ip: std::net::IpAddr,
+    /// The hardware address the server's neighbour table gave for it, when it has a layer-2
+    /// view of the requester.
+    #[serde(default)]
+    pub l2: Option<Mac>,
+    /// What bound the request to the MAC (`layer 2`, `lease`, `first claim`).
+    pub evidence: String,
+}
+
+impl std::fmt::Display for BootPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.l2 {
+            Some(m) => write!(f, "IP {} (MAC {m})", self.ip),
+            None => write!(f, "IP {} (MAC not seen)", self.ip),
+        }
     }
 }
 

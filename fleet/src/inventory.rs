@@ -19,6 +19,10 @@ pub struct ImportRow {
     /// Tags (`;`-separated in CSV).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The BitLocker recovery-password protector IDs of the host's volumes (`;`-separated in
+    /// CSV): when given, a key is released to the host only for these.
+    #[serde(default)]
+    pub protectors: Vec<String>,
 }
 
 /// A validated import row.
@@ -34,6 +38,8 @@ pub struct HostImport {
     pub site: Option<String>,
     /// Tags, if given.
     pub tags: Vec<String>,
+    /// Recovery-password protector IDs (canonical), if given.
+    pub protectors: Vec<String>,
 }
 
 impl HostImport {
@@ -48,6 +54,9 @@ impl HostImport {
         }
         if !self.tags.is_empty() {
             h.tags = self.tags.clone();
+        }
+        if !self.protectors.is_empty() {
+            h.protector_ids = self.protectors.clone();
         }
     }
 }
@@ -94,12 +103,25 @@ fn validate_row(line: usize, r: ImportRow) -> Result<HostImport, RowError> {
     if tags.len() > 32 {
         return Err(err("more than 32 tags".into()));
     }
+    let mut protectors = Vec::new();
+    for p in r.protectors {
+        for p in p.split([';', ' ']).map(str::trim).filter(|p| !p.is_empty()) {
+            let id = crate::escrow::protector_id(p).map_err(|e| err(format!("protectors: {e}")))?;
+            if !protectors.contains(&id) {
+                protectors.push(id);
+            }
+        }
+    }
+    if protectors.len() > 16 {
+        return Err(err("more than 16 protectors".into()));
+    }
     Ok(HostImport {
         line,
         mac,
         hostname,
         site,
         tags,
+        protectors,
     })
 }
 
@@ -108,7 +130,7 @@ pub const MAX_IMPORT_ROWS: usize = 100_000;
 
 /// Parses a CSV host list: a header row naming at least `mac` (also `mac address`,
 /// `macaddress`), optionally `hostname` (or `name`, `computer name`), `site`, `tags` (separated by
-/// `;` or spaces). Bad rows are reported by line; the good ones come back.
+/// `;` or spaces), `protectors` (BitLocker recovery-password protector IDs, `;`-separated). Bad rows are reported by line; the good ones come back.
 pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String> {
     let mut rd = csv::ReaderBuilder::new()
         .flexible(true)
@@ -136,6 +158,7 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
     let host_col = col(&["hostname", "name", "computer name", "device name"]);
     let site_col = col(&["site"]);
     let tags_col = col(&["tags", "tag"]);
+    let prot_col = col(&["protectors", "protector ids", "protector id"]);
     let (mut ok, mut bad) = (Vec::new(), Vec::new());
     for (i, rec) in rd.records().enumerate() {
         let line = rec
@@ -174,6 +197,7 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
             hostname: get(host_col),
             site: get(site_col),
             tags: get(tags_col).into_iter().collect(),
+            protectors: get(prot_col).into_iter().collect(),
         };
         match validate_row(line, row) {
             Ok(h) => ok.push(h),

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod campaign;
+pub mod claim;
 pub mod error;
 pub mod escrow;
 pub mod host;
@@ -18,9 +19,11 @@ pub mod policy;
 #[cfg(feature = "sled-store")]
 pub mod store;
 
-pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState};
+pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState, KeyRelease};
 pub use error::Error;
-pub use host::{Arch, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError};
+pub use host::{
+    Arch, BootPeer, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError,
+};
 pub use lease::Lease;
 pub use mac::Mac;
 pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};

@@ -45,21 +45,27 @@ pub struct DhcpSeen<'a> {
 pub enum Input<'a> {
     /// A DHCP packet.
     Dhcp(DhcpSeen<'a>),
-    /// The host fetched its boot script or grub configuration.
-    ConfigFetched {
-        /// The address it fetched it from (IPv4 only is kept).
-        ip: Option<Ipv4Addr>,
-    },
+    /// The host fetched its boot script or grub configuration (the address it came from is
+    /// not taken as the host's: a request does not prove who sent it).
+    ConfigFetched,
     /// The boot policy sent the host to the waiting room.
     WaitingRoom,
     /// The recovery payload was handed out with a fresh per-boot token.
     PayloadIssued {
         /// How it went out ("iPXE script", "grub config").
         via: &'a str,
-        /// The per-boot token put on the kernel command line.
-        token: &'a str,
+        /// SHA-256 (hex) of the per-boot token put on the kernel command line.
+        token_sha256: &'a str,
         /// A rollback run, which an admin asked for whatever the host's state.
         restore: bool,
+        /// The machine it went to and what bound it to the MAC.
+        peer: &'a crate::host::BootPeer,
+    },
+    /// Two machines claimed the host's MAC for one grant: the host needs attention and gets
+    /// no key automatically until an admin retries it.
+    ClaimConflict {
+        /// "two machines claimed MAC X: IP a, IP b".
+        why: &'a str,
     },
     /// The agent said hello (authenticated by its token).
     AgentHello {
@@ -90,6 +96,13 @@ pub enum Input<'a> {
         to: HostState,
         /// Why, for the timeline.
         why: &'a str,
+    },
+    /// An admin approved the release of the host's BitLocker key in a campaign scope.
+    KeyApproved {
+        /// The campaign (and phase) the approval holds for.
+        scope: &'a str,
+        /// Who approved it.
+        actor: &'a str,
     },
     /// An admin's action.
     Admin {
@@ -127,7 +140,8 @@ impl Input<'_> {
     fn source(&self) -> EventSource {
         match self {
             Input::Dhcp(_) => EventSource::Dhcp,
-            Input::ConfigFetched { .. }
+            Input::ConfigFetched
+            | Input::ClaimConflict { .. }
             | Input::WaitingRoom
             | Input::PayloadIssued { .. }
             | Input::Decided { .. }
@@ -136,7 +150,7 @@ impl Input<'_> {
             | Input::AgentStep { .. }
             | Input::AgentReport(_)
             | Input::KeyReleased => EventSource::Agent,
-            Input::Admin { .. } => EventSource::Admin,
+            Input::Admin { .. } | Input::KeyApproved { .. } => EventSource::Admin,
         }
     }
 }
@@ -193,11 +207,8 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
     };
     match input {
         Input::Dhcp(d) => dhcp(h, d, now_ms).map(|m| note("state", m)),
-        Input::ConfigFetched { ip } => {
+        Input::ConfigFetched => {
             h.last_seen_ms = now_ms;
-            if let Some(ip) = ip {
-                h.ip = Some(*ip);
-            }
             if h.state == HostState::Unknown {
                 force(h, HostState::Seen, now_ms);
             }
@@ -213,11 +224,14 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
         }
         Input::PayloadIssued {
             via,
-            token,
+            token_sha256,
             restore,
+            peer,
         } => {
-            h.boot_token = Some((*token).to_string());
+            h.boot_token_sha256 = Some((*token_sha256).to_string());
             h.boot_token_issued_ms = now_ms;
+            h.token_spent = false;
+            h.boot_peer = Some((*peer).clone());
             h.payload_boots += 1;
             let moved = if *restore && h.state != HostState::Booting {
                 let from = h.state.name();
@@ -232,7 +246,19 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
             };
             Some(note(
                 "payload",
-                format!("recovery payload issued via {via} {moved}"),
+                format!(
+                    "recovery payload issued via {via} to {peer}, bound by {} {moved}",
+                    peer.evidence
+                ),
+            ))
+        }
+        Input::ClaimConflict { why } => {
+            h.claim_conflict = Some((*why).to_string());
+            let from = h.state.name();
+            force(h, HostState::NeedsAttention((*why).to_string()), now_ms);
+            Some(note(
+                "claim-conflict",
+                format!("{from} -> needs-attention: {why}; no key is released automatically to this host until an admin retries it"),
             ))
         }
         Input::AgentHello { uuid, serial } => {
@@ -256,21 +282,35 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
         Input::AgentReport(rep) => {
             h.last_report = Some((*rep).clone());
             h.reports += 1;
+            // The token ends with the final report.
+            h.token_spent = true;
             // The run is over: the agent no longer waits for a key.
             h.bitlocker_waiting.clear();
-            // The recovery-password protectors the disk carries: what an admin looks the key
-            // up by.
+            // The recovery-password protectors the disk carries, for an admin to look the key
+            // up by; never what a release is decided on (the agent's word is not inventory).
             for v in &rep.volumes {
                 for p in &v.protectors {
                     if let Some(id) = p
                         .strip_suffix(" recovery password")
                         .and_then(|p| p.split_whitespace().next())
                     {
-                        if !h.protector_ids.iter().any(|x| x == id) {
-                            h.protector_ids.push(id.to_string());
+                        if !h.reported_protectors.iter().any(|x| x == id)
+                            && h.reported_protectors.len() < 16
+                        {
+                            h.reported_protectors.push(id.chars().take(64).collect());
                         }
                     }
                 }
+            }
+            if let Some(why) = &h.claim_conflict {
+                // Whose report this is cannot be told: it changes nothing.
+                return Some(note(
+                    "state",
+                    format!(
+                        "kept {}: report of a disputed claim ({why}) recorded, not acted on",
+                        h.state.name()
+                    ),
+                ));
             }
             guarded(h, report_state(rep), None, now_ms).map(|m| note("state", m))
         }
@@ -291,6 +331,18 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
         }
         Input::Decided { to, why } => {
             guarded(h, to.clone(), Some(why), now_ms).map(|m| note("state", m))
+        }
+        Input::KeyApproved { scope, actor } => {
+            let message = if h.key_release_approved.as_deref() == Some(*scope) {
+                format!("key release already approved in campaign {scope}")
+            } else {
+                h.key_release_approved = Some((*scope).to_string());
+                format!("BitLocker key release approved in campaign {scope}")
+            };
+            Some(Note {
+                by: Some((*actor).to_string()),
+                ..note("admin", message)
+            })
         }
         Input::Admin { action, actor } => {
             let (kind, message) = admin(h, *action, now_ms);
@@ -407,6 +459,13 @@ mod tests {
 
     const T: u64 = 1_000_000;
 
+    static PEER: std::sync::LazyLock<crate::host::BootPeer> =
+        std::sync::LazyLock::new(|| crate::host::BootPeer {
+            ip: std::net::IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5)),
+            l2: Some(Mac([2, 0, 0, 0, 0, 1])),
+            evidence: "layer 2".into(),
+        });
+
     fn host(state: HostState) -> HostRecord {
         let mut h = HostRecord::new(Mac([2, 0, 0, 0, 0, 1]), 0);
         h.state = state;
@@ -498,27 +557,27 @@ mod tests {
                 failed_loop.clone(),
                 Some("rebooted -> failed: still boot-looping after remediation (network boot again, no Windows seen)"),
             ),
-            (Unknown, Input::ConfigFetched { ip: None }, Seen, None),
+            (Unknown, Input::ConfigFetched, Seen, None),
             (Seen, Input::WaitingRoom, Waiting, Some("seen -> waiting")),
             (Waiting, Input::WaitingRoom, Waiting, None),
             (Remediated, Input::WaitingRoom, Remediated, None),
             (
                 Seen,
-                Input::PayloadIssued { via: "iPXE script", token: "t", restore: false },
+                Input::PayloadIssued { via: "iPXE script", token_sha256: "t", restore: false, peer: &PEER },
                 Booting,
-                Some("recovery payload issued via iPXE script -> booting"),
+                Some("recovery payload issued via iPXE script to IP 10.0.0.5 (MAC 02:00:00:00:00:01), bound by layer 2 -> booting"),
             ),
             (
                 Recovered,
-                Input::PayloadIssued { via: "grub config", token: "t", restore: true },
+                Input::PayloadIssued { via: "grub config", token_sha256: "t", restore: true, peer: &PEER },
                 Booting,
-                Some("recovery payload issued via grub config recovered -> booting (restore mode)"),
+                Some("recovery payload issued via grub config to IP 10.0.0.5 (MAC 02:00:00:00:00:01), bound by layer 2 recovered -> booting (restore mode)"),
             ),
             (
                 Recovered,
-                Input::PayloadIssued { via: "grub config", token: "t", restore: false },
+                Input::PayloadIssued { via: "grub config", token_sha256: "t", restore: false, peer: &PEER },
                 Recovered,
-                Some("recovery payload issued via grub config (state kept: host 02:00:00:00:00:01: recovered -> booting is not an allowed transition)"),
+                Some("recovery payload issued via grub config to IP 10.0.0.5 (MAC 02:00:00:00:00:01), bound by layer 2 (state kept: host 02:00:00:00:00:01: recovered -> booting is not an allowed transition)"),
             ),
             (
                 Booting,
@@ -599,8 +658,9 @@ mod tests {
             let mut inputs = vec![
                 Input::PayloadIssued {
                     via: "iPXE script",
-                    token: "t",
+                    token_sha256: "t",
                     restore: false,
+                    peer: &PEER,
                 },
                 Input::AgentHello {
                     uuid: None,
@@ -662,11 +722,47 @@ mod tests {
         apply(&mut h, &Input::AgentReport(&rep), T);
         apply(&mut h, &Input::AgentReport(&rep), T);
         assert_eq!(
-            h.protector_ids,
+            h.reported_protectors,
             vec!["{AAAAAAAA-0000-0000-0000-000000000001}".to_string()]
         );
+        assert!(
+            h.protector_ids.is_empty(),
+            "the agent's word never becomes the inventory a release is decided on"
+        );
+        assert!(h.token_spent, "the final report spends the token");
         assert!(h.bitlocker_waiting.is_empty());
         assert_eq!(h.reports, 2);
+    }
+
+    #[test]
+    fn a_claim_conflict_needs_attention_and_a_later_report_changes_nothing() {
+        let mut h = host(HostState::Booting);
+        let n = apply(
+            &mut h,
+            &Input::ClaimConflict {
+                why: "two machines claimed MAC x: IP a, IP b",
+            },
+            T,
+        )
+        .unwrap();
+        assert_eq!(n.kind, "claim-conflict");
+        assert!(matches!(&h.state, HostState::NeedsAttention(r) if r.contains("two machines")));
+        let rep = report(RunResult::Remediated, None);
+        let n = apply(&mut h, &Input::AgentReport(&rep), T + 1).unwrap();
+        assert!(n.message.contains("not acted on"), "{}", n.message);
+        assert!(matches!(h.state, HostState::NeedsAttention(_)));
+        apply(
+            &mut h,
+            &Input::Admin {
+                action: AdminAction::Retry,
+                actor: "a",
+            },
+            T + 2,
+        );
+        assert_eq!(
+            h.claim_conflict, None,
+            "an admin's retry clears the dispute"
+        );
     }
 
     #[test]
@@ -686,12 +782,14 @@ mod tests {
         );
         let issue = Input::PayloadIssued {
             via: "iPXE script",
-            token: "tok",
+            token_sha256: "tok",
             restore: false,
+            peer: &PEER,
         };
         apply(&mut h, &issue, T);
         assert_eq!(h.payload_boots, 1);
-        assert_eq!(h.boot_token.as_deref(), Some("tok"));
+        assert_eq!(h.boot_token_sha256.as_deref(), Some("tok"));
+        assert_eq!(h.boot_peer.as_ref(), Some(&*PEER));
         assert_eq!(h.boot_token_issued_ms, T);
     }
 }

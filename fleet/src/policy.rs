@@ -61,6 +61,11 @@ pub trait BootPolicy: Send + Sync {
     fn key_scope(&self, _mac: Mac) -> Option<String> {
         None
     }
+
+    /// Whether the host's active campaign releases keys only on an admin's approval.
+    fn key_release_confirm(&self, _mac: Mac) -> bool {
+        false
+    }
 }
 
 /// Every network-booting machine gets the payload, except hosts whose run already finished

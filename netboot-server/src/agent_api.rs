@@ -8,7 +8,7 @@
 
 use crate::reply::{fleet_error, text};
 use crate::Booter;
-use axum::extract::{rejection::JsonRejection, State};
+use axum::extract::{rejection::JsonRejection, ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -19,6 +19,7 @@ use fleet::lifecycle::Input;
 use fleet::{EventSource, HostRecord, Mac};
 use fleet_service::escrow::KeyAnswer;
 use fleet_service::now_ms;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
@@ -32,48 +33,107 @@ pub fn router(booter: Arc<Booter>) -> Router {
         .with_state(booter)
 }
 
-/// How long a per-boot token stays valid.
-pub const TOKEN_LIFETIME_MS: u64 = 6 * 3600 * 1000;
+/// How long a per-boot token stays valid by default: a run takes minutes; an agent waiting for
+/// an admin's key approval polls within this time.
+pub const TOKEN_LIFETIME_MS: u64 = 2 * 3600 * 1000;
 
-/// Checks the token against the host record; returns the host.
+/// Who sent an agent request: its address and the MAC of its neighbour entry.
+fn requester(s: &Booter, peer: SocketAddr) -> fleet::claim::Claimant {
+    s.claimant(peer, s.neighbours.lookup(peer.ip()))
+}
+
+/// An authenticated agent request: the host it speaks for and who sent it.
+struct Agent {
+    mac: Mac,
+    host: HostRecord,
+    from: fleet::claim::Claimant,
+}
+
+impl Agent {
+    /// The audit log's actor: the host and the requester's IP and MAC.
+    fn actor(&self) -> String {
+        format!("agent {} from {}", self.mac, self.from)
+    }
+}
+
+/// Checks the token against the host record (its SHA-256, in constant time), its age, whether
+/// the final report spent it, and that the requester's hardware address (where the server sees
+/// layer 2) is the host's. `report_id`: a report's ID, whose retry is accepted with a spent
+/// token (it is answered "already recorded").
 fn authenticate(
     s: &Booter,
     mac: &str,
     token: &str,
+    peer: SocketAddr,
+    report_id: Option<&str>,
     now: u64,
-) -> Result<(Mac, HostRecord), Response> {
+) -> Result<Agent, Response> {
     let mac: Mac = mac
         .parse()
         .map_err(|e: String| text(StatusCode::BAD_REQUEST, format!("{e}\n")))?;
+    let from = requester(s, peer);
     let Some(host) = s.fleet.host(mac) else {
         return Err(text(
             StatusCode::UNAUTHORIZED,
             format!("no boot token was issued to {mac}\n"),
         ));
     };
-    match &host.boot_token {
-        Some(t) if bool::from(t.as_bytes().ct_eq(token.as_bytes())) => {}
+    let refuse = |why: &str, answer: &str| {
+        s.fleet.event(
+            mac,
+            EventSource::Agent,
+            "agent-refused",
+            format!("agent request from {from} refused: {why}"),
+            now,
+        );
+        s.fleet.audit_logged(
+            &format!("agent {mac} from {from}"),
+            "agent-refused",
+            why.to_string(),
+            now,
+        );
+        Err(text(StatusCode::UNAUTHORIZED, format!("{answer}\n")))
+    };
+    let digest = crate::booter::token_digest(token);
+    match &host.boot_token_sha256 {
+        Some(t) if bool::from(t.as_bytes().ct_eq(digest.as_bytes())) => {}
         _ => {
+            return refuse(
+                "a wrong or old boot token",
+                "boot token does not match the one issued to this MAC",
+            )
+        }
+    }
+    if now.saturating_sub(host.boot_token_issued_ms) > s.token_lifetime_ms {
+        return refuse(
+            "an expired boot token",
+            "boot token expired; reboot the machine into recovery again",
+        );
+    }
+    let retried_report =
+        report_id.is_some_and(|id| host.last_report.as_ref().is_some_and(|r| r.report_id == id));
+    if host.token_spent && !retried_report {
+        return refuse(
+            "a boot token spent by the run's final report",
+            "this boot's final report was received; the token is spent",
+        );
+    }
+    if let Some(l2) = from.l2 {
+        if l2 != mac {
             s.fleet.event(
                 mac,
                 EventSource::Agent,
-                "agent-refused",
-                "request with a wrong or old boot token refused".into(),
+                "impersonation",
+                format!("suspected impersonation: {from} used {mac}'s boot token; refused"),
                 now,
             );
-            return Err(text(
-                StatusCode::UNAUTHORIZED,
-                "boot token does not match the one issued to this MAC\n",
-            ));
+            return refuse(
+                &format!("the token came from another machine ({from})"),
+                "this request did not come from the machine the token was issued to",
+            );
         }
     }
-    if now.saturating_sub(host.boot_token_issued_ms) > TOKEN_LIFETIME_MS {
-        return Err(text(
-            StatusCode::UNAUTHORIZED,
-            "boot token expired; reboot the machine into recovery again\n",
-        ));
-    }
-    Ok((mac, host))
+    Ok(Agent { mac, host, from })
 }
 
 fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
@@ -99,6 +159,7 @@ fn observe(s: &Booter, mac: Mac, input: &Input<'_>, now: u64) -> Result<(), Resp
 /// `POST /agent/v1/hello`: the agent is up (host -> agent-up); answers the server's time.
 pub async fn hello(
     State(s): State<Arc<Booter>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Result<Json<Hello>, JsonRejection>,
 ) -> Response {
     let now = now_ms();
@@ -106,10 +167,13 @@ pub async fn hello(
         Ok(h) => h,
         Err(r) => return r,
     };
-    let (mac, _) = match authenticate(&s, &h.mac, &h.token, now) {
+    let agent = match authenticate(&s, &h.mac, &h.token, peer, None, now) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let mac = agent.mac;
+    s.fleet
+        .audit_logged(&agent.actor(), "agent-hello", String::new(), now);
     let hello = Input::AgentHello {
         uuid: h.uuid.as_deref(),
         serial: h.serial.as_deref(),
@@ -145,6 +209,7 @@ pub async fn hello(
 /// `POST /agent/v1/step`: a step of the run (scanning, unlocked, ...), recorded.
 pub async fn step(
     State(s): State<Arc<Booter>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Result<Json<Step>, JsonRejection>,
 ) -> Response {
     let now = now_ms();
@@ -152,10 +217,11 @@ pub async fn step(
         Ok(h) => h,
         Err(r) => return r,
     };
-    let (mac, _) = match authenticate(&s, &st.mac, &st.token, now) {
+    let agent = match authenticate(&s, &st.mac, &st.token, peer, None, now) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let mac = agent.mac;
     if let Err(r) = observe(&s, mac, &Input::AgentStep { step: &st.step }, now) {
         return r;
     }
@@ -165,6 +231,8 @@ pub async fn step(
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .take(32)
         .collect();
+    s.fleet
+        .audit_logged(&agent.actor(), &format!("agent-{kind}"), String::new(), now);
     s.fleet.event(
         mac,
         EventSource::Agent,
@@ -181,6 +249,7 @@ pub async fn step(
 /// `POST /agent/v1/report`: the run's outcome, recorded once per report ID.
 pub async fn report(
     State(s): State<Arc<Booter>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Result<Json<Report>, JsonRejection>,
 ) -> Response {
     let now = now_ms();
@@ -188,10 +257,11 @@ pub async fn report(
         Ok(h) => h,
         Err(r) => return r,
     };
-    let (mac, host) = match authenticate(&s, &rep.mac, &rep.token, now) {
+    let agent = match authenticate(&s, &rep.mac, &rep.token, peer, Some(&rep.report_id), now) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let (mac, host) = (agent.mac, &agent.host);
     if host
         .last_report
         .as_ref()
@@ -200,6 +270,12 @@ pub async fn report(
         return (StatusCode::OK, "ok (already recorded)\n").into_response();
     }
     rep.token.clear();
+    s.fleet.audit_logged(
+        &agent.actor(),
+        "agent-report",
+        format!("{:?}", rep.result),
+        now,
+    );
     let reason = rep.reason.clone().unwrap_or_default();
     for f in &rep.files {
         s.fleet.event(
@@ -252,6 +328,7 @@ pub async fn report(
 /// [`fleet::escrow::decide`]; every answer is recorded and flushed before it is sent.
 pub async fn bitlocker_key(
     State(s): State<Arc<Booter>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Result<Json<KeyRequest>, JsonRejection>,
 ) -> Response {
     let now = now_ms();
@@ -259,10 +336,12 @@ pub async fn bitlocker_key(
         Ok(k) => k,
         Err(r) => return r,
     };
-    let (mac, _) = match authenticate(&s, &k.mac, &k.token, now) {
+    let agent = match authenticate(&s, &k.mac, &k.token, peer, None, now) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    let mac = agent.mac;
+    let actor = agent.from.to_string();
     let mut ids = Vec::new();
     for p in k.protectors.iter().take(16) {
         match fleet::escrow::protector_id(p) {
@@ -278,7 +357,8 @@ pub async fn bitlocker_key(
         .collect();
     let fleet = s.fleet.clone();
     let answer =
-        tokio::task::spawn_blocking(move || fleet.release_key(mac, &ids, &volume, now)).await;
+        tokio::task::spawn_blocking(move || fleet.release_key(mac, &ids, &volume, &actor, now))
+            .await;
     let answer = match answer {
         Ok(a) => a,
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

@@ -1,11 +1,15 @@
 //! The boot edge's one decision per request: which boot configuration a machine gets (asking
 //! the boot policy), the per-boot token minted with the payload, and the files TFTP serves.
 use crate::image::{Image, SignedRules};
+use crate::net::Neighbours;
+use fleet::claim::{self, Binding, Claimant, Verdict};
+use fleet::lifecycle::Input;
 use fleet::{BootQuery, ClientKind, EventSource, Mac};
 use fleet_service::FleetIo;
 use netboot_proto::boot;
+use netboot_proto::dhcp::pool::LeasePool;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A fresh per-boot token: 128 random bits, hex.
 pub fn new_token() -> String {
@@ -15,6 +19,14 @@ pub fn new_token() -> String {
         .fill(&mut b)
         .expect("system random source");
     hex::encode(b)
+}
+
+/// SHA-256 (hex) of a per-boot token: what the store keeps (the token itself is never stored).
+pub fn token_digest(token: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
 }
 
 /// "What does this machine boot, and with which token": the per-host boot configuration
@@ -35,6 +47,12 @@ pub struct Booter {
     pub server_ip: Ipv4Addr,
     /// Extra words for the recovery kernel's command line.
     pub extra_cmdline: String,
+    /// The layer-2 view of the served interface.
+    pub neighbours: Neighbours,
+    /// Full DHCP mode: the lease pool (what binds an address to a MAC); `None` in proxy mode.
+    pub leases: Option<Arc<Mutex<LeasePool>>>,
+    /// How long a per-boot token stays valid.
+    pub token_lifetime_ms: u64,
 }
 
 /// Which boot loader a per-host configuration is for.
@@ -46,19 +64,100 @@ pub enum BootConfigKind {
     Grub,
 }
 
+impl BootConfigKind {
+    fn via(self) -> &'static str {
+        match self {
+            Self::Ipxe => "iPXE script",
+            Self::Grub => "grub config",
+        }
+    }
+
+    fn source(self) -> EventSource {
+        match self {
+            Self::Ipxe => EventSource::Http,
+            Self::Grub => EventSource::Tftp,
+        }
+    }
+}
+
 impl Booter {
-    /// The per-host iPXE script or grub configuration: asks the policy, mints a per-boot token
-    /// when the payload is handed out, and records what was decided. `default_kind` stands in
-    /// for a host whose DHCP was never seen (e.g. behind another DHCP server).
+    /// Who is asking, as the server sees it: the address and the hardware address of its
+    /// neighbour entry (`l2`, gathered by the caller: a lookup after a TCP handshake, a
+    /// resolution for a UDP request).
+    pub fn claimant(&self, peer: SocketAddr, l2: Option<Mac>) -> Claimant {
+        Claimant {
+            ip: peer.ip().to_canonical(),
+            l2,
+        }
+    }
+
+    /// What binds an address to `mac`: its lease in full mode.
+    fn binding(&self, mac: Mac, now_ms: u64) -> Binding {
+        match &self.leases {
+            None => Binding::Proxy,
+            Some(pool) => Binding::Lease(
+                pool.lock()
+                    .unwrap()
+                    .lease_of(mac)
+                    .filter(|l| !l.offered_only && l.expires_ms > now_ms)
+                    .map(|l| l.ip),
+            ),
+        }
+    }
+
+    /// The per-host iPXE script or grub configuration for the request from `who`: judges
+    /// whether `who` is the machine ([`fleet::claim::judge`]), asks the policy, mints a
+    /// per-boot token when the payload is handed out, and records what was decided. A request
+    /// from another machine gets no token and is recorded on the victim's timeline.
+    /// `default_kind` stands in for a host whose DHCP was never seen (e.g. behind another DHCP
+    /// server).
     pub fn boot_config(
         &self,
         mac: Mac,
-        peer: SocketAddr,
+        who: Claimant,
         default_kind: ClientKind,
         kind: BootConfigKind,
     ) -> String {
         let now = fleet_service::now_ms();
-        self.fleet.touch(mac, peer.ip(), now);
+        let host = self.fleet.host(mac);
+        let (via, source) = (kind.via(), kind.source());
+        let peer = match claim::judge(
+            mac,
+            host.as_ref(),
+            &who,
+            self.binding(mac, now),
+            now,
+            self.token_lifetime_ms,
+        ) {
+            Verdict::Grant(peer) => peer,
+            Verdict::Impersonation(why) => {
+                tracing::warn!("{mac}: {via}: {why}");
+                if host.is_some() {
+                    self.fleet
+                        .event(mac, source, "impersonation", format!("{via}: {why}"), now);
+                    self.fleet.audit_logged(
+                        &format!("{who}"),
+                        "impersonation",
+                        format!("{mac}: {why}"),
+                        now,
+                    );
+                }
+                return refusal(kind, mac);
+            }
+            Verdict::Conflict(why) => {
+                tracing::warn!("{mac}: {via}: {why}");
+                self.fleet
+                    .observe_logged(mac, &Input::ClaimConflict { why: &why }, now);
+                self.fleet.audit_logged(
+                    &format!("{who}"),
+                    "claim-conflict",
+                    format!("{mac}: {why}"),
+                    now,
+                );
+                return refusal(kind, mac);
+            }
+        };
+        self.fleet.touch(mac, now);
         let host = self.fleet.host(mac);
         let client = host
             .as_ref()
@@ -84,17 +183,9 @@ impl Booter {
             image_ready: ready,
             extra_cmdline: &self.extra_cmdline,
         };
-        let (text, via, source) = match kind {
-            BootConfigKind::Ipxe => (
-                boot::ipxe_script(&decision, &params),
-                "iPXE script",
-                EventSource::Http,
-            ),
-            BootConfigKind::Grub => (
-                boot::grub_config(&decision, &params),
-                "grub config",
-                EventSource::Tftp,
-            ),
+        let text = match kind {
+            BootConfigKind::Ipxe => boot::ipxe_script(&decision, &params),
+            BootConfigKind::Grub => boot::grub_config(&decision, &params),
         };
         if matches!(
             decision,
@@ -102,7 +193,8 @@ impl Booter {
         ) && ready
         {
             let restore = decision == fleet::BootDecision::Restore;
-            self.fleet.payload_issued(mac, via, &token, restore, now);
+            self.fleet
+                .payload_issued(mac, via, &token_digest(&token), restore, &peer, now);
         } else {
             if matches!(decision, fleet::BootDecision::WaitingRoom { .. }) {
                 self.fleet.waiting(mac, now);
@@ -129,6 +221,14 @@ impl Booter {
     }
 }
 
+/// What a refused requester gets: no token, and its firmware goes on to the next boot device.
+fn refusal(kind: BootConfigKind, mac: Mac) -> String {
+    match kind {
+        BootConfigKind::Ipxe => boot::ipxe_refused(mac),
+        BootConfigKind::Grub => boot::grub_refused(mac),
+    }
+}
+
 /// TFTP files: the verified image, plus grub's configuration rendered per host.
 pub struct TftpFiles(pub Arc<Booter>);
 
@@ -143,9 +243,12 @@ impl crate::tftp::FileSource for TftpFiles {
             .and_then(|r| r.strip_suffix(".cfg"))
         {
             let mac: Mac = mac.parse().ok()?;
+            // Called off the runtime (the TFTP driver opens files on a blocking thread), so
+            // the neighbour entry of a UDP requester may be resolved here.
+            let who = s.claimant(peer, s.neighbours.resolve(peer.ip()));
             let cfg = s.boot_config(
                 mac,
-                peer,
+                who,
                 ClientKind::Pxe(fleet::Arch::UefiX64),
                 BootConfigKind::Grub,
             );

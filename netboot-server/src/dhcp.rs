@@ -99,7 +99,7 @@ impl DhcpServer {
         ifindex: u32,
         port_base: Option<(u16, u16)>,
         fleet: Arc<FleetIo>,
-        pool: Option<LeasePool>,
+        pool: Option<Arc<Mutex<LeasePool>>>,
     ) -> Result<Self, Error> {
         let (p67, p4011) = port_base.unwrap_or((67, PXE_PORT));
         let mut sockets = Vec::new();
@@ -118,7 +118,7 @@ impl DhcpServer {
             cfg,
             ifindex,
             fleet,
-            pool: pool.map(|p| Arc::new(Mutex::new(p))),
+            pool,
             stats: Arc::default(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })

@@ -37,9 +37,22 @@ async fn boot_script(
         Ok(m) => m,
         Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
     };
+    // After the TCP handshake the kernel holds a neighbour entry for an on-link peer; should
+    // it be missing, it is resolved off the runtime.
+    let l2 = match s.neighbours.lookup(peer.ip()) {
+        Some(m) => Some(m),
+        None if s.neighbours.on_link(peer.ip()) => {
+            let n = s.neighbours.clone();
+            tokio::task::spawn_blocking(move || n.resolve(peer.ip()))
+                .await
+                .ok()
+                .flatten()
+        }
+        None => None,
+    };
     let script = s.boot_config(
         mac,
-        peer,
+        s.claimant(peer, l2),
         ClientKind::Ipxe(fleet::Arch::Bios),
         BootConfigKind::Ipxe,
     );

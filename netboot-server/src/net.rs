@@ -126,9 +126,102 @@ pub fn bind_error_of(what: &str, addr: SocketAddrV4, e: &std::io::Error) -> Erro
     Error::Bind(bind_error(what, addr, e))
 }
 
+/// The layer-2 view of the served segment: the kernel's neighbour (ARP) table on one interface.
+/// What a request from an address proves about the machine behind it comes from here.
+#[derive(Debug, Clone)]
+pub struct Neighbours {
+    /// The served interface.
+    pub device: String,
+    /// Its subnet: only addresses on it can have a neighbour entry (behind a relay there is
+    /// none, and no layer-2 view).
+    pub iface: Option<Interface>,
+}
+
+impl Neighbours {
+    /// The hardware address the neighbour table holds for `ip` on the served interface, if it
+    /// has a complete entry.
+    pub fn lookup(&self, ip: std::net::IpAddr) -> Option<fleet::Mac> {
+        let std::net::IpAddr::V4(v4) = ip.to_canonical() else {
+            return None;
+        };
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        arp_entry(&table, v4, &self.device)
+    }
+
+    /// Whether `ip` is on the served subnet (so a neighbour entry is expected for it).
+    pub fn on_link(&self, ip: std::net::IpAddr) -> bool {
+        match (ip.to_canonical(), &self.iface) {
+            (std::net::IpAddr::V4(v4), Some(i)) => i.contains(v4) && v4 != i.addr,
+            _ => false,
+        }
+    }
+
+    /// [`Self::lookup`], and for an on-link address without an entry (a UDP request from an
+    /// address that never answered ARP), asks the kernel to resolve it (one datagram to the
+    /// discard port) and waits up to 200 ms for the answer. Blocking: call off the runtime.
+    pub fn resolve(&self, ip: std::net::IpAddr) -> Option<fleet::Mac> {
+        if let Some(m) = self.lookup(ip) {
+            return Some(m);
+        }
+        if !self.on_link(ip) {
+            return None;
+        }
+        let probe = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+        let _ = probe.send_to(&[], (ip, 9));
+        for _ in 0..10 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if let Some(m) = self.lookup(ip) {
+                return Some(m);
+            }
+        }
+        None
+    }
+}
+
+/// The complete entry for `ip` on `device` in the text of `/proc/net/arp`
+/// (`IP address  HW type  Flags  HW address  Mask  Device`; flags 0x2 = complete).
+pub fn arp_entry(table: &str, ip: Ipv4Addr, device: &str) -> Option<fleet::Mac> {
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let [addr, _hw, flags, mac, _mask, dev] = f.as_slice() else {
+            return None;
+        };
+        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
+        if *dev != device || addr.parse::<Ipv4Addr>().ok()? != ip || flags & 0x2 == 0 {
+            return None;
+        }
+        let mac: fleet::Mac = mac.parse().ok()?;
+        (mac.0 != [0; 6]).then_some(mac)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arp_table_parsing() {
+        let t = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                 10.99.0.5        0x1         0x2         52:54:00:aa:00:05     *        br0\n\
+                 10.99.0.6        0x1         0x0         00:00:00:00:00:00     *        br0\n\
+                 10.99.0.7        0x1         0x2         52:54:00:aa:00:07     *        eth9\n\
+                 10.99.0.8        0x1         0x6         52:54:00:aa:00:08     *        br0\n";
+        let ip = |n| Ipv4Addr::new(10, 99, 0, n);
+        assert_eq!(
+            arp_entry(t, ip(5), "br0"),
+            Some("52:54:00:aa:00:05".parse().unwrap())
+        );
+        assert_eq!(arp_entry(t, ip(6), "br0"), None, "incomplete");
+        assert_eq!(arp_entry(t, ip(7), "br0"), None, "another interface");
+        assert_eq!(
+            arp_entry(t, ip(8), "br0"),
+            Some("52:54:00:aa:00:08".parse().unwrap()),
+            "permanent"
+        );
+        assert_eq!(arp_entry(t, ip(9), "br0"), None);
+        assert_eq!(arp_entry("garbage", ip(5), "br0"), None);
+    }
+
     #[test]
     fn subnet_math() {
         let i = Interface {

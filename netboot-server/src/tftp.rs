@@ -184,7 +184,25 @@ impl TftpServer {
                 return;
             }
         };
-        let Some(file) = self.source.open(&req.path, peer) else {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "TFTP: {} transfers already running; refusing", self.cfg.max_transfers);
+            let _ = self
+                .socket
+                .send_to(&packet::error_packet(0, "server busy, try again"), peer)
+                .await;
+            return;
+        };
+        // A free slot first: a per-host configuration is rendered (and a token minted) only for
+        // a transfer that can run. Opening runs on a blocking thread: a per-host configuration
+        // may resolve the requester's neighbour entry.
+        let source = self.source.clone();
+        let path = req.path.clone();
+        let opened = tokio::task::spawn_blocking(move || source.open(&path, peer))
+            .await
+            .ok()
+            .flatten();
+        let Some(file) = opened else {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, path = %req.path, "TFTP file not found");
             let _ = self
@@ -193,15 +211,6 @@ impl TftpServer {
                     &packet::error_packet(ErrorCode::FileNotFound as u16, "file not found"),
                     peer,
                 )
-                .await;
-            return;
-        };
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            self.stats.busy.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "TFTP: {} transfers already running; refusing", self.cfg.max_transfers);
-            let _ = self
-                .socket
-                .send_to(&packet::error_packet(0, "server busy, try again"), peer)
                 .await;
             return;
         };

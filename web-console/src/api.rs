@@ -92,8 +92,19 @@ pub struct HostView {
     pub skipped: bool,
     /// An admin's notes.
     pub notes: String,
-    /// Recovery-password protector IDs seen on its volumes.
+    /// Recovery-password protector IDs of its volumes, from the admin's import (the only
+    /// protector inventory a key release is checked against).
     pub protector_ids: Vec<String>,
+    /// Recovery-password protector IDs the agent reported on the disk (informational).
+    pub reported_protectors: Vec<String>,
+    /// The machine the outstanding per-boot token went to, and what bound it (`IP a (MAC m)`,
+    /// `layer 2`).
+    pub boot_peer: Option<String>,
+    /// Two machines claimed this host's MAC: which. No key leaves automatically until an admin
+    /// retries the host.
+    pub claim_conflict: Option<String>,
+    /// The campaign scope in which an admin approved this host's key release.
+    pub key_release_approved: Option<String>,
     /// Recovery-password protectors the agent waits for a key for (paste one to go on).
     pub bitlocker_waiting: Vec<String>,
     /// A recovery key left escrow for this host: rotate it in Windows.
@@ -157,6 +168,13 @@ pub fn view(h: &HostRecord) -> HostView {
         skipped: h.skipped,
         notes: h.notes.clone(),
         protector_ids: h.protector_ids.clone(),
+        reported_protectors: h.reported_protectors.clone(),
+        boot_peer: h
+            .boot_peer
+            .as_ref()
+            .map(|p| format!("{p}, bound by {}", p.evidence)),
+        claim_conflict: h.claim_conflict.clone(),
+        key_release_approved: h.key_release_approved.clone(),
         bitlocker_waiting: h.bitlocker_waiting.clone(),
         rotate_bitlocker_key: h.rotate_bitlocker_key,
         last_report: h.last_report.as_ref().map(|r| ReportView {

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::campaign::{outcome, Campaign, CampaignSpec, Gate, Outcome, Targets, WaveSize};
-use fleet::Mac;
+use fleet::{KeyRelease, Mac};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +39,10 @@ pub struct CampaignInput {
     /// How long after a run Windows must be seen for `recovered`.
     #[serde(default)]
     pub verify_window_minutes: Option<u64>,
+    /// `auto` (default): a BitLocker key leaves escrow when the host's imported name matches
+    /// the escrowed key's; `confirm`: only after an admin approved the release for the host.
+    #[serde(default)]
+    pub key_release: KeyRelease,
 }
 
 /// Which hosts a campaign covers (exactly one key).
@@ -113,6 +117,7 @@ impl CampaignInput {
                 .unwrap_or(30)
                 .saturating_mul(60_000),
             verify_window_ms: self.verify_window_minutes.map(|m| m.saturating_mul(60_000)),
+            key_release: self.key_release,
         };
         spec.validate()?;
         Ok(spec)
@@ -176,6 +181,8 @@ pub struct CampaignView {
     pub gate: Gate,
     /// The verification window, minutes.
     pub verify_window_minutes: Option<u64>,
+    /// `auto` or `confirm`.
+    pub key_release: String,
     /// Its waves.
     pub waves: Vec<WaveView>,
     /// (time, note) pairs, oldest first.
@@ -203,6 +210,7 @@ pub fn view(c: &Campaign, hosts: &HashMap<Mac, fleet::HostRecord>) -> CampaignVi
         current_wave: c.current + 1,
         gate: c.spec.gate.clone(),
         verify_window_minutes: c.spec.verify_window_ms.map(|m| m / 60_000),
+        key_release: c.spec.key_release.name().to_string(),
         waves: c
             .waves
             .iter()
@@ -293,6 +301,9 @@ pub async fn act(
     action: &str,
 ) -> Result<String, (StatusCode, String)> {
     let now = fleet_service::now_ms();
+    if action == "approve-keys" {
+        return approve_keys(c, actor, id, now).await;
+    }
     let hosts: Vec<fleet::HostRecord> = c.fleet.hosts();
     let taken = c.campaigns.taken(id);
     let r = c.campaigns.with(|cs| {
@@ -324,6 +335,58 @@ pub async fn act(
     tracing::info!("campaign {id} {action} by {actor}: {r}");
     persist(c).await.map_err(crate::auth::failure)?;
     Ok(r)
+}
+
+/// Approves the BitLocker key release for every host of the campaign's open wave (bulk, one
+/// audit entry; each host's timeline records it).
+async fn approve_keys(
+    c: &Console,
+    actor: &str,
+    id: &str,
+    now: u64,
+) -> Result<String, (StatusCode, String)> {
+    let Some(camp) = c.campaigns.snapshot().into_iter().find(|x| x.id == id) else {
+        return Err((StatusCode::NOT_FOUND, format!("no campaign {id}")));
+    };
+    if !matches!(
+        camp.state,
+        fleet::CampaignState::Running
+            | fleet::CampaignState::Paused
+            | fleet::CampaignState::RollingBack
+    ) {
+        return Err((
+            StatusCode::CONFLICT,
+            format!(
+                "{} is {}: keys are released only in a running campaign",
+                camp.spec.name,
+                camp.state.name()
+            ),
+        ));
+    }
+    let macs: Vec<String> = camp
+        .waves
+        .get(camp.current)
+        .map(|w| w.hosts.iter().map(|m| m.to_string()).collect())
+        .unwrap_or_default();
+    if macs.is_empty() {
+        return Err((StatusCode::CONFLICT, "the open wave has no hosts".into()));
+    }
+    let r = c
+        .fleet
+        .admin_action(
+            actor,
+            fleet_service::actions::Action::ApproveKey,
+            &macs,
+            now,
+        )
+        .await
+        .map_err(crate::auth::failure)?;
+    Ok(format!(
+        "key release approved for {} hosts of wave {} ({} refused)",
+        r.ok,
+        camp.current + 1,
+        r.failed
+    ))
 }
 
 /// Every second: campaigns advance (timeouts, verification windows, gates); host changes are

@@ -509,10 +509,9 @@ fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> R
     };
     let actions = match camp.state {
         fleet::CampaignState::Draft => vec!["start", "abort"],
-        fleet::CampaignState::Running => vec!["pause", "abort", "rollback"],
-        fleet::CampaignState::Paused | fleet::CampaignState::Halted(_) => {
-            vec!["resume", "abort", "rollback"]
-        }
+        fleet::CampaignState::Running => vec!["pause", "abort", "rollback", "approve-keys"],
+        fleet::CampaignState::Paused => vec!["resume", "abort", "rollback", "approve-keys"],
+        fleet::CampaignState::Halted(_) => vec!["resume", "abort", "rollback"],
         fleet::CampaignState::Completed => vec!["rollback"],
         fleet::CampaignState::RollingBack => vec!["abort"],
         fleet::CampaignState::Aborted => vec![],
@@ -587,6 +586,11 @@ pub async fn ui_campaign_create(
         host_timeout_minutes: None,
         verify_window_minutes: (!get("verify_minutes").is_empty())
             .then(|| num("verify_minutes", 0)),
+        key_release: if get("key_release") == "confirm" {
+            fleet::KeyRelease::Confirm
+        } else {
+            fleet::KeyRelease::Auto
+        },
     };
     match crate::campaigns::create(&c, &format!("console:{}", s.name), input).await {
         Ok(id) => campaign_page(

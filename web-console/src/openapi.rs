@@ -48,6 +48,10 @@ pub enum CampaignAction {
     Abort,
     /// Put the quarantined files back on the hosts it remediated.
     Rollback,
+    /// Approve the BitLocker key release for every host of the open wave (campaigns with
+    /// `key_release = confirm`, keys not bound to a host's name, disputed claims).
+    #[serde(rename = "approve-keys")]
+    ApproveKeys,
 }
 
 /// `GET /api/v1/bitlocker/keys`.
@@ -120,6 +124,7 @@ impl Modify for Bearer {
         fleet::agent::FileRecord,
         fleet::agent::RunResult,
         fleet::EventSource,
+        fleet::KeyRelease,
         EscrowSummary,
         fleet::escrow::Release,
         fleet::escrow::Source,

@@ -973,7 +973,7 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     // Release: only inside an active campaign.
     let now = 1_721_366_900_000;
     assert!(
-        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("not in an active campaign"))
+        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("not in an active campaign"))
     );
     let spec = fleet::CampaignSpec {
         name: "bitlk".into(),
@@ -987,6 +987,7 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
         concurrency: 10,
         host_timeout_ms: 3_600_000,
         verify_window_ms: None,
+        key_release: Default::default(),
     };
     spec.validate().unwrap();
     let hosts = t.fleet.hosts();
@@ -1005,7 +1006,13 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     let KeyAnswer::Release {
         protector_id,
         password,
-    } = t.fleet.release_key(m1, &[ID1.into()], "vda3", now)
+    } = t.fleet.release_key(
+        m1,
+        &[ID1.into()],
+        "vda3",
+        "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)",
+        now,
+    )
     else {
         panic!("pc-001's own key is released");
     };
@@ -1013,16 +1020,22 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     assert!(t.fleet.host(m1).unwrap().rotate_bitlocker_key);
     // Once per host per campaign.
     assert!(
-        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", now + 1), KeyAnswer::Refuse { reason: r, conflict: true } if r.contains("already released"))
+        matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)", now + 1), KeyAnswer::Refuse { reason: r, conflict: true } if r.contains("already released"))
     );
     // pc-002 asking for a key escrowed for PC-777: refused.
     assert!(
-        matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("escrowed for PC-777"))
+        matches!(t.fleet.release_key(m2, &[ID2.into()], "vda3", "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("escrowed for another host") && !r.contains("PC-777"))
     );
     // pc-002's disk carries a protector nobody escrowed: it waits in needs-attention.
     let id3 = "b9859a34-8139-4d5e-a628-412bef9ba206";
     assert!(matches!(
-        t.fleet.release_key(m2, &[id3.into()], "vda3", now),
+        t.fleet.release_key(
+            m2,
+            &[id3.into()],
+            "vda3",
+            "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)",
+            now
+        ),
         KeyAnswer::Wait(_)
     ));
     let h = t.fleet.host(m2).unwrap();
@@ -1121,15 +1134,19 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(json(&b)["protector_id"], id3);
-    let KeyAnswer::Release { password, .. } =
-        t.fleet.release_key(m2, &[id3.into()], "vda3", now + 2)
-    else {
+    let KeyAnswer::Release { password, .. } = t.fleet.release_key(
+        m2,
+        &[id3.into()],
+        "vda3",
+        "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)",
+        now + 2,
+    ) else {
         panic!("the pasted key is released to the waiting host");
     };
     assert_eq!(password.expose(), RP2);
     assert!(t.fleet.host(m2).unwrap().bitlocker_waiting.is_empty());
     assert!(
-        matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", now + 3), KeyAnswer::Refuse { reason: r, conflict: true } if r.contains("already released"))
+        matches!(t.fleet.release_key(m2, &[id3.into()], "vda3", "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)", now + 3), KeyAnswer::Refuse { reason: r, conflict: true } if r.contains("already released"))
     );
     // The export flags both hosts for a key rotation.
     let (_, _, b) = send(&t, get("/api/v1/export?format=csv", Some(&t.admin))).await;

@@ -22,6 +22,9 @@ pub enum Action {
     MarkDone,
     /// Remove the host and its history.
     Forget,
+    /// Let the host's BitLocker key leave escrow in its running campaign (campaigns with
+    /// `key_release = confirm`, keys not bound to the host's name, disputed claims).
+    ApproveKey,
 }
 
 impl Action {
@@ -33,6 +36,7 @@ impl Action {
             Self::Skip => "skip",
             Self::MarkDone => "mark-done",
             Self::Forget => "forget",
+            Self::ApproveKey => "approve-key",
         }
     }
 
@@ -42,7 +46,7 @@ impl Action {
             Self::Retry => Some(AdminAction::Retry),
             Self::Skip => Some(AdminAction::Skip),
             Self::MarkDone => Some(AdminAction::MarkDone),
-            Self::Forget => None,
+            Self::Forget | Self::ApproveKey => None,
         }
     }
 }
@@ -148,6 +152,28 @@ impl FleetIo {
             ok,
             message,
         };
+        if action == Action::ApproveKey {
+            if self.host(mac).is_none() {
+                return outcome(false, "unknown host; import it first".into());
+            }
+            let Some(scope) = self.policy().key_scope(mac) else {
+                return outcome(
+                    false,
+                    "not in a running campaign: keys are released only to hosts of a running campaign".into(),
+                );
+            };
+            return match self.observe(
+                mac,
+                &Input::KeyApproved {
+                    scope: &scope,
+                    actor,
+                },
+                now_ms,
+            ) {
+                Ok(note) => outcome(true, note.map(|n| n.message).unwrap_or_default()),
+                Err(e) => outcome(false, format!("store: {e}")),
+            };
+        }
         let Some(admin) = action.state_action() else {
             return match self.forget(mac) {
                 Ok(true) => {

@@ -92,12 +92,6 @@ impl FleetIo {
     }
 
     /// An audit entry whose failure is logged (the release or refusal already happened).
-    fn audit_entry(&self, actor: &str, action: &str, detail: String, now_ms: u64) {
-        if let Err(e) = self.audit(actor, action, detail, now_ms) {
-            tracing::error!("audit log: {e}");
-        }
-    }
-
     /// Seals and stores every good row of an export (a row for a known protector ID replaces
     /// it, keeping its release history). One audit entry names the count, never a password.
     pub fn escrow_import(&self, parsed: &Parsed, actor: &str, now_ms: u64) -> Result<ImportResult> {
@@ -123,7 +117,7 @@ impl FleetIo {
                 imported += 1;
             }
         }
-        self.audit_entry(
+        self.audit_logged(
             actor,
             "bitlocker-import",
             format!(
@@ -176,7 +170,7 @@ impl FleetIo {
         let pw = vault.open_sealed(&rec.protector_id, &rec.sealed)?;
         rec.reveals += 1;
         self.store().put_escrow(&rec)?;
-        self.audit_entry(
+        self.audit_logged(
             actor,
             "bitlocker-reveal",
             format!(
@@ -228,7 +222,7 @@ impl FleetIo {
         };
         self.store().put_escrow(&rec)?;
         drop(_g);
-        self.audit_entry(
+        self.audit_logged(
             actor,
             "bitlocker-paste",
             format!("recovery key for protector {id} pasted for {mac} by {actor}"),
@@ -245,9 +239,17 @@ impl FleetIo {
     }
 
     /// An agent asks for the key of one of `ids` (the recovery-password protectors on `volume`).
-    /// The caller authenticated the agent's per-boot token.
-    pub fn release_key(&self, mac: Mac, ids: &[String], volume: &str, now_ms: u64) -> KeyAnswer {
-        let actor = format!("agent {mac}");
+    /// The caller authenticated the agent's per-boot token; `peer` names the requester (its IP
+    /// and the MAC the server's neighbour table gives for it), which the audit log keeps.
+    pub fn release_key(
+        &self,
+        mac: Mac,
+        ids: &[String],
+        volume: &str,
+        peer: &str,
+        now_ms: u64,
+    ) -> KeyAnswer {
+        let actor = format!("agent {mac} from {peer}");
         let Some(host) = self.host(mac) else {
             return KeyAnswer::refuse(format!("no host {mac}"));
         };
@@ -256,6 +258,7 @@ impl FleetIo {
             Err(e) => return KeyAnswer::refuse(e.to_string()),
         };
         let scope = self.policy().key_scope(mac);
+        let confirm = self.policy().key_release_confirm(mac);
         let _g = self.escrow_lock.lock().unwrap();
         let mut records = Vec::new();
         for id in ids {
@@ -264,7 +267,7 @@ impl FleetIo {
                 Err(e) => return KeyAnswer::refuse(format!("store: {e}")),
             }
         }
-        match decide(ids, &records, &host, scope.as_deref()) {
+        match decide(ids, &records, &host, scope.as_deref(), confirm) {
             ReleaseDecision::Release {
                 protector_id,
                 manual,
@@ -302,7 +305,7 @@ impl FleetIo {
                     "recovery key for protector {protector_id} on {volume} released{} in campaign {scope}",
                     if manual { " (pasted by an admin)" } else { "" }
                 );
-                self.audit_entry(
+                self.audit_logged(
                     &actor,
                     "bitlocker-release",
                     format!("{what} to {mac}"),
@@ -332,13 +335,37 @@ impl FleetIo {
                         },
                         now_ms,
                     );
-                    self.audit_entry(
+                    self.audit_logged(
                         &actor,
                         "bitlocker-wait",
                         format!(
                             "{mac} asked for protector {} on {volume}: none escrowed",
                             missing.join(", ")
                         ),
+                        now_ms,
+                    );
+                }
+                KeyAnswer::Wait(reason)
+            }
+            ReleaseDecision::Approval {
+                protector_id,
+                reason,
+            } => {
+                drop(_g);
+                let waiting = std::slice::from_ref(&protector_id);
+                if host.bitlocker_waiting != waiting {
+                    self.observe_logged(
+                        mac,
+                        &Input::KeyWaiting {
+                            missing: waiting,
+                            reason: &reason,
+                        },
+                        now_ms,
+                    );
+                    self.audit_logged(
+                        &actor,
+                        "bitlocker-approval-wait",
+                        format!("{mac} asked for protector {protector_id} on {volume}: {reason}"),
                         now_ms,
                     );
                 }
@@ -359,7 +386,7 @@ impl FleetIo {
     }
 
     fn refused(&self, mac: Mac, actor: &str, volume: &str, reason: &str, now_ms: u64) {
-        self.audit_entry(
+        self.audit_logged(
             actor,
             "bitlocker-refuse",
             format!("key request from {mac} for {volume} refused: {reason}"),

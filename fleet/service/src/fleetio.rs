@@ -243,6 +243,13 @@ impl FleetIo {
         self.observe_logged(mac, &Input::Decided { to, why }, now_ms);
     }
 
+    /// [`Self::audit`] where a failure cannot be answered: it is logged.
+    pub fn audit_logged(&self, actor: &str, action: &str, detail: String, now_ms: u64) {
+        if let Err(e) = self.audit(actor, action, detail, now_ms) {
+            tracing::error!("audit log: {e}");
+        }
+    }
+
     /// Appends an entry to the audit log (admin actions, key releases).
     pub fn audit(
         &self,
@@ -289,14 +296,10 @@ impl FleetIo {
         self.peers.lock().unwrap().get(&ip).copied()
     }
 
-    /// Records that `mac` asked for something (a script, a grub config) from `ip`.
-    pub fn touch(&self, mac: Mac, ip: IpAddr, now_ms: u64) {
-        self.remember_peer(ip, mac);
-        let ip = match ip {
-            IpAddr::V4(v4) => Some(v4),
-            IpAddr::V6(_) => None,
-        };
-        self.observe_logged(mac, &Input::ConfigFetched { ip }, now_ms);
+    /// Records that `mac`'s boot configuration was asked for (by whoever asked: the request
+    /// proves nothing about who sent it, so no address is taken from it).
+    pub fn touch(&self, mac: Mac, now_ms: u64) {
+        self.observe_logged(mac, &Input::ConfigFetched, now_ms);
     }
 
     /// Appends one event to a host's history (creating the host if needed).
@@ -384,13 +387,24 @@ impl FleetIo {
 
     /// The payload was handed to `mac` with a fresh boot token.
     /// `restore`: a rollback run, which an admin asked for whatever the host's state.
-    pub fn payload_issued(&self, mac: Mac, via: &str, token: &str, restore: bool, now_ms: u64) {
+    /// `peer`: the machine it went to, which is remembered as `mac` for later requests.
+    pub fn payload_issued(
+        &self,
+        mac: Mac,
+        via: &str,
+        token_sha256: &str,
+        restore: bool,
+        peer: &fleet::BootPeer,
+        now_ms: u64,
+    ) {
+        self.remember_peer(peer.ip, mac);
         self.observe_logged(
             mac,
             &Input::PayloadIssued {
                 via,
-                token,
+                token_sha256,
                 restore,
+                peer,
             },
             now_ms,
         );

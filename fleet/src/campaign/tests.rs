@@ -57,6 +57,7 @@ impl Fleet {
 
 fn spec(waves: &[&str], gate: Gate, concurrency: u32) -> CampaignSpec {
     CampaignSpec {
+        key_release: Default::default(),
         name: "cs-fix".into(),
         targets: Targets::All,
         waves: waves.iter().map(|w| w.parse().unwrap()).collect(),

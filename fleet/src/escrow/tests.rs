@@ -204,37 +204,90 @@ fn release_policy() {
     };
     // Not in a campaign.
     assert!(
-        matches!(decide(&ids, &[Some(rec(ID, None))], &h, None), ReleaseDecision::Refuse { reason, .. } if reason.contains("not in an active campaign"))
+        matches!(decide(&ids, &[Some(rec(ID, None))], &h, None, false), ReleaseDecision::Refuse { reason, .. } if reason.contains("not in an active campaign"))
     );
-    // Escrowed without a host name, or for this host (FQDN, other case): released.
-    assert_eq!(decide(&ids, &[Some(rec(ID, None))], &h, Some("c1")), ok);
+    // Escrowed without a host name: only on an admin's approval.
+    assert!(
+        matches!(decide(&ids, &[Some(rec(ID, None))], &h, Some("c1"), false), ReleaseDecision::Approval { reason, .. } if reason.contains("not bound to this host's imported host name"))
+    );
+    // A host without an imported name: the same.
+    let mut anon = h.clone();
+    anon.hostname = None;
+    assert!(matches!(
+        decide(
+            &ids,
+            &[Some(rec(ID, Some("PC042")))],
+            &anon,
+            Some("c1"),
+            false
+        ),
+        ReleaseDecision::Approval { .. }
+    ));
+    // For this host (FQDN, other case): released.
     assert_eq!(
-        decide(&ids, &[Some(rec(ID, Some("pc042.corp")))], &h, Some("c1")),
+        decide(
+            &ids,
+            &[Some(rec(ID, Some("pc042.corp")))],
+            &h,
+            Some("c1"),
+            false
+        ),
         ok
     );
     // Escrowed for another machine: refused.
     assert!(
-        matches!(decide(&ids, &[Some(rec(ID, Some("PC043")))], &h, Some("c1")), ReleaseDecision::Refuse { reason, .. } if reason.contains("escrowed for PC043"))
+        matches!(decide(&ids, &[Some(rec(ID, Some("PC043")))], &h, Some("c1"), false), ReleaseDecision::Refuse { reason, .. } if reason.contains("escrowed for another host") && !reason.contains("PC04"))
+    );
+    // The campaign asks for approval, or the claim is disputed: approval first, then released.
+    let named = |id| Some(rec(id, Some("PC042")));
+    assert!(matches!(
+        decide(&ids, &[named(ID)], &h, Some("c1"), true),
+        ReleaseDecision::Approval { reason, .. } if reason.contains("only on an admin's approval")
+    ));
+    let mut disputed = h.clone();
+    disputed.claim_conflict = Some("two machines claimed MAC x".into());
+    assert!(matches!(
+        decide(&ids, &[named(ID)], &disputed, Some("c1"), false),
+        ReleaseDecision::Approval { reason, .. } if reason.contains("two machines claimed")
+    ));
+    let mut ok_h = h.clone();
+    ok_h.key_release_approved = Some("c1".into());
+    assert_eq!(decide(&ids, &[named(ID)], &ok_h, Some("c1"), true), ok);
+    assert!(
+        matches!(
+            decide(&ids, &[named(ID)], &ok_h, Some("c2"), true),
+            ReleaseDecision::Approval { .. }
+        ),
+        "an approval holds for its campaign scope only"
     );
     // Not escrowed: wait for a paste.
     assert!(
-        matches!(decide(&ids, &[None], &h, Some("c1")), ReleaseDecision::Wait { missing, .. } if missing == ids)
+        matches!(decide(&ids, &[None], &h, Some("c1"), false), ReleaseDecision::Wait { missing, .. } if missing == ids)
     );
     // No recovery-password protector at all.
     assert!(matches!(
-        decide(&[], &[], &h, Some("c1")),
+        decide(&[], &[], &h, Some("c1"), false),
         ReleaseDecision::Refuse { .. }
     ));
     // Inventory: a host whose known protectors do not include this one.
     let mut inv = h.clone();
     inv.protector_ids = vec![ID2.into()];
     assert!(
-        matches!(decide(&ids, &[Some(rec(ID, None))], &inv, Some("c1")), ReleaseDecision::Refuse { reason, .. } if reason.contains("inventory"))
+        matches!(decide(&ids, &[Some(rec(ID, None))], &inv, Some("c1"), false), ReleaseDecision::Refuse { reason, .. } if reason.contains("inventory") && !reason.contains(ID2))
     );
     inv.protector_ids.push(ID.into());
-    assert_eq!(decide(&ids, &[Some(rec(ID, None))], &inv, Some("c1")), ok);
+    assert_eq!(
+        decide(
+            &ids,
+            &[Some(rec(ID, Some("PC042")))],
+            &inv,
+            Some("c1"),
+            false
+        ),
+        ok
+    );
     // Once per host per campaign.
-    let mut r = rec(ID, None);
+    let mut r = rec(ID, Some("PC042"));
     r.releases.push(Release {
         mac: h.mac,
         scope: "c1".into(),
@@ -242,24 +295,28 @@ fn release_policy() {
         manual: false,
     });
     assert!(
-        matches!(decide(&ids, &[Some(r.clone())], &h, Some("c1")), ReleaseDecision::Refuse { reason, already_released: true } if reason.contains("already released"))
+        matches!(decide(&ids, &[Some(r.clone())], &h, Some("c1"), false), ReleaseDecision::Refuse { reason, already_released: true } if reason.contains("already released"))
     );
     assert_eq!(
-        decide(&ids, &[Some(r.clone())], &h, Some("c2")),
+        decide(&ids, &[Some(r.clone())], &h, Some("c2"), false),
         ok,
         "a new campaign"
     );
     assert_eq!(
-        decide(&ids, &[Some(r.clone())], &h, Some("c1:rollback")),
+        decide(&ids, &[Some(r.clone())], &h, Some("c1:rollback"), false),
         ok,
         "the rollback phase"
     );
-    let other = HostRecord::new("52:54:00:00:00:02".parse().unwrap(), 0);
-    assert_eq!(decide(&ids, &[Some(r.clone())], &other, Some("c1")), ok);
+    let mut other = HostRecord::new("52:54:00:00:00:02".parse().unwrap(), 0);
+    other.hostname = Some("PC042".into());
+    assert_eq!(
+        decide(&ids, &[Some(r.clone())], &other, Some("c1"), false),
+        ok
+    );
     // An admin's paste for this host allows one more.
     r.manual_grant = Some(h.mac);
     assert_eq!(
-        decide(&ids, &[Some(r.clone())], &h, Some("c1")),
+        decide(&ids, &[Some(r.clone())], &h, Some("c1"), false),
         ReleaseDecision::Release {
             protector_id: ID.into(),
             manual: true
@@ -268,7 +325,13 @@ fn release_policy() {
     // Two protectors: the escrowed one is used, the other ignored.
     let two = vec![ID2.to_string(), ID.to_string()];
     assert_eq!(
-        decide(&two, &[None, Some(rec(ID, None))], &h, Some("c1")),
+        decide(
+            &two,
+            &[None, Some(rec(ID, Some("PC042")))],
+            &h,
+            Some("c1"),
+            false
+        ),
         ok
     );
 }

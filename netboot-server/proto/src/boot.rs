@@ -100,6 +100,25 @@ pub fn grub_stub() -> String {
         .to_string()
 }
 
+/// The iPXE script for a request refused because it did not come from the machine `mac`: no
+/// token; the firmware goes on to its next boot device.
+pub fn ipxe_refused(mac: Mac) -> String {
+    format!(
+        "#!ipxe\n\
+         echo unbrick: this request did not come from {mac}; no recovery payload for it\n\
+         exit 1\n"
+    )
+}
+
+/// The grub configuration for a refused request (see [`ipxe_refused`]).
+pub fn grub_refused(mac: Mac) -> String {
+    format!(
+        "echo \"unbrick: this request did not come from {mac}; no recovery payload for it\"\n\
+         sleep 5\n\
+         exit\n"
+    )
+}
+
 /// The per-host grub configuration. Signed grub has no HTTP: kernel and initrd come over TFTP.
 pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
     let mac = p.mac;
