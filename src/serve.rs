@@ -221,10 +221,19 @@ pub(crate) async fn start(
     }
     let console = web_console::router(console_state.clone());
     let idle_timeout = cfg.idle_timeout;
-    // Plain HTTP: boot scripts and artefacts (firmware speaks nothing else), the console and the
-    // admin API. HTTPS: the same plus the agent API, which is served nowhere else.
+    // Plain HTTP: boot scripts and artefacts (firmware speaks nothing else); the console and the
+    // admin API only to this machine itself (browsers elsewhere are redirected to HTTPS, bearer
+    // tokens refused). HTTPS: boot scripts and artefacts, the console, the admin API and the
+    // agent API, which is served nowhere else.
+    let plain = web_console::transport::PlainHttp {
+        https_base: format!("https://{server_ip}:{}", cfg.https_port),
+        local: vec![
+            std::net::IpAddr::V4(server_ip),
+            std::net::IpAddr::V4(iface.addr),
+        ],
+    };
     let app = http::router(shared.clone())
-        .merge(console.clone())
+        .merge(web_console::plain_http_router(console_state.clone(), plain))
         .into_make_service_with_connect_info::<SocketAddr>();
     let tls_app = http::router(shared.clone())
         .merge(netboot_server::agent_api::router(shared.clone()))

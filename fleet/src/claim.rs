@@ -155,23 +155,184 @@ mod tests {
         spent.token_spent = true;
         let lease5 = Binding::Lease(Some(Ipv4Addr::new(10, 0, 0, 5)));
         #[rustfmt::skip]
-        let cases: Vec<(&str, Option<&HostRecord>, Claimant, Binding, u64, &str)> = vec![
-            ("the machine itself, proxy", Some(&fresh), Claimant { ip: ip(5), l2: Some(x) }, Binding::Proxy, 2000, "grant"),
-            ("another MAC at layer 2", Some(&fresh), Claimant { ip: ip(7), l2: Some(other) }, Binding::Proxy, 2000, "impersonation"),
-            ("another MAC, no record yet", None, Claimant { ip: ip(7), l2: Some(other) }, Binding::Proxy, 2000, "impersonation"),
-            ("another MAC on the leased address", Some(&fresh), Claimant { ip: ip(5), l2: Some(other) }, lease5, 2000, "impersonation"),
-            ("full mode, lease and layer 2 agree", Some(&fresh), Claimant { ip: ip(5), l2: Some(x) }, lease5, 2000, "grant"),
-            ("full mode, spoofed MAC on another address", Some(&fresh), Claimant { ip: ip(7), l2: Some(x) }, lease5, 2000, "conflict"),
-            ("full mode behind a relay, leased address", Some(&fresh), Claimant { ip: ip(5), l2: None }, lease5, 2000, "grant"),
-            ("full mode behind a relay, other address", Some(&fresh), Claimant { ip: ip(7), l2: None }, lease5, 2000, "impersonation"),
-            ("full mode, no lease, no layer 2", Some(&fresh), Claimant { ip: ip(7), l2: None }, Binding::Lease(None), 2000, "impersonation"),
-            ("full mode, no lease, layer 2 agrees", Some(&fresh), Claimant { ip: ip(7), l2: Some(x) }, Binding::Lease(None), 2000, "grant"),
-            ("proxy behind a relay: first claim", Some(&fresh), Claimant { ip: ip(7), l2: None }, Binding::Proxy, 2000, "grant"),
-            ("second claimant while the first holds a token", Some(&held), Claimant { ip: ip(6), l2: Some(x) }, Binding::Proxy, 2000, "conflict"),
-            ("second claimant behind a relay", Some(&held), Claimant { ip: ip(6), l2: None }, Binding::Proxy, 2000, "conflict"),
-            ("the same machine again (it rebooted)", Some(&held), Claimant { ip: ip(5), l2: Some(x) }, Binding::Proxy, 2000, "grant"),
-            ("after the first token was spent", Some(&spent), Claimant { ip: ip(6), l2: Some(x) }, Binding::Proxy, 2000, "grant"),
-            ("after the first token expired", Some(&held), Claimant { ip: ip(6), l2: Some(x) }, Binding::Proxy, 1000 + LIFE + 1, "grant"),
+        type Case<'a> = (&'a str, Option<&'a HostRecord>, Claimant, Binding, u64, &'a str);
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "the machine itself, proxy",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(5),
+                    l2: Some(x),
+                },
+                Binding::Proxy,
+                2000,
+                "grant",
+            ),
+            (
+                "another MAC at layer 2",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(7),
+                    l2: Some(other),
+                },
+                Binding::Proxy,
+                2000,
+                "impersonation",
+            ),
+            (
+                "another MAC, no record yet",
+                None,
+                Claimant {
+                    ip: ip(7),
+                    l2: Some(other),
+                },
+                Binding::Proxy,
+                2000,
+                "impersonation",
+            ),
+            (
+                "another MAC on the leased address",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(5),
+                    l2: Some(other),
+                },
+                lease5,
+                2000,
+                "impersonation",
+            ),
+            (
+                "full mode, lease and layer 2 agree",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(5),
+                    l2: Some(x),
+                },
+                lease5,
+                2000,
+                "grant",
+            ),
+            (
+                "full mode, spoofed MAC on another address",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(7),
+                    l2: Some(x),
+                },
+                lease5,
+                2000,
+                "conflict",
+            ),
+            (
+                "full mode behind a relay, leased address",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(5),
+                    l2: None,
+                },
+                lease5,
+                2000,
+                "grant",
+            ),
+            (
+                "full mode behind a relay, other address",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(7),
+                    l2: None,
+                },
+                lease5,
+                2000,
+                "impersonation",
+            ),
+            (
+                "full mode, no lease, no layer 2",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(7),
+                    l2: None,
+                },
+                Binding::Lease(None),
+                2000,
+                "impersonation",
+            ),
+            (
+                "full mode, no lease, layer 2 agrees",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(7),
+                    l2: Some(x),
+                },
+                Binding::Lease(None),
+                2000,
+                "grant",
+            ),
+            (
+                "proxy behind a relay: first claim",
+                Some(&fresh),
+                Claimant {
+                    ip: ip(7),
+                    l2: None,
+                },
+                Binding::Proxy,
+                2000,
+                "grant",
+            ),
+            (
+                "second claimant while the first holds a token",
+                Some(&held),
+                Claimant {
+                    ip: ip(6),
+                    l2: Some(x),
+                },
+                Binding::Proxy,
+                2000,
+                "conflict",
+            ),
+            (
+                "second claimant behind a relay",
+                Some(&held),
+                Claimant {
+                    ip: ip(6),
+                    l2: None,
+                },
+                Binding::Proxy,
+                2000,
+                "conflict",
+            ),
+            (
+                "the same machine again (it rebooted)",
+                Some(&held),
+                Claimant {
+                    ip: ip(5),
+                    l2: Some(x),
+                },
+                Binding::Proxy,
+                2000,
+                "grant",
+            ),
+            (
+                "after the first token was spent",
+                Some(&spent),
+                Claimant {
+                    ip: ip(6),
+                    l2: Some(x),
+                },
+                Binding::Proxy,
+                2000,
+                "grant",
+            ),
+            (
+                "after the first token expired",
+                Some(&held),
+                Claimant {
+                    ip: ip(6),
+                    l2: Some(x),
+                },
+                Binding::Proxy,
+                1000 + LIFE + 1,
+                "grant",
+            ),
         ];
         for (what, h, c, b, now, want) in cases {
             let v = judge(x, h, &c, b, now, LIFE);

@@ -158,6 +158,8 @@ impl Booter {
             }
         };
         self.fleet.touch(mac, now);
+        // The requester is the machine: later requests from its address (artefacts) are its.
+        self.fleet.remember_peer(peer.ip, mac);
         let host = self.fleet.host(mac);
         let client = host
             .as_ref()

@@ -325,9 +325,14 @@ fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
     lab.serve("--dhcp proxy");
     let mac = "52:54:00:cc:0d:01";
     // The machine network-boots and its agent reports a remediation (over HTTPS, as the agent).
+    let (ns, ifc) = lab.add_client(mac);
+    must(&format!("ip -n {ns} addr add 10.99.0.61/24 dev {ifc}"));
     let script = String::from_utf8_lossy(
-        &lab.exec(&format!("curl -s http://{SERVER_IP}:8080/boot/{mac}.ipxe"))
-            .stdout,
+        &lab.exec_in(
+            &ns,
+            &format!("curl -s http://{SERVER_IP}:8080/boot/{mac}.ipxe"),
+        )
+        .stdout,
     )
     .to_string();
     let t = script
@@ -336,7 +341,7 @@ fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
         .unwrap_or_else(|| panic!("no token: {script}"))
         .to_string();
     let post = |path: &str, body: String| {
-        let o = lab.exec(&format!(
+        let o = lab.exec_in(&ns, &format!(
             "curl -sk -w ' %{{http_code}}' -H 'content-type: application/json' -d '{body}' https://{SERVER_IP}:8443{path}"
         ));
         String::from_utf8_lossy(&o.stdout).to_string()
@@ -351,7 +356,7 @@ fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
     assert!(post("/agent/v1/report", report).ends_with(" 200"));
     // Windows comes back: its DHCP client (vendor class MSFT 5.0) asks for an address. unbrick
     // answers nothing in proxy mode, but records it.
-    let (ns, ifc) = lab.add_client(mac);
+    must(&format!("ip -n {ns} addr flush dev {ifc}"));
     let conf = lab.dir.join("win.conf");
     std::fs::write(&conf, "send vendor-class-identifier \"MSFT 5.0\";\n").unwrap();
     let _ = lab.exec_in(

@@ -104,7 +104,7 @@ fn cli_over_the_api_and_a_real_browser() {
     let shots = lab.dir.join("browser");
     std::fs::create_dir_all(&shots).unwrap();
     let o = lab.exec(&format!(
-        "cd {} && node console.mjs http://{SERVER_IP}:8080 {admin} 52:54:00:c0:00:01 {}",
+        "cd {} && node console.mjs https://{SERVER_IP}:8443 {admin} 52:54:00:c0:00:01 {} http://{SERVER_IP}:8080",
         repo().join("tests/browser").display(),
         shots.display()
     ));

@@ -1,12 +1,14 @@
 // Headless Chromium (Debian's) against a running unbrick console:
-//   node console.mjs BASE_URL TOKEN MAC OUT_DIR
+//   node console.mjs BASE_URL TOKEN MAC OUT_DIR BOOT_BASE_URL
+// BASE_URL is the console over HTTPS (its certificate is the server's own, not trusted here);
+// BOOT_BASE_URL the plain-HTTP listener firmware uses.
 // Logs in, watches MAC's row change state live (no reload) while this script makes the host
 // network-boot (it fetches the host's iPXE script, as iPXE would), runs a bulk action on it, and
 // downloads the CSV export. Prints what it saw; exits non-zero on the first failed check.
 import { chromium } from "playwright-core";
 import { readFileSync, writeFileSync } from "node:fs";
 
-const [base, token, mac, out] = process.argv.slice(2);
+const [base, token, mac, out, bootBase] = process.argv.slice(2);
 const check = (ok, what) => {
   if (!ok) {
     console.error("FAILED: " + what);
@@ -20,10 +22,11 @@ const browser = await chromium.launch({
   args: [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--ignore-certificate-errors",
   ],
 });
 try {
-  const ctx = await browser.newContext({ acceptDownloads: true });
+  const ctx = await browser.newContext({ acceptDownloads: true, ignoreHTTPSErrors: true });
   const page = await ctx.newPage();
   const external = [];
   page.on("request", (r) => { if (!r.url().startsWith(base)) external.push(r.url()); });
@@ -40,6 +43,10 @@ try {
   await page.click("button[type=submit]");
   await page.waitForSelector("#hosts");
   check(page.url() === base + "/", "logged in with the token");
+  const cookies = await ctx.cookies();
+  const session = cookies.find((c) => c.name === "__Host-unbrick_session");
+  check(session && session.secure && session.httpOnly && session.sameSite === "Strict" && session.path === "/",
+    "the session cookie is __Host-, Secure, HttpOnly, SameSite=Strict: " + JSON.stringify(cookies.map((c) => c.name)));
   await page.waitForFunction(() => document.querySelector("#live").textContent === "live", null, { timeout: 10000 });
   check(true, "the live event stream is connected");
 
@@ -52,7 +59,7 @@ try {
 
   // The machine network-boots: iPXE fetches its script.
   const t0 = Date.now();
-  const r = await fetch(`${base}/boot/${mac}.ipxe`);
+  const r = await fetch(`${bootBase}/boot/${mac}.ipxe`);
   check(r.ok, `the boot script was served (${r.status})`);
   await page.waitForFunction(
     (sel) => { const s = document.querySelector(sel); return s && s.textContent !== "unknown"; },

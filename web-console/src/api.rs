@@ -509,23 +509,39 @@ pub async fn export(
 /// `resync` event when this client fell behind and should reload.
 #[utoipa::path(get, path = "/api/v1/events", operation_id = "events",
     responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), AuthErrors))]
-pub async fn events(State(c): State<Arc<Console>>, _who: Caller) -> Response {
+pub async fn events(State(c): State<Arc<Console>>, who: Caller) -> Response {
     let rx = c.fleet.subscribe();
-    let stream = tokio_stream::wrappers::BroadcastStream::new(rx).map(|m| {
-        Ok::<_, std::convert::Infallible>(match m {
-            Ok(change) => SseEvent::default()
-                .event("change")
-                .json_data(&change)
-                .unwrap_or_else(|_| SseEvent::default().event("resync").data("encode")),
-            Err(_) => SseEvent::default().event("resync").data("lagged"),
-        })
+    // The stream ends when the caller's token is revoked or its session ends: checked at each
+    // change and every few seconds between.
+    let changes = tokio_stream::wrappers::BroadcastStream::new(rx).map(Some);
+    let ticks = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(REVALIDATE).await;
+        Some((None, ()))
     });
+    let cred = who.credential;
+    let c2 = c.clone();
+    let stream = futures_util::stream::select(changes, ticks)
+        .take_while(move |_| std::future::ready(cred.still_valid(&c2, fleet_service::now_ms())))
+        .filter_map(|m| {
+            std::future::ready(m.map(|m| {
+                Ok::<_, std::convert::Infallible>(match m {
+                    Ok(change) => SseEvent::default()
+                        .event("change")
+                        .json_data(&change)
+                        .unwrap_or_else(|_| SseEvent::default().event("resync").data("encode")),
+                    Err(_) => SseEvent::default().event("resync").data("lagged"),
+                })
+            }))
+        });
     let hello =
         futures_util::stream::once(async { Ok(SseEvent::default().event("hello").data("live")) });
     Sse::new(hello.chain(stream))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
 }
+
+/// How often a live event stream checks that its credential still holds.
+pub const REVALIDATE: Duration = Duration::from_secs(5);
 
 /// The audit log from the store, oldest first.
 pub async fn audit_log(c: &Console) -> Result<Vec<fleet::store::AuditEntry>, Response> {

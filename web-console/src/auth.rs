@@ -6,8 +6,9 @@ use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-/// The console's session cookie.
-pub const COOKIE: &str = "unbrick_session";
+/// The console's session cookie: `__Host-` (the browser keeps it only if it was set over HTTPS,
+/// with `Secure`, for this host and path `/`).
+pub const COOKIE: &str = "__Host-unbrick_session";
 /// Sessions end after this long.
 pub const SESSION_MS: u64 = 12 * 3600 * 1000;
 
@@ -69,6 +70,37 @@ pub struct Caller {
     pub read_only: bool,
     /// The session's CSRF token and id, when the caller is a console session.
     pub session: Option<(String, Session)>,
+    /// What it proved itself with, to check again later (a long-lived event stream ends when
+    /// its token is revoked or its session ends).
+    pub credential: Credential,
+}
+
+/// A caller's credential, kept in memory while its request runs.
+#[derive(Clone)]
+pub enum Credential {
+    /// A bearer token (the secret).
+    Token(String),
+    /// A console session (its id).
+    Session(String),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Token(_) => "Token(..)",
+            Self::Session(_) => "Session(..)",
+        })
+    }
+}
+
+impl Credential {
+    /// Whether it still holds at `now_ms` (the token not revoked, the session not ended).
+    pub fn still_valid(&self, c: &Console, now_ms: u64) -> bool {
+        match self {
+            Self::Token(t) => c.tokens.check(t).is_some(),
+            Self::Session(id) => c.sessions.get(id, now_ms).is_some(),
+        }
+    }
 }
 
 /// Every error answer: a 4xx says what was wrong with the request, a 5xx what failed here.
@@ -157,6 +189,7 @@ pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Calle
             actor: format!("token:{}", t.name),
             read_only: t.read_only,
             session: None,
+            credential: Credential::Token(secret.trim().to_string()),
         }
     } else if let Some(id) = session_id(headers) {
         let Some(s) = c.sessions.get(&id, now) else {
@@ -180,6 +213,7 @@ pub fn caller(c: &Console, method: &Method, headers: &HeaderMap) -> Result<Calle
         Caller {
             actor: format!("console:{}", s.name),
             read_only: s.read_only,
+            credential: Credential::Session(id.clone()),
             session: Some((id, s)),
         }
     } else {

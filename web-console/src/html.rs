@@ -57,14 +57,40 @@ pub async fn login_page() -> Response {
     page(StatusCode::OK, &LoginPage { error: None })
 }
 
-/// `POST /login`: a token makes a session (cookie) and a CSRF token.
-pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
+/// `POST /login`: a token makes a session (cookie) and a CSRF token. Failed logins are
+/// rate-limited per address and in all ([`crate::transport::LoginLimiter`]).
+pub async fn login(State(c): State<Arc<Console>>, req: axum::extract::Request) -> Response {
+    let now = fleet_service::now_ms();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|ci| ci.0.ip())
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    if let Some(wait) = c.logins.wait_secs(peer, now) {
+        tracing::warn!(%peer, "console login refused: too many failed logins");
+        let mut r = page(
+            StatusCode::TOO_MANY_REQUESTS,
+            &LoginPage {
+                error: Some(format!(
+                    "Too many failed logins; try again in {wait} seconds."
+                )),
+            },
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&wait.to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    }
+    let Ok(body) = axum::body::to_bytes(req.into_body(), 64 * 1024).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "login form too large\n").into_response();
+    };
     let token = form_urlencoded::parse(&body)
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_default();
     let Some(t) = c.tokens.check(&token) else {
-        tracing::warn!("console login refused (unknown token)");
+        c.logins.failed(peer, now);
+        tracing::warn!(%peer, "console login refused (unknown token)");
         return page(
             StatusCode::UNAUTHORIZED,
             &LoginPage {
@@ -83,7 +109,7 @@ pub async fn login(State(c): State<Arc<Console>>, body: Bytes) -> Response {
             (
                 header::SET_COOKIE,
                 format!(
-                    "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+                    "{}={id}; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
                     auth::COOKIE,
                     auth::SESSION_MS / 1000
                 ),
@@ -153,7 +179,7 @@ pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Byt
                     (
                         header::SET_COOKIE,
                         format!(
-                            "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                            "{}=; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
                             auth::COOKIE
                         ),
                     ),

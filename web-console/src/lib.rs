@@ -18,6 +18,7 @@ pub mod html;
 pub mod openapi;
 pub mod query;
 pub mod tokens;
+pub mod transport;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -38,6 +39,8 @@ pub struct Console {
     pub rules_label: String,
     /// The protocol drivers' counters, rendered by `/metrics`.
     pub counters: std::sync::Mutex<Vec<Arc<dyn fleet_service::metrics::Counters>>>,
+    /// Failed console logins, per address.
+    pub logins: transport::LoginLimiter,
 }
 
 impl Console {
@@ -55,6 +58,7 @@ impl Console {
             campaigns,
             rules_label,
             counters: std::sync::Mutex::new(Vec::new()),
+            logins: transport::LoginLimiter::default(),
         })
     }
 }
@@ -118,5 +122,16 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/ui/campaigns/{id}", post(html::ui_campaign_action))
         .route("/assets/console.js", get(html::script))
         .route("/assets/console.css", get(html::style))
+        .layer(axum::middleware::from_fn(transport::security_headers))
         .with_state(c)
+}
+
+/// [`router`] for the plain-HTTP listener: served as is to the server's own machine; elsewhere
+/// browsers are redirected to `plain.https_base` and everything else is refused
+/// ([`transport::plain_http`]).
+pub fn plain_http_router(c: Arc<Console>, plain: transport::PlainHttp) -> Router {
+    router(c).layer(axum::middleware::from_fn_with_state(
+        Arc::new(plain),
+        transport::plain_http,
+    ))
 }

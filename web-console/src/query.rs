@@ -358,6 +358,17 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "rotate_bitlocker_key",
 ];
 
+/// A CSV cell a spreadsheet would not run: a cell starting with `=`, `+`, `-`, `@` (or a tab or
+/// carriage return, which some spreadsheets skip before looking) gets a leading `'`, as OWASP
+/// advises for CSV injection. Agents and imports supply most of these strings.
+pub fn neutralise(cell: String) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell
+    }
+}
+
 /// The fleet report as CSV, one row per host, sorted by MAC. `files` lists each matched file as
 /// `action path -> quarantined_to`, `file_sha256` the hashes in the same order (`;`-separated).
 pub fn export_csv(rows: &[ReportRow]) -> String {
@@ -387,24 +398,27 @@ pub fn export_csv(rows: &[ReportRow]) -> String {
             .collect::<Vec<_>>()
             .join(";");
         let o = |v: &Option<String>| v.clone().unwrap_or_default();
-        w.write_record([
-            r.mac.clone(),
-            o(&r.hostname),
-            o(&r.site),
-            r.tags.join(";"),
-            r.state.clone(),
-            o(&r.reason),
-            o(&r.ip),
-            o(&r.serial),
-            r.first_seen.clone(),
-            r.last_seen.clone(),
-            r.state_since.clone(),
-            r.payload_boots.to_string(),
-            o(&r.result),
-            files,
-            hashes,
-            if r.rotate_bitlocker_key { "yes" } else { "" }.to_string(),
-        ])
+        w.write_record(
+            [
+                r.mac.clone(),
+                o(&r.hostname),
+                o(&r.site),
+                r.tags.join(";"),
+                r.state.clone(),
+                o(&r.reason),
+                o(&r.ip),
+                o(&r.serial),
+                r.first_seen.clone(),
+                r.last_seen.clone(),
+                r.state_since.clone(),
+                r.payload_boots.to_string(),
+                o(&r.result),
+                files,
+                hashes,
+                if r.rotate_bitlocker_key { "yes" } else { "" }.to_string(),
+            ]
+            .map(neutralise),
+        )
         .expect("in-memory CSV");
     }
     String::from_utf8(w.into_inner().expect("in-memory CSV")).expect("CSV of strings is UTF-8")
@@ -526,6 +540,28 @@ mod tests {
         assert_eq!(&rec[8], "2024-07-19T05:27:00Z");
         assert!(rec[13].contains("C-00000291-0.sys -> unbrick-quarantine/x"));
         assert_eq!(&rec[14], "ab".repeat(32));
+    }
+
+    #[test]
+    fn export_neutralises_formula_cells() {
+        let mut h = host(2, HostState::Failed("=HYPERLINK(\"http://x\")".into()));
+        h.hostname = Some("@SUM(A1)".into());
+        h.serial = Some("+1-555".into());
+        h.site = Some("-2+3".into());
+        h.tags = vec!["ok".into()];
+        let text = export_csv(&[report_row(&h)]);
+        let rec = csv::Reader::from_reader(text.as_bytes())
+            .records()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&rec[1], "'@SUM(A1)");
+        assert_eq!(&rec[2], "'-2+3");
+        assert_eq!(&rec[3], "ok");
+        assert_eq!(&rec[5], "'=HYPERLINK(\"http://x\")");
+        assert_eq!(&rec[7], "'+1-555");
+        assert_eq!(neutralise("\t=1".into()), "'\t=1");
+        assert_eq!(neutralise("plain".into()), "plain");
     }
 
     #[test]

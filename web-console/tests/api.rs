@@ -11,6 +11,7 @@ use web_console::{router, Console};
 
 struct T {
     app: axum::Router,
+    console: Arc<Console>,
     fleet: Arc<FleetIo>,
     policy: Arc<fleet::CampaignPolicy>,
     admin: String,
@@ -77,7 +78,8 @@ fn setup(name: &str) -> T {
     let admin = console.tokens.create("ops", false, 1).unwrap();
     let viewer = console.tokens.create("viewer", true, 1).unwrap();
     T {
-        app: router(console),
+        app: router(console.clone()),
+        console,
         fleet,
         policy: policy_handle,
         admin,
@@ -1268,4 +1270,132 @@ async fn bitlocker_console_pages_import_reveal_and_paste() {
     assert_eq!(h[header::LOCATION], "/hosts/52:54:00:ab:00:05");
     let (_, _, b) = send(&t, get("/api/v1/bitlocker/keys", Some(&t.admin))).await;
     assert!(b.contains(ID2) && b.contains("\"console\""), "{b}");
+}
+
+fn from(mut req: Request<Body>, ip: &str) -> Request<Body> {
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(
+            ip.parse().unwrap(),
+            40_000,
+        )));
+    req
+}
+
+#[tokio::test]
+async fn plain_http_serves_the_console_only_to_this_machine() {
+    let t = setup("plain");
+    let app = web_console::plain_http_router(
+        t.console.clone(),
+        web_console::transport::PlainHttp {
+            https_base: "https://10.99.0.1:8443".into(),
+            local: vec!["10.99.0.1".parse().unwrap()],
+        },
+    );
+    let send = |req: Request<Body>| {
+        let app = app.clone();
+        async move {
+            let r = app.oneshot(req).await.unwrap();
+            let (s, h) = (r.status(), r.headers().clone());
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            (s, h, String::from_utf8_lossy(&b).to_string())
+        }
+    };
+    // A browser on the LAN is sent to HTTPS, path and query kept.
+    let (s, h, _) = send(from(get("/hosts/52:54:00:ab:00:01?x=1", None), "10.99.0.7")).await;
+    assert_eq!(s, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        h[header::LOCATION],
+        "https://10.99.0.1:8443/hosts/52:54:00:ab:00:01?x=1"
+    );
+    // A bearer token in clear from the LAN is refused, with what to do.
+    let (s, _, b) = send(from(get("/api/v1/summary", Some(&t.admin)), "10.99.0.7")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(b.contains("HTTPS only") && b.contains("revoke"), "{b}");
+    // A login form posted in clear is refused.
+    let login = post(
+        "/login",
+        None,
+        "application/x-www-form-urlencoded",
+        &format!("token={}", t.admin),
+    );
+    let (s, h, b) = send(from(login, "10.99.0.7")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{b}");
+    assert!(!h.contains_key(header::SET_COOKIE));
+    // The machine itself (loopback, or its own address) may use plain HTTP.
+    for ip in ["127.0.0.1", "10.99.0.1", "::1"] {
+        let (s, _, b) = send(from(get("/api/v1/summary", Some(&t.admin)), ip)).await;
+        assert_eq!(s, StatusCode::OK, "{ip}: {b}");
+    }
+}
+
+#[tokio::test]
+async fn console_answers_forbid_framing_and_the_cookie_is_host_only_and_secure() {
+    let t = setup("headers");
+    let (_, h, _) = send(&t, get("/login", None)).await;
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    let (_, h, _) = send(&t, get("/api/v1/summary", Some(&t.admin))).await;
+    assert_eq!(h[header::X_FRAME_OPTIONS], "DENY", "the API too");
+    let c = login_set_cookie(&t).await;
+    assert!(c.starts_with("__Host-unbrick_session="), "{c}");
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(c.split("; ").any(|a| a == attr), "{attr} in {c}");
+    }
+    assert!(!c.contains("Domain="), "{c}");
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_address() {
+    let t = setup("ratelimit");
+    let login = |token: &str, ip: &str| {
+        from(
+            post(
+                "/login",
+                None,
+                "application/x-www-form-urlencoded",
+                &format!("token={token}"),
+            ),
+            ip,
+        )
+    };
+    let wrong = "ubk_wrongwrongwrongwrongwrongwrong12";
+    for _ in 0..web_console::transport::LOGIN_FAILURES_PER_IP {
+        let (s, _, _) = send(&t, login(wrong, "10.99.0.9")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Locked out for the window, even with the right token.
+    let (s, h, b) = send(&t, login(&t.admin, "10.99.0.9")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{b}");
+    assert!(b.contains("Too many failed logins"), "{b}");
+    let wait: u64 = h[header::RETRY_AFTER].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Another address is not.
+    let (s, _, _) = send(&t, login(&t.admin, "10.99.0.10")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn an_event_stream_ends_when_its_token_is_revoked() {
+    let t = setup("sserevoke");
+    let tok = t.console.tokens.create("watcher", true, 1).unwrap();
+    let r = t
+        .app
+        .clone()
+        .oneshot(get("/api/v1/events", Some(&tok)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut body = r.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("hello"));
+    assert!(t.console.tokens.revoke("watcher").unwrap());
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(f) = body.frame().await {
+            f.unwrap();
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ended after the revocation");
 }

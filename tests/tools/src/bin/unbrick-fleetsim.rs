@@ -177,11 +177,19 @@ async fn dora(d: &Dhcp, mac: &[u8; 6], xid: u32, kind: &str) -> Result<(Ipv4Addr
 }
 
 /// A TFTP read (RFC 1350 + blksize/tsize), from `from`; returns the size.
-async fn tftp_get(from: Ipv4Addr, file: &str) -> Result<usize, String> {
+/// The machine's own network interface: a macvlan with its MAC on the simulator's link, so
+/// the server's neighbour table sees each machine's hardware address, as on a real LAN.
+fn dev_of(i: usize) -> String {
+    format!("m{i}")
+}
+
+async fn tftp_get(from: Ipv4Addr, dev: &str, file: &str) -> Result<usize, String> {
     use netboot_proto::tftp::packet::Packet;
     let s = UdpSocket::bind((from, 0))
         .await
         .map_err(|e| format!("tftp bind {from}: {e}"))?;
+    s.bind_device(Some(dev.as_bytes()))
+        .map_err(|e| format!("tftp bind to {dev}: {e}"))?;
     let rrq = Packet::Rrq {
         filename: file.to_string(),
         mode: "octet".into(),
@@ -229,8 +237,10 @@ async fn tftp_get(from: Ipv4Addr, file: &str) -> Result<usize, String> {
     }
 }
 
-async fn connect(from: Ipv4Addr, port: u16) -> Result<tokio::net::TcpStream, String> {
+async fn connect(from: Ipv4Addr, dev: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
     let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind_device(Some(dev.as_bytes()))
+        .map_err(|e| format!("bind to {dev}: {e}"))?;
     sock.bind(SocketAddr::from((from, 0)))
         .map_err(|e| format!("bind {from}: {e}"))?;
     sock.connect(SocketAddr::from((SERVER, port)))
@@ -239,8 +249,8 @@ async fn connect(from: Ipv4Addr, port: u16) -> Result<tokio::net::TcpStream, Str
 }
 
 /// One request on a new connection, as firmware sends them.
-async fn http(from: Ipv4Addr, port: u16, path: &str) -> Result<(u16, Vec<u8>), String> {
-    let tcp = connect(from, port).await?;
+async fn http(from: Ipv4Addr, dev: &str, port: u16, path: &str) -> Result<(u16, Vec<u8>), String> {
+    let tcp = connect(from, dev, port).await?;
     let head = format!("GET {path} HTTP/1.1\r\nHost: {SERVER}:{port}\r\nConnection: close\r\n\r\n");
     exchange::exchange(tcp, None, &head, b"").await
 }
@@ -250,6 +260,7 @@ async fn agent_post(
     conn: &mut Option<exchange::Io>,
     tls: &tokio_rustls::TlsConnector,
     from: Ipv4Addr,
+    dev: &str,
     path: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), String> {
@@ -258,7 +269,7 @@ async fn agent_post(
         body.len()
     );
     let open = || async {
-        let tcp = connect(from, 8443).await?;
+        let tcp = connect(from, dev, 8443).await?;
         exchange::Io::new(tcp, Some((tls, std::net::IpAddr::V4(SERVER)))).await
     };
     exchange::on_kept(conn, open, &head, body).await
@@ -326,38 +337,52 @@ async fn boot_once(
         let (ip, file) = dora(dhcp, &mac, xid, "pxe").await?;
         {
             let _g = addr_lock.lock().await;
-            let dev = iface.to_string();
+            let parent = iface.to_string();
+            let dev = dev_of(i);
+            let m = m.clone();
             let o = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("ip")
-                    .args(["addr", "add", &format!("{ip}/16"), "dev", &dev])
-                    .output()
+                use std::io::Write;
+                // A retried boot finds its interface and address already there (-force goes on).
+                let mut c = std::process::Command::new("ip")
+                    .args(["-force", "-batch", "-"])
+                    .stdin(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()?;
+                let mut stdin = c.stdin.take().expect("piped");
+                writeln!(
+                    stdin,
+                    "link add {dev} link {parent} address {m} type macvlan mode bridge"
+                )?;
+                writeln!(stdin, "addr add {ip}/32 dev {dev}")?;
+                writeln!(stdin, "link set {dev} up")?;
+                drop(stdin);
+                c.wait_with_output()
             })
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
             let err = String::from_utf8_lossy(&o.stderr);
-            // A retried boot finds its address already there (older iproute2 says "File exists").
-            if !o.status.success()
-                && !err.contains("File exists")
-                && !err.contains("already assigned")
-            {
-                return Err(format!(
-                    "ip addr add {ip}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                ));
+            if err.lines().any(|l| {
+                !l.contains("File exists")
+                    && !l.contains("already assigned")
+                    && !l.contains("Command failed")
+                    && !l.trim().is_empty()
+            }) {
+                return Err(format!("ip (interface {}): {err}", dev_of(i)));
             }
         }
         if file != "undionly.kpxe" {
             return Err(format!("PXE boot file {file:?}"));
         }
-        tftp_get(ip, &file).await?;
+        let dev = dev_of(i);
+        tftp_get(ip, &dev, &file).await?;
         let (_, script_url) = dora(dhcp, &mac, xid ^ 0x0800_0000, "ipxe").await?;
         let path = script_url
             .split_once("8080")
             .map(|(_, p)| p.to_string())
             .ok_or_else(|| format!("iPXE boot file {script_url:?}"))?;
         let token = loop {
-            let (st, body) = http(ip, 8080, &path).await?;
+            let (st, body) = http(ip, &dev, 8080, &path).await?;
             let text = String::from_utf8_lossy(&body).to_string();
             if st != 200 {
                 return Err(format!("script: {st}"));
@@ -376,7 +401,7 @@ async fn boot_once(
             tokio::time::sleep(poll).await;
         };
         for f in ["vmlinuz", "initrd.img"] {
-            let (st, _) = http(ip, 8080, &format!("/image/{f}?host={m}")).await?;
+            let (st, _) = http(ip, &dev, 8080, &format!("/image/{f}?host={m}")).await?;
             if st != 200 {
                 return Err(format!("{f}: {st}"));
             }
@@ -387,7 +412,7 @@ async fn boot_once(
         let mut post = async |p: &'static str, body: serde_json::Value| {
             let data = serde_json::to_vec(&body).unwrap();
             for _ in 0..5 {
-                match agent_post(&mut conn, tls, ip, p, &data).await {
+                match agent_post(&mut conn, tls, ip, &dev, p, &data).await {
                     Ok((200, _)) => return Ok(()),
                     Ok((st, b)) => {
                         return Err(format!("{p}: {st} {}", String::from_utf8_lossy(&b)))
@@ -426,6 +451,9 @@ async fn boot_once(
     }
 }
 
+/// The server certificate's pin (`sha256:<hex>`), for the admin API.
+static PIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn api(
     token: &str,
     method: &str,
@@ -434,12 +462,14 @@ fn api(
 ) -> serde_json::Value {
     let opts = unbrick_http::Options {
         headers: vec![("Authorization", format!("Bearer {token}"))],
+        pin: PIN.get().map(String::as_str),
         ..Default::default()
     };
     let data = body.map(|b| serde_json::to_vec(&b).unwrap());
+    // The admin API takes bearer tokens over HTTPS only (the certificate pinned).
     let r = unbrick_http::request_with(
         method,
-        &format!("http://{SERVER}:8080{path}"),
+        &format!("https://{SERVER}:8443{path}"),
         data.as_deref(),
         Duration::from_secs(30),
         &opts,
@@ -478,19 +508,37 @@ fn main() {
     let conc: u32 = a[6].parse().unwrap();
     let poll = Duration::from_secs(a[7].parse().unwrap());
     let pid = a.get(8).cloned().unwrap_or_default();
+    // Each machine's macvlan answers ARP only for its own address, and replies arrive on the
+    // interface they are for.
+    for (k, v) in [
+        ("all/arp_ignore", "1"),
+        ("all/arp_announce", "2"),
+        ("all/rp_filter", "0"),
+        ("default/rp_filter", "0"),
+        ("default/arp_ignore", "1"),
+        ("default/arp_announce", "2"),
+    ] {
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{k}"), v)
+            .unwrap_or_else(|e| panic!("sysctl {k}: {e}"));
+    }
 
     let mut csv = String::from("mac,hostname,site,tags\n");
     for i in 0..n {
         csv.push_str(&format!("{},sim-{i:05},lab,sim\n", mac_str(&mac_of(i))));
     }
+    let _ = PIN.set(if pin.starts_with("sha256:") {
+        pin.clone()
+    } else {
+        format!("sha256:{pin}")
+    });
     let opts = unbrick_http::Options {
         headers: vec![("Authorization", format!("Bearer {token}"))],
         content_type: Some("text/csv"),
-        ..Default::default()
+        pin: PIN.get().map(String::as_str),
     };
     let r = unbrick_http::request_with(
         "POST",
-        &format!("http://{SERVER}:8080/api/v1/hosts/import"),
+        &format!("https://{SERVER}:8443/api/v1/hosts/import"),
         Some(csv.as_bytes()),
         Duration::from_secs(60),
         &opts,
