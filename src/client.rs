@@ -43,6 +43,7 @@ impl Api {
             pin: self.pin.as_deref(),
             headers: vec![("Authorization", format!("Bearer {}", self.token))],
             content_type: body.map(|b| b.1),
+            ..Default::default()
         };
         let r = http::request_with(
             method,

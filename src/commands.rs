@@ -101,6 +101,22 @@ pub(crate) fn image_build(
     let version = version.unwrap_or_else(image_version_now);
     let (fingerprint, _) = d.ensure_tls().map_err(Fail)?;
     println!("the agent will pin the server certificate {fingerprint}");
+    // The agent refuses rules older than the active set: a substituted older signed file,
+    // still unexpired, cannot undo a corrected rule.
+    let min_rules_version =
+        match netboot_server::image::SignedRules::load(&d.rules(), &trusted, now_unix()) {
+            Ok(r) => {
+                println!(
+                    "the agent will refuse rules older than {} v{}",
+                    r.rules.id, r.rules.version
+                );
+                r.rules.version
+            }
+            Err(e) => {
+                println!("no valid active rules ({e}): the agent takes any signed rules version");
+                0
+            }
+        };
     let built = payload_builder::build::build(
         &payload_builder::build::BuildInput {
             kernel_root: &root,
@@ -108,6 +124,7 @@ pub(crate) fn image_build(
             public_key: &trusted,
             image_version: &version,
             server_cert_sha256: Some(fingerprint),
+            min_rules_version,
             bitlocker,
             cryptsetup: None,
         },

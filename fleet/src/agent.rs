@@ -29,11 +29,36 @@ pub struct Hello {
     pub kernel: String,
 }
 
-/// The server's answer to hello.
+/// The server's answer to hello (over the pinned HTTPS channel: what it says, the agent may
+/// act on; the kernel command line is not signed and decides nothing of this).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloReply {
     /// The server's clock (seconds since the epoch), for machines whose RTC is wrong.
     pub server_time: u64,
+    /// `remediate` or `restore` (a campaign's rollback).
+    #[serde(default)]
+    pub mode: Mode,
+    /// In restore mode: exactly the files the server recorded as quarantined on this host,
+    /// with their paths and hashes. Nothing else is moved, whatever the volume holds.
+    #[serde(default)]
+    pub restore: Vec<FileRecord>,
+    /// SHA-256 (hex) of the rules document the server serves: the agent takes no other.
+    #[serde(default)]
+    pub rules_sha256: Option<String>,
+    /// That document's version.
+    #[serde(default)]
+    pub rules_version: Option<u64>,
+}
+
+/// What the agent's run does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Find and quarantine what the rules name.
+    #[default]
+    Remediate,
+    /// Put back what an earlier run quarantined (the list in the reply).
+    Restore,
 }
 
 /// `POST /agent/v1/step`: one step of the run, as it happens.

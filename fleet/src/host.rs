@@ -282,6 +282,9 @@ pub struct HostRecord {
     /// The per-boot token was spent: the agent's final report came with it.
     #[serde(default)]
     pub token_spent: bool,
+    /// The outstanding token is for a rollback run (the agent learns it in the hello reply).
+    #[serde(default)]
+    pub restore_run: bool,
     /// Two machines claimed this MAC for one grant: why. Nothing is released to the host
     /// automatically until an admin retries it.
     #[serde(default)]
@@ -343,6 +346,7 @@ impl HostRecord {
             boot_token_sha256: None,
             boot_peer: None,
             token_spent: false,
+            restore_run: false,
             claim_conflict: None,
             key_release_approved: None,
             reported_protectors: Vec::new(),

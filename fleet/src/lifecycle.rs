@@ -231,6 +231,7 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
             h.boot_token_sha256 = Some((*token_sha256).to_string());
             h.boot_token_issued_ms = now_ms;
             h.token_spent = false;
+            h.restore_run = *restore;
             h.boot_peer = Some((*peer).clone());
             h.payload_boots += 1;
             let moved = if *restore && h.state != HostState::Booting {

@@ -200,8 +200,29 @@ pub async fn hello(
     if let Err(r) = flush(&s).await {
         return r;
     }
+    let host = s.fleet.host(mac).unwrap_or(agent.host);
+    let restore = if host.restore_run {
+        // Exactly what the server recorded as quarantined on this host: never what the volume
+        // claims.
+        host.last_report
+            .iter()
+            .flat_map(|r| r.files.iter())
+            .filter(|f| f.action == "quarantine" && f.quarantined_to.is_some())
+            .cloned()
+            .collect()
+    } else {
+        Vec::new()
+    };
     Json(HelloReply {
         server_time: now / 1000,
+        mode: if host.restore_run {
+            fleet::agent::Mode::Restore
+        } else {
+            fleet::agent::Mode::Remediate
+        },
+        restore,
+        rules_sha256: Some(s.rules.sha256.clone()),
+        rules_version: Some(s.rules.rules.version),
     })
     .into_response()
 }

@@ -97,6 +97,8 @@ pub struct SignedRules {
     pub document: Arc<[u8]>,
     /// Its signature file.
     pub signature: Arc<[u8]>,
+    /// SHA-256 (hex) of the document, named in the hello reply.
+    pub sha256: String,
 }
 
 /// The rules document's name in the rules folder.
@@ -120,6 +122,7 @@ impl SignedRules {
             .map_err(|e| Error::Rules(format!("{}: {e}", doc_path.display())))?;
         Ok(Self {
             rules,
+            sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &document)),
             document: Arc::from(document),
             signature: Arc::from(signature),
         })

@@ -26,8 +26,6 @@ pub struct Cmdline {
     pub poweroff: bool,
     /// `unbrick.dirty`: force or skip.
     pub dirty: DirtyPolicy,
-    /// `unbrick.mode=restore`: a campaign's rollback; quarantined files go back.
-    pub restore: bool,
     /// `unbrick.keywait=SECONDS`: how long the agent waits for an admin to paste a BitLocker
     /// recovery key that was not escrowed (default one hour), polling every 5 s.
     pub key_wait_secs: u64,
@@ -41,7 +39,6 @@ impl Cmdline {
         let mut token = None;
         let mut mac = None;
         let mut poweroff = false;
-        let mut restore = false;
         let mut dirty = DirtyPolicy::Force;
         let mut key_wait_secs = 3600;
         for word in text.split_whitespace() {
@@ -52,15 +49,6 @@ impl Cmdline {
                 "unbrick.token" => token = Some(v.to_string()),
                 "unbrick.mac" => mac = Some(v.to_ascii_lowercase()),
                 "unbrick.poweroff" => poweroff = true,
-                "unbrick.mode" => match v {
-                    "restore" => restore = true,
-                    "remediate" => {}
-                    other => {
-                        return Err(Error::Cmdline(format!(
-                            "unbrick.mode={other}: this agent knows remediate and restore"
-                        )))
-                    }
-                },
                 "unbrick.keywait" => {
                     key_wait_secs = v.parse().map_err(|_| {
                         Error::Cmdline(format!("unbrick.keywait={v}: expected seconds"))
@@ -98,7 +86,6 @@ impl Cmdline {
             mac,
             poweroff,
             dirty,
-            restore,
             key_wait_secs,
         })
     }
@@ -120,13 +107,10 @@ mod tests {
             .to_string()
             .contains("unbrick.server"));
         assert!(Cmdline::parse("unbrick.server=ftp://x unbrick.token=t").is_err());
+        // The unsigned command line chooses no mode: restore comes from the server's hello
+        // reply over the pinned channel (a word naming one is ignored).
         assert!(
-            Cmdline::parse("unbrick.server=http://a unbrick.token=t unbrick.mode=restore")
-                .unwrap()
-                .restore
-        );
-        assert!(
-            Cmdline::parse("unbrick.server=http://a unbrick.token=t unbrick.mode=wipe").is_err()
+            Cmdline::parse("unbrick.server=http://a unbrick.token=t unbrick.mode=restore").is_ok()
         );
         let c = Cmdline::parse("unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443/ unbrick.token=t").unwrap();
         assert_eq!(c.api.as_deref(), Some("https://10.99.0.1:8443"));

@@ -49,6 +49,10 @@ pub struct AgentConfig {
     /// HTTPS to the server holding it.
     #[serde(default)]
     pub server_cert_sha256: Option<String>,
+    /// The oldest rules version this image runs (the active rules' version when it was
+    /// built): an older signed set, still unexpired, is refused.
+    #[serde(default)]
+    pub min_rules_version: u64,
 }
 
 /// Where the image puts cryptsetup (the agent runs it from there).

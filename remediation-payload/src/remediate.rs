@@ -161,7 +161,15 @@ pub fn remediate(
                         let dest_dir = comps[..comps.len() - 1]
                             .iter()
                             .fold(qdir.clone(), |p, c| p.join(c));
+                        // A planted link or junction under the quarantine must not carry
+                        // the file elsewhere.
+                        let qpath: Vec<&str> = [QUARANTINE_DIR, run_id]
+                            .into_iter()
+                            .chain(comps.iter().map(String::as_str))
+                            .collect();
+                        no_links(root, &qpath).map_err(std::io::Error::other)?;
                         std::fs::create_dir_all(&dest_dir)?;
+                        no_links(root, &qpath).map_err(std::io::Error::other)?;
                         let dest = dest_dir.join(&comps[comps.len() - 1]);
                         // Same volume: a rename, atomic, nothing copied.
                         std::fs::rename(&path, &dest)?;
@@ -217,6 +225,7 @@ pub fn remediate(
     if !out.files.is_empty() || failure.is_some() {
         // The run's own record on the volume, next to what it moved.
         let write = || -> std::io::Result<()> {
+            no_links(root, &[QUARANTINE_DIR, run_id]).map_err(std::io::Error::other)?;
             std::fs::create_dir_all(&qdir)?;
             let mut f = std::fs::File::create(qdir.join("unbrick.log"))?;
             for l in &out.log {
@@ -239,14 +248,56 @@ pub fn remediate(
     }
 }
 
-/// A rollback on the volume mounted at `root`: every file an earlier run quarantined (found by
-/// its `.unbrick.json` record under `unbrick-quarantine/`) goes back to its original path, if
-/// its SHA-256 still matches the record and nothing else is at that path now. A restored
-/// record is renamed `*.unbrick.json.restored`, so a second rollback does not move it again.
-/// Each file is reported (action `restored`, or `restore-refused` with the reason in the log).
+/// Refuses a path under `root` that passes through a symbolic link, an NTFS junction or another
+/// reparse point (ntfs3 and ntfs-3g show those as symbolic links): every component of `rel`
+/// that exists must be a real directory (or, the last, a regular file).
+pub fn no_links(root: &Path, rel: &[&str]) -> Result<(), String> {
+    let mut p = root.to_path_buf();
+    for (i, c) in rel.iter().enumerate() {
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(format!(
+                    "{}: a symbolic link, junction or reparse point; refused",
+                    rel[..=i].join("\\")
+                ))
+            }
+            Ok(m) if i + 1 < rel.len() && !m.is_dir() => {
+                return Err(format!("{}: not a directory", rel[..=i].join("\\")))
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// A path as the agent reports it (`\\`-separated, relative to the volume root), split and
+/// checked: no empty, `.` or `..` component.
+fn components(path: &str) -> Result<Vec<&str>, String> {
+    let comps: Vec<&str> = path.split(['\\', '/']).collect();
+    if comps.is_empty()
+        || comps
+            .iter()
+            .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
+        return Err(format!("{path}: not a plain relative path"));
+    }
+    Ok(comps)
+}
+
+/// A rollback on the volume mounted at `root`: exactly the files of `plan` (what the server
+/// recorded as quarantined on this host, sent over the pinned channel) whose volume is
+/// `volume` go back from their quarantine path to their original path, if the quarantined
+/// file's SHA-256 is the recorded one, nothing is at the original path now, and neither path
+/// passes through a link, junction or reparse point. Records on the volume are not read: a
+/// user who can write to the volume cannot choose what moves where. Each file is reported
+/// (action `restored`), or refused with the reason in the log.
 pub fn restore(
     root: &Path,
     volume: &str,
+    plan: &[FileRecord],
     run_id: &str,
     now_unix: u64,
 ) -> Result<VolumeOutcome, (VolumeOutcome, String)> {
@@ -254,72 +305,64 @@ pub fn restore(
     let mut failure: Option<String> = None;
     let qroot = root.join(QUARANTINE_DIR);
     out.log.push(format!(
-        "unbrick {} restore run {run_id} on {volume} at {}",
+        "unbrick {} restore run {run_id} on {volume} at {}: {} file(s) recorded by the server",
         crate::AGENT_VERSION,
-        signing::time::format_utc(now_unix)
+        signing::time::format_utc(now_unix),
+        plan.iter().filter(|r| r.volume == volume).count()
     ));
-    let mut records = Vec::new();
-    let mut stack = vec![qroot.clone()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.to_string_lossy().ends_with(".unbrick.json") {
-                records.push(p);
-            }
-        }
-    }
-    records.sort();
-    for recfile in records {
+    for planned in plan.iter().filter(|r| r.volume == volume) {
         let r = (|| -> Result<FileRecord, String> {
-            let mut rec: FileRecord = serde_json::from_slice(
-                &std::fs::read(&recfile).map_err(|e| format!("{}: {e}", recfile.display()))?,
-            )
-            .map_err(|e| format!("{}: not a quarantine record: {e}", recfile.display()))?;
-            let q = rec
+            let q = planned
                 .quarantined_to
                 .clone()
-                .ok_or_else(|| format!("{}: no quarantine path", recfile.display()))?;
-            let from = q.split('\\').fold(root.to_path_buf(), |p, c| p.join(c));
-            let to = rec
-                .path
-                .split('\\')
-                .fold(root.to_path_buf(), |p, c| p.join(c));
-            if !from.starts_with(&qroot) || rec.path.split('\\').any(|c| c == ".." || c.is_empty())
-            {
-                return Err(format!(
-                    "{}: record points outside its place",
-                    recfile.display()
-                ));
+                .ok_or_else(|| format!("{}: no quarantine path recorded", planned.path))?;
+            let qc = components(&q)?;
+            if qc.len() < 2 || qc[0] != QUARANTINE_DIR {
+                return Err(format!("{q}: not under {QUARANTINE_DIR}"));
+            }
+            let pc = components(&planned.path)?;
+            if pc[0].eq_ignore_ascii_case(QUARANTINE_DIR) {
+                return Err(format!("{}: inside the quarantine", planned.path));
+            }
+            no_links(root, &qc)?;
+            no_links(root, &pc)?;
+            let from = qc.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+            let to = pc.iter().fold(root.to_path_buf(), |p, c| p.join(c));
+            let meta = std::fs::symlink_metadata(&from).map_err(|e| format!("{q}: {e}"))?;
+            if !meta.is_file() {
+                return Err(format!("{q}: not a regular file"));
             }
             let sha = sha256_file(&from).map_err(|e| format!("{q}: {e}"))?;
-            if sha != rec.sha256 {
+            if sha != planned.sha256 {
                 return Err(format!(
                     "{q}: sha256 {sha} is not the recorded {}; left in quarantine",
-                    rec.sha256
+                    planned.sha256
                 ));
             }
-            if to.exists() {
+            if std::fs::symlink_metadata(&to).is_ok() {
                 return Err(format!(
-                    "{}: a file is there now; {q} left in quarantine",
-                    rec.path
+                    "{}: something is there now; {q} left in quarantine",
+                    planned.path
                 ));
             }
             if let Some(parent) = to.parent() {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("{}: {e}", parent.display()))?;
             }
-            std::fs::rename(&from, &to).map_err(|e| format!("{q} -> {}: {e}", rec.path))?;
+            // Checked again after the directories were made.
+            no_links(root, &pc)?;
+            std::fs::rename(&from, &to).map_err(|e| format!("{q} -> {}: {e}", planned.path))?;
             if let Some(parent) = to.parent() {
                 fsync_dir(parent);
             }
-            let mut done = recfile.clone().into_os_string();
-            done.push(".restored");
-            std::fs::rename(&recfile, &done).map_err(|e| format!("{}: {e}", recfile.display()))?;
+            // The volume's own record, if any, is marked (informational only).
+            let recfile = from.with_file_name(format!("{}.unbrick.json", qc[qc.len() - 1]));
+            if std::fs::symlink_metadata(&recfile).is_ok_and(|m| m.is_file()) {
+                let mut done = recfile.clone().into_os_string();
+                done.push(".restored");
+                let _ = std::fs::rename(&recfile, &done);
+            }
+            let mut rec = planned.clone();
             rec.volume = volume.to_string();
             rec.action = "restored".into();
             Ok(rec)
@@ -342,6 +385,7 @@ pub fn restore(
     }
     if !out.files.is_empty() || failure.is_some() {
         let write = || -> std::io::Result<()> {
+            no_links(root, &[QUARANTINE_DIR]).map_err(std::io::Error::other)?;
             std::fs::create_dir_all(&qroot)?;
             let mut f = std::fs::File::create(qroot.join(format!("restore-{run_id}.log")))?;
             for l in &out.log {
@@ -495,7 +539,8 @@ mod tests {
             .join(cs)
             .join("C-00000291-00000000-00000031.sys");
         std::fs::write(&q31, b"tampered").unwrap();
-        let r = restore(&root, "sda2", "undo1", 1_800_000_100);
+        let plan = q.files.clone();
+        let r = restore(&root, "sda2", &plan, "undo1", 1_800_000_100);
         let (out, err) = r.unwrap_err();
         assert!(err.contains("is not the recorded"), "{err}");
         assert_eq!(out.files.len(), 1);
@@ -515,8 +560,9 @@ mod tests {
         let log =
             std::fs::read_to_string(root.join(QUARANTINE_DIR).join("restore-undo1.log")).unwrap();
         assert!(log.contains("restored") && log.contains("REFUSED"), "{log}");
-        // A second rollback finds nothing more to move.
-        let (again, _) = restore(&root, "sda2", "undo2", 1_800_000_200).unwrap_err();
+        // A second rollback of the same plan moves nothing more (the first file is back, its
+        // quarantine copy gone).
+        let (again, _) = restore(&root, "sda2", &plan, "undo2", 1_800_000_200).unwrap_err();
         assert!(again.files.is_empty());
         // A file that appeared at the original path since is never overwritten.
         std::fs::write(&q31, &bad).unwrap();
@@ -526,12 +572,99 @@ mod tests {
             b"new",
             "2024-07-20T00:00:00Z",
         );
-        let (_, err) = restore(&root, "sda2", "undo3", 1_800_000_300).unwrap_err();
-        assert!(err.contains("a file is there now"), "{err}");
+        let (_, err) = restore(&root, "sda2", &plan, "undo3", 1_800_000_300).unwrap_err();
+        assert!(err.contains("something is there now"), "{err}");
         assert_eq!(
             std::fs::read(root.join(cs).join("C-00000291-00000000-00000031.sys")).unwrap(),
             b"new"
         );
+        // Another volume's records are not this volume's.
+        let out = restore(&root, "sdb1", &plan, "undo4", 1_800_000_400).unwrap();
+        assert!(out.files.is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A user of the volume plants a quarantine record that would put a DLL into System32: the
+    /// rollback, which moves only what the server recorded, leaves it alone.
+    #[test]
+    fn a_planted_record_on_the_volume_moves_nothing() {
+        let root = std::env::temp_dir().join(format!("unbrick-planted-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let q = root.join(QUARANTINE_DIR).join("evil");
+        std::fs::create_dir_all(&q).unwrap();
+        std::fs::write(q.join("payload.dll"), b"MZ evil").unwrap();
+        let rec = FileRecord {
+            volume: "sda2".into(),
+            path: r"Windows\System32\version.dll".into(),
+            size: 7,
+            sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, b"MZ evil")),
+            mtime: 0,
+            rule_id: "x".into(),
+            action: "quarantine".into(),
+            quarantined_to: Some(format!(r"{QUARANTINE_DIR}\evil\payload.dll")),
+        };
+        std::fs::write(
+            q.join("payload.dll.unbrick.json"),
+            serde_json::to_vec(&rec).unwrap(),
+        )
+        .unwrap();
+        let out = restore(&root, "sda2", &[], "undo", 1_800_000_000).unwrap();
+        assert!(out.files.is_empty());
+        assert!(!root.join("Windows/System32/version.dll").exists());
+        assert!(q.join("payload.dll").exists());
+        // Even a plan naming a path outside the quarantine, or with `..`, is refused.
+        let mut bad = rec.clone();
+        bad.quarantined_to = Some(r"Users\x\payload.dll".into());
+        let (_, e) = restore(&root, "sda2", &[bad], "undo", 1_800_000_000).unwrap_err();
+        assert!(e.contains("not under"), "{e}");
+        let mut bad = rec.clone();
+        bad.path = r"..\etc\x".into();
+        let (_, e) = restore(&root, "sda2", &[bad], "undo", 1_800_000_000).unwrap_err();
+        assert!(e.contains("not a plain relative path"), "{e}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Links (ntfs3 and ntfs-3g show junctions and reparse points as symbolic links) are refused
+    /// on both paths: a junction at the original place, and one inside the quarantine.
+    #[test]
+    fn links_are_refused_on_both_paths() {
+        let root = std::env::temp_dir().join(format!("unbrick-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let cs = "Windows/System32/drivers/CrowdStrike";
+        let mut bad = MAGIC.to_vec();
+        bad.extend_from_slice(b"bad channel file");
+        put(
+            &root,
+            &format!("{cs}/C-00000291-00000000-00000032.sys"),
+            &bad,
+            "2024-07-19T04:09:00Z",
+        );
+        let rules = RuleSet::default_crowdstrike(4_000_000_000);
+        let plan = remediate(&root, "sda2", &rules, "run1", 1_800_000_000)
+            .unwrap()
+            .files;
+        // The driver folder is replaced by a junction to elsewhere.
+        let elsewhere = root.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        std::fs::remove_dir_all(root.join(cs)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join(cs)).unwrap();
+        let (out, e) = restore(&root, "sda2", &plan, "undo", 1_800_000_100).unwrap_err();
+        assert!(out.files.is_empty());
+        assert!(e.contains("junction"), "{e}");
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
+        // A link planted where the next quarantine would go is refused too.
+        std::fs::remove_file(root.join(cs)).unwrap();
+        put(
+            &root,
+            &format!("{cs}/C-00000291-00000000-00000032.sys"),
+            &bad,
+            "2024-07-19T04:09:00Z",
+        );
+        std::fs::create_dir_all(root.join(QUARANTINE_DIR)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join(QUARANTINE_DIR).join("run2")).unwrap();
+        let (_, e) = remediate(&root, "sda2", &rules, "run2", 1_800_000_200).unwrap_err();
+        assert!(e.contains("junction"), "{e}");
+        assert!(std::fs::read_dir(&elsewhere).unwrap().next().is_none());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -27,15 +27,13 @@ pub struct BootParams<'a> {
 }
 
 /// The recovery kernel's command line. `initrd=` lets the EFI stub find the initrd under iPXE.
-/// `restore`: the agent moves quarantined files back instead of remediating.
-pub fn kernel_cmdline(p: &BootParams<'_>, restore: bool) -> String {
+/// Restore mode is not put here: the unsigned command line decides nothing; the agent learns
+/// its mode from the hello reply over the pinned channel.
+pub fn kernel_cmdline(p: &BootParams<'_>) -> String {
     let mut s = format!(
         "initrd={INITRD} unbrick.server={} unbrick.api={} unbrick.token={} unbrick.mac={} console=tty0 console=ttyS0,115200n8 panic=30",
         p.http_base, p.https_base, p.token, p.mac
     );
-    if restore {
-        s.push_str(" unbrick.mode=restore");
-    }
     if !p.extra_cmdline.trim().is_empty() {
         s.push(' ');
         s.push_str(p.extra_cmdline.trim());
@@ -61,7 +59,7 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
              sleep 10\n\
              chain --autofree {again}\n",
             base = p.http_base,
-            cmdline = kernel_cmdline(p, *d == BootDecision::Restore),
+            cmdline = kernel_cmdline(p),
             what = if *d == BootDecision::Restore { " (restore mode: undo the quarantine)" } else { "" },
         ),
         BootDecision::Payload | BootDecision::Restore => format!(
@@ -129,7 +127,7 @@ pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
              linux /{KERNEL} {cmdline}\n\
              initrd /{INITRD}\n\
              boot\n",
-            cmdline = kernel_cmdline(p, *d == BootDecision::Restore)
+            cmdline = kernel_cmdline(p)
         ),
         BootDecision::Payload | BootDecision::Restore => format!(
             "echo \"unbrick: {mac} will be repaired, but the server has no recovery image yet (unbrick image build)\"\n\

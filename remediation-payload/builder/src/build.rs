@@ -20,6 +20,8 @@ pub struct BuildInput<'a> {
     pub image_version: &'a str,
     /// `sha256:<hex>` of the server's TLS certificate, pinned by the agent.
     pub server_cert_sha256: Option<String>,
+    /// The oldest rules version the agent runs.
+    pub min_rules_version: u64,
     /// Ship BitLocker unlocking (cryptsetup, its libraries, dm-crypt): the default.
     pub bitlocker: bool,
     /// cryptsetup to ship (default: the build machine's, see [`CRYPTSETUP`]).
@@ -312,6 +314,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
             .map(|s| s.to_string())
             .collect(),
         server_cert_sha256: input.server_cert_sha256.clone(),
+        min_rules_version: input.min_rules_version,
     };
     a.file(
         remediation_payload::AGENT_CONFIG_PATH,

@@ -74,7 +74,12 @@ pub struct Options<'a> {
     pub headers: Vec<(&'a str, String)>,
     /// Content-Type of the body (default `application/json`).
     pub content_type: Option<&'a str>,
+    /// The largest response accepted, header and body (default [`MAX_RESPONSE`]).
+    pub max_response: Option<usize>,
 }
+
+/// The largest response accepted by default (an export of 100,000 hosts fits many times).
+pub const MAX_RESPONSE: usize = 256 << 20;
 
 /// Plain request (`https://` fails: it needs a pinned certificate, see [`request_with`]).
 pub fn request(
@@ -117,6 +122,7 @@ pub fn request_with(
     }
     head.push_str("\r\n");
     let key = format!("{host} {}", pin.unwrap_or(""));
+    let limit = opt.max_response.unwrap_or(MAX_RESPONSE);
     // A kept connection to the same server with the same pin, if there is one.
     let kept = {
         let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,7 +131,7 @@ pub fn request_with(
             .map(|i| idle.remove(i))
     };
     if let Some(mut c) = kept {
-        match c.exchange(&head, body, timeout, &host) {
+        match c.exchange(&head, body, timeout, &host, limit) {
             Ok((r, keep)) => {
                 c.keep_if(keep);
                 return Ok(r);
@@ -136,7 +142,7 @@ pub fn request_with(
         }
     }
     let mut c = Conn::open(&host, pin, timeout, key)?;
-    match c.exchange(&head, body, timeout, &host) {
+    match c.exchange(&head, body, timeout, &host, limit) {
         Ok((r, keep)) => {
             c.keep_if(keep);
             Ok(r)
@@ -230,6 +236,7 @@ impl Conn {
         body: &[u8],
         timeout: Duration,
         host: &str,
+        limit: usize,
     ) -> Result<(Response, bool), Failure> {
         self.tcp().set_read_timeout(Some(timeout)).ok();
         self.tcp().set_write_timeout(Some(timeout)).ok();
@@ -251,6 +258,11 @@ impl Conn {
         let mut raw = Vec::new();
         let mut chunk = [0u8; 16384];
         loop {
+            if raw.len() > limit {
+                return Err(Failure::Other(Error::Response(format!(
+                    "the response from {host} is larger than {limit} bytes; refused"
+                ))));
+            }
             match response_len(&raw) {
                 Ok(Some(n)) => {
                     let r = parse_response(&raw[..n]).map_err(Failure::Other)?;
@@ -468,6 +480,7 @@ fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, 
         let size = std::str::from_utf8(&b[at..at + e])
             .ok()
             .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+            .filter(|n| *n <= MAX_RESPONSE)
             .ok_or_else(|| Error::Response("bad chunk size".into()))?;
         at += e + 2;
         if size == 0 {
@@ -482,11 +495,19 @@ fn walk_chunks(b: &[u8], mut data: impl FnMut(&[u8])) -> Result<(Option<usize>, 
                 }
             }
         }
-        if b.len() < at + size + 2 {
+        // Checked: a size near usize::MAX must not wrap around.
+        let end = at
+            .checked_add(size)
+            .and_then(|n| n.checked_add(2))
+            .ok_or_else(|| Error::Response("bad chunk size".into()))?;
+        if b.len() < end {
             return Ok((None, false));
         }
+        if &b[at + size..end] != b"\r\n" {
+            return Err(Error::Response("chunk without its CRLF".into()));
+        }
         data(&b[at..at + size]);
-        at += size + 2;
+        at = end;
     }
 }
 
@@ -509,6 +530,9 @@ pub fn response_len(raw: &[u8]) -> Result<Option<usize>, Error> {
         return Ok(walk_chunks(&raw[h.body..], |_| {})?.0.map(|n| h.body + n));
     }
     match h.len {
+        Some(n) if n > MAX_RESPONSE => Err(Error::Response(format!(
+            "Content-Length {n} is larger than {MAX_RESPONSE} bytes"
+        ))),
         Some(n) if raw.len() >= h.body + n => Ok(Some(h.body + n)),
         Some(_) => Ok(None),
         None => Err(Error::Response("response without a length".into())),
@@ -633,5 +657,21 @@ mod tests {
             split_url("http://10.0.0.1:8080/agent/v1/hello").unwrap(),
             ("10.0.0.1:8080".into(), "/agent/v1/hello".into())
         );
+    }
+
+    #[test]
+    fn chunk_sizes_that_would_wrap_are_refused() {
+        for bad in [
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nab\r\n0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffe\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXY0\r\n\r\n",
+        ] {
+            assert!(
+                response_len(bad.as_bytes()).is_err() || parse_response(bad.as_bytes()).is_err(),
+                "{bad:?}"
+            );
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", usize::MAX);
+        assert!(response_len(huge.as_bytes()).is_err());
     }
 }

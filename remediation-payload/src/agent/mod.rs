@@ -43,13 +43,11 @@ pub(super) struct Ctx {
     /// `https://ip:port` of the agent API and the certificate fingerprint pinned for it.
     pub(super) api: String,
     pub(super) pin: String,
+    /// Restore mode (from the hello reply): exactly the files to put back.
+    pub(super) restore: Option<Vec<fleet::agent::FileRecord>>,
 }
 
 impl Ctx {
-    pub(super) fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.cmd.server)
-    }
-
     pub(super) fn api_url(&self, path: &str) -> String {
         format!("{}{path}", self.api)
     }
@@ -57,6 +55,8 @@ impl Ctx {
     pub(super) fn opts(&self) -> http::Options<'_> {
         http::Options {
             pin: Some(&self.pin),
+            // Nothing the agent asks for is larger (rules, replies); a hostile answer is cut.
+            max_response: Some(4 << 20),
             ..Default::default()
         }
     }
@@ -138,12 +138,13 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         .api
         .clone()
         .ok_or("the kernel command line has no unbrick.api= (the HTTPS agent API)")?;
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         cmd,
         mac: mac.clone(),
         start,
         api,
         pin,
+        restore: None,
     };
     say(&format!("{nic} ({mac}) has {}/{}", lease.ip, lease.mask));
     let hello = Hello {
@@ -165,6 +166,14 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     let reply: HelloReply =
         serde_json::from_slice(&post_json(&ctx, "/agent/v1/hello", &hello, 12)?)
             .map_err(|e| format!("hello reply: {e}"))?;
+    if reply.mode == fleet::agent::Mode::Restore {
+        say(&format!(
+            "restore mode (the server's word): {} recorded file(s) to put back",
+            reply.restore.len()
+        ));
+        ctx.restore = Some(reply.restore.clone());
+    }
+    let ctx = ctx;
     ctx.step("modules", &notes.join("; "));
     let local_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -188,7 +197,10 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
             rules_version: rules.map(|r| r.version),
             agent_ms: ctx.start.elapsed().as_millis() as u64,
         };
-    let rules = match signing::RuleSet::verify_signed(&trusted, &doc, &sig, now) {
+    let rules = match signing::RuleSet::verify_signed(&trusted, &doc, &sig, now)
+        .map_err(|e| e.to_string())
+        .and_then(|r| report::check_rules(&doc, &r, &reply, cfg.min_rules_version).map(|()| r))
+    {
         Ok(r) => r,
         Err(e) => {
             let why = format!("refusing the remediation rules: {e}");
@@ -253,7 +265,7 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
             _ => {}
         }
     }
-    let (result, reason) = outcome(&t, ctx.cmd.restore, devs.len());
+    let (result, reason) = outcome(&t, ctx.restore.is_some(), devs.len());
     let Tally { volumes, files, .. } = t;
     say(&format!(
         "result: {result:?}{}",

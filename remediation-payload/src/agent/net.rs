@@ -140,15 +140,59 @@ fn answer_to(
 ) -> Option<dhcproto::v4::Message> {
     use dhcproto::v4::{Message, MessageType};
     use dhcproto::{Decodable, Decoder};
-    let m = Message::decode(&mut Decoder::new(datagram)).ok()?;
-    // chaddr() panics on hlen > 16 (dhcproto 0.13): check the header byte first.
-    if datagram.get(2).is_none_or(|&hlen| hlen != 6) {
-        return None;
-    }
+    // dhcproto 0.13 panics on some hostile input (chaddr() with hlen > 16, some option
+    // decoders): it sees only a checked header and the options the agent reads.
+    let clean = sanitize_reply(datagram)?;
+    let m = Message::decode(&mut Decoder::new(&clean)).ok()?;
     (m.xid() == xid
         && m.chaddr() == mac
         && (m.opts().msg_type() == Some(want) || m.opts().msg_type() == Some(MessageType::Nak)))
     .then_some(m)
+}
+
+/// Options a reply may carry that the agent reads, with their lengths (`0`: a non-empty
+/// multiple of 4, for lists of addresses).
+const REPLY_OPTIONS: [(u8, usize); 5] = [(1, 4), (3, 0), (51, 4), (53, 1), (54, 4)];
+
+/// A DHCP reply checked by hand before dhcproto sees it: a BOOTREPLY for Ethernet (hlen 6)
+/// with the magic cookie, every option inside the packet, the options the agent reads of the
+/// right length, and nothing else kept. `None` for anything else.
+pub(super) fn sanitize_reply(d: &[u8]) -> Option<Vec<u8>> {
+    const COOKIE: [u8; 4] = [99, 130, 83, 99];
+    if d.len() < 240 || d.len() > 1500 || d[0] != 2 || d[1] != 1 || d[2] != 6 {
+        return None;
+    }
+    if d[236..240] != COOKIE {
+        return None;
+    }
+    let mut out = d[..240].to_vec();
+    let mut i = 240;
+    while i < d.len() {
+        match d[i] {
+            0 => i += 1,
+            255 => break,
+            code => {
+                let len = *d.get(i + 1)? as usize;
+                let end = i + 2 + len;
+                if end > d.len() {
+                    return None;
+                }
+                if let Some((_, want)) = REPLY_OPTIONS.iter().find(|(c, _)| *c == code) {
+                    let ok = match want {
+                        0 => len >= 4 && len.is_multiple_of(4),
+                        n => len == *n,
+                    };
+                    if !ok {
+                        return None;
+                    }
+                    out.extend_from_slice(&d[i..end]);
+                }
+                i = end;
+            }
+        }
+    }
+    out.push(255);
+    Some(out)
 }
 
 /// The lease an ACK gives: address, mask (a /24 when the server sent none), first router.
@@ -205,10 +249,18 @@ pub(super) fn post_json<T: serde::Serialize>(
     Err(last)
 }
 
+/// A GET on the agent API's pinned HTTPS channel (the rules: their substitution on the way
+/// would be refused by the signature only if no older signed set exists).
 pub(super) fn get(ctx: &Ctx, path: &str) -> Result<Vec<u8>, String> {
     let mut last = String::new();
     for i in 0..8u32 {
-        match http::request("GET", &ctx.url(path), None, Duration::from_secs(10)) {
+        match http::request_with(
+            "GET",
+            &ctx.api_url(path),
+            None,
+            Duration::from_secs(10),
+            &ctx.opts(),
+        ) {
             Ok(r) if r.status == 200 => return Ok(r.body),
             Ok(r) => last = format!("GET {path}: {}", r.status),
             Err(e) => last = e.to_string(),
@@ -324,5 +376,43 @@ mod tests {
         let m = Message::decode(&mut Decoder::new(&ack)).unwrap();
         assert_eq!(lease_of(&m).mask, Ipv4Addr::new(255, 255, 0, 0));
         assert_eq!(lease_of(&m).router, None);
+    }
+
+    #[test]
+    fn hostile_replies_are_dropped_before_dhcproto() {
+        let offer = reply(7, &MAC, MessageType::Offer, vec![]);
+        // An option running past the end, a bad length for a read option, an unknown option
+        // (121, whose decoder can panic) that is dropped, not decoded.
+        let mut past = offer.clone();
+        past.truncate(past.len() - 1);
+        past.extend_from_slice(&[54, 200, 1]);
+        assert!(sanitize_reply(&past).is_none());
+        let mut bad_len = offer[..240].to_vec();
+        bad_len.extend_from_slice(&[53, 1, 2, 1, 3, 10, 0, 0, 255]);
+        assert!(sanitize_reply(&bad_len).is_none(), "a 3-byte mask");
+        let mut classless = offer[..240].to_vec();
+        classless.extend_from_slice(&[53, 1, 2, 121, 3, 33, 1, 2, 255]);
+        let clean = sanitize_reply(&classless).unwrap();
+        assert_eq!(&clean[240..], &[53, 1, 2, 255]);
+        let mut request = offer.clone();
+        request[0] = 1;
+        assert!(sanitize_reply(&request).is_none(), "not a reply");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_and_mutated_replies_never_panic(
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..700),
+            at in 0usize..600,
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let _ = answer_to(&noise, 7, &MAC, MessageType::Offer);
+            let mut m = reply(7, &MAC, MessageType::Offer, vec![]);
+            if at < m.len() {
+                m[at] = byte;
+            }
+            m.extend_from_slice(&noise);
+            let _ = answer_to(&m, 7, &MAC, MessageType::Offer);
+        }
     }
 }

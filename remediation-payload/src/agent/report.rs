@@ -65,17 +65,46 @@ pub(super) fn outcome(t: &Tally, restore: bool, looked_at: usize) -> (RunResult,
     }
 }
 
-/// The outage began on 2024-07-19 (00:00 UTC): a machine whose clock says earlier cannot judge
-/// the rules' expiry, so the server's time is used.
-pub(super) const CLOCK_FLOOR_UNIX: u64 = 1_721_347_200;
-
-/// The time to judge the rules by: the machine's, unless it is before [`CLOCK_FLOOR_UNIX`].
+/// The time to judge the rules' expiry by: the later of the machine's clock and the server's
+/// (a machine whose battery-backed clock lags, or was set back, must not make expired rules
+/// valid again).
 pub(super) fn trusted_now(local_unix: u64, server_unix: u64) -> u64 {
-    if local_unix < CLOCK_FLOOR_UNIX {
-        server_unix
-    } else {
-        local_unix
+    local_unix.max(server_unix)
+}
+
+/// Whether the signed rules `rules` (document `doc`) are the ones to run: the document the
+/// server named in the hello reply (SHA-256 and version), and not older than the image's
+/// minimum (an older signed, unexpired rules file substituted on the way is refused).
+pub(super) fn check_rules(
+    doc: &[u8],
+    rules: &signing::RuleSet,
+    reply: &fleet::agent::HelloReply,
+    min_version: u64,
+) -> Result<(), String> {
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, doc));
+    match &reply.rules_sha256 {
+        Some(want) if *want == sha => {}
+        Some(want) => {
+            return Err(format!(
+                "the rules document (sha256 {sha}) is not the one the server named ({want})"
+            ))
+        }
+        None => return Err("the server named no rules document in its hello reply".into()),
     }
+    if reply.rules_version.is_some_and(|v| v != rules.version) {
+        return Err(format!(
+            "the rules are v{}, the server named v{}",
+            rules.version,
+            reply.rules_version.unwrap_or_default()
+        ));
+    }
+    if rules.version < min_version {
+        return Err(format!(
+            "rules {} v{} are older than this image's minimum v{min_version}; sign a newer set (unbrick rules sign) or rebuild the image",
+            rules.id, rules.version
+        ));
+    }
+    Ok(())
 }
 
 /// The token's first 8 characters: enough to tell runs apart, too little to replay.
@@ -209,13 +238,35 @@ mod tests {
     }
 
     #[test]
-    fn clock_before_the_outage_is_not_trusted() {
-        assert_eq!(trusted_now(0, 1_800_000_000), 1_800_000_000);
+    fn rules_must_be_the_named_document_and_not_older_than_the_minimum() {
+        let rules = signing::RuleSet::default_crowdstrike(1_900_000_000);
+        let doc = rules.to_json();
+        let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, &doc));
+        let reply = |sha: Option<&str>, v: Option<u64>| fleet::agent::HelloReply {
+            server_time: 1,
+            mode: Default::default(),
+            restore: vec![],
+            rules_sha256: sha.map(str::to_string),
+            rules_version: v,
+        };
+        let v = rules.version;
         assert_eq!(
-            trusted_now(CLOCK_FLOOR_UNIX - 1, 1_800_000_000),
-            1_800_000_000
+            check_rules(&doc, &rules, &reply(Some(&sha), Some(v)), v),
+            Ok(())
         );
-        assert_eq!(trusted_now(1_750_000_000, 1_800_000_000), 1_750_000_000);
+        let e = check_rules(&doc, &rules, &reply(Some(&sha), Some(v)), v + 1).unwrap_err();
+        assert!(e.contains("older than this image's minimum"), "{e}");
+        let e = check_rules(&doc, &rules, &reply(Some("00"), Some(v)), 0).unwrap_err();
+        assert!(e.contains("not the one the server named"), "{e}");
+        assert!(check_rules(&doc, &rules, &reply(None, None), 0).is_err());
+        assert!(check_rules(&doc, &rules, &reply(Some(&sha), Some(v + 1)), 0).is_err());
+    }
+
+    #[test]
+    fn the_later_clock_judges_expiry() {
+        assert_eq!(trusted_now(0, 1_800_000_000), 1_800_000_000);
+        assert_eq!(trusted_now(1_750_000_000, 1_800_000_000), 1_800_000_000);
+        assert_eq!(trusted_now(1_850_000_000, 1_800_000_000), 1_850_000_000);
     }
 
     #[test]

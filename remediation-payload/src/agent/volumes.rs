@@ -178,8 +178,8 @@ pub(super) fn do_volume(
             if vr.windows { ", Windows found" } else { "" }
         ),
     );
-    let result = if ctx.cmd.restore {
-        remediate::restore(&dir, dev, run_id, now)
+    let result = if let Some(plan) = &ctx.restore {
+        remediate::restore(&dir, dev, plan, run_id, now)
     } else {
         remediate::remediate(&dir, dev, rules, run_id, now)
     };
@@ -212,7 +212,7 @@ pub(super) fn do_volume(
         vr.report.status = "failed".into();
         vr.report.detail = e;
     } else {
-        vr.report.status = if !vr.files.is_empty() && ctx.cmd.restore {
+        vr.report.status = if !vr.files.is_empty() && ctx.restore.is_some() {
             "restored"
         } else if !vr.files.is_empty() {
             "remediated"

@@ -535,6 +535,7 @@ fn main() {
         headers: vec![("Authorization", format!("Bearer {token}"))],
         content_type: Some("text/csv"),
         pin: PIN.get().map(String::as_str),
+        ..Default::default()
     };
     let r = unbrick_http::request_with(
         "POST",
