@@ -160,3 +160,62 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # shimx64_efi = "/usr/lib/shim/shimx64.efi.signed"
 # grubx64_efi = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed"
 "#;
+
+/// The data directory a command names (`--data-dir DIR`, `--data-dir=DIR`, else
+/// `UNBRICK_DATA_DIR`, else the default), read from the raw arguments so every command shares it.
+pub(crate) fn data_dir_of(args: &[String]) -> PathBuf {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--data-dir" {
+            if let Some(v) = it.next() {
+                return PathBuf::from(v);
+            }
+        } else if let Some(v) = a.strip_prefix("--data-dir=") {
+            return PathBuf::from(v);
+        }
+    }
+    std::env::var_os("UNBRICK_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/unbrick"))
+}
+
+/// After a command run as root on a data directory the service owns (its own user, see
+/// `dist/unbrick.service`): every file or directory it made (owned by root) is handed to the
+/// directory's owner, so the server can read the new token, key or image. Links are not
+/// followed.
+pub(crate) fn hand_back(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    let (uid, gid) = (top.uid(), top.gid());
+    if uid == 0 || !top.is_dir() {
+        return;
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.uid() != uid {
+                if let Err(err) = std::os::unix::fs::lchown(&p, Some(uid), Some(gid)) {
+                    eprintln!(
+                        "unbrick: cannot hand {} to the service user: {err}",
+                        p.display()
+                    );
+                }
+            }
+            if m.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+}

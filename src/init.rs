@@ -27,6 +27,12 @@ const RULES_LIFETIME_DAYS: u64 = 90;
 pub(crate) fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> {
     let d = DataDir(dir.to_path_buf());
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // Keys, tokens, escrowed BitLocker keys and the store live here: the owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let say = |what: String| println!("  {what}");
     println!("unbrick init: {}", dir.display());
 
@@ -41,6 +47,11 @@ pub(crate) fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> 
 
     // Signing key: given, configured, already there, or made now.
     std::fs::create_dir_all(d.keys()).map_err(|e| format!("{}: {e}", d.keys().display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(d.keys(), std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", d.keys().display()))?;
+    }
     let key_path: Option<PathBuf> = signing_key
         .map(Path::to_path_buf)
         .or(cfg.signing_key.clone());

@@ -38,7 +38,12 @@ impl<E: std::fmt::Display> From<E> for Fail {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
     let cli = Cli::parse();
+    // Offline commands run as root on the service's data directory hand what they wrote back
+    // to the service user.
+    let hand_back = !matches!(cli.cmd, Cmd::Serve(_) | Cmd::Demo(_));
+    let dir = config::data_dir_of(&args);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("UNBRICK_LOG")
@@ -60,6 +65,9 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Campaign(c) => client::campaign(c),
     };
+    if hand_back {
+        config::hand_back(&dir);
+    }
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg)) => {

@@ -16,6 +16,12 @@ pub mod vault;
 #[derive(Clone, PartialEq, Eq)]
 pub struct RecoveryPassword(String);
 
+impl Drop for RecoveryPassword {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for RecoveryPassword {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("RecoveryPassword(<hidden>)")
@@ -28,11 +34,12 @@ impl RecoveryPassword {
     /// multiple of 11 below 720,896: this catches almost every typing error. The error never
     /// repeats the digits.
     pub fn parse(s: &str) -> Result<Self, Error> {
-        let digits: String = s
-            .trim()
-            .chars()
-            .filter(|c| *c != '-' && !c.is_whitespace())
-            .collect();
+        let digits: zeroize::Zeroizing<String> = zeroize::Zeroizing::new(
+            s.trim()
+                .chars()
+                .filter(|c| *c != '-' && !c.is_whitespace())
+                .collect(),
+        );
         if !digits.chars().all(|c| c.is_ascii_digit()) {
             return Err(Error::Invalid(
                 "a recovery password has only digits and dashes".into(),

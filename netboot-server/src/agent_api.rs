@@ -345,6 +345,21 @@ pub async fn report(
     (StatusCode::OK, "ok\n").into_response()
 }
 
+/// Bytes zeroised on drop (a released recovery password's answer).
+struct Wiped(Vec<u8>);
+
+impl AsRef<[u8]> for Wiped {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 /// `POST /agent/v1/bitlocker-key` (HTTPS only, like the whole agent API): the release policy is
 /// [`fleet::escrow::decide`]; every answer is recorded and flushed before it is sent.
 pub async fn bitlocker_key(
@@ -397,12 +412,24 @@ pub async fn bitlocker_key(
         KeyAnswer::Release {
             protector_id,
             password,
-        } => Json(KeyReply {
-            protector_id: Some(protector_id),
-            recovery_password: Some(password.expose().to_string()),
-            ..none
-        })
-        .into_response(),
+        } => {
+            let mut reply = KeyReply {
+                protector_id: Some(protector_id),
+                recovery_password: Some(password.expose().to_string()),
+                ..none
+            };
+            let body = serde_json::to_vec(&reply).unwrap_or_default();
+            if let Some(p) = reply.recovery_password.as_mut() {
+                zeroize::Zeroize::zeroize(p);
+            }
+            // The answer's bytes are wiped when the connection is done with them.
+            let body = axum::body::Bytes::from_owner(Wiped(body));
+            (
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+                .into_response()
+        }
         KeyAnswer::Wait(w) => (
             StatusCode::ACCEPTED,
             Json(KeyReply {

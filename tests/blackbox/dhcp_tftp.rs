@@ -577,7 +577,8 @@ fn tftp_and_http_with_real_clients() {
         o.ends_with(" 400") && o.contains("not a MAC address"),
         "{o}"
     );
-    // The drivers' counters are in /metrics (admin token).
+    // The drivers' counters are in /metrics (admin token, over HTTPS: a token sent in clear
+    // from another machine is refused).
     let tok = must(&format!(
         "{} tokens create --name metrics --read-only --data-dir {}",
         unbrick(),
@@ -587,7 +588,7 @@ fn tftp_and_http_with_real_clients() {
         &lab.exec_in(
             &c,
             &format!(
-                "curl -sS -H 'Authorization: Bearer {}' http://{SERVER_IP}:8080/metrics",
+                "curl -sSk -H 'Authorization: Bearer {}' https://{SERVER_IP}:8443/metrics",
                 tok.trim()
             ),
         )

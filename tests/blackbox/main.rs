@@ -14,3 +14,4 @@ mod firmware;
 mod fleetsim;
 mod payload;
 mod signing_cli;
+mod trust;

@@ -117,8 +117,11 @@ impl Vault {
             .key
             .open_in_place(nonce, Aad::from(protector_id.as_bytes()), &mut buf)
             .map_err(|_| fail())?;
-        let s = std::str::from_utf8(plain).map_err(|_| fail())?;
-        RecoveryPassword::parse(s).map_err(|_| fail())
+        let parsed = std::str::from_utf8(plain)
+            .map_err(|_| fail())
+            .and_then(|s| RecoveryPassword::parse(s).map_err(|_| fail()));
+        zeroize::Zeroize::zeroize(&mut buf);
+        parsed
     }
 }
 

@@ -110,7 +110,10 @@ pub(super) fn bitlocker_unlock(ctx: &Ctx, dev: &str) -> Bitlk {
         Err((status, why)) => return locked(dev, status, format!("{what}: {why}"), protectors),
     };
     let name = format!("unbrick-{dev}");
-    match cryptsetup_open(dev, &name, &password) {
+    let mut password = zeroize::Zeroizing::new(password);
+    let opened = cryptsetup_open(dev, &name, &password);
+    zeroize::Zeroize::zeroize(&mut *password);
+    match opened {
         Ok(ms) => {
             let detail = format!(
                 "{what} unlocked with the recovery key of protector {id} in {ms} ms (key derivation included)"
@@ -152,9 +155,13 @@ pub(super) fn request_key(
             &ctx.opts(),
         );
         let waiting = match r {
-            Ok(r) => {
+            Ok(mut r) => {
                 errors = 0;
                 let reply: Option<fleet::agent::KeyReply> = serde_json::from_slice(&r.body).ok();
+                // A release's bytes held the password: wiped once parsed.
+                if r.status == 200 {
+                    zeroize::Zeroize::zeroize(&mut r.body);
+                }
                 match (r.status, reply) {
                     (200, Some(k)) => match (k.protector_id, k.recovery_password) {
                         (Some(id), Some(pw)) => return Ok((id, pw)),

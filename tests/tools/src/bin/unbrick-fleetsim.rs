@@ -349,9 +349,11 @@ async fn boot_once(
                     .stderr(std::process::Stdio::piped())
                     .spawn()?;
                 let mut stdin = c.stdin.take().expect("piped");
+                // Every broadcast (DHCP replies, the server's ARP requests) is copied to each
+                // macvlan from one queue: deep enough for a boot storm of 2,000 machines.
                 writeln!(
                     stdin,
-                    "link add {dev} link {parent} address {m} type macvlan mode bridge"
+                    "link add {dev} link {parent} address {m} type macvlan mode bridge bcqueuelen 65535"
                 )?;
                 writeln!(stdin, "addr add {ip}/32 dev {dev}")?;
                 writeln!(stdin, "link set {dev} up")?;
