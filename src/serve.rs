@@ -148,10 +148,7 @@ pub(crate) async fn start(
         https_base: format!("https://{server_ip}:{}", cfg.https_port),
         server_ip,
         extra_cmdline: cfg.extra_cmdline.clone(),
-        neighbours: net::Neighbours {
-            device: iface.name.clone(),
-            iface: Some(iface.clone()),
-        },
+        neighbours: net::Neighbours::new(&iface.name, Some(iface.clone())),
         leases: pool.clone(),
         token_lifetime_ms: cfg.token_lifetime.as_millis() as u64,
     });

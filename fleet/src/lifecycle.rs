@@ -38,6 +38,20 @@ pub struct DhcpSeen<'a> {
     pub uuid: Option<&'a str>,
     /// The address the client has or was given.
     pub ip: Option<Ipv4Addr>,
+    /// What the frame's Ethernet source says, where the server sees layer 2.
+    pub l2: Layer2,
+}
+
+/// A DHCP packet's frame, as the server's layer-2 witness saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layer2 {
+    /// The Ethernet source is the MAC the packet names (chaddr).
+    Match,
+    /// The Ethernet source is another MAC: the packet speaks for a machine it is not.
+    Mismatch(crate::Mac),
+    /// No layer-2 view (behind a relay, no packet socket, or not looked at).
+    #[default]
+    Unseen,
 }
 
 /// Something that happened to a host.
@@ -408,7 +422,8 @@ fn dhcp(h: &mut HostRecord, d: &DhcpSeen<'_>, now_ms: u64) -> Option<String> {
         force(h, HostState::Seen, now_ms);
         changed = Some("unknown -> seen".to_string());
     }
-    // A remediated host that asks for an address as Windows is back: recovered.
+    // A remediated host that asks for an address as Windows is back: recovered, unless the
+    // frame came from another machine.
     if d.kind == ClientKind::Windows
         && matches!(
             h.state,
@@ -416,8 +431,25 @@ fn dhcp(h: &mut HostRecord, d: &DhcpSeen<'_>, now_ms: u64) -> Option<String> {
         )
     {
         let from = h.state.name();
-        force(h, HostState::Recovered, now_ms);
-        changed = Some(format!("{from} -> recovered (Windows DHCP seen)"));
+        match d.l2 {
+            Layer2::Mismatch(src) => {
+                changed = Some(format!(
+                    "kept {from}: a Windows DHCP request for {} came from Ethernet source {src}; not taken as the host's return",
+                    h.mac
+                ));
+            }
+            l2 => {
+                force(h, HostState::Recovered, now_ms);
+                changed = Some(format!(
+                    "{from} -> recovered (Windows DHCP seen; {})",
+                    if l2 == Layer2::Match {
+                        "Ethernet source = chaddr"
+                    } else {
+                        "no layer-2 view"
+                    }
+                ));
+            }
+        }
     }
     // A host whose run finished and that network-boots again: the first time it is the reboot
     // after the run; a later boot (not a retransmission within the same boot) without Windows in
@@ -479,6 +511,7 @@ mod tests {
             discover,
             uuid: None,
             ip: None,
+            l2: Layer2::Unseen,
         })
     }
 
@@ -488,6 +521,7 @@ mod tests {
             discover: true,
             uuid: None,
             ip: Some(Ipv4Addr::new(10, 0, 0, 9)),
+            l2: Layer2::Match,
         })
     }
 
@@ -530,7 +564,7 @@ mod tests {
                 Remediated,
                 windows(),
                 Recovered,
-                Some("remediated -> recovered (Windows DHCP seen)"),
+                Some("remediated -> recovered (Windows DHCP seen; Ethernet source = chaddr)"),
             ),
             (
                 Clean,

@@ -3,6 +3,7 @@
 //! before a reply is sent.
 use crate::Error;
 use dhcproto::{Encodable, Encoder};
+use fleet::lifecycle::Layer2;
 use fleet_service::{now_ms, FleetIo};
 use netboot_proto::dhcp::decide::{decide, parse, Dest, DhcpConfig, LeaseChange, Via, PXE_PORT};
 use netboot_proto::dhcp::pool::LeasePool;
@@ -76,6 +77,8 @@ pub struct DhcpServer {
     ifindex: u32,
     fleet: Arc<FleetIo>,
     pool: Option<Arc<Mutex<LeasePool>>>,
+    /// The Ethernet sources of requests (None without CAP_NET_RAW: no layer-2 view).
+    witness: Option<crate::l2::Witness>,
     /// Its counters.
     pub stats: Arc<DhcpStats>,
     in_flight: Arc<tokio::sync::Semaphore>,
@@ -119,6 +122,13 @@ impl DhcpServer {
             ifindex,
             fleet,
             pool,
+            witness: match crate::l2::Witness::start(ifindex) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("no layer-2 view of DHCP on {device} ({e}): a Windows DHCP request is taken as the host's return without checking its frame's source");
+                    None
+                }
+            },
             stats: Arc::default(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
         })
@@ -246,13 +256,28 @@ impl DhcpServer {
             (_, PXE_PORT) => Some(*rx.src.ip()),
             _ => None,
         };
-        self.fleet.dhcp_seen(
-            inb.mac,
-            inb.seen(ip_hint),
-            &inb.type_name(),
-            inb.describe(port, &outcome),
-            now,
-        );
+        // Windows back counts as a recovery: only if the frame came from that MAC, where the
+        // server sees layer 2 (not for a relayed request: its frame is the relay's).
+        let l2 = match (&self.witness, inb.kind) {
+            (Some(w), fleet::ClientKind::Windows) if inb.msg.giaddr().is_unspecified() => {
+                match w
+                    .source_within(inb.msg.xid(), inb.mac, std::time::Duration::from_millis(50))
+                    .await
+                {
+                    Some(src) if src == inb.mac => Layer2::Match,
+                    Some(src) => Layer2::Mismatch(src),
+                    None => Layer2::Unseen,
+                }
+            }
+            _ => Layer2::Unseen,
+        };
+        let mut what = inb.describe(port, &outcome);
+        if let Layer2::Mismatch(src) = l2 {
+            // Not a retransmission of the host's own packet: recorded on its own.
+            what.push_str(&format!(" (frame from Ethernet source {src})"));
+        }
+        self.fleet
+            .dhcp_seen(inb.mac, inb.seen(ip_hint, l2), &inb.type_name(), what, now);
         let Some(reply) = outcome.reply else {
             self.stats.silent.fetch_add(1, Ordering::Relaxed);
             return;

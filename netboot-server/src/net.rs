@@ -128,6 +128,11 @@ pub fn bind_error_of(what: &str, addr: SocketAddrV4, e: &std::io::Error) -> Erro
 
 /// The layer-2 view of the served segment: the kernel's neighbour (ARP) table on one interface.
 /// What a request from an address proves about the machine behind it comes from here.
+///
+/// The table is read from `/proc/net/arp` into a snapshot that is at most [`SNAPSHOT_MS`] old
+/// (a fleet polling its waiting room asks hundreds of times a second, and the text of a table
+/// with thousands of entries costs the kernel a millisecond to write); an address the snapshot
+/// lacks is looked up in a fresh read.
 #[derive(Debug, Clone)]
 pub struct Neighbours {
     /// The served interface.
@@ -135,17 +140,52 @@ pub struct Neighbours {
     /// Its subnet: only addresses on it can have a neighbour entry (behind a relay there is
     /// none, and no layer-2 view).
     pub iface: Option<Interface>,
+    /// The last snapshot of the table on `device`, and when it was read.
+    pub snapshot: std::sync::Arc<std::sync::Mutex<Snapshot>>,
 }
 
+/// A read of the neighbour table.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    read: Option<std::time::Instant>,
+    table: std::collections::HashMap<Ipv4Addr, fleet::Mac>,
+}
+
+/// How old a neighbour-table snapshot may be when it answers.
+pub const SNAPSHOT_MS: u64 = 250;
+
 impl Neighbours {
+    /// The view of `device` (subnet `iface`).
+    pub fn new(device: &str, iface: Option<Interface>) -> Self {
+        Self {
+            device: device.to_string(),
+            iface,
+            snapshot: Default::default(),
+        }
+    }
+
     /// The hardware address the neighbour table holds for `ip` on the served interface, if it
     /// has a complete entry.
     pub fn lookup(&self, ip: std::net::IpAddr) -> Option<fleet::Mac> {
         let std::net::IpAddr::V4(v4) = ip.to_canonical() else {
             return None;
         };
-        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-        arp_entry(&table, v4, &self.device)
+        let mut s = self.snapshot.lock().unwrap();
+        let age = s.read.map(|t| t.elapsed().as_millis() as u64);
+        if age.is_some_and(|a| a <= SNAPSHOT_MS) {
+            if let Some(m) = s.table.get(&v4) {
+                return Some(*m);
+            }
+            // A miss within a few milliseconds of a read is a miss (no re-read storm for
+            // addresses that have no entry, e.g. behind a relay).
+            if age.is_some_and(|a| a < 20) {
+                return None;
+            }
+        }
+        let text = std::fs::read_to_string("/proc/net/arp").ok()?;
+        s.table = arp_table(&text, &self.device);
+        s.read = Some(std::time::Instant::now());
+        s.table.get(&v4).copied()
     }
 
     /// Whether `ip` is on the served subnet (so a neighbour entry is expected for it).
@@ -178,21 +218,30 @@ impl Neighbours {
     }
 }
 
-/// The complete entry for `ip` on `device` in the text of `/proc/net/arp`
+/// The complete entries on `device` in the text of `/proc/net/arp`
 /// (`IP address  HW type  Flags  HW address  Mask  Device`; flags 0x2 = complete).
+pub fn arp_table(table: &str, device: &str) -> std::collections::HashMap<Ipv4Addr, fleet::Mac> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let [addr, _hw, flags, mac, _mask, dev] = f.as_slice() else {
+                return None;
+            };
+            let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
+            if *dev != device || flags & 0x2 == 0 {
+                return None;
+            }
+            let mac: fleet::Mac = mac.parse().ok()?;
+            (mac.0 != [0; 6]).then_some((addr.parse().ok()?, mac))
+        })
+        .collect()
+}
+
+/// The complete entry for `ip` on `device` in the text of `/proc/net/arp`.
 pub fn arp_entry(table: &str, ip: Ipv4Addr, device: &str) -> Option<fleet::Mac> {
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let [addr, _hw, flags, mac, _mask, dev] = f.as_slice() else {
-            return None;
-        };
-        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).ok()?;
-        if *dev != device || addr.parse::<Ipv4Addr>().ok()? != ip || flags & 0x2 == 0 {
-            return None;
-        }
-        let mac: fleet::Mac = mac.parse().ok()?;
-        (mac.0 != [0; 6]).then_some(mac)
-    })
+    arp_table(table, device).get(&ip).copied()
 }
 
 #[cfg(test)]

@@ -323,6 +323,7 @@ fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
     lab.init();
     lab.stand_in_image(1024);
     lab.serve("--dhcp proxy");
+    let t_admin = token(&lab);
     let mac = "52:54:00:cc:0d:01";
     // The machine network-boots and its agent reports a remediation (over HTTPS, as the agent).
     let (ns, ifc) = lab.add_client(mac);
@@ -354,6 +355,24 @@ fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
         r#"{{"token":"{t}","mac":"{mac}","report_id":"r1","result":"remediated","reason":null,"volumes":[],"files":[],"rules_id":null,"rules_version":null,"agent_ms":1}}"#
     );
     assert!(post("/agent/v1/report", report).ends_with(" 200"));
+    // Another machine sends a Windows DHCP request naming this MAC: its frame's Ethernet source
+    // is not the MAC, so it is not taken as the host's return.
+    let (fns, _) = lab.add_client("52:54:00:cc:0d:99");
+    let o = lab.exec_in(
+        &fns,
+        &format!("python3 {} windows {mac}", crate::dhcp_tftp::PROBE),
+    );
+    assert!(o.status.success(), "{o:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let h = api_json(&lab, &t_admin, &format!("/api/v1/hosts/{mac}"));
+    assert_eq!(h["host"]["state"], "remediated", "{h}");
+    assert!(
+        h["events"].as_array().unwrap().iter().any(|e| e["message"]
+            .as_str()
+            .unwrap()
+            .contains("came from Ethernet source 52:54:00:cc:0d:99")),
+        "{h}"
+    );
     // Windows comes back: its DHCP client (vendor class MSFT 5.0) asks for an address. unbrick
     // answers nothing in proxy mode, but records it.
     must(&format!("ip -n {ns} addr flush dev {ifc}"));
@@ -375,7 +394,7 @@ fn windows_dhcp_from_a_remediated_host_marks_it_recovered() {
         h["events"].as_array().unwrap().iter().any(|e| e["message"]
             .as_str()
             .unwrap()
-            .contains("remediated -> recovered (Windows DHCP seen)")),
+            .contains("remediated -> recovered (Windows DHCP seen; Ethernet source = chaddr)")),
         "{h}"
     );
 }

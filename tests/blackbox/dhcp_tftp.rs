@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-const PROBE: &str = concat!(
+pub(crate) const PROBE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/blackbox/helpers/dhcp_probe.py"
 );

@@ -4,6 +4,8 @@
   dhcp_probe.py pxe4011 SERVER MAC      PXE boot-server REQUEST to SERVER:4011; prints the reply
   dhcp_probe.py release SERVER MAC IP   DHCPRELEASE of IP, sent from IP:68
   dhcp_probe.py burst SERVER COUNT      COUNT malformed datagrams to :67, :4011 and :69
+  dhcp_probe.py windows MAC             a broadcast DISCOVER as Windows (MSFT 5.0) naming MAC as
+                                        chaddr, whatever this interface's own MAC is
 """
 import os, random, socket, struct, sys
 
@@ -50,6 +52,17 @@ def release(server, mac, ip):
     s.sendto(bytes(pkt), (server, 67))
     print("released", ip)
 
+def windows(mac):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+    s.bind(("0.0.0.0", 68))
+    pkt = dhcp_request(mac, 1, [(60, b"MSFT 5.0")])
+    for _ in range(3):
+        s.sendto(pkt, ("255.255.255.255", 67))
+    print("sent a Windows DISCOVER for", mac)
+
 def burst(server, count):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rnd = random.Random(7)
@@ -75,5 +88,7 @@ if __name__ == "__main__":
         pxe4011(sys.argv[2], sys.argv[3])
     elif cmd == "release":
         release(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif cmd == "windows":
+        windows(sys.argv[2])
     elif cmd == "burst":
         burst(sys.argv[2], int(sys.argv[3]))

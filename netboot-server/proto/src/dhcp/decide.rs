@@ -210,12 +210,18 @@ pub struct Outcome {
 impl Inbound {
     /// What the host's timeline records of a packet: the same for a client and the store's
     /// writer, which uses it to drop retransmissions (fleet::lifecycle never sees those).
-    pub fn seen(&self, ip: Option<Ipv4Addr>) -> fleet::lifecycle::DhcpSeen<'_> {
+    /// `l2`: what the frame's Ethernet source says (the driver's layer-2 witness).
+    pub fn seen(
+        &self,
+        ip: Option<Ipv4Addr>,
+        l2: fleet::lifecycle::Layer2,
+    ) -> fleet::lifecycle::DhcpSeen<'_> {
         fleet::lifecycle::DhcpSeen {
             kind: self.kind,
             discover: self.msg_type == MessageType::Discover,
             uuid: self.uuid.as_deref(),
             ip,
+            l2,
         }
     }
 

@@ -81,14 +81,40 @@ impl Dhcp {
 
     /// Sends `m` (broadcast) and waits for a reply of type `want`, retrying.
     async fn exchange(&self, m: &Message, want: MessageType) -> Option<Message> {
+        self.exchange_via(None, m, want).await
+    }
+
+    /// [`Self::exchange`], sent out of the machine's own interface `dev` (its frame carries the
+    /// machine's MAC, as Windows' would); replies still arrive on the shared socket.
+    async fn exchange_via(
+        &self,
+        dev: Option<&str>,
+        m: &Message,
+        want: MessageType,
+    ) -> Option<Message> {
+        let own = match dev {
+            None => None,
+            Some(d) => {
+                let s =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+                s.set_reuse_address(true).ok()?;
+                s.set_broadcast(true).ok()?;
+                s.bind_device(Some(d.as_bytes())).ok()?;
+                s.set_nonblocking(true).ok()?;
+                s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+                    .ok()?;
+                Some(UdpSocket::from_std(s.into()).ok()?)
+            }
+        };
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.waiting.lock().unwrap().insert(m.xid(), tx);
         let mut out = Vec::new();
         m.encode(&mut Encoder::new(&mut out)).unwrap();
         let mut got = None;
         for attempt in 0..6 {
-            let _ = self
-                .sock
+            let _ = own
+                .as_ref()
+                .unwrap_or(&self.sock)
                 .send_to(&out, SocketAddr::from((Ipv4Addr::BROADCAST, 67)))
                 .await;
             let deadline = tokio::time::sleep(Duration::from_millis(1000 << attempt.min(2)));
@@ -338,6 +364,7 @@ async fn boot_once(
         {
             let _g = addr_lock.lock().await;
             let parent = iface.to_string();
+            let server_mac = SERVER_MAC.get().cloned().unwrap_or_default();
             let dev = dev_of(i);
             let m = m.clone();
             let o = tokio::task::spawn_blocking(move || {
@@ -353,9 +380,12 @@ async fn boot_once(
                 // macvlan from one queue: deep enough for a boot storm of 2,000 machines.
                 writeln!(
                     stdin,
-                    "link add {dev} link {parent} address {m} type macvlan mode bridge bcqueuelen 65535"
+                    "link add {dev} link {parent} address {m} type macvlan mode private bcqueuelen 65535"
                 )?;
                 writeln!(stdin, "addr add {ip}/32 dev {dev}")?;
+                // The server's hardware address is known: the machine never broadcasts an ARP
+                // request (2,000 of them, each copied to every macvlan, would flood the link).
+                writeln!(stdin, "neigh replace {SERVER} lladdr {server_mac} dev {dev} nud permanent")?;
                 writeln!(stdin, "link set {dev} up")?;
                 drop(stdin);
                 c.wait_with_output()
@@ -446,12 +476,19 @@ async fn boot_once(
         // asks again until a server answers (a broadcast can be dropped under load).
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let discover = dhcp_msg(&mac, xid ^ 0x0400_0000, MessageType::Discover, "windows");
-        if dhcp.exchange(&discover, MessageType::Offer).await.is_none() {
+        if dhcp
+            .exchange_via(Some(&dev), &discover, MessageType::Offer)
+            .await
+            .is_none()
+        {
             return Err("Windows' DHCP got no offer".into());
         }
         Ok(())
     }
 }
+
+/// The server's hardware address on the link (from the simulator's own ARP entry).
+static SERVER_MAC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The server certificate's pin (`sha256:<hex>`), for the admin API.
 static PIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -548,6 +585,15 @@ fn main() {
     )
     .unwrap();
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The simulator talked to the server from its own address: its ARP entry names the server.
+    let arp = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+    let server_mac = arp
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&SERVER.to_string()))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .expect("an ARP entry for the server")
+        .to_string();
+    let _ = SERVER_MAC.set(server_mac);
     let c = api(
         &token,
         "POST",
