@@ -343,13 +343,14 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
     let waited = t0.elapsed();
     // An admin pastes it in the console: log in, open the host page, submit its form.
     let jar = lab.dir.join("cookies");
-    let base = format!("http://{SERVER_IP}:8080");
+    // Over HTTPS: the session cookie is __Host- and Secure.
+    let base = format!("https://{SERVER_IP}:8443");
     lab.exec(&format!(
-        "curl -s -m 10 -c {} -d token={tok} {base}/login",
+        "curl -sk -m 10 -c {} -d token={tok} {base}/login",
         jar.display()
     ));
     let page = lab.exec(&format!(
-        "curl -s -m 10 -b {} {base}/hosts/{}",
+        "curl -sk -m 10 -b {} {base}/hosts/{}",
         jar.display(),
         macs[2]
     ));
@@ -364,7 +365,7 @@ fn bitlocker_volumes_unlocked_with_escrowed_and_pasted_keys() {
         .and_then(|r| r.split('"').next())
         .unwrap_or_else(|| panic!("{page}"));
     let paste = lab.exec(&format!(
-        "curl -s -m 10 -o /dev/null -w '%{{http_code}}' -b {} --data-urlencode csrf={csrf} --data-urlencode protector_id={} --data-urlencode recovery_password={} {base}/ui/hosts/{}/bitlocker-key",
+        "curl -sk -m 10 -o /dev/null -w '%{{http_code}}' -b {} --data-urlencode csrf={csrf} --data-urlencode protector_id={} --data-urlencode recovery_password={} {base}/ui/hosts/{}/bitlocker-key",
         jar.display(),
         rid("bitlk-aes-cbc-256"),
         rp("bitlk-aes-cbc-256"),

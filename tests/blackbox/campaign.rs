@@ -41,6 +41,18 @@ pub(crate) fn cli(lab: &Lab, tok: &str, args: &str) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
+/// What a Windows user who can create folders on C: plants: a quarantine record (hash right)
+/// that would put a DLL into System32 on a rollback that trusted the volume.
+const PLANTED: &str = "unbrick-quarantine/planted/version.dll";
+
+fn planted_record() -> Vec<u8> {
+    let sha = hex::encode(ring::digest::digest(&ring::digest::SHA256, b"MZ planted"));
+    format!(
+        r#"{{"volume":"vda2","path":"Windows\\System32\\version.dll","size":10,"sha256":"{sha}","mtime":0,"rule_id":"cs","action":"quarantine","quarantined_to":"unbrick-quarantine\\planted\\version.dll"}}"#
+    )
+    .into_bytes()
+}
+
 fn windows_disk(lab: &Lab, name: &str) -> Disk {
     make_disk(
         &lab.dir,
@@ -57,6 +69,16 @@ fn windows_disk(lab: &Lab, name: &str) -> Disk {
                 File {
                     path: "Windows/System32/ntoskrnl.exe".into(),
                     data: b"MZ".to_vec(),
+                    mtime: "2024-07-01 10:00:00 UTC".into(),
+                },
+                File {
+                    path: PLANTED.into(),
+                    data: b"MZ planted".to_vec(),
+                    mtime: "2024-07-01 10:00:00 UTC".into(),
+                },
+                File {
+                    path: format!("{PLANTED}.unbrick.json"),
+                    data: planted_record(),
                     mtime: "2024-07-01 10:00:00 UTC".into(),
                 },
             ],
@@ -226,6 +248,16 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
         ntfs_read(&part, &format!("{CS}/C-00000291-00000000-00000032.sys")),
         Some(channel_file(3, 30_000)),
         "the quarantined file is back, byte for byte"
+    );
+    // The record planted on the volume moved nothing: only what the server recorded did.
+    assert_eq!(
+        ntfs_read(&part, "Windows/System32/version.dll"),
+        None,
+        "a planted quarantine record is never followed"
+    );
+    assert_eq!(
+        ntfs_read(&part, PLANTED).as_deref(),
+        Some(&b"MZ planted"[..])
     );
     let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{}", a[0]));
     assert!(
