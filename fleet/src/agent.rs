@@ -158,6 +158,75 @@ pub struct Report {
     pub agent_ms: u64,
 }
 
+/// Most characters of a short agent-supplied field (IDs, names, devices) kept.
+pub const MAX_SHORT: usize = 128;
+/// Most characters of a long agent-supplied field (paths, reasons, details) kept.
+pub const MAX_TEXT: usize = 2048;
+/// Most volumes and files of one report kept (each is on the host's timeline).
+pub const MAX_ITEMS: usize = 256;
+
+/// `s` cut to `max` characters, with `…` when cut.
+fn cut(s: &mut String, max: usize) {
+    if let Some((i, _)) = s.char_indices().nth(max) {
+        s.truncate(i);
+        s.push('…');
+    }
+}
+
+impl Hello {
+    /// Every agent-supplied string cut to its bound: what is stored is bounded, whatever the
+    /// sender holds the token for.
+    pub fn bound(&mut self) {
+        for f in [
+            &mut self.firmware,
+            &mut self.agent_version,
+            &mut self.kernel,
+        ] {
+            cut(f, MAX_SHORT);
+        }
+        for f in [&mut self.uuid, &mut self.serial, &mut self.lockdown]
+            .into_iter()
+            .flatten()
+        {
+            cut(f, MAX_SHORT);
+        }
+    }
+}
+
+impl Report {
+    /// Every agent-supplied string cut to its bound and the lists to [`MAX_ITEMS`].
+    pub fn bound(&mut self) {
+        cut(&mut self.report_id, MAX_SHORT);
+        for f in [&mut self.reason].into_iter().flatten() {
+            cut(f, MAX_TEXT);
+        }
+        for f in [&mut self.rules_id].into_iter().flatten() {
+            cut(f, MAX_SHORT);
+        }
+        self.volumes.truncate(MAX_ITEMS);
+        for v in &mut self.volumes {
+            for f in [&mut v.device, &mut v.kind, &mut v.status] {
+                cut(f, MAX_SHORT);
+            }
+            cut(&mut v.detail, MAX_TEXT);
+            v.protectors.truncate(16);
+            for p in &mut v.protectors {
+                cut(p, MAX_SHORT);
+            }
+        }
+        self.files.truncate(MAX_ITEMS);
+        for f in &mut self.files {
+            for s in [&mut f.volume, &mut f.sha256, &mut f.rule_id, &mut f.action] {
+                cut(s, MAX_SHORT);
+            }
+            cut(&mut f.path, MAX_TEXT);
+            for q in [&mut f.quarantined_to].into_iter().flatten() {
+                cut(q, MAX_TEXT);
+            }
+        }
+    }
+}
+
 /// `POST /agent/v1/bitlocker-key`: the agent asks for the recovery password of a BitLocker
 /// volume, naming the recovery-password protectors it read from the volume's own metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,5 +266,58 @@ impl std::fmt::Debug for KeyReply {
             .field("waiting", &self.waiting)
             .field("refused", &self.refused)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_strings_are_bounded_before_they_are_stored() {
+        let long = "x".repeat(100_000);
+        let mut h = Hello {
+            token: String::new(),
+            mac: String::new(),
+            uuid: Some(long.clone()),
+            serial: None,
+            firmware: long.clone(),
+            secure_boot: None,
+            lockdown: Some("é".repeat(500)),
+            agent_version: "1".into(),
+            kernel: long.clone(),
+        };
+        h.bound();
+        assert_eq!(h.uuid.as_ref().unwrap().chars().count(), MAX_SHORT + 1);
+        assert_eq!(h.firmware.chars().count(), MAX_SHORT + 1);
+        assert_eq!(h.lockdown.as_ref().unwrap().chars().count(), MAX_SHORT + 1);
+        assert_eq!(h.agent_version, "1");
+        let file = FileRecord {
+            volume: "sda2".into(),
+            path: long.clone(),
+            size: 1,
+            sha256: "ab".into(),
+            mtime: 0,
+            rule_id: "r".into(),
+            action: "quarantine".into(),
+            quarantined_to: Some(long.clone()),
+        };
+        let mut r = Report {
+            token: String::new(),
+            mac: String::new(),
+            report_id: long.clone(),
+            result: RunResult::Failed,
+            reason: Some(long.clone()),
+            volumes: vec![],
+            files: vec![file; 10_000],
+            rules_id: None,
+            rules_version: None,
+            agent_ms: 0,
+        };
+        r.bound();
+        assert_eq!(r.files.len(), MAX_ITEMS);
+        assert_eq!(r.files[0].path.chars().count(), MAX_TEXT + 1);
+        assert_eq!(r.reason.unwrap().chars().count(), MAX_TEXT + 1);
+        assert_eq!(r.report_id.chars().count(), MAX_SHORT + 1);
     }
 }

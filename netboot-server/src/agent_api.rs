@@ -163,10 +163,11 @@ pub async fn hello(
     req: Result<Json<Hello>, JsonRejection>,
 ) -> Response {
     let now = now_ms();
-    let h = match body(req) {
+    let mut h = match body(req) {
         Ok(h) => h,
         Err(r) => return r,
     };
+    h.bound();
     let agent = match authenticate(&s, &h.mac, &h.token, peer, None, now) {
         Ok(x) => x,
         Err(r) => return r,
@@ -291,6 +292,7 @@ pub async fn report(
         return (StatusCode::OK, "ok (already recorded)\n").into_response();
     }
     rep.token.clear();
+    rep.bound();
     s.fleet.audit_logged(
         &agent.actor(),
         "agent-report",

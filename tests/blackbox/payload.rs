@@ -489,3 +489,51 @@ fn agent_rides_out_a_server_restart() {
     let part = disk.extract(0);
     assert!(ntfs_read(&part, &format!("{CS}/C-00000291-00000000-00000032.sys")).is_none());
 }
+
+/// An older signed rules file, still unexpired, served in place of the active set (as anyone
+/// who kept a copy could serve it): the agent refuses it, because the image was built when v2
+/// was active, and reports why.
+#[test]
+fn agent_refuses_rules_older_than_its_image() {
+    let _turn = qemu_turn();
+    let mut lab = Lab::new("or");
+    lab.init();
+    let rules = lab.data().join("rules/active.json");
+    let key = lab.data().join("keys/signing.key");
+    let v1 = std::fs::read(&rules).unwrap();
+    let v1_sig = std::fs::read(rules.with_extension("json.sig")).unwrap();
+    // v2 is signed and active when the image is built.
+    let mut doc: serde_json::Value = serde_json::from_slice(&v1).unwrap();
+    doc["version"] = 2.into();
+    std::fs::write(&rules, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    must(&format!(
+        "{} rules sign {} --key {}",
+        unbrick(),
+        rules.display(),
+        key.display()
+    ));
+    let out = build_image(&lab);
+    assert!(out.contains("refuse rules older than"), "{out}");
+    // The old v1 file (signed, unexpired) is put back and served.
+    std::fs::write(&rules, &v1).unwrap();
+    std::fs::write(rules.with_extension("json.sig"), &v1_sig).unwrap();
+    lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff");
+    let mac = "52:54:00:e1:00:09";
+    let mut g = start_guest(&lab, "or", Firmware::Bios, mac, None);
+    assert!(
+        g.wait_exit(Instant::now() + Duration::from_secs(240)),
+        "guest did not finish:\n{}\n{}",
+        g.serial_text(),
+        lab.server_log()
+    );
+    let serial = g.serial_text();
+    drop(g);
+    assert!(lab.stop_server().success());
+    let h = lab.host_json(mac);
+    assert_eq!(h["host"]["state"], "failed", "{h}\n{serial}");
+    let reason = h["host"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("older than this image's minimum v2"),
+        "{reason}\n{serial}"
+    );
+}

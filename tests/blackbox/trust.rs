@@ -39,6 +39,12 @@ fn script_token(script: &str) -> Option<String> {
 fn an_impostor_gets_no_token_no_key_and_no_say() {
     let mut lab = Lab::new("im");
     lab.init();
+    // init keeps the data directory and its keys to their owner.
+    for d in [lab.data(), lab.data().join("keys")] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
     lab.stand_in_image(1024);
     lab.serve("--dhcp proxy");
     let tok = token(&lab);

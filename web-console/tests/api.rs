@@ -1399,3 +1399,70 @@ async fn an_event_stream_ends_when_its_token_is_revoked() {
     .await;
     assert!(ended.is_ok(), "the stream ended after the revocation");
 }
+
+/// A campaign with `key_release: confirm`: the agent waits until an admin approves the open
+/// wave (one API call for the wave), then the key leaves.
+#[tokio::test]
+async fn confirm_campaigns_release_keys_after_a_wave_approval() {
+    use fleet_service::escrow::KeyAnswer;
+    let t = setup("confirm");
+    let m1 = Mac([0x52, 0x54, 0, 0xab, 0, 1]);
+    let csv = format!("protector_id,recovery_password,hostname\n{ID1},{RP1},pc-001\n");
+    let (s, _, b) = send(
+        &t,
+        post("/api/v1/bitlocker/keys", Some(&t.admin), "text/csv", &csv),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let body = r#"{"name":"confirm","targets":{"macs":["52:54:00:ab:00:01","52:54:00:ab:00:02"]},"waves":["100%"],"concurrency":5,"gate":{"min_success":0,"max_failure_rate":1.0},"key_release":"confirm"}"#;
+    let (s, _, b) = send(
+        &t,
+        post(
+            "/api/v1/campaigns",
+            Some(&t.admin),
+            "application/json",
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = json(&b)["id"].as_str().unwrap().to_string();
+    let (s, _, b) = send(
+        &t,
+        post(
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(&t.admin),
+            "application/json",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (_, _, b) = send(&t, get(&format!("/api/v1/campaigns/{id}"), Some(&t.admin))).await;
+    assert_eq!(json(&b)["key_release"], "confirm", "{b}");
+    let mut h = t.fleet.host(m1).unwrap();
+    h.state = HostState::Scanning;
+    t.fleet.put_fixture(h).unwrap();
+    let peer = "IP 10.0.0.9 (MAC 52:54:00:ab:00:01)";
+    let now = fleet_service::now_ms();
+    match t.fleet.release_key(m1, &[ID1.into()], "vda3", peer, now) {
+        KeyAnswer::Wait(w) => assert!(w.contains("only on an admin's approval"), "{w}"),
+        _ => panic!("waits for the approval"),
+    }
+    // A read-only token cannot approve; an admin approves the open wave in one call.
+    let approve = format!("/api/v1/campaigns/{id}/approve-keys");
+    let (s, _, _) = send(&t, post(&approve, Some(&t.viewer), "application/json", "")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, b) = send(&t, post(&approve, Some(&t.admin), "application/json", "")).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(b.contains("approved for 2 hosts of wave 1"), "{b}");
+    let KeyAnswer::Release { password, .. } =
+        t.fleet
+            .release_key(m1, &[ID1.into()], "vda3", peer, now + 1)
+    else {
+        panic!("released after the approval");
+    };
+    assert_eq!(password.expose(), RP1);
+    let (_, _, b) = send(&t, get("/api/v1/audit", Some(&t.admin))).await;
+    assert!(b.contains("approve-key") && b.contains(peer), "{b}");
+}
