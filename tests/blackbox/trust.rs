@@ -222,3 +222,122 @@ fn an_impostor_gets_no_token_no_key_and_no_say() {
     assert_eq!(code, 200);
     lab.stop_server();
 }
+
+/// The systemd unit's user, capabilities and limits, applied the way systemd applies them
+/// (setpriv, prlimit): the server starts unprivileged, binds :67, :69 and :4011 on the served
+/// interface, opens its layer-2 witness, answers PXE clients and serves TFTP and HTTPS, with
+/// exactly those two capabilities and no core dumps.
+#[test]
+fn the_server_runs_as_the_unit_says_unprivileged() {
+    let unit = include_str!("../../dist/unbrick.service");
+    let val = |k: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k}= in the unit"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(val("User"), "unbrick");
+    assert_eq!(val("LimitCORE"), "0");
+    assert_eq!(val("CapabilityBoundingSet"), val("AmbientCapabilities"));
+    let caps: Vec<String> = val("AmbientCapabilities")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
+        .collect();
+    assert_eq!(caps, ["net_bind_service", "net_raw"]);
+    let set = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut lab = Lab::new("up");
+    lab.init();
+    lab.stand_in_image(1024);
+    // A user with no other rights (systemd's User=unbrick), owning the data directory as
+    // StateDirectory= makes it.
+    let uid = 64_123;
+    must(&format!("chown -R {uid}:{uid} {}", lab.dir.display()));
+    let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+    let (inh, amb, bound) = (
+        format!("--inh-caps=-all,{set}"),
+        format!("--ambient-caps=-all,{set}"),
+        format!("--bounding-set=-all,{set}"),
+    );
+    // (LimitNOFILE is not applied here: this sandbox may not raise its own hard limit.)
+    let prefix = [
+        "prlimit",
+        "--core=0:0",
+        "setpriv",
+        &reuid,
+        &regid,
+        "--clear-groups",
+        &inh,
+        &amb,
+        &bound,
+        "--no-new-privs",
+        "--",
+    ];
+    lab.serve_as(&prefix, "--dhcp proxy");
+    let pid = lab.server_pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(field("Uid:"), uid.to_string(), "{status}");
+    // CAP_NET_BIND_SERVICE is bit 10, CAP_NET_RAW bit 13: nothing else is effective.
+    assert_eq!(
+        u64::from_str_radix(&field("CapEff:"), 16).unwrap(),
+        (1 << 10) | (1 << 13),
+        "{status}"
+    );
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    assert!(
+        limits.lines().any(
+            |l| l.starts_with("Max core file size") && l.split_whitespace().nth(4) == Some("0")
+        ),
+        "{limits}"
+    );
+    let log = lab.server_log();
+    assert!(
+        !log.contains("no layer-2 view"),
+        "the witness needs CAP_NET_RAW only: {log}"
+    );
+    // It serves: a PXE client's :4011 request, TFTP, HTTPS.
+    let (c, ifc) = lab.add_client("52:54:00:1d:00:40");
+    must(&format!("ip -n {c} addr add 10.99.0.74/24 dev {ifc}"));
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "python3 {} pxe4011 {SERVER_IP} 52:54:00:1d:00:40",
+            crate::dhcp_tftp::PROBE
+        ),
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("file="),
+        "{o:?}\n{}",
+        lab.server_log()
+    );
+    let o = lab.exec_in(
+        &c,
+        &format!(
+            "curl -sf -m 10 -o /dev/null -w '%{{size_download}}' tftp://{SERVER_IP}/undionly.kpxe"
+        ),
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 10_000,
+        "{o:?}"
+    );
+    let (_, code) = curl(&lab, &c, &format!("https://{SERVER_IP}:8443/healthz"));
+    assert_eq!(code, 200);
+    assert!(lab.stop_server().success());
+}

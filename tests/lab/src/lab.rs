@@ -187,9 +187,17 @@ impl Lab {
 
     /// Starts `unbrick serve` inside the namespace and waits until HTTP answers.
     pub fn serve(&mut self, args: &str) {
+        self.serve_as(&[], args)
+    }
+
+    /// [`Self::serve`] under a command that execs it (`prlimit ... setpriv ... --`): the
+    /// server keeps the child's PID.
+    pub fn serve_as(&mut self, prefix: &[&str], args: &str) {
         let log = std::fs::File::create(&self.log).unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, unbrick(), "serve", "--data-dir"])
+            .args(["netns", "exec", &self.ns])
+            .args(prefix)
+            .args([unbrick(), "serve", "--data-dir"])
             .arg(self.data())
             .args(["--interface", "br0"])
             .args(args.split_whitespace())
