@@ -516,12 +516,16 @@ mod tests {
     }
 
     fn windows() -> Input<'static> {
+        windows_from(Layer2::Match)
+    }
+
+    fn windows_from(l2: Layer2) -> Input<'static> {
         Input::Dhcp(DhcpSeen {
             kind: ClientKind::Windows,
             discover: true,
             uuid: None,
             ip: Some(Ipv4Addr::new(10, 0, 0, 9)),
-            l2: Layer2::Match,
+            l2,
         })
     }
 
@@ -570,13 +574,19 @@ mod tests {
                 Clean,
                 windows(),
                 Recovered,
-                Some("clean -> recovered (Windows DHCP seen)"),
+                Some("clean -> recovered (Windows DHCP seen; Ethernet source = chaddr)"),
             ),
             (
                 Unverified,
-                windows(),
+                windows_from(Layer2::Unseen),
                 Recovered,
-                Some("unverified -> recovered (Windows DHCP seen)"),
+                Some("unverified -> recovered (Windows DHCP seen; no layer-2 view)"),
+            ),
+            (
+                Remediated,
+                windows_from(Layer2::Mismatch(Mac([2, 0, 0, 0, 0, 0x99]))),
+                Remediated,
+                Some("kept remediated: a Windows DHCP request for 02:00:00:00:00:01 came from Ethernet source 02:00:00:00:00:99; not taken as the host's return"),
             ),
             (Booting, windows(), Booting, None),
             (
