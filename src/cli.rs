@@ -395,6 +395,15 @@ pub(crate) enum HostsCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Wake these machines with a Wake-on-LAN magic packet on the served interface (through
+    /// the running server). They boot their normal order unless the firmware wakes to network
+    /// boot.
+    Wake {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
     /// The fleet report (per host: state, files quarantined with hashes, times).
     Export {
         #[command(flatten)]

@@ -139,7 +139,11 @@ fn s(v: &serde_json::Value) -> &str {
 }
 
 pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
-    let approve_key = matches!(h, HostsCmd::ApproveKey { .. });
+    let action = match &h {
+        HostsCmd::ApproveKey { .. } => fleet_service::Action::ApproveKey,
+        HostsCmd::Wake { .. } => fleet_service::Action::Wake,
+        _ => fleet_service::Action::Retry,
+    };
     match h {
         HostsCmd::List {
             target,
@@ -323,12 +327,9 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 return Err(Fail("nothing imported".into()));
             }
         }
-        HostsCmd::Retry { macs, target } | HostsCmd::ApproveKey { macs, target } => {
-            let action = if approve_key {
-                fleet_service::Action::ApproveKey
-            } else {
-                fleet_service::Action::Retry
-            };
+        HostsCmd::Retry { macs, target }
+        | HostsCmd::ApproveKey { macs, target }
+        | HostsCmd::Wake { macs, target } => {
             if let Some(api) = Api::from(&target)? {
                 let body = serde_json::to_vec(
                     &serde_json::json!({"action": action.name(), "macs": macs}),

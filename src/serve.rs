@@ -131,7 +131,13 @@ pub(crate) async fn start(
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
     let vault = fleet::escrow::vault::Vault::open(&cfg.escrow_key, true)
         .map_err(|e| Error::Config(e.to_string()))?;
-    let fleet = Arc::new(FleetIo::new(store.clone(), boot_policy)?.with_vault(vault));
+    let fleet = Arc::new(
+        FleetIo::new(store.clone(), boot_policy)?
+            .with_vault(vault)
+            .with_oob(Arc::new(netboot_server::wol::Waker {
+                device: iface.name.clone(),
+            })),
+    );
     // Full mode: the lease pool, shared by the DHCP server (which hands out leases) and the
     // boot edge (which binds a per-boot token to the leased address).
     let pool = match (cfg.dhcp, cfg.pool) {

@@ -18,6 +18,7 @@ pub mod net;
 pub mod reply;
 pub mod tftp;
 pub mod tls;
+pub mod wol;
 
 pub use booter::{BootConfigKind, Booter, TftpFiles};
 pub use error::Error;

@@ -12,6 +12,7 @@ mod console;
 mod dhcp_tftp;
 mod firmware;
 mod fleetsim;
+mod oob;
 mod payload;
 mod signing_cli;
 mod trust;

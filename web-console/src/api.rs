@@ -451,7 +451,7 @@ pub async fn bulk_action(State(c): State<Arc<Console>>, who: Caller, body: Bytes
         let req: ActionRequest = serde_json::from_slice(&body).map_err(|e| {
             error(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"action\": approve|retry|skip|mark-done|forget, \"macs\": [...]}}: {e}"),
+                format!("expected {{\"action\": approve|retry|skip|mark-done|forget|approve-key|wake, \"macs\": [...]}}: {e}"),
             )
         })?;
         let res = apply_action(&c, &who.actor, req.action, &req.macs).await?;

@@ -25,6 +25,8 @@ pub enum Action {
     /// Let the host's BitLocker key leave escrow in its running campaign (campaigns with
     /// `key_release = confirm`, keys not bound to the host's name, disputed claims).
     ApproveKey,
+    /// Send a Wake-on-LAN magic packet on the served interface (the running server only).
+    Wake,
 }
 
 impl Action {
@@ -37,6 +39,7 @@ impl Action {
             Self::MarkDone => "mark-done",
             Self::Forget => "forget",
             Self::ApproveKey => "approve-key",
+            Self::Wake => "wake",
         }
     }
 
@@ -46,7 +49,7 @@ impl Action {
             Self::Retry => Some(AdminAction::Retry),
             Self::Skip => Some(AdminAction::Skip),
             Self::MarkDone => Some(AdminAction::MarkDone),
-            Self::Forget | Self::ApproveKey => None,
+            Self::Forget | Self::ApproveKey | Self::Wake => None,
         }
     }
 }
@@ -152,6 +155,30 @@ impl FleetIo {
             ok,
             message,
         };
+        if action == Action::Wake {
+            if self.host(mac).is_none() {
+                return outcome(false, "unknown host; import it first".into());
+            }
+            let Some(oob) = &self.oob else {
+                return outcome(
+                    false,
+                    "Wake-on-LAN is sent by the running server: use --server (the offline CLI sends no packets)".into(),
+                );
+            };
+            return match oob.wake(mac) {
+                Ok(what) => {
+                    self.event(
+                        mac,
+                        EventSource::Admin,
+                        "wake-on-lan",
+                        format!("{what} (by {actor})"),
+                        now_ms,
+                    );
+                    outcome(true, what)
+                }
+                Err(e) => outcome(false, e),
+            };
+        }
         if action == Action::ApproveKey {
             if self.host(mac).is_none() {
                 return outcome(false, "unknown host; import it first".into());

@@ -47,6 +47,8 @@ pub struct FleetIo {
     pub(crate) vault: Option<Arc<fleet::escrow::vault::Vault>>,
     /// Serialises escrow reads-and-writes (a release is checked and recorded atomically).
     pub(crate) escrow_lock: Mutex<()>,
+    /// Reaches machines out of band (Wake-on-LAN); absent offline.
+    pub(crate) oob: Option<Arc<dyn crate::oob::OutOfBand>>,
 }
 
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
@@ -78,12 +80,19 @@ impl FleetIo {
             },
             vault: None,
             escrow_lock: Mutex::new(()),
+            oob: None,
         })
     }
 
     /// Uses `vault` for escrowed BitLocker keys.
     pub fn with_vault(mut self, vault: fleet::escrow::vault::Vault) -> Self {
         self.vault = Some(Arc::new(vault));
+        self
+    }
+
+    /// With a way to reach machines out of band (the running server's).
+    pub fn with_oob(mut self, oob: Arc<dyn crate::oob::OutOfBand>) -> Self {
+        self.oob = Some(oob);
         self
     }
 

@@ -13,6 +13,7 @@ pub mod error;
 pub mod escrow;
 pub mod fleetio;
 pub mod metrics;
+pub mod oob;
 
 pub use actions::{Action, ActionOutcome, ActionResult, ImportCount};
 pub use clock::now_ms;

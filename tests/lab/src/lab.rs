@@ -180,6 +180,27 @@ impl Lab {
         (cns, "eth0".into())
     }
 
+    /// A namespace joined to the server's namespace by its own veth pair, not to the bridge (an
+    /// interface the server does not serve): `addr` on the server's side, `peer` on the
+    /// namespace's `eth0`. Removed with the lab.
+    pub fn add_side_link(&mut self, addr: &str, peer: &str) -> String {
+        let i = self.clients.len();
+        let ns = format!("{}s{i}", self.ns);
+        let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
+        must(&format!("ip netns add {ns}"));
+        must(&format!("ip -n {ns} link set lo up"));
+        must(&format!(
+            "ip -n {} link add side{i} type veth peer name eth0 netns {ns}",
+            self.ns
+        ));
+        must(&format!("ip -n {} addr add {addr} dev side{i}", self.ns));
+        must(&format!("ip -n {} link set side{i} up", self.ns));
+        must(&format!("ip -n {ns} addr add {peer} dev eth0"));
+        must(&format!("ip -n {ns} link set eth0 up"));
+        self.clients.push(ns.clone());
+        ns
+    }
+
     /// A tap device on the bridge for a QEMU guest.
     pub fn add_tap(&self, name: &str) {
         add_tap(&self.ns, name).unwrap_or_else(|e| panic!("{e}"));
