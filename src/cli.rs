@@ -48,6 +48,28 @@ pub(crate) enum Cmd {
     /// Staged recovery campaigns (through the running server's API).
     #[command(subcommand)]
     Campaign(CampaignCmd),
+    /// Hosts' management controllers (AMT, Redfish, IPMI, Wake-on-LAN).
+    #[command(subcommand)]
+    Bmc(BmcCmd),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BmcCmd {
+    /// Import controllers from CSV: mac,kind,address,port,tls,fingerprint,ca_file,user,secret
+    /// (kind amt|redfish|ipmi|wol); secrets are sealed at rest and never shown again; bad rows
+    /// are reported by line, the rest imported.
+    Import {
+        file: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Every host's controller (never a secret).
+    List {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,7 +1,7 @@
 //! `unbrick hosts ...`: against the running server's admin API (`--server URL --token T`), or,
 //! without `--server`, directly on the data directory's store (the server must be stopped: sled
 //! allows one process).
-use crate::cli::{CampaignCmd, HostsCmd, KeysCmd, Target};
+use crate::cli::{BmcCmd, CampaignCmd, HostsCmd, KeysCmd, Target};
 use crate::config::DataDir;
 use crate::Fail;
 use fleet::Store as _;
@@ -563,10 +563,12 @@ fn local_fleet(data_dir: &Path) -> Result<fleet_service::FleetIo, Fail> {
     let store = std::sync::Arc::new(open_store(data_dir)?);
     let vault =
         fleet::escrow::vault::Vault::open(&DataDir(data_dir.to_path_buf()).escrow_key(), true)?;
+    let bmc = fleet::escrow::vault::Vault::open(&DataDir(data_dir.to_path_buf()).bmc_key(), true)?;
     let policy = std::sync::Arc::new(fleet::DefaultPolicy::default());
     Ok(fleet_service::FleetIo::new(store, policy)
         .map_err(|e| Fail(e.to_string()))?
-        .with_vault(vault))
+        .with_vault(vault)
+        .with_bmc_vault(bmc))
 }
 
 fn local_actor() -> String {
@@ -661,4 +663,80 @@ pub(crate) fn bitlocker_keys(k: KeysCmd) -> Result<(), Fail> {
         }
         _ => unreachable!("only the BitLocker key commands come here"),
     }
+}
+
+/// `unbrick bmc`: controller imports and the list, over the API or on the stopped store.
+pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
+    match b {
+        BmcCmd::Import { file, target } => {
+            let data =
+                std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let (created, updated, errors) = if let Some(api) = Api::from(&target)? {
+                let v = api.json("POST", "/api/v1/bmc/import", Some((&data, "text/csv")))?;
+                (
+                    v["created"].as_u64().unwrap_or(0) as usize,
+                    v["updated"].as_u64().unwrap_or(0) as usize,
+                    import_errors(&serde_json::to_vec(&v)?),
+                )
+            } else {
+                let text = String::from_utf8(data)
+                    .map_err(|_| Fail(format!("{}: not UTF-8 text", file.display())))?;
+                let (rows, errs) = fleet::bmc::parse_csv(&text).map_err(Fail)?;
+                let refused = errs.len();
+                let lines: Vec<String> = errs
+                    .iter()
+                    .map(|e| format!("  line {}: {}", e.line, e.error))
+                    .collect();
+                if rows.is_empty() {
+                    return Err(Fail(format!("nothing imported\n{}", lines.join("\n"))));
+                }
+                let fl = local_fleet(&target.data_dir)?;
+                let origin = file.display().to_string();
+                let n = block_on(fl.import_controllers(
+                    &local_actor(),
+                    rows,
+                    refused,
+                    Some(&origin),
+                    fleet_service::now_ms(),
+                ))?;
+                (n.created, n.updated, lines.join("\n"))
+            };
+            let refused = errors.lines().filter(|l| !l.trim().is_empty()).count();
+            println!("{created} created, {updated} updated, {refused} rows refused");
+            if !errors.is_empty() {
+                println!("{errors}");
+            }
+            if created + updated == 0 {
+                return Err(Fail("nothing imported".into()));
+            }
+        }
+        BmcCmd::List { target, json } => {
+            let rows: Vec<serde_json::Value> = if let Some(api) = Api::from(&target)? {
+                api.json("GET", "/api/v1/bmc", None)?["controllers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            } else {
+                local_fleet(&target.data_dir)?
+                    .controllers()
+                    .into_iter()
+                    .map(|(m, h, c)| serde_json::json!({"mac": m.to_string(), "hostname": h, "summary": c.to_string()}))
+                    .collect()
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                for r in &rows {
+                    println!(
+                        "{}  {:<16} {}",
+                        s(&r["mac"]),
+                        s(&r["hostname"]),
+                        s(&r["summary"])
+                    );
+                }
+                println!("{} controllers", rows.len());
+            }
+        }
+    }
+    Ok(())
 }

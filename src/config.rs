@@ -40,6 +40,11 @@ impl DataDir {
     pub(crate) fn escrow_key(&self) -> PathBuf {
         self.0.join("keys").join("bitlocker-escrow.key")
     }
+    /// The key that seals management-controller secrets (32 bytes, 0600), apart from the
+    /// BitLocker escrow's.
+    pub(crate) fn bmc_key(&self) -> PathBuf {
+        self.0.join("keys").join("bmc-secrets.key")
+    }
     /// Admin API tokens (hashes only), re-read by the running server when they change.
     pub(crate) fn tokens(&self) -> PathBuf {
         self.0.join("tokens.json")

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
         Cmd::Tokens(t) => commands::tokens(t),
         Cmd::Demo(a) => demo::run(a),
         Cmd::Campaign(c) => client::campaign(c),
+        Cmd::Bmc(b) => client::bmc(b),
     };
     if hand_back {
         config::hand_back(&dir);

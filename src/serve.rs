@@ -35,6 +35,8 @@ pub(crate) struct ServerConfig {
     pub tls_key: std::path::PathBuf,
     /// The key file sealing escrowed BitLocker keys (made when absent).
     pub escrow_key: std::path::PathBuf,
+    /// The key file sealing management-controller secrets (made when absent).
+    pub bmc_key: std::path::PathBuf,
     pub tftp_port: u16,
     /// Non-standard DHCP ports, for tests only.
     pub dhcp_ports: Option<(u16, u16)>,
@@ -131,9 +133,12 @@ pub(crate) async fn start(
     let http_base = format!("http://{server_ip}:{}", cfg.http_port);
     let vault = fleet::escrow::vault::Vault::open(&cfg.escrow_key, true)
         .map_err(|e| Error::Config(e.to_string()))?;
+    let bmc_vault = fleet::escrow::vault::Vault::open(&cfg.bmc_key, true)
+        .map_err(|e| Error::Config(e.to_string()))?;
     let fleet = Arc::new(
         FleetIo::new(store.clone(), boot_policy)?
             .with_vault(vault)
+            .with_bmc_vault(bmc_vault)
             .with_oob(Arc::new(netboot_server::wol::Waker {
                 device: iface.name.clone(),
             })),
@@ -436,6 +441,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         tls_cert: d.tls_cert(),
         tls_key: d.tls_key(),
         escrow_key: d.escrow_key(),
+        bmc_key: d.bmc_key(),
         tftp_port: s.tftp_port.unwrap_or_default(),
         dhcp_ports,
         secure_boot_off: s.secure_boot_off.unwrap_or_default(),

@@ -297,6 +297,10 @@ pub struct HostRecord {
     /// used to decide a release, which only the imported `protector_ids` inform).
     #[serde(default)]
     pub reported_protectors: Vec<String>,
+    /// Its management controller (AMT, Redfish, IPMI, Wake-on-LAN), from an admin's import;
+    /// the secret only sealed.
+    #[serde(default)]
+    pub controller: Option<crate::bmc::Controller>,
     /// When the per-boot token was issued (tokens expire).
     #[serde(default)]
     pub boot_token_issued_ms: u64,
@@ -350,6 +354,7 @@ impl HostRecord {
             claim_conflict: None,
             key_release_approved: None,
             reported_protectors: Vec::new(),
+            controller: None,
             boot_token_issued_ms: 0,
             last_report: None,
             approved: false,

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bmc;
 pub mod campaign;
 pub mod claim;
 pub mod error;

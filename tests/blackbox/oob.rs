@@ -67,6 +67,32 @@ fn wake_on_lan_goes_out_of_the_served_interface_only() {
     );
     let audit = api_json(&lab, &tok, "/api/v1/audit").to_string();
     assert!(audit.contains("\"wake\""), "{audit}");
+    // The controller inventory through the CLI: imported, listed without the secret.
+    let bmc = lab.dir.join("bmc.csv");
+    std::fs::write(
+        &bmc,
+        format!("mac,kind,address,user,secret\n{mac},wol,,,\n52:54:00:3a:00:02,redfish,10.99.0.91,root,Calvin-123\n52:54:00:3a:00:03,ipmi,,ADMIN,x\n"),
+    )
+    .unwrap();
+    let o = lab.exec(&format!(
+        "{} bmc import {} --server http://{SERVER_IP}:8080 --token {tok}",
+        unbrick(),
+        bmc.display()
+    ));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        out.contains("1 created, 1 updated, 1 rows refused") && out.contains("line 4"),
+        "{out}"
+    );
+    let list = cli(&lab, &tok, "bmc list");
+    assert!(
+        list.contains("redfish at 10.99.0.91:443 (TLS), user root, secret sealed")
+            && list.contains("wol")
+            && !list.contains("Calvin-123"),
+        "{list}"
+    );
+    assert!(!lab.server_log().contains("Calvin-123"));
     // An unknown host is refused with the reason; a read-only token cannot wake.
     let o = lab.exec(&format!(
         "{} hosts wake 52:54:00:3a:00:77 --server http://{SERVER_IP}:8080 --token {tok}",

@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 pub mod bitlocker;
 pub mod campaigns;
+pub mod controllers;
 pub mod extract;
 pub mod html;
 pub mod openapi;
@@ -93,6 +94,8 @@ pub fn router(c: Arc<Console>) -> Router {
             "/api/v1/bitlocker/keys/{id}/reveal",
             post(bitlocker::reveal),
         )
+        .route("/api/v1/bmc", get(controllers::list))
+        .route("/api/v1/bmc/import", post(controllers::import))
         .route("/api/v1/export", get(api::export))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/audit", get(api::audit))

@@ -2,7 +2,7 @@
 //! annotations and the types they answer with (`utoipa::ToSchema`), so code and contract move
 //! together. A test checks that every `/api/v1` route is in it and that it validates.
 use crate::auth::ErrorBody;
-use crate::{api, bitlocker, campaigns, query};
+use crate::{api, bitlocker, campaigns, controllers, query};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use fleet::escrow::EscrowSummary;
@@ -101,6 +101,8 @@ impl Modify for Bearer {
         bitlocker::import,
         bitlocker::reveal,
         bitlocker::paste,
+        controllers::import,
+        controllers::list,
     ),
     components(schemas(
         ErrorBody,
@@ -108,6 +110,9 @@ impl Modify for Bearer {
         ExportFormat,
         CampaignAction,
         KeyList,
+        controllers::ControllerImportResult,
+        controllers::ControllerView,
+        controllers::ControllerList,
         query::Summary,
         api::HostPage,
         query::ReportRow,

@@ -63,10 +63,12 @@ fn setup(name: &str) -> T {
         vec![],
     ));
     let vault = fleet::escrow::vault::Vault::open(&dir.join("escrow.key"), true).unwrap();
+    let bmc = fleet::escrow::vault::Vault::open(&dir.join("bmc.key"), true).unwrap();
     let fleet = Arc::new(
         FleetIo::new(store, policy.clone())
             .unwrap()
-            .with_vault(vault),
+            .with_vault(vault)
+            .with_bmc_vault(bmc),
     );
     let policy_handle = policy.clone();
     let console = Console::new(
@@ -1465,4 +1467,98 @@ async fn confirm_campaigns_release_keys_after_a_wave_approval() {
     assert_eq!(password.expose(), RP1);
     let (_, _, b) = send(&t, get("/api/v1/audit", Some(&t.admin))).await;
     assert!(b.contains("approve-key") && b.contains(peer), "{b}");
+}
+
+#[tokio::test]
+async fn controllers_import_seals_secrets_and_the_list_never_shows_one() {
+    let t = setup("bmc");
+    let fp = "sha256:".to_string() + &"ab".repeat(32);
+    let csv = format!(
+        "mac,kind,address,port,tls,fingerprint,user,secret\n\
+         52:54:00:ab:00:01,amt,10.99.7.1,,yes,{fp},admin,Amt-Pa55!\n\
+         52:54:00:ab:00:02,redfish,10.99.7.2,,,,root,calvin-77\n\
+         52:54:00:ab:00:03,wol,,,,,,\n\
+         52:54:00:ab:00:04,ipmi,not-an-ip,,,,ADMIN,Ipmi-S3cret\n"
+    );
+    let (s, _, _) = send(
+        &t,
+        post("/api/v1/bmc/import", Some(&t.viewer), "text/csv", &csv),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "read-only tokens cannot import");
+    let (s, _, b) = send(
+        &t,
+        post("/api/v1/bmc/import", Some(&t.admin), "text/csv", &csv),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!(
+        (v["created"].as_u64(), v["updated"].as_u64()),
+        (Some(0), Some(3)),
+        "{b}"
+    );
+    assert_eq!(v["errors"][0]["line"], 5, "{b}");
+    assert!(
+        !b.contains("Ipmi-S3cret"),
+        "an error never quotes a secret: {b}"
+    );
+    let (s, _, b) = send(&t, get("/api/v1/bmc", Some(&t.viewer))).await;
+    assert_eq!(s, StatusCode::OK);
+    let l = json(&b);
+    assert_eq!(l["controllers"].as_array().unwrap().len(), 3, "{b}");
+    assert_eq!(
+        l["controllers"][0]["summary"],
+        "amt at 10.99.7.1:16993 (TLS, pinned), user admin, secret sealed"
+    );
+    assert_eq!(l["controllers"][1]["port"], 443);
+    assert_eq!(l["controllers"][2]["kind"], "wol");
+    // Nowhere in the answers, the timeline, the audit log or the store in clear.
+    let (_, _, detail) = send(&t, get("/api/v1/hosts/52:54:00:ab:00:01", Some(&t.admin))).await;
+    let (_, _, audit) = send(&t, get("/api/v1/audit", Some(&t.admin))).await;
+    assert!(audit.contains("bmc-import"), "{audit}");
+    let h = t.fleet.host(Mac([0x52, 0x54, 0, 0xab, 0, 1])).unwrap();
+    let stored = serde_json::to_string(&h).unwrap();
+    for text in [&b, &detail, &audit, &stored] {
+        assert!(
+            !text.contains("Amt-Pa55!") && !text.contains("calvin-77"),
+            "{text}"
+        );
+    }
+    // The sealed secret opens with the controllers' key, for that host only.
+    let bmc = fleet::escrow::vault::Vault::open(&t.dir.join("bmc.key"), false).unwrap();
+    let sealed = h.controller.unwrap().sealed_secret.unwrap();
+    let open = bmc
+        .open_bytes(&fleet::bmc::secret_aad(h.mac), &sealed)
+        .unwrap();
+    assert_eq!(&open[..], b"Amt-Pa55!");
+    assert!(bmc
+        .open_bytes(
+            &fleet::bmc::secret_aad(Mac([0x52, 0x54, 0, 0xab, 0, 2])),
+            &sealed
+        )
+        .is_err());
+    // Nothing good: 422 with the reasons; no mac/kind header: 400.
+    let (s, _, b) = send(
+        &t,
+        post(
+            "/api/v1/bmc/import",
+            Some(&t.admin),
+            "text/csv",
+            "mac,kind\nzz,amt\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
+    let (s, _, _) = send(
+        &t,
+        post(
+            "/api/v1/bmc/import",
+            Some(&t.admin),
+            "text/csv",
+            "name\nx\n",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
 }

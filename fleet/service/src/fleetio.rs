@@ -49,6 +49,8 @@ pub struct FleetIo {
     pub(crate) escrow_lock: Mutex<()>,
     /// Reaches machines out of band (Wake-on-LAN); absent offline.
     pub(crate) oob: Option<Arc<dyn crate::oob::OutOfBand>>,
+    /// Seals management-controller secrets (their own key file).
+    pub(crate) bmc_vault: Option<Arc<fleet::escrow::vault::Vault>>,
 }
 
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
@@ -81,6 +83,7 @@ impl FleetIo {
             vault: None,
             escrow_lock: Mutex::new(()),
             oob: None,
+            bmc_vault: None,
         })
     }
 

@@ -9,6 +9,7 @@
 
 pub mod actions;
 pub mod clock;
+pub mod controllers;
 pub mod error;
 pub mod escrow;
 pub mod fleetio;

@@ -80,21 +80,56 @@ impl Vault {
 
     /// Seals `pw` for the record of `protector_id`: hex of nonce ++ ciphertext ++ tag.
     pub fn seal(&self, protector_id: &str, pw: &RecoveryPassword) -> Result<String, Error> {
+        self.seal_bytes(protector_id, pw.expose().as_bytes())
+    }
+
+    /// Seals any secret for the record named `aad` (the associated data: a sealed secret moved
+    /// to another record does not open).
+    pub fn seal_bytes(&self, aad: &str, plain: &[u8]) -> Result<String, Error> {
         let mut n = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut n)
             .map_err(|_| Error::Vault("no randomness for a nonce".into()))?;
-        let mut buf = pw.expose().as_bytes().to_vec();
+        let mut buf = plain.to_vec();
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(n),
-                Aad::from(protector_id.as_bytes()),
+                Aad::from(aad.as_bytes()),
                 &mut buf,
             )
             .map_err(|_| Error::Vault("sealing failed".into()))?;
         let mut out = n.to_vec();
         out.extend_from_slice(&buf);
+        zeroize::Zeroize::zeroize(&mut buf);
         Ok(hex::encode(out))
+    }
+
+    /// Opens a secret sealed with [`Self::seal_bytes`] for `aad`; wiped when dropped.
+    pub fn open_bytes(
+        &self,
+        aad: &str,
+        sealed: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
+        let fail = || {
+            Error::Vault(format!(
+                "the secret of {aad} does not decrypt with {} (another key file, or the record was altered)",
+                self.path.display()
+            ))
+        };
+        let raw = hex::decode(sealed).map_err(|_| fail())?;
+        if raw.len() < NONCE_LEN + 16 {
+            return Err(fail());
+        }
+        let (n, ct) = raw.split_at(NONCE_LEN);
+        let mut buf = zeroize::Zeroizing::new(ct.to_vec());
+        let nonce = Nonce::try_assume_unique_for_key(n).map_err(|_| fail())?;
+        let len = self
+            .key
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
+            .map_err(|_| fail())?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 
     /// Opens a sealed password; an error when the key file is not the one it was sealed with or
