@@ -459,6 +459,39 @@ pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: 
     result_page(s, status, "Import", summary, lines, "/".into())
 }
 
+/// `POST /ui/bmc/import`: the dashboard's controller import form.
+pub async fn ui_bmc_import(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let s = match writing_session(&c, &headers, &f) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let text = field(&f, "csv").unwrap_or("");
+    let actor = format!("console:{}", s.name);
+    let (status, summary, lines) =
+        match crate::controllers::import_csv(&c, &actor, text.as_bytes(), None).await {
+            Err((st, e)) => (st, e, vec![]),
+            Ok((st, r)) => (
+                st,
+                format!(
+                    "{} controllers on new hosts, {} on known hosts, {} rows refused",
+                    r.created,
+                    r.updated,
+                    r.errors.len()
+                ),
+                r.errors
+                    .into_iter()
+                    .map(|e| (format!("line {}", e.line), e.error, false))
+                    .collect(),
+            ),
+        };
+    result_page(s, status, "Controller import", summary, lines, "/".into())
+}
+
 /// `GET /assets/console.js`.
 pub async fn script() -> Response {
     (

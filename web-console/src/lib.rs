@@ -115,6 +115,7 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/logout", post(html::logout))
         .route("/ui/actions", post(html::ui_actions))
         .route("/ui/import", post(html::ui_import))
+        .route("/ui/bmc/import", post(html::ui_bmc_import))
         .route("/bitlocker", get(html::keys_page))
         .route("/ui/bitlocker/import", post(html::ui_keys_import))
         .route("/ui/bitlocker/reveal", post(html::ui_keys_reveal))

@@ -614,6 +614,22 @@ async fn console_login_csrf_and_forms() {
         b.contains("1 hosts created, 0 updated, 1 rows refused") && b.contains("line 3"),
         "{b}"
     );
+    // The controller import form: sealed, summarised, bad rows by line.
+    let req = Request::post("/ui/bmc/import")
+        .header(header::COOKIE, &cookie)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!(
+            "csrf={csrf}&csv=mac%2Ckind%2Caddress%2Cuser%2Csecret%0A52%3A54%3A00%3Aab%3A00%3A01%2Cipmi%2C10.99.7.5%2CADMIN%2CForm-Pw1%0Abad%2Cipmi%2C%2C%2C%0A"
+        )))
+        .unwrap();
+    let (s, _, b) = send(&t, req).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert!(
+        b.contains("0 controllers on new hosts, 1 on known hosts, 1 rows refused")
+            && b.contains("line 3")
+            && !b.contains("Form-Pw1"),
+        "{b}"
+    );
     // Hostile values are escaped in pages.
     t.fleet
         .update("52:54:00:ab:00:05".parse().unwrap(), 1, &mut |h| {
