@@ -12,10 +12,15 @@ const PASSWORD: &str = "111111-222222-333333-444444-555555-666666-123453-000011"
 
 /// `curl` in namespace `ns`: the body and, after a space, the status.
 fn curl(lab: &Lab, ns: &str, args: &str) -> (String, u16) {
-    let o = lab.exec_in(ns, &format!("curl -sk -m 10 -w ' %{{http_code}}' {args}"));
+    let o = lab.exec_in(ns, &format!("curl -sSk -m 30 -w ' %{{http_code}}' {args}"));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let (body, code) = out.rsplit_once(' ').unwrap_or((&out, "0"));
-    (body.to_string(), code.trim().parse().unwrap_or(0))
+    let code = code.trim().parse().unwrap_or(0);
+    if code == 0 {
+        // No answer at all: what curl says, for the assertion's message.
+        return (format!("curl: {}", String::from_utf8_lossy(&o.stderr)), 0);
+    }
+    (body.to_string(), code)
 }
 
 fn agent(lab: &Lab, ns: &str, path: &str, body: &str) -> (String, u16) {
@@ -186,15 +191,15 @@ fn an_impostor_gets_no_token_no_key_and_no_say() {
 
     // The console and the admin API from another machine over plain HTTP: browsers are sent to
     // HTTPS, a bearer token in clear is refused; over HTTPS it works.
-    let (_, code) = curl(
+    let (b, code) = curl(
         &lab,
         &ans,
         &format!("-o /dev/null http://{SERVER_IP}:8080/"),
     );
-    assert_eq!(code, 308);
+    assert_eq!(code, 308, "{b}\n{}", lab.server_log());
     let loc = lab.exec_in(
         &ans,
-        &format!("curl -s -m 5 -o /dev/null -w '%{{redirect_url}}' http://{SERVER_IP}:8080/hosts"),
+        &format!("curl -s -m 30 -o /dev/null -w '%{{redirect_url}}' http://{SERVER_IP}:8080/hosts"),
     );
     assert_eq!(
         String::from_utf8_lossy(&loc.stdout),

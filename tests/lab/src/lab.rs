@@ -50,8 +50,11 @@ pub fn bridge_namespace(ns: &str) -> Result<(), Error> {
     let _ = sh(&format!("ip netns del {ns} 2>/dev/null"));
     run(&format!("ip netns add {ns}"))?;
     run(&format!("ip -n {ns} link set lo up"))?;
+    // A fixed address: a bridge without one takes the lowest MAC of its ports, so adding a
+    // client later could change the server's MAC under its peers' ARP caches (their next
+    // connections then time out until the entry ages).
     run(&format!(
-        "ip -n {ns} link add br0 type bridge stp_state 0 forward_delay 0"
+        "ip -n {ns} link add br0 address 02:75:62:00:00:01 type bridge stp_state 0 forward_delay 0"
     ))?;
     run(&format!("ip -n {ns} addr add {SERVER_IP}/24 dev br0"))?;
     run(&format!("ip -n {ns} link set br0 up")).map(drop)
