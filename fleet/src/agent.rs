@@ -197,11 +197,11 @@ impl Report {
     /// Every agent-supplied string cut to its bound and the lists to [`MAX_ITEMS`].
     pub fn bound(&mut self) {
         cut(&mut self.report_id, MAX_SHORT);
-        for f in [&mut self.reason].into_iter().flatten() {
-            cut(f, MAX_TEXT);
+        if let Some(r) = &mut self.reason {
+            cut(r, MAX_TEXT);
         }
-        for f in [&mut self.rules_id].into_iter().flatten() {
-            cut(f, MAX_SHORT);
+        if let Some(r) = &mut self.rules_id {
+            cut(r, MAX_SHORT);
         }
         self.volumes.truncate(MAX_ITEMS);
         for v in &mut self.volumes {
@@ -220,7 +220,7 @@ impl Report {
                 cut(s, MAX_SHORT);
             }
             cut(&mut f.path, MAX_TEXT);
-            for q in [&mut f.quarantined_to].into_iter().flatten() {
+            if let Some(q) = &mut f.quarantined_to {
                 cut(q, MAX_TEXT);
             }
         }

@@ -157,9 +157,9 @@ fn check_text(what: &str, v: &Option<String>, max: usize) -> Result<(), String> 
     }
 }
 
-/// Checks one row's fields (from CSV or the API). Errors name the field, never the secret.
+/// Checks one row's fields. Errors name the field, never the secret.
 #[allow(clippy::too_many_arguments)]
-pub fn check_row(
+fn check_row(
     line: usize,
     mac: &str,
     kind: &str,
@@ -267,14 +267,11 @@ pub fn check_row(
 /// (only `mac` and `kind` are required as columns; header names are case-insensitive). Bad rows
 /// are reported by line, the rest come back.
 pub fn parse_csv(text: &str) -> Result<(Vec<ControllerImport>, Vec<RowError>), String> {
-    let mut rd = csv::ReaderBuilder::new()
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(text.as_bytes());
-    let headers = rd
-        .headers()
-        .map_err(|e| format!("CSV header: {e}"))?
-        .clone();
+    let crate::inventory::CsvRead {
+        headers,
+        records,
+        unreadable: mut bad,
+    } = crate::inventory::read_csv(text, MAX_ROWS)?;
     let col = |name: &str| {
         headers.iter().position(|h| {
             h.trim_start_matches('\u{feff}')
@@ -298,25 +295,8 @@ pub fn parse_csv(text: &str) -> Result<(Vec<ControllerImport>, Vec<RowError>), S
         "secret",
     ]
     .map(col);
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    for (i, rec) in rd.records().enumerate() {
-        if i >= MAX_ROWS {
-            return Err(format!("more than {MAX_ROWS} rows; split the file"));
-        }
-        let line = i + 2;
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                bad.push(RowError {
-                    line,
-                    error: format!("unreadable CSV row: {e}"),
-                });
-                continue;
-            }
-        };
-        if rec.iter().all(str::is_empty) {
-            continue;
-        }
+    let mut ok = Vec::new();
+    for (line, rec) in records {
         let get = |c: Option<usize>| c.and_then(|c| rec.get(c));
         match check_row(
             line,
@@ -334,6 +314,8 @@ pub fn parse_csv(text: &str) -> Result<(Vec<ControllerImport>, Vec<RowError>), S
             Err(e) => bad.push(e),
         }
     }
+    // Unreadable rows and refused ones, in file order.
+    bad.sort_by_key(|e| e.line);
     Ok((ok, bad))
 }
 
@@ -391,5 +373,13 @@ mod tests {
         assert!(parse_csv("host,name\nx,y\n")
             .unwrap_err()
             .contains("'mac' and 'kind'"));
+    }
+
+    #[test]
+    fn bad_rows_are_named_by_their_line_in_the_file_past_blank_lines() {
+        let csv = "mac,kind\n\n52:54:00:00:00:01,wol\n\n\nzz,wol\n";
+        let (ok, bad) = parse_csv(csv).unwrap();
+        assert_eq!(ok[0].line, 3);
+        assert_eq!(bad[0].line, 6, "{bad:?}");
     }
 }

@@ -128,10 +128,17 @@ fn validate_row(line: usize, r: ImportRow) -> Result<HostImport, RowError> {
 /// Most hosts one import may carry.
 pub const MAX_IMPORT_ROWS: usize = 100_000;
 
-/// Parses a CSV host list: a header row naming at least `mac` (also `mac address`,
-/// `macaddress`), optionally `hostname` (or `name`, `computer name`), `site`, `tags` (separated by
-/// `;` or spaces), `protectors` (BitLocker recovery-password protector IDs, `;`-separated). Bad rows are reported by line; the good ones come back.
-pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String> {
+/// A CSV import read: its header, the readable non-empty records with their line in the file
+/// (csv's own counter skips blank lines), and the unreadable rows by line.
+pub(crate) struct CsvRead {
+    pub(crate) headers: csv::StringRecord,
+    pub(crate) records: Vec<(usize, csv::StringRecord)>,
+    pub(crate) unreadable: Vec<RowError>,
+}
+
+/// Reads a CSV import (flexible, fields trimmed); more than `max_rows` records is an error.
+/// Host and controller imports share it.
+pub(crate) fn read_csv(text: &str, max_rows: usize) -> Result<CsvRead, String> {
     let mut rd = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -140,6 +147,49 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
         .headers()
         .map_err(|e| format!("CSV header: {e}"))?
         .clone();
+    let (mut records, mut unreadable) = (Vec::new(), Vec::new());
+    for (i, rec) in rd.records().enumerate() {
+        let line = rec
+            .as_ref()
+            .ok()
+            .and_then(|r| r.position())
+            .map(|p| {
+                let mut b = (p.byte() as usize).min(text.len());
+                // The position may point at blank lines skipped before the record.
+                while matches!(text.as_bytes().get(b), Some(b'\n' | b'\r')) {
+                    b += 1;
+                }
+                text.as_bytes()[..b].iter().filter(|c| **c == b'\n').count() + 1
+            })
+            .unwrap_or(i + 2);
+        if i >= max_rows {
+            return Err(format!("more than {max_rows} rows; split the file"));
+        }
+        match rec {
+            Ok(r) if r.iter().all(str::is_empty) => {}
+            Ok(r) => records.push((line, r)),
+            Err(e) => unreadable.push(RowError {
+                line,
+                error: format!("unreadable CSV row: {e}"),
+            }),
+        }
+    }
+    Ok(CsvRead {
+        headers,
+        records,
+        unreadable,
+    })
+}
+
+/// Parses a CSV host list: a header row naming at least `mac` (also `mac address`,
+/// `macaddress`), optionally `hostname` (or `name`, `computer name`), `site`, `tags` (separated by
+/// `;` or spaces), `protectors` (BitLocker recovery-password protector IDs, `;`-separated). Bad rows are reported by line; the good ones come back.
+pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String> {
+    let CsvRead {
+        headers,
+        records,
+        unreadable: mut bad,
+    } = read_csv(text, MAX_IMPORT_ROWS)?;
     let col = |names: &[&str]| {
         headers.iter().position(|h| {
             let h = h
@@ -159,38 +209,8 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
     let site_col = col(&["site"]);
     let tags_col = col(&["tags", "tag"]);
     let prot_col = col(&["protectors", "protector ids", "protector id"]);
-    let (mut ok, mut bad) = (Vec::new(), Vec::new());
-    for (i, rec) in rd.records().enumerate() {
-        let line = rec
-            .as_ref()
-            .ok()
-            .and_then(|r| r.position())
-            // The file's own line (csv's line counter skips blank lines).
-            .map(|p| {
-                let mut b = (p.byte() as usize).min(text.len());
-                // The position may point at blank lines skipped before the record.
-                while matches!(text.as_bytes().get(b), Some(b'\n' | b'\r')) {
-                    b += 1;
-                }
-                text.as_bytes()[..b].iter().filter(|c| **c == b'\n').count() + 1
-            })
-            .unwrap_or(i + 2);
-        if i >= MAX_IMPORT_ROWS {
-            return Err(format!("more than {MAX_IMPORT_ROWS} rows; split the file"));
-        }
-        let rec = match rec {
-            Ok(r) => r,
-            Err(e) => {
-                bad.push(RowError {
-                    line,
-                    error: format!("unreadable CSV row: {e}"),
-                });
-                continue;
-            }
-        };
-        if rec.iter().all(|f| f.is_empty()) {
-            continue;
-        }
+    let mut ok = Vec::new();
+    for (line, rec) in records {
         let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(str::to_string);
         let row = ImportRow {
             mac: get(Some(mac_col)).unwrap_or_default(),
@@ -204,6 +224,8 @@ pub fn parse_csv(text: &str) -> Result<(Vec<HostImport>, Vec<RowError>), String>
             Err(e) => bad.push(e),
         }
     }
+    // Unreadable rows and refused ones, in file order.
+    bad.sort_by_key(|e| e.line);
     Ok((ok, bad))
 }
 

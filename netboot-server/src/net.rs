@@ -239,14 +239,13 @@ pub fn arp_table(table: &str, device: &str) -> std::collections::HashMap<Ipv4Add
         .collect()
 }
 
-/// The complete entry for `ip` on `device` in the text of `/proc/net/arp`.
-pub fn arp_entry(table: &str, ip: Ipv4Addr, device: &str) -> Option<fleet::Mac> {
-    arp_table(table, device).get(&ip).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn arp_entry(table: &str, ip: Ipv4Addr, device: &str) -> Option<fleet::Mac> {
+        arp_table(table, device).get(&ip).copied()
+    }
 
     #[test]
     fn arp_table_parsing() {

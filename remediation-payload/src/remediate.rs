@@ -510,25 +510,30 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    #[test]
-    fn restore_puts_back_what_was_quarantined_and_refuses_the_rest() {
-        let root = std::env::temp_dir().join(format!("unbrick-restore-{}", std::process::id()));
+    const CS_DIR: &str = "Windows/System32/drivers/CrowdStrike";
+
+    /// A fresh volume root `unbrick-<tag>-PID` holding bad channel files
+    /// `C-00000291-00000000-000000<n>.sys` (written 04:09 UTC), and their content.
+    fn bad_channel_files(tag: &str, numbers: &[&str]) -> (PathBuf, Vec<u8>) {
+        let root = std::env::temp_dir().join(format!("unbrick-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
-        let cs = "Windows/System32/drivers/CrowdStrike";
         let mut bad = MAGIC.to_vec();
         bad.extend_from_slice(b"bad channel file");
-        put(
-            &root,
-            &format!("{cs}/C-00000291-00000000-00000032.sys"),
-            &bad,
-            "2024-07-19T04:09:00Z",
-        );
-        put(
-            &root,
-            &format!("{cs}/C-00000291-00000000-00000031.sys"),
-            &bad,
-            "2024-07-19T04:09:00Z",
-        );
+        for n in numbers {
+            put(
+                &root,
+                &format!("{CS_DIR}/C-00000291-00000000-000000{n}.sys"),
+                &bad,
+                "2024-07-19T04:09:00Z",
+            );
+        }
+        (root, bad)
+    }
+
+    #[test]
+    fn restore_puts_back_what_was_quarantined_and_refuses_the_rest() {
+        let cs = CS_DIR;
+        let (root, bad) = bad_channel_files("restore", &["32", "31"]);
         let rules = RuleSet::default_crowdstrike(4_000_000_000);
         let q = remediate(&root, "sda2", &rules, "run1", 1_800_000_000).unwrap();
         assert_eq!(q.files.len(), 2);
@@ -628,17 +633,8 @@ mod tests {
     /// on both paths: a junction at the original place, and one inside the quarantine.
     #[test]
     fn links_are_refused_on_both_paths() {
-        let root = std::env::temp_dir().join(format!("unbrick-links-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        let cs = "Windows/System32/drivers/CrowdStrike";
-        let mut bad = MAGIC.to_vec();
-        bad.extend_from_slice(b"bad channel file");
-        put(
-            &root,
-            &format!("{cs}/C-00000291-00000000-00000032.sys"),
-            &bad,
-            "2024-07-19T04:09:00Z",
-        );
+        let cs = CS_DIR;
+        let (root, bad) = bad_channel_files("links", &["32"]);
         let rules = RuleSet::default_crowdstrike(4_000_000_000);
         let plan = remediate(&root, "sda2", &rules, "run1", 1_800_000_000)
             .unwrap()

@@ -267,16 +267,40 @@ impl FleetIo {
                 created += 1
             }
         }
-        self.audit(
+        self.import_done(
             actor,
             "import",
+            ImportCount { created, updated },
+            refused,
+            origin,
+            now_ms,
+        )
+        .await
+    }
+
+    /// The end of an import: one audit entry (`action`: what was imported) with the counts and
+    /// `origin`, then durable before the answer. Host and controller imports share it.
+    pub(crate) async fn import_done(
+        &self,
+        actor: &str,
+        action: &str,
+        n: ImportCount,
+        refused: usize,
+        origin: Option<&str>,
+        now_ms: u64,
+    ) -> Result<ImportCount> {
+        self.audit(
+            actor,
+            action,
             format!(
-                "{created} created, {updated} updated, {refused} rows refused{}",
+                "{} created, {} updated, {refused} rows refused{}",
+                n.created,
+                n.updated,
                 origin.map(|o| format!(" ({o})")).unwrap_or_default()
             ),
             now_ms,
         )?;
         self.durable().await?;
-        Ok(ImportCount { created, updated })
+        Ok(n)
     }
 }

@@ -50,17 +50,15 @@ impl FleetIo {
                 created += 1
             }
         }
-        self.audit(
+        self.import_done(
             actor,
             "bmc-import",
-            format!(
-                "{created} created, {updated} updated, {refused} rows refused{}",
-                origin.map(|o| format!(" ({o})")).unwrap_or_default()
-            ),
+            ImportCount { created, updated },
+            refused,
+            origin,
             now_ms,
-        )?;
-        self.durable().await?;
-        Ok(ImportCount { created, updated })
+        )
+        .await
     }
 
     /// Every host's controller, sorted by MAC (secrets stay sealed in the records).
