@@ -70,6 +70,14 @@ pub(crate) enum BmcCmd {
         #[arg(long)]
         json: bool,
     },
+    /// A read-only call to each controller (these hosts, or every host with one): reachable,
+    /// authenticated, power state, can it force a network boot. Through the running server;
+    /// exits non-zero when one fails.
+    Test {
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -234,6 +242,13 @@ pub(crate) struct ServeArgs {
     /// final report.
     #[arg(long, env = "UNBRICK_TOKEN_LIFETIME_MINS", value_parser = clap::value_parser!(u64).range(5..=720))]
     pub(crate) token_lifetime_mins: Option<u64>,
+    /// A management controller must answer each request within this many seconds (default 10).
+    #[arg(long, env = "UNBRICK_BMC_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub(crate) bmc_timeout_secs: Option<u64>,
+    /// Attempts of a controller operation that failed in a way that may pass (unreachable, no
+    /// answer, 5xx), with backoff 2 s, 4 s, ... (default 3).
+    #[arg(long, env = "UNBRICK_BMC_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub(crate) bmc_attempts: Option<u32>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
     pub(crate) secure_boot_off: bool,
@@ -421,6 +436,38 @@ pub(crate) enum HostsCmd {
     /// the running server). They boot their normal order unless the firmware wakes to network
     /// boot.
     Wake {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Make these machines network-boot once through their management controllers (AMT,
+    /// Redfish, IPMI: a one-time PXE override, then a reset, or power-on when off); Wake-on-LAN
+    /// hosts are woken. Through the running server.
+    Netboot {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Clear any boot override and restart these machines from their disks (through their
+    /// controllers).
+    BootDisk {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Restart these machines (power on when off), boot order unchanged, through their
+    /// controllers; Wake-on-LAN hosts are woken.
+    PowerCycle {
+        #[arg(required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Ask these machines' controllers for the power state (read-only).
+    PowerStatus {
         #[arg(required = true)]
         macs: Vec<String>,
         #[command(flatten)]

@@ -49,7 +49,8 @@ impl Api {
             method,
             &url,
             body.map(|b| b.0),
-            Duration::from_secs(60),
+            // Controller actions on many hosts take a while (timeouts and retries inside).
+            Duration::from_secs(300),
             &opts,
         )
         .map_err(|e| Fail(format!("{url}: {e}")))?;
@@ -142,6 +143,10 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
     let action = match &h {
         HostsCmd::ApproveKey { .. } => fleet_service::Action::ApproveKey,
         HostsCmd::Wake { .. } => fleet_service::Action::Wake,
+        HostsCmd::Netboot { .. } => fleet_service::Action::Netboot,
+        HostsCmd::BootDisk { .. } => fleet_service::Action::BootDisk,
+        HostsCmd::PowerCycle { .. } => fleet_service::Action::PowerCycle,
+        HostsCmd::PowerStatus { .. } => fleet_service::Action::PowerStatus,
         _ => fleet_service::Action::Retry,
     };
     match h {
@@ -329,7 +334,11 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
         }
         HostsCmd::Retry { macs, target }
         | HostsCmd::ApproveKey { macs, target }
-        | HostsCmd::Wake { macs, target } => {
+        | HostsCmd::Wake { macs, target }
+        | HostsCmd::Netboot { macs, target }
+        | HostsCmd::BootDisk { macs, target }
+        | HostsCmd::PowerCycle { macs, target }
+        | HostsCmd::PowerStatus { macs, target } => {
             if let Some(api) = Api::from(&target)? {
                 let body = serde_json::to_vec(
                     &serde_json::json!({"action": action.name(), "macs": macs}),
@@ -360,7 +369,7 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                 }
                 return Ok(());
             }
-            let fl = local_fleet(&target.data_dir)?;
+            let fl = std::sync::Arc::new(local_fleet(&target.data_dir)?);
             let r =
                 block_on(fl.admin_action(&local_actor(), action, &macs, fleet_service::now_ms()))?;
             for o in &r.results {
@@ -735,6 +744,56 @@ pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
                     );
                 }
                 println!("{} controllers", rows.len());
+            }
+        }
+        BmcCmd::Test { macs, target } => {
+            let api = Api::from(&target)?.ok_or_else(|| {
+                Fail(
+                    "controllers are reached by the running server: give --server and --token"
+                        .into(),
+                )
+            })?;
+            let macs: Vec<String> = if macs.is_empty() {
+                api.json("GET", "/api/v1/bmc", None)?["controllers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| c["kind"] != "wol")
+                    .filter_map(|c| c["mac"].as_str().map(str::to_string))
+                    .collect()
+            } else {
+                macs
+            };
+            if macs.is_empty() {
+                return Err(Fail(
+                    "no host has a controller to test (unbrick bmc import)".into(),
+                ));
+            }
+            let body =
+                serde_json::to_vec(&serde_json::json!({"action": "power-status", "macs": macs}))?;
+            let v = api.json(
+                "POST",
+                "/api/v1/hosts/actions",
+                Some((&body, "application/json")),
+            )?;
+            for r in v["results"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {}  {}",
+                    s(&r["mac"]),
+                    if r["ok"].as_bool() == Some(true) {
+                        "ok    "
+                    } else {
+                        "FAILED"
+                    },
+                    s(&r["message"])
+                );
+            }
+            let failed = v["failed"].as_u64().unwrap_or(0);
+            if failed > 0 {
+                return Err(Fail(format!(
+                    "{failed} of {} controllers failed",
+                    macs.len()
+                )));
             }
         }
     }

@@ -157,6 +157,11 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # A per-boot token is valid this long, and ends with the run's final report.
 # token_lifetime_mins = 120
 
+# Management controllers (AMT, Redfish, IPMI): seconds a controller has to answer each
+# request, and attempts of an operation that failed in a way that may pass (backoff 2 s, 4 s).
+# bmc_timeout_secs = 10
+# bmc_attempts = 3
+
 # Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
 [boot_loaders]
 # undionly_kpxe = "/usr/lib/ipxe/undionly.kpxe"

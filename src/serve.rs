@@ -50,6 +50,8 @@ pub(crate) struct ServerConfig {
     pub idle_timeout: Duration,
     /// How long a per-boot token is valid.
     pub token_lifetime: Duration,
+    /// Management controllers: timeout per request, attempts.
+    pub bmc_limits: unbrick_oob::drive::Limits,
 }
 
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
@@ -139,9 +141,10 @@ pub(crate) async fn start(
         FleetIo::new(store.clone(), boot_policy)?
             .with_vault(vault)
             .with_bmc_vault(bmc_vault)
-            .with_oob(Arc::new(netboot_server::wol::Waker {
-                device: iface.name.clone(),
-            })),
+            .with_oob(Arc::new(netboot_server::oob::Controllers::new(
+                iface.name.clone(),
+                cfg.bmc_limits,
+            ))),
     );
     // Full mode: the lease pool, shared by the DHCP server (which hands out leases) and the
     // boot edge (which binds a per-boot token to the leased address).
@@ -388,6 +391,8 @@ impl ServeArgs {
             max_tftp_transfers: None,
             idle_timeout_secs: self.idle_timeout_secs,
             token_lifetime_mins: self.token_lifetime_mins,
+            bmc_timeout_secs: self.bmc_timeout_secs,
+            bmc_attempts: self.bmc_attempts,
         })
     }
 }
@@ -452,6 +457,11 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         max_tftp_transfers: s.max_tftp_transfers.unwrap_or_default(),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or_default()),
         token_lifetime: Duration::from_secs(s.token_lifetime_mins.unwrap_or_default() * 60),
+        bmc_limits: unbrick_oob::drive::Limits {
+            timeout: Duration::from_secs(s.bmc_timeout_secs.unwrap_or(10)),
+            attempts: s.bmc_attempts.unwrap_or(3),
+            backoff: Duration::from_secs(2),
+        },
     };
     let (fp, made) = d.ensure_tls().map_err(Fail)?;
     if made {

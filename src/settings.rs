@@ -68,6 +68,8 @@ pub(crate) struct Settings {
     pub(crate) max_tftp_transfers: Option<usize>,
     pub(crate) idle_timeout_secs: Option<u64>,
     pub(crate) token_lifetime_mins: Option<u64>,
+    pub(crate) bmc_timeout_secs: Option<u64>,
+    pub(crate) bmc_attempts: Option<u32>,
 }
 
 /// `a.or(b)` for every field: the first layer that sets a field wins.
@@ -93,6 +95,8 @@ impl Settings {
             max_tftp_transfers: Some(128),
             idle_timeout_secs: Some(netboot_server::idle::IDLE_TIMEOUT.as_secs()),
             token_lifetime_mins: Some(netboot_server::agent_api::TOKEN_LIFETIME_MS / 60_000),
+            bmc_timeout_secs: Some(10),
+            bmc_attempts: Some(3),
             ..Self::default()
         }
     }
@@ -102,7 +106,8 @@ impl Settings {
         let (a, b) = (self, lower);
         layered!(a, b: interface, server_ip, dhcp, pool, router, dns, lease_secs, http_port,
             https_port, tftp_port, require_approval, secure_boot_off, kernel_cmdline,
-            max_tftp_transfers, idle_timeout_secs, token_lifetime_mins)
+            max_tftp_transfers, idle_timeout_secs, token_lifetime_mins, bmc_timeout_secs,
+            bmc_attempts)
     }
 }
 

@@ -59,6 +59,32 @@ impl std::str::FromStr for ControllerKind {
     }
 }
 
+/// What an admin (or a campaign's trigger) asks of a machine's controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Op {
+    /// Read-only: reachable, authenticated, power state, can it force a network boot.
+    Status,
+    /// A one-time network (PXE) boot override, then a reset (or power-on when off).
+    NetbootOnce,
+    /// No override (the normal boot order, i.e. the disk), then a reset or power-on.
+    BootDisk,
+    /// A reset when on, power-on when off; the boot order as it is.
+    PowerCycle,
+}
+
+impl Op {
+    /// The action's name in the API and the CLI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Status => "power-status",
+            Self::NetbootOnce => "netboot",
+            Self::BootDisk => "boot-disk",
+            Self::PowerCycle => "power-cycle",
+        }
+    }
+}
+
 /// A host's management controller as kept: the secret only sealed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Controller {
@@ -245,6 +271,12 @@ fn check_row(
     }
     if kind == ControllerKind::Wol && (user.is_some() || secret.is_some()) {
         return Err(err("user/secret: Wake-on-LAN has none".into()));
+    }
+    if tls && fingerprint.is_none() && ca_file.is_none() {
+        return Err(err(
+            "tls: a pinned fingerprint or a CA file is needed (an unverified certificate would hand the password to whoever answers)"
+                .into(),
+        ));
     }
     Ok(ControllerImport {
         line,

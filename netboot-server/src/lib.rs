@@ -15,6 +15,7 @@ pub mod idle;
 pub mod image;
 pub mod l2;
 pub mod net;
+pub mod oob;
 pub mod reply;
 pub mod tftp;
 pub mod tls;

@@ -20,8 +20,9 @@ pub struct Waker {
     pub device: String,
 }
 
-impl fleet_service::oob::OutOfBand for Waker {
-    fn wake(&self, mac: Mac) -> Result<String, String> {
+impl Waker {
+    /// Sends the magic packet for `mac` (twice); says what was sent, or why not.
+    pub fn send(&self, mac: Mac) -> Result<String, String> {
         let dest = SocketAddrV4::new(Ipv4Addr::BROADCAST, 9);
         let sock = crate::net::udp_socket(
             SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),

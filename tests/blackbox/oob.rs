@@ -71,7 +71,7 @@ fn wake_on_lan_goes_out_of_the_served_interface_only() {
     let bmc = lab.dir.join("bmc.csv");
     std::fs::write(
         &bmc,
-        format!("mac,kind,address,user,secret\n{mac},wol,,,\n52:54:00:3a:00:02,redfish,10.99.0.91,root,Calvin-123\n52:54:00:3a:00:03,ipmi,,ADMIN,x\n"),
+        format!("mac,kind,address,fingerprint,user,secret\n{mac},wol,,,,\n52:54:00:3a:00:02,redfish,10.99.0.91,sha256:{},root,Calvin-123\n52:54:00:3a:00:03,ipmi,,,ADMIN,x\n", "ab".repeat(32)),
     )
     .unwrap();
     let o = lab.exec(&format!(
@@ -87,7 +87,7 @@ fn wake_on_lan_goes_out_of_the_served_interface_only() {
     );
     let list = cli(&lab, &tok, "bmc list");
     assert!(
-        list.contains("redfish at 10.99.0.91:443 (TLS), user root, secret sealed")
+        list.contains("redfish at 10.99.0.91:443 (TLS, pinned), user root, secret sealed")
             && list.contains("wol")
             && !list.contains("Calvin-123"),
         "{list}"

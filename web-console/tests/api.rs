@@ -1492,7 +1492,7 @@ async fn controllers_import_seals_secrets_and_the_list_never_shows_one() {
     let csv = format!(
         "mac,kind,address,port,tls,fingerprint,user,secret\n\
          52:54:00:ab:00:01,amt,10.99.7.1,,yes,{fp},admin,Amt-Pa55!\n\
-         52:54:00:ab:00:02,redfish,10.99.7.2,,,,root,calvin-77\n\
+         52:54:00:ab:00:02,redfish,10.99.7.2,,,{fp},root,calvin-77\n\
          52:54:00:ab:00:03,wol,,,,,,\n\
          52:54:00:ab:00:04,ipmi,not-an-ip,,,,ADMIN,Ipmi-S3cret\n"
     );

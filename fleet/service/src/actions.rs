@@ -27,6 +27,16 @@ pub enum Action {
     ApproveKey,
     /// Send a Wake-on-LAN magic packet on the served interface (the running server only).
     Wake,
+    /// Ask the host's management controller for the power state and whether it can force a
+    /// network boot (read-only; the running server only).
+    PowerStatus,
+    /// Make the machine network-boot once through its controller: a one-time PXE override,
+    /// then a reset (power-on when off). Wake-on-LAN hosts are woken.
+    Netboot,
+    /// Clear any boot override and restart the machine from its disk.
+    BootDisk,
+    /// Restart (or power on) the machine, its boot order as it is. Wake-on-LAN hosts are woken.
+    PowerCycle,
 }
 
 impl Action {
@@ -40,6 +50,22 @@ impl Action {
             Self::Forget => "forget",
             Self::ApproveKey => "approve-key",
             Self::Wake => "wake",
+            Self::PowerStatus => "power-status",
+            Self::Netboot => "netboot",
+            Self::BootDisk => "boot-disk",
+            Self::PowerCycle => "power-cycle",
+        }
+    }
+
+    /// The controller operation this action runs, if it is one.
+    pub fn controller_op(self) -> Option<fleet::bmc::Op> {
+        use fleet::bmc::Op;
+        match self {
+            Self::PowerStatus => Some(Op::Status),
+            Self::Netboot => Some(Op::NetbootOnce),
+            Self::BootDisk => Some(Op::BootDisk),
+            Self::PowerCycle => Some(Op::PowerCycle),
+            _ => None,
         }
     }
 
@@ -49,7 +75,7 @@ impl Action {
             Self::Retry => Some(AdminAction::Retry),
             Self::Skip => Some(AdminAction::Skip),
             Self::MarkDone => Some(AdminAction::MarkDone),
-            Self::Forget | Self::ApproveKey | Self::Wake => None,
+            _ => None,
         }
     }
 }
@@ -96,7 +122,7 @@ impl FleetIo {
     /// Runs one action on many hosts: each host's result is reported, one audit entry in all,
     /// and everything is on disk before it returns.
     pub async fn admin_action(
-        &self,
+        self: &std::sync::Arc<Self>,
         actor: &str,
         action: Action,
         macs: &[String],
@@ -111,7 +137,31 @@ impl FleetIo {
             )));
         }
         let mut results = Vec::with_capacity(macs.len());
-        for m in macs {
+        if let Some(op) = action.controller_op() {
+            // Many controllers at once: parse all, run together, report in the order given.
+            let mut parsed = Vec::new();
+            for m in macs {
+                match m.parse::<Mac>() {
+                    Ok(mac) => parsed.push(mac),
+                    Err(e) => results.push(ActionOutcome {
+                        mac: m.clone(),
+                        ok: false,
+                        message: e,
+                    }),
+                }
+            }
+            for (mac, a) in self
+                .control(actor, EventSource::Admin, op, &parsed, now_ms)
+                .await
+            {
+                results.push(ActionOutcome {
+                    mac: mac.to_string(),
+                    ok: a.ok,
+                    message: a.summary,
+                });
+            }
+        }
+        for m in macs.iter().filter(|_| action.controller_op().is_none()) {
             let out = match m.parse::<Mac>() {
                 Err(e) => ActionOutcome {
                     mac: m.clone(),

@@ -51,7 +51,12 @@ pub struct FleetIo {
     pub(crate) oob: Option<Arc<dyn crate::oob::OutOfBand>>,
     /// Seals management-controller secrets (their own key file).
     pub(crate) bmc_vault: Option<Arc<fleet::escrow::vault::Vault>>,
+    /// Controller operations in flight at once (the server's per-controller limit is inside).
+    pub(crate) oob_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Controller operations run at once at most (a wave's triggers, a bulk action).
+pub const OOB_PARALLEL: usize = 256;
 
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
 /// retransmits constantly, and a DHCP storm must not become a store storm.
@@ -84,6 +89,7 @@ impl FleetIo {
             escrow_lock: Mutex::new(()),
             oob: None,
             bmc_vault: None,
+            oob_slots: Arc::new(tokio::sync::Semaphore::new(OOB_PARALLEL)),
         })
     }
 

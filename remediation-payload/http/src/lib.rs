@@ -41,6 +41,18 @@ pub struct Response {
     pub status: u16,
     /// The body (de-chunked).
     pub body: Vec<u8>,
+    /// The header fields in order, names as sent.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first header field called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 fn split_url(url: &str) -> Result<(String, String), Error> {
@@ -76,6 +88,11 @@ pub struct Options<'a> {
     pub content_type: Option<&'a str>,
     /// The largest response accepted, header and body (default [`MAX_RESPONSE`]).
     pub max_response: Option<usize>,
+    /// For https without a pin: a PEM file of CA certificates that must verify the server's
+    /// certificate for its IP address (a management controller's own CA).
+    pub ca_file: Option<&'a str>,
+    /// Do not keep the connection for the next request (`Connection: close`).
+    pub close: bool,
 }
 
 /// The largest response accepted by default (an export of 100,000 hosts fits many times).
@@ -101,14 +118,16 @@ pub fn request_with(
 ) -> Result<Response, Error> {
     let tls = url.starts_with("https://");
     let (host, path) = split_url(url)?;
-    let pin = if tls {
-        Some(opt.pin.ok_or_else(|| {
-            Error::Url(format!(
-                "{url}: https needs the server certificate's fingerprint"
-            ))
-        })?)
-    } else {
+    let trust = if !tls {
         None
+    } else if let Some(pin) = opt.pin {
+        Some(Trust::Pin(pin))
+    } else if let Some(ca) = opt.ca_file {
+        Some(Trust::Ca(ca))
+    } else {
+        return Err(Error::Url(format!(
+            "{url}: https needs the server certificate's fingerprint or a CA file"
+        )));
     };
     let body = body.unwrap_or(&[]);
     let mut head = format!(
@@ -120,8 +139,15 @@ pub fn request_with(
     for (k, v) in &opt.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
+    if opt.close {
+        head.push_str("Connection: close\r\n");
+    }
     head.push_str("\r\n");
-    let key = format!("{host} {}", pin.unwrap_or(""));
+    let key = match trust {
+        None => format!("{host} "),
+        Some(Trust::Pin(p)) => format!("{host} {p}"),
+        Some(Trust::Ca(c)) => format!("{host} ca:{c}"),
+    };
     let limit = opt.max_response.unwrap_or(MAX_RESPONSE);
     // A kept connection to the same server with the same pin, if there is one.
     let kept = {
@@ -141,7 +167,7 @@ pub fn request_with(
             Err(Failure::Other(e)) => return Err(e),
         }
     }
-    let mut c = Conn::open(&host, pin, timeout, key)?;
+    let mut c = Conn::open(&host, trust, timeout, key)?;
     match c.exchange(&head, body, timeout, &host, limit) {
         Ok((r, keep)) => {
             c.keep_if(keep);
@@ -152,6 +178,48 @@ pub fn request_with(
         ))),
         Err(Failure::Other(e)) => Err(e),
     }
+}
+
+/// How an https server is trusted.
+#[derive(Clone, Copy)]
+enum Trust<'a> {
+    /// Exactly the certificate with this fingerprint.
+    Pin(&'a str),
+    /// A certificate the CAs in this PEM file verify for the server's IP address.
+    Ca(&'a str),
+}
+
+/// A client configuration that trusts the CA certificates of the PEM file `path` (and checks
+/// the certificate's dates and its IP address, as WebPKI does).
+pub fn ca_config(path: &str) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let pem = std::fs::read(path).map_err(|e| Error::Pin(format!("CA file {path}: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let mut n = 0;
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let c = c.map_err(|e| Error::Pin(format!("CA file {path}: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| Error::Pin(format!("CA file {path}: {e}")))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(Error::Pin(format!(
+            "CA file {path}: no PEM certificate in it"
+        )));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| Error::Pin(format!("CA file {path}: {e}")))?;
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Pin(e.to_string()))?
+        .with_webpki_verifier(verifier)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 /// Idle connections kept for reuse, one per server (the agent talks to the agent API over HTTPS
@@ -190,7 +258,12 @@ enum Failure {
 }
 
 impl Conn {
-    fn open(host: &str, pin: Option<&str>, timeout: Duration, key: String) -> Result<Self, Error> {
+    fn open(
+        host: &str,
+        trust: Option<Trust<'_>>,
+        timeout: Duration,
+        key: String,
+    ) -> Result<Self, Error> {
         let addr = std::net::ToSocketAddrs::to_socket_addrs(host)
             .map_err(|e| Error::Connect(format!("{host}: {e}")))?
             .next()
@@ -198,9 +271,12 @@ impl Conn {
         let s = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| Error::Connect(format!("connect {host}: {e}")))?;
         s.set_nodelay(true).ok();
-        let stream = match pin {
-            Some(pin) => {
-                let cfg = cached_config(pin)?;
+        let stream = match trust {
+            Some(trust) => {
+                let cfg = match trust {
+                    Trust::Pin(pin) => cached_config(pin)?,
+                    Trust::Ca(ca) => ca_config(ca)?,
+                };
                 let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
                 let conn = rustls::ClientConnection::new(cfg, name)
                     .map_err(|e| Error::Tls(format!("TLS to {host}: {e}")))?;
@@ -565,7 +641,23 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, Error> {
             None => rest.to_vec(),
         }
     };
-    Ok(Response { status, body })
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let headers = raw[..end]
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|l| {
+            let (k, v) = std::str::from_utf8(l).ok()?.split_once(':')?;
+            Some((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect();
+    Ok(Response {
+        status,
+        body,
+        headers,
+    })
 }
 
 #[cfg(test)]
