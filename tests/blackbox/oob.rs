@@ -104,3 +104,432 @@ fn wake_on_lan_goes_out_of_the_served_interface_only() {
         "{o:?}"
     );
 }
+
+/// Where the test's helper scripts are.
+pub(crate) fn helper(name: &str) -> String {
+    format!(
+        "{}/tests/blackbox/helpers/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// The Python with sushy-tools and bcrypt (install-deps' private venv).
+const VENV: &str = "/var/tmp/unbrick-venv/bin";
+
+/// A self-signed certificate for `ip` (EC P-256), its key, and its `sha256:` fingerprint.
+pub(crate) fn self_signed(dir: &std::path::Path, name: &str, ip: &str) -> (String, String, String) {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    must(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {} -days 30 -subj /CN={name} -addext subjectAltName=IP:{ip} 2>&1",
+        key.display(),
+        crt.display()
+    ));
+    let fp = must(&format!(
+        "openssl x509 -in {} -outform der | sha256sum | cut -d' ' -f1",
+        crt.display()
+    ));
+    (
+        crt.display().to_string(),
+        key.display().to_string(),
+        format!("sha256:{}", fp.trim()),
+    )
+}
+
+/// A CA, and a certificate it signed for `ip`: (CA file, certificate, key).
+fn ca_signed(dir: &std::path::Path, ip: &str) -> (String, String, String) {
+    let p = |n: &str| dir.join(n).display().to_string();
+    must(&format!(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {} -days 30 -subj /CN=test-bmc-ca -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign 2>&1",
+        p("ca.key"),
+        p("ca.crt")
+    ));
+    must(&format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout {} -out {} -subj /CN=bmc 2>&1",
+        p("leaf.key"),
+        p("leaf.csr")
+    ));
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    must(&format!(
+        "openssl x509 -req -in {} -CA {} -CAkey {} -CAcreateserial -days 30 -extfile {} -out {} 2>&1",
+        p("leaf.csr"),
+        p("ca.crt"),
+        p("ca.key"),
+        p("leaf.ext"),
+        p("leaf.crt")
+    ));
+    (p("ca.crt"), p("leaf.crt"), p("leaf.key"))
+}
+
+/// ipmi_sim's configuration: one BMC at `addr`:623, user admin / `password`, its chassis
+/// control through chassis.py on `chassis`.
+pub(crate) fn ipmi_sim_conf(
+    dir: &std::path::Path,
+    addr: &str,
+    password: &str,
+    chassis: &std::path::Path,
+) -> (String, String) {
+    let lan = dir.join(format!("lan-{addr}.conf"));
+    let emu = dir.join("ipmi.emu");
+    std::fs::write(
+        &lan,
+        format!(
+            "name \"ub{}\"\nset_working_mc 0x20\n  startlan 1\n    addr {addr} 623\n    priv_limit admin\n    allowed_auths_callback none md2 md5 straight\n    allowed_auths_user none md2 md5 straight\n    allowed_auths_operator none md2 md5 straight\n    allowed_auths_admin none md2 md5 straight\n    guid a123456789abcdefa123456789abcdef\n  endlan\n  chassis_control \"python3 {} ipmi {} 0x20\"\n  user 2 true \"admin\" \"{password}\" admin 10 none md2 md5 straight\n",
+            addr.replace('.', ""),
+            helper("chassis.py"),
+            chassis.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &emu,
+        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
+    )
+    .unwrap();
+    (lan.display().to_string(), emu.display().to_string())
+}
+
+/// sushy-emulator's configuration: the fake driver with one system, basic auth root /
+/// `password` (bcrypt, as sushy requires), HTTPS with `cert`/`key` when given.
+pub(crate) fn sushy_conf(
+    dir: &std::path::Path,
+    name: &str,
+    addr: &str,
+    port: u16,
+    password: &str,
+    systems: &str,
+    notify: Option<&str>,
+) -> String {
+    let htpasswd = dir.join(format!("{name}.htpasswd"));
+    must(&format!(
+        "{VENV}/python -c 'import bcrypt; print(\"root:\" + bcrypt.hashpw(b\"{password}\", bcrypt.gensalt()).decode())' > {}",
+        htpasswd.display()
+    ));
+    let conf = dir.join(format!("{name}.py"));
+    std::fs::write(
+        &conf,
+        format!(
+            "SUSHY_EMULATOR_LISTEN_IP = '{addr}'\nSUSHY_EMULATOR_LISTEN_PORT = {port}\nSUSHY_EMULATOR_FAKE_DRIVER = True\nSUSHY_EMULATOR_AUTH_FILE = '{}'\nSUSHY_EMULATOR_STATE_DIR = '{}'\nSUSHY_EMULATOR_FAKE_SYSTEMS = {systems}\nEXTERNAL_NOTIFICATION_URL = '{}'\n",
+            htpasswd.display(),
+            dir.join(format!("{name}.state")).display(),
+            notify.unwrap_or("http://127.0.0.1:9/none")
+        ),
+    )
+    .unwrap();
+    conf.display().to_string()
+}
+
+fn wait_for(p: &std::path::Path, needle: &str) -> bool {
+    (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains(needle)
+    })
+}
+
+fn json_lines(p: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Every controller kind against a real peer or a stand-in, all in a management namespace the
+/// test made: `bmc test` reads each (and names each failure: wrong password, digest refused,
+/// certificate not the pinned one, 500, no answer, unreachable), `hosts netboot` sets the
+/// one-time PXE boot on each good one in its protocol's order, every step lands on the host's
+/// timeline, the audit log has the action, and no secret is anywhere it should not be.
+#[test]
+fn controllers_are_read_and_told_to_network_boot_through_their_protocols() {
+    let mut lab = Lab::new("bm");
+    lab.init();
+    lab.serve("--dhcp off --bmc-timeout-secs 2 --bmc-attempts 2");
+    let tok = token(&lab);
+    let mgmt = lab.add_side_link("10.97.0.1/24", "10.97.0.2/24");
+    for a in [3, 4, 5, 6] {
+        must(&format!("ip -n {mgmt} addr add 10.97.0.{a}/24 dev eth0"));
+    }
+    let d = lab.dir.clone();
+    let chassis = d.join("chassis");
+    std::fs::create_dir_all(&chassis).unwrap();
+    // IPMI: Debian's ipmi_sim.
+    let (lan, emu) = ipmi_sim_conf(&d, "10.97.0.2", "Ipmi-Pa55", &chassis);
+    lab.spawn(
+        &mgmt,
+        &format!(
+            "ipmi_sim -n -c {lan} -f {emu} -s {}",
+            d.join("ipmi-state").display()
+        ),
+        &d.join("ipmi_sim.log"),
+    );
+    // Redfish: sushy-emulator (fake driver) over HTTPS with a self-signed certificate (pinned).
+    let (crt, key, sushy_fp) = self_signed(&d, "sushy", "10.97.0.3");
+    let conf = sushy_conf(
+        &d,
+        "sushy",
+        "10.97.0.3",
+        8443,
+        "Calvin-123",
+        "[{'uuid': '5a1e0000-0000-4000-8000-525400b00002', 'name': 'pc2', 'power_state': 'On', 'external_notifier': False, 'nics': [{'mac': '52:54:00:b0:00:02', 'ip': '10.99.0.2'}]}]",
+        None,
+    );
+    lab.spawn(
+        &mgmt,
+        &format!("{VENV}/sushy-emulator --config {conf} --ssl-certificate {crt} --ssl-key {key}"),
+        &d.join("sushy.log"),
+    );
+    // Redfish with sessions and ETags: the stand-in, its certificate from a CA (ca_file).
+    let (ca, leaf, leaf_key) = ca_signed(&d, "10.97.0.4");
+    let rf_log = d.join("redfish.jsonl");
+    let rf = |port: u16, mode: &str, log: &std::path::Path| {
+        format!(
+            "python3 {} 10.97.0.4 {port} root Stand-1n-Pw --cert {leaf} --key {leaf_key} --log {} {mode}",
+            helper("redfish_standin.py"),
+            log.display()
+        )
+    };
+    lab.spawn(&mgmt, &rf(443, "--refuse-mode", &rf_log), &d.join("rf.out"));
+    lab.spawn(
+        &mgmt,
+        &rf(8444, "--fail500", &d.join("rf500.jsonl")),
+        &d.join("rf500.out"),
+    );
+    let hang = format!(
+        "python3 {} 10.97.0.6 443 root x --cert {leaf} --key {leaf_key} --log {} --hang",
+        helper("redfish_standin.py"),
+        d.join("hang.jsonl").display()
+    );
+    lab.spawn(&mgmt, &hang, &d.join("hang.out"));
+    // AMT: the stand-in, digest auth.
+    let amt_log = d.join("amt.jsonl");
+    lab.spawn(
+        &mgmt,
+        &format!(
+            "python3 {} 10.97.0.5 16992 admin P@ssw0rd-1 --log {}",
+            helper("amt_standin.py"),
+            amt_log.display()
+        ),
+        &d.join("amt.out"),
+    );
+    assert!(wait_for(&d.join("rf.out"), "listening"), "redfish stand-in");
+    assert!(wait_for(&d.join("amt.out"), "listening"), "amt stand-in");
+    assert!(wait_for(&d.join("hang.out"), "hanging"));
+    assert!(
+        (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            lab.exec_in(&mgmt, "curl -sk -m 1 -o /dev/null -w %{http_code} https://10.97.0.3:8443/redfish/v1/")
+                .stdout
+                .starts_with(b"2")
+                || lab.exec_in(&mgmt, "curl -sk -m 1 -o /dev/null -w %{http_code} https://10.97.0.3:8443/redfish/v1/").stdout.starts_with(b"4")
+        }),
+        "sushy-emulator did not come up:\n{}",
+        std::fs::read_to_string(d.join("sushy.log")).unwrap_or_default()
+    );
+    let wrong_fp = format!("sha256:{}", "ab".repeat(32));
+    let csv = format!(
+        "mac,kind,address,port,tls,fingerprint,ca_file,user,secret\n\
+         52:54:00:b0:00:01,ipmi,10.97.0.2,,,,,admin,Ipmi-Pa55\n\
+         52:54:00:b0:00:02,redfish,10.97.0.3,8443,yes,{sushy_fp},,root,Calvin-123\n\
+         52:54:00:b0:00:03,redfish,10.97.0.4,443,yes,,{ca},root,Stand-1n-Pw\n\
+         52:54:00:b0:00:04,amt,10.97.0.5,,no,,,admin,P@ssw0rd-1\n\
+         52:54:00:b0:00:05,ipmi,10.97.0.2,,,,,admin,Wrong-Ipmi\n\
+         52:54:00:b0:00:06,amt,10.97.0.5,,no,,,admin,Wrong-Amt\n\
+         52:54:00:b0:00:07,redfish,10.97.0.3,8443,yes,{wrong_fp},,root,Calvin-123\n\
+         52:54:00:b0:00:08,redfish,10.97.0.4,8444,yes,,{ca},root,Stand-1n-Pw\n\
+         52:54:00:b0:00:09,redfish,10.97.0.6,443,yes,,{ca},root,Hang-Pw\n\
+         52:54:00:b0:00:0a,ipmi,10.97.0.9,,,,,admin,Gone-Pw\n\
+         52:54:00:b0:00:0b,wol,,,,,,,\n"
+    );
+    let file = d.join("bmc.csv");
+    std::fs::write(&file, csv).unwrap();
+    let out = cli(&lab, &tok, &format!("bmc import {}", file.display()));
+    assert!(
+        out.contains("11 created, 0 updated, 0 rows refused"),
+        "{out}"
+    );
+    // The read-only test of every controller: named failures, nothing hangs.
+    let t = std::time::Instant::now();
+    let o = lab.exec(&format!(
+        "{} bmc test --server http://{SERVER_IP}:8080 --token {tok}",
+        unbrick()
+    ));
+    let took = t.elapsed();
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        !o.status.success(),
+        "bmc test must fail when a controller does:\n{out}"
+    );
+    let line = |n: u8| -> String {
+        let mac = format!("52:54:00:b0:00:{n:02x}");
+        out.lines()
+            .find(|l| l.starts_with(&mac))
+            .unwrap_or_else(|| panic!("{mac} missing:\n{out}"))
+            .to_string()
+    };
+    for (n, ok, want) in [
+        (1, true, "IPMI: power on"),
+        (2, true, "Redfish: power on; can force a network (PXE) boot"),
+        (3, true, "Redfish: power on; can force a network (PXE) boot"),
+        (4, true, "AMT: power on; can force a PXE boot"),
+        (
+            5,
+            false,
+            "IPMI at 10.97.0.2: IPMI login refused (wrong password)",
+        ),
+        (6, false, "AMT at 10.97.0.5: digest auth refused"),
+        (7, false, "is not the pinned one"),
+        (
+            8,
+            false,
+            "Redfish at 10.97.0.4:8444: the service root answered 500",
+        ),
+        (
+            9,
+            false,
+            "Redfish at 10.97.0.6: no answer (10.97.0.6:443 did not answer within 2 s)",
+        ),
+        (10, false, "IPMI at 10.97.0.9: no answer within 2 s"),
+    ] {
+        let l = line(n);
+        let status = l.split_whitespace().nth(1).unwrap_or("");
+        assert!(
+            l.contains(want) && status == if ok { "ok" } else { "FAILED" },
+            "host {n}: {l} (wanted {want})\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("52:54:00:b0:00:0b"),
+        "a Wake-on-LAN host has nothing to test: {out}"
+    );
+    assert!(took < Duration::from_secs(90), "bmc test took {took:?}");
+    // Network boot once through each good controller.
+    let out = cli(
+        &lab,
+        &tok,
+        "hosts netboot 52:54:00:b0:00:01 52:54:00:b0:00:02 52:54:00:b0:00:03 52:54:00:b0:00:04",
+    );
+    assert!(out.contains("IPMI: one-time PXE boot set"), "{out}");
+    assert!(
+        out.contains("Redfish: one-time PXE boot set, reset (ForceRestart)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("AMT: one-time PXE boot set, reset (master bus reset)"),
+        "{out}"
+    );
+    // IPMI: ipmi_sim handed the PXE flag to the chassis.
+    let ipmi = std::fs::read_to_string(chassis.join("ipmi.log")).unwrap_or_default();
+    assert!(ipmi.contains("set boot pxe"), "{ipmi}");
+    // sushy: the system now boots Pxe (read with curl, sushy's own view).
+    let sys = lab.exec_in(&mgmt, "curl -sk -u root:Calvin-123 https://10.97.0.3:8443/redfish/v1/Systems/5a1e0000-0000-4000-8000-525400b00002");
+    let sys: serde_json::Value = serde_json::from_slice(&sys.stdout).unwrap_or_default();
+    assert_eq!(sys["Boot"]["BootSourceOverrideTarget"], "Pxe", "{sys}");
+    // The stand-in: a session, If-Match on the PATCH, the Mode refused and dropped, the
+    // session deleted.
+    let rf = json_lines(&rf_log);
+    let patches: Vec<&serde_json::Value> = rf.iter().filter(|e| e["method"] == "PATCH").collect();
+    assert_eq!(patches.len(), 2, "{rf:?}");
+    assert!(patches
+        .iter()
+        .all(|p| p["if_match"].as_str().is_some() && p["token"] == true));
+    assert!(patches[0]["body"]["Boot"]
+        .get("BootSourceOverrideMode")
+        .is_some());
+    assert!(patches[1]["body"]["Boot"]
+        .get("BootSourceOverrideMode")
+        .is_none());
+    assert!(rf.iter().any(|e| e["session"] == "deleted"), "{rf:?}");
+    assert!(rf.iter().any(|e| e["body"]["ResetType"] == "ForceRestart"));
+    // AMT: Intel's order, the role and the InstanceIDs.
+    let amt: Vec<serde_json::Value> = json_lines(&amt_log)
+        .into_iter()
+        .filter(|e| e.get("action").is_some())
+        .collect();
+    let order: Vec<&str> = amt.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    let tail: Vec<&str> = order[order.len() - 8..].to_vec();
+    assert_eq!(
+        tail,
+        [
+            "Get",
+            "Enumerate",
+            "Pull",
+            "ChangeBootOrder",
+            "Put",
+            "SetBootConfigRole",
+            "ChangeBootOrder",
+            "RequestPowerStateChange"
+        ],
+        "{amt:?}"
+    );
+    let n = amt.len();
+    assert_eq!(amt[n - 5]["source"], serde_json::Value::Null);
+    assert_eq!(amt[n - 3]["role"], "1");
+    assert_eq!(amt[n - 3]["config"], "Intel(r) AMT: Boot Configuration 0");
+    assert_eq!(amt[n - 2]["source"], "Intel(r) AMT: Force PXE Boot");
+    assert_eq!(amt[n - 1]["power_state"], 10);
+    assert!(amt[n - 4]["data"]["InstanceID"] == "Intel(r) AMT:BootSettingData 0");
+    // Timelines carry every step; the audit log the action.
+    let events =
+        |mac: &str| api_json(&lab, &tok, &format!("/api/v1/hosts/{mac}"))["events"].to_string();
+    let h1 = events("52:54:00:b0:00:01");
+    assert!(
+        h1.contains("netboot done: IPMI: one-time PXE boot set")
+            && h1.contains("Set System Boot Options: boot flags (once, force PXE): ok"),
+        "{h1}"
+    );
+    let h5 = events("52:54:00:b0:00:05");
+    assert!(
+        h5.contains("power-status failed: IPMI at 10.97.0.2: IPMI login refused (wrong password)"),
+        "{h5}"
+    );
+    let audit = api_json(&lab, &tok, "/api/v1/audit").to_string();
+    assert!(
+        audit.contains("\"netboot\"") && audit.contains("\"power-status\""),
+        "{audit}"
+    );
+    // A read-only token may not network-boot anything.
+    let ro = must(&format!(
+        "{} tokens create --name viewer --read-only --data-dir {}",
+        unbrick(),
+        lab.data().display()
+    ));
+    let o = lab.exec(&format!(
+        "{} hosts netboot 52:54:00:b0:00:01 --server http://{SERVER_IP}:8080 --token {}",
+        unbrick(),
+        ro.trim()
+    ));
+    assert!(
+        !o.status.success(),
+        "a read-only token network-booted a machine"
+    );
+    // No secret anywhere it should not be.
+    let everything = format!(
+        "{}{}{}{}",
+        lab.server_log(),
+        audit,
+        (1..=11)
+            .map(|n| events(&format!("52:54:00:b0:00:{n:02x}")))
+            .collect::<String>(),
+        cli(&lab, &tok, "bmc list")
+    );
+    for s in [
+        "Ipmi-Pa55",
+        "Calvin-123",
+        "Stand-1n-Pw",
+        "P@ssw0rd-1",
+        "Wrong-Ipmi",
+        "Wrong-Amt",
+        "Hang-Pw",
+        "Gone-Pw",
+    ] {
+        assert!(!everything.contains(s), "secret {s} leaked");
+    }
+}

@@ -102,7 +102,10 @@ impl Http for HttpDriver<'_> {
                 Err(Failure::transient(format!("no answer ({e})")))
             }
             Err(unbrick_http::Error::Tls(e)) | Err(unbrick_http::Error::Pin(e)) => {
-                Err(Failure::fatal(format!("TLS refused: {e}")))
+                Err(Failure::fatal(format!(
+                    "TLS refused: {}",
+                    e.replace("unexpected error: ", "")
+                )))
             }
             Err(e) => Err(Failure::fatal(e.to_string())),
         }

@@ -136,7 +136,35 @@ pub fn run(
         auth: Auth::Basic(basic),
         trace,
     };
-    let (root, _) = c.get("/redfish/v1/")?;
+    // The service root needs no credentials (DSP0266); a service that wants them anyway gets
+    // basic auth on a second try.
+    let root = match c.http.call(&HttpRequest::new("GET", "/redfish/v1/"))? {
+        r if r.status == 200 => {
+            c.trace.step("GET /redfish/v1/: 200 OK");
+            r.json()
+        }
+        r if r.status == 401 => {
+            c.trace
+                .step("GET /redfish/v1/: 401 without credentials; again with them");
+            c.get("/redfish/v1/")?.0
+        }
+        r => {
+            c.trace.step(format!("GET /redfish/v1/: {}", r.status));
+            return Err(if r.status >= 500 {
+                Failure::transient(format!("the service root answered {}", r.status))
+            } else {
+                Failure::fatal(format!(
+                    "the service root answered {} (is this a Redfish service?)",
+                    r.status
+                ))
+            });
+        }
+    };
+    if !root.is_object() {
+        return Err(Failure::fatal(
+            "the service root is not JSON (is this a Redfish service?)",
+        ));
+    }
     if let Some(sessions) = root["Links"]["Sessions"]["@odata.id"].as_str() {
         login(&mut c, sessions, cred)?;
     }
@@ -578,7 +606,11 @@ mod tests {
         assert!(o.summary.ends_with("powered on"), "{o:?}");
         let second: Value = serde_json::from_slice(&s.asked[4].body).unwrap();
         assert!(second["Boot"].get("BootSourceOverrideMode").is_none());
-        assert!(s.asked[0].headers[0].1.starts_with("Basic "));
+        assert!(
+            s.asked[0].headers.is_empty(),
+            "the service root is asked without credentials"
+        );
+        assert!(s.asked[1].headers[0].1.starts_with("Basic "));
         let reset: Value = serde_json::from_slice(&s.asked[6].body).unwrap();
         assert_eq!(reset["ResetType"], "On");
     }
@@ -610,7 +642,7 @@ mod tests {
     #[test]
     fn refusals_say_what_happened() {
         let mut s = Script {
-            answers: VecDeque::from([(401, vec![], Value::Null)]),
+            answers: VecDeque::from([(401, vec![], Value::Null), (401, vec![], Value::Null)]),
             asked: vec![],
         };
         let e = run(

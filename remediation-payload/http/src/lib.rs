@@ -328,6 +328,16 @@ impl Conn {
                 std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => {
                     Failure::Closed
                 }
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    Failure::Other(Error::Transport(format!(
+                        "{host} did not answer within {} s",
+                        timeout.as_secs()
+                    )))
+                }
+                // rustls reports a refused certificate or handshake as invalid data.
+                std::io::ErrorKind::InvalidData => {
+                    Failure::Other(Error::Tls(format!("TLS with {host}: {e}")))
+                }
                 _ => Failure::Other(Error::Transport(format!("send to {host}: {e}"))),
             });
         }
@@ -368,6 +378,20 @@ impl Conn {
                         ) =>
                 {
                     return Err(Failure::Closed)
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(Failure::Other(Error::Transport(format!(
+                        "{host} did not answer within {} s",
+                        timeout.as_secs()
+                    ))))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    return Err(Failure::Other(Error::Tls(format!("TLS with {host}: {e}"))))
                 }
                 Err(e) => {
                     return Err(Failure::Other(Error::Transport(format!(
