@@ -122,6 +122,19 @@ pub(crate) enum CampaignCmd {
         /// (`unbrick hosts approve-key`, the console's wave view, the API).
         #[arg(long, default_value = "auto", value_parser = ["auto", "confirm"])]
         key_release: String,
+        /// How the open wave's machines are made to network-boot: `none` (by hand, or their own
+        /// boot order) or `oob` (the server does it through each host's management controller,
+        /// no more at once than --concurrency).
+        #[arg(long, default_value = "none", value_parser = ["none", "oob"])]
+        trigger: String,
+        /// The reboot race (with --trigger oob): power-cycle each host up to this many times
+        /// first; only those that do not come back as Windows are network-booted.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=5))]
+        power_cycles: u32,
+        /// Minutes a triggered machine has to ask for an address before it is tried once more,
+        /// then needs attention.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
+        trigger_wait_minutes: u64,
         #[command(flatten)]
         target: Target,
     },

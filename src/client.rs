@@ -467,6 +467,9 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
             verify_minutes,
             host_timeout_minutes,
             key_release,
+            trigger,
+            power_cycles,
+            trigger_wait_minutes,
             target,
         } => {
             let targets = if let Some(s) = site {
@@ -486,7 +489,8 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
                 "name": name, "targets": targets, "waves": waves, "concurrency": concurrency,
                 "gate": { "min_success": min_success, "max_failure_rate": max_failure_rate, "min_soak_minutes": soak_minutes },
                 "host_timeout_minutes": host_timeout_minutes, "verify_window_minutes": verify_minutes,
-                "key_release": key_release,
+                "key_release": key_release, "trigger": trigger, "power_cycles": power_cycles,
+                "trigger_wait_minutes": trigger_wait_minutes,
             });
             let v = need_api(&target)?.json(
                 "POST",

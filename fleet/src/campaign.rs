@@ -121,6 +121,45 @@ pub struct CampaignSpec {
     /// the escrowed key's) or only when an admin approves each host.
     #[serde(default)]
     pub key_release: KeyRelease,
+    /// How the open wave's machines are made to network-boot: `none` (a person, or the
+    /// firmware's own order), `oob` (through their management controllers).
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// After a trigger, how long the machine has to ask for an address before it is tried
+    /// again, then needs attention (milliseconds; default 5 minutes).
+    #[serde(default = "default_trigger_wait")]
+    pub trigger_wait_ms: u64,
+    /// The reboot race: power-cycle each host up to this many times first and network-boot only
+    /// those that do not come back as Windows (0: network-boot at once).
+    #[serde(default)]
+    pub power_cycles: u32,
+}
+
+fn default_trigger_wait() -> u64 {
+    5 * 60 * 1000
+}
+
+/// How a campaign makes its hosts network-boot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Trigger {
+    /// It does not: someone presses F12, or the machines already boot the network first.
+    #[default]
+    None,
+    /// Through each host's management controller (AMT, Redfish, IPMI; Wake-on-LAN), no more
+    /// at a time than the campaign's concurrency.
+    Oob,
+}
+
+impl Trigger {
+    /// `none` or `oob`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Oob => "oob",
+        }
+    }
 }
 
 /// How a campaign releases BitLocker keys.
@@ -184,6 +223,14 @@ impl CampaignSpec {
             if l.is_empty() {
                 return Err(Error::Invalid("targets: the list is empty".into()));
             }
+        }
+        if self.trigger_wait_ms < 10_000 {
+            return Err(Error::Invalid(
+                "trigger_wait_ms: at least 10000 (ten seconds)".into(),
+            ));
+        }
+        if self.power_cycles > 5 {
+            return Err(Error::Invalid("power_cycles: 0 to 5".into()));
         }
         if self.host_timeout_ms < 60_000 {
             return Err(Error::Invalid(
@@ -280,6 +327,9 @@ pub struct Campaign {
     /// Human-readable history (time, what).
     #[serde(default)]
     pub log: Vec<(u64, String)>,
+    /// Out-of-band triggers per host (campaigns with `trigger = oob`).
+    #[serde(default)]
+    pub triggers: BTreeMap<Mac, Triggered>,
 }
 
 /// How a host's state counts for its wave.
@@ -348,6 +398,7 @@ impl Campaign {
             finished: BTreeSet::new(),
             restored: BTreeSet::new(),
             log: vec![(now_ms, "created".into())],
+            triggers: BTreeMap::new(),
         })
     }
 
@@ -894,6 +945,42 @@ impl CampaignPolicy {
         (changes, notes)
     }
 
+    /// The out-of-band orders due now in every running campaign with `trigger = oob` (with
+    /// the campaign's id and name), and the hosts that need attention or healed.
+    pub fn triggers_due(
+        &self,
+        hosts: &HashMap<Mac, HostRecord>,
+        now: u64,
+    ) -> (Vec<(String, String, TriggerOrder)>, Vec<HostChange>) {
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut orders, mut changes) = (Vec::new(), Vec::new());
+        for c in cs.iter_mut() {
+            let (o, ch) = c.triggers_due(hosts, now);
+            if !o.is_empty() || !ch.is_empty() {
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            orders.extend(o.into_iter().map(|o| (c.id.clone(), c.spec.name.clone(), o)));
+            changes.extend(ch);
+        }
+        (orders, changes)
+    }
+
+    /// A controller carried out (or could not) campaign `id`'s order for `mac`.
+    pub fn trigger_done(
+        &self,
+        id: &str,
+        mac: Mac,
+        ok: bool,
+        summary: &str,
+        now: u64,
+    ) -> Option<HostChange> {
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        cs.iter_mut()
+            .find(|c| c.id == id)?
+            .trigger_done(mac, ok, summary, now)
+    }
+
     /// Whether anything changed since the last call (the caller then persists).
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -998,6 +1085,9 @@ impl crate::BootPolicy for CampaignPolicy {
         }
     }
 }
+
+pub mod trigger;
+pub use trigger::{TriggerOrder, Triggered};
 
 #[cfg(test)]
 mod tests;

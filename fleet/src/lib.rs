@@ -20,7 +20,7 @@ pub mod policy;
 #[cfg(feature = "sled-store")]
 pub mod store;
 
-pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState, KeyRelease};
+pub use campaign::{Campaign, CampaignPolicy, CampaignSpec, CampaignState, KeyRelease, Trigger};
 pub use error::Error;
 pub use host::{
     Arch, BootPeer, ClientKind, Event, EventSource, HostRecord, HostState, TransitionError,

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::campaign::{outcome, Campaign, CampaignSpec, Gate, Outcome, Targets, WaveSize};
-use fleet::{KeyRelease, Mac};
+use fleet::{KeyRelease, Mac, Trigger};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +43,19 @@ pub struct CampaignInput {
     /// the escrowed key's; `confirm`: only after an admin approved the release for the host.
     #[serde(default)]
     pub key_release: KeyRelease,
+    /// `none` (default): the machines network-boot by hand or by their own boot order; `oob`:
+    /// the server network-boots each host of an open wave through its management controller.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// The reboot race: power-cycle each host up to this many times first (0 to 5).
+    #[serde(default)]
+    pub power_cycles: u32,
+    /// Minutes a triggered machine has to ask for an address (default 5).
+    #[serde(default)]
+    pub trigger_wait_minutes: Option<u64>,
+    /// The same in seconds (at least 10; wins over the minutes when both are given).
+    #[serde(default)]
+    pub trigger_wait_seconds: Option<u64>,
 }
 
 /// Which hosts a campaign covers (exactly one key).
@@ -118,6 +131,12 @@ impl CampaignInput {
                 .saturating_mul(60_000),
             verify_window_ms: self.verify_window_minutes.map(|m| m.saturating_mul(60_000)),
             key_release: self.key_release,
+            trigger: self.trigger,
+            trigger_wait_ms: match self.trigger_wait_seconds {
+                Some(s) => s.saturating_mul(1000),
+                None => self.trigger_wait_minutes.unwrap_or(5).saturating_mul(60_000),
+            },
+            power_cycles: self.power_cycles,
         };
         spec.validate()?;
         Ok(spec)
@@ -183,6 +202,12 @@ pub struct CampaignView {
     pub verify_window_minutes: Option<u64>,
     /// `auto` or `confirm`.
     pub key_release: String,
+    /// `none` or `oob`.
+    pub trigger: String,
+    /// Power cycles before a network boot (the reboot race).
+    pub power_cycles: u32,
+    /// Minutes a triggered machine has to ask for an address.
+    pub trigger_wait_minutes: u64,
     /// Its waves.
     pub waves: Vec<WaveView>,
     /// (time, note) pairs, oldest first.
@@ -211,6 +236,9 @@ pub fn view(c: &Campaign, hosts: &HashMap<Mac, fleet::HostRecord>) -> CampaignVi
         gate: c.spec.gate.clone(),
         verify_window_minutes: c.spec.verify_window_ms.map(|m| m / 60_000),
         key_release: c.spec.key_release.name().to_string(),
+        trigger: c.spec.trigger.name().to_string(),
+        power_cycles: c.spec.power_cycles,
+        trigger_wait_minutes: c.spec.trigger_wait_ms / 60_000,
         waves: c
             .waves
             .iter()
@@ -389,6 +417,44 @@ async fn approve_keys(
     ))
 }
 
+/// Out-of-band triggers due now: each order runs on its controller in its own task (the tick
+/// does not wait), its answer goes back to the campaign and onto the host's timeline.
+fn trigger(c: &Arc<Console>, now: u64) {
+    let (orders, changes) = c.fleet.with_hosts(|h| c.campaigns.triggers_due(h, now));
+    for ch in changes {
+        c.fleet.set_state(ch.mac, ch.to, &ch.why, now);
+    }
+    for (id, name, o) in orders {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let actor = format!("campaign {name}");
+            let done = c
+                .fleet
+                .control(&actor, fleet::EventSource::Policy, o.op, &[o.mac], now)
+                .await;
+            let (ok, summary) = done
+                .first()
+                .map(|(_, a)| (a.ok, a.summary.clone()))
+                .unwrap_or((false, "no answer".into()));
+            let at = fleet_service::now_ms();
+            c.fleet.audit_logged(
+                &actor,
+                o.op.name(),
+                format!(
+                    "{} (attempt {}): {}",
+                    o.mac,
+                    o.attempt,
+                    if ok { "done" } else { "failed" }
+                ),
+                at,
+            );
+            if let Some(ch) = c.campaigns.trigger_done(&id, o.mac, ok, &summary, at) {
+                c.fleet.set_state(ch.mac, ch.to, &ch.why, at);
+            }
+        });
+    }
+}
+
 /// Every second: campaigns advance (timeouts, verification windows, gates); host changes are
 /// applied through the fleet's single writer; changed campaigns are persisted.
 pub fn spawn_ticker(c: Arc<Console>) {
@@ -405,6 +471,7 @@ pub fn spawn_ticker(c: Arc<Console>) {
                 for ch in changes {
                     c.fleet.set_state(ch.mac, ch.to, &ch.why, now);
                 }
+                trigger(&c, now);
             }
             if c.campaigns.take_dirty() {
                 if let Err(e) = persist(&c).await {

@@ -650,6 +650,15 @@ pub async fn ui_campaign_create(
         } else {
             fleet::KeyRelease::Auto
         },
+        trigger: if get("trigger") == "oob" {
+            fleet::campaign::Trigger::Oob
+        } else {
+            fleet::campaign::Trigger::None
+        },
+        power_cycles: num("power_cycles", 0) as u32,
+        trigger_wait_minutes: (!get("trigger_wait_minutes").is_empty())
+            .then(|| num("trigger_wait_minutes", 5)),
+        trigger_wait_seconds: None,
     };
     match crate::campaigns::create(&c, &format!("console:{}", s.name), input).await {
         Ok(id) => campaign_page(

@@ -130,6 +130,7 @@ impl Modify for Bearer {
         fleet::agent::RunResult,
         fleet::EventSource,
         fleet::KeyRelease,
+        fleet::Trigger,
         EscrowSummary,
         fleet::escrow::Release,
         fleet::escrow::Source,

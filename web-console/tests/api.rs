@@ -1008,6 +1008,9 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
         host_timeout_ms: 3_600_000,
         verify_window_ms: None,
         key_release: Default::default(),
+        trigger: Default::default(),
+        trigger_wait_ms: 300_000,
+        power_cycles: 0,
     };
     spec.validate().unwrap();
     let hosts = t.fleet.hosts();

@@ -65,6 +65,9 @@ fn spec(waves: &[&str], gate: Gate, concurrency: u32) -> CampaignSpec {
         concurrency,
         host_timeout_ms: 30 * MIN,
         verify_window_ms: None,
+        trigger: Trigger::None,
+        trigger_wait_ms: 5 * MIN,
+        power_cycles: 0,
     }
 }
 
@@ -584,4 +587,130 @@ proptest::proptest! {
             proptest::prop_assert!(uniq.iter().any(|m| m.mac == *mac && m.canary));
         }
     }
+}
+
+fn with_controllers(f: &mut Fleet, n: u8) {
+    for i in 1..=n {
+        let h = f.hosts.get_mut(&mac(i)).unwrap();
+        h.controller = Some(crate::bmc::Controller {
+            kind: crate::bmc::ControllerKind::Amt,
+            address: Some(std::net::Ipv4Addr::new(10, 1, 2, i)),
+            port: Some(16992),
+            tls: false,
+            fingerprint: None,
+            ca_file: None,
+            user: Some("admin".into()),
+            sealed_secret: Some("00".into()),
+        });
+    }
+}
+
+fn oob(concurrency: u32, cycles: u32) -> CampaignSpec {
+    let mut s = spec(&["100%"], strict(), concurrency);
+    s.trigger = Trigger::Oob;
+    s.power_cycles = cycles;
+    s
+}
+
+#[test]
+fn oob_triggers_respect_concurrency_retry_once_then_need_attention() {
+    let mut f = Fleet::new(5);
+    with_controllers(&mut f, 4); // host 5 has no controller: never triggered
+    let mut c = Campaign::new("c1".into(), oob(2, 0), "r".into(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    let (o, ch) = c.triggers_due(&f.hosts, 1000);
+    assert!(ch.is_empty());
+    assert_eq!(o.len(), 2, "two slots: {o:?}");
+    assert!(o.iter().all(|o| o.op == crate::bmc::Op::NetbootOnce && o.attempt == 1));
+    // Nothing more while those two are out.
+    assert!(c.triggers_due(&f.hosts, 2000).0.is_empty());
+    let (a, b) = (o[0].mac, o[1].mac);
+    assert_eq!(c.trigger_done(a, true, "AMT: one-time PXE boot set", 3000), None);
+    assert_eq!(c.trigger_done(b, true, "ok", 3000), None);
+    // a network-boots: the policy puts it in the payload; the slot stays taken.
+    let ia = a.0[5];
+    f.hosts.get_mut(&a).unwrap().last_seen_ms = 10_000;
+    assert_eq!(f.boot(&mut c, ia, 10_000), BootDecision::Payload);
+    assert!(c.triggers_due(&f.hosts, 11_000).0.is_empty(), "both slots still in flight");
+    // a finishes: its slot frees, the next host is triggered.
+    f.set(&mut c, ia, HostState::Remediated, 20_000);
+    let (o2, _) = c.triggers_due(&f.hosts, 21_000);
+    assert_eq!(o2.len(), 1);
+    let next = o2[0].mac;
+    assert!(next != a && next != b && next != mac(5));
+    // b never asks for an address: tried once more after the wait, then needs attention.
+    let (o3, _) = c.triggers_due(&f.hosts, 3000 + 5 * MIN);
+    let again: Vec<_> = o3.iter().filter(|o| o.mac == b).collect();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempt, 2);
+    c.trigger_done(b, true, "ok", 3000 + 5 * MIN);
+    let (_, ch) = c.triggers_due(&f.hosts, 3000 + 10 * MIN + 1);
+    let gave_up: Vec<_> = ch.iter().filter(|c| c.mac == b).collect();
+    assert_eq!(gave_up.len(), 1, "{ch:?}");
+    match &gave_up[0].to {
+        HostState::NeedsAttention(w) => assert!(
+            w.contains("network boot triggered through AMT at 10.1.2.")
+                && w.contains("UTC; the machine never asked for an address"),
+            "{w}"
+        ),
+        s => panic!("{s:?}"),
+    }
+    assert!(c.finished.contains(&b));
+}
+
+#[test]
+fn a_failing_controller_is_retried_soon_then_needs_attention_with_its_reason() {
+    let mut f = Fleet::new(1);
+    with_controllers(&mut f, 1);
+    let mut c = Campaign::new("c2".into(), oob(5, 0), "r".into(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    let (o, _) = c.triggers_due(&f.hosts, 0);
+    assert_eq!(o.len(), 1);
+    assert_eq!(c.trigger_done(mac(1), false, "AMT at 10.1.2.1: digest auth refused", 1000), None);
+    assert!(c.triggers_due(&f.hosts, 20_000).0.is_empty(), "not before the retry delay");
+    let (o, _) = c.triggers_due(&f.hosts, 31_000);
+    assert_eq!(o.len(), 1);
+    let ch = c.trigger_done(mac(1), false, "AMT at 10.1.2.1: digest auth refused", 32_000).unwrap();
+    assert_eq!(
+        ch.to,
+        HostState::NeedsAttention("could not network-boot it out of band: AMT at 10.1.2.1: digest auth refused".into())
+    );
+}
+
+#[test]
+fn the_reboot_race_power_cycles_first_and_healed_hosts_are_not_network_booted() {
+    let mut f = Fleet::new(2);
+    with_controllers(&mut f, 2);
+    let mut c = Campaign::new("c3".into(), oob(5, 2), "r".into(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    let (o, _) = c.triggers_due(&f.hosts, 0);
+    assert_eq!(o.len(), 2);
+    assert!(o.iter().all(|o| o.op == crate::bmc::Op::PowerCycle));
+    for o in &o {
+        c.trigger_done(o.mac, true, "ok", 1000);
+    }
+    // Host 1 comes back as Windows: healed. Host 2 stays silent.
+    let h = f.hosts.get_mut(&mac(1)).unwrap();
+    h.last_seen_ms = 60_000;
+    h.last_kind = Some(ClientKind::Windows);
+    let (o, ch) = c.triggers_due(&f.hosts, 1000 + 5 * MIN);
+    assert_eq!(ch.len(), 1);
+    assert_eq!(ch[0].mac, mac(1));
+    assert_eq!(ch[0].to, HostState::Recovered);
+    assert!(ch[0].why.contains("healed by the reboot"), "{}", ch[0].why);
+    assert_eq!(o.len(), 1);
+    assert_eq!((o[0].mac, o[0].op, o[0].attempt), (mac(2), crate::bmc::Op::PowerCycle, 2));
+    c.trigger_done(mac(2), true, "ok", 1000 + 5 * MIN);
+    // Two cycles did not help: now a network boot.
+    let (o, _) = c.triggers_due(&f.hosts, 1000 + 10 * MIN);
+    assert_eq!((o[0].mac, o[0].op), (mac(2), crate::bmc::Op::NetbootOnce));
+}
+
+#[test]
+fn trigger_none_orders_nothing() {
+    let mut f = Fleet::new(2);
+    with_controllers(&mut f, 2);
+    let mut c = Campaign::new("c4".into(), spec(&["100%"], strict(), 5), "r".into(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    assert!(c.triggers_due(&f.hosts, 0).0.is_empty());
 }
