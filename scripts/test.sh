@@ -25,6 +25,10 @@ if cargo tree -p fleet --no-default-features -e normal --prefix none | grep -E '
   echo "fleet without its sled-store feature depends on tokio or sled (above)" >&2
   exit 1
 fi
+if cargo tree -p unbrick-oob -e normal --prefix none | grep -E '^(tokio|mio|sled) '; then
+  echo "unbrick-oob (the controller clients) depends on tokio or sled (above)" >&2
+  exit 1
+fi
 
 echo "== no module circles inside a crate"
 python3 scripts/module-cycles.py

@@ -959,7 +959,10 @@ impl CampaignPolicy {
             if !o.is_empty() || !ch.is_empty() {
                 self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            orders.extend(o.into_iter().map(|o| (c.id.clone(), c.spec.name.clone(), o)));
+            orders.extend(
+                o.into_iter()
+                    .map(|o| (c.id.clone(), c.spec.name.clone(), o)),
+            );
             changes.extend(ch);
         }
         (orders, changes)

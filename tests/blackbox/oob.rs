@@ -533,3 +533,279 @@ fn controllers_are_read_and_told_to_network_boot_through_their_protocols() {
         assert!(!everything.contains(s), "secret {s} leaked");
     }
 }
+
+/// A guest whose disk loops (its MBR resets the machine at once) run by chassis.py as its
+/// power supply, on a tap of the lab's bridge; returns the chassis folder.
+fn looping_guest(lab: &mut Lab, name: &str, mac: &str) -> std::path::PathBuf {
+    let bad = unbrick_lab::disks::channel_file(5, 20_000);
+    let disk = unbrick_lab::disks::make_disk(
+        &lab.dir,
+        name,
+        unbrick_lab::disks::Table::Mbr,
+        &[unbrick_lab::disks::Volume {
+            label: "WINDOWS".into(),
+            dirty: false,
+            files: vec![unbrick_lab::disks::File {
+                path: "Windows/System32/drivers/CrowdStrike/C-00000291-00000000-00000032.sys"
+                    .into(),
+                data: bad,
+                mtime: "2024-07-19 04:09:00 UTC".into(),
+            }],
+        }],
+    );
+    // The boot code: wait 5 s (BIOS int 15h, AH 86h), then pulse the keyboard controller's
+    // reset line (the machine resets, as a PC in a boot loop does; a loop much faster than a
+    // real one would use up a boot override between the controller's two commands), then halt.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk.path)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut f,
+        &[
+            0xb4, 0x86, 0xb9, 0x4c, 0x00, 0xba, 0x40, 0x4b, 0xcd, 0x15, 0xb0, 0xfe, 0xe6, 0x64,
+            0xf4, 0xeb, 0xfd,
+        ],
+    )
+    .unwrap();
+    drop(f);
+    let spec = unbrick_lab::qemu::GuestSpec {
+        name: name.into(),
+        mac: mac.into(),
+        fw: unbrick_lab::qemu::Firmware::Bios,
+        disk: Some((disk.path.clone(), unbrick_lab::qemu::Bus::Virtio)),
+        accel: crate::firmware::accel(),
+        smbios_serial: format!("UB-{name}"),
+        dir: lab.dir.clone(),
+    };
+    lab.add_tap(&spec.tap());
+    let dir = lab.dir.join(format!("chassis-{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ns = lab.ns.clone();
+    lab.spawn(
+        &ns,
+        &format!(
+            "python3 {} supervise {} -- qemu-system-x86_64 {}",
+            helper("chassis.py"),
+            dir.display(),
+            spec.args().join(" ")
+        ),
+        &dir.join("supervisor.log"),
+    );
+    dir
+}
+
+fn chassis_events(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("events"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_string())
+        .collect()
+}
+
+/// Three boot-looping machines, one behind each kind of controller (ipmi_sim, sushy-emulator,
+/// the AMT stand-in), in a campaign of waves 1 and 2 with `--trigger oob` and concurrency 1:
+/// before it starts nobody network-boots; then, with no test step touching a guest, each is
+/// network-booted once through its controller, remediated, and boots its disk again; never two
+/// in the payload at once.
+#[test]
+fn a_campaign_network_boots_its_waves_through_their_controllers() {
+    let _turn = qemu_turn();
+    let mut lab = Lab::new("ob");
+    lab.init();
+    crate::payload::build_image(&lab);
+    lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --bmc-timeout-secs 5");
+    let tok = token(&lab);
+    let mgmt = lab.add_side_link("10.97.0.1/24", "10.97.0.2/24");
+    for a in [3, 5] {
+        must(&format!("ip -n {mgmt} addr add 10.97.0.{a}/24 dev eth0"));
+    }
+    let macs = [
+        "52:54:00:0b:00:01",
+        "52:54:00:0b:00:02",
+        "52:54:00:0b:00:03",
+    ];
+    let dirs: Vec<std::path::PathBuf> = ["obi", "obr", "oba"]
+        .iter()
+        .zip(macs)
+        .map(|(n, m)| looping_guest(&mut lab, n, m))
+        .collect();
+    let d = lab.dir.clone();
+    // IPMI for the first, through ipmi_sim whose chassis control is the first supervisor.
+    let (lan, emu) = ipmi_sim_conf(&d, "10.97.0.2", "Ipmi-Pa55", &dirs[0]);
+    lab.spawn(
+        &mgmt,
+        &format!(
+            "ipmi_sim -n -c {lan} -f {emu} -s {}",
+            d.join("ipmi-state").display()
+        ),
+        &d.join("ipmi_sim.log"),
+    );
+    // Redfish for the second: sushy-emulator's fake driver, its notifier into chassis.py.
+    let (crt, key, fp) = self_signed(&d, "sushy", "10.97.0.3");
+    lab.spawn(
+        &mgmt,
+        &format!(
+            "python3 {} sushy {} 10.97.0.3 9999",
+            helper("chassis.py"),
+            dirs[1].display()
+        ),
+        &d.join("notifier.log"),
+    );
+    let conf = sushy_conf(
+        &d,
+        "sushy",
+        "10.97.0.3",
+        8443,
+        "Calvin-123",
+        "[{'uuid': '5a1e0000-0000-4000-8000-5254000b0002', 'name': 'obr', 'power_state': 'On', 'external_notifier': True, 'nics': [{'mac': '52:54:00:0b:00:02', 'ip': '10.99.0.2'}]}]",
+        Some("http://10.97.0.3:9999/"),
+    );
+    lab.spawn(
+        &mgmt,
+        &format!("{VENV}/sushy-emulator --config {conf} --ssl-certificate {crt} --ssl-key {key}"),
+        &d.join("sushy.log"),
+    );
+    // AMT for the third: the stand-in, writing to the third supervisor.
+    lab.spawn(
+        &mgmt,
+        &format!(
+            "python3 {} 10.97.0.5 16992 admin P@ssw0rd-1 --log {} --chassis {}",
+            helper("amt_standin.py"),
+            d.join("amt.jsonl").display(),
+            dirs[2].display()
+        ),
+        &d.join("amt.out"),
+    );
+    assert!(
+        wait_for(&d.join("notifier.log"), "listening") && wait_for(&d.join("amt.out"), "listening")
+    );
+    let inv = d.join("hosts.csv");
+    std::fs::write(
+        &inv,
+        format!(
+            "mac,hostname,site,tags\n{},pc-ipmi,hq,canary\n{},pc-redfish,hq,\n{},pc-amt,hq,\n",
+            macs[0], macs[1], macs[2]
+        ),
+    )
+    .unwrap();
+    cli(&lab, &tok, &format!("hosts import {}", inv.display()));
+    let bmc = d.join("bmc.csv");
+    std::fs::write(
+        &bmc,
+        format!(
+            "mac,kind,address,port,tls,fingerprint,user,secret\n{},ipmi,10.97.0.2,,,,admin,Ipmi-Pa55\n{},redfish,10.97.0.3,8443,yes,{fp},root,Calvin-123\n{},amt,10.97.0.5,,no,,admin,P@ssw0rd-1\n",
+            macs[0], macs[1], macs[2]
+        ),
+    )
+    .unwrap();
+    cli(&lab, &tok, &format!("bmc import {}", bmc.display()));
+    // sushy up?
+    assert!(
+        (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            !lab.exec_in(
+                &mgmt,
+                "curl -sk -m 1 -o /dev/null -w %{http_code} https://10.97.0.3:8443/redfish/v1/",
+            )
+            .stdout
+            .starts_with(b"000")
+        }),
+        "sushy-emulator did not come up"
+    );
+    // The machines loop on their disks; unbrick hears nothing from them.
+    for (m, dir) in macs.iter().zip(&dirs) {
+        let looped = (0..300).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            chassis_events(dir)
+                .iter()
+                .filter(|e| e.as_str() == "start c")
+                .count()
+                >= 2
+        });
+        assert!(
+            looped,
+            "{m} should be looping on its disk: {:?}",
+            chassis_events(dir)
+        );
+    }
+    for m in macs {
+        let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{m}"));
+        assert!(
+            h["host"]["client"].is_null(),
+            "{m} asked for an address before the trigger: {h}"
+        );
+    }
+    let id = cli(
+        &lab,
+        &tok,
+        "campaign create --name oob3 --all --waves 1,100% --concurrency 1 --min-success 1 --max-failure-rate 0 --trigger oob --trigger-wait-minutes 4",
+    );
+    cli(&lab, &tok, &format!("campaign start {id}"));
+    crate::campaign::wait_for(
+        "all three remediated",
+        600,
+        || {
+            macs.iter()
+                .all(|m| crate::campaign::state(&lab, &tok, m) == "remediated")
+        },
+        &lab,
+    );
+    // Each network-booted once, then booted its disk again.
+    for (m, dir) in macs.iter().zip(&dirs) {
+        // The agent reboots after its report: wait for that next start.
+        let rebooted = |ev: &[String]| {
+            ev.iter()
+                .position(|e| e == "start once=n")
+                .is_some_and(|i| ev[i + 1..].iter().any(|e| e == "start c"))
+        };
+        for _ in 0..600 {
+            if rebooted(&chassis_events(dir)) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let ev = chassis_events(dir);
+        let once: Vec<usize> = ev
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.as_str() == "start once=n")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(once.len(), 1, "{m}: one network boot: {ev:?}");
+        assert!(
+            ev[once[0] + 1..].iter().any(|e| e == "start c"),
+            "{m}: the boot after the fix is from its disk: {ev:?}"
+        );
+        let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{m}"));
+        let events = h["events"].to_string();
+        assert!(
+            events.contains("netboot done: ") && events.contains("by campaign oob3"),
+            "{m}: {events}"
+        );
+    }
+    // Never two in the payload at once: each host's order came after the previous one's result.
+    let event_time = |m: &str, needle: &str| {
+        let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{m}"));
+        h["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["message"].as_str().unwrap_or("").contains(needle))
+            .and_then(|e| e["time_ms"].as_u64())
+            .unwrap_or_else(|| panic!("{m}: no event {needle:?}: {h}"))
+    };
+    let ordered = |m: &str| event_time(m, "netboot done: ");
+    let remediated = |m: &str| event_time(m, "-> remediated");
+    let mut spans: Vec<(u64, u64)> = macs.iter().map(|m| (ordered(m), remediated(m))).collect();
+    spans.sort();
+    assert_eq!(spans[0].0, ordered(macs[0]), "the canary first: {spans:?}");
+    for w in spans.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "two hosts were network-booted at once (concurrency 1): {spans:?}"
+        );
+    }
+    let audit = api_json(&lab, &tok, "/api/v1/audit").to_string();
+    assert!(audit.contains("campaign oob3"), "{audit}");
+}

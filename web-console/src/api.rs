@@ -103,6 +103,8 @@ pub struct HostView {
     /// Two machines claimed this host's MAC: which. No key leaves automatically until an admin
     /// retries the host.
     pub claim_conflict: Option<String>,
+    /// Its management controller, as an admin may see it (never the secret).
+    pub controller: Option<String>,
     /// The campaign scope in which an admin approved this host's key release.
     pub key_release_approved: Option<String>,
     /// Recovery-password protectors the agent waits for a key for (paste one to go on).
@@ -174,6 +176,7 @@ pub fn view(h: &HostRecord) -> HostView {
             .as_ref()
             .map(|p| format!("{p}, bound by {}", p.evidence)),
         claim_conflict: h.claim_conflict.clone(),
+        controller: h.controller.as_ref().map(|c| c.to_string()),
         key_release_approved: h.key_release_approved.clone(),
         bitlocker_waiting: h.bitlocker_waiting.clone(),
         rotate_bitlocker_key: h.rotate_bitlocker_key,

@@ -134,7 +134,10 @@ impl CampaignInput {
             trigger: self.trigger,
             trigger_wait_ms: match self.trigger_wait_seconds {
                 Some(s) => s.saturating_mul(1000),
-                None => self.trigger_wait_minutes.unwrap_or(5).saturating_mul(60_000),
+                None => self
+                    .trigger_wait_minutes
+                    .unwrap_or(5)
+                    .saturating_mul(60_000),
             },
             power_cycles: self.power_cycles,
         };

@@ -463,6 +463,32 @@ async fn bulk_actions() {
         ["forget", "mark-done", "skip", "approve", "retry"],
         "newest first"
     );
+    // Controller actions: without a controller (or without the running server's clients)
+    // each host is refused with the reason, and nothing leaves.
+    let m2 = "52:54:00:ab:00:02";
+    for action in ["netboot", "boot-disk", "power-cycle", "power-status"] {
+        let body = format!(r#"{{"action":"{action}","macs":["{m2}","52:54:00:ff:00:09","junk"]}}"#);
+        let (s, _, b) = send(
+            &t,
+            post("/api/v1/hosts/actions", a, "application/json", &body),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let v = json(&b);
+        assert_eq!(v["failed"].as_u64(), Some(3), "{b}");
+        let msgs: Vec<&str> = v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["message"].as_str().unwrap())
+            .collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("running server") || m.contains("no management controller")),
+            "{msgs:?}"
+        );
+        assert!(msgs.iter().any(|m| m.contains("unknown host")), "{msgs:?}");
+    }
 }
 
 #[tokio::test]

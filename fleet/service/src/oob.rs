@@ -160,14 +160,14 @@ impl FleetIo {
             steps: vec![],
             power: None,
         };
+        let req = match self.control_request(mac, op) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
         let Some(oob) = self.oob.clone() else {
             return fail(
                 "controllers are reached by the running server: use --server (the offline CLI sends nothing)".into(),
             );
-        };
-        let req = match self.control_request(mac, op) {
-            Ok(r) => r,
-            Err(e) => return fail(e),
         };
         if req.controller.kind == ControllerKind::Wol {
             return match op {

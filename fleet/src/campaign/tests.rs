@@ -621,17 +621,30 @@ fn oob_triggers_respect_concurrency_retry_once_then_need_attention() {
     let (o, ch) = c.triggers_due(&f.hosts, 1000);
     assert!(ch.is_empty());
     assert_eq!(o.len(), 2, "two slots: {o:?}");
-    assert!(o.iter().all(|o| o.op == crate::bmc::Op::NetbootOnce && o.attempt == 1));
+    assert!(o
+        .iter()
+        .all(|o| o.op == crate::bmc::Op::NetbootOnce && o.attempt == 1));
     // Nothing more while those two are out.
     assert!(c.triggers_due(&f.hosts, 2000).0.is_empty());
     let (a, b) = (o[0].mac, o[1].mac);
-    assert_eq!(c.trigger_done(a, true, "AMT: one-time PXE boot set", 3000), None);
+    assert_eq!(
+        c.trigger_done(a, true, "AMT: one-time PXE boot set", 3000),
+        None
+    );
     assert_eq!(c.trigger_done(b, true, "ok", 3000), None);
-    // a network-boots: the policy puts it in the payload; the slot stays taken.
+    // a asks for an address: it keeps its slot before the payload takes it.
     let ia = a.0[5];
     f.hosts.get_mut(&a).unwrap().last_seen_ms = 10_000;
+    assert!(
+        c.triggers_due(&f.hosts, 10_500).0.is_empty(),
+        "a answered: its slot is still taken"
+    );
+    // It network-boots: the policy puts it in the payload; the slot stays taken.
     assert_eq!(f.boot(&mut c, ia, 10_000), BootDecision::Payload);
-    assert!(c.triggers_due(&f.hosts, 11_000).0.is_empty(), "both slots still in flight");
+    assert!(
+        c.triggers_due(&f.hosts, 11_000).0.is_empty(),
+        "both slots still in flight"
+    );
     // a finishes: its slot frees, the next host is triggered.
     f.set(&mut c, ia, HostState::Remediated, 20_000);
     let (o2, _) = c.triggers_due(&f.hosts, 21_000);
@@ -666,14 +679,29 @@ fn a_failing_controller_is_retried_soon_then_needs_attention_with_its_reason() {
     c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
     let (o, _) = c.triggers_due(&f.hosts, 0);
     assert_eq!(o.len(), 1);
-    assert_eq!(c.trigger_done(mac(1), false, "AMT at 10.1.2.1: digest auth refused", 1000), None);
-    assert!(c.triggers_due(&f.hosts, 20_000).0.is_empty(), "not before the retry delay");
+    assert_eq!(
+        c.trigger_done(mac(1), false, "AMT at 10.1.2.1: digest auth refused", 1000),
+        None
+    );
+    assert!(
+        c.triggers_due(&f.hosts, 20_000).0.is_empty(),
+        "not before the retry delay"
+    );
     let (o, _) = c.triggers_due(&f.hosts, 31_000);
     assert_eq!(o.len(), 1);
-    let ch = c.trigger_done(mac(1), false, "AMT at 10.1.2.1: digest auth refused", 32_000).unwrap();
+    let ch = c
+        .trigger_done(
+            mac(1),
+            false,
+            "AMT at 10.1.2.1: digest auth refused",
+            32_000,
+        )
+        .unwrap();
     assert_eq!(
         ch.to,
-        HostState::NeedsAttention("could not network-boot it out of band: AMT at 10.1.2.1: digest auth refused".into())
+        HostState::NeedsAttention(
+            "could not network-boot it out of band: AMT at 10.1.2.1: digest auth refused".into()
+        )
     );
 }
 
@@ -699,7 +727,10 @@ fn the_reboot_race_power_cycles_first_and_healed_hosts_are_not_network_booted() 
     assert_eq!(ch[0].to, HostState::Recovered);
     assert!(ch[0].why.contains("healed by the reboot"), "{}", ch[0].why);
     assert_eq!(o.len(), 1);
-    assert_eq!((o[0].mac, o[0].op, o[0].attempt), (mac(2), crate::bmc::Op::PowerCycle, 2));
+    assert_eq!(
+        (o[0].mac, o[0].op, o[0].attempt),
+        (mac(2), crate::bmc::Op::PowerCycle, 2)
+    );
     c.trigger_done(mac(2), true, "ok", 1000 + 5 * MIN);
     // Two cycles did not help: now a network boot.
     let (o, _) = c.triggers_due(&f.hosts, 1000 + 10 * MIN);

@@ -35,6 +35,10 @@ pub struct Triggered {
     pub pending: bool,
     /// Nothing more to do (it asked for an address, healed, or gave up).
     pub done: bool,
+    /// When it asked for an address after an order (it holds its slot from then until it is
+    /// in the payload, for at most the wait).
+    #[serde(default)]
+    pub answered_ms: u64,
     /// The controller, for messages ("AMT at 10.1.2.3").
     pub via: String,
 }
@@ -90,14 +94,17 @@ impl Campaign {
         };
         let wave = wave.hosts.clone();
         let wait = self.spec.trigger_wait_ms;
+        // In flight: in the payload, or triggered and not finished (an answered host keeps its
+        // slot until the payload takes it, for at most the wait).
         let mut in_flight = self.in_payload.len()
             + wave
                 .iter()
-                .filter(|m| !self.in_payload.contains_key(m))
+                .filter(|m| !self.in_payload.contains_key(m) && !self.finished.contains(m))
                 .filter(|m| {
-                    self.triggers
-                        .get(m)
-                        .is_some_and(|t| !t.done && t.cycles + t.netboots > 0)
+                    self.triggers.get(m).is_some_and(|t| {
+                        t.cycles + t.netboots > 0
+                            && (!t.done || now.saturating_sub(t.answered_ms) < wait)
+                    })
                 })
                 .count();
         for mac in wave {
@@ -131,6 +138,7 @@ impl Campaign {
                 if t.last_ms > 0 && h.last_seen_ms > t.last_ms {
                     // It asked for an address after the last order.
                     t.done = true;
+                    t.answered_ms = now;
                     if t.netboots == 0 && h.last_kind == Some(ClientKind::Windows) {
                         let why = format!(
                             "came back as Windows after power cycle {} through {}: healed by the reboot, not network-booted",
@@ -196,7 +204,9 @@ impl Campaign {
         }
         for o in &orders {
             let what = match o.op {
-                Op::PowerCycle => format!("power cycle {} of {}", o.attempt, self.spec.power_cycles),
+                Op::PowerCycle => {
+                    format!("power cycle {} of {}", o.attempt, self.spec.power_cycles)
+                }
                 _ => format!("network boot {} of {NETBOOT_ATTEMPTS}", o.attempt),
             };
             self.log.push((now, format!("{}: {what} ordered", o.mac)));
@@ -207,7 +217,13 @@ impl Campaign {
     /// The controller carried out an order for `mac` (`ok`) or could not: the wait for its DHCP
     /// starts now; a failed order is tried again sooner, and after [`NETBOOT_ATTEMPTS`] failed
     /// ones the host needs attention.
-    pub fn trigger_done(&mut self, mac: Mac, ok: bool, summary: &str, now: u64) -> Option<HostChange> {
+    pub fn trigger_done(
+        &mut self,
+        mac: Mac,
+        ok: bool,
+        summary: &str,
+        now: u64,
+    ) -> Option<HostChange> {
         let wait = self.spec.trigger_wait_ms;
         let name = self.spec.name.clone();
         let t = self.triggers.get_mut(&mac)?;

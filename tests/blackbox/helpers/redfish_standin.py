@@ -19,6 +19,7 @@ import os
 import secrets
 import socket
 import ssl
+import sys
 import threading
 import time
 
@@ -32,8 +33,8 @@ def main():
     p.add_argument("port", type=int)
     p.add_argument("user")
     p.add_argument("password")
-    p.add_argument("--cert", required=True)
-    p.add_argument("--key", required=True)
+    p.add_argument("--cert")
+    p.add_argument("--key")
     p.add_argument("--log", required=True)
     p.add_argument("--chassis")
     p.add_argument("--power", default="On")
@@ -41,9 +42,16 @@ def main():
     p.add_argument("--revert", action="store_true")
     p.add_argument("--fail500", action="store_true")
     p.add_argument("--hang", action="store_true")
+    p.add_argument("--plain", action="store_true", help="HTTP, no TLS")
+    p.add_argument("--fleet", action="store_true",
+                   help="one system per local address the request came to (bind 0.0.0.0)")
+    p.add_argument("--announce", action="store_true",
+                   help="print 'reset ADDRESS pxe|none' for each reset")
     args = p.parse_args()
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(args.cert, args.key)
+    ctx = None
+    if not args.plain:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.cert, args.key)
 
     if args.hang:
         s = socket.socket()
@@ -56,9 +64,24 @@ def main():
             c, _ = s.accept()
             held.append(c)  # never read, never answered
 
+    if args.fleet:
+        # Run by the fleet simulator with a pipe on stdin: when the simulator ends (or dies),
+        # so does the stand-in.
+        def watch():
+            sys.stdin.read()
+            os._exit(0)
+        threading.Thread(target=watch, daemon=True).start()
+
     lock = threading.Lock()
-    st = {"etag": 1, "target": "Hdd", "enabled": "Disabled", "mode": "UEFI",
-          "power": args.power, "tokens": {}, "n": 0}
+    systems = {}
+
+    def state_of(handler):
+        key = handler.connection.getsockname()[0] if args.fleet else ""
+        with lock:
+            if key not in systems:
+                systems[key] = {"etag": 1, "target": "Hdd", "enabled": "Disabled", "mode": "UEFI",
+                                "power": args.power, "tokens": {}, "n": 0, "address": key}
+            return systems[key]
 
     def log(entry):
         with open(args.log, "a") as f:
@@ -99,6 +122,7 @@ def main():
                 return None
 
         def handle_any(self, method):
+            st = state_of(self)
             b = self.body() if method in ("POST", "PATCH") else {}
             tok = self.headers.get("X-Auth-Token")
             entry = {"method": method, "path": self.path, "token": bool(tok),
@@ -189,6 +213,12 @@ def main():
                 if rt != "ForceOff":
                     chassis("boot", "pxe" if pxe else "none")
                     chassis("reset", "1")
+                    if args.announce:
+                        # One write per line under the lock: print() writes the text and the
+                        # newline apart, and threads interleave them.
+                        with lock:
+                            sys.stdout.write("reset %s %s\n" % (st["address"], "pxe" if pxe else "none"))
+                            sys.stdout.flush()
                 return self.send(204)
             return self.error(404, "no such resource")
 
@@ -204,8 +234,11 @@ def main():
         def do_DELETE(self):
             self.handle_any("DELETE")
 
+    http.server.ThreadingHTTPServer.request_queue_size = 512
     srv = http.server.ThreadingHTTPServer((args.address, args.port), H)
-    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.daemon_threads = True
+    if ctx is not None:
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
     print("redfish stand-in listening", flush=True)
     srv.serve_forever()
 

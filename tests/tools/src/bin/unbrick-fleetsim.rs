@@ -7,6 +7,12 @@
 //! prints the timeline of hosts per state, and checks that no host got the payload before its
 //! wave opened, that at most `concurrency` were in the payload at once, and that none was lost.
 //!
+//! With `FLEETSIM_OOB=path/to/redfish_standin.py` every machine also has a Redfish controller
+//! (the Python stand-in, one system per address 10.99.200.1 and up on the simulator's
+//! interface): the campaign runs with `trigger = oob`, and a machine boots only when the server
+//! reset it through its controller. The simulator then prints the wave-open-to-trigger and
+//! trigger-to-DHCP-offer latencies.
+//!
 //! unbrick-fleetsim IFACE TOKEN FINGERPRINT HOSTS WAVES CONCURRENCY POLL_SECS [SERVER_PID]
 // missing_docs is for library crates: a binary exports nothing.
 #![allow(missing_docs)]
@@ -303,6 +309,12 @@ async fn agent_post(
 
 #[derive(Default, Clone)]
 struct HostLog {
+    /// When its controller was told to network-boot it (out-of-band runs).
+    trigger_ms: Option<u64>,
+    /// Resets its controller saw.
+    triggers: u32,
+    /// When its first DHCP offer arrived.
+    offer_ms: Option<u64>,
     payload_ms: Option<u64>,
     report_sent_ms: Option<u64>,
     polls: u32,
@@ -319,11 +331,16 @@ async fn machine(
     poll: Duration,
     log: Arc<Mutex<Vec<HostLog>>>,
     addr_lock: Arc<tokio::sync::Mutex<()>>,
+    trigger: Option<Arc<tokio::sync::Notify>>,
 ) {
     let mac = mac_of(i);
     let m = mac_str(&mac);
-    // Power-on spread over a few seconds, like a room of machines.
-    tokio::time::sleep(Duration::from_millis((i as u64 * 7) % 5000)).await;
+    match trigger {
+        // Out of band: it loops on its disk until its controller resets it into a network boot.
+        Some(t) => t.notified().await,
+        // Power-on spread over a few seconds, like a room of machines.
+        None => tokio::time::sleep(Duration::from_millis((i as u64 * 7) % 5000)).await,
+    }
     // Like firmware, a machine whose boot fails (no DHCP answer, TFTP busy, ...) tries again.
     let mut last = String::new();
     for attempt in 0..40u32 {
@@ -361,6 +378,12 @@ async fn boot_once(
         let mac = *mac;
         let m = m.to_string();
         let (ip, file) = dora(dhcp, &mac, xid, "pxe").await?;
+        {
+            let mut l = log.lock().unwrap();
+            if l[i].offer_ms.is_none() {
+                l[i].offer_ms = Some(now_ms());
+            }
+        }
         {
             let _g = addr_lock.lock().await;
             let parent = iface.to_string();
@@ -570,21 +593,7 @@ fn main() {
     } else {
         format!("sha256:{pin}")
     });
-    let opts = unbrick_http::Options {
-        headers: vec![("Authorization", format!("Bearer {token}"))],
-        content_type: Some("text/csv"),
-        pin: PIN.get().map(String::as_str),
-        ..Default::default()
-    };
-    let r = unbrick_http::request_with(
-        "POST",
-        &format!("https://{SERVER}:8443/api/v1/hosts/import"),
-        Some(csv.as_bytes()),
-        Duration::from_secs(60),
-        &opts,
-    )
-    .unwrap();
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    post_csv(&token, "/api/v1/hosts/import", &csv);
     // The simulator talked to the server from its own address: its ARP entry names the server.
     let arp = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
     let server_mac = arp
@@ -594,13 +603,23 @@ fn main() {
         .expect("an ARP entry for the server")
         .to_string();
     let _ = SERVER_MAC.set(server_mac);
+    let oob = std::env::var("FLEETSIM_OOB").ok();
+    let log = Arc::new(Mutex::new(vec![HostLog::default(); n]));
+    let notify: Vec<Arc<tokio::sync::Notify>> = (0..n)
+        .map(|_| Arc::new(tokio::sync::Notify::new()))
+        .collect();
+    let mut standin = None;
+    if let Some(script) = &oob {
+        standin = Some(controllers(&iface, &token, script, n, &notify, &log));
+    }
     let c = api(
         &token,
         "POST",
         "/api/v1/campaigns",
         Some(serde_json::json!({
         "name": "fleetsim", "targets": {"tag": "sim"}, "waves": waves, "concurrency": conc,
-        "gate": {"min_success": 1, "max_failure_rate": 0.01, "min_soak_minutes": 0}})),
+        "gate": {"min_success": 1, "max_failure_rate": 0.01, "min_soak_minutes": 0},
+        "trigger": if oob.is_some() { "oob" } else { "none" }})),
     );
     let id = c["id"].as_str().unwrap().to_string();
     api(
@@ -620,14 +639,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let log = Arc::new(Mutex::new(vec![HostLog::default(); n]));
     let done = rt.block_on(async {
         let dhcp = Dhcp::new(&iface);
         let tls = tokio_rustls::TlsConnector::from(unbrick_http::pinned_config(&pin).unwrap());
         let iface = Arc::new(iface.clone());
         let lock = Arc::new(tokio::sync::Mutex::new(()));
         let mut set = tokio::task::JoinSet::new();
-        for i in 0..n {
+        for (i, nt) in notify.iter().enumerate() {
             set.spawn(machine(
                 i,
                 dhcp.clone(),
@@ -636,6 +654,7 @@ fn main() {
                 poll,
                 log.clone(),
                 lock.clone(),
+                oob.as_ref().map(|_| nt.clone()),
             ));
         }
         // The timeline, from the server's own counts.
@@ -759,6 +778,49 @@ fn main() {
     if !pid.is_empty() {
         println!("server peak RSS: {} MB", rss_mb(&pid));
     }
+    let mut twice = Vec::new();
+    if oob.is_some() {
+        // Wave open -> the controller's reset, and the reset -> the machine's first DHCP offer.
+        let mut open_to_trigger = Vec::new();
+        let mut trigger_to_offer = Vec::new();
+        for w in camp["waves"].as_array().unwrap() {
+            let opened = w["opened_ms"].as_u64().unwrap_or(0);
+            for m in w["members"].as_array().unwrap() {
+                let Some(i) = (0..n).find(|i| mac_str(&mac_of(*i)) == m.as_str().unwrap()) else {
+                    continue;
+                };
+                if let Some(t) = log[i].trigger_ms {
+                    open_to_trigger.push(t.saturating_sub(opened));
+                    if let Some(o) = log[i].offer_ms {
+                        trigger_to_offer.push(o.saturating_sub(t));
+                    }
+                }
+                if log[i].triggers > 1 {
+                    twice.push(format!("{m}: {} resets", log[i].triggers));
+                }
+            }
+        }
+        let pct = |v: &mut Vec<u64>, p: f64| -> u64 {
+            v.sort_unstable();
+            v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(0)
+        };
+        println!(
+            "out of band: {} of {n} machines reset through their Redfish controllers; wave open -> reset p50 {:.1} s, p99 {:.1} s, max {:.1} s; reset -> first DHCP offer p50 {} ms, p99 {} ms, max {} ms",
+            open_to_trigger.len(),
+            pct(&mut open_to_trigger, 0.5) as f64 / 1000.0,
+            pct(&mut open_to_trigger, 0.99) as f64 / 1000.0,
+            pct(&mut open_to_trigger, 1.0) as f64 / 1000.0,
+            pct(&mut trigger_to_offer, 0.5),
+            pct(&mut trigger_to_offer, 0.99),
+            pct(&mut trigger_to_offer, 1.0)
+        );
+    }
+    if let Some(mut c) = standin {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
     let mut bad = false;
     // A failed check with its count and the first ten cases.
     let mut failed = |what: &str, cases: &[String]| {
@@ -773,6 +835,7 @@ fn main() {
     };
     failed("ERRORS", &errors);
     failed("BOOTED OUTSIDE ITS WAVE", &early);
+    failed("RESET MORE THAN ONCE", &twice);
     if peak > conc as i32 {
         println!("CONCURRENCY EXCEEDED: {peak} > {conc}");
         bad = true;
@@ -788,4 +851,112 @@ fn main() {
         std::process::exit(1);
     }
     println!("OK: no host outside its wave, concurrency held, none lost");
+}
+
+/// Out-of-band mode: one Redfish controller per machine at 10.99.200.1 and up on `iface` (the
+/// Python stand-in serves them all, one system per address), imported into the server; a
+/// thread turns each reset the stand-in announces into that machine's power-on.
+fn controllers(
+    iface: &str,
+    token: &str,
+    script: &str,
+    n: usize,
+    notify: &[Arc<tokio::sync::Notify>],
+    log: &Arc<Mutex<Vec<HostLog>>>,
+) -> std::process::Child {
+    use std::io::{BufRead, Write};
+    let addr = |i: usize| Ipv4Addr::new(10, 99, 200 + ((i + 1) / 256) as u8, ((i + 1) % 256) as u8);
+    let mut c = std::process::Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip");
+    {
+        let mut stdin = c.stdin.take().unwrap();
+        for i in 0..n {
+            writeln!(stdin, "addr add {}/32 dev {iface}", addr(i)).unwrap();
+        }
+    }
+    assert!(c.wait().unwrap().success(), "controller addresses");
+    let mut child = std::process::Command::new("python3")
+        .args([
+            script,
+            "0.0.0.0",
+            "80",
+            "root",
+            "Sim-Ctl-Pw",
+            "--plain",
+            "--fleet",
+            "--announce",
+            "--log",
+            "/dev/null",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the Redfish stand-in");
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(out).lines();
+    // Wait until it listens.
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("listening"), "stand-in: {first}");
+    let by_addr: HashMap<Ipv4Addr, usize> = (0..n).map(|i| (addr(i), i)).collect();
+    let (notify, log) = (notify.to_vec(), log.clone());
+    std::thread::spawn(move || {
+        for l in lines.map_while(Result::ok) {
+            let mut w = l.split_whitespace();
+            if w.next() != Some("reset") {
+                continue;
+            }
+            let Some(i) = w
+                .next()
+                .and_then(|a| a.parse().ok())
+                .and_then(|a: Ipv4Addr| by_addr.get(&a).copied())
+            else {
+                continue;
+            };
+            {
+                let mut lg = log.lock().unwrap();
+                lg[i].triggers += 1;
+                lg[i].trigger_ms.get_or_insert(now_ms());
+            }
+            if w.next() == Some("pxe") {
+                notify[i].notify_one();
+            }
+        }
+    });
+    let mut csv = String::from("mac,kind,address,port,tls,user,secret\n");
+    for i in 0..n {
+        csv.push_str(&format!(
+            "{},redfish,{},80,no,root,Sim-Ctl-Pw\n",
+            mac_str(&mac_of(i)),
+            addr(i)
+        ));
+    }
+    post_csv(token, "/api/v1/bmc/import", &csv);
+    child
+}
+
+/// Posts a CSV import to the admin API over the pinned HTTPS listener; panics unless 200.
+fn post_csv(token: &str, path: &str, csv: &str) {
+    let opts = unbrick_http::Options {
+        headers: vec![("Authorization", format!("Bearer {token}"))],
+        content_type: Some("text/csv"),
+        pin: PIN.get().map(String::as_str),
+        ..Default::default()
+    };
+    let r = unbrick_http::request_with(
+        "POST",
+        &format!("https://{SERVER}:8443{path}"),
+        Some(csv.as_bytes()),
+        Duration::from_secs(60),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(
+        r.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
 }
