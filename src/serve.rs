@@ -190,6 +190,7 @@ pub(crate) async fn start(
             device: Some(cfg.interface.clone()),
             limits: tftp_core::Limits::default(),
             max_transfers: cfg.max_tftp_transfers,
+            max_per_peer: tftp::MAX_PER_PEER,
         },
         Arc::new(TftpFiles(shared.clone())),
         rec_tx,

@@ -28,7 +28,13 @@ pub struct TftpConfig {
     pub limits: Limits,
     /// Most transfers at once.
     pub max_transfers: usize,
+    /// Most transfers at once from one IP address (a machine fetches one file at a time;
+    /// firmware retrying after a timeout may briefly have two).
+    pub max_per_peer: usize,
 }
+
+/// The default of [`TftpConfig::max_per_peer`].
+pub const MAX_PER_PEER: usize = 4;
 
 /// One finished transfer, for the record.
 #[derive(Debug, Clone)]
@@ -116,6 +122,25 @@ pub struct TftpServer {
     /// Its counters.
     pub stats: Arc<TftpStats>,
     slots: Arc<Semaphore>,
+    per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One transfer counted against its peer's address; uncounted when dropped.
+struct PeerSlot {
+    ip: std::net::IpAddr,
+    map: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl TftpServer {
@@ -131,6 +156,7 @@ impl TftpServer {
         Ok(Self {
             socket,
             slots: Arc::new(Semaphore::new(cfg.max_transfers)),
+            per_peer: Arc::default(),
             cfg,
             source,
             records,
@@ -183,6 +209,30 @@ impl TftpServer {
                 let _ = self.socket.send_to(&refusal.packet(), peer).await;
                 return;
             }
+        };
+        // One address may not hold every slot (a stalled or hostile client).
+        let counted = {
+            let mut m = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(peer.ip()).or_insert(0);
+            (*n < self.cfg.max_per_peer).then(|| {
+                *n += 1;
+                PeerSlot {
+                    ip: peer.ip(),
+                    map: self.per_peer.clone(),
+                }
+            })
+        };
+        let Some(peer_slot) = counted else {
+            self.stats.busy.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "TFTP: {} transfers already running for this address; refusing", self.cfg.max_per_peer);
+            let _ = self
+                .socket
+                .send_to(
+                    &packet::error_packet(0, "too many transfers from your address, try again"),
+                    peer,
+                )
+                .await;
+            return;
         };
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
@@ -242,6 +292,7 @@ impl TftpServer {
             tracing::info!(peer = %rec.peer, path = %rec.path, bytes = rec.bytes, ms = rec.duration_ms, outcome = rec.outcome.name(), "TFTP transfer");
             let _ = records.send(rec);
             drop(permit);
+            drop(peer_slot);
         });
     }
 }

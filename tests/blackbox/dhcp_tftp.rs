@@ -647,3 +647,112 @@ fn http_connections_kept_and_idle_ones_closed() {
         assert!((2.5..=4.5).contains(&secs), "{line}");
     }
 }
+
+/// Sends `n` TFTP read requests for `file` with `timeout 255`, each from its own port, and
+/// never acknowledges anything; prints, per request, what came back first (OACK options or the
+/// ERROR text).
+const STALL: &str = r#"python3 -c '
+import socket, sys
+server, n, f = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 0))
+    s.settimeout(3)
+    s.sendto(b"\x00\x01" + f.encode() + b"\x00octet\x00timeout\x00255\x00blksize\x001468\x00", (server, 69))
+    socks.append(s)
+for s in socks:
+    try:
+        d, _ = s.recvfrom(2048)
+    except socket.timeout:
+        print("nothing"); continue
+    op = d[1]
+    if op == 6:
+        print("oack " + " ".join(x.decode() for x in d[2:].split(b"\x00") if x))
+    elif op == 5:
+        print("error " + d[4:].split(b"\x00")[0].decode())
+    else:
+        print("data")
+print("holding", flush=True)
+import time; time.sleep(20)
+' "#;
+
+/// One address holds stalled transfers (it asks for `timeout 255` and never ACKs): it gets
+/// at most 4, the `timeout` beyond 5 s is not acknowledged, and other machines still download
+/// with real clients meanwhile.
+#[test]
+fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
+    let mut lab = Lab::new("ts");
+    lab.init();
+    lab.serve("--dhcp off");
+    let (hog, _) = lab.add_client("52:54:00:cd:00:01");
+    must(&format!("ip -n {hog} addr add 10.99.0.60/24 dev eth0"));
+    let (good, _) = lab.add_client("52:54:00:cd:00:02");
+    must(&format!("ip -n {good} addr add 10.99.0.61/24 dev eth0"));
+    let log = lab.dir.join("stall.log");
+    lab.spawn(&hog, &format!("{STALL} {SERVER_IP} 12 undionly.kpxe"), &log);
+    let held = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("holding")
+    });
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(held, "{text}");
+    let oacks = text.lines().filter(|l| l.starts_with("oack")).count();
+    let refused = text
+        .lines()
+        .filter(|l| l.contains("too many transfers from your address"))
+        .count();
+    assert_eq!((oacks, refused), (4, 8), "{text}");
+    assert!(
+        text.lines()
+            .filter(|l| l.starts_with("oack"))
+            .all(|l| !l.contains("timeout")),
+        "timeout 255 must not be acknowledged: {text}"
+    );
+    // Meanwhile another machine downloads, with curl and with atftp.
+    let out = lab.dir.join("dl");
+    std::fs::create_dir_all(&out).unwrap();
+    let img = lab.data().join("image");
+    let o = lab.exec_in(
+        &good,
+        &format!(
+            "curl -sS -m 20 --tftp-blksize 1468 -o {}/undionly.kpxe tftp://{SERVER_IP}/undionly.kpxe",
+            out.display()
+        ),
+    );
+    assert!(
+        o.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out.join("undionly.kpxe")),
+        sha256_file(&img.join("undionly.kpxe"))
+    );
+    let o = lab.exec_in(
+        &good,
+        &format!(
+            "atftp -g -r ipxe.efi -l {}/ipxe.efi {SERVER_IP}",
+            out.display()
+        ),
+    );
+    assert!(
+        o.status.success(),
+        "atftp: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        sha256_file(&out.join("ipxe.efi")),
+        sha256_file(&img.join("ipxe.efi"))
+    );
+    // The stalled transfers end on the server's own schedule (default timeout, retries),
+    // well before the 255 s the client asked for.
+    assert!(
+        lab.wait_log("timed out waiting", Duration::from_secs(1))
+            || lab.wait_log("\"timed-out\"", Duration::from_secs(45)),
+        "{}",
+        lab.server_log()
+    );
+}

@@ -126,6 +126,8 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/ui/campaigns/{id}", post(html::ui_campaign_action))
         .route("/assets/console.js", get(html::script))
         .route("/assets/console.css", get(html::style))
+        .layer(axum::extract::DefaultBodyLimit::max(api::MAX_BODY))
+        .layer(axum::middleware::from_fn(transport::body_limit))
         .layer(axum::middleware::from_fn(transport::security_headers))
         .with_state(c)
 }

@@ -68,6 +68,28 @@ pub async fn plain_http(
     )
 }
 
+/// Refuses a request whose declared body is larger than the API reads ([`crate::api::MAX_BODY`])
+/// with 413 and the reason, before a byte of it is read; a chunked body is cut at the same size
+/// by the router's body limit.
+pub async fn body_limit(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > crate::api::MAX_BODY as u64) {
+        return crate::auth::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the body is {} MB; the API reads at most {} MiB (a 100,000-host import is about 5 MB): split it",
+                declared.unwrap_or(0) / 1_000_000,
+                crate::api::MAX_BODY >> 20
+            ),
+        );
+    }
+    next.run(req).await
+}
+
 /// Headers on every console and API answer: no framing, no sniffing, no referrer, scripts and
 /// styles only from the console itself.
 pub async fn security_headers(req: Request, next: Next) -> Response {

@@ -1607,3 +1607,62 @@ async fn controllers_import_seals_secrets_and_the_list_never_shows_one() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn a_hundred_thousand_row_import_fits_and_a_huge_body_is_refused_with_the_reason() {
+    let t = setup("bodies");
+    let a = Some(t.admin.as_str());
+    let mut csv = String::from("mac,hostname,site,tags\n");
+    for i in 0..100_000u32 {
+        csv.push_str(&format!(
+            "52:54:{:02x}:{:02x}:{:02x}:{:02x},pc-{i:06}-berlin-floor-3,berlin,finance\n",
+            0x10 + (i >> 24) as u8,
+            (i >> 16) as u8,
+            (i >> 8) as u8,
+            i as u8
+        ));
+    }
+    assert!(csv.len() > 5_000_000, "{} bytes", csv.len());
+    let mut req = post("/api/v1/hosts/import", a, "text/csv", &csv);
+    req.headers_mut().insert(
+        header::CONTENT_LENGTH,
+        csv.len().to_string().parse().unwrap(),
+    );
+    let (s, _, b) = send(&t, req).await;
+    assert_eq!(s, StatusCode::OK, "{}", &b[..b.len().min(300)]);
+    assert_eq!(json(&b)["created"].as_u64(), Some(100_000), "{b}");
+    // 200 MB: refused from its Content-Length, with the reason, before it is read.
+    let huge = vec![b'a'; 200_000_000];
+    let req = Request::post("/api/v1/hosts/import")
+        .header(header::CONTENT_TYPE, "text/csv")
+        .header(header::CONTENT_LENGTH, huge.len())
+        .header(header::AUTHORIZATION, format!("Bearer {}", t.admin))
+        .body(Body::from(huge))
+        .unwrap();
+    let (s, _, b) = send(&t, req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{b}");
+    assert!(
+        json(&b)["error"]
+            .as_str()
+            .unwrap()
+            .contains("at most 16 MiB"),
+        "{b}"
+    );
+    // A body without a length is cut at the same size.
+    let chunks = futures_stream(20 << 20);
+    let req = Request::post("/api/v1/hosts/import")
+        .header(header::CONTENT_TYPE, "text/csv")
+        .header(header::AUTHORIZATION, format!("Bearer {}", t.admin))
+        .body(chunks)
+        .unwrap();
+    let (s, _, _) = send(&t, req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+/// A streamed body of `n` bytes with no length known in advance.
+fn futures_stream(n: usize) -> Body {
+    let chunk = axum::body::Bytes::from(vec![b'x'; 1 << 20]);
+    let parts: Vec<Result<axum::body::Bytes, std::io::Error>> =
+        (0..n >> 20).map(|_| Ok(chunk.clone())).collect();
+    Body::from_stream(tokio_stream::iter(parts))
+}

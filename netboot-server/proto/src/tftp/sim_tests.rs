@@ -1,7 +1,7 @@
 //! Drives a `Transfer` against a simulated client over a lossy link on a virtual clock, so loss,
 //! duplicates, timeouts and block-number rollover are tested in microseconds.
 use super::packet::{Packet, OP_ACK, OP_DATA, OP_ERROR, OP_OACK};
-use super::transfer::{Limits, Outcome, Transfer};
+use super::transfer::{negotiate, Limits, Outcome, Transfer};
 use proptest::prelude::*;
 use std::sync::Arc;
 
@@ -286,6 +286,21 @@ fn error_after_oack_ends_at_once() {
 }
 
 #[test]
+fn a_long_timeout_option_is_not_acknowledged() {
+    let opts = [
+        ("timeout".to_string(), "255".to_string()),
+        ("timeout".to_string(), "3".to_string()),
+    ];
+    let n = negotiate(&opts[..1], 3, &Limits::default());
+    assert_eq!(
+        n.timeout_s, None,
+        "255 s is beyond the 5 s the server accepts"
+    );
+    let n = negotiate(&opts[1..], 3, &Limits::default());
+    assert_eq!(n.timeout_s, Some(3));
+}
+
+#[test]
 fn silent_client_times_out_with_backoff() {
     let (mut t, _) = Transfer::start(Arc::from(&b"abc"[..]), &[], &Limits::default(), 0);
     let mut times = Vec::new();
@@ -302,8 +317,12 @@ fn silent_client_times_out_with_backoff() {
     let gaps: Vec<u64> = times.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(
         gaps,
-        [2000, 4000, 8000, 16000, 32000, 64000],
-        "exponential backoff"
+        [2000, 4000, 5000, 5000, 5000, 5000],
+        "exponential backoff, capped at the largest timeout a client may ask for"
+    );
+    assert!(
+        times.last().unwrap() < &30_000,
+        "a silent client holds its slot under 30 s"
     );
 }
 

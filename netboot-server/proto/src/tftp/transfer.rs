@@ -20,6 +20,10 @@ pub struct Limits {
     pub max_retries: u32,
     /// Hard cap on one transfer's duration.
     pub max_duration_ms: u64,
+    /// Largest `timeout` option acknowledged (RFC 2349 lets the server only accept or ignore
+    /// the client's value: a longer one is not acknowledged and the default applies, so a
+    /// client that never ACKs holds its slot seconds, not minutes).
+    pub max_timeout_s: u8,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             default_timeout_ms: 1000,
             max_retries: 6,
             max_duration_ms: 15 * 60 * 1000,
+            max_timeout_s: 5,
         }
     }
 }
@@ -126,7 +131,9 @@ pub fn negotiate(options: &[(String, String)], file_len: u64, limits: &Limits) -
             "windowsize" if (1..=65535).contains(&val) => {
                 n.windowsize = Some((val as u16).min(limits.max_windowsize))
             }
-            "timeout" if (1..=255).contains(&val) => n.timeout_s = Some(val as u8),
+            "timeout" if (1..=u64::from(limits.max_timeout_s)).contains(&val) => {
+                n.timeout_s = Some(val as u8)
+            }
             "tsize" => n.tsize = Some(file_len),
             _ => {}
         }
@@ -188,6 +195,14 @@ impl Transfer {
         (t, out)
     }
 
+    /// The wait after the current send: the timeout doubled per retry, at most the largest
+    /// timeout a client may ask for (so a silent client is given up on within about half a
+    /// minute, not two).
+    fn backoff_ms(&self) -> u64 {
+        let cap = (u64::from(self.limits.max_timeout_s) * 1000).max(self.timeout_ms);
+        (self.timeout_ms << self.retries.min(6)).min(cap)
+    }
+
     /// How it ended, once it has.
     pub fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
@@ -236,7 +251,7 @@ impl Transfer {
         let out: Vec<Vec<u8>> = (self.acked + 1..=last).map(|n| self.block(n)).collect();
         self.bytes_sent += out.iter().map(|p| p.len() as u64 - 4).sum::<u64>();
         self.sent_upto = last;
-        self.deadline_ms = now_ms + (self.timeout_ms << self.retries.min(6));
+        self.deadline_ms = now_ms + self.backoff_ms();
         out
     }
 
@@ -321,7 +336,7 @@ impl Transfer {
         self.retries += 1;
         match self.phase {
             Phase::Oack => {
-                self.deadline_ms = now_ms + (self.timeout_ms << self.retries.min(6));
+                self.deadline_ms = now_ms + self.backoff_ms();
                 vec![self.oack.clone().unwrap_or_default()]
             }
             _ => self.send_window(now_ms),

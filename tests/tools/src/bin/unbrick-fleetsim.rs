@@ -558,6 +558,23 @@ fn rss_mb(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // After the command name in parentheses: field 14 and 15 of the whole line.
+            let rest = s
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .collect::<Vec<_>>();
+            let t = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+            Some(t / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     if a.len() < 8 {
@@ -776,7 +793,18 @@ fn main() {
     );
     println!("hosts recovered (Windows seen): {recovered} of {n}; peak in the payload at once: {peak} (limit {conc})");
     if !pid.is_empty() {
-        println!("server peak RSS: {} MB", rss_mb(&pid));
+        println!(
+            "server peak RSS: {} MB; server CPU {:.1} s{}",
+            rss_mb(&pid),
+            cpu_secs(&pid),
+            standin
+                .as_ref()
+                .map(|c| format!(
+                    ", the Redfish stand-in's CPU {:.1} s (one Python process)",
+                    cpu_secs(&c.id().to_string())
+                ))
+                .unwrap_or_default()
+        );
     }
     let mut twice = Vec::new();
     if oob.is_some() {
