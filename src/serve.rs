@@ -258,10 +258,14 @@ pub(crate) async fn start(
             }
         }
     };
+    // Each listener's connections capped in all and per address (slowloris, connection floods).
+    let max_conn = idle::MAX_CONNECTIONS.min(nofile_limit() / 3);
+    let http_caps = idle::Caps::new(max_conn, idle::MAX_PER_ADDRESS);
+    let https_caps = idle::Caps::new(max_conn, idle::MAX_PER_ADDRESS);
     let srx = rx.clone();
     tasks.push(tokio::spawn(async move {
         use axum::serve::ListenerExt;
-        let listener = idle::IdleListener(listener, idle_timeout).tap_io(|_| {});
+        let listener = idle::IdleListener::new(listener, idle_timeout, http_caps).tap_io(|_| {});
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop(srx))
             .await
@@ -273,7 +277,8 @@ pub(crate) async fn start(
     tasks.push(tokio::spawn(async move {
         // tap_io: axum provides the peer address (ConnectInfo) for tapped custom listeners.
         use axum::serve::ListenerExt;
-        let listener = idle::IdleListener(tls_listener, idle_timeout).tap_io(|_| {});
+        let listener =
+            idle::IdleListener::new(tls_listener, idle_timeout, https_caps).tap_io(|_| {});
         if let Err(e) = axum::serve(listener, tls_app)
             .with_graceful_shutdown(stop(srx))
             .await
@@ -496,4 +501,20 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Raises the soft open-files limit to the hard one (systemd's LimitNOFILE sets the hard one;
+/// a shell's soft default of 1,024 would stop accepts and TFTP sockets long before the caps)
+/// and returns it.
+fn nofile_limit() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                return hard as usize;
+            }
+            soft as usize
+        }
+        Err(_) => 1024,
+    }
 }

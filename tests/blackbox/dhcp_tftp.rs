@@ -756,3 +756,118 @@ fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
         lab.server_log()
     );
 }
+
+/// Slowloris on both listeners (10 addresses x 100 connections each, a header byte every 2 s,
+/// never finished): the server keeps at most 64 per address, ends every dribbling header 10 s
+/// after it began, and meanwhile firmware clients still get their boot script, artefacts over
+/// HTTP and files over TFTP.
+#[test]
+fn slowloris_cannot_stop_boot_scripts_artefacts_or_tftp() {
+    let mut lab = Lab::new("sl");
+    lab.init();
+    lab.stand_in_image(4 << 20);
+    lab.serve("--dhcp off");
+    let (bad, _) = lab.add_client("52:54:00:ce:00:01");
+    let srcs: Vec<String> = (70..80).map(|i| format!("10.99.0.{i}")).collect();
+    for s in &srcs {
+        must(&format!("ip -n {bad} addr add {s}/24 dev eth0"));
+    }
+    let (good, _) = lab.add_client("52:54:00:ce:00:02");
+    must(&format!("ip -n {good} addr add 10.99.0.61/24 dev eth0"));
+    let script = format!(
+        "{}/tests/blackbox/helpers/slowloris.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let (l80, l443) = (
+        lab.dir.join("slow-http.log"),
+        lab.dir.join("slow-https.log"),
+    );
+    lab.spawn(
+        &bad,
+        &format!(
+            "python3 {script} {SERVER_IP} 8080 100 2 --from {} --hold 25",
+            srcs.join(",")
+        ),
+        &l80,
+    );
+    lab.spawn(
+        &bad,
+        &format!(
+            "python3 {script} {SERVER_IP} 8443 100 2 --tls --from {} --hold 25",
+            srcs.join(",")
+        ),
+        &l443,
+    );
+    let opened = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains("opened")
+    };
+    assert!(
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            opened(&l80) && opened(&l443)
+        }),
+        "the attack did not start"
+    );
+    // During the attack: the boot script, the artefacts, TFTP.
+    let out = lab.dir.join("dl");
+    std::fs::create_dir_all(&out).unwrap();
+    for _ in 0..3 {
+        let o = lab.exec_in(&good, &format!("curl -sS -m 5 -o /dev/null -w %{{http_code}} http://{SERVER_IP}:8080/boot/52:54:00:ce:00:02.ipxe"));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout),
+            "200",
+            "boot script during the attack: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = lab.exec_in(&good, &format!("curl -sS -m 10 -o {}/vmlinuz http://{SERVER_IP}:8080/image/vmlinuz?host=52:54:00:ce:00:02", out.display()));
+        assert!(
+            o.status.success(),
+            "kernel during the attack: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            std::fs::metadata(out.join("vmlinuz")).unwrap().len(),
+            4 << 20
+        );
+        let o = lab.exec_in(
+            &good,
+            &format!(
+                "curl -sS -m 10 -o {}/undionly.kpxe tftp://{SERVER_IP}/undionly.kpxe",
+                out.display()
+            ),
+        );
+        assert!(
+            o.status.success(),
+            "TFTP during the attack: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let done = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .contains("closed at once")
+    };
+    assert!(
+        (0..400).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            done(&l80) && done(&l443)
+        }),
+        "the attack did not end"
+    );
+    for p in [&l80, &l443] {
+        let t = std::fs::read_to_string(p).unwrap();
+        let nums: Vec<f64> = t
+            .split(|c: char| !c.is_ascii_digit() && c != '.')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        // opened N (F failed to open) in T s / open 5 s after ...: at most P per address, A in
+        // all / closed at once X, closed later L (last after S s), still open O
+        let (per, last, still) = (nums[4], nums[8], nums[9]);
+        assert!(per <= 64.0, "at most 64 per address kept: {t}");
+        assert_eq!(still, 0.0, "every dribbling connection was ended: {t}");
+        assert!(last <= 13.0, "headers end 10 s after they began: {t}");
+    }
+}
