@@ -265,6 +265,14 @@ pub(crate) struct ServeArgs {
     /// answer, 5xx), with backoff 2 s, 4 s, ... (default 3).
     #[arg(long, env = "UNBRICK_BMC_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=10))]
     pub(crate) bmc_attempts: Option<u32>,
+    /// At most this many host records (default 100000): an unknown network-booting MAC beyond
+    /// it gets no record; a warning comes near it.
+    #[arg(long, env = "UNBRICK_MAX_HOSTS", value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    pub(crate) max_hosts: Option<u64>,
+    /// Unknown network-booting MACs made host records per second at most (default 200, bursts
+    /// of ten times as many): a flood of spoofed MACs does not fill the store.
+    #[arg(long, env = "UNBRICK_NEW_HOSTS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) new_hosts_per_sec: Option<u32>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
     pub(crate) secure_boot_off: bool,

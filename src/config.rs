@@ -162,6 +162,11 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # bmc_timeout_secs = 10
 # bmc_attempts = 3
 
+# Strangers: at most this many host records, and unknown network-booting MACs admitted per
+# second (bursts of ten times as many). Size max_hosts for the fleet, with room.
+# max_hosts = 100000
+# new_hosts_per_sec = 200
+
 # Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
 [boot_loaders]
 # undionly_kpxe = "/usr/lib/ipxe/undionly.kpxe"

@@ -52,6 +52,9 @@ pub(crate) struct ServerConfig {
     pub token_lifetime: Duration,
     /// Management controllers: timeout per request, attempts.
     pub bmc_limits: unbrick_oob::drive::Limits,
+    /// Host records at most, and strangers admitted per second.
+    pub max_hosts: usize,
+    pub new_hosts_per_sec: u32,
 }
 
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
@@ -141,6 +144,7 @@ pub(crate) async fn start(
         FleetIo::new(store.clone(), boot_policy)?
             .with_vault(vault)
             .with_bmc_vault(bmc_vault)
+            .with_admission(cfg.max_hosts, cfg.new_hosts_per_sec)
             .with_oob(Arc::new(netboot_server::oob::Controllers::new(
                 iface.name.clone(),
                 cfg.bmc_limits,
@@ -399,6 +403,8 @@ impl ServeArgs {
             token_lifetime_mins: self.token_lifetime_mins,
             bmc_timeout_secs: self.bmc_timeout_secs,
             bmc_attempts: self.bmc_attempts,
+            max_hosts: self.max_hosts,
+            new_hosts_per_sec: self.new_hosts_per_sec,
         })
     }
 }
@@ -463,6 +469,12 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         max_tftp_transfers: s.max_tftp_transfers.unwrap_or_default(),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or_default()),
         token_lifetime: Duration::from_secs(s.token_lifetime_mins.unwrap_or_default() * 60),
+        max_hosts: s
+            .max_hosts
+            .unwrap_or(fleet_service::fleetio::MAX_HOSTS as u64) as usize,
+        new_hosts_per_sec: s
+            .new_hosts_per_sec
+            .unwrap_or(fleet_service::fleetio::NEW_HOSTS_PER_SEC),
         bmc_limits: unbrick_oob::drive::Limits {
             timeout: Duration::from_secs(s.bmc_timeout_secs.unwrap_or(10)),
             attempts: s.bmc_attempts.unwrap_or(3),

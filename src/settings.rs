@@ -70,6 +70,8 @@ pub(crate) struct Settings {
     pub(crate) token_lifetime_mins: Option<u64>,
     pub(crate) bmc_timeout_secs: Option<u64>,
     pub(crate) bmc_attempts: Option<u32>,
+    pub(crate) max_hosts: Option<u64>,
+    pub(crate) new_hosts_per_sec: Option<u32>,
 }
 
 /// `a.or(b)` for every field: the first layer that sets a field wins.
@@ -97,6 +99,8 @@ impl Settings {
             token_lifetime_mins: Some(netboot_server::agent_api::TOKEN_LIFETIME_MS / 60_000),
             bmc_timeout_secs: Some(10),
             bmc_attempts: Some(3),
+            max_hosts: Some(fleet_service::fleetio::MAX_HOSTS as u64),
+            new_hosts_per_sec: Some(fleet_service::fleetio::NEW_HOSTS_PER_SEC),
             ..Self::default()
         }
     }
@@ -107,7 +111,7 @@ impl Settings {
         layered!(a, b: interface, server_ip, dhcp, pool, router, dns, lease_secs, http_port,
             https_port, tftp_port, require_approval, secure_boot_off, kernel_cmdline,
             max_tftp_transfers, idle_timeout_secs, token_lifetime_mins, bmc_timeout_secs,
-            bmc_attempts)
+            bmc_attempts, max_hosts, new_hosts_per_sec)
     }
 }
 

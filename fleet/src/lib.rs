@@ -5,6 +5,7 @@
 //! Unix epoch).
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod agent;
 pub mod bmc;
 pub mod campaign;

@@ -48,6 +48,9 @@ pub enum StoreError {
     /// The caller's update refused the change.
     #[error("{0}")]
     Rejected(String),
+    /// A stranger was not made a host record (the host cap or the new-MAC rate).
+    #[error("{0}")]
+    Capped(String),
 }
 
 /// An entry of the audit log (admin actions, key releases).
@@ -85,6 +88,8 @@ pub trait Store: Send + Sync + 'static {
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError>;
     /// A host's history, oldest first.
     fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError>;
+    /// Removes a host's oldest events beyond the newest `keep`; returns how many went.
+    fn trim_events(&self, mac: Mac, keep: usize) -> Result<usize, StoreError>;
     /// The lease of an address.
     fn lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError>;
     /// Writes a lease.
@@ -284,6 +289,19 @@ impl Store for SledStore {
                 decode(&format!("event of {mac}"), &v)
             })
             .collect()
+    }
+
+    fn trim_events(&self, mac: Mac, keep: usize) -> Result<usize, StoreError> {
+        let keys: Vec<sled::IVec> = self
+            .events
+            .scan_prefix(mac.0)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        let n = keys.len().saturating_sub(keep);
+        for k in &keys[..n] {
+            self.events.remove(k)?;
+        }
+        Ok(n)
     }
 
     fn lease(&self, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {

@@ -871,3 +871,84 @@ fn slowloris_cannot_stop_boot_scripts_artefacts_or_tftp() {
         assert!(last <= 13.0, "headers end 10 s after they began: {t}");
     }
 }
+
+/// A flood of PXE DISCOVERs from spoofed MACs: no more host records than the new-MAC rate
+/// allows, and a real (imported) PXE client still gets its offers within 1 s. Prints the flood
+/// rate, the records made and the server's peak RSS.
+#[test]
+fn a_flood_of_spoofed_macs_fills_nothing_and_real_clients_get_offers() {
+    let mut lab = Lab::new("fl");
+    lab.init();
+    lab.serve("--dhcp proxy --max-hosts 3000 --new-hosts-per-sec 100");
+    let tok = crate::campaign::token(&lab);
+    let real = "52:54:00:cf:00:02";
+    let inv = lab.dir.join("hosts.csv");
+    std::fs::write(&inv, format!("mac,hostname\n{real},pc-real\n")).unwrap();
+    crate::campaign::cli(&lab, &tok, &format!("hosts import {}", inv.display()));
+    let (flooder, _) = lab.add_client("52:54:00:cf:00:01");
+    let (client, _) = lab.add_client(real);
+    let flood_log = lab.dir.join("flood.log");
+    lab.spawn(
+        &flooder,
+        &format!("python3 {PROBE} flood 3000 12"),
+        &flood_log,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let o = lab.exec_in(&client, &format!("python3 {PROBE} pxetime {real} 10"));
+    let offers = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::read_to_string(&flood_log)
+                .unwrap_or_default()
+                .contains("sent")
+        }),
+        "the flood did not end"
+    );
+    let flood = std::fs::read_to_string(&flood_log).unwrap();
+    let times: Vec<&str> = offers
+        .trim()
+        .trim_start_matches("offers ms: ")
+        .split(' ')
+        .collect();
+    assert_eq!(times.len(), 10, "{offers}");
+    for t in &times {
+        let ms: f64 = t.parse().unwrap_or_else(|_| {
+            panic!("a real client got no offer within 1 s during the flood: {offers}")
+        });
+        assert!(ms < 1000.0, "{offers}");
+    }
+    let sum = crate::campaign::api_json(&lab, &tok, "/api/v1/summary");
+    let total = sum["total"].as_u64().unwrap_or_else(|| panic!("{sum}"));
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", lab.server_pid()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .unwrap_or("0")
+                .parse::<u64>()
+                .unwrap_or(0)
+                / 1024
+        })
+        .unwrap_or(0);
+    println!(
+        "{}; host records {total}; real client's offers (ms) {}; server peak RSS {rss} MB",
+        flood.trim(),
+        times.join(" ")
+    );
+    // 100 a second for ~12 s plus the burst of 1,000, and the imported host.
+    assert!(
+        total <= 100 * 14 + 1000 + 1,
+        "{total} records from a flood: {flood}"
+    );
+    assert!(
+        total > 1,
+        "the flood made no record at all: is it reaching the server? {flood}"
+    );
+    assert!(rss < 200, "server peak RSS {rss} MB");
+    assert!(lab
+        .server_log()
+        .contains("new host refused: more than 100 new MACs a second"));
+}

@@ -53,7 +53,19 @@ pub struct FleetIo {
     pub(crate) bmc_vault: Option<Arc<fleet::escrow::vault::Vault>>,
     /// Controller operations in flight at once (the server's per-controller limit is inside).
     pub(crate) oob_slots: Arc<tokio::sync::Semaphore>,
+    /// Which strangers may become host records (the host cap, the new-MAC rate).
+    admission: Mutex<fleet::admission::Admission>,
+    /// Events appended per host since its timeline was last trimmed.
+    appended: Mutex<HashMap<Mac, u32>>,
 }
+
+/// A host's timeline keeps its newest this many events (older ones are summarised in one
+/// event; the audit log keeps every admin action and release).
+pub const MAX_EVENTS_PER_HOST: usize = 2_000;
+/// The default host cap (`serve --max-hosts`).
+pub const MAX_HOSTS: usize = 100_000;
+/// The default new-MAC rate (`serve --new-hosts-per-sec`); bursts of ten times as many.
+pub const NEW_HOSTS_PER_SEC: u32 = 200;
 
 /// Controller operations run at once at most (a wave's triggers, a bulk action).
 pub const OOB_PARALLEL: usize = 256;
@@ -90,12 +102,26 @@ impl FleetIo {
             oob: None,
             bmc_vault: None,
             oob_slots: Arc::new(tokio::sync::Semaphore::new(OOB_PARALLEL)),
+            admission: Mutex::new(fleet::admission::Admission::new(
+                MAX_HOSTS,
+                NEW_HOSTS_PER_SEC,
+                NEW_HOSTS_PER_SEC * 10,
+            )),
+            appended: Mutex::new(HashMap::new()),
         })
     }
 
     /// Uses `vault` for escrowed BitLocker keys.
     pub fn with_vault(mut self, vault: fleet::escrow::vault::Vault) -> Self {
         self.vault = Some(Arc::new(vault));
+        self
+    }
+
+    /// At most `max_hosts` host records, strangers admitted at `per_sec` a second (bursts of
+    /// ten times as many).
+    pub fn with_admission(self, max_hosts: usize, per_sec: u32) -> Self {
+        *self.admission.lock().unwrap() =
+            fleet::admission::Admission::new(max_hosts, per_sec, per_sec.saturating_mul(10));
         self
     }
 
@@ -235,6 +261,42 @@ impl FleetIo {
         input: &Input<'_>,
         now_ms: u64,
     ) -> Result<Option<Note>, fleet::StoreError> {
+        let known = {
+            let hosts = self.hosts.lock().unwrap();
+            (!hosts.contains_key(&mac)).then_some(hosts.len())
+        };
+        // A stranger: what the network says about an unknown MAC.
+        if let Some(count) = known.filter(|_| {
+            !matches!(
+                input,
+                Input::Decided { .. } | Input::KeyApproved { .. } | Input::Admin { .. }
+            )
+        }) {
+            if let Input::Dhcp(d) = input {
+                if !matches!(
+                    d.kind,
+                    fleet::ClientKind::Pxe(_)
+                        | fleet::ClientKind::Ipxe(_)
+                        | fleet::ClientKind::HttpBoot(_)
+                ) {
+                    // Neither network-booting nor known: no record.
+                    return Ok(None);
+                }
+            }
+            use fleet::admission::Verdict;
+            match self.admission.lock().unwrap().admit(count, now_ms) {
+                Verdict::Admit => {}
+                Verdict::AdmitNearCap(w) => tracing::warn!("{w}"),
+                Verdict::Refuse { warn } => {
+                    if let Some(w) = &warn {
+                        tracing::warn!("{w}");
+                    }
+                    return Err(fleet::StoreError::Capped(format!(
+                        "{mac}: not made a host record (host cap or new-MAC rate)"
+                    )));
+                }
+            }
+        }
         let mut note = None;
         self.write(mac, now_ms, &mut |h| {
             note = lifecycle::apply(h, input, now_ms);
@@ -246,8 +308,11 @@ impl FleetIo {
     /// [`FleetIo::observe`] where the caller has no one to tell of a store failure (a packet,
     /// a policy tick): the failure is logged.
     pub fn observe_logged(&self, mac: Mac, input: &Input<'_>, now_ms: u64) {
-        if let Err(e) = self.observe(mac, input, now_ms) {
-            tracing::error!("store: cannot record {mac}: {e}");
+        match self.observe(mac, input, now_ms) {
+            Ok(_) => {}
+            // Counted and warned about (rate-limited) by the admission.
+            Err(fleet::StoreError::Capped(e)) => tracing::debug!("{e}"),
+            Err(e) => tracing::error!("store: cannot record {mac}: {e}"),
         }
     }
 
@@ -325,6 +390,12 @@ impl FleetIo {
         if source != EventSource::Dhcp {
             tracing::info!("{mac} {kind}: {message}");
         }
+        if !self.hosts.lock().unwrap().contains_key(&mac) {
+            // Nothing is kept for a MAC that is not a host (a stranger's refused request, an
+            // unknown agent): the log and the audit log have what matters.
+            tracing::debug!("{mac} {kind}: {message} (no host record; not kept)");
+            return;
+        }
         let ev = Event {
             time_ms: now_ms,
             source,
@@ -335,6 +406,7 @@ impl FleetIo {
             tracing::error!("store: cannot record event for {mac}: {e}");
             return;
         }
+        self.bound_timeline(mac, now_ms);
         if self.changes.receiver_count() > 0 {
             let (state, reason) = match self.hosts.lock().unwrap().get(&mac) {
                 Some(h) => (
@@ -349,6 +421,42 @@ impl FleetIo {
                 reason,
                 event: Some(ev),
             });
+        }
+    }
+
+    /// Keeps a host's timeline at [`MAX_EVENTS_PER_HOST`] (checked every 64 events): the oldest
+    /// go, one event says how many.
+    fn bound_timeline(&self, mac: Mac, now_ms: u64) {
+        let due = {
+            let mut a = self.appended.lock().unwrap();
+            let n = a.entry(mac).or_insert(0);
+            *n += 1;
+            if *n >= 64 {
+                *n = 0;
+                true
+            } else {
+                false
+            }
+        };
+        if !due {
+            return;
+        }
+        match self.store.trim_events(mac, MAX_EVENTS_PER_HOST) {
+            Ok(0) => {}
+            Ok(n) => {
+                let ev = Event {
+                    time_ms: now_ms,
+                    source: EventSource::Policy,
+                    kind: "timeline".into(),
+                    message: format!(
+                        "{n} older events removed: the timeline keeps the newest {MAX_EVENTS_PER_HOST} (the audit log keeps every admin action and key release)"
+                    ),
+                };
+                if let Err(e) = self.store.append_event(mac, &ev) {
+                    tracing::error!("store: cannot record event for {mac}: {e}");
+                }
+            }
+            Err(e) => tracing::error!("store: cannot trim the timeline of {mac}: {e}"),
         }
     }
 
@@ -376,15 +484,30 @@ impl FleetIo {
                     return;
                 }
             }
+            if recent.len() >= 65_536 {
+                // Spoofed MACs must not grow this without bound.
+                recent.retain(|_, (_, t)| now_ms.saturating_sub(*t) < DHCP_REPEAT_WINDOW_MS);
+                if recent.len() >= 65_536 {
+                    recent.clear();
+                }
+            }
             recent.insert(mac, (what.clone(), now_ms));
         }
         let note = match self.apply(mac, &Input::Dhcp(seen), now_ms) {
             Ok(n) => n,
+            Err(fleet::StoreError::Capped(e)) => {
+                tracing::debug!("{e}");
+                return;
+            }
             Err(e) => {
                 tracing::error!("store: cannot record DHCP for {mac}: {e}");
                 return;
             }
         };
+        if self.host(mac).is_none() {
+            // An ordinary DHCP client nobody imported: nothing is kept.
+            return;
+        }
         // Every packet is in the host's history; the log gets state changes at info level and
         // the rest at debug (a DHCP storm must not become a log storm).
         tracing::debug!("DHCP {what}");
@@ -425,6 +548,92 @@ impl FleetIo {
                 peer,
             },
             now_ms,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet::lifecycle::Layer2;
+    use fleet::{Arch, ClientKind};
+
+    fn io(name: &str) -> FleetIo {
+        let dir = std::env::temp_dir().join(format!("fleetio-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(fleet::SledStore::open(&dir).unwrap());
+        FleetIo::new(store, Arc::new(fleet::DefaultPolicy::default())).unwrap()
+    }
+
+    fn seen(kind: ClientKind) -> DhcpSeen<'static> {
+        DhcpSeen {
+            kind,
+            discover: true,
+            ip: None,
+            uuid: None,
+            l2: Layer2::Unseen,
+        }
+    }
+
+    #[test]
+    fn strangers_that_do_not_network_boot_leave_nothing_and_a_flood_is_capped() {
+        let f = io("strangers").with_admission(1000, 10);
+        let mac = |i: u32| Mac([2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        // Windows and ordinary clients nobody imported: no record, no event.
+        f.dhcp_seen(
+            mac(1),
+            seen(ClientKind::Windows),
+            "discover",
+            "w".into(),
+            1_000,
+        );
+        f.dhcp_seen(
+            mac(2),
+            seen(ClientKind::Other),
+            "discover",
+            "o".into(),
+            1_000,
+        );
+        assert!(f.host(mac(1)).is_none() && f.host(mac(2)).is_none());
+        assert!(f.store().events(mac(1)).unwrap().is_empty());
+        // An event for a MAC that is no host is not kept.
+        f.event(
+            mac(3),
+            EventSource::Agent,
+            "agent-refused",
+            "x".into(),
+            1_000,
+        );
+        assert!(f.store().events(mac(3)).unwrap().is_empty());
+        // 500 network-booting strangers in one instant: the burst of 100 is admitted.
+        for i in 10..510 {
+            f.dhcp_seen(
+                mac(i),
+                seen(ClientKind::Pxe(Arch::Bios)),
+                "discover",
+                format!("d{i}"),
+                2_000,
+            );
+        }
+        assert_eq!(f.hosts().len(), 100);
+    }
+
+    #[test]
+    fn a_timeline_keeps_its_newest_events_and_says_how_many_went() {
+        let f = io("timeline");
+        let m = Mac([2, 0, 0, 0, 0, 1]);
+        f.update(m, 0, &mut |_| Ok(())).unwrap();
+        for i in 0..(MAX_EVENTS_PER_HOST + 200) {
+            f.event(m, EventSource::Admin, "note", format!("n{i}"), i as u64);
+        }
+        let ev = f.store().events(m).unwrap();
+        assert!(ev.len() <= MAX_EVENTS_PER_HOST + 64 + 1, "{}", ev.len());
+        assert!(ev
+            .iter()
+            .any(|e| e.kind == "timeline" && e.message.contains("older events removed")));
+        assert_eq!(
+            ev.last().unwrap().message,
+            format!("n{}", MAX_EVENTS_PER_HOST + 199)
         );
     }
 }

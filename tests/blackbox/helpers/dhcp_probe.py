@@ -6,7 +6,12 @@
   dhcp_probe.py burst SERVER COUNT      COUNT malformed datagrams to :67, :4011 and :69
   dhcp_probe.py windows MAC             a broadcast DISCOVER as Windows (MSFT 5.0) naming MAC as
                                         chaddr, whatever this interface's own MAC is
+  dhcp_probe.py flood RATE SECS         broadcast PXE DISCOVERs from random MACs, RATE a second
+                                        for SECS seconds; prints how many it sent
+  dhcp_probe.py pxetime MAC TRIES       a PXE DISCOVER for MAC, TRIES times; prints the time to
+                                        each proxy offer in ms (or "none")
 """
+import time
 import os, random, socket, struct, sys
 
 def dhcp_request(mac, msg_type, opts):
@@ -82,6 +87,49 @@ def burst(server, count):
         s.sendto(bad, (server, 69))
     print("sent", count)
 
+def bcast():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+    return s
+
+PXE_OPTS = [(60, b"PXEClient:Arch:00000:UNDI:002001"), (93, b"\x00\x00")]
+
+def flood(rate, secs):
+    s = bcast()
+    s.bind(("0.0.0.0", 0))
+    sent, start = 0, time.time()
+    while time.time() - start < secs:
+        for _ in range(max(1, rate // 100)):
+            mac = "02:" + ":".join("%02x" % b for b in os.urandom(5))
+            s.sendto(dhcp_request(mac, 1, PXE_OPTS), ("255.255.255.255", 67))
+            sent += 1
+        time.sleep(0.01)
+    print("sent %d spoofed PXE DISCOVERs in %.1f s (%.0f a second)" % (sent, time.time() - start, sent / (time.time() - start)), flush=True)
+
+def pxetime(mac, tries):
+    s = bcast()
+    s.bind(("0.0.0.0", 68))
+    s.settimeout(1.0)
+    hw = bytes.fromhex(mac.replace(":", ""))
+    out = []
+    for _ in range(tries):
+        t = time.time()
+        s.sendto(dhcp_request(mac, 1, PXE_OPTS), ("255.255.255.255", 67))
+        got = None
+        while time.time() - t < 1.0:
+            try:
+                d, _ = s.recvfrom(2048)
+            except socket.timeout:
+                break
+            if d[28:34] == hw and d[0] == 2:
+                got = (time.time() - t) * 1000
+                break
+        out.append("%.0f" % got if got is not None else "none")
+        time.sleep(0.5)
+    print("offers ms: " + " ".join(out), flush=True)
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "pxe4011":
@@ -92,3 +140,7 @@ if __name__ == "__main__":
         windows(sys.argv[2])
     elif cmd == "burst":
         burst(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "flood":
+        flood(int(sys.argv[2]), float(sys.argv[3]))
+    elif cmd == "pxetime":
+        pxetime(sys.argv[2], int(sys.argv[3]))
