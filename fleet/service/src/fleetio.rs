@@ -504,13 +504,13 @@ impl FleetIo {
                 return;
             }
         };
+        // Every packet is in the host's history; the log gets state changes at info level and
+        // the rest at debug (a DHCP storm must not become a log storm).
+        tracing::debug!("DHCP {what}");
         if self.host(mac).is_none() {
             // An ordinary DHCP client nobody imported: nothing is kept.
             return;
         }
-        // Every packet is in the host's history; the log gets state changes at info level and
-        // the rest at debug (a DHCP storm must not become a log storm).
-        tracing::debug!("DHCP {what}");
         if let Some(n) = &note {
             tracing::info!("{mac} state {}: {what}", n.text());
         }
