@@ -18,28 +18,43 @@ fn sim_binary() -> String {
 /// server needs one per machine it answers, so 2,000 machines overflow it ("neighbor table
 /// overflow": replies dropped). A real deployment of that size needs the same (README). Raised
 /// for the test and put back afterwards.
-struct NeighTable([String; 3]);
+/// The limits are global and two simulations may run at once: the first raises them, the last
+/// to finish puts the old values back.
+struct NeighTable;
+
+static RAISED: std::sync::Mutex<(usize, Option<[String; 3]>)> = std::sync::Mutex::new((0, None));
 
 impl NeighTable {
     fn raise() -> Self {
-        let f = |i: usize| format!("/proc/sys/net/ipv4/neigh/default/gc_thresh{i}");
-        let old = [1, 2, 3].map(|i| std::fs::read_to_string(f(i)).unwrap().trim().to_string());
-        for (i, v) in [(1, "4096"), (2, "8192"), (3, "16384")] {
-            if old[i - 1].parse::<u64>().unwrap_or(0) < v.parse::<u64>().unwrap() {
-                std::fs::write(f(i), v).unwrap();
+        let mut g = RAISED.lock().unwrap_or_else(|e| e.into_inner());
+        if g.0 == 0 {
+            let f = |i: usize| format!("/proc/sys/net/ipv4/neigh/default/gc_thresh{i}");
+            let old = [1, 2, 3].map(|i| std::fs::read_to_string(f(i)).unwrap().trim().to_string());
+            for (i, v) in [(1, "4096"), (2, "8192"), (3, "16384")] {
+                if old[i - 1].parse::<u64>().unwrap_or(0) < v.parse::<u64>().unwrap() {
+                    std::fs::write(f(i), v).unwrap();
+                }
             }
+            g.1 = Some(old);
         }
-        Self(old)
+        g.0 += 1;
+        Self
     }
 }
 
 impl Drop for NeighTable {
     fn drop(&mut self) {
-        for i in [3, 2, 1] {
-            let _ = std::fs::write(
-                format!("/proc/sys/net/ipv4/neigh/default/gc_thresh{i}"),
-                &self.0[i - 1],
-            );
+        let mut g = RAISED.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 -= 1;
+        if g.0 == 0 {
+            if let Some(old) = g.1.take() {
+                for i in [3, 2, 1] {
+                    let _ = std::fs::write(
+                        format!("/proc/sys/net/ipv4/neigh/default/gc_thresh{i}"),
+                        &old[i - 1],
+                    );
+                }
+            }
         }
     }
 }
