@@ -21,10 +21,41 @@ pub(crate) fn agent_binary() -> String {
     p
 }
 
-/// `unbrick image build` into the lab's data dir, from the Debian kernel scripts/install-deps.sh
-/// unpacked and the fresh static agent; returns the command's output.
+/// A just-initialised data directory with a built image, made once per test run: the
+/// QEMU tests that need nothing else start from a copy of it (same keys and certificate in
+/// every lab, which is fine: each lab is its own namespace) instead of building an image each.
+fn template() -> &'static (std::path::PathBuf, String) {
+    static T: std::sync::OnceLock<(std::path::PathBuf, String)> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("image-template");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = dir.join("data");
+        must(&format!("{} init --data-dir {}", unbrick(), data.display()));
+        let kernel_root =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
+        let out = must(&format!(
+            "{} image build --data-dir {} --kernel-dir {} --agent {}",
+            unbrick(),
+            data.display(),
+            kernel_root.display(),
+            agent_binary()
+        ));
+        (data, out)
+    })
+}
+
+/// The lab's data dir replaced by a copy of the run's template (initialised, image built
+/// once); returns the build's output. The lab must have been only initialised so far.
 pub(crate) fn build_image(lab: &Lab) -> String {
-    build_image_with(lab, "")
+    let (data, out) = template();
+    let _ = std::fs::remove_dir_all(lab.data());
+    must(&format!(
+        "cp -a {} {}",
+        data.display(),
+        lab.data().display()
+    ));
+    out.clone()
 }
 
 /// The same with extra `image build` flags.
@@ -512,7 +543,7 @@ fn agent_refuses_rules_older_than_its_image() {
         rules.display(),
         key.display()
     ));
-    let out = build_image(&lab);
+    let out = build_image_with(&lab, "");
     assert!(out.contains("refuse rules older than"), "{out}");
     // The old v1 file (signed, unexpired) is put back and served.
     std::fs::write(&rules, &v1).unwrap();
