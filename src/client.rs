@@ -139,6 +139,22 @@ fn s(v: &serde_json::Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
+/// One line per host of a bulk action's answer: MAC, `ok` or `not_ok`, the message.
+fn print_results(v: &serde_json::Value, not_ok: &str) {
+    for r in v["results"].as_array().into_iter().flatten() {
+        println!(
+            "{}  {}  {}",
+            s(&r["mac"]),
+            if r["ok"].as_bool() == Some(true) {
+                "ok    "
+            } else {
+                not_ok
+            },
+            s(&r["message"])
+        );
+    }
+}
+
 pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
     let action = match &h {
         HostsCmd::ApproveKey { .. } => fleet_service::Action::ApproveKey,
@@ -348,18 +364,7 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                     "/api/v1/hosts/actions",
                     Some((&body, "application/json")),
                 )?;
-                for r in v["results"].as_array().into_iter().flatten() {
-                    println!(
-                        "{}  {}  {}",
-                        s(&r["mac"]),
-                        if r["ok"].as_bool() == Some(true) {
-                            "ok    "
-                        } else {
-                            "REFUSED"
-                        },
-                        s(&r["message"])
-                    );
-                }
+                print_results(&v, "REFUSED");
                 if v["failed"].as_u64().unwrap_or(0) > 0 {
                     return Err(Fail(format!(
                         "{} of {} hosts refused",
@@ -780,18 +785,7 @@ pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
                 "/api/v1/hosts/actions",
                 Some((&body, "application/json")),
             )?;
-            for r in v["results"].as_array().into_iter().flatten() {
-                println!(
-                    "{}  {}  {}",
-                    s(&r["mac"]),
-                    if r["ok"].as_bool() == Some(true) {
-                        "ok    "
-                    } else {
-                        "FAILED"
-                    },
-                    s(&r["message"])
-                );
-            }
+            print_results(&v, "FAILED");
             let failed = v["failed"].as_u64().unwrap_or(0);
             if failed > 0 {
                 return Err(Fail(format!(

@@ -170,14 +170,24 @@ impl<S> Idle<S> {
         if self.head_deadline.is_none() {
             self.head_deadline = Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT)));
         }
-        let mut w: Vec<u8> = self.tail.to_vec();
-        w.extend_from_slice(&bytes[..bytes.len().min(1 << 16)]);
-        if w.windows(4).any(|x| x == b"\r\n\r\n") {
+        // The end, CRLF CRLF, may span the previous read: the kept tail and this read's first
+        // three bytes, then this read alone. No copy of the read itself.
+        let k = bytes.len().min(3);
+        let mut edge = [0u8; 6];
+        edge[..3].copy_from_slice(&self.tail);
+        edge[3..3 + k].copy_from_slice(&bytes[..k]);
+        let end = |w: &[u8]| w == b"\r\n\r\n";
+        if edge[..3 + k].windows(4).any(end) || bytes.windows(4).any(end) {
             self.in_head = false;
             self.head_deadline = None;
         }
-        let n = w.len();
-        self.tail.copy_from_slice(&w[n - 3..]);
+        // The last three bytes of tail ++ bytes.
+        let joined = &edge[..3 + k];
+        if bytes.len() >= 3 {
+            self.tail.copy_from_slice(&bytes[bytes.len() - 3..]);
+        } else {
+            self.tail.copy_from_slice(&joined[joined.len() - 3..]);
+        }
     }
 
     fn head_expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
@@ -220,8 +230,9 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Idle<S> {
             Poll::Ready(r) => {
                 if buf.filled().len() > before {
                     self.active();
-                    let got = buf.filled()[before..].to_vec();
-                    self.saw(&got);
+                    if self.in_head {
+                        self.saw(&buf.filled()[before..]);
+                    }
                     if self.head_expired(cx) {
                         return Poll::Ready(Err(head_error()));
                     }
