@@ -40,5 +40,9 @@ cargo fetch --locked -q
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
+echo "== fuzz smoke: every target in fuzz/ for 30 s from its committed corpus"
+cargo fmt --manifest-path fuzz/Cargo.toml --check
+bash scripts/fuzz.sh
+
 echo "== cargo test (unit, property, real clients, QEMU firmware)"
 cargo test --workspace --no-fail-fast

@@ -83,7 +83,9 @@ impl Drop {
 const KEPT_OPTIONS: &[u8] = &[12, 50, 53, 54, 55, 57, 60, 61, 77, 93, 94, 97, 175];
 
 /// Kept options with one valid length whose dhcproto decoder assumes it: option 94, the client
-/// network interface identifier, is 3 bytes (RFC 4578 2.2); dhcproto `debug_assert!`s it.
+/// network interface identifier, is 3 bytes (RFC 4578 2.2); dhcproto `debug_assert!`s it. Each
+/// may appear once: dhcproto joins repeated options into one (RFC 3396), so two 3-byte copies
+/// would reach its decoder as 6 bytes (found by the `dhcp` fuzz target).
 const FIXED_LENGTHS: &[(u8, usize)] = &[(94, 3)];
 
 /// Rebuilds a request with only [`KEPT_OPTIONS`], after checking the fixed header and the
@@ -106,6 +108,7 @@ fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
         return Err(Drop::NoMessageType);
     }
     let mut out = datagram[..240].to_vec();
+    let mut fixed_seen: Vec<u8> = Vec::new();
     let mut i = 240;
     while i < datagram.len() {
         let code = datagram[i];
@@ -129,6 +132,12 @@ fn sanitize(datagram: &[u8]) -> Result<Vec<u8>, Drop> {
                             "option {code} is {len} bytes long; it must be {want}"
                         )));
                     }
+                    if fixed_seen.contains(&code) {
+                        return Err(Drop::Malformed(format!(
+                            "option {code} appears more than once"
+                        )));
+                    }
+                    fixed_seen.push(code);
                 }
                 if KEPT_OPTIONS.contains(&code) {
                     out.extend_from_slice(&datagram[i..end]);

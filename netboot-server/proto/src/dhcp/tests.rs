@@ -525,6 +525,20 @@ fn malformed_packets_are_dropped_with_a_reason() {
     let end = nic.len() - 1;
     nic.splice(end..end, [94u8, 3, 1, 3, 0]);
     assert!(parse(&nic).is_ok());
+    // Two well-formed copies of option 94: dhcproto joins repeated options (RFC 3396) and its
+    // decoder saw 6 bytes. Found by the `dhcp` fuzz target (fuzz/); its input is kept whole.
+    let mut twice = packet(C::UefiPxe, MessageType::Discover, vec![]);
+    let end = twice.len() - 1;
+    twice.splice(end..end, [94u8, 3, 1, 0, 7, 94, 3, 1, 2, 1]);
+    assert_eq!(
+        parse(&twice).unwrap_err(),
+        Drop::Malformed("option 94 appears more than once".into())
+    );
+    let found = include_bytes!("fuzz-regressions/repeated-option-94");
+    assert_eq!(
+        parse(found).unwrap_err(),
+        Drop::Malformed("option 94 appears more than once".into())
+    );
     let mut reply = packet(C::BiosRom, MessageType::Discover, vec![]);
     reply[0] = 2;
     assert_eq!(parse(&reply).unwrap_err(), Drop::NotARequest);

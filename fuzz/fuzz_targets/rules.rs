@@ -1,0 +1,34 @@
+//! The rules document (JSON, signed offline, read by every agent): parse and validate; a
+//! document that validates survives its own serialisation and judges any file without panicking.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use signing::{FileFacts, RuleSet};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(rules) = RuleSet::parse(data) else {
+        return;
+    };
+    let again = RuleSet::parse(&rules.to_json()).expect("a valid document re-parses");
+    assert_eq!(again.to_json(), rules.to_json());
+    let header = &data[..data.len().min(rules.header_len().max(1))];
+    for path in [
+        &[
+            "Windows",
+            "System32",
+            "drivers",
+            "CrowdStrike",
+            "C-00000291-0.sys",
+        ][..],
+        &["windows", "system32", "DRIVERS"][..],
+        &[""][..],
+    ] {
+        for t in [i64::MIN, -1, 0, 1_721_000_000, i64::MAX] {
+            let _ = rules.judge(&FileFacts {
+                components: path,
+                header,
+                last_write_unix: t,
+            });
+        }
+    }
+    let _ = rules.expires_unix();
+});
