@@ -150,6 +150,11 @@ pub(crate) async fn start(
                 cfg.bmc_limits,
             ))),
     );
+    // The campaigns were persisted up to a second before a crash, the host records before
+    // each answer: the slots follow the records.
+    for note in fleet.with_hosts(|h| policy.reconcile(h, now_ms())) {
+        tracing::info!("{note}");
+    }
     // Full mode: the lease pool, shared by the DHCP server (which hands out leases) and the
     // boot edge (which binds a per-boot token to the leased address).
     let pool = match (cfg.dhcp, cfg.pool) {

@@ -882,6 +882,15 @@ pub struct CampaignPolicy {
     pub proxy: bool,
     campaigns: std::sync::Mutex<Vec<Campaign>>,
     dirty: std::sync::atomic::AtomicBool,
+    /// Counts the changes that must be durable before a host acts on them (a wave opened, a
+    /// campaign started or resumed); bumped under the lock.
+    seq: std::sync::atomic::AtomicU64,
+    /// The last such change: until a persisted snapshot covers it, no host is newly admitted
+    /// to the payload (else a crash could leave hosts booted in a wave the store never saw
+    /// open).
+    hold_until: std::sync::atomic::AtomicU64,
+    /// The `seq` the last persisted snapshot was taken at.
+    durable: std::sync::atomic::AtomicU64,
 }
 
 impl CampaignPolicy {
@@ -892,7 +901,109 @@ impl CampaignPolicy {
             proxy,
             campaigns: std::sync::Mutex::new(campaigns),
             dirty: std::sync::atomic::AtomicBool::new(false),
+            seq: std::sync::atomic::AtomicU64::new(0),
+            hold_until: std::sync::atomic::AtomicU64::new(0),
+            durable: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Holds new admissions until the next persisted snapshot (call under the lock, after the
+    /// change).
+    fn hold(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let s = self.seq.fetch_add(1, SeqCst) + 1;
+        self.hold_until.store(s, SeqCst);
+        self.dirty.store(true, SeqCst);
+    }
+
+    /// Whether new admissions wait for a persist.
+    pub fn admissions_held(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.hold_until.load(SeqCst) > self.durable.load(SeqCst)
+    }
+
+    /// [`Self::with`] for an admin's action (start, resume, ...): new admissions wait until
+    /// the result is persisted ([`Self::persisted`]).
+    pub fn with_held<R>(&self, f: impl FnOnce(&mut Vec<Campaign>) -> R) -> R {
+        let mut c = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut c);
+        self.hold();
+        r
+    }
+
+    /// A copy of every campaign to persist, with the change count it covers (pass it to
+    /// [`Self::persisted`] once the copy is durable).
+    pub fn snapshot_to_persist(&self) -> (Vec<Campaign>, u64) {
+        let c = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            c.clone(),
+            self.seq.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    /// The snapshot taken at `seq` is durable: held admissions go on.
+    pub fn persisted(&self, seq: u64) {
+        self.durable
+            .fetch_max(seq, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Marks the campaigns changed (a persist failed: the ticker tries again).
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// After a restart: brings each running campaign's slots in line with the stored host
+    /// records, which are flushed before a host is told anything, while the campaign itself is
+    /// persisted up to a second later. A member in the payload by its record (booting, agent
+    /// up, scanning, unlocked) holds a slot; a slot whose host has a final result is freed and
+    /// the host counted as finished; a slot whose host never got the payload (the crash came
+    /// between the admission and the host's record) is freed. Returns what changed.
+    pub fn reconcile(&self, hosts: &HashMap<Mac, HostRecord>, now: u64) -> Vec<String> {
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut notes = Vec::new();
+        for c in cs.iter_mut() {
+            if !matches!(
+                c.state,
+                CampaignState::Running | CampaignState::Paused | CampaignState::Halted(_)
+            ) {
+                continue;
+            }
+            let (mut taken, mut freed, mut done) = (0, 0, 0);
+            let members: Vec<(Mac, usize)> = c
+                .waves
+                .iter()
+                .enumerate()
+                .flat_map(|(w, wave)| wave.hosts.iter().map(move |m| (*m, w)))
+                .collect();
+            for (m, w) in members {
+                let Some(h) = hosts.get(&m) else { continue };
+                if c.in_payload.contains_key(&m) {
+                    if !in_payload_state(&h.state) && outcome(h, false) != Outcome::Pending {
+                        c.in_payload.remove(&m);
+                        c.finished.insert(m);
+                        done += 1;
+                    } else if matches!(
+                        h.state,
+                        HostState::Unknown | HostState::Seen | HostState::Waiting
+                    ) {
+                        c.in_payload.remove(&m);
+                        freed += 1;
+                    }
+                } else if in_payload_state(&h.state) && w <= c.current && !c.finished.contains(&m) {
+                    c.in_payload.insert(m, h.state_since_ms);
+                    taken += 1;
+                }
+            }
+            if taken + freed + done > 0 {
+                let note = format!(
+                    "after a restart: {taken} host(s) in the payload by their records hold a slot again, {done} with a result freed theirs, {freed} that never got the payload freed theirs"
+                );
+                c.log.push((now, note.clone()));
+                notes.push(format!("campaign {}: {note}", c.spec.name));
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        notes
     }
 
     /// Runs `f` on the campaigns (under the lock); marks them changed.
@@ -930,9 +1041,12 @@ impl CampaignPolicy {
     ) -> (Vec<HostChange>, Vec<String>) {
         let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
         let (mut changes, mut notes) = (Vec::new(), Vec::new());
+        let mut opened = false;
         for c in cs.iter_mut() {
             let before = c.log.len();
+            let was = (c.current, c.state.clone());
             changes.extend(c.tick(hosts, now));
+            opened |= was != (c.current, c.state.clone());
             notes.extend(
                 c.log[before..]
                     .iter()
@@ -941,6 +1055,9 @@ impl CampaignPolicy {
         }
         if !changes.is_empty() || !notes.is_empty() {
             self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        if opened {
+            self.hold();
         }
         (changes, notes)
     }
@@ -1026,7 +1143,23 @@ impl crate::BootPolicy for CampaignPolicy {
         // The active campaign that claims the host first, then a completed one.
         let mut order: Vec<usize> = (0..cs.len()).collect();
         order.sort_by_key(|i| !cs[*i].state.is_active());
+        let held = self.admissions_held();
         for i in order {
+            // While a wave's opening is not yet durable, nobody new is let in.
+            if held && q.issue && !cs[i].in_payload.contains_key(&h.mac) {
+                if let Some(d) = cs[i].decide(h, q.now_ms, false) {
+                    return match d {
+                        BootDecision::Payload => BootDecision::WaitingRoom {
+                            reason: format!(
+                                "campaign {}: saving its progress; a slot opens at the next poll",
+                                cs[i].spec.name
+                            ),
+                        },
+                        d => d,
+                    };
+                }
+                continue;
+            }
             if let Some(d) = cs[i].decide(h, q.now_ms, q.issue) {
                 if q.issue && d == BootDecision::Payload {
                     self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -117,7 +117,7 @@ impl Booter {
         who: Claimant,
         default_kind: ClientKind,
         kind: BootConfigKind,
-    ) -> String {
+    ) -> Issued {
         let now = fleet_service::now_ms();
         let host = self.fleet.host(mac);
         let (via, source) = (kind.via(), kind.source());
@@ -142,7 +142,7 @@ impl Booter {
                         now,
                     );
                 }
-                return refusal(kind, mac);
+                return Issued::no(refusal(kind, mac));
             }
             Verdict::Conflict(why) => {
                 tracing::warn!("{mac}: {via}: {why}");
@@ -154,7 +154,7 @@ impl Booter {
                     format!("{mac}: {why}"),
                     now,
                 );
-                return refusal(kind, mac);
+                return Issued::no(refusal(kind, mac));
             }
         };
         self.fleet.touch(mac, now);
@@ -189,11 +189,11 @@ impl Booter {
             BootConfigKind::Ipxe => boot::ipxe_script(&decision, &params),
             BootConfigKind::Grub => boot::grub_config(&decision, &params),
         };
-        if matches!(
+        let token_issued = matches!(
             decision,
             fleet::BootDecision::Payload | fleet::BootDecision::Restore
-        ) && ready
-        {
+        ) && ready;
+        if token_issued {
             let restore = decision == fleet::BootDecision::Restore;
             self.fleet
                 .payload_issued(mac, via, &token_digest(&token), restore, &peer, now);
@@ -219,7 +219,25 @@ impl Booter {
                 now,
             );
         }
-        text
+        Issued { text, token_issued }
+    }
+}
+
+/// A rendered boot script or configuration.
+pub struct Issued {
+    /// The text to send.
+    pub text: String,
+    /// It carries a per-boot token (the payload or restore): the host's record, which holds
+    /// the token's digest and the campaign slot it took, must be durable before it is sent.
+    pub token_issued: bool,
+}
+
+impl Issued {
+    fn no(text: String) -> Self {
+        Self {
+            text,
+            token_issued: false,
+        }
     }
 }
 
@@ -254,7 +272,17 @@ impl crate::tftp::FileSource for TftpFiles {
                 ClientKind::Pxe(fleet::Arch::UefiX64),
                 BootConfigKind::Grub,
             );
-            return Some(Arc::from(cfg.into_bytes()));
+            // On a blocking thread already: flush in place. Not durable, not sent (grub gets
+            // "file not found" and the firmware tries again).
+            if cfg.token_issued {
+                if let Err(e) = s.fleet.store().flush() {
+                    tracing::error!(
+                        "{mac}: grub configuration not sent, the store cannot write: {e}"
+                    );
+                    return None;
+                }
+            }
+            return Some(Arc::from(cfg.text.into_bytes()));
         }
         s.image.get(path)
     }

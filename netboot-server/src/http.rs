@@ -56,12 +56,25 @@ async fn boot_script(
         ClientKind::Ipxe(fleet::Arch::Bios),
         BootConfigKind::Ipxe,
     );
+    // A token (and the campaign slot it took) is durable before the machine hears of it: a
+    // crash then cannot leave a machine booting a payload its server has no record of.
+    if script.token_issued {
+        if let Err(e) = s.fleet.durable().await {
+            tracing::error!("{mac}: boot script not sent, the store cannot write: {e}");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "10")],
+                format!("the server cannot save this boot ({e}); trying again shortly\n"),
+            )
+                .into_response();
+        }
+    }
     (
         [
             (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        script,
+        script.text,
     )
         .into_response()
 }

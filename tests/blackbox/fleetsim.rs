@@ -2,8 +2,11 @@
 //! namespace against the server (full DHCP on a /16), speaking real DHCP, TFTP, HTTP and the
 //! agent API over HTTPS: a campaign of 4 waves with a 200-host concurrency limit. It prints the
 //! timeline and the server's peak RSS, and fails if a host got the payload outside its wave, the
-//! limit was exceeded, or a host was lost.
+//! limit was exceeded, a host was lost or remediated twice, or a report the server acknowledged
+//! is not in its store. The four-wave campaign also runs with the server killed (SIGKILL) and
+//! restarted under it.
 use crate::lab::*;
+use std::time::{Duration, Instant};
 
 fn sim_binary() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -59,9 +62,30 @@ impl Drop for NeighTable {
     }
 }
 
+/// The campaign twice: once undisturbed, then with the server killed by SIGKILL at random
+/// moments (at least 5 times) and restarted as its systemd unit would (`Restart=on-failure`,
+/// after `RestartSec`). After the kills as before, every host is recovered exactly once, every
+/// report the server acknowledged is in the store, none got the payload outside its wave, and
+/// the campaign finished with no admin touching it.
 #[test]
 fn two_thousand_simulated_hosts_in_four_waves() {
-    simulate(None);
+    let calm = simulate(None, false);
+    let killed = simulate(None, true);
+    println!(
+        "{:<24} {:>8} {:>10} {:>6} {:>12}",
+        "2,000 hosts, 4 waves", "restarts", "duplicates", "lost", "total (s)"
+    );
+    for (name, r) in [("no kills", &calm), ("SIGKILL + restart", &killed)] {
+        println!(
+            "{name:<24} {:>8} {:>10} {:>6} {:>12.1}",
+            r.restarts, r.duplicates, r.lost, r.total_secs
+        );
+    }
+    assert!(
+        killed.restarts >= 5,
+        "the campaign ended after {} kills; the test wants at least 5 mid-campaign",
+        killed.restarts
+    );
 }
 
 /// The same fleet behind simulated Redfish controllers (the Python stand-in, one system per
@@ -69,13 +93,61 @@ fn two_thousand_simulated_hosts_in_four_waves() {
 /// before its controller was told to.
 #[test]
 fn two_thousand_hosts_network_booted_through_their_controllers() {
-    simulate(Some(format!(
-        "{}/tests/blackbox/helpers/redfish_standin.py",
-        env!("CARGO_MANIFEST_DIR")
-    )));
+    simulate(
+        Some(format!(
+            "{}/tests/blackbox/helpers/redfish_standin.py",
+            env!("CARGO_MANIFEST_DIR")
+        )),
+        false,
+    );
 }
 
-fn simulate(oob: Option<String>) {
+/// A child process killed and reaped when dropped (a failed assertion leaves no simulator).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// What one simulated campaign showed.
+struct Run {
+    restarts: u32,
+    duplicates: u64,
+    lost: u64,
+    total_secs: f64,
+}
+
+/// The unit's `RestartSec` (dist/unbrick.service): how long systemd waits before a restart.
+fn restart_delay() -> Duration {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/unbrick.service"))
+            .expect("dist/unbrick.service");
+    let secs = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("RestartSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("RestartSec= in dist/unbrick.service");
+    Duration::from_secs(secs)
+}
+
+/// A figure the simulator printed: the number after `label`.
+fn figure(out: &str, label: &str) -> f64 {
+    out.split(label)
+        .nth(1)
+        .and_then(|r| {
+            r.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .find(|w| !w.is_empty())
+        })
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in the simulator's output:\n{out}"))
+}
+
+fn simulate(oob: Option<String>, kills: bool) -> Run {
     let sim = sim_binary();
     let _neigh = NeighTable::raise();
     let mut lab = Lab::new("fs");
@@ -109,17 +181,70 @@ fn simulate(oob: Option<String>) {
     let env = oob
         .map(|p| format!("FLEETSIM_OOB={p} "))
         .unwrap_or_default();
-    let o = lab.exec_in(
-        &cns,
-        &format!(
-            "{env}{sim} {ifc} {tok} {fp} 2000 5%,25%,50%,100% 200 5 {} 2>&1",
-            lab.server_pid()
-        ),
+    // The server's peak RSS is read from its PID: one process only when it is never restarted.
+    let pid = if kills {
+        String::new()
+    } else {
+        lab.server_pid().to_string()
+    };
+    let out_path = lab.dir.join("fleetsim.out");
+    let mut child = Reaped(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &cns, "sh", "-c"])
+            .arg(format!(
+                "exec {env}{sim} {ifc} {tok} {fp} 2000 5%,25%,50%,100% 200 5 {pid}"
+            ))
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn the fleet simulator"),
     );
-    let out = String::from_utf8_lossy(&o.stdout);
+    let mut restarts = 0;
+    let status = if kills {
+        // Random moments (printed seed: a failure can be replayed with FLEETSIM_KILL_SEED),
+        // 2 to 8 s after the server came back, until the campaign ends.
+        let seed: u64 = std::env::var("FLEETSIM_KILL_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        println!("kill seed {seed} (FLEETSIM_KILL_SEED replays it)");
+        let mut x = seed;
+        let delay = restart_delay();
+        loop {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let wait = Instant::now() + Duration::from_millis(2_000 + x % 6_000);
+            let mut ended = None;
+            while Instant::now() < wait && ended.is_none() {
+                ended = child.0.try_wait().unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if let Some(st) = ended {
+                break st;
+            }
+            lab.kill_server();
+            restarts += 1;
+            println!(
+                "SIGKILL {restarts} of the server; restart in {} s",
+                delay.as_secs()
+            );
+            std::thread::sleep(delay);
+            lab.restart_server();
+        }
+    } else {
+        child.0.wait().unwrap()
+    };
+    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     println!("{out}");
     assert!(
-        o.status.success()
+        status.success()
             && out.contains("OK: no host outside its wave")
             && (env.is_empty() || out.contains("out of band: 2000 of 2000 machines reset")),
         "fleet simulation failed:\n{out}\n{}",
@@ -130,4 +255,10 @@ fn simulate(oob: Option<String>) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    Run {
+        restarts,
+        duplicates: figure(&out, "remediated twice: ") as u64,
+        lost: figure(&out, "; lost: ") as u64,
+        total_secs: figure(&out, "total time: "),
+    }
 }

@@ -118,6 +118,8 @@ pub struct HostView {
 /// The agent's last report, as the API shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReportView {
+    /// The agent's ID for this report (its retries carry the same one).
+    pub report_id: String,
     /// `remediated`, `clean`, `nothing-found`, `needs-attention`, `failed` or `restored`.
     pub result: String,
     /// Why.
@@ -181,6 +183,7 @@ pub fn view(h: &HostRecord) -> HostView {
         bitlocker_waiting: h.bitlocker_waiting.clone(),
         rotate_bitlocker_key: h.rotate_bitlocker_key,
         last_report: h.last_report.as_ref().map(|r| ReportView {
+            report_id: r.report_id.clone(),
             result: query::result_name(r.result),
             reason: r.reason.clone(),
             volumes: r.volumes.clone(),

@@ -292,10 +292,25 @@ pub fn views(c: &Console, id: Option<&str>) -> Vec<CampaignView> {
 
 /// Writes every campaign and waits for the disk.
 pub async fn persist(c: &Console) -> fleet_service::Result<()> {
-    for camp in c.campaigns.snapshot() {
-        c.fleet.store().put_campaign(&camp)?;
+    let (all, seq) = c.campaigns.snapshot_to_persist();
+    let r = async {
+        for camp in &all {
+            c.fleet.store().put_campaign(camp)?;
+        }
+        c.fleet.durable().await
     }
-    Ok(c.fleet.durable().await?)
+    .await;
+    match r {
+        Ok(()) => {
+            c.campaigns.persisted(seq);
+            Ok(())
+        }
+        Err(e) => {
+            // Not saved: the ticker tries again next second (admissions held meanwhile).
+            c.campaigns.mark_dirty();
+            Err(e.into())
+        }
+    }
 }
 
 /// Creates a campaign (draft). Returns its id.
@@ -337,7 +352,8 @@ pub async fn act(
     }
     let hosts: Vec<fleet::HostRecord> = c.fleet.hosts();
     let taken = c.campaigns.taken(id);
-    let r = c.campaigns.with(|cs| {
+    // Hosts are let in by the result only once it is durable (persist below).
+    let r = c.campaigns.with_held(|cs| {
         let Some(camp) = cs.iter_mut().find(|x| x.id == id) else {
             return Err((StatusCode::NOT_FOUND, format!("no campaign {id}")));
         };

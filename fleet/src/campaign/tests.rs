@@ -745,3 +745,130 @@ fn trigger_none_orders_nothing() {
     c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
     assert!(c.triggers_due(&f.hosts, 0).0.is_empty());
 }
+
+#[test]
+fn after_a_crash_the_slots_follow_the_host_records() {
+    let mut f = Fleet::new(6);
+    let mut c = Campaign::new("c".into(), spec(&["100%"], strict(), 2), String::new(), 0).unwrap();
+    c.start(&f.all(), &BTreeSet::new(), 0).unwrap();
+    let order = c.waves[0].hosts.clone();
+    let i = |m: Mac| m.0[5];
+    let (a, b, d) = (i(order[0]), i(order[1]), i(order[2]));
+    assert_eq!(f.boot(&mut c, a, 1), BootDecision::Payload);
+    // Admitted, but the crash came before its record said so: its record stays `seen`.
+    assert_eq!(
+        c.decide(&f.hosts[&mac(b)].clone(), 1, true),
+        Some(BootDecision::Payload)
+    );
+    // What the store holds of the campaign: the last persist, a moment before the crash.
+    let saved = c.clone();
+    // After that persist, `a` finished and `d` was admitted (its record is durable).
+    f.set(&mut c, a, HostState::Clean, 2);
+    assert_eq!(f.boot(&mut c, d, 2), BootDecision::Payload);
+    let p = CampaignPolicy::new(crate::DefaultPolicy::default(), false, vec![saved]);
+    let notes = p.reconcile(&f.hosts, 3);
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "1 host(s) in the payload by their records hold a slot again, 1 with a result freed theirs, 1 that never got the payload freed theirs"
+        )),
+        "{notes:?}"
+    );
+    let back = &p.snapshot()[0];
+    assert_eq!(
+        back.in_payload.keys().copied().collect::<Vec<_>>(),
+        vec![mac(d)]
+    );
+    assert!(back.finished.contains(&mac(a)) && !back.finished.contains(&mac(b)));
+    // One slot is free again (concurrency 2): `b` gets it when it boots, the next one waits.
+    let q = |m: Mac| BootQuery {
+        mac: m,
+        kind: ClientKind::Pxe(Arch::Bios),
+        now_ms: 4,
+        issue: true,
+    };
+    assert_eq!(
+        p.decide(&q(mac(b)), f.hosts.get(&mac(b))),
+        BootDecision::Payload
+    );
+    let e = i(order[3]);
+    assert!(matches!(
+        p.decide(&q(mac(e)), f.hosts.get(&mac(e))),
+        BootDecision::WaitingRoom { .. }
+    ));
+    assert_eq!(
+        p.decide(&q(mac(a)), f.hosts.get(&mac(a))),
+        BootDecision::LocalBoot
+    );
+    // A second reconcile finds nothing to do.
+    f.hosts.get_mut(&mac(b)).unwrap().state = HostState::Booting;
+    assert!(p.reconcile(&f.hosts, 5).is_empty());
+}
+
+#[test]
+fn nobody_is_let_into_a_wave_before_its_opening_is_persisted() {
+    let mut f = Fleet::new(4);
+    let c = Campaign::new(
+        "c".into(),
+        spec(&["1", "100%"], strict(), 10),
+        String::new(),
+        0,
+    )
+    .unwrap();
+    let p = CampaignPolicy::new(crate::DefaultPolicy::default(), false, vec![c]);
+    let hosts = f.all();
+    p.with_held(|cs| cs[0].start(&hosts, &BTreeSet::new(), 0))
+        .unwrap();
+    let first = p.snapshot()[0].waves[0].hosts[0];
+    let q = |m: Mac, now| BootQuery {
+        mac: m,
+        kind: ClientKind::Pxe(Arch::Bios),
+        now_ms: now,
+        issue: true,
+    };
+    let held = p.decide(&q(first, 1), f.hosts.get(&first));
+    assert!(
+        matches!(&held, BootDecision::WaitingRoom { reason } if reason.contains("saving its progress")),
+        "{held:?}"
+    );
+    assert!(p.admissions_held());
+    // A persist that began before the start does not count; one after it does.
+    p.persisted(0);
+    assert!(p.admissions_held());
+    let (_, seq) = p.snapshot_to_persist();
+    p.persisted(seq);
+    assert!(!p.admissions_held());
+    assert_eq!(
+        p.decide(&q(first, 2), f.hosts.get(&first)),
+        BootDecision::Payload
+    );
+    // Wave 1 closes and wave 2 opens in a tick: held again until persisted, except for a host
+    // already in the payload.
+    let h = f.hosts.get_mut(&first).unwrap();
+    h.state = HostState::Clean;
+    h.state_since_ms = 3;
+    p.observe(&f.hosts[&first].clone());
+    let (_, notes) = p.tick(&f.hosts, 4);
+    assert!(notes.iter().any(|n| n.contains("wave 2 open")), "{notes:?}");
+    let second = p.snapshot()[0].waves[1].hosts[0];
+    assert!(matches!(
+        p.decide(&q(second, 5), f.hosts.get(&second)),
+        BootDecision::WaitingRoom { .. }
+    ));
+    let (_, seq) = p.snapshot_to_persist();
+    p.persisted(seq);
+    assert_eq!(
+        p.decide(&q(second, 6), f.hosts.get(&second)),
+        BootDecision::Payload
+    );
+    let third = p.snapshot()[0].waves[1].hosts[1];
+    p.with_held(|_| ());
+    assert_eq!(
+        p.decide(&q(second, 7), f.hosts.get(&second)),
+        BootDecision::Payload,
+        "a host in the payload goes on while admissions are held"
+    );
+    assert!(matches!(
+        p.decide(&q(third, 7), f.hosts.get(&third)),
+        BootDecision::WaitingRoom { .. }
+    ));
+}

@@ -57,7 +57,7 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
              :failed\n\
              echo unbrick: could not boot the recovery payload; trying again in 10 seconds\n\
              sleep 10\n\
-             chain --autofree {again}\n",
+             chain --autofree {again} || goto failed\n",
             base = p.http_base,
             cmdline = kernel_cmdline(p),
             what = if *d == BootDecision::Restore { " (restore mode: undo the quarantine)" } else { "" },
@@ -67,15 +67,17 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
              echo unbrick: this machine ({mac}) will be repaired, but the server has no recovery image yet.\n\
              echo unbrick: the administrator must run: unbrick image build\n\
              echo unbrick: checking again in {POLL_SECONDS} seconds\n\
+             :poll\n\
              sleep {POLL_SECONDS}\n\
-             chain --autofree {again}\n"
+             chain --autofree {again} || goto poll\n"
         ),
         BootDecision::WaitingRoom { reason } => format!(
             "#!ipxe\n\
              echo unbrick: {reason}\n\
              echo unbrick: this machine ({mac}) will be repaired automatically; leave it switched on.\n\
+             :poll\n\
              sleep {POLL_SECONDS}\n\
-             chain --autofree {again}\n"
+             chain --autofree {again} || goto poll\n"
         ),
         BootDecision::LocalBoot | BootDecision::Ignore => format!(
             "#!ipxe\n\
@@ -180,6 +182,11 @@ mod tests {
             &p(true),
         );
         assert!(w.contains("waiting for wave 2") && w.contains("sleep 30") && w.contains("chain"));
+        // A server that is restarting does not answer a poll: the machine polls again instead
+        // of falling back to its (boot-looping) disk.
+        assert!(w.contains(":poll\nsleep 30\nchain --autofree http://10.99.0.1:8080/boot/52:54:00:12:34:56.ipxe || goto poll\n"));
+        let f = ipxe_script(&BootDecision::Payload, &p(true));
+        assert!(f.contains(":failed\n") && f.ends_with(".ipxe || goto failed\n"));
     }
 
     #[test]

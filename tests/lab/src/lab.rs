@@ -115,6 +115,8 @@ pub struct Lab {
     /// The server's log.
     pub log: PathBuf,
     extra_children: Vec<Child>,
+    /// How the server was last started (prefix, arguments), for [`Self::restart_server`].
+    serve_cmd: Option<(Vec<String>, String)>,
 }
 
 impl Lab {
@@ -135,6 +137,7 @@ impl Lab {
             server: None,
             log,
             extra_children: Vec::new(),
+            serve_cmd: None,
         }
     }
 
@@ -217,7 +220,18 @@ impl Lab {
     /// [`Self::serve`] under a command that execs it (`prlimit ... setpriv ... --`): the
     /// server keeps the child's PID.
     pub fn serve_as(&mut self, prefix: &[&str], args: &str) {
-        let log = std::fs::File::create(&self.log).unwrap();
+        // A restart appends to the log of the runs before it.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(self.serve_cmd.is_some())
+            .write(true)
+            .truncate(self.serve_cmd.is_none())
+            .open(&self.log)
+            .unwrap();
+        self.serve_cmd = Some((
+            prefix.iter().map(|p| p.to_string()).collect(),
+            args.to_string(),
+        ));
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns])
             .args(prefix)
@@ -290,6 +304,25 @@ impl Lab {
             "ip netns exec {ns} sh -c '{}'",
             cmd.replace('\'', r"'\''")
         ))
+    }
+
+    /// Kills the server with SIGKILL (by its PID: a power cut, as far as the store can tell) and
+    /// reaps it.
+    pub fn kill_server(&mut self) {
+        let mut c = self.server.take().expect("server running");
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    /// Starts the server again as it was last started (a restart by systemd), waiting until it
+    /// answers; its output goes on in the same log.
+    pub fn restart_server(&mut self) {
+        let (prefix, args) = self
+            .serve_cmd
+            .clone()
+            .expect("the server was started before");
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        self.serve_as(&prefix, &args);
     }
 
     /// Stops the server with SIGTERM (graceful: transfers finish, store flushed) and waits.

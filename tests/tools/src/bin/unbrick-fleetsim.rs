@@ -3,9 +3,13 @@
 //! PXE DHCP (DORA, broadcast), TFTP of the boot loader from its leased address, iPXE DHCP, the
 //! per-host HTTP script (polling the waiting room), the kernel and initrd over HTTP, the agent
 //! API over HTTPS with the certificate pinned (hello, steps, report), then Windows' DHCP
-//! (`MSFT 5.0`). It imports the hosts, creates and starts a campaign through the admin API,
-//! prints the timeline of hosts per state, and checks that no host got the payload before its
-//! wave opened, that at most `concurrency` were in the payload at once, and that none was lost.
+//! (`MSFT 5.0`, a whole DORA). It imports the hosts, creates and starts a campaign through the
+//! admin API, prints the timeline of hosts per state, and checks that no host got the payload
+//! before its wave opened, that at most `concurrency` were in the payload at once, that none was
+//! lost, that every report the server acknowledged is the host's last report in the store, and
+//! that no host was remediated twice (two acknowledged reports, or two recorded). It survives a
+//! server that restarts under it (the kill test): machines retry as firmware, iPXE's waiting room
+//! and the agent do, and the admin API calls wait for the server to come back.
 //!
 //! With `FLEETSIM_OOB=path/to/redfish_standin.py` every machine also has a Redfish controller
 //! (the Python stand-in, one system per address 10.99.200.1 and up on the simulator's
@@ -315,8 +319,14 @@ struct HostLog {
     triggers: u32,
     /// When its first DHCP offer arrived.
     offer_ms: Option<u64>,
+    /// When it first got the payload (the wave check uses the earliest).
     payload_ms: Option<u64>,
     report_sent_ms: Option<u64>,
+    /// Each boot's time in the payload: from the script with a token to the report's answer
+    /// or the boot's failure (the concurrency check).
+    in_payload: Vec<(u64, u64)>,
+    /// Report IDs the server acknowledged with a 200 (result `remediated`).
+    acked_reports: Vec<String>,
     polls: u32,
     retries: u32,
     error: Option<String>,
@@ -343,17 +353,36 @@ async fn machine(
     }
     // Like firmware, a machine whose boot fails (no DHCP answer, TFTP busy, ...) tries again.
     let mut last = String::new();
+    // The address its interface was given (a reboot that leases the same one skips `ip`).
+    let mut configured = None;
     for attempt in 0..40u32 {
         let xid = 0x1000_0000 + (attempt << 20) + i as u32;
         match boot_once(
-            i, &mac, &m, xid, &dhcp, &tls, &iface, poll, &log, &addr_lock,
+            i,
+            &mac,
+            &m,
+            xid,
+            &dhcp,
+            &tls,
+            &iface,
+            poll,
+            &log,
+            &addr_lock,
+            &mut configured,
         )
         .await
         {
             Ok(()) => return,
             Err(e) => {
                 last = e;
-                log.lock().unwrap()[i].retries += 1;
+                let now = now_ms();
+                {
+                    let mut l = log.lock().unwrap();
+                    l[i].retries += 1;
+                    if let Some(open) = l[i].in_payload.last_mut().filter(|p| p.1 == 0) {
+                        open.1 = now;
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(2000 + (i as u64 * 31) % 3000)).await;
             }
         }
@@ -373,6 +402,7 @@ async fn boot_once(
     poll: Duration,
     log: &Arc<Mutex<Vec<HostLog>>>,
     addr_lock: &Arc<tokio::sync::Mutex<()>>,
+    configured: &mut Option<Ipv4Addr>,
 ) -> Result<(), String> {
     {
         let mac = *mac;
@@ -384,7 +414,7 @@ async fn boot_once(
                 l[i].offer_ms = Some(now_ms());
             }
         }
-        {
+        if *configured != Some(ip) {
             let _g = addr_lock.lock().await;
             let parent = iface.to_string();
             let server_mac = SERVER_MAC.get().cloned().unwrap_or_default();
@@ -425,6 +455,7 @@ async fn boot_once(
             }) {
                 return Err(format!("ip (interface {}): {err}", dev_of(i)));
             }
+            *configured = Some(ip);
         }
         if file != "undionly.kpxe" {
             return Err(format!("PXE boot file {file:?}"));
@@ -436,8 +467,20 @@ async fn boot_once(
             .split_once("8080")
             .map(|(_, p)| p.to_string())
             .ok_or_else(|| format!("iPXE boot file {script_url:?}"))?;
+        // The waiting room's script polls again when the server does not answer (`chain ... ||
+        // goto poll`), as a machine does while the server restarts.
+        // Only a script already in the waiting room has that loop: the first fetch is the
+        // boot file iPXE was given, whose failure ends the boot.
+        let (mut polled, mut unanswered) = (false, 0);
         let token = loop {
-            let (st, body) = http(ip, &dev, 8080, &path).await?;
+            let got = http(ip, &dev, 8080, &path).await;
+            if polled && unanswered < 60 && got.as_ref().map_or(true, |(st, _)| *st >= 500) {
+                unanswered += 1;
+                tokio::time::sleep(poll).await;
+                continue;
+            }
+            let (st, body) = got?;
+            polled = true;
             let text = String::from_utf8_lossy(&body).to_string();
             if st != 200 {
                 return Err(format!("script: {st}"));
@@ -446,7 +489,10 @@ async fn boot_once(
                 .split_whitespace()
                 .find_map(|w| w.strip_prefix("unbrick.token="))
             {
-                log.lock().unwrap()[i].payload_ms = Some(now_ms());
+                let now = now_ms();
+                let mut l = log.lock().unwrap();
+                l[i].payload_ms.get_or_insert(now);
+                l[i].in_payload.push((now, 0));
                 break t.to_string();
             }
             if text.contains("exit 0") {
@@ -464,18 +510,28 @@ async fn boot_once(
         // The agent keeps one HTTPS connection for its requests, and closes it before it
         // reboots (dropping it here).
         let mut conn = None;
+        // Like the agent (remediation-payload agent/net.rs): a refusal (4xx) is final; no
+        // answer or a 5xx is retried with a growing delay, here for about a minute, which
+        // outlasts a server that systemd restarts.
         let mut post = async |p: &'static str, body: serde_json::Value| {
             let data = serde_json::to_vec(&body).unwrap();
-            for _ in 0..5 {
+            let mut delay = Duration::from_millis(300);
+            let mut last = String::new();
+            for _ in 0..20 {
+                // When the answered attempt left: the server cannot have acted on it earlier.
+                let sent = now_ms();
                 match agent_post(&mut conn, tls, ip, &dev, p, &data).await {
-                    Ok((200, _)) => return Ok(()),
-                    Ok((st, b)) => {
+                    Ok((200, _)) => return Ok(sent),
+                    Ok((st, b)) if (400..500).contains(&st) => {
                         return Err(format!("{p}: {st} {}", String::from_utf8_lossy(&b)))
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+                    Ok((st, _)) => last = format!("{st}"),
+                    Err(e) => last = e,
                 }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(4));
             }
-            Err(format!("{p}: no answer"))
+            Err(format!("{p}: no answer ({last})"))
         };
         post("/agent/v1/hello", serde_json::json!({"token": token, "mac": m, "uuid": null, "serial": format!("SIM{i}"),
             "firmware": "bios", "secure_boot": null, "lockdown": null, "agent_version": "fleetsim", "kernel": "6.12"})).await?;
@@ -488,25 +544,49 @@ async fn boot_once(
         }
         tokio::time::sleep(Duration::from_millis(500 + (i as u64 * 13) % 1500)).await;
         log.lock().unwrap()[i].report_sent_ms = Some(now_ms());
-        post("/agent/v1/report", serde_json::json!({"token": token, "mac": m, "report_id": format!("sim-{i}"),
+        // One ID per boot: were a host remediated twice, the server would see two reports.
+        let report_id = format!("sim-{i}-{xid:08x}");
+        let sent = post("/agent/v1/report", serde_json::json!({"token": token, "mac": m, "report_id": report_id,
             "result": "remediated", "reason": null, "volumes": [],
             "files": [{"volume": "sda3", "path": "Windows\\System32\\drivers\\CrowdStrike\\C-00000291-00000000-00000032.sys",
                        "size": 40000, "sha256": "00".repeat(32), "mtime": 1721362140, "rule_id": "cs", "action": "quarantine",
                        "quarantined_to": "unbrick-quarantine\\sim"}],
             "rules_id": null, "rules_version": null, "agent_ms": 2000})).await?;
+        {
+            let mut l = log.lock().unwrap();
+            l[i].acked_reports.push(report_id);
+            if let Some(last) = l[i].in_payload.last_mut() {
+                last.1 = sent;
+            }
+        }
         drop(conn);
         // Reboot into Windows: its DHCP client asks for an address and, like the real one,
-        // asks again until a server answers (a broadcast can be dropped under load).
+        // asks again until a server answers (a broadcast can be dropped under load, a server
+        // can be restarting). Windows never network-boots again.
         tokio::time::sleep(Duration::from_millis(1000)).await;
+        // The whole DORA: the ACK comes only once the lease (and what the server learnt from
+        // the DISCOVER, Windows is back) is durable.
         let discover = dhcp_msg(&mac, xid ^ 0x0400_0000, MessageType::Discover, "windows");
-        if dhcp
-            .exchange_via(Some(&dev), &discover, MessageType::Offer)
-            .await
-            .is_none()
-        {
-            return Err("Windows' DHCP got no offer".into());
+        for _ in 0..10 {
+            let Some(offer) = dhcp
+                .exchange_via(Some(&dev), &discover, MessageType::Offer)
+                .await
+            else {
+                continue;
+            };
+            let mut req = dhcp_msg(&mac, xid ^ 0x0400_0000, MessageType::Request, "windows");
+            req.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+            req.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+            if dhcp
+                .exchange_via(Some(&dev), &req, MessageType::Ack)
+                .await
+                .is_some()
+            {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err("Windows' DHCP got no lease".into())
     }
 }
 
@@ -528,15 +608,24 @@ fn api(
         ..Default::default()
     };
     let data = body.map(|b| serde_json::to_vec(&b).unwrap());
-    // The admin API takes bearer tokens over HTTPS only (the certificate pinned).
-    let r = unbrick_http::request_with(
-        method,
-        &format!("https://{SERVER}:8443{path}"),
-        data.as_deref(),
-        Duration::from_secs(30),
-        &opts,
-    )
-    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    // The admin API takes bearer tokens over HTTPS only (the certificate pinned). A server
+    // being restarted (the kill test) answers nothing or 503 for a while: ask again, for up to
+    // two minutes.
+    let t = Instant::now();
+    let r = loop {
+        match unbrick_http::request_with(
+            method,
+            &format!("https://{SERVER}:8443{path}"),
+            data.as_deref(),
+            Duration::from_secs(30),
+            &opts,
+        ) {
+            Ok(r) if r.status < 500 => break r,
+            Ok(r) if t.elapsed() > Duration::from_secs(120) => break r,
+            Err(e) if t.elapsed() > Duration::from_secs(120) => panic!("{path}: {e}"),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
+    };
     assert!(
         (200..300).contains(&r.status),
         "{path}: {} {}",
@@ -760,9 +849,9 @@ fn main() {
     // Concurrency: hosts between getting the payload and sending the report.
     let mut edges: Vec<(u64, i32)> = Vec::new();
     for l in &log {
-        if let (Some(a), Some(b)) = (l.payload_ms, l.report_sent_ms) {
+        for &(a, b) in &l.in_payload {
             edges.push((a, 1));
-            edges.push((b, -1));
+            edges.push((if b == 0 { now_ms() } else { b }, -1));
         }
     }
     edges.sort();
@@ -806,6 +895,72 @@ fn main() {
                 .unwrap_or_default()
         );
     }
+    // What the store holds: each host's last report and its history, read through the API
+    // (8 at a time). Every report the server acknowledged must be there; no host may have been
+    // remediated twice, by the machines' count (two acknowledged reports) or the server's (two
+    // `agent-report: Remediated` events).
+    let details: Vec<serde_json::Value> = {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let out = Mutex::new(vec![serde_json::Value::Null; n]);
+        std::thread::scope(|sc| {
+            for _ in 0..8 {
+                sc.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let d = api(
+                        &token,
+                        "GET",
+                        &format!("/api/v1/hosts/{}", mac_str(&mac_of(i))),
+                        None,
+                    );
+                    out.lock().unwrap()[i] = d;
+                });
+            }
+        });
+        out.into_inner().unwrap()
+    };
+    let (mut acked, mut lost, mut dup_machines, mut dup_server) =
+        (0, Vec::new(), Vec::new(), Vec::new());
+    for (i, (l, d)) in log.iter().zip(&details).enumerate() {
+        let m = mac_str(&mac_of(i));
+        acked += l.acked_reports.len();
+        let stored = d["host"]["last_report"]["report_id"].as_str();
+        if let Some(last) = l.acked_reports.last() {
+            if stored != Some(last.as_str()) {
+                lost.push(format!(
+                    "{m}: report {last} acknowledged, the store has {stored:?}"
+                ));
+            }
+        }
+        if l.acked_reports.len() > 1 {
+            dup_machines.push(format!("{m}: {}", l.acked_reports.join(", ")));
+        }
+        let remediated = d["events"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter(|e| {
+                        e["kind"] == "agent-report"
+                            && e["message"]
+                                .as_str()
+                                .is_some_and(|m| m.starts_with("report: Remediated"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if remediated != 1 {
+            dup_server.push(format!("{m}: {remediated} remediated reports recorded"));
+        }
+    }
+    println!(
+        "reports acknowledged: {acked}; in the store: {}; lost: {}; remediated twice: {} (machines' count), hosts without exactly one recorded remediation: {} (server's events)",
+        acked - lost.len(),
+        lost.len(),
+        dup_machines.len(),
+        dup_server.len()
+    );
     let mut twice = Vec::new();
     if oob.is_some() {
         // Wave open -> the controller's reset, and the reset -> the machine's first DHCP offer.
@@ -864,6 +1019,9 @@ fn main() {
     failed("ERRORS", &errors);
     failed("BOOTED OUTSIDE ITS WAVE", &early);
     failed("RESET MORE THAN ONCE", &twice);
+    failed("ACKNOWLEDGED REPORT LOST", &lost);
+    failed("REMEDIATED TWICE", &dup_machines);
+    failed("NOT EXACTLY ONE REMEDIATION IN THE STORE", &dup_server);
     if peak > conc as i32 {
         println!("CONCURRENCY EXCEEDED: {peak} > {conc}");
         bad = true;
