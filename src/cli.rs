@@ -273,6 +273,11 @@ pub(crate) struct ServeArgs {
     /// of ten times as many): a flood of spoofed MACs does not fill the store.
     #[arg(long, env = "UNBRICK_NEW_HOSTS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) new_hosts_per_sec: Option<u32>,
+    /// MiB kept free on the data directory's file system (default 64): below it the store
+    /// refuses writes (agents get 503, full-mode DHCP no ACK, the console says "disk full")
+    /// and goes on by itself once space is freed.
+    #[arg(long, env = "UNBRICK_STORE_RESERVE_MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) store_reserve_mb: Option<u64>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
     pub(crate) secure_boot_off: bool,

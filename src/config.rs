@@ -167,6 +167,10 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # max_hosts = 100000
 # new_hosts_per_sec = 200
 
+# MiB kept free on the data directory's file system: below it the store refuses writes
+# (agents are told to retry, full-mode DHCP sends no ACK) until space is freed.
+# store_reserve_mb = 64
+
 # Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
 [boot_loaders]
 # undionly_kpxe = "/usr/lib/ipxe/undionly.kpxe"

@@ -410,6 +410,7 @@ impl ServeArgs {
             bmc_attempts: self.bmc_attempts,
             max_hosts: self.max_hosts,
             new_hosts_per_sec: self.new_hosts_per_sec,
+            store_reserve_mb: self.store_reserve_mb,
         })
     }
 }
@@ -499,7 +500,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?;
+        let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?
+            .with_reserve(s.store_reserve_mb.unwrap_or(fleet::store::DEFAULT_RESERVE >> 20) << 20);
         let store: Arc<dyn Store> = Arc::new(store);
         let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
         let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));

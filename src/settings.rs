@@ -72,6 +72,7 @@ pub(crate) struct Settings {
     pub(crate) bmc_attempts: Option<u32>,
     pub(crate) max_hosts: Option<u64>,
     pub(crate) new_hosts_per_sec: Option<u32>,
+    pub(crate) store_reserve_mb: Option<u64>,
 }
 
 /// `a.or(b)` for every field: the first layer that sets a field wins.
@@ -101,6 +102,7 @@ impl Settings {
             bmc_attempts: Some(3),
             max_hosts: Some(fleet_service::fleetio::MAX_HOSTS as u64),
             new_hosts_per_sec: Some(fleet_service::fleetio::NEW_HOSTS_PER_SEC),
+            store_reserve_mb: Some(fleet::store::DEFAULT_RESERVE >> 20),
             ..Self::default()
         }
     }
@@ -111,7 +113,7 @@ impl Settings {
         layered!(a, b: interface, server_ip, dhcp, pool, router, dns, lease_secs, http_port,
             https_port, tftp_port, require_approval, secure_boot_off, kernel_cmdline,
             max_tftp_transfers, idle_timeout_secs, token_lifetime_mins, bmc_timeout_secs,
-            bmc_attempts, max_hosts, new_hosts_per_sec)
+            bmc_attempts, max_hosts, new_hosts_per_sec, store_reserve_mb)
     }
 }
 

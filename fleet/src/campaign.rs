@@ -1174,6 +1174,15 @@ impl crate::BootPolicy for CampaignPolicy {
         }
     }
 
+    fn not_issued(&self, mac: Mac) {
+        let mut cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
+        for c in cs.iter_mut() {
+            if c.in_payload.remove(&mac).is_some() {
+                self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
     fn key_scope(&self, mac: Mac) -> Option<String> {
         let cs = self.campaigns.lock().unwrap_or_else(|e| e.into_inner());
         cs.iter()

@@ -30,4 +30,4 @@ pub use lease::Lease;
 pub use mac::Mac;
 pub use policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
 #[cfg(feature = "sled-store")]
-pub use store::{SledStore, Store, StoreError};
+pub use store::{SledStore, Space, Store, StoreError};

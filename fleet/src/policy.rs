@@ -55,6 +55,10 @@ pub trait BootPolicy: Send + Sync {
     /// policy can follow hosts without reading the store.
     fn observe(&self, _host: &HostRecord) {}
 
+    /// A payload decided with `issue` was not handed out after all (its record could not be
+    /// written): whatever the decision reserved for the host goes back.
+    fn not_issued(&self, _mac: Mac) {}
+
     /// The active campaign (and phase) a host is in, for the BitLocker key release policy:
     /// `Some("<campaign id>")` while it runs or is paused, `Some("<id>:rollback")` while it rolls
     /// back; `None` outside any (no key is released then).

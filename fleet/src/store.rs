@@ -51,6 +51,51 @@ pub enum StoreError {
     /// A stranger was not made a host record (the host cap or the new-MAC rate).
     #[error("{0}")]
     Capped(String),
+    /// The data directory's file system is (nearly) full: the write was refused before it
+    /// reached sled, so nothing is half-written; writes go on by themselves once space is free.
+    #[error("the store cannot write: disk full ({} free on {path}; unbrick keeps {} in reserve): free space there and it goes on by itself", mib(*free), mib(*reserve))]
+    Full {
+        /// The store's folder.
+        path: String,
+        /// Bytes free for unprivileged writers.
+        free: u64,
+        /// The reserve below which writes are refused.
+        reserve: u64,
+    },
+}
+
+/// Bytes as MiB with one decimal.
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Free space where the store lives, as the console and `/metrics` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Space {
+    /// The store's folder.
+    pub path: String,
+    /// Bytes free for unprivileged writers (statvfs `f_bavail`).
+    pub free: u64,
+    /// Writes are refused below this.
+    pub reserve: u64,
+    /// The last write was refused for lack of space.
+    pub full: bool,
+}
+
+impl Space {
+    /// The console's line for it.
+    pub fn describe(&self) -> String {
+        if self.full || self.free < self.reserve {
+            format!(
+                "the store cannot write: disk full ({} free on {}; {} reserve)",
+                mib(self.free),
+                self.path,
+                mib(self.reserve)
+            )
+        } else {
+            format!("{} free on {}", mib(self.free), self.path)
+        }
+    }
 }
 
 /// An entry of the audit log (admin actions, key releases).
@@ -115,10 +160,60 @@ pub trait Store: Send + Sync + 'static {
     fn escrows(&self) -> Result<Vec<crate::escrow::EscrowRecord>, StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Free space where the store lives, when the store knows it.
+    fn space(&self) -> Option<Space> {
+        None
+    }
+}
+
+/// The free-space guard: writes are refused while less than `reserve` bytes are free, checked
+/// with statvfs at most every 200 ms. The reserve leaves sled room to flush what it already
+/// took (sled turns a write error into a permanent one until it is reopened).
+#[cfg(feature = "sled-store")]
+struct Guard {
+    dir: std::path::PathBuf,
+    reserve: std::sync::atomic::AtomicU64,
+    /// (when checked, bytes free then).
+    last: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
+    full: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(feature = "sled-store")]
+impl Guard {
+    fn free(&self) -> u64 {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, free)) = *last {
+            if at.elapsed() < std::time::Duration::from_millis(200) {
+                return free;
+            }
+        }
+        // A statvfs failure is not a full disk: the write goes ahead.
+        let free = nix::sys::statvfs::statvfs(&self.dir)
+            .map(|v| v.blocks_available().saturating_mul(v.fragment_size()))
+            .unwrap_or(u64::MAX);
+        *last = Some((std::time::Instant::now(), free));
+        free
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (free, reserve) = (self.free(), self.reserve.load(Relaxed));
+        let full = free < reserve;
+        self.full.store(full, Relaxed);
+        if full {
+            return Err(StoreError::Full {
+                path: self.dir.display().to_string(),
+                free,
+                reserve,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The sled implementation of [`Store`].
 pub struct SledStore {
+    guard: Guard,
     db: sled::Db,
     hosts: sled::Tree,
     events: sled::Tree,
@@ -139,7 +234,23 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("store records serialize")
 }
 
+/// Writes are refused while less than this is free where the store lives (64 MiB).
+pub const DEFAULT_RESERVE: u64 = 64 << 20;
+
 impl SledStore {
+    /// Sets the free-space reserve (bytes): writes are refused while less is free.
+    pub fn with_reserve(self, bytes: u64) -> Self {
+        self.set_reserve(bytes);
+        self
+    }
+
+    /// [`Self::with_reserve`] on an open store.
+    pub fn set_reserve(&self, bytes: u64) {
+        self.guard
+            .reserve
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Opens (or creates) the store in `dir`, migrating older schemas.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         // sled's background flusher may hold a just-dropped database for a moment (seen in
@@ -187,6 +298,12 @@ impl SledStore {
             }
         }
         Ok(Self {
+            guard: Guard {
+                dir: dir.to_path_buf(),
+                reserve: std::sync::atomic::AtomicU64::new(DEFAULT_RESERVE),
+                last: Default::default(),
+                full: Default::default(),
+            },
             hosts: db.open_tree("hosts")?,
             events: db.open_tree("events")?,
             leases: db.open_tree("leases")?,
@@ -226,6 +343,7 @@ impl Store for SledStore {
     }
 
     fn put_host(&self, host: &HostRecord) -> Result<(), StoreError> {
+        self.guard.check()?;
         self.hosts.insert(host.mac.0, encode(host))?;
         Ok(())
     }
@@ -236,6 +354,7 @@ impl Store for SledStore {
         now_ms: u64,
         f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
     ) -> Result<HostRecord, StoreError> {
+        self.guard.check()?;
         loop {
             let old = self.hosts.get(mac.0)?;
             let mut rec = match &old {
@@ -275,6 +394,7 @@ impl Store for SledStore {
     }
 
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError> {
+        self.guard.check()?;
         let mut key = mac.0.to_vec();
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.events.insert(key, encode(event))?;
@@ -312,6 +432,7 @@ impl Store for SledStore {
     }
 
     fn put_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.guard.check()?;
         self.leases.insert(lease.ip.octets(), encode(lease))?;
         Ok(())
     }
@@ -332,6 +453,7 @@ impl Store for SledStore {
     }
 
     fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.guard.check()?;
         self.audit
             .insert(self.db.generate_id()?.to_be_bytes(), encode(entry))?;
         Ok(())
@@ -348,6 +470,7 @@ impl Store for SledStore {
     }
 
     fn put_campaign(&self, c: &crate::Campaign) -> Result<(), StoreError> {
+        self.guard.check()?;
         self.campaigns.insert(c.id.as_bytes(), encode(c))?;
         Ok(())
     }
@@ -363,6 +486,7 @@ impl Store for SledStore {
     }
 
     fn put_escrow(&self, r: &crate::escrow::EscrowRecord) -> Result<(), StoreError> {
+        self.guard.check()?;
         self.escrow.insert(r.protector_id.as_bytes(), encode(r))?;
         Ok(())
     }
@@ -391,6 +515,17 @@ impl Store for SledStore {
         self.db.flush()?;
         Ok(())
     }
+
+    fn space(&self) -> Option<Space> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let free = self.guard.free();
+        Some(Space {
+            path: self.guard.dir.display().to_string(),
+            free,
+            reserve: self.guard.reserve.load(Relaxed),
+            full: self.guard.full.load(Relaxed) && free < self.guard.reserve.load(Relaxed),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +537,71 @@ mod tests {
         let d = std::env::temp_dir().join(format!("unbrick-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn below_the_reserve_every_write_is_refused_whole_and_resumes_by_itself() {
+        let dir = tmp("full");
+        let s = SledStore::open(&dir).unwrap();
+        let (a, b) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
+        s.put_host(&HostRecord::new(a, 1)).unwrap();
+        assert!(!s.space().unwrap().full);
+        // No file system has this much free: as if the disk filled.
+        s.set_reserve(u64::MAX);
+        let full = |r: Result<(), StoreError>| match r {
+            Err(e @ StoreError::Full { .. }) => e.to_string(),
+            other => panic!("expected a full-disk refusal, got {other:?}"),
+        };
+        let msg = full(s.put_host(&HostRecord::new(b, 2)));
+        assert!(
+            msg.starts_with("the store cannot write: disk full (") && msg.contains(" free on "),
+            "{msg}"
+        );
+        let ev = Event {
+            time_ms: 3,
+            source: EventSource::Admin,
+            kind: "note".into(),
+            message: "x".into(),
+        };
+        full(s.append_event(a, &ev));
+        full(
+            s.update_host(a, 3, &mut |h| {
+                h.notes = "changed".into();
+                Ok(())
+            })
+            .map(drop),
+        );
+        full(s.put_lease(&Lease {
+            ip: Ipv4Addr::new(10, 0, 0, 9),
+            mac: a,
+            expires_ms: 9,
+            offered_only: false,
+        }));
+        full(s.audit(&AuditEntry {
+            time_ms: 3,
+            actor: "t".into(),
+            action: "a".into(),
+            detail: String::new(),
+        }));
+        let space = s.space().unwrap();
+        assert!(
+            space.full && space.describe().contains("disk full"),
+            "{space:?}"
+        );
+        // What was refused is not there, what was there is untouched; reads and flushes work.
+        s.flush().unwrap();
+        assert!(s.host(b).unwrap().is_none());
+        assert_eq!(s.host(a).unwrap().unwrap().notes, "");
+        assert!(s.events(a).unwrap().is_empty());
+        // Space again: writes go on without reopening.
+        s.set_reserve(0);
+        s.put_host(&HostRecord::new(b, 4)).unwrap();
+        s.append_event(a, &ev).unwrap();
+        s.flush().unwrap();
+        assert!(!s.space().unwrap().full);
+        drop(s);
+        let s = SledStore::open(&dir).unwrap();
+        assert!(s.host(b).unwrap().is_some() && s.events(a).unwrap().len() == 1);
     }
 
     #[test]

@@ -30,7 +30,22 @@ pub fn router(booter: Arc<Booter>) -> Router {
         .route("/agent/v1/step", post(step))
         .route("/agent/v1/report", post(report))
         .route("/agent/v1/bitlocker-key", post(bitlocker_key))
+        .layer(axum::middleware::map_response(retry_after))
         .with_state(booter)
+}
+
+/// Every 503 of the agent API (the store cannot write, a full disk) says when to ask again:
+/// nothing was recorded, and the agent retries with the same request.
+async fn retry_after(mut r: Response) -> Response {
+    if r.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !r.headers().contains_key(axum::http::header::RETRY_AFTER)
+    {
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("10"),
+        );
+    }
+    r
 }
 
 /// How long a per-boot token stays valid by default: a run takes minutes; an agent waiting for
@@ -289,6 +304,11 @@ pub async fn report(
         .as_ref()
         .is_some_and(|r| r.report_id == rep.report_id)
     {
+        // Recorded, but perhaps not yet durable (the first attempt's flush failed): flushed
+        // before the retry is acknowledged.
+        if let Err(r) = flush(&s).await {
+            return r;
+        }
         return (StatusCode::OK, "ok (already recorded)\n").into_response();
     }
     rep.token.clear();

@@ -195,8 +195,31 @@ impl Booter {
         ) && ready;
         if token_issued {
             let restore = decision == fleet::BootDecision::Restore;
-            self.fleet
-                .payload_issued(mac, via, &token_digest(&token), restore, &peer, now);
+            if let Err(e) =
+                self.fleet
+                    .payload_issued(mac, via, &token_digest(&token), restore, &peer, now)
+            {
+                // Not recorded, not sent: a slot the decision took goes back (a host already
+                // in the payload keeps the one it had).
+                tracing::error!("{mac}: {via}: payload not issued: {e}");
+                let running = host.as_ref().is_some_and(|h| {
+                    matches!(
+                        h.state,
+                        fleet::HostState::Booting
+                            | fleet::HostState::AgentUp
+                            | fleet::HostState::Scanning
+                            | fleet::HostState::Unlocked
+                    )
+                });
+                if !running {
+                    self.fleet.policy().not_issued(mac);
+                }
+                return Issued {
+                    text: String::new(),
+                    token_issued: false,
+                    failed: Some(e.to_string()),
+                };
+            }
         } else {
             if matches!(decision, fleet::BootDecision::WaitingRoom { .. }) {
                 self.fleet.waiting(mac, now);
@@ -219,7 +242,11 @@ impl Booter {
                 now,
             );
         }
-        Issued { text, token_issued }
+        Issued {
+            text,
+            token_issued,
+            failed: None,
+        }
     }
 }
 
@@ -230,6 +257,9 @@ pub struct Issued {
     /// It carries a per-boot token (the payload or restore): the host's record, which holds
     /// the token's digest and the campaign slot it took, must be durable before it is sent.
     pub token_issued: bool,
+    /// The token could not be recorded (the store cannot write): nothing may be sent but a
+    /// "try again".
+    pub failed: Option<String>,
 }
 
 impl Issued {
@@ -237,6 +267,7 @@ impl Issued {
         Self {
             text,
             token_issued: false,
+            failed: None,
         }
     }
 }
@@ -274,6 +305,10 @@ impl crate::tftp::FileSource for TftpFiles {
             );
             // On a blocking thread already: flush in place. Not durable, not sent (grub gets
             // "file not found" and the firmware tries again).
+            if let Some(e) = &cfg.failed {
+                tracing::error!("{mac}: grub configuration not sent: {e}");
+                return None;
+            }
             if cfg.token_issued {
                 if let Err(e) = s.fleet.store().flush() {
                     tracing::error!(

@@ -58,8 +58,13 @@ async fn boot_script(
     );
     // A token (and the campaign slot it took) is durable before the machine hears of it: a
     // crash then cannot leave a machine booting a payload its server has no record of.
-    if script.token_issued {
-        if let Err(e) = s.fleet.durable().await {
+    let durable = match &script.failed {
+        Some(e) => Err(e.clone()),
+        None if script.token_issued => s.fleet.durable().await.map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    {
+        if let Err(e) = durable {
             tracing::error!("{mac}: boot script not sent, the store cannot write: {e}");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -86,7 +86,7 @@ fn dhclient(lab: &Lab, ns: &str, conf: &Path, tag: &str) -> (bool, String) {
     )
 }
 
-fn udhcpc(lab: &Lab, ns: &str, args: &str, tag: &str) -> (bool, String) {
+pub(crate) fn udhcpc(lab: &Lab, ns: &str, args: &str, tag: &str) -> (bool, String) {
     let env = lab.dir.join(format!("{tag}.env"));
     let script = lab.dir.join(format!("{tag}.sh"));
     std::fs::write(&script, format!("#!/bin/sh\nif [ \"$1\" = bound ]; then env > {}; ip addr add $ip/$mask dev $interface; fi\nexit 0\n", env.display())).unwrap();

@@ -10,6 +10,7 @@ mod bitlocker;
 mod campaign;
 mod console;
 mod dhcp_tftp;
+mod diskfull;
 mod firmware;
 mod fleetsim;
 mod oob;

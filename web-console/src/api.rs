@@ -604,6 +604,14 @@ pub async fn metrics(State(c): State<Arc<Console>>, _who: Caller) -> Response {
         "# HELP unbrick_progress_ratio Hosts done over all hosts.\n# TYPE unbrick_progress_ratio gauge\nunbrick_progress_ratio {}\n",
         if s.total == 0 { 0.0 } else { s.done as f64 / s.total as f64 }
     ));
+    if let Some(sp) = c.fleet.store().space() {
+        out.push_str(&format!(
+            "# HELP unbrick_store_free_bytes Free bytes on the data directory's file system.\n# TYPE unbrick_store_free_bytes gauge\nunbrick_store_free_bytes {}\n\
+             # HELP unbrick_store_writable 1 while the store accepts writes (0: disk full, below the reserve).\n# TYPE unbrick_store_writable gauge\nunbrick_store_writable {}\n",
+            sp.free,
+            u8::from(!(sp.full || sp.free < sp.reserve))
+        ));
+    }
     fleet_service::metrics::render(&c.counters.lock().unwrap(), &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -38,6 +38,16 @@ fn to_login() -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response()
 }
 
+/// What every page says while the store cannot write: "the store cannot write: disk full" with
+/// the free space.
+fn store_alert(c: &Console) -> Option<String> {
+    c.fleet
+        .store()
+        .space()
+        .filter(|s| s.full || s.free < s.reserve)
+        .map(|s| s.describe())
+}
+
 /// The console session of a page request, or a redirect to the login page.
 #[allow(clippy::result_large_err)]
 fn session(c: &Console, headers: &HeaderMap) -> Result<Session, Response> {
@@ -208,6 +218,8 @@ struct Row {
 struct Dashboard {
     user: String,
     read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Option<String>,
     csrf: String,
     summary: query::Summary,
     counts: Vec<(String, usize)>,
@@ -278,6 +290,7 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
         &Dashboard {
             user: s.name.clone(),
             read_only: s.read_only,
+            store_alert: store_alert(c),
             csrf: s.csrf.clone(),
             summary,
             counts,
@@ -323,6 +336,8 @@ pub async fn dashboard(
 struct HostPage {
     user: String,
     read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Option<String>,
     csrf: String,
     h: api::HostView,
     events: Vec<api::EventView>,
@@ -353,6 +368,7 @@ pub async fn host_page(
         &HostPage {
             user: s.name,
             read_only: s.read_only,
+            store_alert: store_alert(&c),
             csrf: s.csrf,
             h: api::view(&h),
             events: events.iter().map(api::event_view).collect(),
@@ -365,6 +381,8 @@ pub async fn host_page(
 struct ResultPage {
     user: String,
     read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Option<String>,
     csrf: String,
     title: String,
     summary: String,
@@ -425,7 +443,7 @@ pub async fn ui_actions(
         ),
         Err(r) => return r,
     };
-    result_page(s, status, "Bulk action", summary, lines, back)
+    result_page(&c, s, status, "Bulk action", summary, lines, back)
 }
 
 /// `POST /ui/import`: an inventory import from the dashboard's form.
@@ -456,7 +474,7 @@ pub async fn ui_import(State(c): State<Arc<Console>>, headers: HeaderMap, body: 
             Err(r) => return r,
         },
     };
-    result_page(s, status, "Import", summary, lines, "/".into())
+    result_page(&c, s, status, "Import", summary, lines, "/".into())
 }
 
 /// `POST /ui/bmc/import`: the dashboard's controller import form.
@@ -489,7 +507,15 @@ pub async fn ui_bmc_import(
                     .collect(),
             ),
         };
-    result_page(s, status, "Controller import", summary, lines, "/".into())
+    result_page(
+        &c,
+        s,
+        status,
+        "Controller import",
+        summary,
+        lines,
+        "/".into(),
+    )
 }
 
 /// `GET /assets/console.js`.
@@ -521,6 +547,8 @@ pub async fn style() -> Response {
 struct CampaignsPage {
     user: String,
     read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Option<String>,
     csrf: String,
     list: Vec<crate::campaigns::CampaignView>,
     flash: Option<String>,
@@ -531,6 +559,8 @@ struct CampaignsPage {
 struct CampaignPage {
     user: String,
     read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Option<String>,
     csrf: String,
     c: crate::campaigns::CampaignView,
     actions: Vec<&'static str>,
@@ -547,6 +577,7 @@ fn campaigns_page(c: &Console, s: &Session, flash: Option<String>, status: Statu
         &CampaignsPage {
             user: s.name.clone(),
             read_only: s.read_only,
+            store_alert: store_alert(c),
             csrf: s.csrf.clone(),
             list,
             flash,
@@ -581,6 +612,7 @@ fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> R
         &CampaignPage {
             user: s.name.clone(),
             read_only: s.read_only,
+            store_alert: store_alert(c),
             csrf: s.csrf.clone(),
             fail_pct: format!("{:.0}", v.gate.max_failure_rate * 100.0),
             soak_min: v.gate.min_soak_ms / 60_000,
@@ -711,6 +743,8 @@ struct KeyRow {
 struct KeysPage {
     user: String,
     read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Option<String>,
     csrf: String,
     keys: Vec<KeyRow>,
 }
@@ -751,6 +785,7 @@ pub async fn keys_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Res
         &KeysPage {
             user: s.name,
             read_only: s.read_only,
+            store_alert: store_alert(&c),
             csrf: s.csrf,
             keys,
         },
@@ -759,6 +794,7 @@ pub async fn keys_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Res
 
 /// The result page of a form (bulk action, import, key reveal or paste).
 fn result_page(
+    c: &Console,
     s: Session,
     status: StatusCode,
     title: &str,
@@ -771,6 +807,7 @@ fn result_page(
         &ResultPage {
             user: s.name,
             read_only: s.read_only,
+            store_alert: store_alert(c),
             csrf: s.csrf,
             title: title.into(),
             summary,
@@ -805,6 +842,7 @@ pub async fn ui_keys_import(
         Err((status, msg)) => (status, msg, vec![]),
     };
     result_page(
+        &c,
         s,
         status,
         "Import BitLocker keys",
@@ -839,6 +877,7 @@ pub async fn ui_keys_reveal(
         Err((status, msg)) => (status, msg, vec![]),
     };
     result_page(
+        &c,
         s,
         status,
         "BitLocker recovery key",
@@ -873,6 +912,8 @@ pub async fn ui_key_paste(
     let back = format!("/hosts/{mac}");
     match crate::bitlocker::paste_key(&c, &actor, mac, &p).await {
         Ok(_) => (StatusCode::SEE_OTHER, [(header::LOCATION, back)]).into_response(),
-        Err((status, msg)) => result_page(s, status, "Paste a BitLocker key", msg, vec![], back),
+        Err((status, msg)) => {
+            result_page(&c, s, status, "Paste a BitLocker key", msg, vec![], back)
+        }
     }
 }

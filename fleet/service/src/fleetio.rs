@@ -537,9 +537,9 @@ impl FleetIo {
         restore: bool,
         peer: &fleet::BootPeer,
         now_ms: u64,
-    ) {
+    ) -> Result<(), fleet::StoreError> {
         self.remember_peer(peer.ip, mac);
-        self.observe_logged(
+        self.observe(
             mac,
             &Input::PayloadIssued {
                 via,
@@ -548,7 +548,8 @@ impl FleetIo {
                 peer,
             },
             now_ms,
-        );
+        )
+        .map(drop)
     }
 }
 
