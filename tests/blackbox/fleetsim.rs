@@ -262,3 +262,64 @@ fn simulate(oob: Option<String>, kills: bool) -> Run {
         total_secs: figure(&out, "total time: "),
     }
 }
+
+/// Soak: 200 machines looping through PXE and the waiting room, console users and live event
+/// streams against one server for `SOAK_SECS` (120 here; `scripts/soak.sh` runs 30 minutes),
+/// sampled at intervals: RSS, descriptors and the data directory may not grow beyond the data.
+#[test]
+fn soak_under_steady_load() {
+    let secs: u64 = std::env::var("SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    let every = (secs / 4).clamp(10, 60);
+    let sim = sim_binary();
+    let _neigh = NeighTable::raise();
+    let mut lab = Lab::new("sk");
+    lab.init();
+    must(&format!("ip -n {} addr flush dev br0", lab.ns));
+    must(&format!("ip -n {} addr add {SERVER_IP}/16 dev br0", lab.ns));
+    lab.stand_in_image(256 * 1024);
+    let init = must(&format!(
+        "{} init --data-dir {}",
+        unbrick(),
+        lab.data().display()
+    ));
+    let fp = init
+        .lines()
+        .find(|l| l.contains("cert.pem"))
+        .and_then(|l| l.split('(').nth(1))
+        .map(|s| s.trim_end_matches(')').to_string())
+        .expect("certificate fingerprint in init's output");
+    // Imported hosts that nobody approved wait in the waiting room for as long as it runs.
+    lab.serve("--dhcp full --pool 10.99.1.0-10.99.12.255 --lease-secs 7200 --require-approval");
+    let tok = must(&format!(
+        "{} tokens create --name soak --data-dir {}",
+        unbrick(),
+        lab.data().display()
+    ))
+    .trim()
+    .to_string();
+    let (cns, ifc) = lab.add_client("52:54:0f:ff:ff:fe");
+    must(&format!("ip -n {cns} addr add 10.99.0.2/16 dev {ifc}"));
+    let o = lab.exec_in(
+        &cns,
+        &format!(
+            "{sim} {ifc} {tok} {fp} 200 soak {secs} {} {} {every} 2>&1",
+            lab.server_pid(),
+            lab.data().display()
+        ),
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    println!("{out}");
+    assert!(
+        o.status.success() && out.contains("OK: no growth beyond the data itself"),
+        "soak failed:\n{out}\n{}",
+        lab.server_log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

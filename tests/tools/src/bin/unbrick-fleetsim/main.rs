@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use unbrick_testtools::exchange;
 
+mod soak;
+
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -414,49 +416,7 @@ async fn boot_once(
                 l[i].offer_ms = Some(now_ms());
             }
         }
-        if *configured != Some(ip) {
-            let _g = addr_lock.lock().await;
-            let parent = iface.to_string();
-            let server_mac = SERVER_MAC.get().cloned().unwrap_or_default();
-            let dev = dev_of(i);
-            let m = m.clone();
-            let o = tokio::task::spawn_blocking(move || {
-                use std::io::Write;
-                // A retried boot finds its interface and address already there (-force goes on).
-                let mut c = std::process::Command::new("ip")
-                    .args(["-force", "-batch", "-"])
-                    .stdin(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()?;
-                let mut stdin = c.stdin.take().expect("piped");
-                // Every broadcast (DHCP replies, the server's ARP requests) is copied to each
-                // macvlan from one queue: deep enough for a boot storm of 2,000 machines.
-                writeln!(
-                    stdin,
-                    "link add {dev} link {parent} address {m} type macvlan mode private bcqueuelen 65535"
-                )?;
-                writeln!(stdin, "addr add {ip}/32 dev {dev}")?;
-                // The server's hardware address is known: the machine never broadcasts an ARP
-                // request (2,000 of them, each copied to every macvlan, would flood the link).
-                writeln!(stdin, "neigh replace {SERVER} lladdr {server_mac} dev {dev} nud permanent")?;
-                writeln!(stdin, "link set {dev} up")?;
-                drop(stdin);
-                c.wait_with_output()
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-            let err = String::from_utf8_lossy(&o.stderr);
-            if err.lines().any(|l| {
-                !l.contains("File exists")
-                    && !l.contains("already assigned")
-                    && !l.contains("Command failed")
-                    && !l.trim().is_empty()
-            }) {
-                return Err(format!("ip (interface {}): {err}", dev_of(i)));
-            }
-            *configured = Some(ip);
-        }
+        configure(i, &m, ip, iface, addr_lock, configured).await?;
         if file != "undionly.kpxe" {
             return Err(format!("PXE boot file {file:?}"));
         }
@@ -590,6 +550,65 @@ async fn boot_once(
     }
 }
 
+/// Gives machine `i` its own interface (a macvlan with its MAC) holding `ip`, once per address.
+async fn configure(
+    i: usize,
+    m: &str,
+    ip: Ipv4Addr,
+    iface: &Arc<String>,
+    addr_lock: &Arc<tokio::sync::Mutex<()>>,
+    configured: &mut Option<Ipv4Addr>,
+) -> Result<(), String> {
+    if *configured == Some(ip) {
+        return Ok(());
+    }
+    let _g = addr_lock.lock().await;
+    let parent = iface.to_string();
+    let server_mac = SERVER_MAC.get().cloned().unwrap_or_default();
+    let dev = dev_of(i);
+    let m = m.to_string();
+    let o = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        // A retried boot finds its interface and address already there (-force goes on).
+        let mut c = std::process::Command::new("ip")
+            .args(["-force", "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = c.stdin.take().expect("piped");
+        // Every broadcast (DHCP replies, the server's ARP requests) is copied to each
+        // macvlan from one queue: deep enough for a boot storm of 2,000 machines.
+        writeln!(
+            stdin,
+            "link add {dev} link {parent} address {m} type macvlan mode private bcqueuelen 65535"
+        )?;
+        writeln!(stdin, "addr add {ip}/32 dev {dev}")?;
+        // The server's hardware address is known: the machine never broadcasts an ARP
+        // request (2,000 of them, each copied to every macvlan, would flood the link).
+        writeln!(
+            stdin,
+            "neigh replace {SERVER} lladdr {server_mac} dev {dev} nud permanent"
+        )?;
+        writeln!(stdin, "link set {dev} up")?;
+        drop(stdin);
+        c.wait_with_output()
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.lines().any(|l| {
+        !l.contains("File exists")
+            && !l.contains("already assigned")
+            && !l.contains("Command failed")
+            && !l.trim().is_empty()
+    }) {
+        return Err(format!("ip (interface {}): {err}", dev_of(i)));
+    }
+    *configured = Some(ip);
+    Ok(())
+}
+
 /// The server's hardware address on the link (from the simulator's own ARP entry).
 static SERVER_MAC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
@@ -664,18 +683,9 @@ fn cpu_secs(pid: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn main() {
-    let a: Vec<String> = std::env::args().collect();
-    if a.len() < 8 {
-        eprintln!("usage: unbrick-fleetsim IFACE TOKEN FINGERPRINT HOSTS WAVES CONCURRENCY POLL_SECS [SERVER_PID]");
-        std::process::exit(2);
-    }
-    let (iface, token, pin) = (a[1].clone(), a[2].clone(), a[3].clone());
-    let n: usize = a[4].parse().unwrap();
-    let waves: Vec<String> = a[5].split(',').map(str::to_string).collect();
-    let conc: u32 = a[6].parse().unwrap();
-    let poll = Duration::from_secs(a[7].parse().unwrap());
-    let pid = a.get(8).cloned().unwrap_or_default();
+/// Readies the simulator's namespace (ARP and reverse-path settings for 2,000 macvlans),
+/// imports the `n` machines, and learns the server's certificate pin and hardware address.
+fn prepare(token: &str, pin: &str, n: usize) {
     // Each machine's macvlan answers ARP only for its own address, and replies arrive on the
     // interface they are for.
     for (k, v) in [
@@ -695,11 +705,11 @@ fn main() {
         csv.push_str(&format!("{},sim-{i:05},lab,sim\n", mac_str(&mac_of(i))));
     }
     let _ = PIN.set(if pin.starts_with("sha256:") {
-        pin.clone()
+        pin.to_string()
     } else {
         format!("sha256:{pin}")
     });
-    post_csv(&token, "/api/v1/hosts/import", &csv);
+    post_csv(token, "/api/v1/hosts/import", &csv);
     // The simulator talked to the server from its own address: its ARP entry names the server.
     let arp = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
     let server_mac = arp
@@ -709,6 +719,24 @@ fn main() {
         .expect("an ARP entry for the server")
         .to_string();
     let _ = SERVER_MAC.set(server_mac);
+}
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    if a.get(5).map(String::as_str) == Some("soak") {
+        return soak::run(&a);
+    }
+    if a.len() < 8 {
+        eprintln!("usage: unbrick-fleetsim IFACE TOKEN FINGERPRINT HOSTS WAVES CONCURRENCY POLL_SECS [SERVER_PID]");
+        std::process::exit(2);
+    }
+    let (iface, token, pin) = (a[1].clone(), a[2].clone(), a[3].clone());
+    let n: usize = a[4].parse().unwrap();
+    let waves: Vec<String> = a[5].split(',').map(str::to_string).collect();
+    let conc: u32 = a[6].parse().unwrap();
+    let poll = Duration::from_secs(a[7].parse().unwrap());
+    let pid = a.get(8).cloned().unwrap_or_default();
+    prepare(&token, &pin, n);
     let oob = std::env::var("FLEETSIM_OOB").ok();
     let log = Arc::new(Mutex::new(vec![HostLog::default(); n]));
     let notify: Vec<Arc<tokio::sync::Notify>> = (0..n)
