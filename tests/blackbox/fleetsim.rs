@@ -192,7 +192,7 @@ fn simulate(oob: Option<String>, kills: bool) -> Run {
         std::process::Command::new("ip")
             .args(["netns", "exec", &cns, "sh", "-c"])
             .arg(format!(
-                "exec {env}{sim} {ifc} {tok} {fp} 2000 5%,25%,50%,100% 200 5 {pid}"
+                "{env}exec {sim} {ifc} {tok} {fp} 2000 5%,25%,50%,100% 200 5 {pid}"
             ))
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::process::Stdio::inherit())
