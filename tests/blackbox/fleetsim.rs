@@ -147,12 +147,18 @@ fn figure(out: &str, label: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {label:?} in the simulator's output:\n{out}"))
 }
 
-fn simulate(oob: Option<String>, kills: bool) -> Run {
-    let sim = sim_binary();
-    let _neigh = NeighTable::raise();
-    let mut lab = Lab::new("fs");
+/// A lab for the simulator: the server on a /16 (its pool holds 2,000 machines) in full mode
+/// with `serve_extra`, an admin token `token_name`, and the simulator's own namespace with an
+/// address for the admin API (each machine adds its lease). Returns the lab, the certificate
+/// fingerprint, the token and the simulator's namespace and interface.
+fn fleet_lab(
+    tag: &str,
+    token_name: &str,
+    serve_extra: &str,
+    sim_mac: &str,
+) -> (Lab, String, String, String, String) {
+    let mut lab = Lab::new(tag);
     lab.init();
-    // A /16, so the pool holds 2,000 machines.
     must(&format!("ip -n {} addr flush dev br0", lab.ns));
     must(&format!("ip -n {} addr add {SERVER_IP}/16 dev br0", lab.ns));
     lab.stand_in_image(256 * 1024);
@@ -167,17 +173,25 @@ fn simulate(oob: Option<String>, kills: bool) -> Run {
         .and_then(|l| l.split('(').nth(1))
         .map(|s| s.trim_end_matches(')').to_string())
         .expect("certificate fingerprint in init's output");
-    lab.serve("--dhcp full --pool 10.99.1.0-10.99.12.255 --lease-secs 7200");
+    lab.serve(&format!(
+        "--dhcp full --pool 10.99.1.0-10.99.12.255 --lease-secs 7200 {serve_extra}"
+    ));
     let tok = must(&format!(
-        "{} tokens create --name fleetsim --data-dir {}",
+        "{} tokens create --name {token_name} --data-dir {}",
         unbrick(),
         lab.data().display()
     ))
     .trim()
     .to_string();
-    let (cns, ifc) = lab.add_client("52:54:0f:ff:ff:ff");
-    // The simulator's own address (for the admin API); each machine adds its lease.
+    let (cns, ifc) = lab.add_client(sim_mac);
     must(&format!("ip -n {cns} addr add 10.99.0.2/16 dev {ifc}"));
+    (lab, fp, tok, cns, ifc)
+}
+
+fn simulate(oob: Option<String>, kills: bool) -> Run {
+    let sim = sim_binary();
+    let _neigh = NeighTable::raise();
+    let (mut lab, fp, tok, cns, ifc) = fleet_lab("fs", "fleetsim", "", "52:54:0f:ff:ff:ff");
     let env = oob
         .map(|p| format!("FLEETSIM_OOB={p} "))
         .unwrap_or_default();
@@ -275,33 +289,9 @@ fn soak_under_steady_load() {
     let every = (secs / 4).clamp(10, 60);
     let sim = sim_binary();
     let _neigh = NeighTable::raise();
-    let mut lab = Lab::new("sk");
-    lab.init();
-    must(&format!("ip -n {} addr flush dev br0", lab.ns));
-    must(&format!("ip -n {} addr add {SERVER_IP}/16 dev br0", lab.ns));
-    lab.stand_in_image(256 * 1024);
-    let init = must(&format!(
-        "{} init --data-dir {}",
-        unbrick(),
-        lab.data().display()
-    ));
-    let fp = init
-        .lines()
-        .find(|l| l.contains("cert.pem"))
-        .and_then(|l| l.split('(').nth(1))
-        .map(|s| s.trim_end_matches(')').to_string())
-        .expect("certificate fingerprint in init's output");
     // Imported hosts that nobody approved wait in the waiting room for as long as it runs.
-    lab.serve("--dhcp full --pool 10.99.1.0-10.99.12.255 --lease-secs 7200 --require-approval");
-    let tok = must(&format!(
-        "{} tokens create --name soak --data-dir {}",
-        unbrick(),
-        lab.data().display()
-    ))
-    .trim()
-    .to_string();
-    let (cns, ifc) = lab.add_client("52:54:0f:ff:ff:fe");
-    must(&format!("ip -n {cns} addr add 10.99.0.2/16 dev {ifc}"));
+    let (lab, fp, tok, cns, ifc) =
+        fleet_lab("sk", "soak", "--require-approval", "52:54:0f:ff:ff:fe");
     let o = lab.exec_in(
         &cns,
         &format!(
