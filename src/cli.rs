@@ -278,6 +278,14 @@ pub(crate) struct ServeArgs {
     /// and goes on by itself once space is freed.
     #[arg(long, env = "UNBRICK_STORE_RESERVE_MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub(crate) store_reserve_mb: Option<u64>,
+    /// MiB of memory the store may keep as a page cache (default 64). More makes console
+    /// pages of a large fleet faster; the server's memory stays bounded either way.
+    #[arg(long, env = "UNBRICK_STORE_CACHE_MB", value_parser = clap::value_parser!(u64).range(4..=65_536))]
+    pub(crate) store_cache_mb: Option<u64>,
+    /// Events kept per host timeline (default 2000): older ones go, summarised in one event;
+    /// the audit log keeps every admin action and key release whatever this says.
+    #[arg(long, env = "UNBRICK_EVENTS_PER_HOST", value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    pub(crate) events_per_host: Option<u64>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]
     pub(crate) secure_boot_off: bool,

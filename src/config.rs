@@ -171,6 +171,13 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # (agents are told to retry, full-mode DHCP sends no ACK) until space is freed.
 # store_reserve_mb = 64
 
+# MiB of memory the store keeps as a page cache; the server's memory stays bounded by it.
+# store_cache_mb = 64
+
+# Events kept per host timeline; older ones are summarised in one event. The audit log keeps
+# every admin action and key release whatever this says.
+# events_per_host = 2000
+
 # Boot loaders are copied from Debian packages by `unbrick init`; point elsewhere here.
 [boot_loaders]
 # undionly_kpxe = "/usr/lib/ipxe/undionly.kpxe"

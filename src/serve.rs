@@ -55,6 +55,8 @@ pub(crate) struct ServerConfig {
     /// Host records at most, and strangers admitted per second.
     pub max_hosts: usize,
     pub new_hosts_per_sec: u32,
+    /// Events kept per host timeline.
+    pub events_per_host: usize,
 }
 
 /// A running server; dropping it does not stop it, call [`RunningServer::shutdown`].
@@ -145,6 +147,7 @@ pub(crate) async fn start(
             .with_vault(vault)
             .with_bmc_vault(bmc_vault)
             .with_admission(cfg.max_hosts, cfg.new_hosts_per_sec)
+            .with_event_retention(cfg.events_per_host)
             .with_oob(Arc::new(netboot_server::oob::Controllers::new(
                 iface.name.clone(),
                 cfg.bmc_limits,
@@ -411,6 +414,8 @@ impl ServeArgs {
             max_hosts: self.max_hosts,
             new_hosts_per_sec: self.new_hosts_per_sec,
             store_reserve_mb: self.store_reserve_mb,
+            store_cache_mb: self.store_cache_mb,
+            events_per_host: self.events_per_host,
         })
     }
 }
@@ -481,6 +486,10 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         new_hosts_per_sec: s
             .new_hosts_per_sec
             .unwrap_or(fleet_service::fleetio::NEW_HOSTS_PER_SEC),
+        events_per_host: s
+            .events_per_host
+            .unwrap_or(fleet_service::fleetio::MAX_EVENTS_PER_HOST as u64)
+            as usize,
         bmc_limits: unbrick_oob::drive::Limits {
             timeout: Duration::from_secs(s.bmc_timeout_secs.unwrap_or(10)),
             attempts: s.bmc_attempts.unwrap_or(3),
@@ -500,7 +509,8 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let store = fleet::SledStore::open(&d.store()).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?
+        let cache = s.store_cache_mb.unwrap_or(fleet::store::DEFAULT_CACHE >> 20) << 20;
+        let store = fleet::SledStore::open_with_cache(&d.store(), cache).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?
             .with_reserve(s.store_reserve_mb.unwrap_or(fleet::store::DEFAULT_RESERVE >> 20) << 20);
         let store: Arc<dyn Store> = Arc::new(store);
         let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;

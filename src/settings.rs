@@ -73,6 +73,8 @@ pub(crate) struct Settings {
     pub(crate) max_hosts: Option<u64>,
     pub(crate) new_hosts_per_sec: Option<u32>,
     pub(crate) store_reserve_mb: Option<u64>,
+    pub(crate) store_cache_mb: Option<u64>,
+    pub(crate) events_per_host: Option<u64>,
 }
 
 /// `a.or(b)` for every field: the first layer that sets a field wins.
@@ -103,6 +105,8 @@ impl Settings {
             max_hosts: Some(fleet_service::fleetio::MAX_HOSTS as u64),
             new_hosts_per_sec: Some(fleet_service::fleetio::NEW_HOSTS_PER_SEC),
             store_reserve_mb: Some(fleet::store::DEFAULT_RESERVE >> 20),
+            store_cache_mb: Some(fleet::store::DEFAULT_CACHE >> 20),
+            events_per_host: Some(fleet_service::fleetio::MAX_EVENTS_PER_HOST as u64),
             ..Self::default()
         }
     }
@@ -113,7 +117,8 @@ impl Settings {
         layered!(a, b: interface, server_ip, dhcp, pool, router, dns, lease_secs, http_port,
             https_port, tftp_port, require_approval, secure_boot_off, kernel_cmdline,
             max_tftp_transfers, idle_timeout_secs, token_lifetime_mins, bmc_timeout_secs,
-            bmc_attempts, max_hosts, new_hosts_per_sec, store_reserve_mb)
+            bmc_attempts, max_hosts, new_hosts_per_sec, store_reserve_mb, store_cache_mb,
+            events_per_host)
     }
 }
 

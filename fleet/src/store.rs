@@ -133,6 +133,8 @@ pub trait Store: Send + Sync + 'static {
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError>;
     /// A host's history, oldest first.
     fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError>;
+    /// A host's newest `n` events, oldest first (a page that shows a timeline reads only these).
+    fn recent_events(&self, mac: Mac, n: usize) -> Result<Vec<Event>, StoreError>;
     /// Removes a host's oldest events beyond the newest `keep`; returns how many went.
     fn trim_events(&self, mac: Mac, keep: usize) -> Result<usize, StoreError>;
     /// The lease of an address.
@@ -236,6 +238,10 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 
 /// Writes are refused while less than this is free where the store lives (64 MiB).
 pub const DEFAULT_RESERVE: u64 = 64 << 20;
+/// The default bound of sled's page cache (`serve --store-cache-mb`). sled's own default is
+/// 1 GiB, and it fills the cache with every page it touches until then: a server that runs for
+/// days would grow to that size for a store a tenth as big.
+pub const DEFAULT_CACHE: u64 = 64 << 20;
 
 impl SledStore {
     /// Sets the free-space reserve (bytes): writes are refused while less is free.
@@ -251,8 +257,14 @@ impl SledStore {
             .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Opens (or creates) the store in `dir`, migrating older schemas.
+    /// Opens (or creates) the store in `dir`, migrating older schemas, with the default page
+    /// cache ([`DEFAULT_CACHE`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE)
+    }
+
+    /// [`Self::open`] with sled's page cache bounded to `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         // sled's background flusher may hold a just-dropped database for a moment (seen in
         // tests that reopen in the same process): a lock conflict is retried for up to 2 s.
         let mut tries = 0;
@@ -260,6 +272,7 @@ impl SledStore {
             match sled::Config::new()
                 .path(dir)
                 .mode(sled::Mode::HighThroughput)
+                .cache_capacity(cache_bytes)
                 .open()
             {
                 Ok(db) => break db,
@@ -409,6 +422,21 @@ impl Store for SledStore {
                 decode(&format!("event of {mac}"), &v)
             })
             .collect()
+    }
+
+    fn recent_events(&self, mac: Mac, n: usize) -> Result<Vec<Event>, StoreError> {
+        let mut v = self
+            .events
+            .scan_prefix(mac.0)
+            .rev()
+            .take(n)
+            .map(|kv| {
+                let (_, v) = kv?;
+                decode(&format!("event of {mac}"), &v)
+            })
+            .collect::<Result<Vec<Event>, StoreError>>()?;
+        v.reverse();
+        Ok(v)
     }
 
     fn trim_events(&self, mac: Mac, keep: usize) -> Result<usize, StoreError> {
@@ -602,6 +630,37 @@ mod tests {
         drop(s);
         let s = SledStore::open(&dir).unwrap();
         assert!(s.host(b).unwrap().is_some() && s.events(a).unwrap().len() == 1);
+    }
+
+    #[test]
+    fn recent_events_are_the_newest_in_order_and_only_that_host() {
+        let dir = tmp("recent");
+        let s = SledStore::open_with_cache(&dir, 4 << 20).unwrap();
+        let (a, b): (Mac, Mac) = (
+            "52:54:00:00:00:0a".parse().unwrap(),
+            "52:54:00:00:00:0b".parse().unwrap(),
+        );
+        for i in 0..50u64 {
+            for m in [a, b] {
+                s.append_event(
+                    m,
+                    &Event {
+                        time_ms: i,
+                        source: EventSource::Dhcp,
+                        kind: "dhcp-discover".into(),
+                        message: format!("{m} #{i}"),
+                    },
+                )
+                .unwrap();
+            }
+        }
+        let r = s.recent_events(a, 5).unwrap();
+        let got: Vec<u64> = r.iter().map(|e| e.time_ms).collect();
+        assert_eq!(got, vec![45, 46, 47, 48, 49]);
+        assert!(r.iter().all(|e| e.message.starts_with(&a.to_string())));
+        assert_eq!(s.recent_events(a, 500).unwrap(), s.events(a).unwrap());
+        let none: Mac = "52:54:00:00:00:0c".parse().unwrap();
+        assert!(s.recent_events(none, 5).unwrap().is_empty());
     }
 
     #[test]

@@ -229,18 +229,24 @@ impl Booter {
             } else {
                 " (no recovery image yet)"
             };
-            self.fleet.event(
-                mac,
-                source,
-                "script",
-                match &decision {
-                    fleet::BootDecision::WaitingRoom { reason } => {
-                        format!("{via}: waiting-room ({reason}){note}")
-                    }
-                    d => format!("{via}: {}{note}", d.name()),
-                },
-                now,
-            );
+            match &decision {
+                // The waiting room is polled every few seconds: one event per boot and per
+                // ten minutes, with the count.
+                fleet::BootDecision::WaitingRoom { reason } => self.fleet.poll_event(
+                    mac,
+                    source,
+                    "script",
+                    format!("{via}: waiting-room ({reason}){note}"),
+                    now,
+                ),
+                d => self.fleet.event(
+                    mac,
+                    source,
+                    "script",
+                    format!("{via}: {}{note}", d.name()),
+                    now,
+                ),
+            }
         }
         Issued {
             text,

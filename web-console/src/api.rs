@@ -328,6 +328,11 @@ pub async fn store_events(c: &Console, mac: Mac) -> Result<Vec<fleet::Event>, Re
     read_store(c, move |s| s.events(mac)).await
 }
 
+/// A host's newest `n` events from the store.
+pub async fn recent_events(c: &Console, mac: Mac, n: usize) -> Result<Vec<fleet::Event>, Response> {
+    read_store(c, move |s| s.recent_events(mac, n)).await
+}
+
 /// What an import did.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[schema(as = HostImportResult)]

@@ -341,6 +341,8 @@ struct HostPage {
     csrf: String,
     h: api::HostView,
     events: Vec<api::EventView>,
+    /// There are older events than these (in the API and `unbrick hosts show`).
+    older: bool,
 }
 
 /// `GET /hosts/{mac}`: one host, its timeline and its actions.
@@ -359,10 +361,16 @@ pub async fn host_page(
     let Some(h) = c.fleet.host(mac) else {
         return (StatusCode::NOT_FOUND, format!("no host {mac}\n")).into_response();
     };
-    let events = match api::store_events(&c, mac).await {
+    // The page shows the newest events; the whole timeline (up to the retention bound) is in
+    // the API and `unbrick hosts show`.
+    let mut events = match api::recent_events(&c, mac, HOST_PAGE_EVENTS + 1).await {
         Ok(e) => e,
         Err(r) => return r,
     };
+    let older = events.len() > HOST_PAGE_EVENTS;
+    if older {
+        events.remove(0);
+    }
     page(
         StatusCode::OK,
         &HostPage {
@@ -372,9 +380,13 @@ pub async fn host_page(
             csrf: s.csrf,
             h: api::view(&h),
             events: events.iter().map(api::event_view).collect(),
+            older,
         },
     )
 }
+
+/// How many of a host's newest events its page shows.
+pub const HOST_PAGE_EVENTS: usize = 300;
 
 #[derive(Template)]
 #[template(path = "result.html")]

@@ -1666,3 +1666,46 @@ fn futures_stream(n: usize) -> Body {
         (0..n >> 20).map(|_| Ok(chunk.clone())).collect();
     Body::from_stream(tokio_stream::iter(parts))
 }
+
+/// A host page shows the newest events only and says where the rest are; the API keeps the
+/// whole timeline.
+#[tokio::test]
+async fn a_long_timeline_shows_its_newest_events_and_points_to_the_rest() {
+    let t = setup("long-timeline");
+    let mac = Mac([0x52, 0x54, 0, 0xab, 0, 2]);
+    let short = Mac([0x52, 0x54, 0, 0xab, 0, 3]);
+    for i in 0..(web_console::html::HOST_PAGE_EVENTS as u64 + 40) {
+        t.fleet
+            .store()
+            .append_event(
+                mac,
+                &Event {
+                    time_ms: 1_721_366_820_000 + i * 1000,
+                    source: EventSource::Tftp,
+                    kind: "tftp-done".into(),
+                    message: format!("transfer number {i}"),
+                },
+            )
+            .unwrap();
+    }
+    let cookie = console_login(&t).await;
+    let (s, _, page) = send(&t, page_req(&cookie, &format!("/hosts/{mac}"))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("id=\"timeline-older\""), "{page}");
+    assert_eq!(
+        page.matches("<li class=\"src-").count(),
+        web_console::html::HOST_PAGE_EVENTS
+    );
+    let last = web_console::html::HOST_PAGE_EVENTS + 39;
+    assert!(page.contains(&format!("transfer number {last}<")));
+    assert!(!page.contains("transfer number 39<") && page.contains("transfer number 40<"));
+    let (_, _, b) = send(&t, get(&format!("/api/v1/hosts/{mac}"), Some(&t.admin))).await;
+    let v = json(&b);
+    // The API: the setup's one event and every one of these.
+    assert_eq!(
+        v["events"].as_array().unwrap().len(),
+        web_console::html::HOST_PAGE_EVENTS + 41
+    );
+    let (_, _, page) = send(&t, page_req(&cookie, &format!("/hosts/{short}"))).await;
+    assert!(!page.contains("timeline-older"));
+}

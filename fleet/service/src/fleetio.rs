@@ -41,6 +41,9 @@ pub struct FleetIo {
     hosts: Mutex<HashMap<Mac, HostRecord>>,
     /// The last DHCP event recorded per host, to collapse identical retransmissions.
     recent_dhcp: Mutex<HashMap<Mac, (String, u64)>>,
+    /// The last waiting-room answer recorded per host (message, when, polls since), to collapse
+    /// the polls of one boot into one event per [`POLL_REPEAT_WINDOW_MS`].
+    recent_polls: Mutex<HashMap<Mac, (String, u64, u32)>>,
     changes: broadcast::Sender<Change>,
     committer: Committer,
     /// Seals escrowed BitLocker keys (absent: no key can be imported or released).
@@ -55,12 +58,14 @@ pub struct FleetIo {
     pub(crate) oob_slots: Arc<tokio::sync::Semaphore>,
     /// Which strangers may become host records (the host cap, the new-MAC rate).
     admission: Mutex<fleet::admission::Admission>,
+    /// A host's timeline keeps its newest this many events.
+    events_kept: usize,
     /// Events appended per host since its timeline was last trimmed.
     appended: Mutex<HashMap<Mac, u32>>,
 }
 
-/// A host's timeline keeps its newest this many events (older ones are summarised in one
-/// event; the audit log keeps every admin action and release).
+/// A host's timeline keeps its newest this many events by default (`serve --events-per-host`;
+/// older ones are summarised in one event; the audit log keeps every admin action and release).
 pub const MAX_EVENTS_PER_HOST: usize = 2_000;
 /// The default host cap (`serve --max-hosts`).
 pub const MAX_HOSTS: usize = 100_000;
@@ -73,6 +78,10 @@ pub const OOB_PARALLEL: usize = 256;
 /// Identical DHCP packets from one host within this window are one event: a boot-looping fleet
 /// retransmits constantly, and a DHCP storm must not become a store storm.
 pub const DHCP_REPEAT_WINDOW_MS: u64 = 30_000;
+/// A host's identical waiting-room answers within one boot are one event per this long, which
+/// says how many polls it stands for (a machine polls every few seconds for as long as it
+/// waits: hours of polls would otherwise push its history out of the timeline).
+pub const POLL_REPEAT_WINDOW_MS: u64 = 10 * 60_000;
 
 impl FleetIo {
     /// Loads every host record into the cache and tells the policy of each.
@@ -91,6 +100,7 @@ impl FleetIo {
             peers: Mutex::new(HashMap::new()),
             hosts: Mutex::new(hosts),
             recent_dhcp: Mutex::new(HashMap::new()),
+            recent_polls: Mutex::new(HashMap::new()),
             changes: broadcast::channel(4096).0,
             committer: Committer {
                 tickets: AtomicU64::new(0),
@@ -108,12 +118,19 @@ impl FleetIo {
                 NEW_HOSTS_PER_SEC * 10,
             )),
             appended: Mutex::new(HashMap::new()),
+            events_kept: MAX_EVENTS_PER_HOST,
         })
     }
 
     /// Uses `vault` for escrowed BitLocker keys.
     pub fn with_vault(mut self, vault: fleet::escrow::vault::Vault) -> Self {
         self.vault = Some(Arc::new(vault));
+        self
+    }
+
+    /// Keeps each host's newest `n` events (at least 10) instead of [`MAX_EVENTS_PER_HOST`].
+    pub fn with_event_retention(mut self, n: usize) -> Self {
+        self.events_kept = n.max(10);
         self
     }
 
@@ -173,6 +190,7 @@ impl FleetIo {
         let existed = self.store.remove_host(mac)?;
         let cached = hosts.remove(&mac).is_some();
         self.recent_dhcp.lock().unwrap().remove(&mac);
+        self.recent_polls.lock().unwrap().remove(&mac);
         drop(hosts);
         let _ = self.changes.send(Change {
             mac,
@@ -424,14 +442,14 @@ impl FleetIo {
         }
     }
 
-    /// Keeps a host's timeline at [`MAX_EVENTS_PER_HOST`] (checked every 64 events): the oldest
-    /// go, one event says how many.
+    /// Keeps a host's timeline at its bound (checked every 64 events, or every eighth of the
+    /// bound if that is less): the oldest go, one event says how many.
     fn bound_timeline(&self, mac: Mac, now_ms: u64) {
         let due = {
             let mut a = self.appended.lock().unwrap();
             let n = a.entry(mac).or_insert(0);
             *n += 1;
-            if *n >= 64 {
+            if *n as usize >= (self.events_kept / 8).clamp(1, 64) {
                 *n = 0;
                 true
             } else {
@@ -441,7 +459,7 @@ impl FleetIo {
         if !due {
             return;
         }
-        match self.store.trim_events(mac, MAX_EVENTS_PER_HOST) {
+        match self.store.trim_events(mac, self.events_kept) {
             Ok(0) => {}
             Ok(n) => {
                 let ev = Event {
@@ -449,7 +467,8 @@ impl FleetIo {
                     source: EventSource::Policy,
                     kind: "timeline".into(),
                     message: format!(
-                        "{n} older events removed: the timeline keeps the newest {MAX_EVENTS_PER_HOST} (the audit log keeps every admin action and key release)"
+                        "{n} older events removed: the timeline keeps the newest {} (the audit log keeps every admin action and key release)",
+                        self.events_kept
                     ),
                 };
                 if let Err(e) = self.store.append_event(mac, &ev) {
@@ -458,6 +477,49 @@ impl FleetIo {
             }
             Err(e) => tracing::error!("store: cannot trim the timeline of {mac}: {e}"),
         }
+    }
+
+    /// Records a repeated poll's answer (the waiting room): the first of a boot is an event,
+    /// identical ones after it are counted, and one event per [`POLL_REPEAT_WINDOW_MS`] says
+    /// how many there were. A new boot (a DHCP event) or another answer starts afresh.
+    pub fn poll_event(
+        &self,
+        mac: Mac,
+        source: EventSource,
+        kind: &str,
+        message: String,
+        now_ms: u64,
+    ) {
+        if !self.hosts.lock().unwrap().contains_key(&mac) {
+            return;
+        }
+        let message = {
+            let mut recent = self.recent_polls.lock().unwrap();
+            match recent.get_mut(&mac) {
+                Some((m, since, n)) if *m == message => {
+                    let elapsed = now_ms.saturating_sub(*since);
+                    if elapsed < POLL_REPEAT_WINDOW_MS {
+                        *n += 1;
+                        if let Some(h) = self.hosts.lock().unwrap().get_mut(&mac) {
+                            h.last_seen_ms = now_ms;
+                        }
+                        return;
+                    }
+                    let said = format!(
+                        "{message} (still; {} more such polls in the last {} min)",
+                        *n + 1,
+                        elapsed.div_ceil(60_000)
+                    );
+                    (*since, *n) = (now_ms, 0);
+                    said
+                }
+                _ => {
+                    recent.insert(mac, (message.clone(), now_ms, 0));
+                    message
+                }
+            }
+        };
+        self.event(mac, source, kind, message, now_ms);
     }
 
     /// Records a DHCP packet from `mac`: `what` describes the packet and the answer (one line,
@@ -514,6 +576,8 @@ impl FleetIo {
         if let Some(n) = &note {
             tracing::info!("{mac} state {}: {what}", n.text());
         }
+        // A new boot: its first waiting-room answer is an event again.
+        self.recent_polls.lock().unwrap().remove(&mac);
         self.event(
             mac,
             EventSource::Dhcp,
@@ -617,6 +681,61 @@ mod tests {
             );
         }
         assert_eq!(f.hosts().len(), 100);
+    }
+
+    #[test]
+    fn waiting_room_polls_of_one_boot_are_one_event_per_window_with_the_count() {
+        let f = io("polls");
+        let m = Mac([2, 0, 0, 0, 0, 9]);
+        f.update(m, 0, &mut |_| Ok(())).unwrap();
+        let poll = |t: u64, why: &str| {
+            f.poll_event(
+                m,
+                EventSource::Http,
+                "script",
+                format!("ipxe: waiting-room ({why})"),
+                t,
+            )
+        };
+        let script_events = || {
+            f.store()
+                .events(m)
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.kind == "script")
+                .map(|e| e.message)
+                .collect::<Vec<_>>()
+        };
+        // A poll every 5 s for 12 minutes: the first, then one after the window with the count.
+        for i in 0..=144u64 {
+            poll(1_000 + i * 5_000, "wave 2");
+        }
+        let ev = script_events();
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert_eq!(ev[0], "ipxe: waiting-room (wave 2)");
+        assert!(
+            ev[1].starts_with(
+                "ipxe: waiting-room (wave 2) (still; 120 more such polls in the last 10 min)"
+            ),
+            "{ev:?}"
+        );
+        // Another answer is an event at once.
+        poll(730_000, "approval");
+        assert_eq!(script_events().len(), 3);
+        // A new boot (DHCP) makes the same answer an event again.
+        f.dhcp_seen(
+            m,
+            seen(ClientKind::Pxe(Arch::Bios)),
+            "discover",
+            "d".into(),
+            735_000,
+        );
+        poll(736_000, "approval");
+        assert_eq!(script_events().len(), 4);
+        // A stranger's poll leaves nothing.
+        let stranger = Mac([2, 0, 0, 0, 0, 10]);
+        f.poll_event(stranger, EventSource::Http, "script", "x".into(), 1);
+        assert!(f.host(stranger).is_none() && f.store().events(stranger).unwrap().is_empty());
     }
 
     #[test]
