@@ -4,12 +4,20 @@ use clap::{Args, Parser, Subcommand};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
+/// The exit codes, as `--help` and the README give them.
+pub(crate) const EXIT_CODES: &str = "Exit codes:
+  0  done (a check: everything it checked is good)
+  1  a check ran and found a problem: image verify, rules verify, bmc test, doctor
+  2  error: bad arguments or configuration, unreadable input, the store or server unreachable
+Read commands take --json for a script.";
+
 #[derive(Parser)]
 #[command(
     name = "unbrick",
     version,
     about = "Network-boot recovery of boot-looping Windows fleets",
-    propagate_version = true
+    propagate_version = true,
+    after_help = EXIT_CODES
 )]
 pub(crate) struct Cli {
     #[command(subcommand)]
@@ -28,6 +36,11 @@ pub(crate) enum Cmd {
     },
     /// Serve DHCP (proxy or full), TFTP and HTTP boot on one interface.
     Serve(ServeArgs),
+    /// Check what serving needs, one line per check with its fix: the interface, other DHCP
+    /// servers on the segment (one DISCOVER), ports, the ARP table, image and rules signatures
+    /// and expiry, the TLS certificate, the shim's Microsoft CA, the clock, the store and its
+    /// free space. Takes serve's flags; exits 1 when a check fails.
+    Doctor(ServeArgs),
     /// Signing keys and escrowed BitLocker recovery keys.
     #[command(subcommand)]
     Keys(KeysCmd),
@@ -77,6 +90,8 @@ pub(crate) enum BmcCmd {
         macs: Vec<String>,
         #[command(flatten)]
         target: Target,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -210,6 +225,8 @@ pub(crate) enum TokensCmd {
     List {
         #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
         data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a token; a running server stops accepting it at once.
     Revoke {
@@ -319,6 +336,8 @@ pub(crate) enum KeysCmd {
     ListBitlocker {
         #[command(flatten)]
         target: Target,
+        #[arg(long)]
+        json: bool,
     },
     /// Show one escrowed recovery password (recorded in the audit log).
     RevealBitlocker {
@@ -333,6 +352,8 @@ pub(crate) enum KeysCmd {
         /// A signing.key or signing.pub file.
         #[arg(long)]
         key: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -374,6 +395,8 @@ pub(crate) enum ImageCmd {
         /// Trusted public key (default: DIR/../keys/signing.pub).
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -390,6 +413,8 @@ pub(crate) enum RulesCmd {
         file: PathBuf,
         #[arg(long)]
         pubkey: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the built-in CrowdStrike C-00000291 rules, to edit and sign.
     Default {

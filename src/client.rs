@@ -630,7 +630,7 @@ pub(crate) fn bitlocker_keys(k: KeysCmd) -> Result<(), Fail> {
             }
             Ok(())
         }
-        KeysCmd::ListBitlocker { target } => {
+        KeysCmd::ListBitlocker { target, json } => {
             let keys = if let Some(api) = Api::from(&target)? {
                 api.json("GET", "/api/v1/bitlocker/keys", None)?["keys"].clone()
             } else {
@@ -640,6 +640,10 @@ pub(crate) fn bitlocker_keys(k: KeysCmd) -> Result<(), Fail> {
                         .map_err(|e| Fail(e.to_string()))?,
                 )?
             };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&keys)?);
+                return Ok(());
+            }
             println!(
                 "{:<38} {:<20} {:<17} {:>8} {:>7}",
                 "protector ID", "host", "source", "released", "reveals"
@@ -755,7 +759,7 @@ pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
                 println!("{} controllers", rows.len());
             }
         }
-        BmcCmd::Test { macs, target } => {
+        BmcCmd::Test { macs, target, json } => {
             let api = Api::from(&target)?.ok_or_else(|| {
                 Fail(
                     "controllers are reached by the running server: give --server and --token"
@@ -785,10 +789,14 @@ pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
                 "/api/v1/hosts/actions",
                 Some((&body, "application/json")),
             )?;
-            print_results(&v, "FAILED");
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_results(&v, "FAILED");
+            }
             let failed = v["failed"].as_u64().unwrap_or(0);
             if failed > 0 {
-                return Err(Fail(format!(
+                return Err(Fail::found(format!(
                     "{failed} of {} controllers failed",
                     macs.len()
                 )));

@@ -19,7 +19,11 @@ pub(crate) fn keys(k: KeysCmd) -> Result<(), Fail> {
         k @ (KeysCmd::ImportBitlocker { .. }
         | KeysCmd::ListBitlocker { .. }
         | KeysCmd::RevealBitlocker { .. }) => return client::bitlocker_keys(k),
-        KeysCmd::Show { data_dir, key } => {
+        KeysCmd::Show {
+            data_dir,
+            key,
+            json,
+        } => {
             let path = key.unwrap_or_else(|| DataDir(data_dir).public_key());
             let data =
                 std::fs::read(&path).map_err(|e| Fail(format!("{}: {e}", path.display())))?;
@@ -34,7 +38,12 @@ pub(crate) fn keys(k: KeysCmd) -> Result<(), Fail> {
                     })?
                     .public_key(),
             };
-            println!("{}", pk.fingerprint());
+            if json {
+                let v = serde_json::json!({"path": path, "fingerprint": pk.fingerprint()});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", pk.fingerprint());
+            }
         }
     }
     Ok(())
@@ -196,10 +205,24 @@ pub(crate) fn image(i: ImageCmd) -> Result<(), Fail> {
                 println!("  {:<16} {:>10}  {}", a.name, a.size, a.sha256);
             }
         }
-        ImageCmd::Verify { dir, pubkey } => {
+        ImageCmd::Verify { dir, pubkey, json } => {
             let pubkey = pubkey.unwrap_or_else(|| sibling_key(&dir, "signing.pub"));
             let pk = signing::PublicKey::load(&pubkey)?;
-            match netboot_server::image::Image::load(&dir, &pk) {
+            let r = netboot_server::image::Image::load(&dir, &pk);
+            if json {
+                let v = match &r {
+                    Ok(img) => serde_json::json!({
+                        "ok": true, "dir": dir, "image_version": img.manifest.image_version,
+                        "artefacts": img.manifest.artefacts.len(), "signed_by": pk.fingerprint(),
+                    }),
+                    Err(problems) => serde_json::json!({
+                        "ok": false, "dir": dir, "problems": problems, "trusted_key": pk.fingerprint(),
+                    }),
+                };
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            match r {
+                Ok(_) if json => {}
                 Ok(img) => println!(
                     "OK: {} version {} ({} artefacts) signed by {}",
                     dir.display(),
@@ -208,7 +231,7 @@ pub(crate) fn image(i: ImageCmd) -> Result<(), Fail> {
                     pk.fingerprint()
                 ),
                 Err(problems) => {
-                    return Err(Fail(format!(
+                    return Err(Fail::found(format!(
                         "{} fails verification:\n  {}",
                         dir.display(),
                         problems.join("\n  ")
@@ -241,14 +264,33 @@ pub(crate) fn rules(r: RulesCmd) -> Result<(), Fail> {
                 sig_path.display()
             );
         }
-        RulesCmd::Verify { file, pubkey } => {
+        RulesCmd::Verify { file, pubkey, json } => {
             let pk = signing::PublicKey::load(&pubkey)?;
             let doc = std::fs::read(&file).map_err(|e| Fail(format!("{}: {e}", file.display())))?;
             let sig_path = PathBuf::from(format!("{}.sig", file.display()));
             let sig = std::fs::read(&sig_path)
                 .map_err(|e| Fail(format!("{}: {e}", sig_path.display())))?;
-            let rs = signing::RuleSet::verify_signed(&pk, &doc, &sig, now_unix())
-                .map_err(|e| Fail(format!("{}: {e}", file.display())))?;
+            let rs = match signing::RuleSet::verify_signed(&pk, &doc, &sig, now_unix()) {
+                Ok(rs) => rs,
+                Err(e) => {
+                    if json {
+                        let v = serde_json::json!({"ok": false, "file": file, "problem": e.to_string()});
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    }
+                    return Err(Fail::found(format!("{}: {e}", file.display())));
+                }
+            };
+            if json {
+                let v = serde_json::json!({
+                    "ok": true, "file": file, "id": rs.id, "version": rs.version,
+                    "signed_by": pk.fingerprint(), "expires": rs.expires,
+                    "rules": rs.rules.iter().map(|r| serde_json::json!({
+                        "id": r.id, "action": format!("{:?}", r.action), "path": r.path,
+                    })).collect::<Vec<_>>(),
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             println!(
                 "OK: {} v{} signed by {}, expires {}",
                 rs.id,
@@ -295,9 +337,23 @@ pub(crate) fn tokens(t: TokensCmd) -> Result<(), Fail> {
             );
             println!("{secret}");
         }
-        TokensCmd::List { data_dir } => {
+        TokensCmd::List { data_dir, json } => {
             let book = web_console::tokens::TokenBook::new(&DataDir(data_dir).tokens());
             let all = book.list()?;
+            if json {
+                let v: Vec<_> = all
+                    .iter()
+                    .map(|t| {
+                        serde_json::json!({
+                            "name": t.name,
+                            "read_only": t.read_only,
+                            "created": signing::time::format_utc(t.created_unix),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             println!("{:<24}  {:<11}  CREATED", "NAME", "SCOPE");
             for t in &all {
                 println!(

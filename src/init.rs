@@ -181,7 +181,47 @@ pub(crate) fn run(dir: &Path, signing_key: Option<&Path>) -> Result<(), String> 
     for m in &missing {
         eprintln!("unbrick init: warning: boot loader {m}");
     }
+    print!("{}", next_steps(dir, &d, &store));
     Ok(())
+}
+
+/// What to run after `init`, in order, leaving out what is already done.
+fn next_steps(dir: &Path, d: &DataDir, store: &fleet::SledStore) -> String {
+    let dd = dir.display();
+    let mut steps = Vec::new();
+    if !d.image().join(netboot_server::proto::boot::KERNEL).exists() {
+        steps.push(format!(
+            "unbrick image build --data-dir {dd}                      # the recovery kernel and agent, signed"
+        ));
+    }
+    let tokens = web_console::tokens::TokenBook::new(&d.tokens())
+        .list()
+        .map(|t| t.len())
+        .unwrap_or(0);
+    if tokens == 0 {
+        steps.push(format!(
+            "unbrick tokens create --name admin --data-dir {dd}       # a token for the console and API"
+        ));
+    }
+    if store.escrows().map(|e| e.is_empty()).unwrap_or(true) {
+        steps.push(format!(
+            "unbrick keys import-bitlocker KEYS.csv --data-dir {dd}   # escrowed recovery keys (AD, Entra ID, CSV)"
+        ));
+    }
+    if store.hosts().map(|h| h.is_empty()).unwrap_or(true) {
+        steps.push(format!(
+            "unbrick hosts import HOSTS.csv --data-dir {dd}           # optional: names, sites, canary tags"
+        ));
+    }
+    steps.push(format!(
+        "unbrick serve --data-dir {dd} --interface IFACE --dhcp proxy   # beside the office DHCP server (or --dhcp full --pool A-B on a recovery VLAN)"
+    ));
+    steps.push("then open https://SERVER:8443/ and log in with the token".into());
+    let mut out = String::from("next:\n");
+    for (i, s) in steps.iter().enumerate() {
+        out.push_str(&format!("  {}. {s}\n", i + 1));
+    }
+    out
 }
 
 use fleet::Store as _;

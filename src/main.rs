@@ -9,6 +9,7 @@ mod client;
 mod commands;
 mod config;
 mod demo;
+mod doctor;
 mod init;
 mod serve;
 mod settings;
@@ -16,6 +17,11 @@ mod settings;
 use clap::Parser;
 use cli::{Cli, Cmd};
 use std::process::ExitCode;
+
+/// No clock that reads earlier than this (2026-01-01) is right: unbrick did not exist yet.
+pub fn build_floor() -> u64 {
+    1_767_225_600
+}
 
 pub fn now_unix() -> u64 {
     fleet_service::now_ms() / 1000
@@ -28,8 +34,20 @@ pub fn image_version_now() -> String {
     format!("{}.{}.{}", &d[0..4], &d[4..8], &d[8..14])
 }
 
-/// Errors the admin must fix; printed on one line (or a short list), exit code 2.
+/// Errors the admin must fix; printed on one line (or a short list), exit code 2 (1 when made
+/// by [`Fail::found`]).
 struct Fail(String);
+
+/// Set when a check ran and found a problem: the exit code is then 1, not 2.
+static FOUND: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Fail {
+    /// A check ran and found a problem (exit code 1; see [`cli::EXIT_CODES`]).
+    fn found(msg: String) -> Self {
+        FOUND.store(true, std::sync::atomic::Ordering::Relaxed);
+        Self(msg)
+    }
+}
 
 impl<E: std::fmt::Display> From<E> for Fail {
     fn from(e: E) -> Self {
@@ -57,6 +75,7 @@ fn main() -> ExitCode {
             signing_key,
         } => init::run(&data_dir, signing_key.as_deref()).map_err(Fail),
         Cmd::Serve(a) => serve::run(a),
+        Cmd::Doctor(a) => doctor::cli(a),
         Cmd::Keys(k) => commands::keys(k),
         Cmd::Image(i) => commands::image(i),
         Cmd::Rules(r) => commands::rules(r),
@@ -73,7 +92,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(msg)) => {
             eprintln!("unbrick: error: {msg}");
-            ExitCode::from(2)
+            if FOUND.load(std::sync::atomic::Ordering::Relaxed) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

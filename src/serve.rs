@@ -386,7 +386,7 @@ pub(crate) async fn start(
 
 impl ServeArgs {
     /// The flags (and UNBRICK_* variables) as the top settings layer.
-    fn layer(&self) -> Result<settings::Settings, Fail> {
+    pub(crate) fn layer(&self) -> Result<settings::Settings, Fail> {
         Ok(settings::Settings {
             interface: self.interface.clone(),
             server_ip: self.server_ip,
@@ -420,6 +420,13 @@ impl ServeArgs {
     }
 }
 
+/// The settings `serve` (and `doctor`) run with: flags, environment, file, defaults.
+pub(crate) fn resolved(a: &ServeArgs, d: &DataDir) -> Result<settings::Settings, Fail> {
+    Ok(a.layer()?
+        .or(ConfigFile::load(&d.config())?.serve)
+        .or(settings::Settings::defaults()))
+}
+
 /// `unbrick serve`: the settings layers resolved, the server composed and run until SIGINT or
 /// SIGTERM, then shut down in order.
 pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
@@ -431,10 +438,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
             a.data_dir.display()
         )));
     }
-    let s = a
-        .layer()?
-        .or(ConfigFile::load(&d.config())?.serve)
-        .or(settings::Settings::defaults());
+    let s = resolved(&a, &d)?;
     let interface = s.interface.clone().ok_or_else(|| Fail("no interface: pass --interface IF (or set UNBRICK_INTERFACE, or [serve] interface in unbrick.toml)".into()))?;
     let dhcp_ports = match &a.dhcp_ports {
         Some(p) => {
@@ -513,6 +517,9 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         let store = fleet::SledStore::open_with_cache(&d.store(), cache).map_err(|e| Fail(format!("{e} (is another `unbrick serve` running on this data directory?)")))?
             .with_reserve(s.store_reserve_mb.unwrap_or(fleet::store::DEFAULT_RESERVE >> 20) << 20);
         let store: Arc<dyn Store> = Arc::new(store);
+        // What `unbrick doctor` would say (expiry ahead, the shim's CA, the clock, space),
+        // logged before serving.
+        crate::doctor::at_serve_start(&d, &s, store.hosts().map(|h| h.len() as u64).unwrap_or(0));
         let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
         let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));
         let server = start(cfg, store, policy, &tokens_file).await?;

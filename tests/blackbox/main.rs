@@ -11,6 +11,7 @@ mod campaign;
 mod console;
 mod dhcp_tftp;
 mod diskfull;
+mod doctor;
 mod firmware;
 mod fleetsim;
 mod oob;

@@ -101,9 +101,19 @@ fn image_verify_names_every_tamper_case() {
     for (name, tamper, expect) in cases {
         reset();
         tamper();
+        // Exit code 1: the check ran and found a problem (2 is for errors).
         let (code, out) = unbrick_out(&format!("image verify {}", img.display()));
-        assert_eq!(code, 2, "{name}: {out}");
+        assert_eq!(code, 1, "{name}: {out}");
         assert!(out.contains(expect), "{name}: expected {expect:?} in {out}");
+        let o = sh(&format!(
+            "{} image verify --json {}",
+            unbrick(),
+            img.display()
+        ));
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(v["ok"], false, "{name}: {v}");
+        assert!(v["problems"].to_string().contains(expect), "{name}: {v}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -136,6 +146,32 @@ fn rules_sign_verify_and_tamper() {
     ));
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("C-00000291*.sys"), "{out}");
+    let o = sh(&format!(
+        "{} rules verify --json {} --pubkey {}/signing.pub",
+        unbrick(),
+        rules.display(),
+        dir.display()
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(
+        v["rules"][0]["path"]
+            .as_str()
+            .unwrap()
+            .contains("C-00000291*.sys"),
+        "{v}"
+    );
+    let o = sh(&format!(
+        "{} keys show --json --key {}/signing.pub",
+        unbrick(),
+        dir.display()
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(
+        v["fingerprint"].as_str().unwrap().starts_with("sha256:"),
+        "{v}"
+    );
     let doc = std::fs::read_to_string(&rules).unwrap();
     std::fs::write(&rules, doc.replace("05:27:00", "09:27:00")).unwrap();
     let (code, out) = unbrick_out(&format!(
@@ -143,7 +179,7 @@ fn rules_sign_verify_and_tamper() {
         rules.display(),
         dir.display()
     ));
-    assert_eq!(code, 2);
+    assert_eq!(code, 1, "{out}");
     assert!(out.contains("signature does not match"), "{out}");
     // Expired rules are refused.
     must(&format!(
@@ -175,8 +211,15 @@ fn rules_sign_verify_and_tamper() {
         rules.display(),
         dir.display()
     ));
-    assert_eq!(code, 2);
+    assert_eq!(code, 1, "{out}");
     assert!(out.contains("expired at 2024-01-01T00:00:00Z"), "{out}");
+    // A file that cannot be read is an error, not a finding.
+    let (code, out) = unbrick_out(&format!(
+        "rules verify {}/nothing.json --pubkey {}/signing.pub",
+        dir.display(),
+        dir.display()
+    ));
+    assert_eq!(code, 2, "{out}");
     // A rule that names a path outside the volume cannot even be signed.
     std::fs::write(
         &rules,
@@ -287,4 +330,45 @@ fn server_refuses_to_start_with_a_tampered_image() {
         lab.data().display()
     ));
     assert!(String::from_utf8_lossy(&o.stderr).contains("interface nope7 not found"));
+}
+
+/// `--help` names the exit codes; `init` says what to run next (and leaves out what is done);
+/// `tokens list` speaks JSON.
+#[test]
+fn help_names_exit_codes_and_init_names_the_next_steps() {
+    let (code, out) = unbrick_out("--help");
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("Exit codes:") && out.contains("1  a check ran and found a problem"),
+        "{out}"
+    );
+    let dir = std::env::temp_dir().join(format!("unbrick-next-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (code, out) = unbrick_out(&format!("init --data-dir {}", dir.display()));
+    assert_eq!(code, 0, "{out}");
+    let next = out.split("next:").nth(1).unwrap_or_else(|| panic!("{out}"));
+    for step in [
+        "unbrick image build --data-dir",
+        "unbrick tokens create --name admin",
+        "unbrick keys import-bitlocker",
+        "unbrick serve --data-dir",
+    ] {
+        assert!(next.contains(step), "{step}: {out}");
+    }
+    let (code, out) = unbrick_out(&format!(
+        "tokens create --name ops --data-dir {}",
+        dir.display()
+    ));
+    assert_eq!(code, 0, "{out}");
+    let (_, out) = unbrick_out(&format!("init --data-dir {}", dir.display()));
+    assert!(!out.contains("unbrick tokens create"), "{out}");
+    let o = sh(&format!(
+        "{} tokens list --json --data-dir {}",
+        unbrick(),
+        dir.display()
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v[0]["name"], "ops", "{v}");
+    assert_eq!(v[0]["read_only"], false, "{v}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
