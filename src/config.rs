@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 pub(crate) const CONFIG_FILE: &str = "unbrick.toml";
 
 /// Where everything lives inside a data directory.
+#[derive(Clone)]
 pub(crate) struct DataDir(pub PathBuf);
 
 impl DataDir {

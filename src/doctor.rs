@@ -23,6 +23,8 @@ pub(crate) struct Check {
     pub(crate) name: &'static str,
     pub(crate) found: String,
     pub(crate) fix: Option<String>,
+    /// When what it checked expires (rules, certificate): unix seconds.
+    pub(crate) expires: Option<u64>,
 }
 
 impl Check {
@@ -32,6 +34,7 @@ impl Check {
             name,
             found,
             fix: None,
+            expires: None,
         }
     }
     fn warn(name: &'static str, found: String, fix: String) -> Self {
@@ -40,6 +43,7 @@ impl Check {
             name,
             found,
             fix: Some(fix),
+            expires: None,
         }
     }
     fn fail(name: &'static str, found: String, fix: String) -> Self {
@@ -48,6 +52,7 @@ impl Check {
             name,
             found,
             fix: Some(fix),
+            expires: None,
         }
     }
 
@@ -504,11 +509,13 @@ fn rules(sc: &Scope<'_>, trusted: Option<&signing::PublicKey>) -> Check {
                 pk.fingerprint(),
                 rs.expires
             );
-            if days < EXPIRY_WARN_DAYS {
+            let mut c = if days < EXPIRY_WARN_DAYS {
                 Check::warn("rules", found, renew_rules(sc.d))
             } else {
                 Check::ok("rules", found)
-            }
+            };
+            c.expires = Some(exp);
+            c
         }
         Err(e) => Check::fail(
             "rules",
@@ -554,7 +561,7 @@ fn tls(sc: &Scope<'_>) -> Check {
         signing::time::format_utc(from),
         signing::time::format_utc(to)
     );
-    if sc.now < from {
+    let mut c = if sc.now < from {
         Check::fail(
             "tls",
             format!("{found}: not valid yet (is the clock right?)"),
@@ -570,7 +577,9 @@ fn tls(sc: &Scope<'_>) -> Check {
         )
     } else {
         Check::ok("tls", found)
-    }
+    };
+    c.expires = Some(to);
+    c
 }
 
 /// Microsoft's CAs that sign third-party UEFI binaries such as shim.
@@ -817,8 +826,16 @@ pub(crate) fn cli(a: crate::cli::ServeArgs) -> Result<(), crate::Fail> {
     Ok(())
 }
 
-/// The checks `serve` logs at start (no probe, no ports: it binds them itself next).
-pub(crate) fn at_serve_start(d: &DataDir, s: &Settings, hosts: u64) {
+/// The checks `serve` logs at start (no probe, no ports: it binds them itself next), as the
+/// console shows them.
+pub(crate) fn at_serve_start(d: &DataDir, s: &Settings, hosts: u64) -> web_console::Health {
+    health(d, s, hosts, true)
+}
+
+/// The checks a running server makes, as the console and `/metrics` show them; each problem is
+/// logged as a warning, and the checks that pass too when `log_ok`.
+pub(crate) fn health(d: &DataDir, s: &Settings, hosts: u64, log_ok: bool) -> web_console::Health {
+    let mut h = web_console::Health::default();
     for c in run(&Scope {
         d,
         s,
@@ -827,10 +844,23 @@ pub(crate) fn at_serve_start(d: &DataDir, s: &Settings, hosts: u64) {
         serving: Some(hosts),
     }) {
         match c.level {
-            Level::Ok => tracing::info!("doctor: {}", c.line()),
+            Level::Ok if log_ok => tracing::info!("doctor: {}", c.line()),
+            Level::Ok => {}
             _ => tracing::warn!("doctor: {}", c.line()),
         }
+        match c.level {
+            Level::Ok => {}
+            Level::Warn => h.warned += 1,
+            Level::Fail => h.failed += 1,
+        }
+        if c.level != Level::Ok {
+            h.problems.push(c.line());
+        }
+        if let Some(t) = c.expires {
+            h.expiries.push((c.name.to_string(), t));
+        }
     }
+    h
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ pub(crate) struct RunningServer {
     pub http_addr: SocketAddr,
     pub https_addr: SocketAddr,
     pub store: Arc<dyn Store>,
+    /// The console's state (its health banner is refreshed from outside).
+    pub console: Arc<web_console::Console>,
 }
 
 impl RunningServer {
@@ -327,7 +329,7 @@ pub(crate) async fn start(
     if let Some(d) = dhcp {
         tasks.push(tokio::spawn(d.run(rx.clone())));
     }
-    web_console::campaigns::spawn_ticker(console_state);
+    web_console::campaigns::spawn_ticker(console_state.clone());
     // Periodic flush (events are durable within 250 ms; leases and agent reports flush at once)
     // and a watch on the image directory.
     let store2 = store.clone();
@@ -381,6 +383,7 @@ pub(crate) async fn start(
         http_addr,
         https_addr,
         store,
+        console: console_state,
     })
 }
 
@@ -518,11 +521,26 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
             .with_reserve(s.store_reserve_mb.unwrap_or(fleet::store::DEFAULT_RESERVE >> 20) << 20);
         let store: Arc<dyn Store> = Arc::new(store);
         // What `unbrick doctor` would say (expiry ahead, the shim's CA, the clock, space),
-        // logged before serving.
-        crate::doctor::at_serve_start(&d, &s, store.hosts().map(|h| h.len() as u64).unwrap_or(0));
+        // logged before serving, then on the console and in /metrics, checked again hourly.
+        let health = crate::doctor::at_serve_start(&d, &s, store.hosts().map(|h| h.len() as u64).unwrap_or(0));
         let campaigns = store.campaigns().map_err(|e| Fail(e.to_string()))?;
         let policy = Arc::new(fleet::CampaignPolicy::new(policy, proxy, campaigns));
         let server = start(cfg, store, policy, &tokens_file).await?;
+        *server.console.health.write().unwrap() = health;
+        {
+            let (console, d, s) = (server.console.clone(), d.clone(), s.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(3600));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let (d, s, hosts) = (d.clone(), s.clone(), console.fleet.hosts().len() as u64);
+                    if let Ok(h) = tokio::task::spawn_blocking(move || crate::doctor::health(&d, &s, hosts, false)).await {
+                        *console.health.write().unwrap() = h;
+                    }
+                }
+            });
+        }
         if web_console::tokens::TokenBook::new(&tokens_file).list().map(|t| t.is_empty()).unwrap_or(true) {
             tracing::warn!("no admin tokens yet: make one with `unbrick tokens create --name NAME --data-dir {}` to use the console and API", d.0.display());
         }

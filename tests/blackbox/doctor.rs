@@ -145,6 +145,59 @@ fn doctor_names_each_problem_with_its_fix() {
         "{}",
         lab.server_log()
     );
+    // The console says it on every page, /metrics has the expiry and the count.
+    let admin = crate::campaign::token(&lab);
+    let jar = lab.dir.join("cookies");
+    lab.exec(&format!(
+        "curl -sk -c {} -d token={admin} https://{SERVER_IP}:9443/login -o /dev/null",
+        jar.display()
+    ));
+    for path in ["/", "/campaigns"] {
+        let html = String::from_utf8_lossy(
+            &lab.exec(&format!(
+                "curl -sk -b {} https://{SERVER_IP}:9443{path}",
+                jar.display()
+            ))
+            .stdout,
+        )
+        .to_string();
+        let banner = html
+            .split("id=\"health-alert\"")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{path}: no health banner:\n{html}"));
+        assert!(
+            banner.contains("WARN rules: ") && banner.contains("unbrick rules sign"),
+            "{path}: {banner}"
+        );
+    }
+    let metrics = String::from_utf8_lossy(
+        &lab.exec(&format!(
+            "curl -s -H 'Authorization: Bearer {admin}' http://{SERVER_IP}:8080/metrics"
+        ))
+        .stdout,
+    )
+    .to_string();
+    let exp = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("unbrick_expiry_timestamp_seconds{what=\"rules\"} "))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    let exp: u64 = exp.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        exp > now + 4 * 86_400 && exp <= now + 5 * 86_400 + 60,
+        "{exp} vs {now}"
+    );
+    assert!(
+        metrics.contains("unbrick_expiry_timestamp_seconds{what=\"tls\"} "),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("unbrick_checks{level=\"warn\"} 0"),
+        "{metrics}"
+    );
     let (_, out) = doctor(&lab, "--dhcp proxy --https-port 9443");
     assert!(
         line(&out, "ports").contains("unbrick serve is running on this data directory"),

@@ -617,6 +617,19 @@ pub async fn metrics(State(c): State<Arc<Console>>, _who: Caller) -> Response {
             u8::from(!(sp.full || sp.free < sp.reserve))
         ));
     }
+    {
+        let h = c.health.read().unwrap();
+        out.push_str("# HELP unbrick_expiry_timestamp_seconds When the signed rules and the TLS certificate expire.\n# TYPE unbrick_expiry_timestamp_seconds gauge\n");
+        for (what, t) in &h.expiries {
+            out.push_str(&format!(
+                "unbrick_expiry_timestamp_seconds{{what=\"{what}\"}} {t}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP unbrick_checks The server's own checks (unbrick doctor) that warn or fail; the console lists them.\n# TYPE unbrick_checks gauge\nunbrick_checks{{level=\"warn\"}} {}\nunbrick_checks{{level=\"fail\"}} {}\n",
+            h.warned, h.failed
+        ));
+    }
     fleet_service::metrics::render(&c.counters.lock().unwrap(), &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

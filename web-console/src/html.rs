@@ -40,12 +40,24 @@ fn to_login() -> Response {
 
 /// What every page says while the store cannot write: "the store cannot write: disk full" with
 /// the free space.
-fn store_alert(c: &Console) -> Option<String> {
-    c.fleet
-        .store()
-        .space()
-        .filter(|s| s.full || s.free < s.reserve)
-        .map(|s| s.describe())
+fn store_alert(c: &Console) -> Alerts {
+    Alerts {
+        store: c
+            .fleet
+            .store()
+            .space()
+            .filter(|s| s.full || s.free < s.reserve)
+            .map(|s| s.describe()),
+        checks: c.health.read().unwrap().problems.clone(),
+    }
+}
+
+/// What every page says above its content: the store cannot write (disk full), and what the
+/// server's own checks found (rules about to expire, an expired certificate, ...).
+#[derive(Debug, Default)]
+struct Alerts {
+    store: Option<String>,
+    checks: Vec<String>,
 }
 
 /// The console session of a page request, or a redirect to the login page.
@@ -219,7 +231,7 @@ struct Dashboard {
     user: String,
     read_only: bool,
     /// The store cannot write (disk full): said on every page.
-    store_alert: Option<String>,
+    store_alert: Alerts,
     csrf: String,
     summary: query::Summary,
     counts: Vec<(String, usize)>,
@@ -337,7 +349,7 @@ struct HostPage {
     user: String,
     read_only: bool,
     /// The store cannot write (disk full): said on every page.
-    store_alert: Option<String>,
+    store_alert: Alerts,
     csrf: String,
     h: api::HostView,
     events: Vec<api::EventView>,
@@ -394,7 +406,7 @@ struct ResultPage {
     user: String,
     read_only: bool,
     /// The store cannot write (disk full): said on every page.
-    store_alert: Option<String>,
+    store_alert: Alerts,
     csrf: String,
     title: String,
     summary: String,
@@ -560,7 +572,7 @@ struct CampaignsPage {
     user: String,
     read_only: bool,
     /// The store cannot write (disk full): said on every page.
-    store_alert: Option<String>,
+    store_alert: Alerts,
     csrf: String,
     list: Vec<crate::campaigns::CampaignView>,
     flash: Option<String>,
@@ -572,7 +584,7 @@ struct CampaignPage {
     user: String,
     read_only: bool,
     /// The store cannot write (disk full): said on every page.
-    store_alert: Option<String>,
+    store_alert: Alerts,
     csrf: String,
     c: crate::campaigns::CampaignView,
     actions: Vec<&'static str>,
@@ -756,7 +768,7 @@ struct KeysPage {
     user: String,
     read_only: bool,
     /// The store cannot write (disk full): said on every page.
-    store_alert: Option<String>,
+    store_alert: Alerts,
     csrf: String,
     keys: Vec<KeyRow>,
 }

@@ -42,6 +42,22 @@ pub struct Console {
     pub counters: std::sync::Mutex<Vec<Arc<dyn fleet_service::metrics::Counters>>>,
     /// Failed console logins, per address.
     pub logins: transport::LoginLimiter,
+    /// What the server's own checks (`unbrick doctor`'s) last found: every page shows the
+    /// problems, `/metrics` the expiries.
+    pub health: std::sync::RwLock<Health>,
+}
+
+/// The server's own checks, as the console and `/metrics` show them.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// One line per warning or failure, with its fix.
+    pub problems: Vec<String>,
+    /// What expires when (unix seconds): `rules`, `tls`.
+    pub expiries: Vec<(String, u64)>,
+    /// Checks that warned.
+    pub warned: usize,
+    /// Checks that failed.
+    pub failed: usize,
 }
 
 impl Console {
@@ -60,6 +76,7 @@ impl Console {
             rules_label,
             counters: std::sync::Mutex::new(Vec::new()),
             logins: transport::LoginLimiter::default(),
+            health: std::sync::RwLock::new(Health::default()),
         })
     }
 }
