@@ -856,6 +856,9 @@ pub(crate) fn health(d: &DataDir, s: &Settings, hosts: u64, log_ok: bool) -> web
         if c.level != Level::Ok {
             h.problems.push(c.line());
         }
+        if c.name == "image" {
+            h.image_ready = Some(c.level == Level::Ok);
+        }
         if let Some(t) = c.expires {
             h.expiries.push((c.name.to_string(), t));
         }

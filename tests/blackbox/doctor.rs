@@ -170,6 +170,24 @@ fn doctor_names_each_problem_with_its_fix() {
             "{path}: {banner}"
         );
     }
+    // A fresh server: the dashboard's first-run panel names all three steps, in order.
+    let html = String::from_utf8_lossy(
+        &lab.exec(&format!(
+            "curl -sk -b {} https://{SERVER_IP}:9443/",
+            jar.display()
+        ))
+        .stdout,
+    )
+    .to_string();
+    let at = |id: &str| {
+        html.find(&format!("id=\"{id}\""))
+            .unwrap_or_else(|| panic!("no {id}:\n{html}"))
+    };
+    assert!(at("step-image") < at("step-netboot") && at("step-netboot") < at("step-campaign"));
+    assert!(
+        html.contains("options 66") && html.contains("F12"),
+        "{html}"
+    );
     let metrics = String::from_utf8_lossy(
         &lab.exec(&format!(
             "curl -s -H 'Authorization: Bearer {admin}' http://{SERVER_IP}:8080/metrics"

@@ -247,6 +247,53 @@ struct Dashboard {
     f_tag: String,
     f_flag: String,
     flash: Option<String>,
+    /// The first steps not yet taken (no image, no host, no campaign), in order.
+    first_run: Vec<FirstStep>,
+}
+
+/// A step of the first-run panel: what to do next, and how.
+struct FirstStep {
+    id: &'static str,
+    title: &'static str,
+    how: Vec<String>,
+}
+
+/// What is left of the first run: build the image, make machines network-boot, start a
+/// campaign. Empty once all three are done.
+fn first_steps(c: &Console, hosts: usize) -> Vec<FirstStep> {
+    let mut v = Vec::new();
+    if c.health.read().unwrap().image_ready == Some(false) {
+        v.push(FirstStep {
+            id: "step-image",
+            title: "Build the recovery image",
+            how: vec![
+                "On this server: unbrick image build --data-dir /var/lib/unbrick (it finds the kernel, adds the agent and signs), then restart unbrick serve: the image is verified and loaded at start.".into(),
+                "Until then machines that boot here wait in the waiting room.".into(),
+            ],
+        });
+    }
+    if hosts == 0 {
+        v.push(FirstStep {
+            id: "step-netboot",
+            title: "Make the machines network-boot",
+            how: vec![
+                "Beside the office DHCP server, serve with --dhcp proxy: unbrick answers only machines that network-boot, the office server keeps giving the addresses. On a recovery VLAN of its own, --dhcp full --pool FIRST-LAST gives the addresses too. unbrick doctor tells which fits the segment.".into(),
+                "One machine at a time: the one-time boot menu at power-on, F12 on Dell, Lenovo, Acer, Fujitsu and Toshiba, F9 on HP, F8 on ASUS; pick the network (PXE or IPv4) entry.".into(),
+                "Many at once without walking: set options 66 (this server's address) and 67 (undionly.kpxe for BIOS, shimx64.efi for UEFI) on the office DHCP server, or import their management controllers (below) and use \"network boot once\" (AMT, Redfish, IPMI) or Wake-on-LAN.".into(),
+                "Import the host list (below) for names, sites and canary tags; a machine that network-boots appears here by itself.".into(),
+            ],
+        });
+    }
+    if c.campaigns.snapshot().is_empty() {
+        v.push(FirstStep {
+            id: "step-campaign",
+            title: "Start a campaign, canaries first",
+            how: vec![
+                "On the campaigns page: choose the hosts, the wave sizes and the gate; the first wave is the hosts tagged canary. The next wave opens only when the gate holds.".into(),
+            ],
+        });
+    }
+    v
 }
 
 fn short_time(ms: u64) -> String {
@@ -272,6 +319,7 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
     let (summary, p) = c
         .fleet
         .with_hosts(|h| (query::summary(h.values()), query::page(h.values(), f)));
+    let summary_total = summary.total;
     let rows = p
         .hosts
         .iter()
@@ -318,6 +366,7 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
             f_tag: o(&f.tag),
             f_flag: o(&f.flag),
             flash,
+            first_run: first_steps(c, summary_total),
         },
     )
 }

@@ -58,6 +58,8 @@ pub struct Health {
     pub warned: usize,
     /// Checks that failed.
     pub failed: usize,
+    /// Whether a recovery image is being served (None: not checked).
+    pub image_ready: Option<bool>,
 }
 
 impl Console {

@@ -1709,3 +1709,45 @@ async fn a_long_timeline_shows_its_newest_events_and_points_to_the_rest() {
     let (_, _, page) = send(&t, page_req(&cookie, &format!("/hosts/{short}"))).await;
     assert!(!page.contains("timeline-older"));
 }
+
+/// The dashboard's first-run panel lists only the steps not yet taken.
+#[tokio::test]
+async fn the_first_run_panel_names_only_what_is_left() {
+    let t = setup("first-run");
+    let cookie = console_login(&t).await;
+    // Hosts exist, the image is not known, no campaign: only the campaign step.
+    let (_, _, page) = send(&t, page_req(&cookie, "/")).await;
+    assert!(page.contains("id=\"first-run\"") && page.contains("id=\"step-campaign\""));
+    assert!(!page.contains("id=\"step-image\"") && !page.contains("id=\"step-netboot\""));
+    // No image: its step comes first, with the command.
+    t.console.health.write().unwrap().image_ready = Some(false);
+    let (_, _, page) = send(&t, page_req(&cookie, "/")).await;
+    let (image, campaign) = (
+        page.find("id=\"step-image\"").expect("image step"),
+        page.find("id=\"step-campaign\"").unwrap(),
+    );
+    assert!(image < campaign && page.contains("unbrick image build"));
+    // Everything done: no panel.
+    t.console.health.write().unwrap().image_ready = Some(true);
+    let spec = fleet::CampaignSpec {
+        name: "first".into(),
+        targets: fleet::campaign::Targets::List(vec![Mac([0x52, 0x54, 0, 0xab, 0, 1])]),
+        waves: vec!["100%".parse().unwrap()],
+        gate: fleet::campaign::Gate {
+            min_success: 1,
+            max_failure_rate: 1.0,
+            min_soak_ms: 0,
+        },
+        concurrency: 10,
+        host_timeout_ms: 3_600_000,
+        verify_window_ms: None,
+        key_release: Default::default(),
+        trigger: Default::default(),
+        trigger_wait_ms: 300_000,
+        power_cycles: 0,
+    };
+    let camp = fleet::Campaign::new("c1".into(), spec, "rules v1".into(), 1).unwrap();
+    t.policy.with(|cs| cs.push(camp));
+    let (_, _, page) = send(&t, page_req(&cookie, "/")).await;
+    assert!(!page.contains("id=\"first-run\""), "{page}");
+}
