@@ -246,3 +246,13 @@ pub(crate) fn hand_back(dir: &Path) {
         }
     }
 }
+
+/// The settings `serve` (and `doctor`) run with: flags, environment, file, defaults.
+pub(crate) fn resolved(
+    a: &crate::cli::ServeArgs,
+    d: &DataDir,
+) -> Result<crate::settings::Settings, crate::Fail> {
+    Ok(a.layer()?
+        .or(ConfigFile::load(&d.config())?.serve)
+        .or(crate::settings::Settings::defaults()))
+}

@@ -803,7 +803,7 @@ pub(crate) fn cli(a: crate::cli::ServeArgs) -> Result<(), crate::Fail> {
             a.data_dir.display()
         )));
     }
-    let s = crate::serve::resolved(&a, &d)?;
+    let s = crate::config::resolved(&a, &d)?;
     let checks = run(&Scope {
         d: &d,
         s: &s,

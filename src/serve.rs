@@ -3,7 +3,7 @@
 //! image and rules, the DHCP, TFTP, HTTP and HTTPS drivers (`netboot-server`), the console and
 //! admin API (`web-console`) and the campaign ticker; and the orderly shutdown.
 use crate::cli::ServeArgs;
-use crate::config::{ConfigFile, DataDir};
+use crate::config::DataDir;
 use crate::{settings, Fail};
 use fleet::{BootPolicy, EventSource, Store};
 use fleet_service::{now_ms, FleetIo};
@@ -423,13 +423,6 @@ impl ServeArgs {
     }
 }
 
-/// The settings `serve` (and `doctor`) run with: flags, environment, file, defaults.
-pub(crate) fn resolved(a: &ServeArgs, d: &DataDir) -> Result<settings::Settings, Fail> {
-    Ok(a.layer()?
-        .or(ConfigFile::load(&d.config())?.serve)
-        .or(settings::Settings::defaults()))
-}
-
 /// `unbrick serve`: the settings layers resolved, the server composed and run until SIGINT or
 /// SIGTERM, then shut down in order.
 pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
@@ -441,7 +434,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
             a.data_dir.display()
         )));
     }
-    let s = resolved(&a, &d)?;
+    let s = crate::config::resolved(&a, &d)?;
     let interface = s.interface.clone().ok_or_else(|| Fail("no interface: pass --interface IF (or set UNBRICK_INTERFACE, or [serve] interface in unbrick.toml)".into()))?;
     let dhcp_ports = match &a.dhcp_ports {
         Some(p) => {
