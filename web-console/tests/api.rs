@@ -114,6 +114,27 @@ fn post(path: &str, token: Option<&str>, ct: &str, body: &str) -> Request<Body> 
     b.body(Body::from(body.to_string())).unwrap()
 }
 
+/// A campaign over `macs` in one wave whose gate always holds.
+fn one_wave_spec(name: &str, macs: Vec<Mac>) -> fleet::CampaignSpec {
+    fleet::CampaignSpec {
+        name: name.into(),
+        targets: fleet::campaign::Targets::List(macs),
+        waves: vec!["100%".parse().unwrap()],
+        gate: fleet::campaign::Gate {
+            min_success: 1,
+            max_failure_rate: 1.0,
+            min_soak_ms: 0,
+        },
+        concurrency: 10,
+        host_timeout_ms: 3_600_000,
+        verify_window_ms: None,
+        key_release: Default::default(),
+        trigger: Default::default(),
+        trigger_wait_ms: 300_000,
+        power_cycles: 0,
+    }
+}
+
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -1021,23 +1042,7 @@ async fn bitlocker_keys_import_list_reveal_paste_and_release() {
     assert!(
         matches!(t.fleet.release_key(m1, &[ID1.into()], "vda3", "IP 10.0.0.9 (MAC 52:54:00:ab:00:09)", now), KeyAnswer::Refuse { reason: r, conflict: false } if r.contains("not in an active campaign"))
     );
-    let spec = fleet::CampaignSpec {
-        name: "bitlk".into(),
-        targets: fleet::campaign::Targets::List(vec![m1, m2]),
-        waves: vec!["100%".parse().unwrap()],
-        gate: fleet::campaign::Gate {
-            min_success: 1,
-            max_failure_rate: 1.0,
-            min_soak_ms: 0,
-        },
-        concurrency: 10,
-        host_timeout_ms: 3_600_000,
-        verify_window_ms: None,
-        key_release: Default::default(),
-        trigger: Default::default(),
-        trigger_wait_ms: 300_000,
-        power_cycles: 0,
-    };
+    let spec = one_wave_spec("bitlk", vec![m1, m2]);
     spec.validate().unwrap();
     let hosts = t.fleet.hosts();
     t.policy.with(|cs| {
@@ -1729,23 +1734,7 @@ async fn the_first_run_panel_names_only_what_is_left() {
     assert!(image < campaign && page.contains("unbrick image build"));
     // Everything done: no panel.
     t.console.health.write().unwrap().image_ready = Some(true);
-    let spec = fleet::CampaignSpec {
-        name: "first".into(),
-        targets: fleet::campaign::Targets::List(vec![Mac([0x52, 0x54, 0, 0xab, 0, 1])]),
-        waves: vec!["100%".parse().unwrap()],
-        gate: fleet::campaign::Gate {
-            min_success: 1,
-            max_failure_rate: 1.0,
-            min_soak_ms: 0,
-        },
-        concurrency: 10,
-        host_timeout_ms: 3_600_000,
-        verify_window_ms: None,
-        key_release: Default::default(),
-        trigger: Default::default(),
-        trigger_wait_ms: 300_000,
-        power_cycles: 0,
-    };
+    let spec = one_wave_spec("first", vec![Mac([0x52, 0x54, 0, 0xab, 0, 1])]);
     let camp = fleet::Campaign::new("c1".into(), spec, "rules v1".into(), 1).unwrap();
     t.policy.with(|cs| cs.push(camp));
     let (_, _, page) = send(&t, page_req(&cookie, "/")).await;
