@@ -169,7 +169,7 @@ fn rules_sign_verify_and_tamper() {
     ));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert!(
-        v["fingerprint"].as_str().unwrap().starts_with("sha256:"),
+        v["fingerprint"].as_str().unwrap().starts_with("ed25519:"),
         "{v}"
     );
     let doc = std::fs::read_to_string(&rules).unwrap();

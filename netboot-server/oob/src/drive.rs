@@ -118,7 +118,11 @@ struct UdpDriver {
 }
 
 impl ipmi::Datagram for UdpDriver {
-    fn exchange(&mut self, packet: &[u8]) -> Result<Vec<u8>, Failure> {
+    fn exchange(
+        &mut self,
+        packet: &[u8],
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, Failure> {
         // Three sends within the timeout: a lost datagram is the usual failure.
         let per = self.timeout / 3;
         let mut buf = [0u8; 1024];
@@ -136,7 +140,10 @@ impl ipmi::Datagram for UdpDriver {
                 match self.sock.recv(&mut buf) {
                     // Not RMCP (or an ASF pong): keep waiting.
                     Ok(n) if n >= 16 && buf[..4] == [0x06, 0x00, 0xff, 0x07] => {
-                        return Ok(buf[..n].to_vec())
+                        if wanted(&buf[..n]) {
+                            return Ok(buf[..n].to_vec());
+                        }
+                        // A late answer to an earlier request: keep waiting for ours.
                     }
                     Ok(_) => {}
                     Err(e)

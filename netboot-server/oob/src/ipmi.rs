@@ -17,8 +17,19 @@ use ring::hmac;
 
 /// One request datagram out, its answer back: the driver sends, times out and retransmits.
 pub trait Datagram {
-    /// Sends `packet` and returns the next datagram from the BMC; `Err` when none came.
-    fn exchange(&mut self, packet: &[u8]) -> Result<Vec<u8>, Failure>;
+    /// Sends `packet` and returns the next datagram from the BMC that `wanted` accepts; `Err`
+    /// when none came in time. A datagram `wanted` refuses (a late answer to an earlier,
+    /// retransmitted request) is dropped and the driver keeps waiting.
+    fn exchange(
+        &mut self,
+        packet: &[u8],
+        wanted: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<u8>, Failure>;
+}
+
+/// For the session set-up messages: every answer is looked at.
+fn any(_: &[u8]) -> bool {
+    true
 }
 
 const RMCP: [u8; 4] = [0x06, 0x00, 0xff, 0x07];
@@ -140,6 +151,46 @@ fn parse(packet: &[u8]) -> Result<(u8, u32, &[u8]), Failure> {
     Ok((pt, sid, payload))
 }
 
+/// Checks and decrypts a session answer.
+fn open(keys: &Keys, packet: &[u8]) -> Result<Vec<u8>, Failure> {
+    let (pt, _sid, payload) = parse(packet)?;
+
+    if pt & 0x3f != PT_IPMI {
+        return Err(Failure::fatal(format!(
+            "unexpected RMCP+ payload type {:#x}",
+            pt & 0x3f
+        )));
+    }
+    if pt & AUTHENTICATED == 0 || pt & ENCRYPTED == 0 {
+        return Err(Failure::fatal(
+            "the BMC answered outside the session's integrity and encryption",
+        ));
+    }
+    if packet.len() < 12 {
+        return Err(Failure::fatal("malformed RMCP+ answer: no integrity code"));
+    }
+    let (body, code) = packet.split_at(packet.len() - 12);
+    let want = hmac_sha1(&keys.k1, &[&body[4..]]);
+    if want[..12] != *code {
+        return Err(Failure::fatal(
+            "the BMC's answer failed its integrity check (another device answered, or the keys differ)",
+        ));
+    }
+    if payload.len() < 32 || payload.len() % 16 != 0 {
+        return Err(Failure::fatal("malformed encrypted payload"));
+    }
+    let key: [u8; 16] = keys.k2[..16].try_into().unwrap_or_default();
+    let iv: [u8; 16] = payload[..16].try_into().unwrap_or_default();
+    let plain = cbc::Decryptor::<aes::Aes128>::new(&key.into(), &iv.into())
+        .decrypt_padded_vec_mut::<NoPadding>(&payload[16..])
+        .map_err(|_| Failure::fatal("the encrypted payload does not decrypt"))?;
+    let pad = *plain.last().unwrap_or(&0) as usize;
+    if pad + 1 > plain.len() {
+        return Err(Failure::fatal("bad confidentiality padding"));
+    }
+    Ok(plain[..plain.len() - pad - 1].to_vec())
+}
+
 struct Session<'a> {
     net: &'a mut dyn Datagram,
     trace: &'a mut Trace,
@@ -187,41 +238,7 @@ impl Session<'_> {
     }
 
     fn open(&self, packet: &[u8]) -> Result<Vec<u8>, Failure> {
-        let (pt, _sid, payload) = parse(packet)?;
-        if pt & 0x3f != PT_IPMI {
-            return Err(Failure::fatal(format!(
-                "unexpected RMCP+ payload type {:#x}",
-                pt & 0x3f
-            )));
-        }
-        if pt & AUTHENTICATED == 0 || pt & ENCRYPTED == 0 {
-            return Err(Failure::fatal(
-                "the BMC answered outside the session's integrity and encryption",
-            ));
-        }
-        if packet.len() < 12 {
-            return Err(Failure::fatal("malformed RMCP+ answer: no integrity code"));
-        }
-        let (body, code) = packet.split_at(packet.len() - 12);
-        let want = hmac_sha1(&self.keys.k1, &[&body[4..]]);
-        if want[..12] != *code {
-            return Err(Failure::fatal(
-                "the BMC's answer failed its integrity check (another device answered, or the keys differ)",
-            ));
-        }
-        if payload.len() < 32 || payload.len() % 16 != 0 {
-            return Err(Failure::fatal("malformed encrypted payload"));
-        }
-        let key: [u8; 16] = self.keys.k2[..16].try_into().unwrap_or_default();
-        let iv: [u8; 16] = payload[..16].try_into().unwrap_or_default();
-        let plain = cbc::Decryptor::<aes::Aes128>::new(&key.into(), &iv.into())
-            .decrypt_padded_vec_mut::<NoPadding>(&payload[16..])
-            .map_err(|_| Failure::fatal("the encrypted payload does not decrypt"))?;
-        let pad = *plain.last().unwrap_or(&0) as usize;
-        if pad + 1 > plain.len() {
-            return Err(Failure::fatal("bad confidentiality padding"));
-        }
-        Ok(plain[..plain.len() - pad - 1].to_vec())
+        open(&self.keys, packet)
     }
 
     /// Sends a command; returns (completion code, data).
@@ -235,7 +252,15 @@ impl Session<'_> {
         self.rq_seq = (self.rq_seq + 1) & 0x3f;
         let m = message(netfn, cmd, self.rq_seq, data);
         let packet = self.seal(&m);
-        let answer = self.net.exchange(&packet)?;
+        // Under load the driver may have retransmitted the previous request, and its second
+        // answer arrives now: an authentic answer carrying another request's sequence number
+        // is dropped, not taken for this one.
+        let (keys, rq_seq) = (&self.keys, self.rq_seq);
+        let mut wanted = |p: &[u8]| match open(keys, p) {
+            Ok(r) if r.len() >= 8 => r[4] >> 2 == rq_seq,
+            _ => true,
+        };
+        let answer = self.net.exchange(&packet, &mut wanted)?;
         let r = self.open(&answer)?;
         if r.len() < 8
             || checksum(&r[..2]) != r[2]
@@ -302,7 +327,7 @@ fn establish<'a>(
     req.extend_from_slice(&[0x00, 0, 0, 0x08, 0x01, 0, 0, 0]); // RAKP-HMAC-SHA1
     req.extend_from_slice(&[0x01, 0, 0, 0x08, 0x01, 0, 0, 0]); // HMAC-SHA1-96
     req.extend_from_slice(&[0x02, 0, 0, 0x08, 0x01, 0, 0, 0]); // AES-CBC-128
-    let a = net.exchange(&setup_packet(PT_OPEN_REQ, &req))?;
+    let a = net.exchange(&setup_packet(PT_OPEN_REQ, &req), &mut any)?;
     let (pt, _, p) = parse(&a)?;
     if pt & 0x3f != PT_OPEN_RSP || p.len() < 12 {
         return Err(Failure::fatal("Open Session: unexpected answer"));
@@ -325,7 +350,7 @@ fn establish<'a>(
     r1.extend_from_slice(&rm);
     r1.extend_from_slice(&[ROLE, 0, 0, name.len() as u8]);
     r1.extend_from_slice(name);
-    let a = net.exchange(&setup_packet(PT_RAKP1, &r1))?;
+    let a = net.exchange(&setup_packet(PT_RAKP1, &r1), &mut any)?;
     let (pt, _, p) = parse(&a)?;
     if pt & 0x3f != PT_RAKP2 || p.len() < 2 {
         return Err(Failure::fatal("RAKP 1: unexpected answer"));
@@ -374,7 +399,7 @@ fn establish<'a>(
     let mut r3 = vec![tag, 0, 0, 0];
     r3.extend_from_slice(&bmc_sid.to_le_bytes());
     r3.extend_from_slice(&code);
-    let a = net.exchange(&setup_packet(PT_RAKP3, &r3))?;
+    let a = net.exchange(&setup_packet(PT_RAKP3, &r3), &mut any)?;
     let (pt, _, p) = parse(&a)?;
     if pt & 0x3f != PT_RAKP4 || p.len() < 2 {
         return Err(Failure::fatal("RAKP 3: unexpected answer"));
@@ -421,7 +446,10 @@ fn set_boot(s: &mut Session<'_>, device: Option<u8>, uefi: bool) -> Result<(), F
         0x08,
         &[0x00, 0x01],
     )?;
-    if !tolerate(cc) {
+    // 0x81 "already in progress": our own retransmitted request whose first answer was lost
+    // and which the BMC executed twice, or a set another session left open; the flags written
+    // next are ours either way, and "set complete" closes it.
+    if !tolerate(cc) && cc != 0x81 {
         return Err(Failure::fatal(format!(
             "Set System Boot Options (set in progress): refused ({cc:#04x}: {})",
             completion_text(cc)
@@ -563,10 +591,34 @@ mod tests {
         keys: Option<Keys>,
         state: (u32, [u8; 16], [u8; 16], Vec<u8>),
         power_on: bool,
+        /// Each answer arrives twice (as after a retransmission): the copy comes before the
+        /// next request's answer.
+        replay: bool,
+        late: Option<Vec<u8>>,
     }
 
     impl Datagram for Bmc {
-        fn exchange(&mut self, packet: &[u8]) -> Result<Vec<u8>, Failure> {
+        fn exchange(
+            &mut self,
+            packet: &[u8],
+            wanted: &mut dyn FnMut(&[u8]) -> bool,
+        ) -> Result<Vec<u8>, Failure> {
+            let a = self.answer(packet)?;
+            // The late second answer to the previous request comes first, when told to.
+            if let Some(late) = self.late.take() {
+                assert!(!wanted(&late), "a stale answer was accepted");
+            }
+            let session = parse(packet).is_ok_and(|(pt, _, _)| pt & 0x3f == PT_IPMI);
+            if self.replay && session {
+                self.late = Some(a.clone());
+            }
+            assert!(wanted(&a));
+            Ok(a)
+        }
+    }
+
+    impl Bmc {
+        fn answer(&mut self, packet: &[u8]) -> Result<Vec<u8>, Failure> {
             let (pt, _, p) = parse(packet)?;
             let mut kuid = [0u8; 20];
             kuid[..self.password.len()].copy_from_slice(self.password);
@@ -688,7 +740,11 @@ mod tests {
 
     struct NoNet;
     impl Datagram for NoNet {
-        fn exchange(&mut self, _: &[u8]) -> Result<Vec<u8>, Failure> {
+        fn exchange(
+            &mut self,
+            _: &[u8],
+            _: &mut dyn FnMut(&[u8]) -> bool,
+        ) -> Result<Vec<u8>, Failure> {
             Err(Failure::transient("no network"))
         }
     }
@@ -702,12 +758,23 @@ mod tests {
 
     #[test]
     fn a_session_sets_the_pxe_flags_once_and_cycles_the_power() {
+        for replay in [false, true] {
+            session_sets_the_pxe_flags(replay);
+        }
+    }
+
+    /// `replay`: every answer is also delivered again before the next one, as when the driver
+    /// retransmitted a request whose first answer was only late (seen against ipmi_sim under
+    /// load: "the answer is for another request").
+    fn session_sets_the_pxe_flags(replay: bool) {
         let mut bmc = Bmc {
             password: b"secret",
             seen: vec![],
             keys: None,
             state: (0, [0; 16], [0; 16], vec![]),
             power_on: true,
+            replay,
+            late: None,
         };
         let mut n = 0u8;
         let mut rnd = |b: &mut [u8]| {
@@ -754,6 +821,8 @@ mod tests {
             keys: None,
             state: (0, [0; 16], [0; 16], vec![]),
             power_on: false,
+            replay: false,
+            late: None,
         };
         let mut rnd = |b: &mut [u8]| b.fill(1);
         let e = run(
