@@ -3,7 +3,7 @@
 # with libFuzzer on stable Rust: libfuzzer-sys links libFuzzer, and the sanitizer-coverage passes
 # that cargo-fuzz would ask a nightly compiler for are stable codegen options.
 #
-#   bash scripts/fuzz.sh            every target for 30 s (what the test command runs)
+#   bash scripts/fuzz.sh            every target for 30 s, one per core (what the test command runs)
 #   FUZZ_SECS=600 bash scripts/fuzz.sh dhcp tftp    longer runs of some targets
 #
 # Each run starts from the committed corpus (fuzz/corpus/TARGET) and writes what it finds to a
@@ -27,32 +27,47 @@ bin=target/$triple/release
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-declare -a rows
-status=0
-for t in "${targets[@]}"; do
+# One target: its run, its row of figures, its status (files in the scratch directory).
+run_one() {
+  local t=$1
   mkdir -p "$scratch/$t" "artifacts/$t" "corpus/$t"
-  log=$scratch/$t.log
-  echo "== fuzz $t for ${secs}s"
+  local log=$scratch/$t.log
   if ! "$bin/$t" "$scratch/$t" "corpus/$t" -max_total_time="$secs" -print_final_stats=1 \
       -max_len=65536 -timeout=10 -rss_limit_mb=2048 -artifact_prefix="artifacts/$t/" \
       >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz target $t FAILED: the input is in fuzz/artifacts/$t/; make it a regression test" >&2
-    status=1
+    echo 1 >"$scratch/$t.status"
   fi
   # libFuzzer's own counts: executions, edges covered of those instrumented, corpus size.
+  local execs edges total corpus seeds
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   edges=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   total=$(sed -n 's/.*(\([0-9]*\) inline 8-bit counters).*/\1/p' "$log" | head -1)
   corpus=$(grep -o 'corp: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   seeds=$(find "corpus/$t" -type f | wc -l)
-  rows+=("$(printf '%-10s %12s %10s %10s %8s %8s' "$t" "${execs:-?}" "${edges:-?}" "${total:-?}" "$seeds" "${corpus:-?}")")
+  printf '%-10s %12s %10s %10s %8s %8s\n' "$t" "${execs:-?}" "${edges:-?}" "${total:-?}" "$seeds" "${corpus:-?}" >"$scratch/$t.row"
   if [ "${FUZZ_KEEP:-0}" = 1 ]; then
     mkdir -p "$scratch/merged-$t"
     "$bin/$t" -merge=1 "$scratch/merged-$t" "corpus/$t" "$scratch/$t" >/dev/null 2>&1
     rm -f "corpus/$t"/*
     cp "$scratch/merged-$t"/* "corpus/$t"/ 2>/dev/null || true
   fi
+}
+
+# The targets run side by side, one per core (FUZZ_JOBS), each for its full time.
+jobs_max=${FUZZ_JOBS:-$(nproc)}
+for t in "${targets[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do wait -n || true; done
+  echo "== fuzz $t for ${secs}s"
+  run_one "$t" &
+done
+wait
+status=0
+declare -a rows
+for t in "${targets[@]}"; do
+  [ -f "$scratch/$t.status" ] && status=1
+  rows+=("$(cat "$scratch/$t.row" 2>/dev/null || printf '%-10s (no figures)' "$t")")
 done
 
 echo

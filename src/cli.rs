@@ -64,6 +64,13 @@ pub(crate) enum Cmd {
     /// Hosts' management controllers (AMT, Redfish, IPMI, Wake-on-LAN).
     #[command(subcommand)]
     Bmc(BmcCmd),
+    /// Write the man pages (OUT/man/*.1) and shell completions (OUT/completions: bash, zsh,
+    /// fish) generated from this CLI; the Debian package ships them.
+    #[command(hide = true)]
+    DistFiles {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -363,7 +370,10 @@ pub(crate) enum ImageCmd {
     Build {
         #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
         data_dir: PathBuf,
-        /// A Debian linux-image .deb (6.12 from bookworm-backports: signed, has ntfs3).
+        /// A Debian linux-image .deb (6.12 or later: signed, has ntfs3). Default: the newest
+        /// such kernel installed here, in DATA/kernel-cache or /var/cache/apt/archives, else
+        /// fetched from bookworm-backports with apt-get download (private APT configuration
+        /// under DATA/apt) and cached in DATA/kernel-cache.
         #[arg(long, conflicts_with = "kernel_dir")]
         kernel_deb: Option<PathBuf>,
         /// The same package already unpacked (boot/vmlinuz-*, lib/modules/*).
@@ -378,6 +388,15 @@ pub(crate) enum ImageCmd {
         /// for fleets without BitLocker; encrypted volumes are then only reported.
         #[arg(long)]
         no_bitlocker: bool,
+    },
+    /// Find the kernel `image build` would use (the newest Debian-signed 6.12 or later:
+    /// installed, cached, or fetched from bookworm-backports), check it and cache it, without
+    /// building: run it ahead of an incident so the build needs no network.
+    Kernel {
+        #[arg(long, env = "UNBRICK_DATA_DIR", default_value = "/var/lib/unbrick")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Write manifest.json and manifest.json.sig over every file in DIR.
     Sign {

@@ -74,6 +74,20 @@ fn default_agent() -> PathBuf {
         .unwrap_or_else(|| candidates[candidates.len() - 1].clone())
 }
 
+/// The kernel a build reads; its scratch copy goes when the build ends, failed or not.
+struct Kernel {
+    root: PathBuf,
+    scratch: Option<PathBuf>,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        if let Some(t) = &self.scratch {
+            let _ = std::fs::remove_dir_all(t);
+        }
+    }
+}
+
 pub(crate) fn image_build(
     data_dir: &Path,
     kernel_deb: Option<PathBuf>,
@@ -89,23 +103,38 @@ pub(crate) fn image_build(
             data_dir.display()
         ))
     })?;
-    // The unpacked .deb, removed after the build.
-    let mut unpacked = None;
-    let root = match (kernel_deb, kernel_dir) {
+    let mut bars = crate::progress::Bars::default();
+    // The unpacked kernel (a scratch directory removed after the build).
+    let kernel = match (kernel_deb, kernel_dir) {
         (Some(deb), _) => {
             let tmp = std::env::temp_dir().join(format!("unbrick-kernel-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&tmp);
             std::fs::create_dir_all(&tmp)?;
-            println!("unpacking {}", deb.display());
+            bars.stage(&format!("unpacking {}", deb.display()));
             payload_builder::build::unpack_deb(&deb, &tmp)?;
-            unpacked = Some(tmp.clone());
-            tmp
+            Kernel {
+                root: tmp.clone(),
+                scratch: Some(tmp),
+            }
         }
-        (None, Some(dir)) => dir,
+        (None, Some(dir)) => Kernel {
+            root: dir,
+            scratch: None,
+        },
         (None, None) => {
-            return Err(Fail("no kernel: pass --kernel-deb FILE (apt-get download -t bookworm-backports linux-image-6.12.*-amd64) or --kernel-dir DIR".into()));
+            bars.stage("kernel: looking for the newest Debian-signed 6.12 or later (installed, cached, or from bookworm-backports)");
+            let f = crate::kernel::find(data_dir, &mut |m| bars.note(m))?;
+            println!(
+                "kernel {} ({}): signed by Debian, has ntfs3",
+                f.release, f.source
+            );
+            Kernel {
+                root: f.root,
+                scratch: f.scratch,
+            }
         }
     };
+    let root = kernel.root.clone();
     let agent = agent.unwrap_or_else(default_agent);
     let version = version.unwrap_or_else(image_version_now);
     let (fingerprint, _) = d.ensure_tls().map_err(Fail)?;
@@ -137,18 +166,18 @@ pub(crate) fn image_build(
             bitlocker,
             cryptsetup: None,
         },
-        &mut |msg| println!("{msg}"),
+        &mut |p| bars.build_report(p),
     )?;
     let img = d.image();
     for (name, data) in [("vmlinuz", &built.vmlinuz), ("initrd.img", &built.initrd)] {
         signing::image_dir::write_replacing(&img, name, data).map_err(Fail)?;
     }
-    if let Some(tmp) = unpacked {
-        let _ = std::fs::remove_dir_all(tmp);
-    }
+    drop(kernel);
     match signing::KeyPair::load(&d.private_key()) {
         Ok(k) => {
+            bars.stage("signing the image (SHA-256 of every artefact, Ed25519)");
             let m = signing::image_dir::sign_dir(&img, netboot_server::proto::boot::KERNEL, &k, &version, now_unix())?;
+            bars.finish();
             println!("signed {} (version {}, kernel {}, {} artefacts); restart `unbrick serve` to serve it", img.display(), m.image_version, m.kernel_version, m.artefacts.len());
         }
         Err(_) => println!("NOT SIGNED: no private key in {}; sign {} on the offline machine (unbrick image sign) and copy the manifest back", d.keys().display(), img.display()),
@@ -179,6 +208,39 @@ pub(crate) fn image(i: ImageCmd) -> Result<(), Fail> {
             image_version,
             !no_bitlocker,
         )?,
+        ImageCmd::Kernel { data_dir, json } => {
+            let mut bars = crate::progress::Bars::default();
+            if !json {
+                bars.stage("kernel: looking for the newest Debian-signed 6.12 or later (installed, cached, or from bookworm-backports)");
+            }
+            let f = crate::kernel::find(&data_dir, &mut |m| {
+                if !json {
+                    bars.note(m)
+                }
+            });
+            bars.finish();
+            let f = f?;
+            let _scratch = Kernel {
+                root: f.root.clone(),
+                scratch: f.scratch.clone(),
+            };
+            if json {
+                let v = serde_json::json!({
+                    "release": f.release,
+                    "source": f.source,
+                    "signed_by_debian": true,
+                    "ntfs3": true,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "kernel {} ({}): signed by Debian, has ntfs3; `unbrick image build --data-dir {}` will use it",
+                    f.release,
+                    f.source,
+                    data_dir.display()
+                );
+            }
+        }
         ImageCmd::Sign {
             dir,
             key,

@@ -637,7 +637,7 @@ fn shim_ca(sc: &Scope<'_>) -> Check {
 }
 
 /// The issuer names of the certificates in a PE file's Authenticode signature.
-fn signature_issuers(pe: &[u8]) -> Result<Vec<String>, String> {
+pub(crate) fn signature_issuers(pe: &[u8]) -> Result<Vec<String>, String> {
     let u16_at = |o: usize| {
         pe.get(o..o + 2)
             .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)

@@ -32,15 +32,36 @@ fn template() -> &'static (std::path::PathBuf, String) {
         std::fs::create_dir_all(&dir).unwrap();
         let data = dir.join("data");
         must(&format!("{} init --data-dir {}", unbrick(), data.display()));
-        let kernel_root =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/kernel/root");
+        // No kernel named: the build finds the newest signed 6.12+ package in the data
+        // directory's kernel cache (install-deps fetched it into target/kernel), beside an
+        // older and an unsigned flavour that must not be taken.
+        let cache = data.join("kernel-cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        must(&format!(
+            "cp {}/target/kernel/linux-image-*.deb {}/",
+            env!("CARGO_MANIFEST_DIR"),
+            cache.display()
+        ));
+        for decoy in [
+            "linux-image-6.1.0-40-amd64_6.1.153-1_amd64.deb",
+            "linux-image-6.99.1+deb12-amd64-unsigned_6.99.1-1_amd64.deb",
+        ] {
+            std::fs::write(cache.join(decoy), b"not a package").unwrap();
+        }
         let out = must(&format!(
-            "{} image build --data-dir {} --kernel-dir {} --agent {}",
+            "{} image build --data-dir {} --agent {}",
             unbrick(),
             data.display(),
-            kernel_root.display(),
             agent_binary()
         ));
+        assert!(
+            out.lines().any(|l| l.starts_with("kernel 6.")
+                && l.contains("signed by Debian, has ntfs3")
+                && l.contains("kernel-cache/linux-image-6.")),
+            "the build says which kernel it used: {out}"
+        );
+        // Each lab copies this directory: the 100 MB package stays out of it.
+        std::fs::remove_dir_all(&cache).unwrap();
         (data, out)
     })
 }

@@ -372,3 +372,62 @@ fn help_names_exit_codes_and_init_names_the_next_steps() {
     assert_eq!(v[0]["read_only"], false, "{v}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `unbrick image kernel` (what `image build` with no kernel named does first): with nothing
+/// installed or cached it fetches the newest signed 6.12+ kernel from bookworm-backports (the
+/// Debian archive is the peer), checks and caches it; the second run takes the cache. A
+/// corrupt package in the cache is named with what to do, and nothing else is touched.
+#[test]
+fn image_kernel_is_fetched_checked_and_cached() {
+    let dir = std::env::temp_dir().join(format!("unbrick-kernel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    must(&format!("{} init --data-dir {}", unbrick(), data.display()));
+    let (code, out) = unbrick_out(&format!("image kernel --data-dir {}", data.display()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("downloading linux-image-6."), "{out}");
+    assert!(out.contains("signed by Debian, has ntfs3"), "{out}");
+    let cached: Vec<String> = std::fs::read_dir(data.join("kernel-cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        cached.len() == 1
+            && cached[0].starts_with("linux-image-6.")
+            && cached[0].ends_with("_amd64.deb"),
+        "{cached:?}"
+    );
+    let o = sh(&format!(
+        "{} image kernel --json --data-dir {}",
+        unbrick(),
+        data.display()
+    ));
+    assert_eq!(o.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(
+        v["source"]
+            .as_str()
+            .unwrap()
+            .contains("kernel-cache/linux-image-6."),
+        "the second run takes the cache: {v}"
+    );
+    assert!(v["release"].as_str().unwrap().starts_with("6."), "{v}");
+    // A newer-looking package that is not one: named, with the fix; the good one stays.
+    let bad = data
+        .join("kernel-cache")
+        .join("linux-image-6.99.0+deb12-amd64_6.99.0-1_amd64.deb");
+    std::fs::write(&bad, b"garbage").unwrap();
+    let (code, out) = unbrick_out(&format!("image kernel --data-dir {}", data.display()));
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("is not a usable kernel package: remove it and run again")
+            && out.contains("6.99.0"),
+        "{out}"
+    );
+    assert!(data.join("kernel-cache").join(&cached[0]).exists());
+    std::fs::remove_file(&bad).unwrap();
+    let (code, out) = unbrick_out(&format!("image kernel --data-dir {}", data.display()));
+    assert_eq!(code, 0, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -167,8 +167,8 @@ fn add_cryptsetup(a: &mut Archive, bin: &Path) -> Result<usize, Error> {
 /// every core: on the 39 MB cpio measured here (two cores) 14.4 s and 9.66 MB, against 26.5 s
 /// and 9.61 MB for level 19 on one core (level 16: 5.9 s but 10.2 MB, over the 10 MB target).
 /// zstd's output does not depend on the number of threads, so the build stays reproducible.
-fn zstd(data: &[u8]) -> Result<Vec<u8>, Error> {
-    use std::io::Write;
+fn zstd(data: &[u8], report: &mut dyn FnMut(Progress<'_>)) -> Result<Vec<u8>, Error> {
+    use std::io::{Read, Write};
     let mut child = std::process::Command::new("zstd")
         .args(["-18", "-T0", "-q", "-c", "--no-progress"])
         .stdin(std::process::Stdio::piped())
@@ -176,23 +176,52 @@ fn zstd(data: &[u8]) -> Result<Vec<u8>, Error> {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| Error::Tool(format!("zstd: {e} (apt-get install zstd)")))?;
+    // The output is read on a thread while this one feeds the input a MiB at a time and
+    // reports how far it is (zstd's own progress line is off: it is not a terminal's).
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).map(|_| out)
+    });
+    let errs = std::thread::spawn(move || {
+        let mut e = String::new();
+        let _ = stderr.read_to_string(&mut e);
+        e
+    });
     let mut stdin = child.stdin.take().expect("piped");
-    let input = data.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let o = child
-        .wait_with_output()
-        .map_err(|e| Error::Tool(format!("zstd: {e}")))?;
-    writer
-        .join()
-        .map_err(|_| Error::Tool("zstd: writer panicked".into()))?
-        .map_err(|e| Error::Tool(format!("zstd: {e}")))?;
-    if !o.status.success() {
-        return Err(Error::Tool(format!(
-            "zstd: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )));
+    let total = data.len() as u64;
+    let mut fed = Ok(());
+    for (i, chunk) in data.chunks(1 << 20).enumerate() {
+        report(Progress::Count {
+            done: (i as u64) << 20,
+            total,
+            bytes: true,
+        });
+        fed = stdin.write_all(chunk);
+        if fed.is_err() {
+            break;
+        }
     }
-    Ok(o.stdout)
+    drop(stdin);
+    let status = child
+        .wait()
+        .map_err(|e| Error::Tool(format!("zstd: {e}")))?;
+    let out = reader
+        .join()
+        .map_err(|_| Error::Tool("zstd: reader panicked".into()))?
+        .map_err(|e| Error::Tool(format!("zstd: {e}")))?;
+    let errs = errs.join().unwrap_or_default();
+    if !status.success() {
+        return Err(Error::Tool(format!("zstd: {}", errs.trim())));
+    }
+    fed.map_err(|e| Error::Tool(format!("zstd: {e}")))?;
+    report(Progress::Count {
+        done: total,
+        total,
+        bytes: true,
+    });
+    Ok(out)
 }
 
 /// A module's bytes, decompressed when it is `.ko.xz` (the initramfs is compressed as a whole,
@@ -222,9 +251,27 @@ fn read_module(mdir: &Path, rel: &str) -> Result<(Vec<u8>, String), Error> {
     }
 }
 
-/// Builds the initramfs around the agent and the kernel's modules; `progress` hears each step.
-pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<Built, Error> {
-    progress("[1/5] kernel");
+/// What a build reports as it goes: a stage begins, a remark, or how far a counted stage is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress<'a> {
+    /// A stage begins ("[2/5] modules for ...").
+    Stage(&'a str),
+    /// A remark within the stage.
+    Note(&'a str),
+    /// `done` of `total` units (modules, bytes) of the current stage.
+    Count {
+        /// Done so far.
+        done: u64,
+        /// All of them.
+        total: u64,
+        /// The units are bytes (else items).
+        bytes: bool,
+    },
+}
+
+/// Builds the initramfs around the agent and the kernel's modules; `report` hears each step.
+pub fn build(input: &BuildInput<'_>, report: &mut dyn FnMut(Progress<'_>)) -> Result<Built, Error> {
+    report(Progress::Stage("[1/5] kernel"));
     let (kpath, kver) = find_kernel(input.kernel_root)?;
     let vmlinuz =
         std::fs::read(&kpath).map_err(|e| Error::Input(format!("{}: {e}", kpath.display())))?;
@@ -236,7 +283,9 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         )));
     }
     if !mdir.join("modules.dep").exists() {
-        progress("      running depmod (the .deb ships no modules.dep)");
+        report(Progress::Note(
+            "running depmod (the .deb ships no modules.dep)",
+        ));
         let o = std::process::Command::new("depmod")
             .arg("-b")
             .arg(input.kernel_root)
@@ -250,7 +299,7 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
             )));
         }
     }
-    progress(&format!("[2/5] modules for {kver}"));
+    report(Progress::Stage(&format!("[2/5] modules for {kver}")));
     let dep = ModuleDep::parse(
         &std::fs::read_to_string(mdir.join("modules.dep"))
             .map_err(|e| Error::Input(format!("modules.dep: {e}")))?,
@@ -271,7 +320,12 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
     let mut mods = Vec::new();
     let mut deps = std::collections::BTreeMap::new();
     let mut a = Archive::new();
-    for m in &order {
+    for (i, m) in order.iter().enumerate() {
+        report(Progress::Count {
+            done: i as u64,
+            total: order.len() as u64,
+            bytes: false,
+        });
         let rel = dep.path(m).expect("resolved modules have paths");
         let (data, rel) = read_module(&mdir, rel)
             .map_err(|e| Error::Input(format!("module {m} ({rel}): {e}")))?;
@@ -285,8 +339,8 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         &std::fs::read_to_string(mdir.join("modules.alias")).unwrap_or_default(),
         &keep,
     );
-    progress(&format!(
-        "      {} modules ({} hardware drivers not in this kernel: {})",
+    report(Progress::Note(&format!(
+        "{} modules ({} hardware drivers not in this kernel: {})",
         order.len(),
         missing_hardware.len(),
         if missing_hardware.is_empty() {
@@ -294,8 +348,8 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         } else {
             missing_hardware.join(" ")
         }
-    ));
-    progress("[3/5] agent");
+    )));
+    report(Progress::Stage("[3/5] agent"));
     let agent = std::fs::read(input.agent).map_err(|e| Error::Input(format!("{}: {e} (build it: cargo build --profile agent --target x86_64-unknown-linux-musl -p remediation-payload --bin unbrick-agent)", input.agent.display())))?;
     if agent.get(..4) != Some(b"\x7fELF") {
         return Err(Error::Input(format!(
@@ -325,20 +379,22 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
         0o644,
     );
     if input.bitlocker {
-        progress("      cryptsetup with its libraries (BitLocker unlock)");
+        report(Progress::Note(
+            "cryptsetup with its libraries (BitLocker unlock)",
+        ));
         let cs = input
             .cryptsetup
             .map(Path::to_path_buf)
             .or_else(|| CRYPTSETUP.iter().map(PathBuf::from).find(|p| p.exists()))
             .ok_or_else(|| Error::Input("cryptsetup is not installed on this machine; the image needs it to unlock BitLocker (apt-get install cryptsetup-bin, or build with --no-bitlocker)".into()))?;
         let cs_bytes = add_cryptsetup(&mut a, &cs)?;
-        progress(&format!(
-            "      {} and its libraries: {:.1} MB",
+        report(Progress::Note(&format!(
+            "{} and its libraries: {:.1} MB",
             cs.display(),
             cs_bytes as f64 / 1e6
-        ));
+        )));
     } else {
-        progress("      without BitLocker unlocking (--no-bitlocker): encrypted volumes are reported, not opened");
+        report(Progress::Note("without BitLocker unlocking (--no-bitlocker): encrypted volumes are reported, not opened"));
     }
     a.char_dev("dev/console", 5, 1);
     for d in [
@@ -346,10 +402,10 @@ pub fn build(input: &BuildInput<'_>, progress: &mut dyn FnMut(&str)) -> Result<B
     ] {
         a.dir(d);
     }
-    progress("[4/5] initramfs (cpio newc, zstd -19)");
+    report(Progress::Stage("[4/5] initramfs (cpio newc, zstd -18)"));
     let raw = a.to_bytes();
-    let initrd = zstd(&raw)?;
-    progress(&format!("[5/5] done: vmlinuz {:.1} MB, initrd {:.1} MB compressed ({:.1} MB uncompressed, {} entries)", vmlinuz.len() as f64 / 1e6, initrd.len() as f64 / 1e6, raw.len() as f64 / 1e6, a.len()));
+    let initrd = zstd(&raw, report)?;
+    report(Progress::Stage(&format!("[5/5] done: vmlinuz {:.1} MB, initrd {:.1} MB compressed ({:.1} MB uncompressed, {} entries)", vmlinuz.len() as f64 / 1e6, initrd.len() as f64 / 1e6, raw.len() as f64 / 1e6, a.len())));
     Ok(Built {
         kernel_version: kver,
         vmlinuz,
