@@ -27,12 +27,12 @@ CONF
 export APT_CONFIG="$state/apt.conf"
 export DEBIAN_FRONTEND=noninteractive
 
-stamp="$state/installed-v6"
+stamp="$state/installed-v7"
 pkgs=(isc-dhcp-client udhcpc atftp atftpd dnsmasq-base nginx-light kea-admin
       ipxe ipxe-qemu ovmf shim-signed grub-efi-amd64-signed
       ntfs-3g gdisk fdisk iproute2 bridge-utils tcpdump xz-utils zstd kmod cpio musl-tools
       cryptsetup-bin dislocker python3-venv chromium chromium-driver jq procps psmisc bc xxd file
-      openipmi openssl)
+      openipmi openssl mmdebstrap lintian)
 bpo=(qemu-system-x86 seabios)
 
 if [ ! -f "$stamp" ]; then
@@ -81,6 +81,12 @@ fi
 # playwright-core (npm) drives Debian's Chromium in the browser test; pinned by package-lock.json.
 if [ ! -d "$here/tests/browser/node_modules/playwright-core" ]; then
   ( cd "$here/tests/browser" && npm ci --no-audit --no-fund --loglevel=error )
+fi
+
+# cargo-deb builds the Debian package (scripts/deb.sh); pinned, compiled once per machine
+# (about a minute).
+if [ ! -x /var/tmp/unbrick-cargo-deb/bin/cargo-deb ]; then
+  cargo install -q --locked cargo-deb --version 3.8.0 --root /var/tmp/unbrick-cargo-deb
 fi
 
 # musl target for the static agent (rustup fetches it; the payload test needs it).

@@ -13,6 +13,13 @@ fi
 echo "== installing dependencies"
 bash scripts/install-deps.sh
 
+# The clean Debian 12 root for the package test, made now while the tests below compile (mostly
+# network; the package is installed into it at the end).
+mkdir -p target/deb
+bash scripts/deb-test.sh root >target/deb/root.log 2>&1 &
+debroot=$!
+trap 'kill "$debroot" 2>/dev/null || true' EXIT
+
 echo "== cargo fmt --check"
 cargo fmt --all --check
 
@@ -46,3 +53,12 @@ bash scripts/fuzz.sh
 
 echo "== cargo test (unit, property, real clients, QEMU firmware)"
 cargo test --workspace --no-fail-fast
+
+echo "== Debian package: built with cargo-deb, checked with lintian, installed into a clean Debian 12"
+DEB_PROFILE=dev bash scripts/deb.sh
+if ! wait "$debroot"; then
+  cat target/deb/root.log
+  echo "scripts/deb-test.sh root failed (above)" >&2
+  exit 1
+fi
+bash scripts/deb-test.sh check
