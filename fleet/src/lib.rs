@@ -18,6 +18,8 @@ pub mod lease;
 pub mod lifecycle;
 pub mod mac;
 pub mod policy;
+pub mod progress;
+pub mod stages;
 #[cfg(feature = "sled-store")]
 pub mod store;
 

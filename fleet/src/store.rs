@@ -162,6 +162,10 @@ pub trait Store: Send + Sync + 'static {
     fn escrows(&self) -> Result<Vec<crate::escrow::EscrowRecord>, StoreError>;
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Saves the fleet's progress series (the console's chart), replacing the last one.
+    fn put_progress(&self, series: &crate::progress::Series) -> Result<(), StoreError>;
+    /// The progress series saved last, if any.
+    fn progress(&self) -> Result<Option<crate::progress::Series>, StoreError>;
     /// Free space where the store lives, when the store knows it.
     fn space(&self) -> Option<Space> {
         None
@@ -495,6 +499,21 @@ impl Store for SledStore {
                 decode("audit entry", &v)
             })
             .collect()
+    }
+
+    fn put_progress(&self, series: &crate::progress::Series) -> Result<(), StoreError> {
+        self.guard.check()?;
+        self.db
+            .open_tree("meta")?
+            .insert("progress", encode(series))?;
+        Ok(())
+    }
+
+    fn progress(&self) -> Result<Option<crate::progress::Series>, StoreError> {
+        match self.db.open_tree("meta")?.get("progress")? {
+            Some(v) => decode("progress series", &v).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn put_campaign(&self, c: &crate::Campaign) -> Result<(), StoreError> {

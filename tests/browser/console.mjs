@@ -47,6 +47,11 @@ try {
   const session = cookies.find((c) => c.name === "__Host-unbrick_session");
   check(session && session.secure && session.httpOnly && session.sameSite === "Strict" && session.path === "/",
     "the session cookie is __Host-, Secure, HttpOnly, SameSite=Strict: " + JSON.stringify(cookies.map((c) => c.name)));
+  // The first-run panel: hosts are imported, no campaign exists yet, so it names that step.
+  const firstRun = await page.textContent("#first-run");
+  check(firstRun.includes("Start a campaign, canaries first") && !firstRun.includes("Make the machines network-boot"),
+    "the first-run panel names the step left (a campaign), not the ones done (hosts)");
+  await page.screenshot({ path: `${out}/console-first-run.png`, fullPage: true });
   await page.waitForFunction(() => document.querySelector("#live").textContent === "live", null, { timeout: 10000 });
   check(true, "the live event stream is connected");
 

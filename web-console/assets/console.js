@@ -39,6 +39,21 @@
     }, 300);
   }
 
+  // The chart and the wave bars are drawn on the server: every 15 s the dashboard fetches
+  // itself and takes the new ones.
+  const glance = $("#glance");
+  if (dash && glance && window.DOMParser) {
+    setInterval(async () => {
+      try {
+        const r = await fetch(location.pathname + location.search, { headers: { Accept: "text/html" } });
+        if (!r.ok) return;
+        const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+        const fresh = doc.getElementById("glance");
+        if (fresh) glance.replaceChildren(...Array.from(fresh.childNodes));
+      } catch (e) { /* the next round retries */ }
+    }, 15000);
+  }
+
   function fmtTime(ms) {
     const d = new Date(ms).toISOString();
     return d.slice(0, 19) + "Z";

@@ -6,6 +6,7 @@
 use crate::auth::AuthErrors;
 use crate::auth::{error, Caller};
 use crate::extract::StrictQuery;
+use crate::progress::{ProgressView, StageView};
 use crate::query::{self, Filter, HostImport, RowError};
 use crate::Console;
 use axum::body::Bytes;
@@ -228,6 +229,15 @@ pub async fn summary(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     Json(c.fleet.with_hosts(|h| query::summary(h.values()))).into_response()
 }
 
+/// The fleet's progress over time: hosts per group of states, the recovery rate, the
+/// estimated finish
+#[utoipa::path(get, path = "/api/v1/progress", operation_id = "progress",
+    responses((status = 200, description = "Samples and the estimate", body = ProgressView), AuthErrors))]
+pub async fn progress(State(c): State<Arc<Console>>, _who: Caller) -> Response {
+    let now = fleet_service::now_ms();
+    Json(crate::progress::view(&c.fleet.progress(), now)).into_response()
+}
+
 /// Hosts, filtered and paginated (sorted by MAC)
 #[utoipa::path(get, path = "/api/v1/hosts", operation_id = "listHosts",
     params(
@@ -271,6 +281,8 @@ pub fn parse_mac(s: &str) -> Result<Mac, Response> {
 pub struct Detail {
     /// The host.
     host: HostView,
+    /// The latest attempt, stage by stage (DHCP to back in Windows), from the events.
+    stages: Vec<StageView>,
     events: Vec<EventView>,
 }
 
@@ -292,6 +304,7 @@ pub async fn host_detail(
         let events = store_events(&c, mac).await?;
         Ok(Json(Detail {
             host: view(&host),
+            stages: crate::progress::stages(&events),
             events: events.iter().map(event_view).collect(),
         })
         .into_response())

@@ -474,14 +474,24 @@ fn trigger(c: &Arc<Console>, now: u64) {
     }
 }
 
+/// How often the fleet's progress is sampled for the chart, in seconds.
+pub const PROGRESS_SAMPLE_SECS: u64 = 3;
+
 /// Every second: campaigns advance (timeouts, verification windows, gates); host changes are
-/// applied through the fleet's single writer; changed campaigns are persisted.
+/// applied through the fleet's single writer; changed campaigns are persisted. Every
+/// [`PROGRESS_SAMPLE_SECS`] the fleet's progress is sampled.
 pub fn spawn_ticker(c: Arc<Console>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut n = 0u64;
         loop {
             tick.tick().await;
             let now = fleet_service::now_ms();
+            // The dashboard's chart: hosts per group of states, sampled every few seconds.
+            if n.is_multiple_of(PROGRESS_SAMPLE_SECS) {
+                c.fleet.sample_progress(now);
+            }
+            n += 1;
             if c.campaigns.any_active() {
                 let (changes, logs) = c.fleet.with_hosts(|h| c.campaigns.tick(h, now));
                 for l in logs {

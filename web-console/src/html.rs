@@ -249,6 +249,12 @@ struct Dashboard {
     flash: Option<String>,
     /// The first steps not yet taken (no image, no host, no campaign), in order.
     first_run: Vec<FirstStep>,
+    /// The chart of hosts per group of states over time (SVG; empty before two samples).
+    chart: String,
+    /// The recovery rate and the estimated finish, in words.
+    headline: Option<String>,
+    /// The campaigns under way (running, paused, halted): name, id, a bar per wave.
+    campaign_bars: Vec<(String, String, Vec<crate::progress::WaveBar>)>,
 }
 
 /// A step of the first-run panel: what to do next, and how.
@@ -345,6 +351,13 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
         })
         .collect();
     let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    let now = fleet_service::now_ms();
+    let series = c.fleet.progress();
+    let campaign_bars = crate::campaigns::views(c, None)
+        .into_iter()
+        .filter(|v| matches!(v.state.as_str(), "running" | "paused" | "halted"))
+        .map(|v| (v.name.clone(), v.id.clone(), crate::progress::wave_bars(&v)))
+        .collect();
     page(
         StatusCode::OK,
         &Dashboard {
@@ -367,6 +380,9 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
             f_flag: o(&f.flag),
             flash,
             first_run: first_steps(c, summary_total),
+            chart: crate::progress::chart_svg(&series, now),
+            headline: crate::progress::headline(&series, now),
+            campaign_bars,
         },
     )
 }
@@ -404,6 +420,8 @@ struct HostPage {
     events: Vec<api::EventView>,
     /// There are older events than these (in the API and `unbrick hosts show`).
     older: bool,
+    /// The latest attempt, stage by stage.
+    stages: Vec<crate::progress::StageView>,
 }
 
 /// `GET /hosts/{mac}`: one host, its timeline and its actions.
@@ -440,6 +458,7 @@ pub async fn host_page(
             store_alert: store_alert(&c),
             csrf: s.csrf,
             h: api::view(&h),
+            stages: crate::progress::stages(&events),
             events: events.iter().map(api::event_view).collect(),
             older,
         },
@@ -640,6 +659,8 @@ struct CampaignPage {
     fail_pct: String,
     soak_min: u64,
     flash: Option<String>,
+    /// A progress bar per wave.
+    bars: Vec<crate::progress::WaveBar>,
 }
 
 fn campaigns_page(c: &Console, s: &Session, flash: Option<String>, status: StatusCode) -> Response {
@@ -689,6 +710,7 @@ fn campaign_page(c: &Console, s: &Session, id: &str, flash: Option<String>) -> R
             csrf: s.csrf.clone(),
             fail_pct: format!("{:.0}", v.gate.max_failure_rate * 100.0),
             soak_min: v.gate.min_soak_ms / 60_000,
+            bars: crate::progress::wave_bars(&v),
             c: v,
             actions,
             flash,

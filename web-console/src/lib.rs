@@ -17,6 +17,7 @@ pub mod controllers;
 pub mod extract;
 pub mod html;
 pub mod openapi;
+pub mod progress;
 pub mod query;
 pub mod tokens;
 pub mod transport;
@@ -100,6 +101,7 @@ pub fn router(c: Arc<Console>) -> Router {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi::openapi))
         .route("/api/v1/summary", get(api::summary))
+        .route("/api/v1/progress", get(api::progress))
         .route("/api/v1/hosts", get(api::list_hosts))
         .route("/api/v1/hosts/import", post(api::import_hosts))
         .route("/api/v1/hosts/actions", post(api::bulk_action))

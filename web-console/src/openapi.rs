@@ -86,6 +86,7 @@ impl Modify for Bearer {
     modifiers(&Bearer),
     paths(
         api::summary,
+        api::progress,
         api::list_hosts,
         api::host_detail,
         api::import_hosts,
@@ -114,6 +115,9 @@ impl Modify for Bearer {
         controllers::ControllerView,
         controllers::ControllerList,
         query::Summary,
+        crate::progress::ProgressView,
+        crate::progress::SampleView,
+        crate::progress::StageView,
         api::HostPage,
         query::ReportRow,
         api::HostView,

@@ -271,6 +271,63 @@ async fn every_endpoint_refuses_missing_and_bad_credentials() {
     );
 }
 
+/// The chart's series: sampled from the fleet, served by /api/v1/progress with the rate and the
+/// estimate, drawn on the dashboard, kept in the store across a restart; a host's detail has its
+/// stage strip.
+#[tokio::test]
+async fn progress_series_estimate_chart_and_stages() {
+    let t = setup("progress");
+    let a = Some(t.admin.as_str());
+    // Two minutes ago and one minute ago: the rate is over the last 10 minutes of the clock.
+    let t0 = fleet_service::now_ms() - 120_000;
+    // 30 hosts: 10 done, 10 failed, 10 seen. Then 5 more done a minute later.
+    assert!(t.fleet.sample_progress(t0));
+    assert!(!t.fleet.sample_progress(t0 + 3_000), "no change: no sample");
+    for i in [2u8, 5, 8, 11, 14] {
+        let mut h = t.fleet.host(Mac([0x52, 0x54, 0, 0xab, 0, i])).unwrap();
+        h.state = HostState::Remediated;
+        t.fleet.put_fixture(h).unwrap();
+    }
+    assert!(t.fleet.sample_progress(t0 + 60_000));
+    let (s, _, b) = send(&t, get("/api/v1/progress", a)).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!(v["groups"][0], "done");
+    let samples = v["samples"].as_array().unwrap();
+    assert_eq!(samples.len(), 2, "{b}");
+    assert_eq!(samples[0]["counts"], serde_json::json!([10, 0, 10, 10]));
+    assert_eq!(samples[1]["counts"], serde_json::json!([15, 0, 5, 10]));
+    assert_eq!(v["remaining"], 15);
+    assert!(v["rate_per_min"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(v["finish"].as_str().unwrap().ends_with('Z'), "{b}");
+    // Without a token: refused like every other endpoint.
+    let (s, _, _) = send(&t, get("/api/v1/progress", None)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The dashboard draws it.
+    let cookie = console_login(&t).await;
+    let (s, _, html) = send(&t, page_req(&cookie, "/")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        html.contains("id=\"progress-chart\"") && html.contains("data-points=\"2\""),
+        "{html}"
+    );
+    assert!(html.contains("hosts a minute"), "the rate is said");
+    // A restart keeps the series.
+    let store = t.fleet.store_arc();
+    let again = FleetIo::new(store, t.policy.clone()).unwrap();
+    assert_eq!(again.progress().samples().len(), 2);
+    // A host's detail: the strip of its latest attempt (one DHCP event in the fixture).
+    let (_, _, b) = send(&t, get("/api/v1/hosts/52:54:00:ab:00:01", a)).await;
+    let v = json(&b);
+    let stages = v["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 8);
+    assert_eq!(stages[0]["name"], "DHCP");
+    assert!(
+        stages[0]["started"].is_string() && stages[1]["started"].is_null(),
+        "{b}"
+    );
+}
+
 #[tokio::test]
 async fn list_filter_paginate_and_detail() {
     let t = setup("list");

@@ -62,6 +62,8 @@ pub struct FleetIo {
     events_kept: usize,
     /// Events appended per host since its timeline was last trimmed.
     appended: Mutex<HashMap<Mac, u32>>,
+    /// Hosts per group of states over time (the console's chart), saved in the store.
+    progress: Mutex<fleet::progress::Series>,
 }
 
 /// A host's timeline keeps its newest this many events by default (`serve --events-per-host`;
@@ -94,7 +96,13 @@ impl FleetIo {
         for h in hosts.values() {
             policy.observe(h);
         }
+        // The chart's history survives a restart; an unreadable one is started again.
+        let progress = store.progress().unwrap_or_else(|e| {
+            tracing::warn!("progress series: {e}; starting a new one");
+            None
+        });
         Ok(Self {
+            progress: Mutex::new(progress.unwrap_or_default()),
             store,
             policy,
             peers: Mutex::new(HashMap::new()),
@@ -120,6 +128,27 @@ impl FleetIo {
             appended: Mutex::new(HashMap::new()),
             events_kept: MAX_EVENTS_PER_HOST,
         })
+    }
+
+    /// Samples the hosts per group of states at `now_ms` into the progress series, and saves
+    /// the series when the sample was kept (a change, or a minute without one). A store that
+    /// cannot write loses only the chart's sample, never a host's data.
+    pub fn sample_progress(&self, now_ms: u64) -> bool {
+        let sample =
+            self.with_hosts(|h| fleet::progress::Sample::of(now_ms, h.values().map(|r| &r.state)));
+        let mut p = self.progress.lock().unwrap();
+        if !p.record(sample) {
+            return false;
+        }
+        if let Err(e) = self.store.put_progress(&p) {
+            tracing::debug!("progress series not saved: {e}");
+        }
+        true
+    }
+
+    /// The progress series (oldest sample first).
+    pub fn progress(&self) -> fleet::progress::Series {
+        self.progress.lock().unwrap().clone()
     }
 
     /// Uses `vault` for escrowed BitLocker keys.
