@@ -6,7 +6,7 @@
 use crate::auth::AuthErrors;
 use crate::auth::{error, Caller};
 use crate::extract::StrictQuery;
-use crate::progress::{ProgressView, StageView};
+use crate::progress::StageView;
 use crate::query::{self, Filter, HostImport, RowError};
 use crate::Console;
 use axum::body::Bytes;
