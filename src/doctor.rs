@@ -390,8 +390,10 @@ fn arp_table(sc: &Scope<'_>) -> Check {
     let Some(max) = read("/proc/sys/net/ipv4/neigh/default/gc_thresh3") else {
         return Check::warn(
             "arp table",
-            "cannot read net.ipv4.neigh.default.gc_thresh3".into(),
-            "check that the neighbour table holds the fleet".into(),
+            // Linux shows the table's limits only in the initial network namespace: in a
+            // container or another namespace the host's limits apply, unseen from here.
+            "cannot read net.ipv4.neigh.default.gc_thresh3 (not visible outside the host's initial network namespace)".into(),
+            "on the host, check that sysctl net.ipv4.neigh.default.gc_thresh3 holds the fleet (/usr/lib/sysctl.d/99-unbrick.conf)".into(),
         );
     };
     let hosts = sc.serving.unwrap_or_else(|| fleet_size(sc.d));

@@ -191,7 +191,7 @@ fn fleet_lab(
 
 /// `browse`: after the campaign, headless Chromium reads the console at a glance
 /// (tests/browser/glance.mjs): the chart has data points, a bar per wave, a host's stage strip;
-/// screenshots in the lab directory's `browser/`.
+/// screenshots in target/screenshots/.
 fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
     let sim = sim_binary();
     let _neigh = NeighTable::raise();
@@ -274,8 +274,11 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
             .join("\n")
     );
     if browse {
-        let shots = lab.dir.join("browser");
+        // Kept after the test (the lab directory is not): target/screenshots/.
+        let shots = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
         std::fs::create_dir_all(&shots).unwrap();
+        // A marker of an earlier run must not pass this one.
+        let _ = std::fs::remove_file(shots.join("glance-ok"));
         let o = lab.exec_in(
             &cns,
             &format!(
