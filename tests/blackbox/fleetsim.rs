@@ -321,10 +321,7 @@ fn soak_under_steady_load() {
     let (lab, fp, tok, cns, ifc) = fleet_lab(
         "sk",
         "soak",
-        // sled's page cache grows to its bound as the steady writes pass through it (64 MiB by
-        // default: the 30-minute soak rose 105 -> 181 MiB and levelled off); 16 MiB here keeps
-        // it inside the verdict's allowance, so growth past it is ours.
-        "--require-approval --events-per-host 20 --store-cache-mb 16",
+        "--require-approval --events-per-host 20",
         "52:54:0f:ff:ff:fe",
     );
     let o = lab.exec_in(
