@@ -4,14 +4,6 @@
 #![allow(missing_docs)]
 #![forbid(unsafe_code)]
 
-/// mimalloc, not glibc's malloc: under the soak (200 machines polling, pages, event streams)
-/// glibc's per-thread arenas kept what sled and the HTTP stack freed, so RSS grew about
-/// 3.5 MiB a minute while the live heap (heaptrack: 17.8 MiB at peak over 7 minutes) stayed
-/// flat; the growth was in the 64 MiB-aligned arena mappings. mimalloc returns freed pages to
-/// the system. (Trimming glibc's arenas needs malloc_trim, an unsafe call this crate forbids.)
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod cli;
 mod client;
 mod commands;
