@@ -5,33 +5,15 @@
 // Logs in, watches MAC's row change state live (no reload) while this script makes the host
 // network-boot (it fetches the host's iPXE script, as iPXE would), runs a bulk action on it, and
 // downloads the CSV export. Prints what it saw; exits non-zero on the first failed check.
-import { chromium } from "playwright-core";
+import { check, launch, watch } from "./common.mjs";
 import { readFileSync, writeFileSync } from "node:fs";
 
 const [base, token, mac, out, bootBase] = process.argv.slice(2);
-const check = (ok, what) => {
-  if (!ok) {
-    console.error("FAILED: " + what);
-    process.exit(1);
-  }
-  console.log("ok: " + what);
-};
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--ignore-certificate-errors",
-  ],
-});
+const browser = await launch();
 try {
   const ctx = await browser.newContext({ acceptDownloads: true, ignoreHTTPSErrors: true });
   const page = await ctx.newPage();
-  const external = [];
-  page.on("request", (r) => { if (!r.url().startsWith(base)) external.push(r.url()); });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
+  const { external, errors } = watch(page, base);
 
   // Login.
   await page.goto(base + "/");

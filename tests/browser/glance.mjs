@@ -5,33 +5,15 @@
 // the finish, the campaign page's bar per wave (WAVES of them, the first full), and a host's
 // stage strip (DHCP to report reached, each with its time). Exits non-zero on the first failed
 // check.
-import { chromium } from "playwright-core";
+import { check, launch, watch } from "./common.mjs";
 import { writeFileSync } from "node:fs";
 
 const [base, token, out, waves] = process.argv.slice(2);
-const check = (ok, what) => {
-  if (!ok) {
-    console.error("FAILED: " + what);
-    process.exit(1);
-  }
-  console.log("ok: " + what);
-};
-
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--ignore-certificate-errors",
-  ],
-});
+const browser = await launch();
 try {
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
   const page = await ctx.newPage();
-  const external = [];
-  page.on("request", (r) => { if (!r.url().startsWith(base)) external.push(r.url()); });
-  const errors = [];
-  page.on("pageerror", (e) => errors.push(String(e)));
+  const { external, errors } = watch(page, base);
 
   await page.goto(base + "/login");
   await page.fill("#token", token);
