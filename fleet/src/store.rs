@@ -131,6 +131,9 @@ pub trait Store: Send + Sync + 'static {
     fn remove_host(&self, mac: Mac) -> Result<bool, StoreError>;
     /// Appends to a host's history.
     fn append_event(&self, mac: Mac, event: &Event) -> Result<(), StoreError>;
+    /// Writes a host's record and appends `events` to its history in one atomic step: after a
+    /// crash the store has all of them or none (an agent's report and its timeline entries).
+    fn put_host_with_events(&self, host: &HostRecord, events: &[Event]) -> Result<(), StoreError>;
     /// A host's history, oldest first.
     fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError>;
     /// A host's newest `n` events, oldest first (a page that shows a timeline reads only these).
@@ -416,6 +419,32 @@ impl Store for SledStore {
         key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
         self.events.insert(key, encode(event))?;
         Ok(())
+    }
+
+    fn put_host_with_events(&self, host: &HostRecord, events: &[Event]) -> Result<(), StoreError> {
+        use sled::Transactional;
+        self.guard.check()?;
+        let mut keyed = Vec::with_capacity(events.len());
+        for e in events {
+            let mut key = host.mac.0.to_vec();
+            key.extend_from_slice(&self.db.generate_id()?.to_be_bytes());
+            keyed.push((key, encode(e)));
+        }
+        let rec = encode(host);
+        (&self.hosts, &self.events)
+            .transaction(|(h, ev)| {
+                h.insert(&host.mac.0[..], rec.as_slice())?;
+                for (k, v) in &keyed {
+                    ev.insert(k.as_slice(), v.as_slice())?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Rejected("the transaction was aborted".into())
+                }
+            })
     }
 
     fn events(&self, mac: Mac) -> Result<Vec<Event>, StoreError> {

@@ -28,27 +28,37 @@ fn crash_child_writer() {
     let mut out = std::io::stdout().lock();
     for i in start.. {
         let m = mac(i);
-        store
-            .update_host(m, i, &mut |h| {
-                h.payload_boots = (i / HOSTS) as u32 + 1;
-                h.notes = format!("write {i}");
-                if h.state == HostState::Unknown {
-                    h.state = HostState::Seen;
-                }
-                Ok(())
-            })
-            .unwrap();
-        store
-            .append_event(
-                m,
-                &Event {
-                    time_ms: i,
-                    source: EventSource::Agent,
-                    kind: "step".into(),
-                    message: format!("{i} {}", "x".repeat((i % 300) as usize)),
-                },
-            )
-            .unwrap();
+        let ev = |part: &str| Event {
+            time_ms: i,
+            source: EventSource::Agent,
+            kind: "step".into(),
+            message: format!("{i} {part}{}", "x".repeat((i % 300) as usize)),
+        };
+        if i % 5 == 0 {
+            // The report's way: the record and two timeline entries in one atomic write.
+            let mut h = store
+                .host(m)
+                .unwrap()
+                .unwrap_or_else(|| HostRecord::new(m, i));
+            h.payload_boots = (i / HOSTS) as u32 + 1;
+            h.notes = format!("atomic {i}");
+            if h.state == HostState::Unknown {
+                h.state = HostState::Seen;
+            }
+            store.put_host_with_events(&h, &[ev("a"), ev("b")]).unwrap();
+        } else {
+            store
+                .update_host(m, i, &mut |h| {
+                    h.payload_boots = (i / HOSTS) as u32 + 1;
+                    h.notes = format!("write {i}");
+                    if h.state == HostState::Unknown {
+                        h.state = HostState::Seen;
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            store.append_event(m, &ev("")).unwrap();
+        }
         // Every third write is acknowledged on its own; the others in pairs, as the server's
         // group commit does.
         if i % 3 != 1 {
@@ -151,9 +161,25 @@ fn every_acknowledged_write_survives_sigkill() {
                 .map(|e| e.message.split(' ').next().unwrap().parse().unwrap())
                 .collect();
             assert!(
-                order.windows(2).all(|w| w[0] < w[1]),
+                order.windows(2).all(|w| w[0] <= w[1]),
                 "round {round}: events of {m} out of order"
             );
+            // An atomic write is whole: both its events or neither, and a record that shows
+            // it has them.
+            for &i in order.iter().filter(|i| *i % 5 == 0) {
+                let n = order.iter().filter(|j| **j == i).count();
+                assert_eq!(n, 2, "round {round}: atomic write {i} of {m} is in part");
+            }
+            if let Some(i) = rec
+                .as_ref()
+                .and_then(|r| r.notes.strip_prefix("atomic "))
+                .map(|i| i.parse::<u64>().unwrap())
+            {
+                assert!(
+                    seen.contains(&i),
+                    "round {round}: record of atomic write {i} of {m} without its events"
+                );
+            }
             highest = highest.max(order.last().copied().unwrap_or(0));
         }
         // Still writable after the crash.

@@ -320,26 +320,30 @@ pub async fn report(
         now,
     );
     let reason = rep.reason.clone().unwrap_or_default();
-    for f in &rep.files {
-        s.fleet.event(
-            mac,
-            EventSource::Agent,
-            "agent-file",
-            format!(
-                "{} {} on {} ({} bytes, sha256 {}){}",
-                f.action,
-                f.path,
-                f.volume,
-                f.size,
-                f.sha256,
-                f.quarantined_to
-                    .as_ref()
-                    .map(|q| format!(" -> {q}"))
-                    .unwrap_or_default()
-            ),
-            now,
-        );
-    }
+    // The files, the state change and the summary are one atomic write: a kill between them
+    // would leave a report whose retry is "already recorded" but whose timeline lacks it.
+    let mut events: Vec<(EventSource, &str, String)> = rep
+        .files
+        .iter()
+        .map(|f| {
+            (
+                EventSource::Agent,
+                "agent-file",
+                format!(
+                    "{} {} on {} ({} bytes, sha256 {}){}",
+                    f.action,
+                    f.path,
+                    f.volume,
+                    f.size,
+                    f.sha256,
+                    f.quarantined_to
+                        .as_ref()
+                        .map(|q| format!(" -> {q}"))
+                        .unwrap_or_default()
+                ),
+            )
+        })
+        .collect();
     let summary = format!(
         "report: {:?}{}; {} volume(s): {}; agent took {} ms",
         rep.result,
@@ -356,11 +360,13 @@ pub async fn report(
             .join(", "),
         rep.agent_ms
     );
-    if let Err(r) = observe(&s, mac, &Input::AgentReport(&rep), now) {
-        return r;
+    events.push((EventSource::Agent, "agent-report", summary));
+    if let Err(e) = s
+        .fleet
+        .observe_with_events(mac, &Input::AgentReport(&rep), &events, now)
+    {
+        return fleet_error(&e.into());
     }
-    s.fleet
-        .event(mac, EventSource::Agent, "agent-report", summary, now);
     if let Err(r) = flush(&s).await {
         return r;
     }

@@ -755,11 +755,26 @@ fn a_campaign_network_boots_its_waves_through_their_controllers() {
     );
     // Each network-booted once, then booted its disk again.
     for (m, dir) in macs.iter().zip(&dirs) {
-        // The agent reboots after its report: wait for that next start.
-        let rebooted = |ev: &[String]| {
+        // A network boot that ran. A boot-looping machine may restart by itself between the
+        // boot override and the reset: that start uses the override up and the reset cuts it
+        // short ("start once=n", "reset"), as on real hardware, and the campaign tries again
+        // after its wait. Such a cut-short start is not a network boot.
+        let network_boots = |ev: &[String]| -> Vec<usize> {
             ev.iter()
-                .position(|e| e == "start once=n")
-                .is_some_and(|i| ev[i + 1..].iter().any(|e| e == "start c"))
+                .enumerate()
+                .filter(|(i, e)| {
+                    e.as_str() == "start once=n"
+                        && ev.get(i + 1).map(String::as_str) != Some("reset")
+                })
+                .map(|(i, _)| i)
+                .collect()
+        };
+        // The agent reboots after its report: wait for the start after the last network boot
+        // (not after a cut-short one, which is followed by a disk start too).
+        let rebooted = |ev: &[String]| {
+            network_boots(ev)
+                .last()
+                .is_some_and(|&i| ev[i + 1..].iter().any(|e| e == "start c"))
         };
         for _ in 0..600 {
             if rebooted(&chassis_events(dir)) {
@@ -768,18 +783,7 @@ fn a_campaign_network_boots_its_waves_through_their_controllers() {
             std::thread::sleep(Duration::from_millis(100));
         }
         let ev = chassis_events(dir);
-        // A network boot that ran. A boot-looping machine may restart by itself between the
-        // boot override and the reset: that start uses the override up and the reset cuts it
-        // short ("start once=n", "reset"), as on real hardware, and the campaign tries again
-        // after its wait. Such a cut-short start is not a network boot.
-        let once: Vec<usize> = ev
-            .iter()
-            .enumerate()
-            .filter(|(i, e)| {
-                e.as_str() == "start once=n" && ev.get(i + 1).map(String::as_str) != Some("reset")
-            })
-            .map(|(i, _)| i)
-            .collect();
+        let once = network_boots(&ev);
         assert_eq!(once.len(), 1, "{m}: one network boot: {ev:?}");
         assert!(
             ev[once[0] + 1..].iter().any(|e| e == "start c"),

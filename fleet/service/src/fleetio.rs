@@ -453,6 +453,55 @@ impl FleetIo {
             tracing::error!("store: cannot record event for {mac}: {e}");
             return;
         }
+        self.appended(mac, ev, now_ms);
+    }
+
+    /// Applies `input` to a known host like [`FleetIo::observe`], and writes the record, the
+    /// note and `extra` events (source, kind, message) in one atomic store write: after a crash
+    /// the store has the new state with all its timeline entries, or none of it (an agent's
+    /// report, whose retry is answered "already recorded" from the record alone).
+    pub fn observe_with_events(
+        &self,
+        mac: Mac,
+        input: &Input<'_>,
+        extra: &[(EventSource, &str, String)],
+        now_ms: u64,
+    ) -> Result<Option<Note>, fleet::StoreError> {
+        let (rec, note, events) = {
+            let mut hosts = self.hosts.lock().unwrap();
+            let mut rec = hosts
+                .get(&mac)
+                .cloned()
+                .ok_or_else(|| fleet::StoreError::Rejected(format!("{mac}: no host record")))?;
+            let note = lifecycle::apply(&mut rec, input, now_ms);
+            let ev = |source, kind: &str, message: String| Event {
+                time_ms: now_ms,
+                source,
+                kind: kind.to_string(),
+                message,
+            };
+            let events: Vec<Event> = note
+                .iter()
+                .map(|n| ev(n.source, n.kind, n.text()))
+                .chain(extra.iter().map(|(s, k, m)| ev(*s, k, m.clone())))
+                .collect();
+            self.store.put_host_with_events(&rec, &events)?;
+            hosts.insert(mac, rec.clone());
+            self.policy.observe(&rec);
+            (rec, note, events)
+        };
+        drop(rec);
+        for ev in events {
+            if ev.source != EventSource::Dhcp {
+                tracing::info!("{mac} {}: {}", ev.kind, ev.message);
+            }
+            self.appended(mac, ev, now_ms);
+        }
+        Ok(note)
+    }
+
+    /// After an event was stored: the timeline's bound, and the live stream.
+    fn appended(&self, mac: Mac, ev: Event, now_ms: u64) {
         self.bound_timeline(mac, now_ms);
         if self.changes.receiver_count() > 0 {
             let (state, reason) = match self.hosts.lock().unwrap().get(&mac) {

@@ -324,7 +324,7 @@ struct HostLog {
     /// When it first got the payload (the wave check uses the earliest).
     payload_ms: Option<u64>,
     report_sent_ms: Option<u64>,
-    /// Each boot's time in the payload: from the script with a token to the report's answer
+    /// Each boot's time in the payload: from the script with a token to the report's first attempt
     /// or the boot's failure (the concurrency check).
     in_payload: Vec<(u64, u64)>,
     /// Report IDs the server acknowledged with a 200 (result `remediated`).
@@ -477,11 +477,16 @@ async fn boot_once(
             let data = serde_json::to_vec(&body).unwrap();
             let mut delay = Duration::from_millis(300);
             let mut last = String::new();
+            // When the first attempt left. The server may have acted on any attempt: one it
+            // recorded (and made durable) just before a SIGKILL goes unanswered, and its
+            // retry after the restart is answered "already recorded". From then on the
+            // server may give the host's slot to another, so the machine's time in the
+            // payload ends here for the concurrency check (the server held the slot at
+            // least until then).
+            let first = now_ms();
             for _ in 0..20 {
-                // When the answered attempt left: the server cannot have acted on it earlier.
-                let sent = now_ms();
                 match agent_post(&mut conn, tls, ip, &dev, p, &data).await {
-                    Ok((200, _)) => return Ok(sent),
+                    Ok((200, _)) => return Ok(first),
                     Ok((st, b)) if (400..500).contains(&st) => {
                         return Err(format!("{p}: {st} {}", String::from_utf8_lossy(&b)))
                     }
@@ -874,7 +879,7 @@ fn main() {
             }
         }
     }
-    // Concurrency: hosts between getting the payload and sending the report.
+    // Concurrency: hosts between getting the payload and first sending the report.
     let mut edges: Vec<(u64, i32)> = Vec::new();
     for l in &log {
         for &(a, b) in &l.in_payload {
