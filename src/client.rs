@@ -214,7 +214,7 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                         s(&h["ip"]),
                         s(&h["last_seen"]),
                         h["payload_boots"].as_u64().unwrap_or(0),
-                        s(&h["hostname"]),
+                        &host_name(h["hostname"].as_str(), h["name_on_disk"].as_str()),
                         h["reason"].as_str().unwrap_or(""),
                     );
                 }
@@ -238,7 +238,7 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
                     &h.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
                     &query::iso(h.last_seen_ms),
                     h.payload_boots as u64,
-                    h.hostname.as_deref().unwrap_or("-"),
+                    &host_name(h.hostname.as_deref(), h.name_on_disk.as_deref()),
                     h.state.reason().unwrap_or(""),
                 );
             }
@@ -267,7 +267,7 @@ pub(crate) fn hosts(h: HostsCmd) -> Result<(), Fail> {
             println!(
                 "{}  {}  state {}{}  since {}",
                 s(&h["mac"]),
-                h["hostname"].as_str().unwrap_or(""),
+                host_name(h["hostname"].as_str(), h["name_on_disk"].as_str()),
                 s(&h["state"]),
                 h["reason"]
                     .as_str()
@@ -804,4 +804,14 @@ pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
         }
     }
     Ok(())
+}
+
+/// The Host column: the imported name, else the name read from the disk (marked so, as it is
+/// the disk's word), else `-`.
+fn host_name(imported: Option<&str>, on_disk: Option<&str>) -> String {
+    match (imported.filter(|s| !s.is_empty()), on_disk) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(d)) if !d.is_empty() => format!("{d} (on disk)"),
+        _ => "-".into(),
+    }
 }

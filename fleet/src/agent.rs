@@ -131,6 +131,10 @@ pub struct VolumeReport {
     /// BitLocker key protectors found in the volume's metadata, as `GUID kind`.
     #[serde(default)]
     pub protectors: Vec<String>,
+    /// The Windows computer name in the volume's SYSTEM hive ("name on disk"). Whoever can
+    /// write the disk chooses it: it is shown and searchable, never used to decide anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computer_name: Option<String>,
 }
 
 /// `POST /agent/v1/report`: the final result. `report_id` makes retries idempotent.
@@ -160,6 +164,8 @@ pub struct Report {
 
 /// Most characters of a short agent-supplied field (IDs, names, devices) kept.
 pub const MAX_SHORT: usize = 128;
+/// Most characters of a computer name kept (a DNS label; NetBIOS names have 15).
+pub const MAX_NAME: usize = 63;
 /// Most characters of a long agent-supplied field (paths, reasons, details) kept.
 pub const MAX_TEXT: usize = 2048;
 /// Most volumes and files of one report kept (each is on the host's timeline).
@@ -210,6 +216,10 @@ impl Report {
             }
             cut(&mut v.detail, MAX_TEXT);
             v.protectors.truncate(16);
+            if let Some(n) = &mut v.computer_name {
+                *n = n.chars().filter(|c| !c.is_control()).collect();
+                cut(n, MAX_NAME);
+            }
             for p in &mut v.protectors {
                 cut(p, MAX_SHORT);
             }
@@ -308,7 +318,14 @@ mod tests {
             report_id: long.clone(),
             result: RunResult::Failed,
             reason: Some(long.clone()),
-            volumes: vec![],
+            volumes: vec![VolumeReport {
+                device: "sda3".into(),
+                kind: "ntfs".into(),
+                status: "clean".into(),
+                detail: String::new(),
+                protectors: vec![],
+                computer_name: Some(format!("WKS\u{1b}[2J\n{long}")),
+            }],
             files: vec![file; 10_000],
             rules_id: None,
             rules_version: None,
@@ -319,5 +336,11 @@ mod tests {
         assert_eq!(r.files[0].path.chars().count(), MAX_TEXT + 1);
         assert_eq!(r.reason.unwrap().chars().count(), MAX_TEXT + 1);
         assert_eq!(r.report_id.chars().count(), MAX_SHORT + 1);
+        // The disk's name: no control characters (a terminal escape, a newline), bounded.
+        let n = r.volumes[0].computer_name.as_ref().unwrap();
+        assert!(
+            n.starts_with("WKS[2Jxxx") && n.chars().count() == MAX_NAME + 1,
+            "{n}"
+        );
     }
 }

@@ -241,6 +241,11 @@ pub struct HostRecord {
     /// Host name, from the inventory.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// The Windows computer name the agent read from the disk's SYSTEM hive ("name on disk"),
+    /// from the last undisputed report that had one. Whoever can write the disk chooses it:
+    /// shown and searchable, never used to decide a boot or a key release.
+    #[serde(default)]
+    pub name_on_disk: Option<String>,
     /// Site, from the inventory.
     #[serde(default)]
     pub site: Option<String>,
@@ -336,6 +341,7 @@ impl HostRecord {
             uuid: None,
             serial: None,
             hostname: None,
+            name_on_disk: None,
             site: None,
             tags: Vec::new(),
             protector_ids: Vec::new(),

@@ -327,6 +327,9 @@ pub fn apply(h: &mut HostRecord, input: &Input<'_>, now_ms: u64) -> Option<Note>
                     ),
                 ));
             }
+            if let Some(n) = rep.volumes.iter().find_map(|v| v.computer_name.as_ref()) {
+                h.name_on_disk = Some(n.clone());
+            }
             guarded(h, report_state(rep), None, now_ms).map(|m| note("state", m))
         }
         Input::KeyReleased => {
@@ -545,6 +548,7 @@ mod tests {
                     "{AAAAAAAA-0000-0000-0000-000000000001} recovery password".into(),
                     "{AAAAAAAA-0000-0000-0000-000000000002} TPM".into(),
                 ],
+                computer_name: Some("WKS-0042".into()),
             }],
             files: vec![],
             rules_id: None,
@@ -777,6 +781,16 @@ mod tests {
         assert!(h.token_spent, "the final report spends the token");
         assert!(h.bitlocker_waiting.is_empty());
         assert_eq!(h.reports, 2);
+        assert_eq!(h.name_on_disk.as_deref(), Some("WKS-0042"));
+        assert_eq!(
+            h.hostname, None,
+            "the disk's word never becomes the inventory's name"
+        );
+        // A later report without a name keeps the one read before.
+        let mut rep = report(RunResult::Remediated, None);
+        rep.volumes[0].computer_name = None;
+        apply(&mut h, &Input::AgentReport(&rep), T);
+        assert_eq!(h.name_on_disk.as_deref(), Some("WKS-0042"));
     }
 
     #[test]
@@ -795,6 +809,7 @@ mod tests {
         let rep = report(RunResult::Remediated, None);
         let n = apply(&mut h, &Input::AgentReport(&rep), T + 1).unwrap();
         assert!(n.message.contains("not acted on"), "{}", n.message);
+        assert_eq!(h.name_on_disk, None, "a disputed report names nothing");
         assert!(matches!(h.state, HostState::NeedsAttention(_)));
         apply(
             &mut h,

@@ -53,6 +53,19 @@ fn planted_record() -> Vec<u8> {
     .into_bytes()
 }
 
+/// A SYSTEM hive whose computer name is `computer`, written by the Python regf writer
+/// (tests/blackbox/helpers/make_system_hive.py), which shares nothing with the agent's reader.
+pub(crate) fn system_hive(lab: &Lab, computer: &str) -> Vec<u8> {
+    let out = lab.dir.join(format!("SYSTEM-{computer}"));
+    must(&format!(
+        "python3 {}/tests/blackbox/helpers/make_system_hive.py {} {computer} --control-set 2 --dirty",
+        env!("CARGO_MANIFEST_DIR"),
+        out.display()
+    ));
+    std::fs::read(&out).unwrap()
+}
+
+/// The disk of a boot-looping Windows whose SYSTEM hive names it `WKS-<NAME>`.
 fn windows_disk(lab: &Lab, name: &str) -> Disk {
     make_disk(
         &lab.dir,
@@ -70,6 +83,11 @@ fn windows_disk(lab: &Lab, name: &str) -> Disk {
                     path: "Windows/System32/ntoskrnl.exe".into(),
                     data: b"MZ".to_vec(),
                     mtime: "2024-07-01 10:00:00 UTC".into(),
+                },
+                File {
+                    path: "Windows/System32/config/SYSTEM".into(),
+                    data: system_hive(lab, &format!("WKS-{}", name.to_uppercase())),
+                    mtime: "2024-07-19 04:09:00 UTC".into(),
                 },
                 File {
                     path: PLANTED.into(),
@@ -213,6 +231,27 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
             "{m} waited for wave 2 before it got the payload: {ev:#?}"
         );
     }
+    // Name on disk: each agent read its disk's SYSTEM hive (a hive left open, control set 2);
+    // the name is kept beside the imported one and found by a search.
+    for (i, m) in a.iter().enumerate() {
+        let h = api_json(&lab, &tok, &format!("/api/v1/hosts/{m}"));
+        assert_eq!(
+            h["host"]["name_on_disk"].as_str(),
+            Some(format!("WKS-A{i}").as_str()),
+            "{m}: {h}"
+        );
+        assert_eq!(
+            h["host"]["hostname"].as_str(),
+            Some(format!("pc-a{i}").as_str())
+        );
+    }
+    let found = api_json(&lab, &tok, "/api/v1/hosts?q=wks-a2");
+    let macs: Vec<&str> = found["hosts"]
+        .as_array()
+        .or(found.as_array())
+        .map(|v| v.iter().filter_map(|h| h["mac"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(macs, [a[2].as_str()], "search by name on disk: {found}");
     println!(
         "run 1: canary remediated after {:.0} s, all four after {:.0} s",
         canary_done.as_secs_f64(),

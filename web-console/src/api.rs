@@ -63,6 +63,9 @@ pub struct HostView {
     pub mac: String,
     /// Host name, from the inventory.
     pub hostname: Option<String>,
+    /// The Windows computer name the agent read from the disk (SYSTEM hive): shown and
+    /// searchable, never used to decide anything.
+    pub name_on_disk: Option<String>,
     /// Site, from the inventory.
     pub site: Option<String>,
     /// Tags, from the inventory.
@@ -157,6 +160,7 @@ pub fn view(h: &HostRecord) -> HostView {
     HostView {
         mac: h.mac.to_string(),
         hostname: h.hostname.clone(),
+        name_on_disk: h.name_on_disk.clone(),
         site: h.site.clone(),
         tags: h.tags.clone(),
         state: h.state.name().to_string(),
@@ -244,7 +248,7 @@ pub async fn progress(State(c): State<Arc<Console>>, _who: Caller) -> Response {
         ("state" = Option<String>, Query, description = "One state or several separated by commas: unknown, seen, waiting, booting, agent-up, scanning, unlocked, remediated, clean, needs-attention, failed, rebooted, recovered"),
         ("site" = Option<String>, Query, description = "Site, as imported"),
         ("tag" = Option<String>, Query, description = "One tag, as imported"),
-        ("q" = Option<String>, Query, description = "Text in MAC, hostname, IP, serial, UUID, site or failure reason"),
+        ("q" = Option<String>, Query, description = "Text in MAC, hostname, name on disk, IP, serial, UUID, site or failure reason"),
         ("flag" = Option<HostFlag>, Query, description = "key-needed: waiting for a pasted BitLocker recovery key; rotate-key: a recovery key was released and should be rotated"),
         ("page" = Option<u32>, Query, minimum = 1, description = "Page number, from 1"),
         ("per_page" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Hosts per page (default 50)"),

@@ -216,6 +216,8 @@ pub async fn logout(State(c): State<Arc<Console>>, headers: HeaderMap, body: Byt
 struct Row {
     mac: String,
     hostname: String,
+    /// The name on disk, shown when no host name was imported.
+    name_on_disk: String,
     site: String,
     tags: String,
     state: String,
@@ -332,6 +334,7 @@ pub fn render_dashboard(c: &Console, s: &Session, f: &Filter, flash: Option<Stri
         .map(|h| Row {
             mac: h.mac.to_string(),
             hostname: h.hostname.clone().unwrap_or_default(),
+            name_on_disk: h.name_on_disk.clone().unwrap_or_default(),
             site: h.site.clone().unwrap_or_default(),
             tags: h.tags.join(", "),
             state: h.state.name().to_string(),

@@ -141,6 +141,7 @@ impl Filter {
             let hay = [
                 Some(h.mac.to_string()),
                 h.hostname.clone(),
+                h.name_on_disk.clone(),
                 h.ip.map(|i| i.to_string()),
                 h.serial.clone(),
                 h.uuid.clone(),
@@ -247,6 +248,8 @@ pub struct ReportRow {
     pub mac: String,
     /// Host name.
     pub hostname: Option<String>,
+    /// The computer name read from the disk.
+    pub name_on_disk: Option<String>,
     /// Site.
     pub site: Option<String>,
     /// Tags.
@@ -317,6 +320,7 @@ pub fn report_row(h: &HostRecord) -> ReportRow {
     ReportRow {
         mac: h.mac.to_string(),
         hostname: h.hostname.clone(),
+        name_on_disk: h.name_on_disk.clone(),
         site: h.site.clone(),
         tags: h.tags.clone(),
         state: h.state.name().to_string(),
@@ -339,7 +343,7 @@ pub fn report_row(h: &HostRecord) -> ReportRow {
 }
 
 /// The CSV export's columns.
-pub const CSV_COLUMNS: [&str; 16] = [
+pub const CSV_COLUMNS: [&str; 17] = [
     "mac",
     "hostname",
     "site",
@@ -356,6 +360,7 @@ pub const CSV_COLUMNS: [&str; 16] = [
     "files",
     "file_sha256",
     "rotate_bitlocker_key",
+    "name_on_disk",
 ];
 
 /// A CSV cell a spreadsheet would not run: a cell starting with `=`, `+`, `-`, `@` (or a tab or
@@ -416,6 +421,7 @@ pub fn export_csv(rows: &[ReportRow]) -> String {
                 files,
                 hashes,
                 if r.rotate_bitlocker_key { "yes" } else { "" }.to_string(),
+                o(&r.name_on_disk),
             ]
             .map(neutralise),
         )

@@ -355,6 +355,38 @@ async fn list_filter_paginate_and_detail() {
     assert_eq!(json(&b)["total"], 10);
     let (_, _, b) = send(&t, get("/api/v1/hosts?q=pc-02", a)).await;
     assert_eq!(json(&b)["total"], 10);
+    // The name the agent read from the disk: searchable, shown in the Host column (marked as
+    // the disk's word) when no name was imported, exported, never the imported name.
+    let disk = Mac([0x52, 0x54, 0, 0xab, 0, 7]);
+    t.fleet
+        .update(disk, 2, &mut |h| {
+            h.hostname = None;
+            h.name_on_disk = Some("WKS-DISK-7".into());
+            Ok(())
+        })
+        .unwrap();
+    let (_, _, b) = send(&t, get("/api/v1/hosts?q=wks-disk", a)).await;
+    let v = json(&b);
+    assert_eq!(v["total"], 1, "{b}");
+    assert_eq!(v["hosts"][0]["name_on_disk"], "WKS-DISK-7");
+    assert!(v["hosts"][0]["hostname"].is_null());
+    let cookie = console_login(&t).await;
+    let (_, _, html) = send(&t, page_req(&cookie, "/?q=wks-disk")).await;
+    assert!(
+        html.contains("WKS-DISK-7 <small>(on disk)</small>"),
+        "{html}"
+    );
+    let (_, _, html) = send(&t, page_req(&cookie, &format!("/hosts/{disk}"))).await;
+    assert!(
+        html.contains("id=\"name-on-disk\">WKS-DISK-7 <small>"),
+        "{html}"
+    );
+    let (_, _, csv) = send(&t, get("/api/v1/export?format=csv", a)).await;
+    assert!(
+        csv.lines()
+            .any(|l| l.contains("52:54:00:ab:00:07") && l.ends_with(",WKS-DISK-7")),
+        "{csv}"
+    );
     for bad in [
         "state=bogus",
         "page=0",

@@ -27,6 +27,7 @@ pub(super) fn locked(dev: &str, status: &str, detail: String, protectors: Vec<St
         status: status.into(),
         detail,
         protectors,
+        computer_name: None,
     })
 }
 

@@ -137,6 +137,7 @@ mod tests {
             status: status.into(),
             detail: detail.into(),
             protectors: vec![],
+            computer_name: None,
         }
     }
 

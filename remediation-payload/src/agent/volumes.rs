@@ -89,6 +89,39 @@ pub(super) fn is_hibernated(root: &Path) -> bool {
         && b.eq_ignore_ascii_case(b"hibr")
 }
 
+/// The Windows computer name from the volume's SYSTEM hive, on the read-only mount at `root`
+/// ("name on disk"); a step says why there is none.
+fn computer_name(ctx: &Ctx, dev: &str, root: &Path) -> Option<String> {
+    let no = |why: String| {
+        ctx.step("volume", &format!("{dev}: no computer name on disk: {why}"));
+        None
+    };
+    let Some(path) = ["Windows", "System32", "config", "SYSTEM"]
+        .iter()
+        .try_fold(root.to_path_buf(), |d, n| find_ci(&d, n))
+    else {
+        return no("Windows\\System32\\config\\SYSTEM not found".into());
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > crate::hive::MAX_HIVE_BYTES => {
+            return no(format!("the SYSTEM hive has {} bytes; not read", m.len()))
+        }
+        Ok(_) => {}
+        Err(e) => return no(format!("SYSTEM hive: {e}")),
+    }
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) => return no(format!("SYSTEM hive: {e}")),
+    };
+    match crate::hive::computer_name(&bytes) {
+        Ok(n) => {
+            ctx.step("volume", &format!("{dev}: computer name on disk: {n}"));
+            Some(n)
+        }
+        Err(e) => no(format!("SYSTEM hive: {e}")),
+    }
+}
+
 /// Mounts `src` (the volume `dev` itself, or its unlocked BitLocker mapping) and remediates
 /// (or restores) it.
 pub(super) fn do_volume(
@@ -108,6 +141,7 @@ pub(super) fn do_volume(
             status: String::new(),
             detail: String::new(),
             protectors: vec![],
+            computer_name: None,
         },
         files: Vec::new(),
         failed: None,
@@ -125,6 +159,9 @@ pub(super) fn do_volume(
     {
         let hib = is_hibernated(&dir);
         vr.windows = find_ci(&dir, "Windows").is_some();
+        if vr.windows {
+            vr.report.computer_name = computer_name(ctx, dev, &dir);
+        }
         let _ = umount2(&dir, MntFlags::empty());
         if hib {
             vr.report.status = "hibernated".into();
