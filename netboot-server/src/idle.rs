@@ -138,6 +138,9 @@ pub struct Idle<S> {
     inner: S,
     timeout: Duration,
     deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// The last read or write. The timer is moved to `last + timeout` only when it fires (a
+    /// download makes thousands of writes: no timer operation for each).
+    last: tokio::time::Instant,
     /// Reading a request's header: its deadline (none before its first byte on a kept
     /// connection), and the last bytes read (the end, CRLF CRLF, may span two reads).
     in_head: bool,
@@ -155,6 +158,7 @@ impl<S> Idle<S> {
             inner,
             timeout,
             deadline: Box::pin(tokio::time::sleep(timeout)),
+            last: tokio::time::Instant::now(),
             in_head: true,
             head_deadline: Some(Box::pin(tokio::time::sleep(HEAD_TIMEOUT))),
             tail: [0; 3],
@@ -199,12 +203,33 @@ impl<S> Idle<S> {
     }
 
     fn active(&mut self) {
-        let next = tokio::time::Instant::now() + self.timeout;
-        self.deadline.as_mut().reset(next);
+        self.last = tokio::time::Instant::now();
     }
 
     fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last + self.timeout;
+            if tokio::time::Instant::now() >= due {
+                return true;
+            }
+            // Traffic since the timer was set: it fires again `timeout` after the last.
+            self.deadline.as_mut().reset(due);
+        }
+    }
+
+    /// After a write: traffic, and a response means the next bytes read begin a new header.
+    fn wrote(&mut self, r: &std::io::Result<usize>) {
+        if matches!(r, Ok(n) if *n > 0) {
+            self.active();
+            if !self.in_head {
+                self.in_head = true;
+                self.head_deadline = None;
+                self.tail = [0; 3];
+            }
+        }
     }
 }
 
@@ -254,20 +279,33 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Idle<S> {
     ) -> Poll<std::io::Result<usize>> {
         match std::pin::Pin::new(&mut self.inner).poll_write(cx, data) {
             Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.active();
-                    // A response: the next bytes read begin the next request's header.
-                    if !self.in_head {
-                        self.in_head = true;
-                        self.head_deadline = None;
-                        self.tail = [0; 3];
-                    }
-                }
+                self.wrote(&r);
                 Poll::Ready(r)
             }
             Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    // Vectored writes pass through: without them hyper copies every body chunk into its own
+    // buffer before writing (its "flatten" strategy), a second copy of each artefact's bytes.
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                self.wrote(&r);
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(

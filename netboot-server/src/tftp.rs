@@ -1,15 +1,19 @@
-//! The tokio TFTP driver: one socket on port 69 for requests, one ephemeral socket (a new
-//! transfer ID) per transfer, timers from the state machine's deadlines.
+//! The TFTP driver: one tokio socket on port 69 for requests; each transfer on a thread of its
+//! own with a blocking ephemeral socket (a new transfer ID), timers from the state machine's
+//! deadlines. Lock-step TFTP (what firmware, iPXE's UNDI driver and grub use) waits for the
+//! client's ACK after every block: a thread blocked in `recvfrom` is woken by the datagram
+//! itself, where an async task pays the reactor's round trip (epoll, wake-up, scheduling) per
+//! block. Transfers are bounded by the slots (`max_transfers`), so the threads are too.
 use crate::Error;
 use netboot_proto::tftp::transfer::{Limits, Outcome, Transfer};
 use netboot_proto::tftp::{check_request, packet, to_netascii, ErrorCode};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
+use std::time::Instant;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::time::Instant;
 
 /// Where TFTP files come from. Implementations serve from memory.
 pub trait FileSource: Send + Sync + 'static {
@@ -173,13 +177,13 @@ impl TftpServer {
     /// `grace`, and cuts the rest (each gets an ERROR so the client does not hang).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
         let mut buf = vec![0u8; 2048];
-        let (cut_tx, cut_rx) = watch::channel(false);
+        let cut = Arc::new(AtomicBool::new(false));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
                 r = self.socket.recv_from(&mut buf) => {
                     let Ok((n, peer)) = r else { continue };
-                    self.on_request(&buf[..n], peer, cut_rx.clone()).await;
+                    self.on_request(&buf[..n], peer, cut.clone()).await;
                 }
             }
         }
@@ -189,13 +193,13 @@ impl TftpServer {
             .is_err()
         {
             tracing::warn!("TFTP: cutting transfers still running after {grace:?}");
-            let _ = cut_tx.send(true);
+            cut.store(true, Ordering::Relaxed);
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), self.slots.acquire_many(all)).await;
         }
     }
 
-    async fn on_request(&self, datagram: &[u8], peer: SocketAddr, cut: watch::Receiver<bool>) {
+    async fn on_request(&self, datagram: &[u8], peer: SocketAddr, cut: Arc<AtomicBool>) {
         self.stats.requests.fetch_add(1, Ordering::Relaxed);
         let req = match check_request(datagram) {
             Ok(r) => r,
@@ -271,7 +275,7 @@ impl TftpServer {
         };
         let bind = SocketAddrV4::new(*self.cfg.bind.ip(), 0);
         let sock = match crate::net::udp_socket(bind, self.cfg.device.as_deref(), false)
-            .and_then(UdpSocket::from_std)
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
         {
             Ok(s) => s,
             Err(e) => {
@@ -282,58 +286,109 @@ impl TftpServer {
         let limits = self.cfg.limits.clone();
         let records = self.records.clone();
         let stats = self.stats.clone();
-        tokio::spawn(async move {
-            let rec = transfer(sock, peer, req.path, file, req.options, limits, cut).await;
-            if rec.outcome == Outcome::Complete {
-                stats.completed.fetch_add(1, Ordering::Relaxed);
-            } else {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::info!(peer = %rec.peer, path = %rec.path, bytes = rec.bytes, ms = rec.duration_ms, outcome = rec.outcome.name(), "TFTP transfer");
-            let _ = records.send(rec);
-            drop(permit);
-            drop(peer_slot);
-        });
+        let spawned = std::thread::Builder::new()
+            .name("tftp-transfer".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let rec = transfer(sock, peer, req.path, file, req.options, limits, &cut);
+                if rec.outcome == Outcome::Complete {
+                    stats.completed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::info!(peer = %rec.peer, path = %rec.path, bytes = rec.bytes, ms = rec.duration_ms, outcome = rec.outcome.name(), "TFTP transfer");
+                let _ = records.send(rec);
+                drop(permit);
+                drop(peer_slot);
+            });
+        if let Err(e) = spawned {
+            // The slot and the peer's count went back with the closure.
+            self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%peer, "TFTP: cannot start a transfer thread: {e}");
+            let _ = self
+                .socket
+                .send_to(&packet::error_packet(0, "server busy, try again"), peer)
+                .await;
+        }
     }
 }
 
-async fn transfer(
-    sock: UdpSocket,
+/// The longest a transfer thread blocks before it looks at the shutdown flag.
+const CUT_POLL_MS: u64 = 250;
+
+/// One transfer, on its own thread: the blocking socket waits for the client's next packet or
+/// the state machine's deadline, whichever comes first.
+fn transfer(
+    sock: std::net::UdpSocket,
     peer: SocketAddr,
     path: String,
     file: Arc<[u8]>,
     options: Vec<(String, String)>,
     limits: Limits,
-    mut cut: watch::Receiver<bool>,
+    cut: &AtomicBool,
 ) -> TransferRecord {
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let size = file.len() as u64;
     let (mut t, first) = Transfer::start(file, &options, &limits, 0);
     for p in &first {
-        let _ = sock.send_to(p, peer).await;
+        let _ = sock.send_to(p, peer);
     }
     let mut buf = vec![0u8; 2048];
+    // The receive timeout last set (a syscall: set again only when it changes).
+    let mut timeout = 0;
     while !t.is_finished() {
-        let deadline = start + Duration::from_millis(t.deadline_ms().unwrap_or(0));
-        let out = tokio::select! {
-            r = sock.recv_from(&mut buf) => match r {
-                Ok((n, from)) if from == peer => t.on_packet(&buf[..n], now()),
-                Ok((_, from)) => {
-                    // RFC 1350: a packet from another transfer ID gets ERROR 5, and ours goes on.
-                    let _ = sock.send_to(&packet::error_packet(ErrorCode::UnknownTid as u16, "unknown transfer ID"), from).await;
+        if cut.load(Ordering::Relaxed) {
+            let _ = sock.send_to(&packet::error_packet(0, "server shutting down"), peer);
+            return record(
+                peer,
+                path,
+                &t,
+                size,
+                start,
+                Outcome::Protocol("cut at shutdown".into()),
+            );
+        }
+        let due = t.deadline_ms().unwrap_or(0);
+        let wait = due.saturating_sub(now()).clamp(1, CUT_POLL_MS);
+        if wait != timeout {
+            let _ = sock.set_read_timeout(Some(Duration::from_millis(wait)));
+            timeout = wait;
+        }
+        let out = match sock.recv_from(&mut buf) {
+            Ok((n, from)) if from == peer => t.on_packet(&buf[..n], now()),
+            Ok((_, from)) => {
+                // RFC 1350: a packet from another transfer ID gets ERROR 5, and ours goes on.
+                let _ = sock.send_to(
+                    &packet::error_packet(ErrorCode::UnknownTid as u16, "unknown transfer ID"),
+                    from,
+                );
+                Vec::new()
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if now() >= due {
+                    t.on_timeout(now())
+                } else {
                     Vec::new()
                 }
-                Err(_) => Vec::new(),
-            },
-            _ = tokio::time::sleep_until(deadline) => t.on_timeout(now()),
-            _ = cut.changed() => {
-                let _ = sock.send_to(&packet::error_packet(0, "server shutting down"), peer).await;
-                return record(peer, path, &t, size, start, Outcome::Protocol("cut at shutdown".into()));
+            }
+            Err(_) => {
+                // Another error (an interrupted call): no spinning on it.
+                std::thread::sleep(Duration::from_millis(1));
+                if now() >= due {
+                    t.on_timeout(now())
+                } else {
+                    Vec::new()
+                }
             }
         };
         for p in &out {
-            let _ = sock.send_to(p, peer).await;
+            let _ = sock.send_to(p, peer);
         }
     }
     let outcome = t.outcome().cloned().unwrap_or(Outcome::TimedOut);
