@@ -68,17 +68,31 @@ med() { echo "$1" | cut -d' ' -f1; }
 show() { set -- $1; echo "$1 ($2-$3)"; }
 ratio() { echo "scale=2; $1 / $2" | bc -l; }
 best_of() { printf '%s\n' "$@" | sort -g | tail -1; }
+start() { ip netns exec "$1" sh -c "exec $2" >"$W/$3.log" 2>&1 & pids+=($!); sleep 1; }
+
+start $S "$UB serve --data-dir $W/data --interface br0 --server-ip 10.99.0.1 --dhcp off" unbrick
+start $S "atftpd --daemon --no-fork --logfile /dev/null --maxthread 200 --bind-address 10.99.0.2 --port 69 $W/root" atftpd
+start $S "dnsmasq --keep-in-foreground --port=0 --enable-tftp --tftp-max=200 --tftp-root=$W/root --listen-address=10.99.0.3 --bind-interfaces --pid-file=$W/dnsmasq-tftp.pid" dnsmasq-tftp
+cat > "$W/nginx.conf" <<NGX
+worker_processes 2;
+pid $W/nginx.pid;
+error_log $W/nginx.err;
+events { worker_connections 1024; }
+http { access_log off; sendfile on; server { listen 10.99.0.4:80; root $W/root; } }
+NGX
+start $S "nginx -c $W/nginx.conf -g 'daemon off;'" nginx
+
 SIZE=$((32 * 1024 * 1024))
 declare -A R
 for srv in unbrick:10.99.0.1 atftpd:10.99.0.2 dnsmasq:10.99.0.3; do
   n=${srv%%:*}; ip=${srv##*:}
   # Lock-step (what firmware, iPXE's UNDI driver and grub use) at the block sizes they ask for.
   for bs in 512 1024 1468; do
-    R[curl${bs}_$n]=$(times "curl -sS -m 300 --tftp-blksize $bs -o /dev/null tftp://$ip/big.bin" | rates $SIZE)
+    R[curl${bs}_$n]=$(times "curl -sS -m 120 --tftp-blksize $bs -o /dev/null tftp://$ip/big.bin" | rates $SIZE)
   done
   R[atftp_$n]=$(times "timeout 120 atftp --option 'blksize 1468' --option 'windowsize 16' -g -r big.bin -l /dev/null $ip" | rates $SIZE)
   # 100 machines at once, each its own address, each fetching a 4 MiB file lock-step.
-  R[tftp100_$n]=$(times "for i in \$(seq 50 149); do curl -sS -m 300 --interface 10.99.0.\$i --tftp-blksize 1468 -o /dev/null tftp://$ip/small.bin & done; wait" | rates $((SMALL * 100)))
+  R[tftp100_$n]=$(times "for i in \$(seq 50 149); do curl -sS -m 120 --interface 10.99.0.\$i --tftp-blksize 1468 -o /dev/null tftp://$ip/small.bin & done; wait" | rates $((SMALL * 100)))
 done
 # 8 concurrent clients, each fetching the file 8 times over one connection (2 GiB in all).
 H="-o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null"

@@ -3,7 +3,8 @@
 //! deadlines. Lock-step TFTP (what firmware, iPXE's UNDI driver and grub use) waits for the
 //! client's ACK after every block: a thread blocked in `recvfrom` is woken by the datagram
 //! itself, where an async task pays the reactor's round trip (epoll, wake-up, scheduling) per
-//! block. Transfers are bounded by the slots (`max_transfers`), so the threads are too.
+//! block. Transfers are bounded by the slots (`max_transfers`), so the threads are too; a
+//! thread is kept a minute for the next transfer.
 use crate::Error;
 use netboot_proto::tftp::transfer::{Limits, Outcome, Transfer};
 use netboot_proto::tftp::{check_request, packet, to_netascii, ErrorCode};
@@ -11,8 +12,8 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::UdpSocket;
 use std::time::Instant;
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Where TFTP files come from. Implementations serve from memory.
@@ -127,6 +128,7 @@ pub struct TftpServer {
     pub stats: Arc<TftpStats>,
     slots: Arc<Semaphore>,
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    pool: Arc<Pool>,
 }
 
 /// One transfer counted against its peer's address; uncounted when dropped.
@@ -161,6 +163,7 @@ impl TftpServer {
             socket,
             slots: Arc::new(Semaphore::new(cfg.max_transfers)),
             per_peer: Arc::default(),
+            pool: Arc::default(),
             cfg,
             source,
             records,
@@ -286,10 +289,7 @@ impl TftpServer {
         let limits = self.cfg.limits.clone();
         let records = self.records.clone();
         let stats = self.stats.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tftp-transfer".into())
-            .stack_size(256 << 10)
-            .spawn(move || {
+        let spawned = self.pool.run(Box::new(move || {
                 let rec = transfer(sock, peer, req.path, file, req.options, limits, &cut);
                 if rec.outcome == Outcome::Complete {
                     stats.completed.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +300,7 @@ impl TftpServer {
                 let _ = records.send(rec);
                 drop(permit);
                 drop(peer_slot);
-            });
+            }));
         if let Err(e) = spawned {
             // The slot and the peer's count went back with the closure.
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -315,6 +315,72 @@ impl TftpServer {
 
 /// The longest a transfer thread blocks before it looks at the shutdown flag.
 const CUT_POLL_MS: u64 = 250;
+
+/// How long a transfer thread with nothing to do waits for the next transfer before it ends.
+const THREAD_IDLE: Duration = Duration::from_secs(60);
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Transfer threads, kept for the next transfer: a boot-looping fleet starts transfers all the
+/// time, and a thread made and ended for each costs the allocator (glibc gives new threads
+/// arenas of their own, which keep their memory). A transfer never waits for a thread: it
+/// takes an idle one or a new one is made (at most one per transfer slot).
+#[derive(Default)]
+struct Pool {
+    state: std::sync::Mutex<PoolState>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    /// Threads waiting for a job (each job pushed is taken by one of them).
+    idle: usize,
+    jobs: std::collections::VecDeque<Job>,
+}
+
+impl Pool {
+    fn run(self: &Arc<Self>, job: Job) -> std::io::Result<()> {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if st.idle > 0 {
+                st.idle -= 1;
+                st.jobs.push_back(job);
+                self.wake.notify_one();
+                return Ok(());
+            }
+        }
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name("tftp-transfer".into())
+            .stack_size(256 << 10)
+            .spawn(move || pool.work(job))
+            .map(drop)
+    }
+
+    fn work(&self, first: Job) {
+        first();
+        loop {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.idle += 1;
+            let job = loop {
+                if let Some(j) = st.jobs.pop_front() {
+                    break j;
+                }
+                let (g, waited) = self
+                    .wake
+                    .wait_timeout(st, THREAD_IDLE)
+                    .unwrap_or_else(|e| e.into_inner());
+                st = g;
+                if waited.timed_out() && st.jobs.is_empty() {
+                    st.idle -= 1;
+                    return;
+                }
+            };
+            drop(st);
+            job();
+        }
+    }
+}
 
 /// One transfer, on its own thread: the blocking socket waits for the client's next packet or
 /// the state machine's deadline, whichever comes first.
