@@ -431,21 +431,14 @@ fn transfer(
                 );
                 Vec::new()
             }
-            Err(e)
-                if matches!(
+            Err(e) => {
+                if !matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if now() >= due {
-                    t.on_timeout(now())
-                } else {
-                    Vec::new()
+                ) {
+                    // Another error (an interrupted call): no spinning on it.
+                    std::thread::sleep(Duration::from_millis(1));
                 }
-            }
-            Err(_) => {
-                // Another error (an interrupted call): no spinning on it.
-                std::thread::sleep(Duration::from_millis(1));
                 if now() >= due {
                     t.on_timeout(now())
                 } else {

@@ -6,8 +6,7 @@
 //! the server shows it and lets an admin search by it, and never uses it to decide anything
 //! (a key release goes by the host's claim and token, never by this name).
 
-/// The longest name kept (a DNS label; NetBIOS names are 15 characters).
-pub const MAX_NAME: usize = 63;
+use fleet::agent::MAX_NAME;
 
 /// The largest hive read (SYSTEM hives are tens of MiB; a larger file is not read whole).
 pub const MAX_HIVE_BYTES: u64 = 256 << 20;

@@ -269,21 +269,37 @@ impl FleetIo {
         now_ms: u64,
         f: &mut dyn FnMut(&mut HostRecord) -> Result<(), String>,
     ) -> Result<HostRecord, fleet::StoreError> {
+        self.write_with_events(mac, now_ms, &mut |h| f(h).map(|()| Vec::new()))
+            .map(|(rec, _)| rec)
+    }
+
+    /// The read-modify-write of one host in the cache and the store; `f` may also return
+    /// events for its timeline, written in the same atomic store write as the record.
+    fn write_with_events(
+        &self,
+        mac: Mac,
+        now_ms: u64,
+        f: &mut dyn FnMut(&mut HostRecord) -> Result<Vec<Event>, String>,
+    ) -> Result<(HostRecord, Vec<Event>), fleet::StoreError> {
         let mut hosts = self.hosts.lock().unwrap();
         let mut rec = hosts
             .get(&mac)
             .cloned()
             .unwrap_or_else(|| HostRecord::new(mac, now_ms));
-        f(&mut rec).map_err(fleet::StoreError::Rejected)?;
+        let events = f(&mut rec).map_err(fleet::StoreError::Rejected)?;
         // A known host that did not change (an informational agent step, a repeated decision)
         // costs no store write.
-        if hosts.get(&mac) == Some(&rec) {
-            return Ok(rec);
+        if events.is_empty() && hosts.get(&mac) == Some(&rec) {
+            return Ok((rec, events));
         }
-        self.store.put_host(&rec)?;
+        if events.is_empty() {
+            self.store.put_host(&rec)?;
+        } else {
+            self.store.put_host_with_events(&rec, &events)?;
+        }
         hosts.insert(mac, rec.clone());
         self.policy.observe(&rec);
-        Ok(rec)
+        Ok((rec, events))
     }
 
     /// Applies `input` to the host (created when new) through [`lifecycle::apply`], writes it
@@ -467,30 +483,26 @@ impl FleetIo {
         extra: &[(EventSource, &str, String)],
         now_ms: u64,
     ) -> Result<Option<Note>, fleet::StoreError> {
-        let (rec, note, events) = {
-            let mut hosts = self.hosts.lock().unwrap();
-            let mut rec = hosts
-                .get(&mac)
-                .cloned()
-                .ok_or_else(|| fleet::StoreError::Rejected(format!("{mac}: no host record")))?;
-            let note = lifecycle::apply(&mut rec, input, now_ms);
-            let ev = |source, kind: &str, message: String| Event {
-                time_ms: now_ms,
-                source,
-                kind: kind.to_string(),
-                message,
-            };
-            let events: Vec<Event> = note
+        if self.host(mac).is_none() {
+            return Err(fleet::StoreError::Rejected(format!(
+                "{mac}: no host record"
+            )));
+        }
+        let ev = |source, kind: &str, message: String| Event {
+            time_ms: now_ms,
+            source,
+            kind: kind.to_string(),
+            message,
+        };
+        let mut note = None;
+        let (_, events) = self.write_with_events(mac, now_ms, &mut |h| {
+            note = lifecycle::apply(h, input, now_ms);
+            Ok(note
                 .iter()
                 .map(|n| ev(n.source, n.kind, n.text()))
                 .chain(extra.iter().map(|(s, k, m)| ev(*s, k, m.clone())))
-                .collect();
-            self.store.put_host_with_events(&rec, &events)?;
-            hosts.insert(mac, rec.clone());
-            self.policy.observe(&rec);
-            (rec, note, events)
-        };
-        drop(rec);
+                .collect())
+        })?;
         for ev in events {
             if ev.source != EventSource::Dhcp {
                 tracing::info!("{mac} {}: {}", ev.kind, ev.message);
