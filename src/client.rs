@@ -688,6 +688,63 @@ pub(crate) fn bitlocker_keys(k: KeysCmd) -> Result<(), Fail> {
 }
 
 /// `unbrick bmc`: controller imports and the list, over the API or on the stopped store.
+/// `unbrick diagnose`: the boot-chain diagnosis from the server's API or the data directory.
+pub(crate) fn diagnose(target: &Target, json: bool) -> Result<(), Fail> {
+    let v: serde_json::Value = if let Some(api) = Api::from(target)? {
+        api.json("GET", "/api/v1/diagnosis", None)?
+    } else {
+        let fl = local_fleet(&target.data_dir)?;
+        let d = web_console::diagnosis::of_fleet(&fl, fleet_service::now_ms())?;
+        serde_json::to_value(d)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", diagnosis_text(&v));
+    }
+    let problems = v["boot"].as_array().map_or(0, Vec::len);
+    if problems > 0 {
+        return Err(Fail::found(format!(
+            "{problems} boot-chain problem(s) found (see above)"
+        )));
+    }
+    Ok(())
+}
+
+fn diagnosis_text(v: &serde_json::Value) -> String {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+    let mut out = format!(
+        "{} host(s) network-booted and are not done (as of {}).\n",
+        v["looked_at"].as_u64().unwrap_or(0),
+        s(&v["generated"])
+    );
+    let groups = v["boot"].as_array().cloned().unwrap_or_default();
+    if groups.is_empty() {
+        out += "No boot-chain problem: each of them reached the agent or is within the time its next step may take.\n";
+    }
+    for g in groups {
+        out += &format!(
+            "\n{} host(s): {} [{}]\n  {}\n",
+            g["hosts"].as_u64().unwrap_or(0),
+            s(&g["title"]),
+            s(&g["problem"]),
+            s(&g["advice"])
+        );
+        let names: std::collections::HashMap<String, String> = v["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|h| (s(&h["mac"]), s(&h["name"])))
+            .collect();
+        for h in g["examples"].as_array().into_iter().flatten() {
+            let mac = s(&h["mac"]);
+            let name = names.get(&mac).cloned().unwrap_or_default();
+            out += &format!("  {mac}  {name:<16} {}\n", s(&h["detail"]));
+        }
+    }
+    out
+}
+
 pub(crate) fn bmc(b: BmcCmd) -> Result<(), Fail> {
     match b {
         BmcCmd::Import { file, target } => {

@@ -321,7 +321,16 @@ pub(crate) async fn start(
                 }
             );
             match mac {
-                Some(mac) => fleet2.event(mac, EventSource::Tftp, "tftp", msg, now_ms()),
+                Some(mac) => {
+                    fleet2.event(mac, EventSource::Tftp, "tftp", msg, now_ms());
+                    if let Some(c) = r.blksize_capped {
+                        let why = format!(
+                            "{} stopped at byte {} with blksize {} twice: this host is offered blksize {c} from its next try",
+                            r.path, r.bytes, r.blksize
+                        );
+                        fleet2.event(mac, EventSource::Tftp, "tftp-blksize", why, now_ms());
+                    }
+                }
                 None => tracing::info!("TFTP from unknown host: {msg}"),
             }
         }

@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod agent;
 pub mod bmc;
+pub mod bootdiag;
 pub mod campaign;
 pub mod claim;
 pub mod error;

@@ -48,7 +48,8 @@ pub struct TransferRecord {
     pub peer: SocketAddr,
     /// The file.
     pub path: String,
-    /// Bytes sent.
+    /// Bytes the client acknowledged (all of them for a complete transfer; where it stopped
+    /// otherwise).
     pub bytes: u64,
     /// The file's size.
     pub size: u64,
@@ -60,6 +61,9 @@ pub struct TransferRecord {
     pub windowsize: u16,
     /// How it ended.
     pub outcome: Outcome,
+    /// This transfer stopped where the peer's last one did: the peer is offered this blksize
+    /// from now on ([`Stalls`]).
+    pub blksize_capped: Option<usize>,
 }
 
 /// Counters for /metrics and the logs.
@@ -129,6 +133,56 @@ pub struct TftpServer {
     slots: Arc<Semaphore>,
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     pool: Arc<Pool>,
+    stalls: Arc<std::sync::Mutex<Stalls>>,
+}
+
+/// The block size offered to a machine whose transfers stop at the same block twice.
+pub const STALL_BLKSIZE: usize = 512;
+
+/// Transfers that stopped, per peer: when one stops at the same block of the same file as the
+/// one before it (a path that drops large packets), that peer is offered [`STALL_BLKSIZE`]
+/// from then on (RFC 2348 lets the server answer a smaller blksize than asked). Bounded:
+/// spoofed peers cannot grow it.
+#[derive(Debug, Default)]
+pub struct Stalls {
+    last: std::collections::HashMap<std::net::IpAddr, (String, u64, usize)>,
+    capped: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// Most peers [`Stalls`] remembers.
+const STALLS_MAX: usize = 4096;
+
+impl Stalls {
+    /// The largest blksize to offer `ip`.
+    pub fn cap(&self, ip: std::net::IpAddr) -> Option<usize> {
+        self.capped.get(&ip).copied()
+    }
+
+    /// Notes how a transfer ended; returns the new cap when this one sets it.
+    pub fn note(&mut self, rec: &TransferRecord) -> Option<usize> {
+        let ip = rec.peer.ip();
+        if rec.outcome == Outcome::Complete {
+            self.last.remove(&ip);
+            return None;
+        }
+        if rec.outcome != Outcome::TimedOut || rec.blksize <= STALL_BLKSIZE {
+            return None;
+        }
+        let here = (rec.path.clone(), rec.bytes, rec.blksize);
+        if self.last.get(&ip) == Some(&here) && self.cap(ip).is_none() {
+            self.last.remove(&ip);
+            if self.capped.len() >= STALLS_MAX {
+                self.capped.clear();
+            }
+            self.capped.insert(ip, STALL_BLKSIZE);
+            return Some(STALL_BLKSIZE);
+        }
+        if self.last.len() >= STALLS_MAX {
+            self.last.clear();
+        }
+        self.last.insert(ip, here);
+        None
+    }
 }
 
 /// One transfer counted against its peer's address; uncounted when dropped.
@@ -164,6 +218,7 @@ impl TftpServer {
             slots: Arc::new(Semaphore::new(cfg.max_transfers)),
             per_peer: Arc::default(),
             pool: Arc::default(),
+            stalls: Arc::default(),
             cfg,
             source,
             records,
@@ -286,11 +341,24 @@ impl TftpServer {
                 return;
             }
         };
-        let limits = self.cfg.limits.clone();
+        let mut limits = self.cfg.limits.clone();
+        let cap = self
+            .stalls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cap(peer.ip());
+        if let Some(c) = cap {
+            limits.max_blksize = limits.max_blksize.min(c);
+        }
         let records = self.records.clone();
         let stats = self.stats.clone();
+        let stalls = self.stalls.clone();
         let spawned = self.pool.run(Box::new(move || {
-                let rec = transfer(sock, peer, req.path, file, req.options, limits, &cut);
+                let mut rec = transfer(sock, peer, req.path, file, req.options, limits, &cut);
+                rec.blksize_capped = stalls.lock().unwrap_or_else(|e| e.into_inner()).note(&rec);
+                if let Some(c) = rec.blksize_capped {
+                    tracing::warn!(peer = %rec.peer, path = %rec.path, "TFTP stopped at byte {} twice with blksize {}: offering this peer blksize {c} from now on", rec.bytes, rec.blksize);
+                }
                 if rec.outcome == Outcome::Complete {
                     stats.completed.fetch_add(1, Ordering::Relaxed);
                 } else {
@@ -465,11 +533,74 @@ fn record(
     TransferRecord {
         peer,
         path,
-        bytes: t.bytes_sent(),
+        bytes: t.bytes_acked(),
         size,
         duration_ms: start.elapsed().as_millis() as u64,
         blksize: t.blksize(),
         windowsize: t.windowsize(),
         outcome,
+        blksize_capped: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::IpAddr;
+
+    fn rec(
+        ip: [u8; 4],
+        path: &str,
+        bytes: u64,
+        blksize: usize,
+        outcome: Outcome,
+    ) -> TransferRecord {
+        TransferRecord {
+            peer: SocketAddr::from((ip, 2000)),
+            path: path.into(),
+            bytes,
+            size: 1_000_000,
+            duration_ms: 1,
+            blksize,
+            windowsize: 1,
+            outcome,
+            blksize_capped: None,
+        }
+    }
+
+    #[test]
+    fn a_second_stall_at_the_same_block_caps_that_peer_only() {
+        let mut s = Stalls::default();
+        let a = [10, 0, 0, 5];
+        assert_eq!(
+            s.note(&rec(a, "shimx64.efi", 0, 1468, Outcome::TimedOut)),
+            None
+        );
+        // Another place first: not the same stall.
+        assert_eq!(
+            s.note(&rec(a, "shimx64.efi", 2936, 1468, Outcome::TimedOut)),
+            None
+        );
+        assert_eq!(
+            s.note(&rec(a, "shimx64.efi", 2936, 1468, Outcome::TimedOut)),
+            Some(STALL_BLKSIZE)
+        );
+        assert_eq!(s.cap(IpAddr::from(a)), Some(STALL_BLKSIZE));
+        assert_eq!(s.cap(IpAddr::from([10, 0, 0, 6])), None);
+        // Already small, or ended by the client: no cap.
+        let b = [10, 0, 0, 7];
+        for _ in 0..3 {
+            assert_eq!(s.note(&rec(b, "x", 0, 512, Outcome::TimedOut)), None);
+            let e = Outcome::ClientError {
+                code: 0,
+                message: "no".into(),
+            };
+            assert_eq!(s.note(&rec(b, "x", 0, 1468, e)), None);
+        }
+        // A complete transfer in between clears the pattern.
+        let c = [10, 0, 0, 8];
+        s.note(&rec(c, "x", 0, 1468, Outcome::TimedOut));
+        s.note(&rec(c, "y", 10, 1468, Outcome::Complete));
+        assert_eq!(s.note(&rec(c, "x", 0, 1468, Outcome::TimedOut)), None);
     }
 }

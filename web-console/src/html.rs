@@ -638,6 +638,39 @@ pub async fn style() -> Response {
 }
 
 #[derive(Template)]
+#[template(path = "diagnosis.html")]
+struct DiagnosisPage {
+    user: String,
+    read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Alerts,
+    csrf: String,
+    d: crate::diagnosis::DiagnosisView,
+}
+
+/// `GET /diagnosis`: the fleet's boot-chain diagnosis.
+pub async fn diagnosis_page(State(c): State<Arc<Console>>, headers: HeaderMap) -> Response {
+    let s = match session(&c, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let d = match crate::diagnosis::compute(&c, fleet_service::now_ms()).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    page(
+        StatusCode::OK,
+        &DiagnosisPage {
+            user: s.name.clone(),
+            read_only: s.read_only,
+            store_alert: store_alert(&c),
+            csrf: s.csrf.clone(),
+            d,
+        },
+    )
+}
+
+#[derive(Template)]
 #[template(path = "campaigns.html")]
 struct CampaignsPage {
     user: String,

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod bitlocker;
 pub mod campaigns;
 pub mod controllers;
+pub mod diagnosis;
 pub mod extract;
 pub mod html;
 pub mod openapi;
@@ -120,6 +121,7 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/api/v1/export", get(api::export))
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/audit", get(api::audit))
+        .route("/api/v1/diagnosis", get(diagnosis::api))
         .route(
             "/api/v1/campaigns",
             get(campaigns::list).post(campaigns::create_api),
@@ -141,6 +143,7 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/ui/bitlocker/import", post(html::ui_keys_import))
         .route("/ui/bitlocker/reveal", post(html::ui_keys_reveal))
         .route("/ui/hosts/{mac}/bitlocker-key", post(html::ui_key_paste))
+        .route("/diagnosis", get(html::diagnosis_page))
         .route("/campaigns", get(html::campaigns_list))
         .route("/campaigns/{id}", get(html::campaign_detail))
         .route("/ui/campaigns", post(html::ui_campaign_create))

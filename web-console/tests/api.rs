@@ -201,6 +201,7 @@ async fn every_endpoint_refuses_missing_and_bad_credentials() {
         "/api/v1/export",
         "/api/v1/events",
         "/api/v1/audit",
+        "/api/v1/diagnosis",
         "/metrics",
     ];
     for p in gets {
@@ -1834,4 +1835,113 @@ async fn the_first_run_panel_names_only_what_is_left() {
     t.policy.with(|cs| cs.push(camp));
     let (_, _, page) = send(&t, page_req(&cookie, "/")).await;
     assert!(!page.contains("id=\"first-run\""), "{page}");
+}
+
+/// The Diagnosis page and API group hosts by what stops their boot chain, with the advice; a
+/// host whose agent spoke, or one still within its grace, is not listed.
+#[tokio::test]
+async fn diagnosis_groups_boot_chain_problems_with_advice() {
+    let t = setup("diagnosis");
+    let now = fleet_service::now_ms();
+    let offer = |t0: u64| Event {
+        time_ms: t0,
+        source: EventSource::Dhcp,
+        kind: "dhcp-discover".into(),
+        message: "Discover on :67 from x (PXE UefiX64), decision payload, boot file shimx64.efi"
+            .into(),
+    };
+    let tftp = |t0: u64, file: &str, bytes: u64, outcome: &str| {
+        Event {
+        time_ms: t0,
+        source: EventSource::Tftp,
+        kind: "tftp".into(),
+        message: format!(
+            "{file} {bytes}/950000 bytes to 10.99.0.101:1024 in 9 ms (blksize 1468, windowsize 1): {outcome}"
+        ),
+    }
+    };
+    let hosts: [(Mac, Vec<Event>); 4] = [
+        // Shim fetched two minutes ago, grub never.
+        (
+            Mac([0x52, 0x54, 0, 0xdd, 0, 1]),
+            vec![
+                offer(now - 120_000),
+                tftp(now - 119_000, "shimx64.efi", 950_000, "complete"),
+            ],
+        ),
+        (
+            Mac([0x52, 0x54, 0, 0xdd, 0, 2]),
+            vec![
+                offer(now - 121_000),
+                tftp(now - 118_000, "shimx64.efi", 950_000, "complete"),
+            ],
+        ),
+        // Two transfers stopped at block 1.
+        (
+            Mac([0x52, 0x54, 0, 0xdd, 0, 3]),
+            vec![
+                offer(now - 90_000),
+                tftp(now - 89_000, "shimx64.efi", 0, "timed-out"),
+                offer(now - 60_000),
+                tftp(now - 59_000, "shimx64.efi", 0, "timed-out"),
+            ],
+        ),
+        // Shim a second ago: within its grace.
+        (
+            Mac([0x52, 0x54, 0, 0xdd, 0, 4]),
+            vec![
+                offer(now - 2_000),
+                tftp(now - 1_000, "shimx64.efi", 950_000, "complete"),
+            ],
+        ),
+    ];
+    for (mac, events) in &hosts {
+        t.fleet
+            .update(*mac, now - 200_000, &mut |h| {
+                h.netboot_ms = now - 200_000;
+                Ok(())
+            })
+            .unwrap();
+        for e in events {
+            t.fleet.store().append_event(*mac, e).unwrap();
+        }
+    }
+    let (s, _, b) = send(&t, get("/api/v1/diagnosis", Some(&t.viewer))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!(v["looked_at"], 4, "{v}");
+    let groups = v["boot"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "{v}");
+    assert_eq!(groups[0]["problem"], "tftp-stalls");
+    assert_eq!(groups[0]["hosts"], 1);
+    assert_eq!(groups[1]["problem"], "shim-refused");
+    assert_eq!(groups[1]["hosts"], 2);
+    assert!(groups[1]["advice"]
+        .as_str()
+        .unwrap()
+        .contains("third-party CA"));
+    let listed: Vec<&str> = v["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["mac"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "52:54:00:dd:00:01",
+            "52:54:00:dd:00:02",
+            "52:54:00:dd:00:03"
+        ]
+    );
+    assert_eq!(v["hosts"][2]["finding"]["stall"]["block"], 1);
+    // The console page says the same.
+    let cookie = console_login(&t).await;
+    let (s, _, page) = send(&t, page_req(&cookie, "/diagnosis")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("data-problem=\"shim-refused\""), "{page}");
+    assert!(page.contains("2 host(s): firmware refused shim"), "{page}");
+    assert!(page.contains("data-mac=\"52:54:00:dd:00:03\""));
+    assert!(!page.contains("52:54:00:dd:00:04"));
+    assert!(page.contains("href=\"/diagnosis\""), "nav link");
 }

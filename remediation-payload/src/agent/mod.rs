@@ -114,8 +114,17 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     say("loading modules");
     load_modules(&cfg, &mut notes);
     say(&notes.join("; "));
-    let (nic, mac) = find_nic(cmd.mac.as_deref(), Duration::from_secs(15))
-        .ok_or("no network interface appeared (is its driver in the image?)")?;
+    let Some((nic, mac)) = find_nic(cmd.mac.as_deref(), Duration::from_secs(15)) else {
+        let found = network_controllers(Path::new("/sys/bus/pci/devices"));
+        return Err(format!(
+            "no network interface appeared: no driver in the payload for this machine's network controller(s): {} (PCI vendor:device; build the payload with its driver)",
+            if found.is_empty() {
+                "none found on PCI".to_string()
+            } else {
+                found.join(", ")
+            }
+        ));
+    };
     let mac_bytes: fleet::Mac = mac.parse()?;
     crate::sys::link_up(&nic).map_err(|e| e.to_string())?;
     // A DISCOVER sent before the link has carrier is lost and costs a retry.

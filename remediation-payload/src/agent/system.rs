@@ -167,6 +167,41 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
     );
 }
 
+/// The machine's network controllers (PCI class 02) under `pci_devices` (`/sys/bus/pci/devices`)
+/// as `vendor:device (driver)`: what an admin needs when no interface appeared (the agent cannot
+/// report it over a network it does not have, so it goes to the screen).
+pub(super) fn network_controllers(pci_devices: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(pci_devices) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let d = e.path();
+        let class = read_trim(&d.join("class").to_string_lossy()).unwrap_or_default();
+        if !class.starts_with("0x02") {
+            continue;
+        }
+        let id = |f: &str| {
+            read_trim(&d.join(f).to_string_lossy())
+                .unwrap_or_default()
+                .trim_start_matches("0x")
+                .to_string()
+        };
+        let driver = std::fs::read_link(d.join("driver"))
+            .ok()
+            .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "no driver".into());
+        out.push(format!(
+            "{}:{} at {} ({driver})",
+            id("vendor"),
+            id("device"),
+            e.file_name().to_string_lossy()
+        ));
+    }
+    out.sort();
+    out
+}
+
 pub(super) fn find_nic(mac: Option<&str>, wait: Duration) -> Option<(String, String)> {
     let t = Instant::now();
     loop {
@@ -215,4 +250,36 @@ pub(super) fn lockdown() -> Option<String> {
     s.split_whitespace()
         .find(|w| w.starts_with('['))
         .map(|w| w.trim_matches(['[', ']']).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_controllers_name_pci_ids_and_driver() {
+        let root = std::env::temp_dir().join(format!("unbrick-pci-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dev = |slot: &str, class: &str, vendor: &str, device: &str| {
+            let d = root.join(slot);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("class"), format!("{class}\n")).unwrap();
+            std::fs::write(d.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(d.join("device"), format!("{device}\n")).unwrap();
+            d
+        };
+        dev("0000:00:1f.6", "0x020000", "0x8086", "0x15bc");
+        let bound = dev("0000:03:00.0", "0x028000", "0x8086", "0x2723");
+        std::os::unix::fs::symlink(root.join("drivers/iwlwifi"), bound.join("driver")).unwrap();
+        dev("0000:00:02.0", "0x030000", "0x8086", "0x9a49");
+        assert_eq!(
+            network_controllers(&root),
+            [
+                "8086:15bc at 0000:00:1f.6 (no driver)",
+                "8086:2723 at 0000:03:00.0 (iwlwifi)"
+            ]
+        );
+        assert!(network_controllers(&root.join("missing")).is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

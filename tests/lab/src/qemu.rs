@@ -16,6 +16,54 @@ pub enum Firmware {
     UefiFw,
     /// OVMF with Secure Boot on (Microsoft keys), EDK2 PXE.
     UefiSb,
+    /// OVMF with Secure Boot on whose db trusts only Microsoft's Windows CAs (Windows
+    /// Production PCA 2011, Windows UEFI CA 2023), not the third-party UEFI CA that signs shim:
+    /// a Secured-core PC. Its variable store is made with virt-fw-vars ([`WINDOWS_ONLY_VARS`]).
+    UefiSbWindowsOnly,
+}
+
+/// The variable store of [`Firmware::UefiSbWindowsOnly`]: made once per machine by
+/// [`windows_only_vars`].
+pub const WINDOWS_ONLY_VARS: &str = "/var/tmp/unbrick-ovmf/OVMF_VARS_4M.windows-only.fd";
+
+/// virt-fw-vars (PyPI virt-firmware, installed by scripts/install-deps.sh).
+pub const VIRT_FW_VARS: &str = "/var/tmp/unbrick-venv/bin/virt-fw-vars";
+
+/// Makes [`WINDOWS_ONLY_VARS`] from OVMF's empty store if it is not there: a generated PK,
+/// Microsoft's KEK CA 2011, and a db of only the Windows CAs (`--microsoft-db win11`).
+pub fn windows_only_vars() -> Result<PathBuf, Error> {
+    let out = PathBuf::from(WINDOWS_ONLY_VARS);
+    if out.exists() {
+        return Ok(out);
+    }
+    let dir = out.parent().expect("a folder");
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("{}: {e}", dir.display())))?;
+    let tmp = out.with_extension("tmp");
+    let st = Command::new(VIRT_FW_VARS)
+        .args(["-i", "/usr/share/OVMF/OVMF_VARS_4M.fd", "-o"])
+        .arg(&tmp)
+        .args([
+            "--enroll-generate",
+            "unbrick lab platform key",
+            "--microsoft-kek",
+            "2011",
+            "--microsoft-db",
+            "win11",
+            "--sb",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| {
+            Error::Io(format!(
+                "{VIRT_FW_VARS}: {e} (scripts/install-deps.sh installs it)"
+            ))
+        })?;
+    if !st.success() {
+        return Err(Error::Io(format!("{VIRT_FW_VARS} failed: {st}")));
+    }
+    std::fs::rename(&tmp, &out).map_err(|e| Error::Io(e.to_string()))?;
+    Ok(out)
 }
 
 impl Firmware {
@@ -26,6 +74,7 @@ impl Firmware {
             Self::Uefi => "OVMF + iPXE",
             Self::UefiFw => "OVMF PXE",
             Self::UefiSb => "OVMF with Secure Boot",
+            Self::UefiSbWindowsOnly => "OVMF with Secure Boot, Windows CAs only",
         }
     }
 }
@@ -95,11 +144,11 @@ impl GuestSpec {
         // without PXE here.
         let rom = match fw {
             Firmware::Bios | Firmware::Uefi => "",
-            Firmware::UefiFw | Firmware::UefiSb => ",romfile=",
+            Firmware::UefiFw | Firmware::UefiSb | Firmware::UefiSbWindowsOnly => ",romfile=",
         };
         if fw != Firmware::Bios {
             let (code, _) = ovmf(fw);
-            if fw == Firmware::UefiSb {
+            if matches!(fw, Firmware::UefiSb | Firmware::UefiSbWindowsOnly) {
                 args.extend(
                     [
                         "-machine",
@@ -165,7 +214,11 @@ impl GuestSpec {
 
     /// Starts the guest inside namespace `ns` (its tap must exist), output to `log`.
     pub fn spawn(&self, ns: &str, log: &Path) -> Result<Child, Error> {
-        if self.fw != Firmware::Bios {
+        if self.fw == Firmware::UefiSbWindowsOnly {
+            let vars = windows_only_vars()?;
+            std::fs::copy(&vars, self.vars())
+                .map_err(|e| Error::Io(format!("{}: {e}", vars.display())))?;
+        } else if self.fw != Firmware::Bios {
             let (_, vars) = ovmf(self.fw);
             std::fs::copy(vars, self.vars()).map_err(|e| Error::Io(format!("{vars}: {e}")))?;
         }
@@ -185,7 +238,7 @@ impl GuestSpec {
 
 /// OVMF's code and variable-store templates for `fw` (Debian's ovmf package).
 fn ovmf(fw: Firmware) -> (&'static str, &'static str) {
-    if fw == Firmware::UefiSb {
+    if matches!(fw, Firmware::UefiSb | Firmware::UefiSbWindowsOnly) {
         (
             "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",
             "/usr/share/OVMF/OVMF_VARS_4M.ms.fd",

@@ -223,6 +223,11 @@ impl Transfer {
         self.bytes_sent
     }
 
+    /// Bytes the client acknowledged (where a transfer that stopped stopped).
+    pub fn bytes_acked(&self) -> u64 {
+        (self.acked * self.blksize as u64).min(self.file.len() as u64)
+    }
+
     /// The negotiated block size.
     pub fn blksize(&self) -> usize {
         self.blksize
