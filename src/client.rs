@@ -718,6 +718,18 @@ fn diagnosis_text(v: &serde_json::Value) -> String {
         v["looked_at"].as_u64().unwrap_or(0),
         s(&v["generated"])
     );
+    for g in v["crashes"].as_array().into_iter().flatten() {
+        out += &format!(
+            "\n{} host(s): bugcheck {} {} ({} dumps)\n",
+            g["hosts"].as_u64().unwrap_or(0),
+            s(&g["bugcheck"]),
+            s(&g["name"]),
+            g["dumps"].as_u64().unwrap_or(0)
+        );
+        for h in g["examples"].as_array().into_iter().flatten() {
+            out += &format!("  {}  {}\n", s(&h["mac"]), s(&h["detail"]));
+        }
+    }
     let groups = v["boot"].as_array().cloned().unwrap_or_default();
     if groups.is_empty() {
         out += "No boot-chain problem: each of them reached the agent or is within the time its next step may take.\n";

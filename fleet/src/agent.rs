@@ -135,6 +135,45 @@ pub struct VolumeReport {
     /// write the disk chooses it: it is shown and searchable, never used to decide anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computer_name: Option<String>,
+    /// Kernel crash dumps on the volume (`Windows\Minidump\*.dmp`, newest first, and
+    /// `Windows\MEMORY.DMP`): their headers, read on the read-only mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crash_dumps: Vec<CrashDump>,
+}
+
+/// Most crash dumps a volume's report lists.
+pub const MAX_DUMPS: usize = 16;
+
+/// A kernel crash dump's header, as the agent read it (nothing else of the dump leaves it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CrashDump {
+    /// Relative to the volume root (`Windows\Minidump\071924-8765-01.dmp`).
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its last-write time, Unix seconds.
+    pub written_unix: i64,
+    /// The bugcheck (stop) code, `0x00000050`.
+    pub bugcheck: String,
+    /// Its name where known (`PAGE_FAULT_IN_NONPAGED_AREA`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bugcheck_name: Option<String>,
+    /// Its four parameters, hex.
+    #[serde(default)]
+    pub parameters: Vec<String>,
+    /// When Windows wrote the dump (its header's time; 64-bit dumps), Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_time_unix: Option<i64>,
+    /// The Windows build the dump names.
+    #[serde(default)]
+    pub build: u32,
+    /// The kind of dump (`small (minidump)`, `full`, ...).
+    #[serde(default)]
+    pub kind: String,
+    /// Why the header could not be read, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `POST /agent/v1/report`: the final result. `report_id` makes retries idempotent.
@@ -222,6 +261,23 @@ impl Report {
             }
             for p in &mut v.protectors {
                 cut(p, MAX_SHORT);
+            }
+            v.crash_dumps.truncate(MAX_DUMPS);
+            for d in &mut v.crash_dumps {
+                cut(&mut d.path, MAX_TEXT);
+                for f in [&mut d.bugcheck, &mut d.kind] {
+                    cut(f, MAX_SHORT);
+                }
+                if let Some(n) = &mut d.bugcheck_name {
+                    cut(n, MAX_SHORT);
+                }
+                d.parameters.truncate(4);
+                for p in &mut d.parameters {
+                    cut(p, MAX_SHORT);
+                }
+                if let Some(e) = &mut d.error {
+                    cut(e, MAX_TEXT);
+                }
             }
         }
         self.files.truncate(MAX_ITEMS);
@@ -325,6 +381,7 @@ mod tests {
                 detail: String::new(),
                 protectors: vec![],
                 computer_name: Some(format!("WKS\u{1b}[2J\n{long}")),
+                crash_dumps: vec![],
             }],
             files: vec![file; 10_000],
             rules_id: None,

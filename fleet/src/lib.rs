@@ -11,6 +11,7 @@ pub mod bmc;
 pub mod bootdiag;
 pub mod campaign;
 pub mod claim;
+pub mod crashes;
 pub mod error;
 pub mod escrow;
 pub mod host;

@@ -549,6 +549,7 @@ mod tests {
                     "{AAAAAAAA-0000-0000-0000-000000000002} TPM".into(),
                 ],
                 computer_name: Some("WKS-0042".into()),
+                crash_dumps: vec![],
             }],
             files: vec![],
             rules_id: None,

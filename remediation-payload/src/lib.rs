@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod bitlk;
 pub mod cmdline;
+pub mod crashdump;
 pub mod hive;
 pub mod modules;
 pub mod remediate;

@@ -65,6 +65,18 @@ pub(crate) fn system_hive(lab: &Lab, computer: &str) -> Vec<u8> {
     std::fs::read(&out).unwrap()
 }
 
+/// The first 64 KiB of a kernel minidump of the CrowdStrike crash (bugcheck 0x50), written by
+/// tests/blackbox/helpers/make_kernel_dump.py (Python; shares nothing with the agent).
+fn kernel_dump(lab: &Lab) -> Vec<u8> {
+    let out = lab.dir.join("071924-8765-01.dmp");
+    must(&format!(
+        "python3 {}/tests/blackbox/helpers/make_kernel_dump.py {} --bugcheck 0x50 --param 0xffff840e12340000 --param 0 --param 0xfffff8076a2b1c3d --param 2 --build 19045 --time 2024-07-19T04:10:00Z",
+        env!("CARGO_MANIFEST_DIR"),
+        out.display()
+    ));
+    std::fs::read(&out).unwrap()
+}
+
 /// The disk of a boot-looping Windows whose SYSTEM hive names it `WKS-<NAME>`.
 fn windows_disk(lab: &Lab, name: &str) -> Disk {
     make_disk(
@@ -88,6 +100,11 @@ fn windows_disk(lab: &Lab, name: &str) -> Disk {
                     path: "Windows/System32/config/SYSTEM".into(),
                     data: system_hive(lab, &format!("WKS-{}", name.to_uppercase())),
                     mtime: "2024-07-19 04:09:00 UTC".into(),
+                },
+                File {
+                    path: "Windows/Minidump/071924-8765-01.dmp".into(),
+                    data: kernel_dump(lab),
+                    mtime: "2024-07-19 04:10:00 UTC".into(),
                 },
                 File {
                     path: PLANTED.into(),
@@ -244,6 +261,17 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
             h["host"]["hostname"].as_str(),
             Some(format!("pc-a{i}").as_str())
         );
+        // The crash dump's header, read on the read-only mount and reported.
+        let d = &h["host"]["last_report"]["volumes"][0]["crash_dumps"][0];
+        assert_eq!(
+            d["path"], "Windows\\Minidump\\071924-8765-01.dmp",
+            "{m}: {h}"
+        );
+        assert_eq!(d["bugcheck"], "0x00000050", "{d}");
+        assert_eq!(d["bugcheck_name"], "PAGE_FAULT_IN_NONPAGED_AREA", "{d}");
+        assert_eq!(d["parameters"][2], "0xFFFFF8076A2B1C3D", "{d}");
+        assert_eq!(d["dump_time_unix"], 1_721_362_200, "{d}");
+        assert_eq!(d["build"], 19045, "{d}");
     }
     let found = api_json(&lab, &tok, "/api/v1/hosts?q=wks-a2");
     let macs: Vec<&str> = found["hosts"]

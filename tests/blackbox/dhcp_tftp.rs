@@ -5,7 +5,7 @@ use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder};
 use std::path::Path;
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) const PROBE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -377,7 +377,7 @@ fn sigterm_lets_a_transfer_in_flight_finish() {
         .arg(SERVER_IP)
         .spawn()
         .unwrap();
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     while std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0) < 512 * 1024
         && t.elapsed() < Duration::from_secs(20)
     {
@@ -976,4 +976,89 @@ fn a_flood_of_spoofed_macs_fills_nothing_and_real_clients_get_offers() {
     assert!(lab
         .server_log()
         .contains("new host refused: more than 100 new MACs a second"));
+}
+
+/// A client behind a path that drops frames over 1,000 bytes (its bridge port has MTU 1000; the
+/// bridge and the server stay at 1500): curl's TFTP at blksize 1468 stops at block 1. After two
+/// such stalls unbrick offers that address blksize 512 (a smaller OACK, RFC 2348) and curl gets
+/// the whole file; another client at full size is not affected.
+#[test]
+fn a_peer_whose_path_drops_large_blocks_is_offered_512_after_two_stalls() {
+    let mut lab = Lab::new("mt");
+    lab.init();
+    lab.serve("--dhcp off");
+    let (c, _) = lab.add_client("52:54:00:cd:00:01");
+    let (ok, _) = lab.add_client("52:54:00:cd:00:02");
+    must(&format!("ip -n {c} addr add 10.99.0.60/24 dev eth0"));
+    must(&format!("ip -n {ok} addr add 10.99.0.61/24 dev eth0"));
+    // The client's bridge port (h0) takes frames of at most 1,000 bytes.
+    must(&format!("ip -n {} link set h0 mtu 1000", lab.ns));
+    must(&format!("ip -n {} link set br0 mtu 1500", lab.ns));
+    let img = lab.data().join("image");
+    let out = lab.dir.join("narrow");
+    std::fs::create_dir_all(&out).unwrap();
+    let get = |ns: &str, n: usize| {
+        lab.exec_in(
+            ns,
+            &format!(
+                "curl -sS -m 6 --tftp-blksize 1468 -o {}/ipxe.efi.{n} tftp://{SERVER_IP}/ipxe.efi",
+                out.display()
+            ),
+        )
+    };
+    let timed_out = |lab: &Lab| {
+        lab.server_log()
+            .lines()
+            .filter(|l| {
+                l.contains("TFTP transfer")
+                    && l.contains("10.99.0.60:")
+                    && l.contains("ipxe.efi")
+                    && l.contains("\"timed-out\"")
+            })
+            .count()
+    };
+    for n in 1..=2 {
+        let o = get(&c, n);
+        assert!(
+            !o.status.success(),
+            "try {n} got through MTU 1000 at blksize 1468"
+        );
+        // The server gives up on the silent client (its retransmissions) and records the stall.
+        let t = Instant::now();
+        while timed_out(&lab) < n && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert_eq!(timed_out(&lab), n, "{}", lab.server_log());
+    }
+    assert!(
+        lab.server_log().contains("offering this peer blksize 512"),
+        "{}",
+        lab.server_log()
+    );
+    let o = get(&c, 3);
+    assert!(
+        o.status.success(),
+        "third try: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        lab.server_log()
+    );
+    assert_eq!(
+        sha256_file(&out.join("ipxe.efi.3")),
+        sha256_file(&img.join("ipxe.efi"))
+    );
+    // The cap is that address's alone.
+    let o = get(&ok, 4);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = lab.server_log();
+    let line = |peer: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("TFTP transfer")
+                    && l.contains(&format!("{peer}:"))
+                    && l.contains("\"complete\"")
+            })
+            .count()
+    };
+    assert_eq!((line("10.99.0.60"), line("10.99.0.61")), (1, 1), "{log}");
+    assert!(lab.stop_server().success());
 }

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::bootdiag::{self, Finding, Group};
+use fleet::crashes::CrashGroup;
 use fleet::Mac;
 use serde::Serialize;
 use std::sync::Arc;
@@ -35,6 +36,9 @@ pub struct DiagnosisView {
     pub looked_at: usize,
     /// Hosts by problem, in chain order.
     pub boot: Vec<Group>,
+    /// What is crashing the fleet: every host's reported kernel crash dumps by bugcheck, most
+    /// hosts first.
+    pub crashes: Vec<CrashGroup>,
     /// Every host with a finding (at most [`MAX_HOSTS`]).
     pub hosts: Vec<HostFinding>,
 }
@@ -64,6 +68,11 @@ pub fn of_fleet(
         v
     });
     let looked_at = candidates.len();
+    let crashes = fleet.with_hosts(|h| {
+        let mut v: Vec<_> = h.values().collect();
+        v.sort_by_key(|r| r.mac);
+        fleet::crashes::group(v)
+    });
     let grace = bootdiag::Grace::default();
     let mut hosts: Vec<HostFinding> = Vec::new();
     for (mac, name, state) in candidates {
@@ -83,6 +92,7 @@ pub fn of_fleet(
         generated: query::iso(now_ms),
         looked_at,
         boot,
+        crashes,
         hosts,
     })
 }

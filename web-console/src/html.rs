@@ -427,6 +427,14 @@ struct HostPage {
     stages: Vec<crate::progress::StageView>,
 }
 
+impl HostPage {
+    /// When a crash dump was written (its header's time, else the file's), ISO 8601 UTC.
+    fn dump_time(&self, d: &fleet::agent::CrashDump) -> String {
+        let unix = d.dump_time_unix.unwrap_or(d.written_unix);
+        query::iso(u64::try_from(unix).unwrap_or(0).saturating_mul(1000))
+    }
+}
+
 /// `GET /hosts/{mac}`: one host, its timeline and its actions.
 pub async fn host_page(
     State(c): State<Arc<Console>>,
@@ -646,6 +654,13 @@ struct DiagnosisPage {
     store_alert: Alerts,
     csrf: String,
     d: crate::diagnosis::DiagnosisView,
+}
+
+impl DiagnosisPage {
+    /// Unix seconds as the console shows times (ISO 8601, UTC).
+    fn at(&self, unix: &i64) -> String {
+        query::iso(u64::try_from(*unix).unwrap_or(0).saturating_mul(1000))
+    }
 }
 
 /// `GET /diagnosis`: the fleet's boot-chain diagnosis.

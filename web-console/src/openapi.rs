@@ -135,6 +135,8 @@ impl Modify for Bearer {
         fleet::bootdiag::Stall,
         fleet::bootdiag::Group,
         fleet::bootdiag::GroupHost,
+        fleet::crashes::CrashGroup,
+        fleet::agent::CrashDump,
         fleet::inventory::ImportRow,
         fleet::inventory::RowError,
         fleet::agent::VolumeReport,

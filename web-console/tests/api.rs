@@ -1906,9 +1906,55 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
             t.fleet.store().append_event(*mac, e).unwrap();
         }
     }
+    // A host whose agent reported a crash dump (what is crashing the fleet).
+    let crashed = Mac([0x52, 0x54, 0, 0xdd, 0, 9]);
+    t.fleet
+        .update(crashed, now, &mut |h| {
+            h.last_report = Some(fleet::agent::Report {
+                token: String::new(),
+                mac: crashed.to_string(),
+                report_id: "r1".into(),
+                result: fleet::agent::RunResult::Remediated,
+                reason: None,
+                volumes: vec![fleet::agent::VolumeReport {
+                    device: "vda2".into(),
+                    kind: "ntfs".into(),
+                    status: "remediated".into(),
+                    detail: String::new(),
+                    protectors: vec![],
+                    computer_name: None,
+                    crash_dumps: vec![fleet::agent::CrashDump {
+                        path: "Windows\\Minidump\\071924-8765-01.dmp".into(),
+                        size: 65536,
+                        written_unix: 1_721_362_200,
+                        bugcheck: "0x00000050".into(),
+                        bugcheck_name: Some("PAGE_FAULT_IN_NONPAGED_AREA".into()),
+                        parameters: vec![
+                            "0xFFFF840E12340000".into(),
+                            "0x0".into(),
+                            "0xFFFFF8076A2B1C3D".into(),
+                            "0x2".into(),
+                        ],
+                        dump_time_unix: Some(1_721_362_200),
+                        build: 19045,
+                        kind: "small (minidump)".into(),
+                        error: None,
+                    }],
+                }],
+                files: vec![],
+                rules_id: None,
+                rules_version: None,
+                agent_ms: 1,
+            });
+            Ok(())
+        })
+        .unwrap();
     let (s, _, b) = send(&t, get("/api/v1/diagnosis", Some(&t.viewer))).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let v = json(&b);
+    assert_eq!(v["crashes"][0]["bugcheck"], "0x00000050", "{v}");
+    assert_eq!(v["crashes"][0]["hosts"], 1);
+    assert_eq!(v["crashes"][0]["examples"][0]["mac"], "52:54:00:dd:00:09");
     assert_eq!(v["looked_at"], 4, "{v}");
     let groups = v["boot"].as_array().unwrap();
     assert_eq!(groups.len(), 2, "{v}");
@@ -1944,4 +1990,15 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
     assert!(page.contains("data-mac=\"52:54:00:dd:00:03\""));
     assert!(!page.contains("52:54:00:dd:00:04"));
     assert!(page.contains("href=\"/diagnosis\""), "nav link");
+    assert!(
+        page.contains("1 host(s): bugcheck 0x00000050 PAGE_FAULT_IN_NONPAGED_AREA"),
+        "{page}"
+    );
+    assert!(page.contains("2024-07-19T04:10:00Z"), "{page}");
+    // The host page lists the dump under its volume.
+    let (_, _, hp) = send(&t, page_req(&cookie, &format!("/hosts/{crashed}"))).await;
+    assert!(
+        hp.contains("Crash dumps on vda2") && hp.contains("0xFFFFF8076A2B1C3D"),
+        "{hp}"
+    );
 }

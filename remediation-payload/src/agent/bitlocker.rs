@@ -28,6 +28,7 @@ pub(super) fn locked(dev: &str, status: &str, detail: String, protectors: Vec<St
         detail,
         protectors,
         computer_name: None,
+        crash_dumps: vec![],
     })
 }
 

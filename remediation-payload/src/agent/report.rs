@@ -138,6 +138,7 @@ mod tests {
             detail: detail.into(),
             protectors: vec![],
             computer_name: None,
+            crash_dumps: vec![],
         }
     }
 

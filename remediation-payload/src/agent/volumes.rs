@@ -122,6 +122,84 @@ fn computer_name(ctx: &Ctx, dev: &str, root: &Path) -> Option<String> {
     }
 }
 
+/// The kernel crash dumps under `root` (read-only mount): `Windows\Minidump\*.dmp`, newest
+/// first, and `Windows\MEMORY.DMP`, at most [`fleet::agent::MAX_DUMPS`]; only each header
+/// ([`crate::crashdump::HEADER_BYTES`]) is read.
+pub(super) fn crash_dumps(root: &Path) -> Vec<fleet::agent::CrashDump> {
+    use crate::crashdump;
+    let Some(win) = find_ci(root, "Windows") else {
+        return Vec::new();
+    };
+    let mtime = |m: &std::fs::Metadata| {
+        use std::os::unix::fs::MetadataExt;
+        m.mtime()
+    };
+    // A folder's or file's name as it is on the disk (the path reported is the disk's own).
+    let name_of = |p: &Path, or: &str| {
+        p.file_name()
+            .map_or(or.to_string(), |n| n.to_string_lossy().into_owned())
+    };
+    let wname = name_of(&win, "Windows");
+    let mut found: Vec<(String, PathBuf, std::fs::Metadata)> = Vec::new();
+    if let Some(dir) = find_ci(&win, "Minidump") {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(m) = e.metadata() else { continue };
+            if m.is_file() && name.to_ascii_lowercase().ends_with(".dmp") {
+                let dname = name_of(&dir, "Minidump");
+                found.push((format!("{wname}\\{dname}\\{name}"), e.path(), m));
+            }
+        }
+    }
+    found.sort_by_key(|(p, _, m)| (std::cmp::Reverse(mtime(m)), p.clone()));
+    found.truncate(fleet::agent::MAX_DUMPS - 1);
+    if let Some(p) = find_ci(&win, "MEMORY.DMP") {
+        if let Ok(m) = std::fs::metadata(&p) {
+            if m.is_file() {
+                let fname = name_of(&p, "MEMORY.DMP");
+                found.push((format!("{wname}\\{fname}"), p, m));
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(rel, path, m)| {
+            let mut head = Vec::with_capacity(crashdump::HEADER_BYTES);
+            let read = std::fs::File::open(&path).and_then(|f| {
+                f.take(crashdump::HEADER_BYTES as u64)
+                    .read_to_end(&mut head)
+            });
+            let parsed = read
+                .map_err(|e| e.to_string())
+                .and_then(|_| crashdump::parse(&head));
+            let mut d = fleet::agent::CrashDump {
+                path: rel,
+                size: m.len(),
+                written_unix: mtime(&m),
+                bugcheck: String::new(),
+                bugcheck_name: None,
+                parameters: Vec::new(),
+                dump_time_unix: None,
+                build: 0,
+                kind: String::new(),
+                error: None,
+            };
+            match parsed {
+                Ok(h) => {
+                    d.bugcheck = format!("0x{:08X}", h.bugcheck);
+                    d.bugcheck_name = crashdump::bugcheck_name(h.bugcheck).map(String::from);
+                    d.parameters = h.parameters.iter().map(|p| format!("0x{p:X}")).collect();
+                    d.dump_time_unix = h.time_unix;
+                    d.build = h.build;
+                    d.kind = h.kind;
+                }
+                Err(e) => d.error = Some(e),
+            }
+            d
+        })
+        .collect()
+}
+
 /// Mounts `src` (the volume `dev` itself, or its unlocked BitLocker mapping) and remediates
 /// (or restores) it.
 pub(super) fn do_volume(
@@ -142,6 +220,7 @@ pub(super) fn do_volume(
             detail: String::new(),
             protectors: vec![],
             computer_name: None,
+            crash_dumps: vec![],
         },
         files: Vec::new(),
         failed: None,
@@ -161,6 +240,23 @@ pub(super) fn do_volume(
         vr.windows = find_ci(&dir, "Windows").is_some();
         if vr.windows {
             vr.report.computer_name = computer_name(ctx, dev, &dir);
+            vr.report.crash_dumps = crash_dumps(&dir);
+            for d in &vr.report.crash_dumps {
+                ctx.step(
+                    "volume",
+                    &format!(
+                        "{dev}: crash dump {}: {}",
+                        d.path,
+                        d.error.clone().unwrap_or_else(|| format!(
+                            "bugcheck {} {} ({}, build {})",
+                            d.bugcheck,
+                            d.bugcheck_name.as_deref().unwrap_or(""),
+                            d.kind,
+                            d.build
+                        ))
+                    ),
+                );
+            }
         }
         let _ = umount2(&dir, MntFlags::empty());
         if hib {
@@ -278,6 +374,66 @@ pub(super) fn do_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crash_dumps_are_read_newest_first_header_only() {
+        let root = std::env::temp_dir().join(format!("unbrick-dumps-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let md = root.join("WINDOWS").join("Minidump");
+        std::fs::create_dir_all(&md).unwrap();
+        let mut h = vec![0u8; crate::crashdump::HEADER_BYTES];
+        h[..8].copy_from_slice(b"PAGEDU64");
+        h[0x0c..0x10].copy_from_slice(&19045u32.to_le_bytes());
+        h[0x38..0x3c].copy_from_slice(&0x50u32.to_le_bytes());
+        h[0xf98..0xf9c].copy_from_slice(&4u32.to_le_bytes());
+        let mut big = h.clone();
+        big.extend(vec![0xeeu8; 1 << 20]);
+        std::fs::write(md.join("071924-1-01.dmp"), &big).unwrap();
+        std::fs::write(md.join("junk.DMP"), b"MDMP").unwrap();
+        std::fs::write(md.join("notes.txt"), b"x").unwrap();
+        std::fs::write(root.join("WINDOWS").join("memory.dmp"), &h).unwrap();
+        let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_721_362_140);
+        std::fs::File::options()
+            .write(true)
+            .open(md.join("071924-1-01.dmp"))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let d = crash_dumps(&root);
+        let paths: Vec<&str> = d.iter().map(|d| d.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "WINDOWS\\Minidump\\junk.DMP",
+                "WINDOWS\\Minidump\\071924-1-01.dmp",
+                "WINDOWS\\memory.dmp"
+            ]
+        );
+        assert!(
+            d[0].error.as_deref().unwrap().contains("no PAGE"),
+            "{:?}",
+            d[0]
+        );
+        assert_eq!(d[1].bugcheck, "0x00000050");
+        assert_eq!(
+            d[1].bugcheck_name.as_deref(),
+            Some("PAGE_FAULT_IN_NONPAGED_AREA")
+        );
+        assert_eq!(
+            (d[1].build, d[1].kind.as_str()),
+            (19045, "small (minidump)")
+        );
+        assert_eq!(
+            (d[1].size, d[1].written_unix),
+            (big.len() as u64, 1_721_362_140)
+        );
+        assert_eq!(d[1].parameters.len(), 4);
+        assert!(
+            crash_dumps(&root.join("WINDOWS")).is_empty(),
+            "no Windows folder"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn volume_classification() {
