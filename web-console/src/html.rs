@@ -430,8 +430,7 @@ struct HostPage {
 impl HostPage {
     /// When a crash dump was written (its header's time, else the file's), ISO 8601 UTC.
     fn dump_time(&self, d: &fleet::agent::CrashDump) -> String {
-        let unix = d.dump_time_unix.unwrap_or(d.written_unix);
-        query::iso(u64::try_from(unix).unwrap_or(0).saturating_mul(1000))
+        query::iso_secs(d.dump_time_unix.unwrap_or(d.written_unix))
     }
 }
 
@@ -659,7 +658,7 @@ struct DiagnosisPage {
 impl DiagnosisPage {
     /// Unix seconds as the console shows times (ISO 8601, UTC).
     fn at(&self, unix: &i64) -> String {
-        query::iso(u64::try_from(*unix).unwrap_or(0).saturating_mul(1000))
+        query::iso_secs(*unix)
     }
 }
 

@@ -280,6 +280,12 @@ pub struct ReportRow {
     pub rotate_bitlocker_key: bool,
 }
 
+/// Unix seconds (as the agent reports file and dump times; before 1970 reads as 1970) as
+/// [`iso`].
+pub fn iso_secs(unix: i64) -> String {
+    iso(u64::try_from(unix).unwrap_or(0).saturating_mul(1000))
+}
+
 /// Milliseconds since the Unix epoch as ISO 8601 UTC (`2024-07-19T04:09:00Z`).
 pub fn iso(ms: u64) -> String {
     let s = ms / 1000;
