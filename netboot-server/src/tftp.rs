@@ -134,7 +134,77 @@ pub struct TftpServer {
     per_peer: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     pool: Arc<Pool>,
     stalls: Arc<std::sync::Mutex<Stalls>>,
+    newest: Arc<Newest>,
 }
+
+/// The latest request per peer address and file, among transfers running: a transfer whose
+/// client asked for its file again is given up at its next retransmission
+/// ([`Transfer::abandon`]) instead of holding its slot through the whole back-off (firmware
+/// and iPXE retry a boot after a few seconds; without this, a busy server's slots fill with
+/// transfers nobody listens to). A request refused for want of a slot counts too: it is the
+/// one that most needs the old transfer's slot. One entry per running (peer, file) at most.
+#[derive(Default)]
+struct Newest {
+    seq: AtomicU64,
+    /// (peer, file) -> (latest request's ticket, transfers running).
+    map: std::sync::Mutex<std::collections::HashMap<(std::net::IpAddr, String), (u64, usize)>>,
+}
+
+impl Newest {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<(std::net::IpAddr, String), (u64, usize)>,
+    > {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Registers a new transfer; its ticket.
+    fn register(&self, ip: std::net::IpAddr, path: &str) -> u64 {
+        let n = self.next();
+        let mut m = self.lock();
+        let e = m.entry((ip, path.to_string())).or_insert((0, 0));
+        *e = (n, e.1 + 1);
+        n
+    }
+
+    /// A request that gets no transfer (refused): running transfers of the same file to the
+    /// same address are superseded all the same. Adds no entry.
+    fn asked_again(&self, ip: std::net::IpAddr, path: &str) {
+        let n = self.next();
+        if let Some(e) = self.lock().get_mut(&(ip, path.to_string())) {
+            e.0 = n;
+        }
+    }
+
+    /// Whether a later request for the same file came from the same address.
+    fn superseded(&self, ip: std::net::IpAddr, path: &str, ticket: u64) -> bool {
+        self.lock()
+            .get(&(ip, path.to_string()))
+            .is_some_and(|&(n, _)| n > ticket)
+    }
+
+    /// A transfer ended: the entry goes with the last one running.
+    fn done(&self, ip: std::net::IpAddr, path: &str) {
+        let mut m = self.lock();
+        let key = (ip, path.to_string());
+        if let Some(e) = m.get_mut(&key) {
+            e.1 = e.1.saturating_sub(1);
+            if e.1 == 0 {
+                m.remove(&key);
+            }
+        }
+    }
+}
+
+/// Most requests handled at once on tasks of their own; beyond it the request loop handles
+/// them one by one (backpressure on a flood).
+const MAX_HANDLERS: usize = 1024;
 
 /// The block size offered to a machine whose transfers stop at the same block twice.
 pub const STALL_BLKSIZE: usize = 512;
@@ -165,7 +235,9 @@ impl Stalls {
             self.last.remove(&ip);
             return None;
         }
-        if rec.outcome != Outcome::TimedOut || rec.blksize <= STALL_BLKSIZE {
+        // A transfer given up for a new request stopped where its client stopped listening.
+        let stopped = matches!(rec.outcome, Outcome::TimedOut | Outcome::Abandoned);
+        if !stopped || rec.blksize <= STALL_BLKSIZE {
             return None;
         }
         let here = (rec.path.clone(), rec.bytes, rec.blksize);
@@ -219,6 +291,7 @@ impl TftpServer {
             per_peer: Arc::default(),
             pool: Arc::default(),
             stalls: Arc::default(),
+            newest: Arc::default(),
             cfg,
             source,
             records,
@@ -234,26 +307,43 @@ impl TftpServer {
     /// Serves until `shutdown` turns true, then lets transfers in flight finish for up to
     /// `grace`, and cuts the rest (each gets an ERROR so the client does not hang).
     pub async fn run(self, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+        let me = Arc::new(self);
         let mut buf = vec![0u8; 2048];
         let cut = Arc::new(AtomicBool::new(false));
+        let handlers = Arc::new(Semaphore::new(MAX_HANDLERS));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => if *shutdown.borrow() { break },
-                r = self.socket.recv_from(&mut buf) => {
+                r = me.socket.recv_from(&mut buf) => {
                     let Ok((n, peer)) = r else { continue };
-                    self.on_request(&buf[..n], peer, cut.clone()).await;
+                    // Each request on a task of its own: a burst of requests (a wave starting)
+                    // is not answered one after the other, late enough for clients to give up.
+                    match handlers.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let (me, cut, d) = (me.clone(), cut.clone(), buf[..n].to_vec());
+                            tokio::spawn(async move {
+                                me.on_request(&d, peer, cut).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => me.on_request(&buf[..n], peer, cut.clone()).await,
+                    }
                 }
             }
         }
-        let all = self.cfg.max_transfers as u32;
-        if tokio::time::timeout(grace, self.slots.acquire_many(all))
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            handlers.acquire_many(MAX_HANDLERS as u32),
+        )
+        .await;
+        let all = me.cfg.max_transfers as u32;
+        if tokio::time::timeout(grace, me.slots.acquire_many(all))
             .await
             .is_err()
         {
             tracing::warn!("TFTP: cutting transfers still running after {grace:?}");
             cut.store(true, Ordering::Relaxed);
-            let _ =
-                tokio::time::timeout(Duration::from_secs(2), self.slots.acquire_many(all)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), me.slots.acquire_many(all)).await;
         }
     }
 
@@ -285,6 +375,7 @@ impl TftpServer {
             })
         };
         let Some(peer_slot) = counted else {
+            self.newest.asked_again(peer.ip(), &req.path);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "TFTP: {} transfers already running for this address; refusing", self.cfg.max_per_peer);
             let _ = self
@@ -297,6 +388,7 @@ impl TftpServer {
             return;
         };
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            self.newest.asked_again(peer.ip(), &req.path);
             self.stats.busy.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%peer, "TFTP: {} transfers already running; refusing", self.cfg.max_transfers);
             let _ = self
@@ -353,8 +445,13 @@ impl TftpServer {
         let records = self.records.clone();
         let stats = self.stats.clone();
         let stalls = self.stalls.clone();
+        let newest = self.newest.clone();
+        let ticket = newest.register(peer.ip(), &req.path);
+        let key_path = req.path.clone();
         let spawned = self.pool.run(Box::new(move || {
-                let mut rec = transfer(sock, peer, req.path, file, req.options, limits, &cut);
+                let given_up = || newest.superseded(peer.ip(), &req.path, ticket);
+                let mut rec = transfer(sock, peer, req.path.clone(), file, req.options, limits, &cut, &given_up);
+                newest.done(peer.ip(), &req.path);
                 rec.blksize_capped = stalls.lock().unwrap_or_else(|e| e.into_inner()).note(&rec);
                 if let Some(c) = rec.blksize_capped {
                     tracing::warn!(peer = %rec.peer, path = %rec.path, "TFTP stopped at byte {} twice with blksize {}: offering this peer blksize {c} from now on", rec.bytes, rec.blksize);
@@ -371,6 +468,7 @@ impl TftpServer {
             }));
         if let Err(e) = spawned {
             // The slot and the peer's count went back with the closure.
+            self.newest.done(peer.ip(), &key_path);
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%peer, "TFTP: cannot start a transfer thread: {e}");
             let _ = self
@@ -451,7 +549,9 @@ impl Pool {
 }
 
 /// One transfer, on its own thread: the blocking socket waits for the client's next packet or
-/// the state machine's deadline, whichever comes first.
+/// the state machine's deadline, whichever comes first. `asked_again` says whether the client
+/// has since asked for the file again (looked at when a retransmission is due).
+#[allow(clippy::too_many_arguments)]
 fn transfer(
     sock: std::net::UdpSocket,
     peer: SocketAddr,
@@ -460,6 +560,7 @@ fn transfer(
     options: Vec<(String, String)>,
     limits: Limits,
     cut: &AtomicBool,
+    asked_again: &dyn Fn() -> bool,
 ) -> TransferRecord {
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
@@ -508,7 +609,10 @@ fn transfer(
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 if now() >= due {
-                    t.on_timeout(now())
+                    match asked_again().then(|| t.abandon()).flatten() {
+                        Some(err) => vec![err],
+                        None => t.on_timeout(now()),
+                    }
                 } else {
                     Vec::new()
                 }
@@ -581,8 +685,9 @@ mod tests {
             s.note(&rec(a, "shimx64.efi", 2936, 1468, Outcome::TimedOut)),
             None
         );
+        // Given up for the client's next request: stopped there too.
         assert_eq!(
-            s.note(&rec(a, "shimx64.efi", 2936, 1468, Outcome::TimedOut)),
+            s.note(&rec(a, "shimx64.efi", 2936, 1468, Outcome::Abandoned)),
             Some(STALL_BLKSIZE)
         );
         assert_eq!(s.cap(IpAddr::from(a)), Some(STALL_BLKSIZE));

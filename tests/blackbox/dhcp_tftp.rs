@@ -703,8 +703,9 @@ import time; time.sleep(20)
 ' "#;
 
 /// One address holds stalled transfers (it asks for `timeout 255` and never ACKs): it gets
-/// at most 4, the `timeout` beyond 5 s is not acknowledged, and other machines still download
-/// with real clients meanwhile.
+/// at most 4, the `timeout` beyond 5 s is not acknowledged, a transfer whose client asked for
+/// the file again is given up early, and other machines still download with real clients
+/// meanwhile.
 #[test]
 fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
     let mut lab = Lab::new("ts");
@@ -735,6 +736,20 @@ fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
             .filter(|l| l.starts_with("oack"))
             .all(|l| !l.contains("timeout")),
         "timeout 255 must not be acknowledged: {text}"
+    );
+    // Each request asked for the same file again: the three earlier transfers are given up at
+    // their next retransmission (about 3 s), not after the whole back-off.
+    assert!(
+        lab.wait_log("\"abandoned\"", Duration::from_secs(10)),
+        "{}",
+        lab.server_log()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        lab.server_log().matches("\"abandoned\"").count(),
+        3,
+        "{}",
+        lab.server_log()
     );
     // Meanwhile another machine downloads, with curl and with atftp.
     let out = lab.dir.join("dl");

@@ -13,8 +13,48 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// QEMU tests take turns: firmware PXE timers give up when eight TCG guests share two cores.
-pub fn qemu_turn() -> std::sync::MutexGuard<'static, ()> {
-    QEMU.lock().unwrap_or_else(|e| e.into_inner())
+/// How long a test waited for its turn and held it goes to the timing log ([`note_time`]).
+pub fn qemu_turn() -> QemuTurn {
+    let asked = Instant::now();
+    let guard = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    note_time("waited for the QEMU turn", asked.elapsed());
+    QemuTurn {
+        _guard: guard,
+        since: Instant::now(),
+    }
+}
+
+/// A test's turn at QEMU; the turn passes on when it is dropped.
+pub struct QemuTurn {
+    _guard: std::sync::MutexGuard<'static, ()>,
+    since: Instant,
+}
+
+impl Drop for QemuTurn {
+    fn drop(&mut self) {
+        note_time("held the QEMU turn", self.since.elapsed());
+    }
+}
+
+/// Appends "test, what, seconds" to the file named by `UNBRICK_TEST_TIMES` (the test command
+/// prints it as a table after the tests: where the wall time of a run goes). Written to the
+/// file directly, so it is kept for passing tests whose output the harness swallows.
+pub fn note_time(what: &str, took: Duration) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("UNBRICK_TEST_TIMES") else {
+        return;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("(unnamed)")
+        .to_string();
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{test}\t{what}\t{:.1}", took.as_secs_f64());
+    }
 }
 
 /// Runs a shell command; its output, whatever the status.
@@ -117,6 +157,8 @@ pub struct Lab {
     extra_children: Vec<Child>,
     /// How the server was last started (prefix, arguments), for [`Self::restart_server`].
     serve_cmd: Option<(Vec<String>, String)>,
+    /// When it was made (its lifetime goes to the timing log).
+    made: Instant,
 }
 
 impl Lab {
@@ -138,6 +180,7 @@ impl Lab {
             log,
             extra_children: Vec::new(),
             serve_cmd: None,
+            made: Instant::now(),
         }
     }
 
@@ -400,6 +443,7 @@ impl Drop for Lab {
             remove_namespace(c);
         }
         remove_namespace(&self.ns);
+        note_time(&format!("lab {}", self.ns), self.made.elapsed());
         if std::env::var_os("UNBRICK_KEEP_LABS").is_none() && !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }

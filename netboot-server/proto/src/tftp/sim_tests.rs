@@ -327,6 +327,24 @@ fn silent_client_times_out_with_backoff() {
 }
 
 #[test]
+fn a_new_request_ends_only_a_transfer_that_waits_on_a_retransmission() {
+    let data = Arc::from(&file(5000)[..]);
+    let (mut t, _) = Transfer::start(data, &[], &Limits::default(), 0);
+    // Acknowledged so far: a request from its address (spoofed or not) leaves it alone.
+    assert!(t.on_packet(&Packet::Ack(1).encode(), 10).len() == 1);
+    assert_eq!(t.abandon(), None);
+    assert!(!t.is_finished());
+    // Its client fell silent: after one retransmission the new request ends it.
+    let d = t.deadline_ms().unwrap();
+    assert_eq!(t.on_timeout(d).len(), 1);
+    let err = t.abandon().expect("an ERROR for the old transfer ID");
+    assert_eq!(err[..2], OP_ERROR.to_be_bytes());
+    assert_eq!(t.outcome(), Some(&Outcome::Abandoned));
+    assert_eq!(t.bytes_acked(), 512, "where the client stopped");
+    assert_eq!(t.abandon(), None, "once");
+}
+
+#[test]
 fn block_number_rollover_over_32_mib() {
     let f = file(33 * 1024 * 1024 + 17);
     let r = run(&f, &[], |i| i == 70_000, |_| false);

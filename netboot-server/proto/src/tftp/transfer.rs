@@ -57,6 +57,10 @@ pub enum Outcome {
     TooLong,
     /// The client sent something that makes no sense for a read transfer.
     Protocol(String),
+    /// The client asked for the same file again (a new request from the same address) while
+    /// this transfer waited for its acknowledgement: it gave this one up. Set by the driver,
+    /// which sees the requests.
+    Abandoned,
 }
 
 impl Outcome {
@@ -68,6 +72,7 @@ impl Outcome {
             Self::TimedOut => "timed-out",
             Self::TooLong => "too-long",
             Self::Protocol(_) => "protocol-error",
+            Self::Abandoned => "abandoned",
         }
     }
 }
@@ -263,6 +268,22 @@ impl Transfer {
     fn finish(&mut self, outcome: Outcome) {
         self.phase = Phase::Finished;
         self.outcome = Some(outcome);
+    }
+
+    /// The client asked for the file again from a new transfer ID: ends this transfer if it
+    /// has been waiting on a retransmission (no acknowledgement since its last timeout), so a
+    /// client that gave it up does not hold its slot for the whole back-off. A transfer whose
+    /// client is acknowledging goes on: a request spoofed from its address cannot end it.
+    /// Returns the ERROR to send when it ended.
+    pub fn abandon(&mut self) -> Option<Vec<u8>> {
+        if self.phase == Phase::Finished || self.retries == 0 {
+            return None;
+        }
+        self.finish(Outcome::Abandoned);
+        Some(error_packet(
+            ErrorCode::NotDefined as u16,
+            "you asked for this file again: this transfer is given up",
+        ))
     }
 
     /// Handles one datagram from the client's transfer ID.

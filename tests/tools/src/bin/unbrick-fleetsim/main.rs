@@ -331,6 +331,8 @@ struct HostLog {
     acked_reports: Vec<String>,
     polls: u32,
     retries: u32,
+    /// Why its boots failed, and how often (the retries' causes).
+    causes: std::collections::BTreeMap<String, u32>,
     error: Option<String>,
 }
 
@@ -357,7 +359,7 @@ async fn machine(
     let mut last = String::new();
     // The address its interface was given (a reboot that leases the same one skips `ip`).
     let mut configured = None;
-    for attempt in 0..40u32 {
+    for attempt in 0..60u32 {
         let xid = 0x1000_0000 + (attempt << 20) + i as u32;
         match boot_once(
             i,
@@ -381,11 +383,17 @@ async fn machine(
                 {
                     let mut l = log.lock().unwrap();
                     l[i].retries += 1;
+                    *l[i].causes.entry(last.clone()).or_default() += 1;
                     if let Some(open) = l[i].in_payload.last_mut().filter(|p| p.1 == 0) {
                         open.1 = now;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(2000 + (i as u64 * 31) % 3000)).await;
+                // Like a machine that fell through to its disk, crashed and rebooted: the
+                // first retry after 2 to 5 s, then longer (a boot loop takes its time), at
+                // most 20 s; a storm of retries every few seconds is no real LAN's.
+                let base = 2000 + (i as u64 * 31) % 3000;
+                let wait = (base << attempt.min(3)).min(20_000);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }
     }
@@ -913,6 +921,22 @@ fn main() {
         "total time: {:.1} s for {n} hosts; waiting-room polls: {polls}; boots retried by machines: {retries}",
         done.as_secs_f64()
     );
+    if retries > 0 {
+        let mut causes = std::collections::BTreeMap::<&str, u32>::new();
+        for l in log.iter() {
+            for (c, k) in &l.causes {
+                *causes.entry(c.as_str()).or_default() += k;
+            }
+        }
+        let mut causes: Vec<_> = causes.into_iter().collect();
+        causes.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let top: Vec<String> = causes
+            .iter()
+            .take(6)
+            .map(|(c, k)| format!("{k} x {c}"))
+            .collect();
+        println!("why boots were retried: {}", top.join("; "));
+    }
     println!("hosts recovered (Windows seen): {recovered} of {n}; peak in the payload at once: {peak} (limit {conc})");
     if !pid.is_empty() {
         println!(
