@@ -27,12 +27,12 @@ CONF
 export APT_CONFIG="$state/apt.conf"
 export DEBIAN_FRONTEND=noninteractive
 
-stamp="$state/installed-v7"
+stamp="$state/installed-v8"
 pkgs=(isc-dhcp-client udhcpc atftp atftpd dnsmasq-base nginx-light kea-admin
       ipxe ipxe-qemu ovmf shim-signed grub-efi-amd64-signed
       ntfs-3g gdisk fdisk iproute2 bridge-utils tcpdump xz-utils zstd kmod cpio musl-tools
       cryptsetup-bin dislocker python3-venv chromium chromium-driver jq procps psmisc bc xxd file
-      openipmi openssl mmdebstrap lintian)
+      openipmi openssl mmdebstrap lintian binutils-mingw-w64-x86-64)
 bpo=(qemu-system-x86 seabios)
 
 if [ ! -f "$stamp" ]; then

@@ -73,6 +73,18 @@ pub(crate) enum Cmd {
         /// The whole diagnosis as JSON (every host).
         #[arg(long)]
         json: bool,
+        /// Draft a rules document that quarantines the scanned file with this SHA-256 (its
+        /// path, first bytes and last-write window), and print the canary-first campaign
+        /// over the hosts that have it. Changes nothing: sign the document offline.
+        #[arg(long, value_name = "SHA256")]
+        draft_rule: Option<String>,
+        /// With --draft-rule: the file's path, when that content sits at more than one.
+        #[arg(long, requires = "draft_rule")]
+        path: Option<String>,
+        /// With --draft-rule: write the document to this file (else to standard output; the
+        /// steps go to standard error).
+        #[arg(long, requires = "draft_rule")]
+        out: Option<PathBuf>,
     },
     /// Write the man pages (OUT/man/*.1) and shell completions (OUT/completions: bash, zsh,
     /// fish) generated from this CLI; the Debian package ships them.

@@ -711,6 +711,60 @@ pub(crate) fn diagnose(target: &Target, json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `unbrick diagnose --draft-rule SHA256`: the drafted rules document and the steps.
+pub(crate) fn draft_rule(
+    target: &Target,
+    sha256: &str,
+    path: Option<&str>,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<(), Fail> {
+    if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Fail(format!("{sha256:?} is not a SHA-256 (64 hex digits)")));
+    }
+    let v: serde_json::Value = if let Some(api) = Api::from(target)? {
+        let mut q = format!("/api/v1/diagnosis/draft-rule?sha256={sha256}");
+        if let Some(p) = path {
+            q += "&path=";
+            for b in p.bytes() {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    q.push(b as char);
+                } else {
+                    q += &format!("%{b:02X}");
+                }
+            }
+        }
+        api.json("GET", &q, None)?
+    } else {
+        let fl = local_fleet(&target.data_dir)?;
+        let d = web_console::diagnosis::draft(&fl, sha256, path, fleet_service::now_ms() / 1000)
+            .map_err(Fail)?
+            .ok_or_else(|| {
+                Fail(format!(
+                    "no scanned host has a file with SHA-256 {sha256}{}",
+                    path.map(|p| format!(" at {p}")).unwrap_or_default()
+                ))
+            })?;
+        serde_json::to_value(d)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let doc = v["document"].as_str().unwrap_or_default();
+    match out {
+        Some(o) => {
+            std::fs::write(o, doc).map_err(|e| Fail(format!("{}: {e}", o.display())))?;
+            eprintln!("wrote {} (not signed)", o.display());
+        }
+        None => print!("{doc}"),
+    }
+    for l in v["steps"].as_array().into_iter().flatten() {
+        eprintln!("{}", l.as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
 fn diagnosis_text(v: &serde_json::Value) -> String {
     let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
     let mut out = format!(
@@ -728,6 +782,39 @@ fn diagnosis_text(v: &serde_json::Value) -> String {
         );
         for h in g["examples"].as_array().into_iter().flatten() {
             out += &format!("  {}  {}\n", s(&h["mac"]), s(&h["detail"]));
+        }
+    }
+    let files = &v["files"];
+    if files["scanned_hosts"].as_u64().unwrap_or(0) > 0 {
+        out += &format!(
+            "\nRead-only scan: {} host(s), {} with a crash dump.\n",
+            files["scanned_hosts"].as_u64().unwrap_or(0),
+            files["crashing_hosts"].as_u64().unwrap_or(0)
+        );
+        for g in files["files"].as_array().into_iter().flatten().take(20) {
+            out += &format!(
+                "  {} {}  sha256 {}  {} bytes  on {} crashing / {} other host(s)\n",
+                if g["suspect"].as_bool() == Some(true) {
+                    "SUSPECT"
+                } else {
+                    "       "
+                },
+                s(&g["path"]),
+                s(&g["sha256"]),
+                g["size"].as_u64().unwrap_or(0),
+                g["crashing_hosts"].as_u64().unwrap_or(0),
+                g["hosts_without_crashes"].as_u64().unwrap_or(0)
+            );
+        }
+        if let Some(g) = files["files"]
+            .as_array()
+            .and_then(|f| f.first())
+            .filter(|g| g["suspect"].as_bool() == Some(true))
+        {
+            out += &format!(
+                "  Draft a rule for the suspect: unbrick diagnose --draft-rule {} --out active.json\n",
+                s(&g["sha256"])
+            );
         }
     }
     let groups = v["boot"].as_array().cloned().unwrap_or_default();

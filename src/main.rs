@@ -127,7 +127,14 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::run(a),
         Cmd::Campaign(c) => client::campaign(c),
         Cmd::Bmc(b) => client::bmc(b),
-        Cmd::Diagnose { target, json } => client::diagnose(&target, json),
+        Cmd::Diagnose {
+            target,
+            json,
+            draft_rule: Some(sha),
+            path,
+            out,
+        } => client::draft_rule(&target, &sha, path.as_deref(), out.as_deref(), json),
+        Cmd::Diagnose { target, json, .. } => client::diagnose(&target, json),
         Cmd::DistFiles { out } => dist_files(&out),
     };
     if hand_back {

@@ -139,10 +139,83 @@ pub struct VolumeReport {
     /// `Windows\MEMORY.DMP`): their headers, read on the read-only mount.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub crash_dumps: Vec<CrashDump>,
+    /// The Windows version in the volume's SOFTWARE hive (read when the rules inspect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_version: Option<WindowsVersion>,
+    /// Files the rules' `inspect` entries matched: their facts, read on the read-only mount;
+    /// nothing on the volume changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inspected: Vec<InspectedFile>,
 }
 
 /// Most crash dumps a volume's report lists.
 pub const MAX_DUMPS: usize = 16;
+
+/// Most inspected files a volume's report lists.
+pub const MAX_INSPECTED: usize = 256;
+
+/// What a volume's SOFTWARE hive says of its Windows (`Microsoft\Windows NT\CurrentVersion`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WindowsVersion {
+    /// `ProductName` (Windows 11 still says "Windows 10" here: the build tells).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// `DisplayVersion` (`23H2`), or `ReleaseId` on older Windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_version: Option<String>,
+    /// `CurrentBuild` (`22631`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<u32>,
+    /// `UBR`, the update build revision (`3880`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ubr: Option<u32>,
+    /// `EditionID` (`Professional`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edition: Option<String>,
+}
+
+/// A file an `inspect` rule matched, as the agent found it (left in place).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InspectedFile {
+    /// Relative to the volume root, as on the disk.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its last-write time, Unix seconds.
+    pub written_unix: i64,
+    /// SHA-256 of its content, hex (empty when it was too large to hash: see `error`).
+    pub sha256: String,
+    /// Its first 16 bytes, hex.
+    pub head: String,
+    /// The rule that matched it.
+    pub rule_id: String,
+    /// The PE version resource, where the file has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<FileVersion>,
+    /// Why a fact is missing (unreadable, too large to hash, damaged version resource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A PE file's version resource (what the file says about itself).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FileVersion {
+    /// `CompanyName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+    /// `ProductName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    /// `FileVersion` (the string), else the fixed file version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_version: Option<String>,
+    /// `FileDescription`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
 
 /// A kernel crash dump's header, as the agent read it (nothing else of the dump leaves it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,6 +352,37 @@ impl Report {
                     cut(e, MAX_TEXT);
                 }
             }
+            if let Some(w) = &mut v.windows_version {
+                for f in [&mut w.product, &mut w.display_version, &mut w.edition]
+                    .into_iter()
+                    .flatten()
+                {
+                    cut(f, MAX_SHORT);
+                }
+            }
+            v.inspected.truncate(MAX_INSPECTED);
+            for f in &mut v.inspected {
+                cut(&mut f.path, MAX_TEXT);
+                for s in [&mut f.sha256, &mut f.head, &mut f.rule_id] {
+                    cut(s, MAX_SHORT);
+                }
+                if let Some(e) = &mut f.error {
+                    cut(e, MAX_TEXT);
+                }
+                if let Some(ver) = &mut f.version {
+                    for s in [
+                        &mut ver.company,
+                        &mut ver.product,
+                        &mut ver.file_version,
+                        &mut ver.description,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        cut(s, MAX_SHORT);
+                    }
+                }
+            }
         }
         self.files.truncate(MAX_ITEMS);
         for f in &mut self.files {
@@ -382,6 +486,8 @@ mod tests {
                 protectors: vec![],
                 computer_name: Some(format!("WKS\u{1b}[2J\n{long}")),
                 crash_dumps: vec![],
+                windows_version: None,
+                inspected: vec![],
             }],
             files: vec![file; 10_000],
             rules_id: None,

@@ -121,6 +121,8 @@ mod tests {
                 protectors: vec![],
                 computer_name: None,
                 crash_dumps: dumps,
+                windows_version: None,
+                inspected: vec![],
             }],
             files: vec![],
             rules_id: None,

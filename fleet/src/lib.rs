@@ -14,6 +14,7 @@ pub mod claim;
 pub mod crashes;
 pub mod error;
 pub mod escrow;
+pub mod filegroups;
 pub mod host;
 pub mod inventory;
 pub mod lease;

@@ -550,6 +550,8 @@ mod tests {
                 ],
                 computer_name: Some("WKS-0042".into()),
                 crash_dumps: vec![],
+                windows_version: None,
+                inspected: vec![],
             }],
             files: vec![],
             rules_id: None,

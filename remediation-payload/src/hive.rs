@@ -21,9 +21,53 @@ pub fn computer_name(bytes: &[u8]) -> Result<String, String> {
         .unwrap_or_else(|_| Err("the hive reader failed on this malformed hive".into()))
 }
 
-fn read(bytes: &[u8]) -> Result<String, String> {
-    let hive = match nt_hive::Hive::new(bytes) {
-        Ok(h) => h,
+/// The Windows version in a SOFTWARE hive's bytes (`Microsoft\Windows NT\CurrentVersion`):
+/// product name, display version, build and update build revision, edition. What the disk
+/// says about itself: shown and grouped by, never used to decide.
+pub fn windows_version(bytes: &[u8]) -> Result<fleet::agent::WindowsVersion, String> {
+    std::panic::catch_unwind(|| read_version(bytes))
+        .unwrap_or_else(|_| Err("the hive reader failed on this malformed hive".into()))
+}
+
+fn read_version(bytes: &[u8]) -> Result<fleet::agent::WindowsVersion, String> {
+    let hive = open(bytes)?;
+    let err = |what: &str, e: nt_hive::NtHiveError| format!("{what}: {e}");
+    let root = hive.root_key_node().map_err(|e| err("root key", e))?;
+    let path = "Microsoft\\Windows NT\\CurrentVersion";
+    let key = root
+        .subpath(path)
+        .ok_or_else(|| format!("no {path} key"))?
+        .map_err(|e| err(path, e))?;
+    let text = |name: &str| -> Option<String> {
+        let v = key.value(name)?.ok()?.string_data().ok()?;
+        let v = clean(&v);
+        (!v.is_empty()).then_some(v)
+    };
+    let build = text("CurrentBuild")
+        .or_else(|| text("CurrentBuildNumber"))
+        .and_then(|b| b.parse::<u32>().ok());
+    let ubr = key
+        .value("UBR")
+        .and_then(|v| v.ok())
+        .and_then(|v| v.dword_data().ok());
+    let v = fleet::agent::WindowsVersion {
+        product: text("ProductName"),
+        display_version: text("DisplayVersion").or_else(|| text("ReleaseId")),
+        build,
+        ubr,
+        edition: text("EditionID"),
+    };
+    if v.product.is_none() && v.build.is_none() {
+        return Err(format!("{path} names neither a product nor a build"));
+    }
+    Ok(v)
+}
+
+/// A hive, read as it is when only its sequence numbers disagree (Windows did not close it,
+/// as after a crash; its logs are not replayed here).
+fn open(bytes: &[u8]) -> Result<nt_hive::Hive<&[u8]>, String> {
+    match nt_hive::Hive::new(bytes) {
+        Ok(h) => Ok(h),
         Err(nt_hive::NtHiveError::SequenceNumberMismatch { .. }) => {
             let h = nt_hive::Hive::without_validation(bytes).map_err(|e| format!("{e}"))?;
             // Everything but the sequence numbers must still hold: sequence numbers are the
@@ -35,10 +79,14 @@ fn read(bytes: &[u8]) -> Result<String, String> {
                     h.minor_version()
                 ));
             }
-            h
+            Ok(h)
         }
-        Err(e) => return Err(format!("not a readable hive: {e}")),
-    };
+        Err(e) => Err(format!("not a readable hive: {e}")),
+    }
+}
+
+fn read(bytes: &[u8]) -> Result<String, String> {
+    let hive = open(bytes)?;
     let err = |what: &str, e: nt_hive::NtHiveError| format!("{what}: {e}");
     let root = hive.root_key_node().map_err(|e| err("root key", e))?;
     let current = root
@@ -63,17 +111,22 @@ fn read(bytes: &[u8]) -> Result<String, String> {
         .ok_or_else(|| format!("no ComputerName value in {path}"))?
         .map_err(|e| err("ComputerName", e))?;
     let name = value.string_data().map_err(|e| err("ComputerName", e))?;
-    let name: String = name
-        .trim_end_matches('\0')
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(MAX_NAME)
-        .collect();
+    let name = clean(&name);
     if name.is_empty() {
         return Err(format!("ComputerName in {path} is empty"));
     }
     Ok(name)
+}
+
+/// A registry string as the report carries it: without the terminating NULs, surrounding
+/// blanks and control characters, at most `MAX_NAME` characters.
+fn clean(v: &str) -> String {
+    v.trim_end_matches('\0')
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_NAME)
+        .collect()
 }
 
 #[cfg(test)]
@@ -85,6 +138,23 @@ mod tests {
     const CLEAN: &[u8] = include_bytes!("../testdata/SYSTEM");
     const DIRTY_CS2: &[u8] = include_bytes!("../testdata/SYSTEM-dirty-cs2");
     const NO_NAME: &[u8] = include_bytes!("../testdata/SYSTEM-no-name");
+
+    #[test]
+    fn the_windows_version_of_a_software_hive() {
+        // Written by the same helper with --software.
+        let v = windows_version(include_bytes!("../testdata/SOFTWARE")).unwrap();
+        assert_eq!(v.product.as_deref(), Some("Windows 10 Pro"));
+        assert_eq!(v.display_version.as_deref(), Some("23H2"));
+        assert_eq!((v.build, v.ubr), (Some(22631), Some(3880)));
+        assert_eq!(v.edition.as_deref(), Some("Professional"));
+        // A SYSTEM hive is no SOFTWARE hive: said so.
+        let e = windows_version(CLEAN).unwrap_err();
+        assert!(
+            e.contains("no Microsoft\\Windows NT\\CurrentVersion key"),
+            "{e}"
+        );
+        assert!(windows_version(b"junk").is_err());
+    }
 
     #[test]
     fn the_name_of_the_current_control_set() {

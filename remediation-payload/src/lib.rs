@@ -13,7 +13,9 @@ pub mod bitlk;
 pub mod cmdline;
 pub mod crashdump;
 pub mod hive;
+pub mod inspect;
 pub mod modules;
+pub mod pe;
 pub mod remediate;
 mod sys;
 

@@ -55,7 +55,7 @@ pub fn candidates(root: &Path, rule: &Rule) -> std::io::Result<Vec<(Vec<String>,
     Ok(level)
 }
 
-fn mtime_of(meta: &std::fs::Metadata) -> i64 {
+pub(crate) fn mtime_of(meta: &std::fs::Metadata) -> i64 {
     match meta.modified() {
         Ok(t) => match t.duration_since(std::time::UNIX_EPOCH) {
             Ok(d) => d.as_secs() as i64,
@@ -115,7 +115,8 @@ pub fn remediate(
         rules.id,
         rules.version
     ));
-    for rule in &rules.rules {
+    // `inspect` rules are the read-only scan's (the inspect module), done before this pass.
+    for rule in rules.rules.iter().filter(|r| r.action != Action::Inspect) {
         let found = match candidates(root, rule) {
             Ok(f) => f,
             Err(e) => {
@@ -136,10 +137,15 @@ pub fn remediate(
                     components: &refs,
                     header: &header,
                     last_write_unix: mtime,
+                    now_unix: now_unix as i64,
                 }) else {
                     out.log.push(format!("kept {rel}: matches the path of {} but not its other conditions (last write {})", rule.id, signing::time::format_utc(mtime.max(0) as u64)));
                     return Ok(None);
                 };
+                if verdict.action == Action::Inspect {
+                    // Listed by the read-only scan before this pass; left alone here.
+                    return Ok(None);
+                }
                 let sha = sha256_file(&path)?;
                 let mut rec = FileRecord {
                     volume: volume.to_string(),
@@ -152,6 +158,7 @@ pub fn remediate(
                         Action::Quarantine => "quarantine",
                         Action::Delete => "delete",
                         Action::ReportOnly => "report-only",
+                        Action::Inspect => "inspect",
                     }
                     .into(),
                     quarantined_to: None,
@@ -205,7 +212,7 @@ pub fn remediate(
                             rec.sha256, rec.size, rec.rule_id
                         ));
                     }
-                    Action::ReportOnly => out.log.push(format!(
+                    Action::ReportOnly | Action::Inspect => out.log.push(format!(
                         "reported {rel} (sha256 {}, rule {}); left in place",
                         rec.sha256, rec.rule_id
                     )),

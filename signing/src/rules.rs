@@ -14,8 +14,12 @@ pub enum Action {
     Quarantine,
     /// Remove (still hashed and recorded first).
     Delete,
-    /// Record only; the file stays.
+    /// Record only; the file stays (the run's log is still written to the volume).
     ReportOnly,
+    /// Report the file's facts (size, last write, SHA-256, first bytes, PE version) and
+    /// change nothing: a rules document of `inspect` rules only is a scan that mounts every
+    /// volume read-only and writes nothing to it.
+    Inspect,
 }
 
 /// One rule: which files on a Windows volume to quarantine.
@@ -38,6 +42,9 @@ pub struct Rule {
     /// Only files last written strictly after this RFC 3339 UTC time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_write_after: Option<String>,
+    /// Only files last written within this many days before the agent's run (1 to 3650).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_within_days: Option<u32>,
     /// What to do with a match.
     pub action: Action,
 }
@@ -69,6 +76,8 @@ pub struct FileFacts<'a> {
     pub header: &'a [u8],
     /// Last-write time, seconds since the epoch (may be negative for very old files).
     pub last_write_unix: i64,
+    /// The time of the agent's run, seconds since the epoch (for `changed_within_days`).
+    pub now_unix: i64,
 }
 
 /// The decision for one file.
@@ -87,6 +96,7 @@ struct Compiled {
     magic: Vec<u8>,
     before: Option<i64>,
     after: Option<i64>,
+    within_secs: Option<i64>,
 }
 
 /// Splits a Windows or POSIX relative path into components.
@@ -150,7 +160,16 @@ impl Rule {
                 .transpose()
                 .map_err(|e| format!("rule {}: {e}", self.id))
         };
+        if let Some(d) = self.changed_within_days {
+            if !(1..=3650).contains(&d) {
+                return Err(format!(
+                    "rule {}: changed_within_days is {d}; it must be 1 to 3650",
+                    self.id
+                ));
+            }
+        }
         Ok(Compiled {
+            within_secs: self.changed_within_days.map(|d| i64::from(d) * 86_400),
             components: parts
                 .iter()
                 .map(|c| c.chars().map(fold).collect())
@@ -191,6 +210,9 @@ impl Compiled {
             && f.header.starts_with(&self.magic)
             && self.before.is_none_or(|t| f.last_write_unix < t)
             && self.after.is_none_or(|t| f.last_write_unix > t)
+            && self
+                .within_secs
+                .is_none_or(|w| f.last_write_unix >= f.now_unix - w)
     }
 }
 
@@ -212,6 +234,7 @@ impl RuleSet {
                 magic: Some("AAAAAAAA01002301".into()),
                 last_write_before: Some("2024-07-19T05:27:00Z".into()),
                 last_write_after: None,
+                changed_within_days: None,
                 action: Action::Quarantine,
             }],
         }
@@ -303,6 +326,20 @@ impl RuleSet {
         })
     }
 
+    /// The first `inspect` rule that matches the file, if any (the read-only scan).
+    pub fn inspects(&self, file: &FileFacts<'_>) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .filter(|r| r.action == Action::Inspect)
+            .find(|r| r.compile().is_ok_and(|c| c.matches(file)))
+    }
+
+    /// Whether any rule may change a volume (one that is not `inspect`): a set that does not
+    /// is a scan, run on read-only mounts only.
+    pub fn writes(&self) -> bool {
+        self.rules.iter().any(|r| r.action != Action::Inspect)
+    }
+
     /// The longest magic any rule needs: how many header bytes the agent must read.
     pub fn header_len(&self) -> usize {
         self.rules.iter().map(Rule::magic_len).max().unwrap_or(0)
@@ -321,6 +358,7 @@ mod tests {
             components: c,
             header,
             last_write_unix: parse_utc(t).unwrap() as i64,
+            now_unix: parse_utc("2024-07-20T00:00:00Z").unwrap() as i64,
         }
     }
 
@@ -379,6 +417,53 @@ mod tests {
             r.rules[0].fixed_prefix(),
             ["Windows", "System32", "drivers", "CrowdStrike"]
         );
+    }
+
+    #[test]
+    fn inspect_rules_match_recent_files_and_write_nothing() {
+        let mut r = RuleSet::default_crowdstrike(2_000_000_000);
+        r.rules = vec![Rule {
+            id: "drivers-changed".into(),
+            description: "drivers changed in the last 7 days".into(),
+            path: r"Windows\System32\drivers\*".into(),
+            magic: None,
+            last_write_before: None,
+            last_write_after: None,
+            changed_within_days: Some(7),
+            action: Action::Inspect,
+        }];
+        r.validate().unwrap();
+        assert!(!r.writes(), "a scan");
+        let sys = ["Windows", "System32", "drivers", "csagent.sys"];
+        // The run is at 2024-07-20T00:00Z: 7 days back is 2024-07-13T00:00Z.
+        for (t, want) in [
+            ("2024-07-19T04:09:00Z", true),
+            ("2024-07-13T00:00:00Z", true),
+            ("2024-07-12T23:59:59Z", false),
+        ] {
+            assert_eq!(r.inspects(&facts(&sys, b"MZ", t)).is_some(), want, "{t}");
+        }
+        // An inspect rule is never a verdict to act on in the remediation pass's sense of
+        // "first match decides" for other actions: judge still names it, with its action.
+        let v = r
+            .judge(&facts(&sys, b"MZ", "2024-07-19T04:09:00Z"))
+            .unwrap();
+        assert_eq!(v.action, Action::Inspect);
+        // Mixed with a quarantine rule, the set writes.
+        r.rules
+            .push(RuleSet::default_crowdstrike(0).rules[0].clone());
+        assert!(r.writes());
+        // Bounds of the window.
+        for d in [0, 3651] {
+            r.rules[0].changed_within_days = Some(d);
+            let e = r.validate().unwrap_err().to_string();
+            assert!(e.contains("changed_within_days"), "{e}");
+        }
+        // The document's spelling.
+        let doc = br#"{"format":1,"id":"scan","version":1,"expires":"2030-01-01T00:00:00Z","description":"d","rules":[{"id":"a","description":"d","path":"Windows\\System32\\drivers\\*","changed_within_days":3,"action":"inspect"}]}"#;
+        let p = RuleSet::parse(doc).unwrap();
+        assert_eq!(p.rules[0].action, Action::Inspect);
+        assert_eq!(p.rules[0].changed_within_days, Some(3));
     }
 
     #[test]

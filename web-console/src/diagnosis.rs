@@ -3,13 +3,15 @@
 //! of their boot chains ([`fleet::bootdiag`]), grouped by problem with the advice for each.
 // axum's Response is the natural error of these handler helpers (a 4xx with its reason).
 #![allow(clippy::result_large_err)]
-use crate::auth::{AuthErrors, Caller};
+use crate::auth::{error, AuthErrors, Caller};
 use crate::{query, Console};
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::bootdiag::{self, Finding, Group};
 use fleet::crashes::CrashGroup;
+use fleet::filegroups::{FileGroup, FileScan};
 use fleet::Mac;
 use serde::Serialize;
 use std::sync::Arc;
@@ -39,6 +41,9 @@ pub struct DiagnosisView {
     /// What is crashing the fleet: every host's reported kernel crash dumps by bugcheck, most
     /// hosts first.
     pub crashes: Vec<CrashGroup>,
+    /// Which file it is: the files of the read-only scans (`inspect` rules) by path and
+    /// content, counted on crashing and on other hosts, suspects first.
+    pub files: FileScan,
     /// Every host with a finding (at most [`MAX_HOSTS`]).
     pub hosts: Vec<HostFinding>,
 }
@@ -68,10 +73,13 @@ pub fn of_fleet(
         v
     });
     let looked_at = candidates.len();
-    let crashes = fleet.with_hosts(|h| {
+    let (crashes, files) = fleet.with_hosts(|h| {
         let mut v: Vec<_> = h.values().collect();
         v.sort_by_key(|r| r.mac);
-        fleet::crashes::group(v)
+        (
+            fleet::crashes::group(v.iter().copied()),
+            fleet::filegroups::group(v),
+        )
     });
     let grace = bootdiag::Grace::default();
     let mut hosts: Vec<HostFinding> = Vec::new();
@@ -93,6 +101,7 @@ pub fn of_fleet(
         looked_at,
         boot,
         crashes,
+        files,
         hosts,
     })
 }
@@ -119,5 +128,156 @@ pub async fn api(State(c): State<Arc<Console>>, _who: Caller) -> Response {
     match compute(&c, fleet_service::now_ms()).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
+    }
+}
+
+/// A drafted rules document for one file group, for the admin to check, sign offline and
+/// install, and the canary-first campaign that would apply it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DraftRule {
+    /// The file group it is drafted from.
+    pub file: FileGroup,
+    /// The rules document (JSON, exactly as `unbrick rules sign` wants it).
+    pub document: String,
+    /// The hosts that have the file (every one, not only the listed examples).
+    pub hosts: Vec<String>,
+    /// The steps: sign offline, install, then the campaign (shell commands).
+    pub steps: Vec<String>,
+}
+
+/// Which file group to draft a rule for.
+#[derive(Debug, Clone, serde::Deserialize, utoipa::IntoParams)]
+pub struct DraftQuery {
+    /// The file's SHA-256 (hex).
+    pub sha256: String,
+    /// Its path, when the same content sits at more than one path.
+    pub path: Option<String>,
+}
+
+/// Days a drafted rules document is valid (it expires; a new draft replaces it).
+pub const DRAFT_DAYS: u64 = 14;
+
+/// The rules document that quarantines exactly the file of `g`: its path, its first bytes as
+/// the magic, its last-write window (one second either side of the times seen), quarantine.
+pub fn draft_rules(g: &FileGroup, now_unix: u64) -> Result<signing::RuleSet, String> {
+    let short: String = g.sha256.chars().take(12).collect();
+    let at = |t: i64| signing::time::format_utc(t.max(0) as u64);
+    let rules = signing::RuleSet {
+        format: 1,
+        id: format!("draft-{short}"),
+        version: now_unix,
+        expires: signing::time::format_utc(now_unix + DRAFT_DAYS * 86_400),
+        description: format!(
+            "Drafted by unbrick from the fleet's scan: {} (sha256 {}) on {} crashing host(s) and {} host(s) that do not crash",
+            g.path, g.sha256, g.crashing_hosts, g.hosts_without_crashes
+        ),
+        rules: vec![signing::Rule {
+            id: format!("quarantine-{short}"),
+            description: format!(
+                "{} with these first bytes, last written between {} and {}",
+                g.path,
+                at(g.first_written_unix),
+                at(g.last_written_unix)
+            ),
+            path: g.path.clone(),
+            magic: (!g.head.is_empty()).then(|| g.head.to_uppercase()),
+            last_write_after: Some(at(g.first_written_unix - 1)),
+            last_write_before: Some(at(g.last_written_unix + 1)),
+            changed_within_days: None,
+            action: signing::Action::Quarantine,
+        }],
+    };
+    rules.validate().map_err(|e| e.to_string())?;
+    Ok(rules)
+}
+
+/// The draft for the file with `sha256` (and `path`), from the host table; `None` when no
+/// scanned host has it.
+pub fn draft(
+    fleet: &fleet_service::FleetIo,
+    sha256: &str,
+    path: Option<&str>,
+    now_unix: u64,
+) -> Result<Option<DraftRule>, String> {
+    let want = |p: &str, sha: &str| {
+        sha.eq_ignore_ascii_case(sha256) && path.is_none_or(|w| w.eq_ignore_ascii_case(p))
+    };
+    let (scan, mut hosts) = fleet.with_hosts(|h| {
+        let mut v: Vec<_> = h.values().collect();
+        v.sort_by_key(|r| r.mac);
+        let hosts: Vec<String> = v
+            .iter()
+            .filter(|r| {
+                r.last_report.as_ref().is_some_and(|rep| {
+                    rep.volumes
+                        .iter()
+                        .flat_map(|vol| &vol.inspected)
+                        .any(|f| want(&f.path, &f.sha256))
+                })
+            })
+            .map(|r| r.mac.to_string())
+            .collect();
+        (fleet::filegroups::group(v), hosts)
+    });
+    let Some(g) = scan.files.into_iter().find(|g| want(&g.path, &g.sha256)) else {
+        return Ok(None);
+    };
+    let rules = draft_rules(&g, now_unix)?;
+    let document = String::from_utf8(rules.to_json()).map_err(|e| e.to_string())?;
+    hosts.dedup();
+    let canary = hosts.len().clamp(1, 5);
+    let steps = vec![
+        "# 1. Check the document, save it as active.json and sign it on the offline signing machine:".into(),
+        "unbrick rules sign active.json --key /media/usb/unbrick-keys/signing.key".into(),
+        "# 2. Put active.json and active.json.sig into the server's rules folder and restart it:".into(),
+        "install -m 0644 active.json active.json.sig /var/lib/unbrick/rules/ && systemctl restart unbrick".into(),
+        format!(
+            "# 3. Canary first: {canary} host(s), then a quarter, then all {} that have the file:",
+            hosts.len()
+        ),
+        format!(
+            "unbrick campaign create --name {} --hosts {} --waves {canary},25%,100% --max-failure-rate 0 --soak-minutes 10",
+            rules.id,
+            hosts.join(",")
+        ),
+        "unbrick campaign start ID   # the ID campaign create printed".into(),
+    ];
+    Ok(Some(DraftRule {
+        file: g,
+        document,
+        hosts,
+        steps,
+    }))
+}
+
+/// Draft a rule that quarantines one file of the scan
+///
+/// For the file with this SHA-256 (and path): a rules document that quarantines exactly it
+/// (its path, its first bytes as the magic, its last-write window), to be checked and signed
+/// offline (`unbrick rules sign`), and the canary-first campaign over the hosts that have it.
+/// Nothing is changed by this call.
+#[utoipa::path(get, path = "/api/v1/diagnosis/draft-rule", operation_id = "draft_rule",
+    params(DraftQuery),
+    responses((status = 200, description = "The draft", body = DraftRule),
+        (status = 404, description = "No scanned host has that file", body = ErrorBody),
+        (status = 422, description = "The file cannot be named by a rule", body = ErrorBody),
+        AuthErrors))]
+pub async fn draft_api(
+    State(c): State<Arc<Console>>,
+    _who: Caller,
+    crate::extract::StrictQuery(q): crate::extract::StrictQuery<DraftQuery>,
+) -> Response {
+    let fleet = c.fleet.clone();
+    let now = fleet_service::now_ms() / 1000;
+    let r =
+        tokio::task::spawn_blocking(move || draft(&fleet, &q.sha256, q.path.as_deref(), now)).await;
+    match r {
+        Ok(Ok(Some(d))) => Json(d).into_response(),
+        Ok(Ok(None)) => error(
+            StatusCode::NOT_FOUND,
+            "no scanned host has a file with that SHA-256 (and path)",
+        ),
+        Ok(Err(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -660,6 +660,74 @@ impl DiagnosisPage {
     fn at(&self, unix: &i64) -> String {
         query::iso_secs(*unix)
     }
+
+    /// A hash's first 12 digits.
+    fn short(&self, sha: &str) -> String {
+        sha.chars().take(12).collect()
+    }
+
+    /// A query-string value, percent-encoded.
+    fn urlenc(&self, v: &str) -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "draft_rule.html")]
+struct DraftRulePage {
+    user: String,
+    read_only: bool,
+    /// The store cannot write (disk full): said on every page.
+    store_alert: Alerts,
+    csrf: String,
+    d: crate::diagnosis::DraftRule,
+}
+
+/// `GET /diagnosis/draft-rule?sha256=..&path=..`: the drafted rules document for one file
+/// group and the campaign that would apply it (changes nothing).
+pub async fn draft_rule_page(
+    State(c): State<Arc<Console>>,
+    headers: HeaderMap,
+    crate::extract::StrictQuery(q): crate::extract::StrictQuery<crate::diagnosis::DraftQuery>,
+) -> Response {
+    let s = match session(&c, &headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let fleet = c.fleet.clone();
+    let now = fleet_service::now_ms() / 1000;
+    let d = tokio::task::spawn_blocking(move || {
+        crate::diagnosis::draft(&fleet, &q.sha256, q.path.as_deref(), now)
+    })
+    .await;
+    let d = match d {
+        Ok(Ok(Some(d))) => d,
+        Ok(Ok(None)) => {
+            return auth::error(
+                StatusCode::NOT_FOUND,
+                "no scanned host has a file with that SHA-256 (and path)",
+            )
+        }
+        Ok(Err(e)) => return auth::error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Err(e) => return auth::error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    page(
+        StatusCode::OK,
+        &DraftRulePage {
+            user: s.name.clone(),
+            read_only: s.read_only,
+            store_alert: store_alert(&c),
+            csrf: s.csrf.clone(),
+            d,
+        },
+    )
 }
 
 /// `GET /diagnosis`: the fleet's boot-chain diagnosis.

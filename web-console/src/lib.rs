@@ -122,6 +122,7 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/api/v1/events", get(api::events))
         .route("/api/v1/audit", get(api::audit))
         .route("/api/v1/diagnosis", get(diagnosis::api))
+        .route("/api/v1/diagnosis/draft-rule", get(diagnosis::draft_api))
         .route(
             "/api/v1/campaigns",
             get(campaigns::list).post(campaigns::create_api),
@@ -144,6 +145,7 @@ pub fn router(c: Arc<Console>) -> Router {
         .route("/ui/bitlocker/reveal", post(html::ui_keys_reveal))
         .route("/ui/hosts/{mac}/bitlocker-key", post(html::ui_key_paste))
         .route("/diagnosis", get(html::diagnosis_page))
+        .route("/diagnosis/draft-rule", get(html::draft_rule_page))
         .route("/campaigns", get(html::campaigns_list))
         .route("/campaigns/{id}", get(html::campaign_detail))
         .route("/ui/campaigns", post(html::ui_campaign_create))

@@ -135,6 +135,39 @@ fn one_wave_spec(name: &str, macs: Vec<Mac>) -> fleet::CampaignSpec {
     }
 }
 
+/// An agent report of one NTFS volume with these crash dumps and inspected files.
+fn report(
+    mac: Mac,
+    id: &str,
+    result: fleet::agent::RunResult,
+    status: &str,
+    crash_dumps: Vec<fleet::agent::CrashDump>,
+    inspected: Vec<fleet::agent::InspectedFile>,
+) -> fleet::agent::Report {
+    fleet::agent::Report {
+        token: String::new(),
+        mac: mac.to_string(),
+        report_id: id.into(),
+        result,
+        reason: None,
+        volumes: vec![fleet::agent::VolumeReport {
+            device: "vda2".into(),
+            kind: "ntfs".into(),
+            status: status.into(),
+            detail: String::new(),
+            protectors: vec![],
+            computer_name: None,
+            crash_dumps,
+            windows_version: None,
+            inspected,
+        }],
+        files: vec![],
+        rules_id: None,
+        rules_version: None,
+        agent_ms: 1,
+    }
+}
+
 fn json(s: &str) -> serde_json::Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
@@ -1910,42 +1943,30 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
     let crashed = Mac([0x52, 0x54, 0, 0xdd, 0, 9]);
     t.fleet
         .update(crashed, now, &mut |h| {
-            h.last_report = Some(fleet::agent::Report {
-                token: String::new(),
-                mac: crashed.to_string(),
-                report_id: "r1".into(),
-                result: fleet::agent::RunResult::Remediated,
-                reason: None,
-                volumes: vec![fleet::agent::VolumeReport {
-                    device: "vda2".into(),
-                    kind: "ntfs".into(),
-                    status: "remediated".into(),
-                    detail: String::new(),
-                    protectors: vec![],
-                    computer_name: None,
-                    crash_dumps: vec![fleet::agent::CrashDump {
-                        path: "Windows\\Minidump\\071924-8765-01.dmp".into(),
-                        size: 65536,
-                        written_unix: 1_721_362_200,
-                        bugcheck: "0x00000050".into(),
-                        bugcheck_name: Some("PAGE_FAULT_IN_NONPAGED_AREA".into()),
-                        parameters: vec![
-                            "0xFFFF840E12340000".into(),
-                            "0x0".into(),
-                            "0xFFFFF8076A2B1C3D".into(),
-                            "0x2".into(),
-                        ],
-                        dump_time_unix: Some(1_721_362_200),
-                        build: 19045,
-                        kind: "small (minidump)".into(),
-                        error: None,
-                    }],
+            h.last_report = Some(report(
+                crashed,
+                "r1",
+                fleet::agent::RunResult::Remediated,
+                "remediated",
+                vec![fleet::agent::CrashDump {
+                    path: "Windows\\Minidump\\071924-8765-01.dmp".into(),
+                    size: 65536,
+                    written_unix: 1_721_362_200,
+                    bugcheck: "0x00000050".into(),
+                    bugcheck_name: Some("PAGE_FAULT_IN_NONPAGED_AREA".into()),
+                    parameters: vec![
+                        "0xFFFF840E12340000".into(),
+                        "0x0".into(),
+                        "0xFFFFF8076A2B1C3D".into(),
+                        "0x2".into(),
+                    ],
+                    dump_time_unix: Some(1_721_362_200),
+                    build: 19045,
+                    kind: "small (minidump)".into(),
+                    error: None,
                 }],
-                files: vec![],
-                rules_id: None,
-                rules_version: None,
-                agent_ms: 1,
-            });
+                vec![],
+            ));
             Ok(())
         })
         .unwrap();
@@ -2000,5 +2021,188 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
     assert!(
         hp.contains("Crash dumps on vda2") && hp.contains("0xFFFFF8076A2B1C3D"),
         "{hp}"
+    );
+}
+
+/// A read-only scan across hosts: the file on every crashing host and on none of the others
+/// is named the suspect (API, page, text), and its drafted rule, once signed, quarantines
+/// exactly that file: the bad content at its write time, not the vendor's fixed file at the
+/// same path, not another file.
+#[tokio::test]
+async fn diagnosis_names_the_suspect_file_and_its_drafted_rule_quarantines_only_it() {
+    use fleet::agent::{CrashDump, InspectedFile, RunResult};
+    let t = setup("draft");
+    let now = fleet_service::now_ms();
+    let bad = r"Windows\System32\drivers\CrowdStrike\C-00000291-00000000-00000032.sys";
+    let bad_sha = "2c".repeat(32);
+    let fixed_sha = "f1".repeat(32);
+    let head = "aaaaaaaa010023010909090909090909";
+    let file = |sha: &str, t: i64| InspectedFile {
+        path: bad.into(),
+        size: 40_000,
+        written_unix: t,
+        sha256: sha.into(),
+        head: head.into(),
+        rule_id: "drivers-sub".into(),
+        version: None,
+        error: None,
+    };
+    for i in 0..5u8 {
+        let mac = Mac([0x52, 0x54, 0, 0xee, 0, i]);
+        let crashing = i < 3;
+        let f = if crashing {
+            file(&bad_sha, 1_721_362_140 + i64::from(i))
+        } else {
+            file(&fixed_sha, 1_721_367_000)
+        };
+        t.fleet
+            .update(mac, now, &mut |h| {
+                h.last_report = Some(report(
+                    mac,
+                    &format!("r{i}"),
+                    RunResult::Clean,
+                    "inspected",
+                    crashing
+                        .then(|| CrashDump {
+                            path: "Windows\\Minidump\\071924-1-01.dmp".into(),
+                            size: 65536,
+                            written_unix: 1_721_362_300,
+                            bugcheck: "0x00000050".into(),
+                            bugcheck_name: Some("PAGE_FAULT_IN_NONPAGED_AREA".into()),
+                            parameters: vec![],
+                            dump_time_unix: Some(1_721_362_300),
+                            build: 19045,
+                            kind: "small (minidump)".into(),
+                            error: None,
+                        })
+                        .into_iter()
+                        .collect(),
+                    vec![f.clone()],
+                ));
+                Ok(())
+            })
+            .unwrap();
+    }
+    let (s, _, b) = send(&t, get("/api/v1/diagnosis", Some(&t.viewer))).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json(&b);
+    assert_eq!(v["files"]["scanned_hosts"], 5, "{v}");
+    assert_eq!(v["files"]["crashing_hosts"], 3);
+    let g = &v["files"]["files"][0];
+    assert_eq!(
+        (g["sha256"].as_str(), g["suspect"].as_bool()),
+        (Some(bad_sha.as_str()), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        (
+            g["crashing_hosts"].as_u64(),
+            g["hosts_without_crashes"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+    assert_eq!(v["files"]["files"][1]["suspect"], false);
+    // The draft: unknown content is a 404, a bad query a 400, the viewer may read it.
+    let (s, _, b) = send(
+        &t,
+        get(
+            &format!("/api/v1/diagnosis/draft-rule?sha256={}", "00".repeat(32)),
+            Some(&t.viewer),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{b}");
+    let (s, _, _) = send(
+        &t,
+        get("/api/v1/diagnosis/draft-rule?sha=1", Some(&t.viewer)),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _, b) = send(
+        &t,
+        get(
+            &format!("/api/v1/diagnosis/draft-rule?sha256={bad_sha}"),
+            Some(&t.viewer),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let d = json(&b);
+    assert_eq!(d["hosts"].as_array().unwrap().len(), 3, "{d}");
+    let steps = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(steps.contains("unbrick rules sign active.json"), "{steps}");
+    assert!(
+        steps.contains("--waves 3,25%,100%") && steps.contains("52:54:00:ee:00:02"),
+        "{steps}"
+    );
+    assert!(
+        !steps.contains("52:54:00:ee:00:03"),
+        "a host without the file is not in the campaign"
+    );
+    // Signed with an offline key, the document is what the agent accepts and judges by.
+    let key = signing::KeyPair::generate().unwrap();
+    let doc = d["document"].as_str().unwrap().as_bytes().to_vec();
+    let sig = signing::RuleSet::sign_document(&key, &doc)
+        .unwrap()
+        .to_text();
+    let rules =
+        signing::RuleSet::verify_signed(&key.public_key(), &doc, sig.as_bytes(), now / 1000)
+            .unwrap();
+    let comps: Vec<&str> = bad.split('\\').collect();
+    let head_bytes = hex::decode(head).unwrap();
+    for (what, h, t, want) in [
+        (
+            "the bad file, first time seen",
+            &head_bytes[..],
+            1_721_362_140,
+            true,
+        ),
+        (
+            "the bad file, last time seen",
+            &head_bytes[..],
+            1_721_362_142,
+            true,
+        ),
+        (
+            "the vendor's fixed file (written later)",
+            &head_bytes[..],
+            1_721_367_000,
+            false,
+        ),
+        ("other first bytes", &[0u8; 16][..], 1_721_362_140, false),
+    ] {
+        let verdict = rules.judge(&signing::FileFacts {
+            components: &comps,
+            header: h,
+            last_write_unix: t,
+            now_unix: (now / 1000) as i64,
+        });
+        assert_eq!(verdict.is_some(), want, "{what}");
+        if let Some(v) = verdict {
+            assert_eq!(v.action, signing::Action::Quarantine);
+        }
+    }
+    // The page lists the suspect with its draft link, and the draft page shows the document.
+    let cookie = console_login(&t).await;
+    let (_, _, page) = send(&t, page_req(&cookie, "/diagnosis")).await;
+    assert!(
+        page.contains(&format!("data-sha256=\"{bad_sha}\" class=\"suspect\"")),
+        "{page}"
+    );
+    let (s, _, dp) = send(
+        &t,
+        page_req(&cookie, &format!("/diagnosis/draft-rule?sha256={bad_sha}")),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{dp}");
+    assert!(
+        dp.contains("id=\"draft-document\"") && dp.contains("quarantine-2c2c2c2c2c2c"),
+        "{dp}"
     );
 }

@@ -29,6 +29,8 @@ pub(super) fn locked(dev: &str, status: &str, detail: String, protectors: Vec<St
         protectors,
         computer_name: None,
         crash_dumps: vec![],
+        windows_version: None,
+        inspected: vec![],
     })
 }
 

@@ -139,6 +139,8 @@ mod tests {
             protectors: vec![],
             computer_name: None,
             crash_dumps: vec![],
+            windows_version: None,
+            inspected: vec![],
         }
     }
 

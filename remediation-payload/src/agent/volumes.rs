@@ -122,6 +122,47 @@ fn computer_name(ctx: &Ctx, dev: &str, root: &Path) -> Option<String> {
     }
 }
 
+/// The Windows version from the volume's SOFTWARE hive, on the read-only mount at `root`; a
+/// step says why there is none.
+fn windows_version(ctx: &Ctx, dev: &str, root: &Path) -> Option<fleet::agent::WindowsVersion> {
+    let no = |why: String| {
+        ctx.step("volume", &format!("{dev}: no Windows version: {why}"));
+        None
+    };
+    let Some(path) = ["Windows", "System32", "config", "SOFTWARE"]
+        .iter()
+        .try_fold(root.to_path_buf(), |d, n| find_ci(&d, n))
+    else {
+        return no("Windows\\System32\\config\\SOFTWARE not found".into());
+    };
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() > crate::hive::MAX_HIVE_BYTES => {
+            return no(format!("the SOFTWARE hive has {} bytes; not read", m.len()))
+        }
+        Ok(_) => {}
+        Err(e) => return no(format!("SOFTWARE hive: {e}")),
+    }
+    match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| crate::hive::windows_version(&b))
+    {
+        Ok(v) => {
+            ctx.step(
+                "volume",
+                &format!(
+                    "{dev}: Windows {} {} build {}.{}",
+                    v.product.as_deref().unwrap_or("?"),
+                    v.display_version.as_deref().unwrap_or(""),
+                    v.build.map_or("?".into(), |b| b.to_string()),
+                    v.ubr.map_or("?".into(), |b| b.to_string())
+                ),
+            );
+            Some(v)
+        }
+        Err(e) => no(format!("SOFTWARE hive: {e}")),
+    }
+}
+
 /// The kernel crash dumps under `root` (read-only mount): `Windows\Minidump\*.dmp`, newest
 /// first, and `Windows\MEMORY.DMP`, at most [`fleet::agent::MAX_DUMPS`]; only each header
 /// ([`crate::crashdump::HEADER_BYTES`]) is read.
@@ -221,6 +262,8 @@ pub(super) fn do_volume(
             protectors: vec![],
             computer_name: None,
             crash_dumps: vec![],
+            windows_version: None,
+            inspected: vec![],
         },
         files: Vec::new(),
         failed: None,
@@ -241,6 +284,35 @@ pub(super) fn do_volume(
         if vr.windows {
             vr.report.computer_name = computer_name(ctx, dev, &dir);
             vr.report.crash_dumps = crash_dumps(&dir);
+            if ctx.restore.is_none()
+                && rules
+                    .rules
+                    .iter()
+                    .any(|r| r.action == signing::Action::Inspect)
+            {
+                vr.report.windows_version = windows_version(ctx, dev, &dir);
+                let (files, errors) = crate::inspect::inspect(&dir, rules, now);
+                for e in &errors {
+                    ctx.step("volume", &format!("{dev}: inspect: {e}"));
+                }
+                for f in &files {
+                    ctx.step(
+                        "file",
+                        &format!(
+                            "{dev}: inspected {} ({} bytes, sha256 {}{})",
+                            f.path,
+                            f.size,
+                            f.sha256,
+                            f.version
+                                .as_ref()
+                                .and_then(|v| v.file_version.as_deref())
+                                .map(|v| format!(", version {v}"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+                vr.report.inspected = files;
+            }
             for d in &vr.report.crash_dumps {
                 ctx.step(
                     "volume",
@@ -259,6 +331,26 @@ pub(super) fn do_volume(
             }
         }
         let _ = umount2(&dir, MntFlags::empty());
+        if ctx.restore.is_none() && !rules.writes() {
+            // A scan: nothing more to do, and no read-write mount at all.
+            vr.report.status = if vr.windows {
+                "inspected"
+            } else {
+                "not-windows"
+            }
+            .into();
+            vr.report.detail = format!(
+                "{} file(s) inspected; read-only scan, nothing written{}",
+                vr.report.inspected.len(),
+                if hib {
+                    " (Windows is hibernated on this volume)"
+                } else {
+                    ""
+                }
+            );
+            ctx.step("volume", &format!("{dev}: {}", vr.report.detail));
+            return vr;
+        }
         if hib {
             vr.report.status = "hibernated".into();
             vr.report.detail = "Windows is hibernated on this volume (hiberfil.sys); it was not touched. Resume or shut Windows down fully, then retry".into();

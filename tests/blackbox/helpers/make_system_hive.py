@@ -7,10 +7,13 @@ No Windows-made SYSTEM hive can be shipped with the tests, so this writer, built
 published description of the format (base block, hive bins, nk/vk/lf cells) and sharing
 nothing with the Rust reader it tests, makes one.
 
-usage: make_system_hive.py OUT NAME [--control-set N] [--dirty] [--no-name]
+usage: make_system_hive.py OUT NAME [--control-set N] [--dirty] [--no-name] [--software]
   --dirty    primary and secondary sequence numbers differ (a hive Windows did not close,
              as after a crash; its logs are not written here)
   --no-name  the ComputerName key has no ComputerName value
+  --software a SOFTWARE hive instead: NAME is "product;display version;build;UBR;edition",
+             written to Microsoft\Windows NT\CurrentVersion (ProductName, DisplayVersion,
+             CurrentBuild, CurrentBuildNumber, UBR as a DWORD, EditionID)
 """
 import struct
 import sys
@@ -152,9 +155,24 @@ def main(argv):
     p.add_argument("--control-set", type=int, default=1)
     p.add_argument("--dirty", action="store_true")
     p.add_argument("--no-name", action="store_true")
+    p.add_argument("--software", action="store_true")
     a = p.parse_args(argv)
     out, name, cs = a.out, a.name, a.control_set
     root = Key("CMI-CreateHive{2A7FB991-7BBE-4F9D-B91E-7CB51D4737F5}", root=True)
+    if a.software:
+        product, display, build, ubr, edition = name.split(";")
+        ms = root.add("Microsoft")
+        ms.add("Windows").add("CurrentVersion").sz("ProgramFilesDir", "C:\\Program Files")
+        cv = ms.add("Windows NT").add("CurrentVersion")
+        cv.sz("ProductName", product)
+        cv.sz("DisplayVersion", display)
+        cv.sz("CurrentBuild", build)
+        cv.sz("CurrentBuildNumber", build)
+        cv.dword("UBR", int(ubr))
+        cv.sz("EditionID", edition)
+        cv.sz("InstallationType", "Client")
+        write(out, root, a.dirty, "SOFTWARE")
+        return
     sel = root.add("Select")
     for v in ("Current", "Default", "LastKnownGood"):
         sel.dword(v, cs)
@@ -170,12 +188,16 @@ def main(argv):
         if n != cs or not a.no_name:
             k.sz("ComputerName", cname)
         cn.add("ActiveComputerName")
+    write(out, root, a.dirty, "SYSTEM")
+
+
+def write(out, root, dirty, hive_name):
     cells = Cells()
     nk(cells, root)
     offsets, bins = cells.bins()
     seq1 = 7
-    seq2 = 6 if a.dirty else 7
-    fname = "\\SystemRoot\\System32\\Config\\SYSTEM".encode("utf-16-le")[:64].ljust(64, b"\0")
+    seq2 = 6 if dirty else 7
+    fname = f"\\SystemRoot\\System32\\Config\\{hive_name}".encode("utf-16-le")[:64].ljust(64, b"\0")
     base = struct.pack(
         "<4sIIQIIIIIII", b"regf", seq1, seq2, FILETIME, 1, 5, 0, 1,
         offsets[("nk", id(root))], len(bins), 1,
