@@ -22,13 +22,18 @@ fuzz_target!(|data: &[u8]| {
         &["windows", "system32", "DRIVERS"][..],
         &[""][..],
     ] {
-        for t in [i64::MIN, -1, 0, 1_721_000_000, i64::MAX] {
-            let _ = rules.judge(&FileFacts {
-                components: path,
-                header,
-                last_write_unix: t,
-            });
+        let times = [i64::MIN, -1, 0, 1_721_000_000, i64::MAX];
+        for t in times {
+            for now in times {
+                let file = FileFacts {
+                    components: path,
+                    header,
+                    last_write_unix: t,
+                    now_unix: now,
+                };
+                let _ = (rules.judge(&file), rules.inspects(&file));
+            }
         }
     }
-    let _ = rules.expires_unix();
+    let _ = (rules.expires_unix(), rules.writes());
 });

@@ -212,7 +212,7 @@ impl Compiled {
             && self.after.is_none_or(|t| f.last_write_unix > t)
             && self
                 .within_secs
-                .is_none_or(|w| f.last_write_unix >= f.now_unix - w)
+                .is_none_or(|w| f.last_write_unix >= f.now_unix.saturating_sub(w))
     }
 }
 
@@ -449,6 +449,10 @@ mod tests {
             .judge(&facts(&sys, b"MZ", "2024-07-19T04:09:00Z"))
             .unwrap();
         assert_eq!(v.action, Action::Inspect);
+        // A clock at the edge of time (a dead RTC, a hostile server time) does not overflow.
+        let mut f = facts(&sys, b"MZ", "2024-07-19T04:09:00Z");
+        f.now_unix = i64::MIN;
+        assert!(r.inspects(&f).is_some());
         // Mixed with a quarantine rule, the set writes.
         r.rules
             .push(RuleSet::default_crowdstrike(0).rules[0].clone());
