@@ -11,28 +11,45 @@ use std::time::{Duration, Instant};
 pub const SERVER_IP: &str = "10.99.0.1";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// QEMU tests take turns: firmware PXE timers give up when eight TCG guests share two cores.
 /// How long a test waited for its turn and held it goes to the timing log ([`note_time`]).
-pub fn qemu_turn() -> QemuTurn {
+pub fn qemu_turn() -> Turn {
+    take(&QEMU, "QEMU")
+}
+
+/// Load tests (the fleet simulations, floods, slowloris, stalled transfers) take turns too,
+/// beside the QEMU turn: one of them, one QEMU test and light tests run at once (the test
+/// command runs three test threads, so a test waiting for a turn does not idle a core).
+pub fn load_turn() -> Turn {
+    take(&LOAD, "load")
+}
+
+fn take(m: &'static std::sync::Mutex<()>, what: &'static str) -> Turn {
     let asked = Instant::now();
-    let guard = QEMU.lock().unwrap_or_else(|e| e.into_inner());
-    note_time("waited for the QEMU turn", asked.elapsed());
-    QemuTurn {
+    let guard = m.lock().unwrap_or_else(|e| e.into_inner());
+    note_time(&format!("waited for the {what} turn"), asked.elapsed());
+    Turn {
         _guard: guard,
+        what,
         since: Instant::now(),
     }
 }
 
-/// A test's turn at QEMU; the turn passes on when it is dropped.
-pub struct QemuTurn {
+/// A test's turn; the turn passes on when it is dropped.
+pub struct Turn {
     _guard: std::sync::MutexGuard<'static, ()>,
+    what: &'static str,
     since: Instant,
 }
 
-impl Drop for QemuTurn {
+impl Drop for Turn {
     fn drop(&mut self) {
-        note_time("held the QEMU turn", self.since.elapsed());
+        note_time(
+            &format!("held the {} turn", self.what),
+            self.since.elapsed(),
+        );
     }
 }
 
