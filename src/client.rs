@@ -773,12 +773,29 @@ fn diagnosis_text(v: &serde_json::Value) -> String {
         s(&v["generated"])
     );
     for g in v["crashes"].as_array().into_iter().flatten() {
+        let driver = g["driver"]
+            .as_str()
+            .map_or(" (the dumps name no driver)".to_string(), |d| {
+                format!(" in {d}")
+            });
         out += &format!(
-            "\n{} host(s): bugcheck {} {} ({} dumps)\n",
+            "\n{} host(s): bugcheck {} {}{driver} ({} dumps)\n",
             g["hosts"].as_u64().unwrap_or(0),
             s(&g["bugcheck"]),
             s(&g["name"]),
             g["dumps"].as_u64().unwrap_or(0)
+        );
+        for h in g["examples"].as_array().into_iter().flatten() {
+            out += &format!("  {}  {}\n", s(&h["mac"]), s(&h["detail"]));
+        }
+    }
+    for g in v["events"].as_array().into_iter().flatten() {
+        out += &format!(
+            "\n{} host(s): System log {} {} ({} events)\n",
+            g["hosts"].as_u64().unwrap_or(0),
+            s(&g["kind"]),
+            g["bugcheck"].as_str().unwrap_or("(no bugcheck named)"),
+            g["events"].as_u64().unwrap_or(0)
         );
         for h in g["examples"].as_array().into_iter().flatten() {
             out += &format!("  {}  {}\n", s(&h["mac"]), s(&h["detail"]));

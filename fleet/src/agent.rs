@@ -91,6 +91,9 @@ pub enum RunResult {
     Failed,
     /// Restore mode (a campaign's rollback): quarantined files were put back.
     Restored,
+    /// A read-only scan (rules of `inspect` entries only): the volumes were read, nothing
+    /// was changed; the findings are for the Diagnosis.
+    Inspected,
 }
 
 /// One file the rules matched.
@@ -146,6 +149,57 @@ pub struct VolumeReport {
     /// nothing on the volume changed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inspected: Vec<InspectedFile>,
+    /// What the System event log says about crashes and unexpected shutdowns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_log: Option<EventLogScan>,
+}
+
+/// Most events of each kind a volume's report lists (the newest).
+pub const MAX_EVENTS: usize = 8;
+
+/// The System event log (`Windows\System32\winevt\Logs\System.evtx`), read on the read-only
+/// mount: its newest bugcheck and unexpected-shutdown events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventLogScan {
+    /// Relative to the volume root.
+    pub path: String,
+    /// How many records were read.
+    pub records: u64,
+    /// How many records could not be parsed (skipped).
+    #[serde(default)]
+    pub unreadable: u64,
+    /// The newest events of the kinds looked for, newest first, at most [`MAX_EVENTS`] each.
+    #[serde(default)]
+    pub events: Vec<LogEvent>,
+    /// Why the log could not be read, if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One event of the System log that bears on a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LogEvent {
+    /// `bugcheck` (WER-SystemErrorReporting 1001: rebooted from a bugcheck),
+    /// `kernel-power` (Kernel-Power 41: rebooted without a clean shutdown) or
+    /// `unexpected-shutdown` (EventLog 6008).
+    pub kind: String,
+    /// The provider and the event ID, as the log names them.
+    pub provider: String,
+    /// See `provider`.
+    pub event_id: u32,
+    /// When it was logged, Unix seconds.
+    pub time_unix: i64,
+    /// The bugcheck code the event names (`0x00000050`), where it names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bugcheck: Option<String>,
+    /// Its parameters, hex.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+    /// The rest of what the event says (the dump file WER saved, ...), short.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// Most crash dumps a volume's report lists.
@@ -244,6 +298,10 @@ pub struct CrashDump {
     /// The kind of dump (`small (minidump)`, `full`, ...).
     #[serde(default)]
     pub kind: String,
+    /// The driver the crash happened in, where a small (triage) dump names it: the module
+    /// whose image holds the bugcheck's faulting address (`csagent.sys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// Why the header could not be read, if it could not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -341,7 +399,7 @@ impl Report {
                 for f in [&mut d.bugcheck, &mut d.kind] {
                     cut(f, MAX_SHORT);
                 }
-                if let Some(n) = &mut d.bugcheck_name {
+                for n in [&mut d.bugcheck_name, &mut d.driver].into_iter().flatten() {
                     cut(n, MAX_SHORT);
                 }
                 d.parameters.truncate(4);
@@ -350,6 +408,26 @@ impl Report {
                 }
                 if let Some(e) = &mut d.error {
                     cut(e, MAX_TEXT);
+                }
+            }
+            if let Some(l) = &mut v.event_log {
+                cut(&mut l.path, MAX_TEXT);
+                if let Some(e) = &mut l.error {
+                    cut(e, MAX_TEXT);
+                }
+                l.events.truncate(3 * MAX_EVENTS);
+                for e in &mut l.events {
+                    for f in [&mut e.kind, &mut e.provider] {
+                        cut(f, MAX_SHORT);
+                    }
+                    if let Some(b) = &mut e.bugcheck {
+                        cut(b, MAX_SHORT);
+                    }
+                    e.parameters.truncate(4);
+                    for p in &mut e.parameters {
+                        cut(p, MAX_SHORT);
+                    }
+                    cut(&mut e.detail, MAX_SHORT * 2);
                 }
             }
             if let Some(w) = &mut v.windows_version {
@@ -488,6 +566,7 @@ mod tests {
                 crash_dumps: vec![],
                 windows_version: None,
                 inspected: vec![],
+                event_log: None,
             }],
             files: vec![file; 10_000],
             rules_id: None,

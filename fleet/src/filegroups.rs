@@ -207,12 +207,14 @@ mod tests {
                         dump_time_unix: Some(1),
                         build: 19045,
                         kind: "small (minidump)".into(),
+                        driver: None,
                         error: None,
                     })
                     .into_iter()
                     .collect(),
                 windows_version: None,
                 inspected: files,
+                event_log: None,
             }],
             files: vec![],
             rules_id: None,

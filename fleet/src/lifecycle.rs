@@ -169,6 +169,10 @@ impl Input<'_> {
     }
 }
 
+/// The reason a host whose last run was a read-only scan shows.
+pub const SCANNED: &str =
+    "scanned read-only, nothing changed: see the Diagnosis page, sign a rule, start its campaign";
+
 /// The state an agent's final report moves the host to.
 pub fn report_state(rep: &Report) -> HostState {
     let reason = rep.reason.clone().unwrap_or_default();
@@ -184,6 +188,9 @@ pub fn report_state(rep: &Report) -> HostState {
             }
         )),
         RunResult::Clean | RunResult::NothingFound => HostState::Clean,
+        // Still broken: a scan only looked. Not done, so the campaign of the rule drafted from
+        // it takes the host; until then it waits (the default policy's waiting room).
+        RunResult::Inspected => HostState::NeedsAttention(SCANNED.into()),
         RunResult::NeedsAttention => HostState::NeedsAttention(reason),
         RunResult::Failed => HostState::Failed(reason),
     }
@@ -552,12 +559,45 @@ mod tests {
                 crash_dumps: vec![],
                 windows_version: None,
                 inspected: vec![],
+                event_log: None,
             }],
             files: vec![],
             rules_id: None,
             rules_version: None,
             agent_ms: 10,
         }
+    }
+
+    /// A read-only scan leaves the host not done: it waits instead of being scanned at every
+    /// boot loop, a campaign of the drafted rule takes it, and a scan campaign counts it a success.
+    #[test]
+    fn a_scanned_host_is_still_broken_and_waits() {
+        use crate::policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
+        let rep = report(RunResult::Inspected, None);
+        let mut h = HostRecord::new("02:00:00:00:00:01".parse().unwrap(), 0);
+        h.state = report_state(&rep);
+        h.last_report = Some(rep);
+        assert_eq!(h.state, HostState::NeedsAttention(SCANNED.into()));
+        assert!(!h.state.is_done());
+        let q = BootQuery {
+            mac: h.mac,
+            kind: ClientKind::Pxe(Arch::Bios),
+            now_ms: 0,
+            issue: false,
+        };
+        assert!(matches!(
+            DefaultPolicy::default().decide(&q, Some(&h)),
+            BootDecision::WaitingRoom { reason } if reason.contains("scanned")
+        ));
+        assert_eq!(
+            crate::campaign::outcome(&h, false),
+            crate::campaign::Outcome::Success
+        );
+        // Once a later run remediates it, it is an ordinary host again.
+        let rep = report(RunResult::Remediated, None);
+        h.state = report_state(&rep);
+        h.last_report = Some(rep);
+        assert!(!crate::policy::scanned(&h));
     }
 
     /// The observations' table: (state before, input, state after, note).

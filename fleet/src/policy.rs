@@ -72,6 +72,14 @@ pub trait BootPolicy: Send + Sync {
     }
 }
 
+/// Whether the host's last run was a read-only scan and nothing has happened since.
+pub fn scanned(h: &HostRecord) -> bool {
+    matches!(h.state, crate::HostState::NeedsAttention(_))
+        && h.last_report
+            .as_ref()
+            .is_some_and(|r| r.result == crate::agent::RunResult::Inspected)
+}
+
 /// Every network-booting machine gets the payload, except hosts whose run already finished
 /// (remediated, clean, rebooted, recovered) and hosts an admin skipped: those boot locally, so a
 /// fixed machine never loops back into recovery. With `require_approval`, a host gets the payload
@@ -88,6 +96,11 @@ impl BootPolicy for DefaultPolicy {
             ClientKind::Windows | ClientKind::Agent | ClientKind::Other => BootDecision::Ignore,
             _ if host.is_some_and(|h| h.skipped) => BootDecision::LocalBoot,
             _ if host.is_some_and(|h| h.state.is_done()) => BootDecision::LocalBoot,
+            // A host a read-only scan looked at is not rescanned at every boot loop: it waits
+            // for the campaign of the rule drafted from the scan (an admin's retry also lets it).
+            _ if host.is_some_and(scanned) => BootDecision::WaitingRoom {
+                reason: "scanned (read-only); waiting for a campaign with a signed rule".into(),
+            },
             _ if self.require_approval && !host.is_some_and(|h| h.approved) => {
                 BootDecision::WaitingRoom {
                     reason: "waiting for an administrator to approve this machine".into(),

@@ -80,6 +80,75 @@ pub fn bugcheck_name(code: u32) -> Option<&'static str> {
     })
 }
 
+/// How much of a small (triage) dump [`faulting_driver`] reads: Windows writes them at 256 KiB
+/// to a few MiB; a bigger file is read only this far.
+pub const TRIAGE_MAX_BYTES: usize = 16 << 20;
+
+/// Which bugcheck parameter holds the address of the faulting code, per the bugcheck
+/// reference (the `0x1000_0000` "_M" variants mean the same).
+fn fault_address(h: &DumpHeader) -> Option<u64> {
+    let i = match h.bugcheck & !0x1000_0000 {
+        0x1E | 0x3B | 0x7E | 0x8E => 1,
+        0x50 => 2,
+        0x0A | 0xD1 => 3,
+        _ => return None,
+    };
+    Some(h.parameters[i]).filter(|&a| a != 0)
+}
+
+/// The driver a 64-bit small (triage) dump names as the one the crash happened in: the
+/// loaded module whose image holds the faulting address of the bugcheck (its base name,
+/// `csagent.sys`), else `None` (another kind of dump, a bugcheck with no such address, an
+/// address in no listed module, or a list that does not fit the file).
+///
+/// Layout (after the 8 KiB `DUMP_HEADER64`, `TRIAGE_DUMP64` at 0x2000): `DriverListOffset` at
+/// +0x30, `DriverCount` at +0x34, `StringPoolOffset` at +0x38 and `StringPoolSize` at +0x3c,
+/// offsets from the start of the file. Each `DUMP_DRIVER_ENTRY64` is 0x90 bytes: the offset of
+/// its name (a `DUMP_STRING`: u32 length in UTF-16 units, then the units) at 0, and the
+/// module's `KLDR_DATA_TABLE_ENTRY64` at 8, whose `DllBase` is at +0x30 and `SizeOfImage` at
+/// +0x40.
+pub fn faulting_driver(b: &[u8], h: &DumpHeader) -> Option<String> {
+    const TRIAGE: usize = 0x2000;
+    const ENTRY: usize = 0x90;
+    const MAX_DRIVERS: usize = 4096;
+    if h.bits != 64 || !h.kind.starts_with("small") {
+        return None;
+    }
+    let addr = fault_address(h)?;
+    let list = usize::try_from(u32_at(b, TRIAGE + 0x30)?).ok()?;
+    let count = usize::try_from(u32_at(b, TRIAGE + 0x34)?).ok()?;
+    if count == 0 || count > MAX_DRIVERS || list < TRIAGE {
+        return None;
+    }
+    for i in 0..count {
+        let e = list.checked_add(i * ENTRY)?;
+        let base = u64_at(b, e + 8 + 0x30)?;
+        let size = u64::from(u32_at(b, e + 8 + 0x40)?);
+        if base == 0 || !(base..base.saturating_add(size)).contains(&addr) {
+            continue;
+        }
+        let name_at = usize::try_from(u32_at(b, e)?).ok()?;
+        let units = usize::try_from(u32_at(b, name_at)?).ok()?.min(260);
+        let raw = b.get(name_at + 4..name_at + 4 + 2 * units)?;
+        let wide: Vec<u16> = raw
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
+        let full = String::from_utf16_lossy(&wide);
+        let name: String = full
+            .rsplit(['\\', '/'])
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(fleet::agent::MAX_NAME)
+            .collect();
+        return (!name.is_empty()).then_some(name);
+    }
+    None
+}
+
 /// The header of a dump from its first bytes (at least [`HEADER_BYTES`] for a 64-bit dump).
 pub fn parse(b: &[u8]) -> Result<DumpHeader, String> {
     if b.len() < 8 || &b[..4] != b"PAGE" {
@@ -172,6 +241,91 @@ mod tests {
         // Any bytes after the signature: an answer or an error, never a panic.
         for n in 0..64 {
             let _ = parse(&b[..n]);
+        }
+    }
+
+    /// A small dump whose driver list has `drivers` (name, base, size), in the layout
+    /// Windows 10 writes (checked against a real 19041 triage dump).
+    fn triage64(code: u32, params: [u64; 4], drivers: &[(&str, u64, u32)]) -> Vec<u8> {
+        let mut b = dump64(code, params, 4, 0);
+        b.resize(0x3000, 0);
+        let list = 0x2100usize;
+        let pool = list + 0x90 * drivers.len();
+        b[0x2030..0x2034].copy_from_slice(&(list as u32).to_le_bytes());
+        b[0x2034..0x2038].copy_from_slice(&(drivers.len() as u32).to_le_bytes());
+        b.resize(pool, 0);
+        for (i, (name, base, size)) in drivers.iter().enumerate() {
+            let e = list + 0x90 * i;
+            let at = b.len() as u32;
+            b[e..e + 4].copy_from_slice(&at.to_le_bytes());
+            b[e + 0x38..e + 0x40].copy_from_slice(&base.to_le_bytes());
+            b[e + 0x48..e + 0x4c].copy_from_slice(&size.to_le_bytes());
+            let wide: Vec<u16> = name.encode_utf16().chain([0]).collect();
+            b.extend_from_slice(&(wide.len() as u32 - 1).to_le_bytes());
+            b.extend(wide.iter().flat_map(|u| u.to_le_bytes()));
+        }
+        b
+    }
+
+    #[test]
+    fn a_small_dump_names_the_driver_that_holds_the_faulting_address() {
+        let drivers = [
+            (
+                r"\SystemRoot\system32\ntoskrnl.exe",
+                0xffff_f804_7ba0_0000,
+                0x104_6000,
+            ),
+            (
+                r"\SystemRoot\System32\drivers\CrowdStrike\csagent.sys",
+                0xffff_f807_6a20_0000,
+                0x20_0000,
+            ),
+            (
+                r"\SystemRoot\System32\drivers\amdppm.sys",
+                0xffff_f804_8b58_0000,
+                0x3_b000,
+            ),
+        ];
+        // 0x50: the third parameter is the faulting instruction.
+        let b = triage64(
+            0x50,
+            [0xffff_840e_1234_0000, 0, 0xffff_f807_6a2b_1c3d, 2],
+            &drivers,
+        );
+        let h = parse(&b).unwrap();
+        assert_eq!(faulting_driver(&b, &h).as_deref(), Some("csagent.sys"));
+        // 0x1000007E (as in the real dump): the second parameter.
+        let b = triage64(
+            0x1000_007e,
+            [0xffff_ffff_c000_0005, 0xffff_f804_8b58_334c, 1, 2],
+            &drivers,
+        );
+        let h = parse(&b).unwrap();
+        assert_eq!(faulting_driver(&b, &h).as_deref(), Some("amdppm.sys"));
+        // An address in no module, a bugcheck without one, a full dump: no name.
+        let b = triage64(0x50, [0, 0, 0x1234, 0], &drivers);
+        assert_eq!(faulting_driver(&b, &parse(&b).unwrap()), None);
+        let b = triage64(0xef, [0xffff_f804_8b58_334c; 4], &drivers);
+        assert_eq!(faulting_driver(&b, &parse(&b).unwrap()), None);
+        let mut h = parse(&b).unwrap();
+        h.kind = "full".into();
+        assert_eq!(faulting_driver(&b, &h), None);
+    }
+
+    #[test]
+    fn a_cut_or_hostile_driver_list_gives_no_name_and_no_panic() {
+        let drivers = [(r"\d\x.sys", 0x1000, 0x1000)];
+        let b = triage64(0x7e, [0, 0x1800, 0, 0], &drivers);
+        let h = parse(&b).unwrap();
+        assert_eq!(faulting_driver(&b, &h).as_deref(), Some("x.sys"));
+        for n in (0..b.len()).step_by(7) {
+            let _ = faulting_driver(&b[..n], &h);
+        }
+        // A count past the bound, a list before the triage header, a name offset past the end.
+        for (off, v) in [(0x2034, 100_000u32), (0x2030, 0x10), (0x2100, u32::MAX)] {
+            let mut bad = b.clone();
+            bad[off..off + 4].copy_from_slice(&v.to_le_bytes());
+            assert_eq!(faulting_driver(&bad, &h), None, "{off:#x}");
         }
     }
 

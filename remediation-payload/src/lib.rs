@@ -12,6 +12,7 @@ pub mod agent;
 pub mod bitlk;
 pub mod cmdline;
 pub mod crashdump;
+pub mod eventlog;
 pub mod hive;
 pub mod inspect;
 pub mod modules;

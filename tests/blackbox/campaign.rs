@@ -65,12 +65,15 @@ pub(crate) fn system_hive(lab: &Lab, computer: &str) -> Vec<u8> {
     std::fs::read(&out).unwrap()
 }
 
-/// The first 64 KiB of a kernel minidump of the CrowdStrike crash (bugcheck 0x50), written by
+/// The first 64 KiB of a kernel minidump of the CrowdStrike crash (bugcheck 0x50 at an address
+/// inside csagent.sys, which its driver list holds), written by
 /// tests/blackbox/helpers/make_kernel_dump.py (Python; shares nothing with the agent).
-fn kernel_dump(lab: &Lab) -> Vec<u8> {
+pub(crate) fn kernel_dump(lab: &Lab) -> Vec<u8> {
     let out = lab.dir.join("071924-8765-01.dmp");
     must(&format!(
-        "python3 {}/tests/blackbox/helpers/make_kernel_dump.py {} --bugcheck 0x50 --param 0xffff840e12340000 --param 0 --param 0xfffff8076a2b1c3d --param 2 --build 19045 --time 2024-07-19T04:10:00Z",
+        "python3 {}/tests/blackbox/helpers/make_kernel_dump.py {} --bugcheck 0x50 --param 0xffff840e12340000 --param 0 --param 0xfffff8076a2b1c3d --param 2 --build 19045 --time 2024-07-19T04:10:00Z \
+         --driver '\\SystemRoot\\system32\\ntoskrnl.exe:0xfffff80479000000:0x1046000' \
+         --driver '\\SystemRoot\\System32\\drivers\\CrowdStrike\\csagent.sys:0xfffff8076a200000:0x200000'",
         env!("CARGO_MANIFEST_DIR"),
         out.display()
     ));
@@ -272,6 +275,7 @@ fn campaign_waves_open_on_a_holding_gate_and_halt_on_a_failed_canary() {
         assert_eq!(d["parameters"][2], "0xFFFFF8076A2B1C3D", "{d}");
         assert_eq!(d["dump_time_unix"], 1_721_362_200, "{d}");
         assert_eq!(d["build"], 19045, "{d}");
+        assert_eq!(d["driver"], "csagent.sys", "the faulting driver: {d}");
     }
     let found = api_json(&lab, &tok, "/api/v1/hosts?q=wks-a2");
     let macs: Vec<&str> = found["hosts"]

@@ -16,5 +16,6 @@ mod firmware;
 mod fleetsim;
 mod oob;
 mod payload;
+mod scan;
 mod signing_cli;
 mod trust;

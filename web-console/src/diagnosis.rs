@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fleet::bootdiag::{self, Finding, Group};
-use fleet::crashes::CrashGroup;
+use fleet::crashes::{CrashGroup, EventGroup};
 use fleet::filegroups::{FileGroup, FileScan};
 use fleet::Mac;
 use serde::Serialize;
@@ -41,6 +41,9 @@ pub struct DiagnosisView {
     /// What is crashing the fleet: every host's reported kernel crash dumps by bugcheck, most
     /// hosts first.
     pub crashes: Vec<CrashGroup>,
+    /// The same from the System event logs of the read-only scans: bugcheck, Kernel-Power 41
+    /// and unexpected-shutdown events by kind and code, most hosts first.
+    pub events: Vec<EventGroup>,
     /// Which file it is: the files of the read-only scans (`inspect` rules) by path and
     /// content, counted on crashing and on other hosts, suspects first.
     pub files: FileScan,
@@ -73,11 +76,12 @@ pub fn of_fleet(
         v
     });
     let looked_at = candidates.len();
-    let (crashes, files) = fleet.with_hosts(|h| {
+    let (crashes, events, files) = fleet.with_hosts(|h| {
         let mut v: Vec<_> = h.values().collect();
         v.sort_by_key(|r| r.mac);
         (
             fleet::crashes::group(v.iter().copied()),
+            fleet::crashes::group_events(v.iter().copied()),
             fleet::filegroups::group(v),
         )
     });
@@ -101,6 +105,7 @@ pub fn of_fleet(
         looked_at,
         boot,
         crashes,
+        events,
         files,
         hosts,
     })
@@ -147,6 +152,7 @@ pub struct DraftRule {
 
 /// Which file group to draft a rule for.
 #[derive(Debug, Clone, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DraftQuery {
     /// The file's SHA-256 (hex).
     pub sha256: String,
@@ -259,6 +265,7 @@ pub fn draft(
 #[utoipa::path(get, path = "/api/v1/diagnosis/draft-rule", operation_id = "draft_rule",
     params(DraftQuery),
     responses((status = 200, description = "The draft", body = DraftRule),
+        (status = 400, description = "No sha256, or a parameter this endpoint does not take", body = ErrorBody),
         (status = 404, description = "No scanned host has that file", body = ErrorBody),
         (status = 422, description = "The file cannot be named by a rule", body = ErrorBody),
         AuthErrors))]

@@ -432,6 +432,10 @@ impl HostPage {
     fn dump_time(&self, d: &fleet::agent::CrashDump) -> String {
         query::iso_secs(d.dump_time_unix.unwrap_or(d.written_unix))
     }
+
+    fn at(&self, unix: &i64) -> String {
+        query::iso_secs(*unix)
+    }
 }
 
 /// `GET /hosts/{mac}`: one host, its timeline and its actions.

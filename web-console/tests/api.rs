@@ -160,6 +160,7 @@ fn report(
             crash_dumps,
             windows_version: None,
             inspected,
+            event_log: None,
         }],
         files: vec![],
         rules_id: None,
@@ -870,6 +871,22 @@ fn openapi_document_is_whole() {
             .strip_prefix("#/components/schemas/")
             .unwrap_or_else(|| panic!("{r}"));
         assert!(schemas.contains_key(name), "{r} is not defined");
+    }
+    // A path parameter is one the path names ({mac}); anything else is a query parameter
+    // (a query struct documented as path parameters sends fuzzers and clients astray).
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap();
+                let named = path.contains(&format!("{{{name}}}"));
+                assert_eq!(
+                    p["in"] == "path",
+                    named,
+                    "{method} {path}: parameter {name} is `in: {}`",
+                    p["in"]
+                );
+            }
+        }
     }
     let src = include_str!("../src/lib.rs");
     // Every "/api/v1/..." literal of the router, however rustfmt wrapped the .route( call.
@@ -1963,10 +1980,27 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
                     dump_time_unix: Some(1_721_362_200),
                     build: 19045,
                     kind: "small (minidump)".into(),
+                    driver: Some("csagent.sys".into()),
                     error: None,
                 }],
                 vec![],
             ));
+            let v = &mut h.last_report.as_mut().unwrap().volumes[0];
+            v.event_log = Some(fleet::agent::EventLogScan {
+                path: r"Windows\System32\winevt\Logs\System.evtx".into(),
+                records: 1200,
+                unreadable: 0,
+                events: vec![fleet::agent::LogEvent {
+                    kind: "bugcheck".into(),
+                    provider: "Microsoft-Windows-WER-SystemErrorReporting".into(),
+                    event_id: 1001,
+                    time_unix: 1_721_362_260,
+                    bugcheck: Some("0x00000050".into()),
+                    parameters: vec!["0xFFFF840E12340000".into()],
+                    detail: "dump saved in C:\\Windows\\MEMORY.DMP".into(),
+                }],
+                error: None,
+            });
             Ok(())
         })
         .unwrap();
@@ -1975,6 +2009,10 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
     let v = json(&b);
     assert_eq!(v["crashes"][0]["bugcheck"], "0x00000050", "{v}");
     assert_eq!(v["crashes"][0]["hosts"], 1);
+    assert_eq!(v["crashes"][0]["driver"], "csagent.sys", "{v}");
+    assert_eq!(v["events"][0]["kind"], "bugcheck", "{v}");
+    assert_eq!(v["events"][0]["bugcheck"], "0x00000050");
+    assert_eq!(v["events"][0]["hosts"], 1);
     assert_eq!(v["crashes"][0]["examples"][0]["mac"], "52:54:00:dd:00:09");
     assert_eq!(v["looked_at"], 4, "{v}");
     let groups = v["boot"].as_array().unwrap();
@@ -2015,7 +2053,20 @@ async fn diagnosis_groups_boot_chain_problems_with_advice() {
         page.contains("1 host(s): bugcheck 0x00000050 PAGE_FAULT_IN_NONPAGED_AREA"),
         "{page}"
     );
+    assert!(
+        page.contains("PAGE_FAULT_IN_NONPAGED_AREA in <span class=\"mono\">csagent.sys</span>"),
+        "{page}"
+    );
     assert!(page.contains("2024-07-19T04:10:00Z"), "{page}");
+    assert!(
+        page.contains("rebooted from a bugcheck (WER 1001)"),
+        "{page}"
+    );
+    let (s, _, host) = send(&t, page_req(&cookie, "/hosts/52:54:00:dd:00:09")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(host.contains("System event log on vda2"), "{host}");
+    assert!(host.contains("1200 record(s) read"), "{host}");
+    assert!(host.contains("in csagent.sys"), "{host}");
     // The host page lists the dump under its volume.
     let (_, _, hp) = send(&t, page_req(&cookie, &format!("/hosts/{crashed}"))).await;
     assert!(
@@ -2073,6 +2124,7 @@ async fn diagnosis_names_the_suspect_file_and_its_drafted_rule_quarantines_only_
                             dump_time_unix: Some(1_721_362_300),
                             build: 19045,
                             kind: "small (minidump)".into(),
+                            driver: None,
                             error: None,
                         })
                         .into_iter()

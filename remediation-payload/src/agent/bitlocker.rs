@@ -17,11 +17,11 @@ pub(super) enum Bitlk {
         protectors: Vec<String>,
     },
     /// Left locked, with the reason (the host needs attention).
-    Locked(VolumeReport),
+    Locked(Box<VolumeReport>),
 }
 
 pub(super) fn locked(dev: &str, status: &str, detail: String, protectors: Vec<String>) -> Bitlk {
-    Bitlk::Locked(VolumeReport {
+    Bitlk::Locked(Box::new(VolumeReport {
         device: dev.into(),
         kind: "bitlocker".into(),
         status: status.into(),
@@ -31,7 +31,8 @@ pub(super) fn locked(dev: &str, status: &str, detail: String, protectors: Vec<St
         crash_dumps: vec![],
         windows_version: None,
         inspected: vec![],
-    })
+        event_log: None,
+    }))
 }
 
 /// A BitLocker volume: its key protectors from its own metadata (our parser of the FVE

@@ -252,7 +252,7 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
                 Bitlk::Locked(v) => {
                     ctx.step("volume", &format!("{dev}: {}", v.detail));
                     t.attention.push(format!("{dev}: {}", v.detail));
-                    t.volumes.push(v);
+                    t.volumes.push(*v);
                 }
                 Bitlk::Open {
                     name,
@@ -274,7 +274,11 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
             _ => {}
         }
     }
-    let (result, reason) = outcome(&t, ctx.restore.is_some(), devs.len());
+    let (mut result, mut reason) = outcome(&t, ctx.restore.is_some(), devs.len());
+    if result == RunResult::Clean && !rules.writes() {
+        result = RunResult::Inspected;
+        reason = Some("read-only scan: nothing was changed".into());
+    }
     let Tally { volumes, files, .. } = t;
     say(&format!(
         "result: {result:?}{}",

@@ -141,6 +141,7 @@ mod tests {
             crash_dumps: vec![],
             windows_version: None,
             inspected: vec![],
+            event_log: None,
         }
     }
 

@@ -164,8 +164,9 @@ fn windows_version(ctx: &Ctx, dev: &str, root: &Path) -> Option<fleet::agent::Wi
 }
 
 /// The kernel crash dumps under `root` (read-only mount): `Windows\Minidump\*.dmp`, newest
-/// first, and `Windows\MEMORY.DMP`, at most [`fleet::agent::MAX_DUMPS`]; only each header
-/// ([`crate::crashdump::HEADER_BYTES`]) is read.
+/// first, and `Windows\MEMORY.DMP`, at most [`fleet::agent::MAX_DUMPS`]; of MEMORY.DMP only the
+/// header ([`crate::crashdump::HEADER_BYTES`]) is read, of a minidump at most
+/// [`crate::crashdump::TRIAGE_MAX_BYTES`] (its driver list names the faulting driver).
 pub(super) fn crash_dumps(root: &Path) -> Vec<fleet::agent::CrashDump> {
     use crate::crashdump;
     let Some(win) = find_ci(root, "Windows") else {
@@ -205,11 +206,15 @@ pub(super) fn crash_dumps(root: &Path) -> Vec<fleet::agent::CrashDump> {
     found
         .into_iter()
         .map(|(rel, path, m)| {
+            // A minidump is read whole (bounded) for its driver list; MEMORY.DMP only its header.
+            let want = if rel.to_ascii_lowercase().ends_with("memory.dmp") {
+                crashdump::HEADER_BYTES
+            } else {
+                crashdump::TRIAGE_MAX_BYTES
+            };
             let mut head = Vec::with_capacity(crashdump::HEADER_BYTES);
-            let read = std::fs::File::open(&path).and_then(|f| {
-                f.take(crashdump::HEADER_BYTES as u64)
-                    .read_to_end(&mut head)
-            });
+            let read =
+                std::fs::File::open(&path).and_then(|f| f.take(want as u64).read_to_end(&mut head));
             let parsed = read
                 .map_err(|e| e.to_string())
                 .and_then(|_| crashdump::parse(&head));
@@ -223,6 +228,7 @@ pub(super) fn crash_dumps(root: &Path) -> Vec<fleet::agent::CrashDump> {
                 dump_time_unix: None,
                 build: 0,
                 kind: String::new(),
+                driver: None,
                 error: None,
             };
             match parsed {
@@ -232,6 +238,7 @@ pub(super) fn crash_dumps(root: &Path) -> Vec<fleet::agent::CrashDump> {
                     d.parameters = h.parameters.iter().map(|p| format!("0x{p:X}")).collect();
                     d.dump_time_unix = h.time_unix;
                     d.build = h.build;
+                    d.driver = crashdump::faulting_driver(&head, &h);
                     d.kind = h.kind;
                 }
                 Err(e) => d.error = Some(e),
@@ -239,6 +246,35 @@ pub(super) fn crash_dumps(root: &Path) -> Vec<fleet::agent::CrashDump> {
             d
         })
         .collect()
+}
+
+/// The System event log under `root` (read-only mount), read and scanned; `None` when the
+/// volume has none. At most [`crate::eventlog::MAX_LOG_BYTES`] of it are read.
+pub(super) fn event_log(root: &Path) -> Option<fleet::agent::EventLogScan> {
+    let mut at = root.to_path_buf();
+    let mut rel = Vec::new();
+    for part in ["Windows", "System32", "winevt", "Logs", "System.evtx"] {
+        at = find_ci(&at, part)?;
+        rel.push(
+            at.file_name()
+                .map_or(part.to_string(), |n| n.to_string_lossy().into_owned()),
+        );
+    }
+    let rel = rel.join("\\");
+    let mut bytes = Vec::new();
+    match std::fs::File::open(&at).and_then(|f| {
+        f.take(crate::eventlog::MAX_LOG_BYTES as u64)
+            .read_to_end(&mut bytes)
+    }) {
+        Ok(_) => Some(crate::eventlog::scan(rel, bytes)),
+        Err(e) => Some(fleet::agent::EventLogScan {
+            path: rel,
+            records: 0,
+            unreadable: 0,
+            events: Vec::new(),
+            error: Some(format!("cannot read it: {e}")),
+        }),
+    }
 }
 
 /// Mounts `src` (the volume `dev` itself, or its unlocked BitLocker mapping) and remediates
@@ -264,6 +300,7 @@ pub(super) fn do_volume(
             crash_dumps: vec![],
             windows_version: None,
             inspected: vec![],
+            event_log: None,
         },
         files: Vec::new(),
         failed: None,
@@ -312,6 +349,22 @@ pub(super) fn do_volume(
                     );
                 }
                 vr.report.inspected = files;
+                vr.report.event_log = event_log(&dir);
+                if let Some(l) = &vr.report.event_log {
+                    ctx.step(
+                        "volume",
+                        &format!(
+                            "{dev}: {}: {} records, {} about crashes{}",
+                            l.path,
+                            l.records,
+                            l.events.len(),
+                            l.error
+                                .as_ref()
+                                .map(|e| format!(" ({e})"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
             }
             for d in &vr.report.crash_dumps {
                 ctx.step(
@@ -468,7 +521,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crash_dumps_are_read_newest_first_header_only() {
+    fn crash_dumps_are_read_newest_first() {
         let root = std::env::temp_dir().join(format!("unbrick-dumps-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         let md = root.join("WINDOWS").join("Minidump");
@@ -520,10 +573,36 @@ mod tests {
             (big.len() as u64, 1_721_362_140)
         );
         assert_eq!(d[1].parameters.len(), 4);
+        assert_eq!(
+            d[1].driver, None,
+            "filler where a driver list would be names none"
+        );
         assert!(
             crash_dumps(&root.join("WINDOWS")).is_empty(),
             "no Windows folder"
         );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_system_event_log_is_found_whatever_its_case_and_read() {
+        let root = std::env::temp_dir().join(format!("unbrick-evtx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        assert!(event_log(&root).is_none(), "no volume");
+        let logs = root.join("WINDOWS/system32/WINEVT/Logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        assert!(event_log(&root).is_none(), "no System log");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/evtx/system.evtx"),
+            logs.join("SYSTEM.EVTX"),
+        )
+        .unwrap();
+        let l = event_log(&root).unwrap();
+        assert_eq!(l.path, r"WINDOWS\system32\WINEVT\Logs\SYSTEM.EVTX");
+        assert_eq!((l.records, l.error), (1881, None));
+        std::fs::write(logs.join("SYSTEM.EVTX"), b"ElfFile\0 but cut").unwrap();
+        let l = event_log(&root).unwrap();
+        assert!(l.error.is_some(), "{l:?}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
