@@ -354,8 +354,8 @@ pub fn outcome(h: &HostRecord, verify: bool) -> Outcome {
     match &h.state {
         // The agent waits for an admin to paste a BitLocker key: not final yet.
         HostState::NeedsAttention(_) if !h.bitlocker_waiting.is_empty() => Outcome::Pending,
-        // A scan campaign: the host was read, which is all it was for.
-        HostState::NeedsAttention(_) if crate::policy::scanned(h) => Outcome::Success,
+        // Scanned read-only before this campaign: its run in this campaign is still to come.
+        HostState::NeedsAttention(_) if crate::policy::scanned(h) => Outcome::Pending,
         HostState::Failed(_) | HostState::NeedsAttention(_) => Outcome::Failure,
         HostState::Recovered => Outcome::Success,
         HostState::Unverified => Outcome::Neutral,

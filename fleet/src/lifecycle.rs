@@ -569,7 +569,8 @@ mod tests {
     }
 
     /// A read-only scan leaves the host not done: it waits instead of being scanned at every
-    /// boot loop, a campaign of the drafted rule takes it, and a scan campaign counts it a success.
+    /// boot loop, and a campaign of the drafted rule takes it (its gate waits for that run:
+    /// neither a success nor a failure yet).
     #[test]
     fn a_scanned_host_is_still_broken_and_waits() {
         use crate::policy::{BootDecision, BootPolicy, BootQuery, DefaultPolicy};
@@ -591,7 +592,7 @@ mod tests {
         ));
         assert_eq!(
             crate::campaign::outcome(&h, false),
-            crate::campaign::Outcome::Success
+            crate::campaign::Outcome::Pending
         );
         // Once a later run remediates it, it is an ordinary host again.
         let rep = report(RunResult::Remediated, None);
