@@ -738,18 +738,20 @@ fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
             .all(|l| !l.contains("timeout")),
         "timeout 255 must not be acknowledged: {text}"
     );
-    // Each request asked for the same file again: the three earlier transfers are given up at
-    // their next retransmission (about 3 s), not after the whole back-off.
+    // Each request asked for the same file again: a transfer that the peer has asked for again
+    // since it began is given up at its next retransmission (about 3 s), not after the whole
+    // back-off. The requests are handled on tasks of their own, so the fourth transfer may
+    // start before or after the refused requests: three or all four end so.
     assert!(
         lab.wait_log("\"abandoned\"", Duration::from_secs(10)),
         "{}",
         lab.server_log()
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        lab.server_log().matches("\"abandoned\"").count(),
-        3,
-        "{}",
+    let abandoned = lab.server_log().matches("\"abandoned\"").count();
+    assert!(
+        (3..=4).contains(&abandoned),
+        "{abandoned}: {}",
         lab.server_log()
     );
     // Meanwhile another machine downloads, with curl and with atftp.
