@@ -708,7 +708,6 @@ import time; time.sleep(20)
 /// meanwhile.
 #[test]
 fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
-    let _turn = load_turn();
     let mut lab = Lab::new("ts");
     lab.init();
     lab.serve("--dhcp off");
@@ -808,7 +807,6 @@ fn a_peer_with_stalled_transfers_cannot_hold_the_tftp_server() {
 /// HTTP and files over TFTP.
 #[test]
 fn slowloris_cannot_stop_boot_scripts_artefacts_or_tftp() {
-    let _turn = load_turn();
     let mut lab = Lab::new("sl");
     lab.init();
     lab.stand_in_image(4 << 20);
@@ -923,7 +921,6 @@ fn slowloris_cannot_stop_boot_scripts_artefacts_or_tftp() {
 /// rate, the records made and the server's peak RSS.
 #[test]
 fn a_flood_of_spoofed_macs_fills_nothing_and_real_clients_get_offers() {
-    let _turn = load_turn();
     let mut lab = Lab::new("fl");
     lab.init();
     lab.serve("--dhcp proxy --max-hosts 3000 --new-hosts-per-sec 100");
@@ -1006,7 +1003,6 @@ fn a_flood_of_spoofed_macs_fills_nothing_and_real_clients_get_offers() {
 /// the whole file; another client at full size is not affected.
 #[test]
 fn a_peer_whose_path_drops_large_blocks_is_offered_512_after_two_stalls() {
-    let _turn = load_turn();
     let mut lab = Lab::new("mt");
     lab.init();
     lab.serve("--dhcp off");

@@ -69,7 +69,6 @@ impl Drop for NeighTable {
 /// the campaign finished with no admin touching it.
 #[test]
 fn two_thousand_simulated_hosts_in_four_waves() {
-    let _turn = load_turn();
     let calm = simulate(None, false, true);
     let killed = simulate(None, true, false);
     println!(
@@ -94,7 +93,6 @@ fn two_thousand_simulated_hosts_in_four_waves() {
 /// before its controller was told to.
 #[test]
 fn two_thousand_hosts_network_booted_through_their_controllers() {
-    let _turn = load_turn();
     simulate(
         Some(format!(
             "{}/tests/blackbox/helpers/redfish_standin.py",
@@ -309,7 +307,6 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
 /// sampled at intervals: RSS, descriptors and the data directory may not grow beyond the data.
 #[test]
 fn soak_under_steady_load() {
-    let _turn = load_turn();
     let secs: u64 = std::env::var("SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -11,19 +11,11 @@ use std::time::{Duration, Instant};
 pub const SERVER_IP: &str = "10.99.0.1";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
-static LOAD: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// QEMU tests take turns: firmware PXE timers give up when eight TCG guests share two cores.
 /// How long a test waited for its turn and held it goes to the timing log ([`note_time`]).
 pub fn qemu_turn() -> Turn {
     take(&QEMU, "QEMU")
-}
-
-/// Load tests (the fleet simulations, floods, slowloris, stalled transfers) take turns too,
-/// beside the QEMU turn: one of them, one QEMU test and light tests run at once (the test
-/// command runs three test threads, so a test waiting for a turn does not idle a core).
-pub fn load_turn() -> Turn {
-    take(&LOAD, "load")
 }
 
 fn take(m: &'static std::sync::Mutex<()>, what: &'static str) -> Turn {
