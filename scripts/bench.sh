@@ -9,10 +9,13 @@
 #   proxyDHCP DISCOVER->OFFER rate (perfdhcp -i): unbrick vs dnsmasq
 #   signed manifest verification of a 20 MB image: unbrick image verify vs sha256sum
 # Needs root. Run: bash scripts/bench.sh   (ROUNDS=5 by default)
+#   ONLY=tftp,http bash scripts/bench.sh   some of the parts (tftp, http, dhcp, verify)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "bench.sh: run as root" >&2; exit 2; }
 ROUNDS=${ROUNDS:-5}
+ONLY=${ONLY:-tftp,http,dhcp,verify}
+part() { case ",$ONLY," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 cargo build --release -q
 UB=$PWD/target/release/unbrick
 S=ubbench-s$$; C=ubbench-c$$
@@ -85,6 +88,7 @@ start $S "nginx -c $W/nginx.conf -g 'daemon off;'" nginx
 SIZE=$((32 * 1024 * 1024))
 declare -A R
 for srv in unbrick:10.99.0.1 atftpd:10.99.0.2 dnsmasq:10.99.0.3; do
+  part tftp || break
   n=${srv%%:*}; ip=${srv##*:}
   # Lock-step (what firmware, iPXE's UNDI driver and grub use) at the block sizes they ask for.
   for bs in 512 1024 1468; do
@@ -97,6 +101,7 @@ done
 # 8 concurrent clients, each fetching the file 8 times over one connection (2 GiB in all).
 H="-o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null"
 U=big.bin; U8="$U $U $U $U $U $U $U $U"
+if part http; then
 R[http_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.1:8080/image/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
 R[http_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.4/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
 # The start of a wave: 200 machines pull a kernel and an initrd at once, each over one
@@ -104,6 +109,7 @@ R[http_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; d
 KI=$((KERNEL + INITRD))
 R[http200_unbrick]=$(times "for i in \$(seq 50 249); do curl -s --interface 10.99.0.\$i -o /dev/null -o /dev/null http://10.99.0.1:8080/image/kernel.bin http://10.99.0.1:8080/image/initrd.bin & done; wait" | rates $((KI * 200)))
 R[http200_nginx]=$(times "for i in \$(seq 50 249); do curl -s --interface 10.99.0.\$i -o /dev/null -o /dev/null http://10.99.0.4/kernel.bin http://10.99.0.4/initrd.bin & done; wait" | rates $((KI * 200)))
+fi
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
 
 # proxyDHCP offers per second: BIOS PXE DISCOVERs from 20,000 simulated clients.
@@ -114,17 +120,21 @@ PERF="perfdhcp -4 -i -l eth0 -r 40000 -p 10 -R 20000 -o 60,$VC -o 93,0000"
 offers() { { ip netns exec $C sh -c "$PERF" 2>/dev/null || true; } | awk '/received packets:/ {print $3; exit}'; }
 # "median min max" offers per second over the rounds (10 s each).
 offerstats() { for _ in $(seq "$ROUNDS"); do o=$(offers); echo "${o:-0}"; done | awk '{ print $1 / 10 }' | sort -g | awk '{ r[NR] = $1 } END { n = NR; m = (n % 2) ? r[(n + 1) / 2] : (r[n / 2] + r[n / 2 + 1]) / 2; printf "%d %d %d\n", m, r[1], r[n] }'; }
+if part dhcp; then
 start $S "$UB serve --data-dir $W/data --interface br0 --server-ip 10.99.0.1 --dhcp proxy" unbrick-dhcp
 O_UB=$(offerstats); for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
 start $S "dnsmasq --keep-in-foreground --port=0 --interface=br0 --bind-interfaces --dhcp-range=10.99.0.0,proxy,255.255.255.0 --pxe-service=x86PC,unbrick,undionly --dhcp-leasefile=$W/dm.leases --pid-file=$W/dnsmasq-dhcp.pid" dnsmasq-dhcp
 O_DM=$(offerstats); for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
+fi
 
 # Signed manifest verification of a 20 MB image vs sha256sum over the same files.
+if part verify; then
 mkdir -p "$W/img"; head -c $((12 * 1024 * 1024)) /dev/urandom > "$W/img/vmlinuz"; head -c $((8 * 1024 * 1024)) /dev/urandom > "$W/img/initrd.img"
 $UB keys generate --out "$W/k" >/dev/null; $UB image sign "$W/img" --key "$W/k/signing.key" >/dev/null
 localtimes() { local t0 t1; for _ in $(seq "$ROUNDS"); do t0=$(now); sh -c "$1" >/dev/null; t1=$(now); echo "$t1 - $t0" | bc -l; done; }
 V_UB=$(localtimes "$UB image verify $W/img --pubkey $W/k/signing.pub" | rates $((20 * 1048576)))
 V_SHA=$(localtimes "sha256sum $W/img/vmlinuz $W/img/initrd.img" | rates $((20 * 1048576)))
+fi
 
 # A row: the name, unbrick's "median min max", then "peer=median min max" for each peer; the
 # ratio is unbrick's median over the best peer's median.
@@ -143,12 +153,17 @@ echo "Machine: $(nproc) cores, $(awk '/model name/ {sub(/.*: /, ""); print; exit
 echo
 echo "| benchmark (median of $ROUNDS rounds, min-max in brackets) | unbrick | peer(s) | unbrick / best peer (medians) |"
 echo "|---|---|---|---|"
+if part tftp; then
 for bs in 512 1024 1468; do
   row "TFTP 32 MiB lock-step, curl blksize $bs" "${R[curl${bs}_unbrick]}" MB/s "atftpd=${R[curl${bs}_atftpd]}" "dnsmasq=${R[curl${bs}_dnsmasq]}"
 done
 row "TFTP 100 clients at once, 4 MiB each, lock-step blksize 1468 (aggregate)" "${R[tftp100_unbrick]}" MB/s "atftpd=${R[tftp100_atftpd]}" "dnsmasq=${R[tftp100_dnsmasq]}"
 row "TFTP 32 MiB, atftp blksize 1468 windowsize 16" "${R[atftp_unbrick]}" MB/s "atftpd=${R[atftp_atftpd]}" "dnsmasq=${R[atftp_dnsmasq]}"
+fi
+if part http; then
 row "HTTP 32 MiB, 8 concurrent curl x 8 downloads each" "${R[http_unbrick]}" MB/s "nginx=${R[http_nginx]}"
 row "HTTP wave start: 200 clients at once, kernel 10 MiB + initrd 20 MiB each" "${R[http200_unbrick]}" MB/s "nginx=${R[http200_nginx]}"
-row "proxyDHCP offers/s (perfdhcp -i, 40000/s offered, 20000 clients, 10 s)" "$O_UB" "" "dnsmasq=$O_DM"
-row "verify signed 20 MB image (hash every artefact)" "$V_UB" MB/s "sha256sum=$V_SHA"
+fi
+part dhcp && row "proxyDHCP offers/s (perfdhcp -i, 40000/s offered, 20000 clients, 10 s)" "$O_UB" "" "dnsmasq=$O_DM"
+part verify && row "verify signed 20 MB image (hash every artefact)" "$V_UB" MB/s "sha256sum=$V_SHA"
+exit 0

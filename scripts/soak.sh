@@ -9,15 +9,5 @@
 #   sudo bash scripts/soak.sh            30 minutes
 #   SOAK_SECS=600 sudo bash scripts/soak.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
-if [ "$(id -u)" != 0 ]; then
-  echo "scripts/soak.sh: run as root (network namespaces)" >&2
-  exit 2
-fi
-export SOAK_SECS=${SOAK_SECS:-1800}
-cargo build --release -q -p unbrick-testtools --bin unbrick-fleetsim
-# The server measured is the release build an admin runs (the test command's 2 minutes use the
-# debug build the other tests use).
-cargo build --release -q --bin unbrick
-export UNBRICK_BIN=${UNBRICK_BIN:-$PWD/target/release/unbrick}
-exec cargo test -q --test blackbox -- fleetsim::soak_under_steady_load --exact --nocapture
+export SOAK_SECS=${SOAK_SECS:-1800} BENCH_NAME=scripts/soak.sh
+exec bash "$(dirname "$0")/release-blackbox.sh" fleetsim::soak_under_steady_load --exact --nocapture

@@ -279,6 +279,8 @@ pub(crate) async fn start(
     let srx = rx.clone();
     tasks.push(tokio::spawn(async move {
         use axum::serve::ListenerExt;
+        // Artefact bodies (slices of the sealed image) go out with sendfile.
+        let listener = netboot_server::sealed::ZeroCopyListener(listener);
         let listener = idle::IdleListener::new(listener, idle_timeout, http_caps).tap_io(|_| {});
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop(srx))

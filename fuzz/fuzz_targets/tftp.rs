@@ -6,7 +6,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use netboot_proto::tftp::{check_request, Limits, Packet, Transfer};
-use std::sync::Arc;
+use bytes::Bytes;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else {
@@ -46,7 +46,7 @@ fuzz_target!(|data: &[u8]| {
     // A file whose size comes from the script's length, so small and multi-block files (and
     // exact multiples of the block size) are both reached.
     let len = script.len() * 7 % 5000;
-    let file: Arc<[u8]> = (0..len).map(|i| i as u8).collect::<Vec<_>>().into();
+    let file = Bytes::from((0..len).map(|i| i as u8).collect::<Vec<_>>());
     let limits = Limits {
         max_duration_ms: 60_000,
         ..Limits::default()

@@ -290,10 +290,10 @@ fn refusal(kind: BootConfigKind, mac: Mac) -> String {
 pub struct TftpFiles(pub Arc<Booter>);
 
 impl crate::tftp::FileSource for TftpFiles {
-    fn open(&self, path: &str, peer: SocketAddr) -> Option<Arc<[u8]>> {
+    fn open(&self, path: &str, peer: SocketAddr) -> Option<bytes::Bytes> {
         let s = &self.0;
         if path == "grub/grub.cfg" {
-            return Some(Arc::from(boot::grub_stub().into_bytes()));
+            return Some(bytes::Bytes::from(boot::grub_stub()));
         }
         if let Some(mac) = path
             .strip_prefix("grub/host-")
@@ -323,7 +323,7 @@ impl crate::tftp::FileSource for TftpFiles {
                     return None;
                 }
             }
-            return Some(Arc::from(cfg.text.into_bytes()));
+            return Some(bytes::Bytes::from(cfg.text));
         }
         s.image.get(path)
     }

@@ -8,14 +8,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// A verified image held in memory.
+/// A verified image held in memory: a sealed memfd (see [`crate::sealed`]), verified after
+/// sealing, so that the bytes served are the bytes verified and nothing can change them.
 #[derive(Debug)]
 pub struct Image {
     /// Where it was loaded from.
     pub dir: PathBuf,
     /// Its verified manifest.
     pub manifest: Manifest,
-    files: BTreeMap<String, Arc<[u8]>>,
+    files: BTreeMap<String, bytes::Bytes>,
 }
 
 impl Image {
@@ -34,16 +35,29 @@ impl Image {
         let sbytes = read(SIGNATURE_FILE)?;
         let manifest = Manifest::verify_signed(trusted, &mbytes, &sbytes)
             .map_err(|e| vec![format!("{}: {e}", dir.join(MANIFEST_FILE).display())])?;
-        let files = read_files(dir).map_err(|e| vec![e])?;
+        let read = read_files(dir).map_err(|e| vec![e])?;
+        let (sealed, ranges) =
+            crate::sealed::Sealed::new("unbrick-image", read.iter().map(|(_, d)| d.as_slice()))
+                .map_err(|e| {
+                    vec![format!(
+                        "{}: cannot seal the image in memory: {e}",
+                        dir.display()
+                    )]
+                })?;
+        let files: BTreeMap<String, bytes::Bytes> = read
+            .into_iter()
+            .zip(ranges)
+            .map(|((n, _), r)| (n, sealed.bytes(r)))
+            .collect();
+        // Verified from the sealed mapping itself: what is served is what was checked.
         let problems: Vec<String> = manifest
-            .check_all(files.iter().map(|(n, d)| (n.as_str(), d.as_slice())))
+            .check_all(files.iter().map(|(n, d)| (n.as_str(), &d[..])))
             .into_iter()
             .map(|e| format!("{}: {e}", dir.display()))
             .collect();
         if !problems.is_empty() {
             return Err(problems);
         }
-        let files = files.into_iter().map(|(n, d)| (n, Arc::from(d))).collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             manifest,
@@ -52,7 +66,7 @@ impl Image {
     }
 
     /// An artefact's bytes (the verified copy).
-    pub fn get(&self, name: &str) -> Option<Arc<[u8]>> {
+    pub fn get(&self, name: &str) -> Option<bytes::Bytes> {
         self.files.get(name).cloned().or_else(|| {
             // Firmware and loaders are not consistent about case; names are unique regardless.
             self.files

@@ -3,7 +3,8 @@
 //! decision is made by the pure cores of `netboot-proto` and the [`fleet::BootPolicy`]; every
 //! record goes through `fleet_service::FleetIo`. The server is composed by the `unbrick`
 //! binary (`src/serve.rs`).
-// Only the layer-2 witness (`l2`, a packet socket with a BPF filter) has unsafe code.
+// Only the layer-2 witness (`l2`, a packet socket with a BPF filter) and the sealed image
+// mapping (`sealed`) have unsafe code.
 #![deny(unsafe_code)]
 
 pub mod agent_api;
@@ -17,6 +18,7 @@ pub mod l2;
 pub mod net;
 pub mod oob;
 pub mod reply;
+pub mod sealed;
 pub mod tftp;
 pub mod tls;
 pub mod wol;

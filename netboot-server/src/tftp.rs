@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 /// Where TFTP files come from. Implementations serve from memory.
 pub trait FileSource: Send + Sync + 'static {
     /// The file at the normalized `path` for the client at `peer`, or `None` (file not found).
-    fn open(&self, path: &str, peer: SocketAddr) -> Option<Arc<[u8]>>;
+    fn open(&self, path: &str, peer: SocketAddr) -> Option<bytes::Bytes>;
 }
 
 /// Where and how the TFTP driver serves.
@@ -418,8 +418,8 @@ impl TftpServer {
                 .await;
             return;
         };
-        let file: Arc<[u8]> = if req.netascii {
-            Arc::from(to_netascii(&file))
+        let file = if req.netascii {
+            bytes::Bytes::from(to_netascii(&file))
         } else {
             file
         };
@@ -556,7 +556,7 @@ fn transfer(
     sock: std::net::UdpSocket,
     peer: SocketAddr,
     path: String,
-    file: Arc<[u8]>,
+    file: bytes::Bytes,
     options: Vec<(String, String)>,
     limits: Limits,
     cut: &AtomicBool,

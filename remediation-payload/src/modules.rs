@@ -238,6 +238,51 @@ pub fn select(
         .collect()
 }
 
+/// Runs `load` for every module of `todo` (in dependency order, as [`select`] returns it) on a
+/// thread of its own, each as soon as every module of `todo` it depends on has finished (a
+/// module outside `todo` is already loaded or built in). Returns each module with its result,
+/// in `todo`'s order. A dependency circle (which `depmod` does not write) is broken by
+/// starting its modules together.
+pub fn in_parallel<R: Send>(
+    todo: &[String],
+    deps: &BTreeMap<String, Vec<String>>,
+    load: impl Fn(&str) -> R + Sync,
+) -> Vec<(String, R)> {
+    let mut results: BTreeMap<usize, R> = BTreeMap::new();
+    let mut pending: Vec<usize> = (0..todo.len()).collect();
+    while !pending.is_empty() {
+        let waiting: BTreeSet<&str> = pending.iter().map(|&i| todo[i].as_str()).collect();
+        let (mut ready, rest): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| {
+            deps.get(&todo[i])
+                .into_iter()
+                .flatten()
+                .all(|d| d == &todo[i] || !waiting.contains(d.as_str()))
+        });
+        if ready.is_empty() {
+            ready = rest.clone();
+            pending.clear();
+        } else {
+            pending = rest;
+        }
+        let load = &load;
+        let wave: Vec<(usize, R)> = std::thread::scope(|s| {
+            let handles: Vec<_> = ready
+                .iter()
+                .map(|&i| (i, s.spawn(move || load(&todo[i]))))
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|(i, h)| h.join().ok().map(|r| (i, r)))
+                .collect()
+        });
+        results.extend(wave);
+    }
+    results
+        .into_iter()
+        .map(|(i, r)| (todo[i].clone(), r))
+        .collect()
+}
+
 /// Names from `modules.builtin` (built into the kernel: nothing to load).
 pub fn parse_builtin(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -249,6 +294,55 @@ pub fn parse_builtin(text: &str) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn independent_modules_load_together_and_dependents_after_their_dependencies() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Mutex;
+        // ahci needs libahci needs libata; virtio_net and e1000 need nothing in the list;
+        // x and y depend on each other (a circle depmod would not write).
+        let deps: BTreeMap<String, Vec<String>> = [
+            ("ahci", vec!["libahci", "libata"]),
+            ("libahci", vec!["libata"]),
+            ("virtio_net", vec!["virtio", "net_failover"]),
+            ("x", vec!["y"]),
+            ("y", vec!["x"]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        let todo: Vec<String> = ["libata", "e1000", "libahci", "ahci", "virtio_net", "x", "y"]
+            .map(String::from)
+            .to_vec();
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let finished = Mutex::new(Vec::new());
+        let out = in_parallel(&todo, &deps, |m| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            running.fetch_sub(1, Ordering::SeqCst);
+            finished.lock().unwrap().push(m.to_string());
+            m.len()
+        });
+        // Every module once, in todo's order, with its own result.
+        assert_eq!(
+            out.iter()
+                .map(|(m, r)| (m.as_str(), *r))
+                .collect::<Vec<_>>(),
+            todo.iter()
+                .map(|m| (m.as_str(), m.len()))
+                .collect::<Vec<_>>()
+        );
+        let f = finished.into_inner().unwrap();
+        let at = |m: &str| f.iter().position(|x| x == m).unwrap();
+        assert!(
+            at("libata") < at("libahci") && at("libahci") < at("ahci"),
+            "{f:?}"
+        );
+        // libata, e1000 and virtio_net (and the circle) have nothing to wait for.
+        assert!(most.load(Ordering::SeqCst) >= 3, "{f:?}");
+        assert!(in_parallel(&[], &deps, |_| ()).is_empty());
+    }
 
     #[test]
     fn alias_patterns() {

@@ -1,4 +1,5 @@
-//! The campaign at scale without VMs: `unbrick-fleetsim` runs 2,000 simulated machines in a client
+//! The campaign at scale without VMs: `unbrick-fleetsim` runs simulated machines
+//! (`FLEETSIM_HOSTS`: 600 in the test command, 2,000 in `scripts/fleetbench.sh`) in a client
 //! namespace against the server (full DHCP on a /16), speaking real DHCP, TFTP, HTTP and the
 //! agent API over HTTPS: a campaign of 4 waves with a 200-host concurrency limit. It prints the
 //! timeline and the server's peak RSS, and fails if a host got the payload outside its wave, the
@@ -7,6 +8,20 @@
 //! restarted under it.
 use crate::lab::*;
 use std::time::{Duration, Instant};
+
+/// How many simulated machines a campaign has: `FLEETSIM_HOSTS`, 600 unless set (the test
+/// command runs this short version; `scripts/fleetbench.sh` runs 2,000).
+fn fleet_size() -> usize {
+    std::env::var("FLEETSIM_HOSTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| (10..=60_000).contains(n))
+        .unwrap_or(600)
+}
+
+/// At most this many SIGKILLs: the rest of the campaign then runs undisturbed, so that a short
+/// campaign is not kept from ending by a server that is down more than it is up.
+const MAX_KILLS: u32 = 12;
 
 fn sim_binary() -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -68,12 +83,16 @@ impl Drop for NeighTable {
 /// report the server acknowledged is in the store, none got the payload outside its wave, and
 /// the campaign finished with no admin touching it.
 #[test]
-fn two_thousand_simulated_hosts_in_four_waves() {
+fn simulated_hosts_in_four_waves_survive_sigkills() {
     let calm = simulate(None, false, true);
     let killed = simulate(None, true, false);
     println!(
         "{:<24} {:>8} {:>10} {:>6} {:>12}",
-        "2,000 hosts, 4 waves", "restarts", "duplicates", "lost", "total (s)"
+        format!("{} hosts, 4 waves", fleet_size()),
+        "restarts",
+        "duplicates",
+        "lost",
+        "total (s)"
     );
     for (name, r) in [("no kills", &calm), ("SIGKILL + restart", &killed)] {
         println!(
@@ -92,7 +111,7 @@ fn two_thousand_simulated_hosts_in_four_waves() {
 /// address): the campaign triggers each wave out of band, 200 at a time, and no machine boots
 /// before its controller was told to.
 #[test]
-fn two_thousand_hosts_network_booted_through_their_controllers() {
+fn simulated_hosts_network_booted_through_their_controllers() {
     simulate(
         Some(format!(
             "{}/tests/blackbox/helpers/redfish_standin.py",
@@ -194,6 +213,7 @@ fn fleet_lab(
 /// screenshots in target/screenshots/.
 fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
     let sim = sim_binary();
+    let n = fleet_size();
     let _neigh = NeighTable::raise();
     let (mut lab, fp, tok, cns, ifc) = fleet_lab("fs", "fleetsim", "", "52:54:0f:ff:ff:ff");
     let env = oob
@@ -210,7 +230,7 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
         std::process::Command::new("ip")
             .args(["netns", "exec", &cns, "sh", "-c"])
             .arg(format!(
-                "{env}exec {sim} {ifc} {tok} {fp} 2000 5%,25%,50%,100% 200 5 {pid}"
+                "{env}exec {sim} {ifc} {tok} {fp} {n} 5%,25%,50%,100% 200 5 {pid}"
             ))
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::process::Stdio::inherit())
@@ -220,7 +240,7 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
     let mut restarts = 0;
     let status = if kills {
         // Random moments (printed seed: a failure can be replayed with FLEETSIM_KILL_SEED),
-        // 2 to 8 s after the server came back, until the campaign ends.
+        // 1.5 to 5 s after the server came back, until the campaign ends (at most MAX_KILLS).
         let seed: u64 = std::env::var("FLEETSIM_KILL_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -238,7 +258,7 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let wait = Instant::now() + Duration::from_millis(2_000 + x % 6_000);
+            let wait = Instant::now() + Duration::from_millis(1_500 + x % 3_500);
             let mut ended = None;
             while Instant::now() < wait && ended.is_none() {
                 ended = child.0.try_wait().unwrap();
@@ -246,6 +266,9 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
             }
             if let Some(st) = ended {
                 break st;
+            }
+            if restarts == MAX_KILLS {
+                break child.0.wait().unwrap();
             }
             lab.kill_server();
             restarts += 1;
@@ -264,7 +287,7 @@ fn simulate(oob: Option<String>, kills: bool, browse: bool) -> Run {
     assert!(
         status.success()
             && out.contains("OK: no host outside its wave")
-            && (env.is_empty() || out.contains("out of band: 2000 of 2000 machines reset")),
+            && (env.is_empty() || out.contains(&format!("out of band: {n} of {n} machines reset"))),
         "fleet simulation failed:\n{out}\n{}",
         lab.server_log()
             .lines()

@@ -309,6 +309,14 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         );
     }
     eprintln!("payload runs (QEMU start to report; agent start to report):\n{table}");
+    // Where each agent's time went (its console lines carry the time since it started).
+    for (i, (name, ..)) in specs.iter().enumerate() {
+        let lines: Vec<&str> = serials[i]
+            .lines()
+            .filter(|l| l.contains("unbrick-agent ["))
+            .collect();
+        eprintln!("{name}:\n  {}", lines.join("\n  "));
+    }
     for (i, (name, ..)) in specs.iter().enumerate() {
         assert!(
             report_at[i].is_some(),
@@ -316,6 +324,35 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
             serials[i],
             lab.server_log()
         );
+    }
+
+    // grub (shim's chain) first tries kernel and initrd over HTTP. Debian 12's signed
+    // grubnetx64 has no `http` module (its strings hold none of http.mod's: no "HTTP/1.1", no
+    // "Content-Length"), so it says "disk not found" at once and the configuration falls back to
+    // TFTP, which must then bring both.
+    for (i, (name, fw, mac, _, _)) in specs.iter().enumerate() {
+        if matches!(fw, Firmware::UefiFw | Firmware::UefiSb) {
+            let ev = lab.events(mac);
+            let serial = &serials[i];
+            let over_http = ["vmlinuz", "initrd.img"].map(|f| {
+                ev.iter()
+                    .any(|e| e.starts_with("http-download") && e.contains(f))
+            });
+            let fell_back = serial.contains(
+                "unbrick: HTTP from (http,10.99.0.1:8080) failed; loading the payload over TFTP",
+            );
+            let over_tftp = ["vmlinuz", "initrd.img"].map(|f| {
+                ev.iter().any(|e| {
+                    e.starts_with("tftp ")
+                        && e.contains(&format!("{f} "))
+                        && e.ends_with("complete")
+                })
+            });
+            assert!(
+                over_http == [true, true] || (fell_back && over_tftp == [true, true]),
+                "{name}: grub neither loaded the payload over HTTP nor fell back to TFTP: {ev:?}\nserial:\n{serial}"
+            );
+        }
     }
 
     // What the store says.

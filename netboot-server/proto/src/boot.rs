@@ -119,18 +119,53 @@ pub fn grub_refused(mac: Mac) -> String {
     )
 }
 
-/// The per-host grub configuration. Signed grub has no HTTP: kernel and initrd come over TFTP.
+/// grub's name for our HTTP listener, `(http,10.0.0.1:8080)`, from `http://10.0.0.1:8080`
+/// (grub 2.06 as Debian builds it takes a port in the device name).
+fn grub_http_device(http_base: &str) -> Option<String> {
+    let host = http_base.strip_prefix("http://")?.trim_end_matches('/');
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".:-[]".contains(&b));
+    ok.then(|| format!("(http,{host})"))
+}
+
+/// The per-host grub configuration. Kernel and initrd come over HTTP where grub has the `http`
+/// module (TCP instead of lock-step TFTP); should either fail, both come over TFTP from the
+/// directory grub was loaded from. Debian 12's signed grubnetx64 has no `http` module: it fails
+/// at once ("disk not found") and takes the TFTP path. The paths are quoted so that grub does
+/// not expand the `?` as a wildcard.
 pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
     let mac = p.mac;
     match d {
-        BootDecision::Payload | BootDecision::Restore if p.image_ready => format!(
-            "set timeout=0\n\
-             echo \"unbrick: booting the recovery payload for {mac}\"\n\
-             linux /{KERNEL} {cmdline}\n\
-             initrd /{INITRD}\n\
-             boot\n",
-            cmdline = kernel_cmdline(p)
-        ),
+        BootDecision::Payload | BootDecision::Restore if p.image_ready => {
+            let cmdline = kernel_cmdline(p);
+            let tftp = format!(
+                "linux /{KERNEL} {cmdline}\n\
+                 initrd /{INITRD}\n"
+            );
+            let body = match grub_http_device(p.http_base) {
+                Some(dev) => format!(
+                    "set unbrick_http=0\n\
+                     if linux \"{dev}/image/{KERNEL}?host={mac}\" {cmdline}; then\n\
+                     \x20 if initrd \"{dev}/image/{INITRD}?host={mac}\"; then\n\
+                     \x20   set unbrick_http=1\n\
+                     \x20 fi\n\
+                     fi\n\
+                     if [ \"$unbrick_http\" != 1 ]; then\n\
+                     \x20 echo \"unbrick: HTTP from {dev} failed; loading the payload over TFTP\"\n\
+                     {tftp}\
+                     fi\n"
+                ),
+                None => tftp,
+            };
+            format!(
+                "set timeout=0\n\
+                 echo \"unbrick: booting the recovery payload for {mac}\"\n\
+                 {body}\
+                 boot\n"
+            )
+        }
         BootDecision::Payload | BootDecision::Restore => format!(
             "echo \"unbrick: {mac} will be repaired, but the server has no recovery image yet (unbrick image build)\"\n\
              sleep {POLL_SECONDS}\n\
@@ -195,6 +230,26 @@ mod tests {
         let g = grub_config(&BootDecision::Payload, &p(true));
         assert!(g.contains("linux /vmlinuz initrd=initrd.img unbrick.server=http://10.99.0.1:8080 unbrick.api=https://10.99.0.1:8443 unbrick.token=t0k"));
         assert!(g.contains("initrd /initrd.img"));
+        // HTTP first, the TFTP lines only when it failed.
+        let http = g
+            .find("if linux \"(http,10.99.0.1:8080)/image/vmlinuz?host=52:54:00:12:34:56\" initrd=initrd.img unbrick.server=")
+            .expect(&g);
+        assert!(g.contains(
+            "if initrd \"(http,10.99.0.1:8080)/image/initrd.img?host=52:54:00:12:34:56\"; then"
+        ));
+        let fallback = g.find("if [ \"$unbrick_http\" != 1 ]; then").unwrap();
+        assert!(http < fallback && fallback < g.find("linux /vmlinuz").unwrap());
+        assert!(g.ends_with("fi\nboot\n"));
+        // No HTTP device grub could name: TFTP only.
+        let mut q = p(true);
+        q.http_base = "http://10.99.0.1:8080/\"; reboot; \"";
+        let t = grub_config(&BootDecision::Payload, &q);
+        assert!(!t.contains("(http") && t.contains("linux /vmlinuz"), "{t}");
+        assert_eq!(grub_http_device("https://x:1"), None);
+        assert_eq!(
+            grub_http_device("http://[fd00::1]:8080/").as_deref(),
+            Some("(http,[fd00::1]:8080)")
+        );
         assert!(grub_config(&BootDecision::LocalBoot, &p(true)).contains("exit"));
     }
 }

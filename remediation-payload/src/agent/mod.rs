@@ -110,36 +110,25 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     .map_err(|e| format!("agent configuration: {e}"))?;
     let trusted = signing::PublicKey::parse(cfg.signing_public_key.as_bytes())
         .map_err(|e| format!("embedded signing key: {e}"))?;
+    // The NIC comes up as soon as its driver has bound, and asks for an address while the other
+    // drivers load and the disks appear (the link takes a moment to get carrier).
+    let want_mac = cmd.mac.clone();
+    let net = std::thread::spawn(move || network(want_mac.as_deref()));
     let mut notes = Vec::new();
     say("loading modules");
     load_modules(&cfg, &mut notes);
     say(&notes.join("; "));
-    let Some((nic, mac)) = find_nic(cmd.mac.as_deref(), Duration::from_secs(15)) else {
-        let found = network_controllers(Path::new("/sys/bus/pci/devices"));
-        return Err(format!(
-            "no network interface appeared: no driver in the payload for this machine's network controller(s): {} (PCI vendor:device; build the payload with its driver)",
-            if found.is_empty() {
-                "none found on PCI".to_string()
-            } else {
-                found.join(", ")
-            }
-        ));
-    };
-    let mac_bytes: fleet::Mac = mac.parse()?;
-    crate::sys::link_up(&nic).map_err(|e| e.to_string())?;
-    // A DISCOVER sent before the link has carrier is lost and costs a retry.
-    let t = Instant::now();
-    while read_trim(&format!("/sys/class/net/{nic}/carrier")).as_deref() != Some("1")
-        && t.elapsed() < Duration::from_secs(5)
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    say(&format!("{nic} has carrier; asking for an address"));
-    let lease = dhcp(&nic, mac_bytes.0)?;
-    crate::sys::set_ipv4(&nic, lease.ip, lease.mask).map_err(|e| e.to_string())?;
-    if let Some(r) = lease.router {
-        let _ = crate::sys::default_route(r);
-    }
+    // Storage drivers probe asynchronously: disks get a moment to appear, meanwhile.
+    let disks_settled = std::thread::spawn(|| {
+        let t = Instant::now();
+        while block_devices().is_empty() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let mac = net
+        .join()
+        .map_err(|_| "internal error (panic) while bringing the network up".to_string())??;
     let pin = cfg.server_cert_sha256.clone().ok_or(
         "this image has no server certificate fingerprint; rebuild it with `unbrick image build`",
     )?;
@@ -155,7 +144,6 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         pin,
         restore: None,
     };
-    say(&format!("{nic} ({mac}) has {}/{}", lease.ip, lease.mask));
     let hello = Hello {
         token: ctx.cmd.token.clone(),
         mac: mac.clone(),
@@ -231,15 +219,8 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         ),
     );
     ctx.step(fleet::agent::STEP_SCANNING, "looking for Windows volumes");
-    // Storage drivers probe asynchronously: give disks a moment to appear.
-    let t = Instant::now();
-    let mut devs = block_devices();
-    while devs.is_empty() && t.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(250));
-        devs = block_devices();
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    devs = block_devices();
+    let _ = disks_settled.join();
+    let devs = block_devices();
     let run_id = run_id(&ctx.cmd.token, now);
     let mut t = Tally::default();
     for dev in &devs {
@@ -298,4 +279,38 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         start.elapsed().as_millis()
     ));
     Ok(())
+}
+
+/// Finds the NIC (by the MAC the boot loader used, as its driver binds), brings its link up,
+/// waits for carrier and leases an address; returns the machine's MAC.
+fn network(want_mac: Option<&str>) -> Result<String, String> {
+    let Some((nic, mac)) = find_nic(want_mac, Duration::from_secs(20)) else {
+        let found = network_controllers(Path::new("/sys/bus/pci/devices"));
+        return Err(format!(
+            "no network interface appeared: no driver in the payload for this machine's network controller(s): {} (PCI vendor:device; build the payload with its driver)",
+            if found.is_empty() {
+                "none found on PCI".to_string()
+            } else {
+                found.join(", ")
+            }
+        ));
+    };
+    let mac_bytes: fleet::Mac = mac.parse()?;
+    crate::sys::link_up(&nic).map_err(|e| e.to_string())?;
+    say(&format!("{nic} ({mac}) is up"));
+    // A DISCOVER sent before the link has carrier is lost and costs a retry.
+    let t = Instant::now();
+    while read_trim(&format!("/sys/class/net/{nic}/carrier")).as_deref() != Some("1")
+        && t.elapsed() < Duration::from_secs(5)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    say(&format!("{nic} has carrier; asking for an address"));
+    let lease = dhcp(&nic, mac_bytes.0)?;
+    crate::sys::set_ipv4(&nic, lease.ip, lease.mask).map_err(|e| e.to_string())?;
+    if let Some(r) = lease.router {
+        let _ = crate::sys::default_route(r);
+    }
+    say(&format!("{nic} ({mac}) has {}/{}", lease.ip, lease.mask));
+    Ok(mac)
 }

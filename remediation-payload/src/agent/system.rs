@@ -108,7 +108,10 @@ pub(super) fn modaliases() -> Vec<String> {
 }
 
 /// Loads the drivers for the devices present, in rounds: a newly loaded bus driver (AHCI, xHCI)
-/// makes new devices appear, whose drivers the next round loads.
+/// makes new devices appear, whose drivers the next round loads. Within a round, modules load
+/// side by side (one thread each) as soon as the modules they depend on (`modules.dep`) have
+/// been tried: a driver's init can take a while (probing its device), and independent ones
+/// need not wait for each other.
 pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
     let base = PathBuf::from("/lib/modules").join(&cfg.kernel_version);
     let order: Vec<String> = cfg.modules.iter().map(|(n, _)| n.clone()).collect();
@@ -122,30 +125,18 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
     for round in 0..3 {
         let want =
             crate::modules::select(&modaliases(), &cfg.aliases, &cfg.always, &cfg.deps, &order);
-        let todo: Vec<&String> = want.iter().filter(|m| !done.contains(*m)).collect();
+        let todo: Vec<String> = want.into_iter().filter(|m| !done.contains(m)).collect();
         if todo.is_empty() {
             break;
         }
-        for m in todo {
-            done.insert(m.clone());
-            let Some(rel) = paths.get(m.as_str()) else {
-                continue;
-            };
-            let Ok(f) = std::fs::File::open(base.join(rel)) else {
-                notes.push(format!("{m}: missing from the image"));
-                continue;
-            };
-            // MODULE_INIT_COMPRESSED_FILE (4): the kernel decompresses .ko.xz itself, and the
-            // module's signature stays valid under Secure Boot lockdown.
-            let flags = if rel.ends_with(".xz") || rel.ends_with(".zst") || rel.ends_with(".gz") {
-                nix::kmod::ModuleInitFlags::from_bits_retain(4)
-            } else {
-                nix::kmod::ModuleInitFlags::empty()
-            };
-            match nix::kmod::finit_module(&f, c"", flags) {
-                Ok(()) => loaded.push(m.clone()),
-                Err(nix::errno::Errno::EEXIST) => {}
-                Err(e) => notes.push(format!("{m}: {e}")),
+        done.extend(todo.iter().cloned());
+        for (m, r) in crate::modules::in_parallel(&todo, &cfg.deps, |m| {
+            load_one(&base, paths.get(m).copied())
+        }) {
+            match r {
+                Load::Loaded => loaded.push(m),
+                Load::Skipped => {}
+                Load::Failed(e) => notes.push(format!("{m}: {e}")),
             }
         }
         if round < 2 {
@@ -165,6 +156,35 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
             loaded.join(" ")
         ),
     );
+}
+
+/// What loading one module came to.
+enum Load {
+    Loaded,
+    /// Not in the image's list (built in), or already loaded.
+    Skipped,
+    Failed(String),
+}
+
+fn load_one(base: &Path, rel: Option<&str>) -> Load {
+    let Some(rel) = rel else {
+        return Load::Skipped;
+    };
+    let Ok(f) = std::fs::File::open(base.join(rel)) else {
+        return Load::Failed("missing from the image".into());
+    };
+    // MODULE_INIT_COMPRESSED_FILE (4): the kernel decompresses .ko.xz itself, and the
+    // module's signature stays valid under Secure Boot lockdown.
+    let flags = if rel.ends_with(".xz") || rel.ends_with(".zst") || rel.ends_with(".gz") {
+        nix::kmod::ModuleInitFlags::from_bits_retain(4)
+    } else {
+        nix::kmod::ModuleInitFlags::empty()
+    };
+    match nix::kmod::finit_module(&f, c"", flags) {
+        Ok(()) => Load::Loaded,
+        Err(nix::errno::Errno::EEXIST) => Load::Skipped,
+        Err(e) => Load::Failed(e.to_string()),
+    }
 }
 
 /// The machine's network controllers (PCI class 02) under `pci_devices` (`/sys/bus/pci/devices`)
@@ -227,7 +247,7 @@ pub(super) fn find_nic(mac: Option<&str>, wait: Duration) -> Option<(String, Str
         if t.elapsed() > wait {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -2,8 +2,8 @@
 //! duplicates, timeouts and block-number rollover are tested in microseconds.
 use super::packet::{Packet, OP_ACK, OP_DATA, OP_ERROR, OP_OACK};
 use super::transfer::{negotiate, Limits, Outcome, Transfer};
+use bytes::Bytes;
 use proptest::prelude::*;
-use std::sync::Arc;
 
 /// A RFC 7440-style client: acknowledges each full window, or the last in-order block on a gap.
 struct Client {
@@ -113,7 +113,7 @@ fn run(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
     let mut now = 0u64;
-    let (mut t, first) = Transfer::start(Arc::from(file), &opts, &limits, now);
+    let (mut t, first) = Transfer::start(Bytes::copy_from_slice(file), &opts, &limits, now);
     let mut client = Client::new(512, 1);
     let (mut si, mut ci) = (0usize, 0usize);
     let mut to_client: Vec<Vec<u8>> = first;
@@ -201,7 +201,7 @@ fn oack_lists_only_understood_options() {
         ("bogus".into(), "1".into()),
         ("windowsize".into(), "500".into()),
     ];
-    let (_, out) = Transfer::start(Arc::from(&b"hello"[..]), &opts, &Limits::default(), 0);
+    let (_, out) = Transfer::start(Bytes::from_static(b"hello"), &opts, &Limits::default(), 0);
     assert_eq!(out[0][..2], OP_OACK.to_be_bytes());
     let Packet::Oack(o) = Packet::parse(&out[0]).unwrap() else {
         panic!()
@@ -248,7 +248,7 @@ fn lost_acks_still_complete() {
 #[test]
 fn duplicate_ack_does_not_resend() {
     let f = file(2000);
-    let (mut t, out) = Transfer::start(Arc::from(&f[..]), &[], &Limits::default(), 0);
+    let (mut t, out) = Transfer::start(Bytes::copy_from_slice(&f), &[], &Limits::default(), 0);
     assert_eq!(out.len(), 1);
     let ack1 = Packet::Ack(1).encode();
     assert_eq!(t.on_packet(&ack1, 1).len(), 1, "block 2 follows ACK 1");
@@ -261,7 +261,7 @@ fn duplicate_ack_does_not_resend() {
 #[test]
 fn error_after_oack_ends_at_once() {
     let (mut t, out) = Transfer::start(
-        Arc::from(&b"x"[..]),
+        Bytes::from_static(b"x"),
         &[("tsize".into(), "0".into())],
         &Limits::default(),
         0,
@@ -302,7 +302,7 @@ fn a_long_timeout_option_is_not_acknowledged() {
 
 #[test]
 fn silent_client_times_out_with_backoff() {
-    let (mut t, _) = Transfer::start(Arc::from(&b"abc"[..]), &[], &Limits::default(), 0);
+    let (mut t, _) = Transfer::start(Bytes::from_static(b"abc"), &[], &Limits::default(), 0);
     let mut times = Vec::new();
     while let Some(d) = t.deadline_ms() {
         let out = t.on_timeout(d);
@@ -328,7 +328,7 @@ fn silent_client_times_out_with_backoff() {
 
 #[test]
 fn a_new_request_ends_only_a_transfer_that_waits_on_a_retransmission() {
-    let data = Arc::from(&file(5000)[..]);
+    let data = Bytes::from(file(5000));
     let (mut t, _) = Transfer::start(data, &[], &Limits::default(), 0);
     // Acknowledged so far: a request from its address (spoofed or not) leaves it alone.
     assert!(t.on_packet(&Packet::Ack(1).encode(), 10).len() == 1);
@@ -357,7 +357,7 @@ fn block_number_rollover_over_32_mib() {
 
 #[test]
 fn unexpected_packet_ends_with_error() {
-    let (mut t, _) = Transfer::start(Arc::from(&b"abc"[..]), &[], &Limits::default(), 0);
+    let (mut t, _) = Transfer::start(Bytes::from_static(b"abc"), &[], &Limits::default(), 0);
     let out = t.on_packet(
         &Packet::Data {
             block: 1,
@@ -369,7 +369,7 @@ fn unexpected_packet_ends_with_error() {
     assert_eq!(out[0][..2], OP_ERROR.to_be_bytes());
     assert!(matches!(t.outcome(), Some(Outcome::Protocol(_))));
     // Garbage is ignored, not fatal.
-    let (mut t, _) = Transfer::start(Arc::from(&b"abc"[..]), &[], &Limits::default(), 0);
+    let (mut t, _) = Transfer::start(Bytes::from_static(b"abc"), &[], &Limits::default(), 0);
     assert!(t.on_packet(b"\x00", 1).is_empty());
     assert!(!t.is_finished());
     assert_eq!(OP_ACK, 4);

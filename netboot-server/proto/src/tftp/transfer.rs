@@ -5,7 +5,7 @@
 //! (lock-step DATA/ACK), RFC 2347 (OACK, client ERROR 8 after OACK), RFC 2348 (blksize), RFC 2349
 //! (tsize, timeout) and RFC 7440 (windowsize).
 use super::packet::{data_packet, error_packet, ErrorCode, Packet};
-use std::sync::Arc;
+use bytes::Bytes;
 
 /// Server-side limits applied to what a client asks for.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ enum Phase {
 /// A read transfer of one in-memory file.
 #[derive(Debug)]
 pub struct Transfer {
-    file: Arc<[u8]>,
+    file: Bytes,
     blksize: usize,
     windowsize: u16,
     timeout_ms: u64,
@@ -150,7 +150,7 @@ impl Transfer {
     /// Starts a transfer; returns it with the first datagrams to send (an OACK, or the first
     /// window of data when no option was accepted).
     pub fn start(
-        file: Arc<[u8]>,
+        file: Bytes,
         options: &[(String, String)],
         limits: &Limits,
         now_ms: u64,
