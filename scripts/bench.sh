@@ -5,7 +5,8 @@
 #   TFTP 32 MiB lock-step (curl) at blksize 512, 1024 (grub) and 1468: unbrick vs atftpd, dnsmasq
 #   TFTP 100 lock-step clients at once (each its own address), aggregate
 #   TFTP 32 MiB, atftp windowsize 16
-#   HTTP 32 MiB x 8 concurrent curl, and 200 clients pulling kernel + initrd: unbrick vs nginx
+#   HTTP 32 MiB x 8 concurrent curl (plain and TLS), and 200 clients pulling kernel + initrd:
+#   unbrick vs nginx
 #   proxyDHCP DISCOVER->OFFER rate (perfdhcp -i): unbrick vs dnsmasq
 #   signed manifest verification of a 20 MB image: unbrick image verify vs sha256sum
 # Needs root. Run: bash scripts/bench.sh   (ROUNDS=5 by default)
@@ -81,8 +82,12 @@ worker_processes 2;
 pid $W/nginx.pid;
 error_log $W/nginx.err;
 events { worker_connections 1024; }
-http { access_log off; sendfile on; server { listen 10.99.0.4:80; root $W/root; } }
+http { access_log off; sendfile on; server { listen 10.99.0.4:80; root $W/root; }
+  server { listen 10.99.0.4:443 ssl; ssl_certificate $W/ngx.crt; ssl_certificate_key $W/ngx.key; root $W/root; } }
 NGX
+# nginx's TLS certificate: P-256, as unbrick's own.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$W/ngx.key" \
+  -out "$W/ngx.crt" -days 1 -subj /CN=10.99.0.4 2>/dev/null
 start $S "nginx -c $W/nginx.conf -g 'daemon off;'" nginx
 
 SIZE=$((32 * 1024 * 1024))
@@ -104,6 +109,10 @@ U=big.bin; U8="$U $U $U $U $U $U $U $U"
 if part http; then
 R[http_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.1:8080/image/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
 R[http_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.4/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
+# The same over TLS (the HTTPS listener, :8443 / :443), both with TLS 1.3 and AES-128-GCM.
+TLS="-k --tlsv1.3 --tls13-ciphers TLS_AES_128_GCM_SHA256"
+R[https_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $TLS $H $(for u in $U8; do printf 'https://10.99.0.1:8443/image/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
+R[https_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $TLS $H $(for u in $U8; do printf 'https://10.99.0.4/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
 # The start of a wave: 200 machines pull a kernel and an initrd at once, each over one
 # connection from its own address.
 KI=$((KERNEL + INITRD))
@@ -162,6 +171,7 @@ row "TFTP 32 MiB, atftp blksize 1468 windowsize 16" "${R[atftp_unbrick]}" MB/s "
 fi
 if part http; then
 row "HTTP 32 MiB, 8 concurrent curl x 8 downloads each" "${R[http_unbrick]}" MB/s "nginx=${R[http_nginx]}"
+row "HTTPS 32 MiB, 8 concurrent curl x 8 downloads each (TLS 1.3, AES-128-GCM)" "${R[https_unbrick]}" MB/s "nginx=${R[https_nginx]}"
 row "HTTP wave start: 200 clients at once, kernel 10 MiB + initrd 20 MiB each" "${R[http200_unbrick]}" MB/s "nginx=${R[http200_nginx]}"
 fi
 part dhcp && row "proxyDHCP offers/s (perfdhcp -i, 40000/s offered, 20000 clients, 10 s)" "$O_UB" "" "dnsmasq=$O_DM"

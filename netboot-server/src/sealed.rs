@@ -84,8 +84,18 @@ impl Sealed {
         )?;
         let nz = NonZeroUsize::new(len).unwrap_or(NonZeroUsize::MIN);
         // SAFETY: a fresh read-only shared mapping of the whole (sealed) file; nothing else
-        // is mapped at an address the kernel picks.
-        let ptr = unsafe { mmap(None, nz, ProtFlags::PROT_READ, MapFlags::MAP_SHARED, &fd, 0)? };
+        // is mapped at an address the kernel picks. Populated at once: the first transfers
+        // take no page faults.
+        let ptr = unsafe {
+            mmap(
+                None,
+                nz,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
+                &fd,
+                0,
+            )?
+        };
         let me = Arc::new(Self {
             fd,
             ptr: ptr.cast(),

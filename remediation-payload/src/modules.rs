@@ -239,48 +239,69 @@ pub fn select(
 }
 
 /// Runs `load` for every module of `todo` (in dependency order, as [`select`] returns it) on a
-/// thread of its own, each as soon as every module of `todo` it depends on has finished (a
-/// module outside `todo` is already loaded or built in). Returns each module with its result,
-/// in `todo`'s order. A dependency circle (which `depmod` does not write) is broken by
-/// starting its modules together.
+/// thread of its own, each as soon as the modules of `todo` it depends on have finished (a
+/// module outside `todo` is already loaded or built in), so that a chain (the NIC's driver
+/// after `failover` and `net_failover`) waits for nothing but its own links. Returns each module
+/// with its result, in `todo`'s order. A dependency on a module later in `todo` (a circle, which
+/// `depmod` does not write) is not waited for.
 pub fn in_parallel<R: Send>(
     todo: &[String],
     deps: &BTreeMap<String, Vec<String>>,
     load: impl Fn(&str) -> R + Sync,
 ) -> Vec<(String, R)> {
-    let mut results: BTreeMap<usize, R> = BTreeMap::new();
-    let mut pending: Vec<usize> = (0..todo.len()).collect();
-    while !pending.is_empty() {
-        let waiting: BTreeSet<&str> = pending.iter().map(|&i| todo[i].as_str()).collect();
-        let (mut ready, rest): (Vec<usize>, Vec<usize>) = pending.iter().partition(|&&i| {
-            deps.get(&todo[i])
+    let index: BTreeMap<&str, usize> = todo
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.as_str(), i))
+        .collect();
+    // Each module waits for the earlier modules of `todo` it depends on.
+    let waits: Vec<Vec<usize>> = todo
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            deps.get(m)
                 .into_iter()
                 .flatten()
-                .all(|d| d == &todo[i] || !waiting.contains(d.as_str()))
-        });
-        if ready.is_empty() {
-            ready = rest.clone();
-            pending.clear();
-        } else {
-            pending = rest;
-        }
-        let load = &load;
-        let wave: Vec<(usize, R)> = std::thread::scope(|s| {
-            let handles: Vec<_> = ready
-                .iter()
-                .map(|&i| (i, s.spawn(move || load(&todo[i]))))
-                .collect();
-            handles
-                .into_iter()
-                .filter_map(|(i, h)| h.join().ok().map(|r| (i, r)))
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .filter(|&j| j < i)
                 .collect()
-        });
-        results.extend(wave);
-    }
-    results
-        .into_iter()
-        .map(|(i, r)| (todo[i].clone(), r))
-        .collect()
+        })
+        .collect();
+    let finished = std::sync::Mutex::new(vec![false; todo.len()]);
+    let changed = std::sync::Condvar::new();
+    let (load, waits, finished, changed) = (&load, &waits, &finished, &changed);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..todo.len())
+            .map(|i| {
+                s.spawn(move || {
+                    let mut f = finished.lock().unwrap_or_else(|e| e.into_inner());
+                    while !waits[i].iter().all(|&j| f[j]) {
+                        f = changed.wait(f).unwrap_or_else(|e| e.into_inner());
+                    }
+                    drop(f);
+                    // Marked finished even if `load` panics, so that no dependant waits for ever.
+                    struct Done<'a>(
+                        &'a std::sync::Mutex<Vec<bool>>,
+                        &'a std::sync::Condvar,
+                        usize,
+                    );
+                    impl Drop for Done<'_> {
+                        fn drop(&mut self) {
+                            self.0.lock().unwrap_or_else(|e| e.into_inner())[self.2] = true;
+                            self.1.notify_all();
+                        }
+                    }
+                    let _done = Done(finished, changed, i);
+                    load(&todo[i])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.join().ok().map(|r| (todo[i].clone(), r)))
+            .collect()
+    })
 }
 
 /// Names from `modules.builtin` (built into the kernel: nothing to load).
@@ -324,7 +345,8 @@ mod tests {
             finished.lock().unwrap().push(m.to_string());
             m.len()
         });
-        // Every module once, in todo's order, with its own result.
+        // Every module once, in todo's order, with its own result; a module that panics is
+        // left out and nothing waits for it for ever.
         assert_eq!(
             out.iter()
                 .map(|(m, r)| (m.as_str(), *r))
@@ -342,6 +364,29 @@ mod tests {
         // libata, e1000 and virtio_net (and the circle) have nothing to wait for.
         assert!(most.load(Ordering::SeqCst) >= 3, "{f:?}");
         assert!(in_parallel(&[], &deps, |_| ()).is_empty());
+
+        // A chain does not wait for a slow module it does not depend on (waves would).
+        let deps: BTreeMap<String, Vec<String>> = [
+            ("net_failover", vec!["failover"]),
+            ("virtio_net", vec!["net_failover"]),
+            ("sd_mod", vec!["nvme"]),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.into_iter().map(String::from).collect()))
+        .collect();
+        let todo: Vec<String> = ["failover", "nvme", "net_failover", "sd_mod", "virtio_net"]
+            .map(String::from)
+            .to_vec();
+        let finished = Mutex::new(Vec::new());
+        in_parallel(&todo, &deps, |m| {
+            let ms = if m == "nvme" { 1_000 } else { 20 };
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            finished.lock().unwrap().push(m.to_string());
+        });
+        assert_eq!(
+            finished.into_inner().unwrap(),
+            ["failover", "net_failover", "virtio_net", "nvme", "sd_mod"]
+        );
     }
 
     #[test]

@@ -111,21 +111,33 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
     let trusted = signing::PublicKey::parse(cfg.signing_public_key.as_bytes())
         .map_err(|e| format!("embedded signing key: {e}"))?;
     // The NIC comes up as soon as its driver has bound, and asks for an address while the other
-    // drivers load and the disks appear (the link takes a moment to get carrier).
+    // drivers load and the disks appear (the link takes a moment to get carrier); the hello and
+    // the rules follow while the drivers are still loading.
     let want_mac = cmd.mac.clone();
     let net = std::thread::spawn(move || network(want_mac.as_deref()));
-    let mut notes = Vec::new();
-    say("loading modules");
-    load_modules(&cfg, &mut notes);
-    say(&notes.join("; "));
-    // Storage drivers probe asynchronously: disks get a moment to appear, meanwhile.
-    let disks_settled = std::thread::spawn(|| {
-        let t = Instant::now();
-        while block_devices().is_empty() && t.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    });
+    let drivers = {
+        let cfg = cfg.clone();
+        std::thread::spawn(move || {
+            let mut notes = Vec::new();
+            say("loading modules");
+            load_modules(&cfg, &mut notes);
+            say(&notes.join("; "));
+            // Storage drivers probe asynchronously: the disks and their partitions are taken
+            // once some have appeared and the list has not changed for 150 ms (at most 10 s).
+            let t = Instant::now();
+            let (mut seen, mut since) = (block_devices(), Instant::now());
+            while t.elapsed() < Duration::from_secs(10)
+                && (seen.is_empty() || since.elapsed() < Duration::from_millis(150))
+            {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = block_devices();
+                if now != seen {
+                    (seen, since) = (now, Instant::now());
+                }
+            }
+            notes
+        })
+    };
     let mac = net
         .join()
         .map_err(|_| "internal error (panic) while bringing the network up".to_string())??;
@@ -171,7 +183,6 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         ctx.restore = Some(reply.restore.clone());
     }
     let ctx = ctx;
-    ctx.step("modules", &notes.join("; "));
     let local_now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -218,8 +229,11 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
             rules.id, rules.version, rules.expires
         ),
     );
+    let notes = drivers
+        .join()
+        .map_err(|_| "internal error (panic) while loading drivers".to_string())?;
+    ctx.step("modules", &notes.join("; "));
     ctx.step(fleet::agent::STEP_SCANNING, "looking for Windows volumes");
-    let _ = disks_settled.join();
     let devs = block_devices();
     let run_id = run_id(&ctx.cmd.token, now);
     let mut t = Tally::default();

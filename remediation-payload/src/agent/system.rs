@@ -107,11 +107,13 @@ pub(super) fn modaliases() -> Vec<String> {
     out
 }
 
-/// Loads the drivers for the devices present, in rounds: a newly loaded bus driver (AHCI, xHCI)
-/// makes new devices appear, whose drivers the next round loads. Within a round, modules load
-/// side by side (one thread each) as soon as the modules they depend on (`modules.dep`) have
-/// been tried: a driver's init can take a while (probing its device), and independent ones
-/// need not wait for each other.
+/// Loads the drivers for the devices present: a newly loaded bus driver (AHCI, xHCI) makes new
+/// devices appear, whose drivers are loaded as soon as their modalias shows up (looked for every
+/// 50 ms). Loading ends once no new driver was wanted for a quiet spell: 100 ms, or 1 s after a
+/// USB host controller's driver (a USB bus takes a while to enumerate), and at the latest 8 s
+/// after the start. The modules wanted at one moment load side by side (one thread each), each
+/// once the modules it depends on (`modules.dep`) have been tried: a driver's init can take a
+/// while (probing its device), and independent ones need not wait for each other.
 pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
     let base = PathBuf::from("/lib/modules").join(&cfg.kernel_version);
     let order: Vec<String> = cfg.modules.iter().map(|(n, _)| n.clone()).collect();
@@ -122,38 +124,55 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
         .collect();
     let mut done = std::collections::BTreeSet::new();
     let mut loaded = Vec::new();
-    for round in 0..3 {
+    let start = Instant::now();
+    let mut last_change = start;
+    let mut slowest = Vec::new();
+    loop {
         let want =
             crate::modules::select(&modaliases(), &cfg.aliases, &cfg.always, &cfg.deps, &order);
         let todo: Vec<String> = want.into_iter().filter(|m| !done.contains(m)).collect();
-        if todo.is_empty() {
+        if !todo.is_empty() {
+            done.extend(todo.iter().cloned());
+            for (m, (r, took)) in crate::modules::in_parallel(&todo, &cfg.deps, |m| {
+                let t = Instant::now();
+                (load_one(&base, paths.get(m).copied()), t.elapsed())
+            }) {
+                match r {
+                    Load::Loaded => {
+                        slowest.push((took, m.clone()));
+                        loaded.push(m);
+                    }
+                    Load::Skipped => {}
+                    Load::Failed(e) => notes.push(format!("{m}: {e}")),
+                }
+            }
+            last_change = Instant::now();
+            continue;
+        }
+        let usb = loaded
+            .iter()
+            .any(|m| m.starts_with("xhci") || m.starts_with("ehci") || m == "usbcore");
+        let quiet = Duration::from_millis(if usb { 1000 } else { 100 });
+        if last_change.elapsed() >= quiet || start.elapsed() >= Duration::from_secs(8) {
             break;
         }
-        done.extend(todo.iter().cloned());
-        for (m, r) in crate::modules::in_parallel(&todo, &cfg.deps, |m| {
-            load_one(&base, paths.get(m).copied())
-        }) {
-            match r {
-                Load::Loaded => loaded.push(m),
-                Load::Skipped => {}
-                Load::Failed(e) => notes.push(format!("{m}: {e}")),
-            }
-        }
-        if round < 2 {
-            // Let buses that just got a driver enumerate their devices: USB needs longer.
-            let usb = loaded
-                .iter()
-                .any(|m| m.starts_with("xhci") || m.starts_with("ehci") || m == "usbcore");
-            std::thread::sleep(Duration::from_millis(if usb { 1500 } else { 100 }));
-        }
+        std::thread::sleep(Duration::from_millis(50));
     }
+    slowest.sort_by(|a, b| b.cmp(a));
+    let slow: Vec<String> = slowest
+        .iter()
+        .take(3)
+        .map(|(t, m)| format!("{m} {} ms", t.as_millis()))
+        .collect();
     notes.insert(
         0,
         format!(
-            "{} of {} modules in the image loaded for this hardware: {}",
+            "{} of {} modules in the image loaded for this hardware in {} ms: {} (longest: {})",
             loaded.len(),
             cfg.modules.len(),
-            loaded.join(" ")
+            start.elapsed().as_millis(),
+            loaded.join(" "),
+            slow.join(", ")
         ),
     );
 }

@@ -129,8 +129,12 @@ impl GuestSpec {
     /// QEMU's arguments (pure: [`GuestSpec::spawn`] also copies the UEFI variable store).
     pub fn args(&self) -> Vec<String> {
         let uuid = format!("5a1e0000-0000-4000-8000-{}", self.mac.replace(':', ""));
+        // RDRAND, as on every x86 PC since 2012-2015: the kernel seeds its random pool from it
+        // at boot. Without it (QEMU's default CPU model) the pool is ready only about a second
+        // after boot under emulation, and the agent's first TLS handshake (getrandom) waits
+        // for it; a real machine does not.
         let mut args: Vec<String> = format!(
-            "-accel {} -m 1024 -smp 1 -nodefaults -display none -no-reboot -boot n -serial file:{} -uuid {uuid} -smbios type=1,serial={}",
+            "-accel {} -cpu qemu64,+rdrand -m 1024 -smp 1 -nodefaults -display none -no-reboot -boot n -serial file:{} -uuid {uuid} -smbios type=1,serial={}",
             self.accel,
             self.serial().display(),
             self.smbios_serial
