@@ -58,10 +58,13 @@ $UB image sign "$W/data/image" >/dev/null
 
 now() { date +%s.%N; }
 # Wall times (s) of ROUNDS runs of a command in the client namespace, one per line.
+# A download in the background marks its failure in $W/failed (curl -f: an HTTP error counts).
 times() {
   local t0 t1
   for _ in $(seq "$ROUNDS"); do
-    t0=$(now); ip netns exec $C sh -c "$1" >/dev/null 2>&1 || { echo "FAILED: $1" >&2; echo 999999; continue; }; t1=$(now)
+    rm -f "$W/failed"
+    t0=$(now); ip netns exec $C sh -c "$1" >/dev/null 2>&1 || touch "$W/failed"; t1=$(now)
+    if [ -e "$W/failed" ]; then echo "FAILED: $1" >&2; echo 999999; continue; fi
     echo "$t1 - $t0" | bc -l
   done
 }
@@ -83,7 +86,7 @@ pid $W/nginx.pid;
 error_log $W/nginx.err;
 events { worker_connections 1024; }
 http { access_log off; sendfile on; server { listen 10.99.0.4:80; root $W/root; }
-  server { listen 10.99.0.4:443 ssl; ssl_certificate $W/ngx.crt; ssl_certificate_key $W/ngx.key; root $W/root; } }
+  server { listen 10.99.0.4:443 ssl; ssl_protocols TLSv1.3; ssl_certificate $W/ngx.crt; ssl_certificate_key $W/ngx.key; root $W/root; } }
 NGX
 # nginx's TLS certificate: P-256, as unbrick's own.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout "$W/ngx.key" \
@@ -101,23 +104,23 @@ for srv in unbrick:10.99.0.1 atftpd:10.99.0.2 dnsmasq:10.99.0.3; do
   done
   R[atftp_$n]=$(times "timeout 120 atftp --option 'blksize 1468' --option 'windowsize 16' -g -r big.bin -l /dev/null $ip" | rates $SIZE)
   # 100 machines at once, each its own address, each fetching a 4 MiB file lock-step.
-  R[tftp100_$n]=$(times "for i in \$(seq 50 149); do curl -sS -m 120 --interface 10.99.0.\$i --tftp-blksize 1468 -o /dev/null tftp://$ip/small.bin & done; wait" | rates $((SMALL * 100)))
+  R[tftp100_$n]=$(times "for i in \$(seq 50 149); do { curl -sS -m 120 --interface 10.99.0.\$i --tftp-blksize 1468 -o /dev/null tftp://$ip/small.bin || touch $W/failed; } & done; wait" | rates $((SMALL * 100)))
 done
 # 8 concurrent clients, each fetching the file 8 times over one connection (2 GiB in all).
 H="-o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null -o /dev/null"
 U=big.bin; U8="$U $U $U $U $U $U $U $U"
 if part http; then
-R[http_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.1:8080/image/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
-R[http_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $H $(for u in $U8; do printf 'http://10.99.0.4/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
+R[http_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do { curl -sf $H $(for u in $U8; do printf 'http://10.99.0.1:8080/image/%s ' $u; done) || touch $W/failed; } & done; wait" | rates $((SIZE * 64)))
+R[http_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do { curl -sf $H $(for u in $U8; do printf 'http://10.99.0.4/%s ' $u; done) || touch $W/failed; } & done; wait" | rates $((SIZE * 64)))
 # The same over TLS (the HTTPS listener, :8443 / :443), both with TLS 1.3 and AES-128-GCM.
 TLS="-k --tlsv1.3 --tls13-ciphers TLS_AES_128_GCM_SHA256"
-R[https_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $TLS $H $(for u in $U8; do printf 'https://10.99.0.1:8443/image/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
-R[https_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do curl -s $TLS $H $(for u in $U8; do printf 'https://10.99.0.4/%s ' $u; done) & done; wait" | rates $((SIZE * 64)))
+R[https_unbrick]=$(times "for i in 1 2 3 4 5 6 7 8; do { curl -sf $TLS $H $(for u in $U8; do printf 'https://10.99.0.1:8443/image/%s ' $u; done) || touch $W/failed; } & done; wait" | rates $((SIZE * 64)))
+R[https_nginx]=$(times "for i in 1 2 3 4 5 6 7 8; do { curl -sf $TLS $H $(for u in $U8; do printf 'https://10.99.0.4/%s ' $u; done) || touch $W/failed; } & done; wait" | rates $((SIZE * 64)))
 # The start of a wave: 200 machines pull a kernel and an initrd at once, each over one
 # connection from its own address.
 KI=$((KERNEL + INITRD))
-R[http200_unbrick]=$(times "for i in \$(seq 50 249); do curl -s --interface 10.99.0.\$i -o /dev/null -o /dev/null http://10.99.0.1:8080/image/kernel.bin http://10.99.0.1:8080/image/initrd.bin & done; wait" | rates $((KI * 200)))
-R[http200_nginx]=$(times "for i in \$(seq 50 249); do curl -s --interface 10.99.0.\$i -o /dev/null -o /dev/null http://10.99.0.4/kernel.bin http://10.99.0.4/initrd.bin & done; wait" | rates $((KI * 200)))
+R[http200_unbrick]=$(times "for i in \$(seq 50 249); do { curl -sf --interface 10.99.0.\$i -o /dev/null -o /dev/null http://10.99.0.1:8080/image/kernel.bin http://10.99.0.1:8080/image/initrd.bin || touch $W/failed; } & done; wait" | rates $((KI * 200)))
+R[http200_nginx]=$(times "for i in \$(seq 50 249); do { curl -sf --interface 10.99.0.\$i -o /dev/null -o /dev/null http://10.99.0.4/kernel.bin http://10.99.0.4/initrd.bin || touch $W/failed; } & done; wait" | rates $((KI * 200)))
 fi
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 1; pids=()
 
