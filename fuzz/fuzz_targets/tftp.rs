@@ -4,9 +4,9 @@
 //! expiries. Every datagram the server sends must parse, no block may be longer than the
 //! negotiated blksize, and a finished transfer sends nothing more.
 #![no_main]
+use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use netboot_proto::tftp::{check_request, Limits, Packet, Transfer};
-use bytes::Bytes;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else {
