@@ -272,31 +272,14 @@ impl SledStore {
 
     /// [`Self::open`] with sled's page cache bounded to `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        // sled's background flusher may hold a just-dropped database for a moment (seen in
-        // tests that reopen in the same process): a lock conflict is retried for up to 2 s.
-        let mut tries = 0;
-        let db = loop {
-            match sled::Config::new()
-                .path(dir)
-                .mode(sled::Mode::HighThroughput)
-                .cache_capacity(cache_bytes)
-                .open()
-            {
-                Ok(db) => break db,
-                Err(sled::Error::Io(e))
-                    if tries < 20 && e.to_string().contains("could not acquire lock") =>
-                {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(source) => {
-                    return Err(StoreError::Open {
-                        path: dir.display().to_string(),
-                        source,
-                    })
-                }
-            }
-        };
+        let config = sled::Config::new()
+            .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(cache_bytes);
+        let db = open_db(&config).map_err(|source| StoreError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema_version")? {
             None => {
@@ -604,10 +587,34 @@ impl Store for SledStore {
     }
 }
 
+/// Opens the database `config` names. sled's background flusher may hold a just-dropped
+/// database's lock for a moment (seen when one process reopens a store, as the tests and a CLI
+/// command after the server's own use do): a lock conflict is retried for up to 2 s.
+fn open_db(config: &sled::Config) -> sled::Result<sled::Db> {
+    let mut tries = 0;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if tries < 20 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{EventSource, HostState};
+
+    /// The database itself, as an older unbrick left it (the lock retried as the store does:
+    /// a store dropped just before may still hold it).
+    fn raw(dir: &Path) -> sled::Db {
+        open_db(&sled::Config::new().path(dir)).unwrap()
+    }
 
     fn tmp(name: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("unbrick-store-{name}-{}", std::process::id()));
@@ -771,7 +778,7 @@ mod tests {
     fn schema_1_is_migrated() {
         let dir = tmp("migrate");
         {
-            let db = sled::open(&dir).unwrap();
+            let db = raw(&dir);
             db.open_tree("meta")
                 .unwrap()
                 .insert("schema_version", &1u32.to_be_bytes())
@@ -792,7 +799,7 @@ mod tests {
         assert_eq!(h.state, HostState::Remediated);
         assert!(!h.skipped && !h.approved && h.reports == 0);
         drop(s);
-        let db = sled::open(&dir).unwrap();
+        let db = raw(&dir);
         let v = db
             .open_tree("meta")
             .unwrap()
@@ -845,7 +852,7 @@ mod tests {
     fn newer_schema_is_refused() {
         let dir = tmp("schema");
         {
-            let db = sled::open(&dir).unwrap();
+            let db = raw(&dir);
             db.open_tree("meta")
                 .unwrap()
                 .insert("schema_version", &99u32.to_be_bytes())
