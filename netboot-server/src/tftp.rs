@@ -3,8 +3,11 @@
 //! deadlines. Lock-step TFTP (what firmware, iPXE's UNDI driver and grub use) waits for the
 //! client's ACK after every block: a thread blocked in `recvfrom` is woken by the datagram
 //! itself, where an async task pays the reactor's round trip (epoll, wake-up, scheduling) per
-//! block. Transfers are bounded by the slots (`max_transfers`), so the threads are too; a
-//! thread is kept a minute for the next transfer.
+//! block. While few transfers run (no more than half the CPUs), a transfer first polls its
+//! socket for up to [`SPIN`] before it sleeps: even a thread's own wake-up (an interrupt to an
+//! idle CPU and a context switch, dearer still on a virtual machine) is most of a lock-step
+//! block's time. Transfers are bounded by the slots (`max_transfers`), so the threads are too;
+//! a thread is kept a minute for the next transfer.
 use crate::Error;
 use netboot_proto::tftp::transfer::{Limits, Outcome, Transfer};
 use netboot_proto::tftp::{check_request, packet, to_netascii, ErrorCode};
@@ -135,6 +138,17 @@ pub struct TftpServer {
     pool: Arc<Pool>,
     stalls: Arc<std::sync::Mutex<Stalls>>,
     newest: Arc<Newest>,
+    /// Most transfers that may spin for their client's answer at once ([`SPIN`]).
+    spinners: usize,
+}
+
+/// Whether a transfer may spin: only while no more transfers run than half the CPUs, so
+/// spinning never takes a CPU that another transfer, the clients' packets or the rest of the
+/// server needs; past that every transfer sleeps in `recvfrom` at once.
+struct SpinBudget {
+    sem: Arc<Semaphore>,
+    max: usize,
+    spinners: usize,
 }
 
 /// The latest request per peer address and file, among transfers running: a transfer whose
@@ -292,6 +306,7 @@ impl TftpServer {
             pool: Arc::default(),
             stalls: Arc::default(),
             newest: Arc::default(),
+            spinners: std::thread::available_parallelism().map_or(1, |n| n.get() / 2),
             cfg,
             source,
             records,
@@ -448,9 +463,15 @@ impl TftpServer {
         let newest = self.newest.clone();
         let ticket = newest.register(peer.ip(), &req.path);
         let key_path = req.path.clone();
+        let slots = SpinBudget {
+            sem: self.slots.clone(),
+            max: self.cfg.max_transfers,
+            spinners: self.spinners,
+        };
         let spawned = self.pool.run(Box::new(move || {
                 let given_up = || newest.superseded(peer.ip(), &req.path, ticket);
-                let mut rec = transfer(sock, peer, req.path.clone(), file, req.options, limits, &cut, &given_up);
+                let may_spin = || slots.max.saturating_sub(slots.sem.available_permits()) <= slots.spinners;
+                let mut rec = transfer(sock, peer, req.path.clone(), file, req.options, limits, &cut, &given_up, &may_spin);
                 newest.done(peer.ip(), &req.path);
                 rec.blksize_capped = stalls.lock().unwrap_or_else(|e| e.into_inner()).note(&rec);
                 if let Some(c) = rec.blksize_capped {
@@ -561,6 +582,7 @@ fn transfer(
     limits: Limits,
     cut: &AtomicBool,
     asked_again: &dyn Fn() -> bool,
+    may_spin: &dyn Fn() -> bool,
 ) -> TransferRecord {
     let start = Instant::now();
     let now = || start.elapsed().as_millis() as u64;
@@ -572,6 +594,8 @@ fn transfer(
     let mut buf = vec![0u8; 2048];
     // The receive timeout last set (a syscall: set again only when it changes).
     let mut timeout = 0;
+    // Waits so far, and spins in a row that found nothing.
+    let (mut waits, mut misses) = (0u32, 0u32);
     while !t.is_finished() {
         if cut.load(Ordering::Relaxed) {
             let _ = sock.send_to(&packet::error_packet(0, "server shutting down"), peer);
@@ -590,7 +614,23 @@ fn transfer(
             let _ = sock.set_read_timeout(Some(Duration::from_millis(wait)));
             timeout = wait;
         }
-        let out = match sock.recv_from(&mut buf) {
+        // Spinning pays only for a client that answers within SPIN: after SPIN_MISSES misses
+        // in a row it is tried again only every SPIN_RETRY-th wait.
+        waits = waits.wrapping_add(1);
+        let spin = may_spin() && (misses < SPIN_MISSES || waits % SPIN_RETRY == 0);
+        let spun = spin.then(|| spin_recv(&sock, &mut buf)).flatten();
+        if spin {
+            misses = if spun.is_some() {
+                0
+            } else {
+                misses.saturating_add(1)
+            };
+        }
+        let got = match spun {
+            Some(got) => Ok(got),
+            None => sock.recv_from(&mut buf),
+        };
+        let out = match got {
             Ok((n, from)) if from == peer => t.on_packet(&buf[..n], now()),
             Ok((_, from)) => {
                 // RFC 1350: a packet from another transfer ID gets ERROR 5, and ours goes on.
@@ -624,6 +664,41 @@ fn transfer(
     }
     let outcome = t.outcome().cloned().unwrap_or(Outcome::TimedOut);
     record(peer, path, &t, size, start, outcome)
+}
+
+/// How long a transfer polls its socket for the client's answer before it sleeps in
+/// `recvfrom`. A lock-step client on a LAN answers a block within tens of microseconds; a
+/// thread put to sleep pays the scheduler's wake-up (an inter-processor interrupt and a
+/// context switch) on every block, which at 512-byte blocks is most of the time a block takes.
+const SPIN: Duration = Duration::from_micros(50);
+/// Spins in a row that found nothing after which a transfer mostly sleeps at once (a client
+/// slower than [`SPIN`]: firmware behind a real NIC's interrupt moderation, an emulated guest).
+const SPIN_MISSES: u32 = 8;
+/// How often such a transfer tries spinning again (its client may have sped up).
+const SPIN_RETRY: u32 = 64;
+
+/// The client's next datagram if one arrives within [`SPIN`] (non-blocking reads in a loop),
+/// else `None`: the caller then sleeps in a blocking read. An error other than "nothing yet"
+/// also ends the spin (the blocking read reports it).
+fn spin_recv(sock: &std::net::UdpSocket, buf: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    use nix::sys::socket::{recvmsg, MsgFlags, SockaddrIn};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let start = Instant::now();
+    loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<SockaddrIn>(sock.as_raw_fd(), &mut iov, None, MsgFlags::MSG_DONTWAIT) {
+            Ok(m) => {
+                let from = m.address?;
+                return Some((
+                    m.bytes,
+                    SocketAddr::V4(SocketAddrV4::new(from.ip(), from.port())),
+                ));
+            }
+            Err(nix::errno::Errno::EAGAIN) if start.elapsed() < SPIN => std::hint::spin_loop(),
+            Err(_) => return None,
+        }
+    }
 }
 
 fn record(
@@ -670,6 +745,33 @@ mod tests {
             outcome,
             blksize_capped: None,
         }
+    }
+
+    #[test]
+    fn a_spin_returns_a_waiting_datagram_with_its_sender_and_gives_up_on_silence() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 64];
+        let t0 = Instant::now();
+        assert_eq!(
+            spin_recv(&a, &mut buf),
+            None,
+            "nothing sent: nothing received"
+        );
+        // It gave up (the bound is SPIN; a descheduled test thread may take longer, never
+        // forever).
+        assert!(t0.elapsed() >= SPIN);
+        b.send_to(b"\x00\x04\x00\x01", a.local_addr().unwrap())
+            .unwrap();
+        let mut got = None;
+        for _ in 0..1000 {
+            got = spin_recv(&a, &mut buf);
+            if got.is_some() {
+                break;
+            }
+        }
+        assert_eq!(got, Some((4, b.local_addr().unwrap())));
+        assert_eq!(&buf[..4], b"\x00\x04\x00\x01");
     }
 
     #[test]
