@@ -685,6 +685,9 @@ mod tests {
         drop(s);
         let s = SledStore::open(&dir).unwrap();
         assert!(s.host(b).unwrap().is_some() && s.events(a).unwrap().len() == 1);
+        drop(s);
+        // Best effort: sled's flusher may still be closing its files.
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -716,6 +719,9 @@ mod tests {
         assert_eq!(s.recent_events(a, 500).unwrap(), s.events(a).unwrap());
         let none: Mac = "52:54:00:00:00:0c".parse().unwrap();
         assert!(s.recent_events(none, 5).unwrap().is_empty());
+        drop(s);
+        // Best effort: sled's flusher may still be closing its files.
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
