@@ -151,6 +151,13 @@ struct SpinBudget {
     spinners: usize,
 }
 
+impl SpinBudget {
+    /// Running transfers (the slots taken) are within the budget.
+    fn allows(&self) -> bool {
+        self.max.saturating_sub(self.sem.available_permits()) <= self.spinners
+    }
+}
+
 /// The latest request per peer address and file, among transfers running: a transfer whose
 /// client asked for its file again is given up at its next retransmission
 /// ([`Transfer::abandon`]) instead of holding its slot through the whole back-off (firmware
@@ -470,8 +477,7 @@ impl TftpServer {
         };
         let spawned = self.pool.run(Box::new(move || {
                 let given_up = || newest.superseded(peer.ip(), &req.path, ticket);
-                let may_spin = || slots.max.saturating_sub(slots.sem.available_permits()) <= slots.spinners;
-                let mut rec = transfer(sock, peer, req.path.clone(), file, req.options, limits, &cut, &given_up, &may_spin);
+                let mut rec = transfer(sock, peer, req.path.clone(), file, req.options, limits, &cut, &given_up, &|| slots.allows());
                 newest.done(peer.ip(), &req.path);
                 rec.blksize_capped = stalls.lock().unwrap_or_else(|e| e.into_inner()).note(&rec);
                 if let Some(c) = rec.blksize_capped {
