@@ -600,8 +600,7 @@ fn transfer(
     let mut buf = vec![0u8; 2048];
     // The receive timeout last set (a syscall: set again only when it changes).
     let mut timeout = 0;
-    // Waits so far, and spins in a row that found nothing.
-    let (mut waits, mut misses) = (0u32, 0u32);
+    let mut spin = SpinHistory::default();
     while !t.is_finished() {
         if cut.load(Ordering::Relaxed) {
             let _ = sock.send_to(&packet::error_packet(0, "server shutting down"), peer);
@@ -620,17 +619,10 @@ fn transfer(
             let _ = sock.set_read_timeout(Some(Duration::from_millis(wait)));
             timeout = wait;
         }
-        // Spinning pays only for a client that answers within SPIN: after SPIN_MISSES misses
-        // in a row it is tried again only every SPIN_RETRY-th wait.
-        waits = waits.wrapping_add(1);
-        let spin = may_spin() && (misses < SPIN_MISSES || waits % SPIN_RETRY == 0);
-        let spun = spin.then(|| spin_recv(&sock, &mut buf)).flatten();
-        if spin {
-            misses = if spun.is_some() {
-                0
-            } else {
-                misses.saturating_add(1)
-            };
+        let spins = spin.next(may_spin());
+        let spun = spins.then(|| spin_recv(&sock, &mut buf)).flatten();
+        if spins {
+            spin.note(matches!(spun, Some((_, from)) if from == peer));
         }
         let got = match spun {
             Some(got) => Ok(got),
@@ -682,6 +674,35 @@ const SPIN: Duration = Duration::from_micros(50);
 const SPIN_MISSES: u32 = 8;
 /// How often such a transfer tries spinning again (its client may have sped up).
 const SPIN_RETRY: u32 = 64;
+
+/// Whether a transfer spins for its next packet. Spinning pays only for a client that answers
+/// within [`SPIN`]: after [`SPIN_MISSES`] spins in a row that did not bring the client's own
+/// packet (nothing, or a stranger's datagram: another sender cannot keep a transfer spinning),
+/// it is tried again only every [`SPIN_RETRY`]-th wait.
+#[derive(Debug, Default)]
+struct SpinHistory {
+    /// Waits so far.
+    waits: u32,
+    /// Spins in a row that missed.
+    misses: u32,
+}
+
+impl SpinHistory {
+    /// Whether the next wait spins, when the budget `allowed` it.
+    fn next(&mut self, allowed: bool) -> bool {
+        self.waits = self.waits.wrapping_add(1);
+        allowed && (self.misses < SPIN_MISSES || self.waits.is_multiple_of(SPIN_RETRY))
+    }
+
+    /// What a spin brought: the client's own packet, or not.
+    fn note(&mut self, hit: bool) {
+        self.misses = if hit {
+            0
+        } else {
+            self.misses.saturating_add(1)
+        };
+    }
+}
 
 /// The client's next datagram if one arrives within [`SPIN`] (non-blocking reads in a loop),
 /// else `None`: the caller then sleeps in a blocking read. An error other than "nothing yet"
@@ -751,6 +772,23 @@ mod tests {
             outcome,
             blksize_capped: None,
         }
+    }
+
+    #[test]
+    fn spinning_stops_after_eight_misses_is_tried_every_64th_wait_and_resumes_on_a_hit() {
+        let mut h = SpinHistory::default();
+        assert!(!h.next(false), "outside the budget: never");
+        for _ in 0..SPIN_MISSES {
+            assert!(h.next(true));
+            h.note(false);
+        }
+        // Waits 10 to 64 sleep at once; the 64th tries again, misses, and sleeping goes on.
+        let tried: Vec<u32> = (10..=200).filter(|_| h.next(true)).collect();
+        assert_eq!(tried.len(), 3, "only every 64th wait spins: {tried:?}");
+        // A spin that brings the client's packet ends the sleeping.
+        while !h.next(true) {}
+        h.note(true);
+        assert!(h.next(true) && h.next(true));
     }
 
     #[test]
