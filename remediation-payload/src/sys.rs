@@ -57,17 +57,25 @@ fn check(r: libc::c_int, what: &str, name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// `ip link set NAME up`.
-pub(crate) fn link_up(name: &str) -> std::io::Result<()> {
+/// `ip link set NAME up`. The kernel makes an interface's sysfs directory (where the agent finds
+/// it) before it lists the interface by name, so for a moment after it appears the ioctls answer
+/// "No such device": that answer is retried every 10 ms for up to `wait`.
+pub(crate) fn link_up(name: &str, wait: std::time::Duration) -> std::io::Result<()> {
     let s = socket()?;
     let mut r = ifreq(name)?;
+    let start = std::time::Instant::now();
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write `r`, a valid ifreq that outlives the call.
     unsafe {
-        check(
-            libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut r),
-            "SIOCGIFFLAGS",
-            name,
-        )?;
+        while libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut r) < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ENODEV) || start.elapsed() >= wait {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("SIOCGIFFLAGS on {name}: {e}"),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         r.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
         check(
             libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS as _, &r),
@@ -116,5 +124,30 @@ pub(crate) fn default_route(gw: Ipv4Addr) -> std::io::Result<()> {
             "SIOCADDRT",
             "default",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_interface_that_never_registers_is_waited_for_then_named() {
+        let t = Instant::now();
+        let e = super::link_up("ubnosuch0", Duration::from_millis(150)).unwrap_err();
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("SIOCGIFFLAGS on ubnosuch0"), "{msg}");
+        assert!(msg.contains("No such device"), "{msg}");
+    }
+
+    #[test]
+    fn a_bad_name_fails_at_once() {
+        let e = super::link_up(&"x".repeat(40), Duration::from_secs(5)).unwrap_err();
+        assert!(e.to_string().contains("too long"), "{e}");
     }
 }

@@ -310,7 +310,7 @@ fn network(want_mac: Option<&str>) -> Result<String, String> {
         ));
     };
     let mac_bytes: fleet::Mac = mac.parse()?;
-    crate::sys::link_up(&nic).map_err(|e| e.to_string())?;
+    crate::sys::link_up(&nic, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     say(&format!("{nic} ({mac}) is up"));
     // A DISCOVER sent before the link has carrier is lost and costs a retry.
     let t = Instant::now();
