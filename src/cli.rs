@@ -85,6 +85,10 @@ pub(crate) enum Cmd {
         /// steps go to standard error).
         #[arg(long, requires = "draft_rule")]
         out: Option<PathBuf>,
+        /// With --draft-rule: write the MACs of the hosts that have the file to this file, one
+        /// per line (for `campaign create --hosts-file`).
+        #[arg(long, requires = "draft_rule", value_name = "FILE")]
+        hosts_out: Option<PathBuf>,
     },
     /// Write the man pages (OUT/man/*.1) and shell completions (OUT/completions: bash, zsh,
     /// fish) generated from this CLI; the Debian package ships them.
@@ -134,15 +138,20 @@ pub(crate) enum CampaignCmd {
         #[arg(long)]
         name: String,
         /// Every known host.
-        #[arg(long, conflicts_with_all = ["site", "tag", "hosts"])]
+        #[arg(long, conflicts_with_all = ["site", "tag", "hosts", "hosts_file"])]
         all: bool,
-        #[arg(long, conflicts_with_all = ["tag", "hosts"])]
+        #[arg(long, conflicts_with_all = ["tag", "hosts", "hosts_file"])]
         site: Option<String>,
-        #[arg(long, conflicts_with = "hosts")]
+        #[arg(long, conflicts_with_all = ["hosts", "hosts_file"])]
         tag: Option<String>,
         /// Explicit MAC addresses, comma-separated.
         #[arg(long, value_delimiter = ',')]
         hosts: Vec<String>,
+        /// MAC addresses from this file ("-": standard input): one or more per line, separated
+        /// by commas or spaces; blank lines and lines starting with # are skipped. Adds to
+        /// --hosts. For lists too long for one argument (`diagnose --draft-rule --hosts-out`).
+        #[arg(long, value_name = "FILE")]
+        hosts_file: Option<PathBuf>,
         /// Wave sizes, comma-separated: hosts or cumulative percentages, e.g. 5,10%,50%,100%.
         #[arg(long, value_delimiter = ',', required = true)]
         waves: Vec<String>,

@@ -463,7 +463,8 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
             all,
             site,
             tag,
-            hosts,
+            mut hosts,
+            hosts_file,
             waves,
             concurrency,
             min_success,
@@ -477,6 +478,9 @@ pub(crate) fn campaign(c: CampaignCmd) -> Result<(), Fail> {
             trigger_wait_minutes,
             target,
         } => {
+            if let Some(f) = &hosts_file {
+                hosts.extend(read_hosts_file(f)?);
+            }
             let targets = if let Some(s) = site {
                 serde_json::json!({ "site": s })
             } else if let Some(t) = tag {
@@ -711,12 +715,52 @@ pub(crate) fn diagnose(target: &Target, json: bool) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The MACs of a `--hosts-file` ("-": standard input), checked, in file order, each once.
+fn read_hosts_file(f: &Path) -> Result<Vec<String>, Fail> {
+    let text = if f == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| Fail(format!("standard input: {e}")))?
+    } else {
+        std::fs::read_to_string(f).map_err(|e| Fail(format!("{}: {e}", f.display())))?
+    };
+    let macs = parse_hosts_list(&text).map_err(|e| Fail(format!("{}: {e}", f.display())))?;
+    if macs.is_empty() {
+        return Err(Fail(format!("{}: no MAC address in it", f.display())));
+    }
+    Ok(macs)
+}
+
+/// One or more MACs per line, separated by commas or white space; blank lines and `#` comments
+/// skipped. The first bad entry is an error naming its line; duplicates are kept once.
+fn parse_hosts_list(text: &str) -> Result<Vec<String>, String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        for w in line.split(|c: char| c == ',' || c.is_whitespace()) {
+            if w.is_empty() {
+                continue;
+            }
+            let mac: fleet::Mac = w
+                .parse()
+                .map_err(|e: String| format!("line {}: {e}", n + 1))?;
+            if seen.insert(mac) {
+                out.push(mac.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `unbrick diagnose --draft-rule SHA256`: the drafted rules document and the steps.
 pub(crate) fn draft_rule(
     target: &Target,
     sha256: &str,
     path: Option<&str>,
-    out: Option<&Path>,
+    (out, hosts_out): (Option<&Path>, Option<&Path>),
     json: bool,
 ) -> Result<(), Fail> {
     if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -747,6 +791,19 @@ pub(crate) fn draft_rule(
             })?;
         serde_json::to_value(d)?
     };
+    if let Some(o) = hosts_out {
+        let mut list = String::new();
+        for h in v["hosts"].as_array().into_iter().flatten() {
+            list += h.as_str().unwrap_or_default();
+            list.push('\n');
+        }
+        std::fs::write(o, list).map_err(|e| Fail(format!("{}: {e}", o.display())))?;
+        eprintln!(
+            "wrote {} ({} host(s))",
+            o.display(),
+            v["hosts"].as_array().map_or(0, Vec::len)
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
@@ -986,5 +1043,33 @@ fn host_name(imported: Option<&str>, on_disk: Option<&str>) -> String {
         (Some(n), _) => n.to_string(),
         (None, Some(d)) if !d.is_empty() => format!("{d} (on disk)"),
         _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_hosts_list;
+
+    #[test]
+    fn a_hosts_list_takes_lines_commas_comments_and_each_mac_once() {
+        let text = "# hosts with the file\n52:54:00:AA:00:01\n\n52-54-00-aa-00-02, 525400aa0003\n  52:54:00:aa:00:01  \n";
+        assert_eq!(
+            parse_hosts_list(text).unwrap(),
+            [
+                "52:54:00:aa:00:01",
+                "52:54:00:aa:00:02",
+                "52:54:00:aa:00:03"
+            ]
+        );
+        assert!(parse_hosts_list("# nothing\n\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bad_entry_names_its_line() {
+        let e = parse_hosts_list("52:54:00:aa:00:01\n52:54:00:aa:00:zz\n").unwrap_err();
+        assert!(
+            e.starts_with("line 2: \"52:54:00:aa:00:zz\" is not a MAC address"),
+            "{e}"
+        );
     }
 }

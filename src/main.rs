@@ -133,7 +133,14 @@ fn main() -> ExitCode {
             draft_rule: Some(sha),
             path,
             out,
-        } => client::draft_rule(&target, &sha, path.as_deref(), out.as_deref(), json),
+            hosts_out,
+        } => client::draft_rule(
+            &target,
+            &sha,
+            path.as_deref(),
+            (out.as_deref(), hosts_out.as_deref()),
+            json,
+        ),
         Cmd::Diagnose { target, json, .. } => client::diagnose(&target, json),
         Cmd::DistFiles { out } => dist_files(&out),
     };

@@ -183,10 +183,20 @@ fn a_scan_names_the_bad_file_and_its_drafted_rule_quarantines_only_it() {
     assert_eq!(suspect[0]["sha256"], bad_sha.as_str(), "{v}");
     assert_eq!(v["crashes"][0]["driver"], "csagent.sys", "{v}");
     let draft = lab.dir.join("draft.json");
+    let hosts_txt = lab.dir.join("hosts.txt");
     cli(
         &lab,
         &tok,
-        &format!("diagnose --draft-rule {bad_sha} --out {}", draft.display()),
+        &format!(
+            "diagnose --draft-rule {bad_sha} --out {} --hosts-out {}",
+            draft.display(),
+            hosts_txt.display()
+        ),
+    );
+    // The hosts that have the file, one per line: only the crashing machine.
+    assert_eq!(
+        std::fs::read_to_string(&hosts_txt).unwrap(),
+        format!("{}\n", macs[0])
     );
     let doc = std::fs::read_to_string(&draft).unwrap();
     assert!(doc.contains("\"quarantine\""), "{doc}");
@@ -213,11 +223,15 @@ fn a_scan_names_the_bad_file_and_its_drafted_rule_quarantines_only_it() {
         create.contains(macs[0]) && !create.contains(macs[1]),
         "{create}"
     );
-    let id = cli(
-        &lab,
-        &tok,
-        &create.replace("--soak-minutes 10", "--soak-minutes 0"),
-    );
+    // The same campaign through the host list the draft wrote (how a list of thousands goes).
+    let create = create
+        .replace("--soak-minutes 10", "--soak-minutes 0")
+        .replace(
+            &format!("--hosts {}", macs[0]),
+            &format!("--hosts-file {}", hosts_txt.display()),
+        );
+    assert!(create.contains("--hosts-file"), "{create}");
+    let id = cli(&lab, &tok, &create);
     cli(&lab, &tok, &format!("campaign start {id}"));
     // Only the crashing machine is in the campaign; the healthy one would wait on screen.
     boot(&lab, &disks, &macs, &[0], false);

@@ -373,6 +373,53 @@ fn help_names_exit_codes_and_init_names_the_next_steps() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `campaign create --hosts-file`: a bad entry is named by file and line, a missing or empty
+/// file is named, and none of them gets as far as the server (there is none here: the error is
+/// the file's, not a connection's).
+#[test]
+fn a_bad_hosts_file_is_named_before_anything_is_sent() {
+    let dir = std::env::temp_dir().join(format!("unbrick-hostsfile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(
+        &bad,
+        "# from diagnose\n52:54:00:aa:00:01\n52:54:00:aa:00:0g\n",
+    )
+    .unwrap();
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "# nothing yet\n\n").unwrap();
+    let create = |f: &std::path::Path| {
+        unbrick_out(&format!(
+            "campaign create --name x --waves 100% --hosts-file {} --server http://127.0.0.1:9 --token t",
+            f.display()
+        ))
+    };
+    let (code, out) = create(&bad);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}: line 3: \"52:54:00:aa:00:0g\" is not a MAC address",
+            bad.display()
+        )),
+        "{out}"
+    );
+    let (code, out) = create(&empty);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("empty.txt: no MAC address in it"), "{out}");
+    let (code, out) = create(&dir.join("missing.txt"));
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("missing.txt: No such file"), "{out}");
+    // --hosts-file is a list of MACs, not a selector beside --site or --tag.
+    let (code, out) = unbrick_out(&format!(
+        "campaign create --name x --waves 100% --tag t --hosts-file {}",
+        bad.display()
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot be used with"), "{out}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `unbrick image kernel` (what `image build` with no kernel named does first): with nothing
 /// installed or cached it fetches the newest signed 6.12+ kernel from bookworm-backports (the
 /// Debian archive is the peer), checks and caches it; the second run takes the cache. A

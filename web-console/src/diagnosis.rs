@@ -197,6 +197,15 @@ pub fn draft_rules(g: &FileGroup, now_unix: u64) -> Result<signing::RuleSet, Str
     Ok(rules)
 }
 
+/// Up to this many hosts, the drafted campaign names them on its command line; more go
+/// through `--hosts-file`.
+pub const INLINE_HOSTS: usize = 20;
+
+/// `s` as one POSIX shell word (single quotes; a quote inside closes, escapes and reopens).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// The draft for the file with `sha256` (and `path`), from the host table; `None` when no
 /// scanned host has it.
 pub fn draft(
@@ -232,7 +241,7 @@ pub fn draft(
     let document = String::from_utf8(rules.to_json()).map_err(|e| e.to_string())?;
     hosts.dedup();
     let canary = hosts.len().clamp(1, 5);
-    let steps = vec![
+    let mut steps = vec![
         "# 1. Check the document, save it as active.json and sign it on the offline signing machine:".into(),
         "unbrick rules sign active.json --key /media/usb/unbrick-keys/signing.key".into(),
         "# 2. Put active.json and active.json.sig into the server's rules folder and restart it:".into(),
@@ -241,13 +250,28 @@ pub fn draft(
             "# 3. Canary first: {canary} host(s), then a quarter, then all {} that have the file:",
             hosts.len()
         ),
-        format!(
-            "unbrick campaign create --name {} --hosts {} --waves {canary},25%,100% --max-failure-rate 0 --soak-minutes 10",
+    ];
+    let waves = format!("--waves {canary},25%,100% --max-failure-rate 0 --soak-minutes 10");
+    if hosts.len() <= INLINE_HOSTS {
+        steps.push(format!(
+            "unbrick campaign create --name {} --hosts {} {waves}",
             rules.id,
             hosts.join(",")
-        ),
-        "unbrick campaign start ID   # the ID campaign create printed".into(),
-    ];
+        ));
+    } else {
+        // Thousands of MACs do not fit one shell argument: they go through a file.
+        steps.push(format!(
+            "unbrick diagnose --draft-rule {}{} --hosts-out hosts.txt",
+            g.sha256.to_ascii_lowercase(),
+            path.map(|p| format!(" --path {}", shell_quote(p)))
+                .unwrap_or_default()
+        ));
+        steps.push(format!(
+            "unbrick campaign create --name {} --hosts-file hosts.txt {waves}",
+            rules.id
+        ));
+    }
+    steps.push("unbrick campaign start ID   # the ID campaign create printed".into());
     Ok(Some(DraftRule {
         file: g,
         document,

@@ -2258,3 +2258,91 @@ async fn diagnosis_names_the_suspect_file_and_its_drafted_rule_quarantines_only_
         "{dp}"
     );
 }
+
+/// Past `INLINE_HOSTS` hosts the drafted campaign takes its hosts from a file (thousands of MACs
+/// do not fit one shell argument): the steps write it with `--hosts-out` and read it with
+/// `--hosts-file`; the file's path, named with `path=`, is quoted for the shell.
+#[tokio::test]
+async fn a_draft_for_many_hosts_passes_them_in_a_file() {
+    use fleet::agent::{InspectedFile, RunResult};
+    let t = setup("draftmany");
+    let now = fleet_service::now_ms();
+    let path = r"Windows\System32\drivers\Vendor's\C-00000291-00000000-00000032.sys";
+    let sha = "3d".repeat(32);
+    let n = web_console::diagnosis::INLINE_HOSTS + 5;
+    for i in 0..n {
+        let mac = Mac([0x52, 0x54, 0, 0xef, 0, i as u8]);
+        let f = InspectedFile {
+            path: path.into(),
+            size: 40_000,
+            written_unix: 1_721_362_140,
+            sha256: sha.clone(),
+            head: "aaaaaaaa010023010909090909090909".into(),
+            rule_id: "drivers-sub".into(),
+            version: None,
+            error: None,
+        };
+        t.fleet
+            .update(mac, now, &mut |h| {
+                h.last_report = Some(report(
+                    mac,
+                    &format!("m{i}"),
+                    RunResult::Clean,
+                    "inspected",
+                    vec![],
+                    vec![f.clone()],
+                ));
+                Ok(())
+            })
+            .unwrap();
+    }
+    let q = path
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect::<String>();
+    let (s, _, b) = send(
+        &t,
+        get(
+            &format!("/api/v1/diagnosis/draft-rule?sha256={sha}&path={q}"),
+            Some(&t.viewer),
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let d = json(&b);
+    assert_eq!(d["hosts"].as_array().unwrap().len(), n, "{d}");
+    let steps: Vec<&str> = d["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let out = steps
+        .iter()
+        .find(|l| l.contains("--hosts-out"))
+        .unwrap_or_else(|| panic!("{steps:?}"));
+    assert_eq!(
+        *out,
+        format!(
+            r"unbrick diagnose --draft-rule {sha} --path 'Windows\System32\drivers\Vendor'\''s\C-00000291-00000000-00000032.sys' --hosts-out hosts.txt"
+        )
+    );
+    let create = steps
+        .iter()
+        .find(|l| l.starts_with("unbrick campaign create"))
+        .unwrap();
+    assert!(
+        create.contains("--hosts-file hosts.txt") && create.contains("--waves 5,25%,100%"),
+        "{create}"
+    );
+    assert!(
+        !steps.iter().any(|l| l.contains("52:54:00:ef")),
+        "{steps:?}"
+    );
+}
