@@ -309,6 +309,11 @@ pub(crate) struct ServeArgs {
     /// Close an HTTP/HTTPS connection after this many seconds without traffic (default 60).
     #[arg(long, env = "UNBRICK_IDLE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) idle_timeout_secs: Option<u64>,
+    /// A machine on the waiting-room screen (its wave not open yet, held, no image yet) asks
+    /// again after this many seconds (default 30): shorter starts a wave sooner, longer means
+    /// fewer requests from a large waiting fleet.
+    #[arg(long, env = "UNBRICK_WAITING_ROOM_POLL_SECS", value_parser = clap::value_parser!(u32).range(5..=600))]
+    pub(crate) waiting_room_poll_secs: Option<u32>,
     /// A per-boot token is valid this many minutes (default 120), and ends with the run's
     /// final report.
     #[arg(long, env = "UNBRICK_TOKEN_LIFETIME_MINS", value_parser = clap::value_parser!(u64).range(5..=720))]

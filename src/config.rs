@@ -155,6 +155,10 @@ pub(crate) const DEFAULT_CONFIG: &str = r#"# unbrick configuration.
 # An HTTP or HTTPS connection without traffic for this long is closed (agents reconnect).
 # idle_timeout_secs = 60
 
+# A machine on the waiting-room screen (its wave not open yet) asks again after this many
+# seconds (5-600).
+# waiting_room_poll_secs = 30
+
 # A per-boot token is valid this long, and ends with the run's final report.
 # token_lifetime_mins = 120
 

@@ -48,6 +48,8 @@ pub(crate) struct ServerConfig {
     pub max_tftp_transfers: usize,
     /// HTTP and HTTPS connections without traffic for this long are closed.
     pub idle_timeout: Duration,
+    /// Seconds between a waiting machine's polls of its boot script.
+    pub waiting_room_poll_secs: u32,
     /// How long a per-boot token is valid.
     pub token_lifetime: Duration,
     /// Management controllers: timeout per request, attempts.
@@ -176,6 +178,7 @@ pub(crate) async fn start(
         https_base: format!("https://{server_ip}:{}", cfg.https_port),
         server_ip,
         extra_cmdline: cfg.extra_cmdline.clone(),
+        poll_secs: cfg.waiting_room_poll_secs,
         neighbours: net::Neighbours::new(&iface.name, Some(iface.clone())),
         leases: pool.clone(),
         token_lifetime_ms: cfg.token_lifetime.as_millis() as u64,
@@ -422,6 +425,7 @@ impl ServeArgs {
             kernel_cmdline: self.kernel_cmdline.clone(),
             max_tftp_transfers: None,
             idle_timeout_secs: self.idle_timeout_secs,
+            waiting_room_poll_secs: self.waiting_room_poll_secs,
             token_lifetime_mins: self.token_lifetime_mins,
             bmc_timeout_secs: self.bmc_timeout_secs,
             bmc_attempts: self.bmc_attempts,
@@ -490,6 +494,9 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         trusted_key: trusted,
         max_tftp_transfers: s.max_tftp_transfers.unwrap_or_default(),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or_default()),
+        waiting_room_poll_secs: s
+            .waiting_room_poll_secs
+            .unwrap_or(netboot_server::booter::WAITING_ROOM_POLL_SECS),
         token_lifetime: Duration::from_secs(s.token_lifetime_mins.unwrap_or_default() * 60),
         max_hosts: s
             .max_hosts

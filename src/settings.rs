@@ -67,6 +67,7 @@ pub(crate) struct Settings {
     pub(crate) kernel_cmdline: Option<String>,
     pub(crate) max_tftp_transfers: Option<usize>,
     pub(crate) idle_timeout_secs: Option<u64>,
+    pub(crate) waiting_room_poll_secs: Option<u32>,
     pub(crate) token_lifetime_mins: Option<u64>,
     pub(crate) bmc_timeout_secs: Option<u64>,
     pub(crate) bmc_attempts: Option<u32>,
@@ -99,6 +100,7 @@ impl Settings {
             kernel_cmdline: Some(String::new()),
             max_tftp_transfers: Some(128),
             idle_timeout_secs: Some(netboot_server::idle::IDLE_TIMEOUT.as_secs()),
+            waiting_room_poll_secs: Some(netboot_server::booter::WAITING_ROOM_POLL_SECS),
             token_lifetime_mins: Some(netboot_server::agent_api::TOKEN_LIFETIME_MS / 60_000),
             bmc_timeout_secs: Some(10),
             bmc_attempts: Some(3),
@@ -116,7 +118,7 @@ impl Settings {
         let (a, b) = (self, lower);
         layered!(a, b: interface, server_ip, dhcp, pool, router, dns, lease_secs, http_port,
             https_port, tftp_port, require_approval, secure_boot_off, kernel_cmdline,
-            max_tftp_transfers, idle_timeout_secs, token_lifetime_mins, bmc_timeout_secs,
+            max_tftp_transfers, idle_timeout_secs, waiting_room_poll_secs, token_lifetime_mins, bmc_timeout_secs,
             bmc_attempts, max_hosts, new_hosts_per_sec, store_reserve_mb, store_cache_mb,
             events_per_host)
     }

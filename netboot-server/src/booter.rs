@@ -29,6 +29,9 @@ pub fn token_digest(token: &str) -> String {
     ))
 }
 
+/// The default seconds between a waiting machine's polls.
+pub use netboot_proto::boot::POLL_SECONDS as WAITING_ROOM_POLL_SECS;
+
 /// "What does this machine boot, and with which token": the per-host boot configuration
 /// (iPXE script, grub config) from the boot policy, and the verified files served by TFTP and
 /// HTTP. Shared by the HTTP and TFTP handlers and the agent API.
@@ -47,6 +50,8 @@ pub struct Booter {
     pub server_ip: Ipv4Addr,
     /// Extra words for the recovery kernel's command line.
     pub extra_cmdline: String,
+    /// Seconds between a waiting machine's polls (`--waiting-room-poll-secs`).
+    pub poll_secs: u32,
     /// The layer-2 view of the served interface.
     pub neighbours: Neighbours,
     /// Full DHCP mode: the lease pool (what binds an address to a MAC); `None` in proxy mode.
@@ -184,6 +189,7 @@ impl Booter {
             token: &token,
             image_ready: ready,
             extra_cmdline: &self.extra_cmdline,
+            poll_secs: self.poll_secs,
         };
         let text = match kind {
             BootConfigKind::Ipxe => boot::ipxe_script(&decision, &params),

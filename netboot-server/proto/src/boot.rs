@@ -24,6 +24,8 @@ pub struct BootParams<'a> {
     pub image_ready: bool,
     /// Extra kernel command-line words from the configuration.
     pub extra_cmdline: &'a str,
+    /// Seconds between a waiting machine's polls (the waiting room, no image yet).
+    pub poll_secs: u32,
 }
 
 /// The recovery kernel's command line. `initrd=` lets the EFI stub find the initrd under iPXE.
@@ -41,11 +43,13 @@ pub fn kernel_cmdline(p: &BootParams<'_>) -> String {
     s
 }
 
-const POLL_SECONDS: u32 = 30;
+/// The default of [`BootParams::poll_secs`].
+pub const POLL_SECONDS: u32 = 30;
 
 /// The iPXE script for decision `d`.
 pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
     let mac = p.mac;
+    let poll = p.poll_secs;
     let again = format!("{}/boot/{mac}.ipxe", p.http_base);
     match d {
         BootDecision::Payload | BootDecision::Restore if p.image_ready => format!(
@@ -66,9 +70,9 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
             "#!ipxe\n\
              echo unbrick: this machine ({mac}) will be repaired, but the server has no recovery image yet.\n\
              echo unbrick: the administrator must run: unbrick image build\n\
-             echo unbrick: checking again in {POLL_SECONDS} seconds\n\
+             echo unbrick: checking again in {poll} seconds\n\
              :poll\n\
-             sleep {POLL_SECONDS}\n\
+             sleep {poll}\n\
              chain --autofree {again} || goto poll\n"
         ),
         BootDecision::WaitingRoom { reason } => format!(
@@ -76,7 +80,7 @@ pub fn ipxe_script(d: &BootDecision, p: &BootParams<'_>) -> String {
              echo unbrick: {reason}\n\
              echo unbrick: this machine ({mac}) will be repaired automatically; leave it switched on.\n\
              :poll\n\
-             sleep {POLL_SECONDS}\n\
+             sleep {poll}\n\
              chain --autofree {again} || goto poll\n"
         ),
         BootDecision::LocalBoot | BootDecision::Ignore => format!(
@@ -168,15 +172,17 @@ pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
         }
         BootDecision::Payload | BootDecision::Restore => format!(
             "echo \"unbrick: {mac} will be repaired, but the server has no recovery image yet (unbrick image build)\"\n\
-             sleep {POLL_SECONDS}\n\
-             configfile /grub/host-{mac}.cfg\n"
+             sleep {}\n\
+             configfile /grub/host-{mac}.cfg\n",
+            p.poll_secs
         ),
         BootDecision::WaitingRoom { reason } => format!(
             "echo \"unbrick: {}\"\n\
              echo \"unbrick: this machine ({mac}) will be repaired automatically; leave it switched on.\"\n\
-             sleep {POLL_SECONDS}\n\
+             sleep {}\n\
              configfile /grub/host-{mac}.cfg\n",
-            reason.replace('"', "'")
+            reason.replace('"', "'"),
+            p.poll_secs
         ),
         BootDecision::LocalBoot | BootDecision::Ignore => format!(
             "echo \"unbrick: nothing to do for {mac}; booting from the local disk\"\n\
@@ -198,6 +204,7 @@ mod tests {
             token: "t0k",
             image_ready: ready,
             extra_cmdline: "unbrick.poweroff",
+            poll_secs: POLL_SECONDS,
         }
     }
 
@@ -222,6 +229,30 @@ mod tests {
         assert!(w.contains(":poll\nsleep 30\nchain --autofree http://10.99.0.1:8080/boot/52:54:00:12:34:56.ipxe || goto poll\n"));
         let f = ipxe_script(&BootDecision::Payload, &p(true));
         assert!(f.contains(":failed\n") && f.ends_with(".ipxe || goto failed\n"));
+    }
+
+    #[test]
+    fn the_waiting_room_polls_at_the_configured_interval() {
+        let q = BootParams {
+            poll_secs: 7,
+            ..p(true)
+        };
+        let wait = BootDecision::WaitingRoom {
+            reason: "waiting for wave 2".into(),
+        };
+        assert!(ipxe_script(&wait, &q).contains(":poll\nsleep 7\nchain --autofree "));
+        assert!(grub_config(&wait, &q)
+            .contains("sleep 7\nconfigfile /grub/host-52:54:00:12:34:56.cfg\n"));
+        let none = BootParams {
+            image_ready: false,
+            ..q
+        };
+        let s = ipxe_script(&BootDecision::Payload, &none);
+        assert!(
+            s.contains("checking again in 7 seconds") && s.contains("sleep 7\n"),
+            "{s}"
+        );
+        assert!(grub_config(&BootDecision::Payload, &none).contains("sleep 7\n"));
     }
 
     #[test]
