@@ -132,9 +132,11 @@ impl GuestSpec {
         // RDRAND, as on every x86 PC since 2012-2015: the kernel seeds its random pool from it
         // at boot. Without it (QEMU's default CPU model) the pool is ready only about a second
         // after boot under emulation, and the agent's first TLS handshake (getrandom) waits
-        // for it; a real machine does not.
+        // for it; a real machine does not. SSSE3/SSE4, AES-NI and the SHA extensions, as on
+        // the PCs being repaired: cryptsetup's BitLocker key derivation (a million SHA-256
+        // rounds) and dm-crypt's AES take them where the CPU has them.
         let mut args: Vec<String> = format!(
-            "-accel {} -cpu qemu64,+rdrand -m 1024 -smp 1 -nodefaults -display none -no-reboot -boot n -serial file:{} -uuid {uuid} -smbios type=1,serial={}",
+            "-accel {} -cpu qemu64,+rdrand,+ssse3,+sse4.1,+sse4.2,+popcnt,+aes,+pclmulqdq,+sha-ni -m 1024 -smp 1 -nodefaults -display none -no-reboot -boot n -serial file:{} -uuid {uuid} -smbios type=1,serial={}",
             self.accel,
             self.serial().display(),
             self.smbios_serial
