@@ -770,13 +770,7 @@ pub(crate) fn draft_rule(
         let mut q = format!("/api/v1/diagnosis/draft-rule?sha256={sha256}");
         if let Some(p) = path {
             q += "&path=";
-            for b in p.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    q.push(b as char);
-                } else {
-                    q += &format!("%{b:02X}");
-                }
-            }
+            q += &query::urlenc(p);
         }
         api.json("GET", &q, None)?
     } else {
@@ -792,17 +786,14 @@ pub(crate) fn draft_rule(
         serde_json::to_value(d)?
     };
     if let Some(o) = hosts_out {
+        let hosts = v["hosts"].as_array().map(Vec::as_slice).unwrap_or_default();
         let mut list = String::new();
-        for h in v["hosts"].as_array().into_iter().flatten() {
+        for h in hosts {
             list += h.as_str().unwrap_or_default();
             list.push('\n');
         }
         std::fs::write(o, list).map_err(|e| Fail(format!("{}: {e}", o.display())))?;
-        eprintln!(
-            "wrote {} ({} host(s))",
-            o.display(),
-            v["hosts"].as_array().map_or(0, Vec::len)
-        );
+        eprintln!("wrote {} ({} host(s))", o.display(), hosts.len());
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);

@@ -672,14 +672,7 @@ impl DiagnosisPage {
 
     /// A query-string value, percent-encoded.
     fn urlenc(&self, v: &str) -> String {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
+        query::urlenc(v)
     }
 }
 

@@ -280,6 +280,18 @@ pub struct ReportRow {
     pub rotate_bitlocker_key: bool,
 }
 
+/// `v` as a query-string value: every byte but RFC 3986's unreserved ones percent-encoded.
+pub fn urlenc(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Unix seconds (as the agent reports file and dump times; before 1970 reads as 1970) as
 /// [`iso`].
 pub fn iso_secs(unix: i64) -> String {

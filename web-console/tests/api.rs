@@ -2296,16 +2296,7 @@ async fn a_draft_for_many_hosts_passes_them_in_a_file() {
             })
             .unwrap();
     }
-    let q = path
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect::<String>();
+    let q = web_console::query::urlenc(path);
     let (s, _, b) = send(
         &t,
         get(
