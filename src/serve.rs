@@ -470,6 +470,16 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
             "{e} (the trusted signing key; `unbrick init` writes it)"
         ))
     })?;
+    // The flag's range holds for the configuration file too: 0 would make a waiting fleet
+    // ask without pause.
+    let poll_secs = s
+        .waiting_room_poll_secs
+        .unwrap_or(netboot_server::booter::WAITING_ROOM_POLL_SECS);
+    if !(5..=600).contains(&poll_secs) {
+        return Err(Fail(format!(
+            "waiting_room_poll_secs = {poll_secs}: must be 5 to 600 seconds"
+        )));
+    }
     // Every field below has a built-in default (settings::Settings::defaults).
     let cfg = ServerConfig {
         interface,
@@ -494,9 +504,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         trusted_key: trusted,
         max_tftp_transfers: s.max_tftp_transfers.unwrap_or_default(),
         idle_timeout: Duration::from_secs(s.idle_timeout_secs.unwrap_or_default()),
-        waiting_room_poll_secs: s
-            .waiting_room_poll_secs
-            .unwrap_or(netboot_server::booter::WAITING_ROOM_POLL_SECS),
+        waiting_room_poll_secs: poll_secs,
         token_lifetime: Duration::from_secs(s.token_lifetime_mins.unwrap_or_default() * 60),
         max_hosts: s
             .max_hosts

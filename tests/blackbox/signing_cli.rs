@@ -235,6 +235,17 @@ fn rules_sign_verify_and_tamper() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `unbrick serve ARGS` in the lab, which must refuse to start (exit code 2): its error.
+fn refused(lab: &Lab, args: &str) -> String {
+    let o = lab.exec(&format!(
+        "{} serve --data-dir {} {args}",
+        unbrick(),
+        lab.data().display()
+    ));
+    assert_eq!(o.status.code(), Some(2), "{args}");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 #[test]
 fn server_refuses_to_start_with_a_tampered_image() {
     let mut lab = Lab::new("tp");
@@ -274,7 +285,7 @@ fn server_refuses_to_start_with_a_tampered_image() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    // Clear one-line errors for configuration mistakes.
+    // Clear one-line errors for configuration mistakes: exit code 2 and the reason.
     std::fs::write(&rules, doc).unwrap();
     for (args, expect) in [
         (
@@ -287,17 +298,21 @@ fn server_refuses_to_start_with_a_tampered_image() {
         ),
         ("--interface br0 --dhcp full", "needs --pool"),
     ] {
-        let o = lab.exec(&format!(
-            "{} serve --data-dir {} {args}",
-            unbrick(),
-            lab.data().display()
-        ));
-        assert_eq!(o.status.code(), Some(2), "{args}");
-        assert!(
-            String::from_utf8_lossy(&o.stderr).contains(expect),
-            "{args}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let err = refused(&lab, args);
+        assert!(err.contains(expect), "{args}: {err}");
+    }
+    // The waiting room's poll interval keeps its range in the configuration file too.
+    let conf = lab.data().join("unbrick.toml");
+    let kept = std::fs::read(&conf).ok();
+    std::fs::write(&conf, "[serve]\nwaiting_room_poll_secs = 0\n").unwrap();
+    let err = refused(&lab, "--interface br0 --dhcp off");
+    assert!(
+        err.contains("waiting_room_poll_secs = 0: must be 5 to 600 seconds"),
+        "{err}"
+    );
+    match kept {
+        Some(k) => std::fs::write(&conf, k).unwrap(),
+        None => std::fs::remove_file(&conf).unwrap(),
     }
     // A port in use.
     let hold = lab.dir.join("hold.log");
@@ -312,13 +327,7 @@ fn server_refuses_to_start_with_a_tampered_image() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let o = lab.exec(&format!(
-        "{} serve --data-dir {} --interface br0 --dhcp off",
-        unbrick(),
-        lab.data().display()
-    ));
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = refused(&lab, "--interface br0 --dhcp off");
     assert!(
         err.contains("port 8080 on 10.99.0.1 is already in use"),
         "{err}"
