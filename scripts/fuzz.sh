@@ -5,7 +5,6 @@
 #
 #   bash scripts/fuzz.sh            every target for 30 s, one per core (what the test command runs)
 #   FUZZ_SECS=600 bash scripts/fuzz.sh dhcp tftp    longer runs of some targets
-#   FUZZ_BUILD_ONLY=1 bash scripts/fuzz.sh          build the targets, run nothing
 #
 # Each run starts from the committed corpus (fuzz/corpus/TARGET) and writes what it finds to a
 # scratch directory, so the tree is not changed; FUZZ_KEEP=1 merges new inputs into the committed
@@ -24,7 +23,6 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 # --target keeps the coverage flags off build scripts and proc-macros.
 cargo build --locked --release --target "$triple" --bins -q
-[ "${FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 bin=target/$triple/release
 
 scratch=$(mktemp -d)
