@@ -56,9 +56,12 @@ fn number(v: &Value) -> Option<u64> {
     }
 }
 
+/// At most `2 * MAX_SHORT` characters, without control characters and without the
+/// left-to-right and right-to-left marks (U+200E, U+200F) Windows puts around the parts of a
+/// localized date ("\u{200e}8/\u{200e}25/\u{200e}2015" in a real 6008 event).
 fn short(s: &str) -> String {
     s.chars()
-        .filter(|c| !c.is_control())
+        .filter(|c| !c.is_control() && !matches!(c, '\u{200e}' | '\u{200f}'))
         .take(fleet::agent::MAX_SHORT * 2)
         .collect()
 }
@@ -135,9 +138,27 @@ fn event_of(record: &Value, time_unix: i64) -> Option<LogEvent> {
             }
         }
         _ => {
-            if let Some(t) = data.get("Data").and_then(text) {
-                e.detail = short(&format!("previous shutdown at {t}"));
-            }
+            // "The previous system shutdown at %1 on %2 was unexpected": the time and the
+            // date (local, as the machine wrote them) are the first two Data items; the rest
+            // are internal.
+            let items: Vec<String> = match data.get("Data") {
+                Some(Value::Object(o)) => match o.get("#text") {
+                    Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
+                    Some(v) => text(v).into_iter().collect(),
+                    None => Vec::new(),
+                },
+                Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
+                Some(v) => text(v).into_iter().collect(),
+                None => Vec::new(),
+            };
+            let item = |i: usize| items.get(i).map(|s| short(s.trim())).unwrap_or_default();
+            e.detail = match (item(0), item(1)) {
+                (t, d) if !t.is_empty() && !d.is_empty() => {
+                    short(&format!("previous shutdown at {t} on {d} (local time)"))
+                }
+                (t, _) if !t.is_empty() => short(&format!("previous shutdown at {t}")),
+                _ => String::new(),
+            };
         }
     }
     Some(e)
@@ -233,7 +254,25 @@ mod tests {
             "EventData": {"Data": {"#text": ["04:09:12", "19/07/2024", "", "", "1234", "", ""]}}}});
         let e = event_of(&ul, 1).unwrap();
         assert_eq!(e.kind, "unexpected-shutdown");
-        assert!(e.detail.contains("04:09:12 19/07/2024"), "{}", e.detail);
+        assert_eq!(
+            e.detail,
+            "previous shutdown at 04:09:12 on 19/07/2024 (local time)"
+        );
+        // One Data item (a log that kept only the time), none, and Data as a plain array.
+        let mut one = ul.clone();
+        one["Event"]["EventData"]["Data"] = json!({"#text": "04:09:12"});
+        assert_eq!(
+            event_of(&one, 1).unwrap().detail,
+            "previous shutdown at 04:09:12"
+        );
+        one["Event"]["EventData"] = json!({});
+        assert_eq!(event_of(&one, 1).unwrap().detail, "");
+        one["Event"]["EventData"]["Data"] =
+            json!(["1:00:00 AM", "\u{200e}7/\u{200e}19/\u{200e}2024"]);
+        assert_eq!(
+            event_of(&one, 1).unwrap().detail,
+            "previous shutdown at 1:00:00 AM on 7/19/2024 (local time)"
+        );
 
         // Others, and records without the fields, are not events of interest.
         let other = json!({"Event": {"System": {
@@ -309,5 +348,57 @@ mod tests {
             let s = scan("cut".into(), b[..cut].to_vec());
             assert!(s.records < 1881, "{cut:#x}: {s:?}");
         }
+    }
+
+    /// A real System log of a machine that lost power twice (github.com/log2timeline/plaso,
+    /// `test_data/evtx/System.evtx`, Apache-2.0; testdata/evtx/README.md): 5,009 records of
+    /// August 2015 among which two Kernel-Power 41 events without a bugcheck (18:08:30 on the
+    /// 8th and 15:40:40 on the 25th, UTC) and one EventLog 6008 (13:41:19 on the 25th) whose
+    /// Data carries the time and the date of the lost shutdown as Windows wrote them, the date
+    /// with left-to-right marks. All three are found, newest first, and read as Windows would
+    /// show them.
+    #[test]
+    fn a_real_system_log_of_a_machine_that_lost_power() {
+        let b = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/evtx/plaso-System.evtx"
+        ))
+        .unwrap();
+        let s = scan(r"Windows\System32\winevt\Logs\System.evtx".into(), b);
+        assert_eq!(s.error, None);
+        assert_eq!((s.records, s.unreadable), (5009, 0), "{s:?}");
+        let seen: Vec<(&str, u32, i64, Option<&str>, &str)> = s
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.kind.as_str(),
+                    e.event_id,
+                    e.time_unix,
+                    e.bugcheck.as_deref(),
+                    e.detail.as_str(),
+                )
+            })
+            .collect();
+        let cold = "no bugcheck was recorded (power lost, hung, or reset)";
+        assert_eq!(
+            seen,
+            [
+                // 2015-08-25T15:40:40Z
+                ("kernel-power", 41, 1_440_517_240, None, cold),
+                // 2015-08-25T13:41:19Z
+                (
+                    "unexpected-shutdown",
+                    6008,
+                    1_440_510_079,
+                    None,
+                    "previous shutdown at 1:34:44 PM on 8/25/2015 (local time)"
+                ),
+                // 2015-08-08T18:08:30Z
+                ("kernel-power", 41, 1_439_057_310, None, cold),
+            ]
+        );
+        assert!(s.events.iter().all(|e| e.parameters.is_empty()));
+        assert_eq!(s.events[0].provider, "Microsoft-Windows-Kernel-Power");
     }
 }

@@ -48,7 +48,7 @@ fn disk(lab: &Lab, name: &str, crashing: bool) -> Disk {
             path: "Windows/System32/winevt/Logs/System.evtx".into(),
             data: std::fs::read(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/remediation-payload/testdata/evtx/system.evtx"
+                "/remediation-payload/testdata/evtx/plaso-System.evtx"
             ))
             .unwrap(),
             mtime: "2024-07-19 04:10:00 UTC".into(),
@@ -151,7 +151,28 @@ fn a_scan_names_the_bad_file_and_its_drafted_rule_quarantines_only_it() {
         assert_eq!(h["host"]["state"], "needs-attention", "{m}: {h}");
         let log = &r["volumes"][0]["event_log"];
         if i == 0 {
-            assert_eq!(log["records"], 1881, "the real System.evtx: {h}");
+            // The real System.evtx of a machine that lost power (plaso's test data).
+            assert_eq!(log["records"], 5009, "the real System.evtx: {h}");
+            let kinds: Vec<(&str, i64)> = log["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap(),
+                        e["time_unix"].as_i64().unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [
+                    ("kernel-power", 1_440_517_240),
+                    ("unexpected-shutdown", 1_440_510_079),
+                    ("kernel-power", 1_439_057_310)
+                ],
+                "{h}"
+            );
             assert_eq!(r["volumes"][0]["crash_dumps"][0]["driver"], "csagent.sys");
         } else {
             assert!(log.is_null(), "{h}");
@@ -182,6 +203,29 @@ fn a_scan_names_the_bad_file_and_its_drafted_rule_quarantines_only_it() {
     assert_eq!(suspect.len(), 1, "{v}");
     assert_eq!(suspect[0]["sha256"], bad_sha.as_str(), "{v}");
     assert_eq!(v["crashes"][0]["driver"], "csagent.sys", "{v}");
+    // The event log's groups: two power losses and one unexpected shutdown, on one host.
+    let groups: Vec<(&str, u64, u64)> = v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["kind"].as_str().unwrap(),
+                g["hosts"].as_u64().unwrap(),
+                g["events"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        groups.contains(&("kernel-power", 1, 2)) && groups.contains(&("unexpected-shutdown", 1, 1)),
+        "{v}"
+    );
+    assert!(
+        v["events"]
+            .to_string()
+            .contains("previous shutdown at 1:34:44 PM on 8/25/2015"),
+        "{v}"
+    );
     let draft = lab.dir.join("draft.json");
     let hosts_txt = lab.dir.join("hosts.txt");
     cli(
