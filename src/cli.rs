@@ -1,5 +1,6 @@
 //! The command line (clap): every command and flag of `unbrick`. Its names are a contract
 //! (checks and admins' scripts rely on them): extend, do not rename.
+use crate::settings::range;
 use clap::{Args, Parser, Subcommand};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -294,57 +295,57 @@ pub(crate) struct ServeArgs {
     pub(crate) router: Option<Ipv4Addr>,
     #[arg(long, env = "UNBRICK_DNS", value_delimiter = ',')]
     pub(crate) dns: Vec<Ipv4Addr>,
-    #[arg(long, env = "UNBRICK_LEASE_SECS")]
+    #[arg(long, env = "UNBRICK_LEASE_SECS", value_parser = clap::value_parser!(u32).range(range::i(range::LEASE_SECS)))]
     pub(crate) lease_secs: Option<u32>,
-    #[arg(long, env = "UNBRICK_HTTP_PORT")]
+    #[arg(long, env = "UNBRICK_HTTP_PORT", value_parser = clap::value_parser!(u16).range(range::i(range::PORT)))]
     pub(crate) http_port: Option<u16>,
     /// HTTPS port: agent API (certificate pinned by the agent), console and admin API.
-    #[arg(long, env = "UNBRICK_HTTPS_PORT")]
+    #[arg(long, env = "UNBRICK_HTTPS_PORT", value_parser = clap::value_parser!(u16).range(range::i(range::PORT)))]
     pub(crate) https_port: Option<u16>,
     /// Hand out the payload only to hosts an admin approved.
     #[arg(long, env = "UNBRICK_REQUIRE_APPROVAL")]
     pub(crate) require_approval: bool,
-    #[arg(long, env = "UNBRICK_TFTP_PORT")]
+    #[arg(long, env = "UNBRICK_TFTP_PORT", value_parser = clap::value_parser!(u16).range(range::i(range::PORT)))]
     pub(crate) tftp_port: Option<u16>,
     /// Close an HTTP/HTTPS connection after this many seconds without traffic (default 60).
-    #[arg(long, env = "UNBRICK_IDLE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    #[arg(long, env = "UNBRICK_IDLE_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(range::u(range::IDLE_TIMEOUT_SECS)))]
     pub(crate) idle_timeout_secs: Option<u64>,
     /// A machine on the waiting-room screen (its wave not open yet, held, no image yet) asks
     /// again after this many seconds (default 30): shorter starts a wave sooner, longer means
     /// fewer requests from a large waiting fleet.
-    #[arg(long, env = "UNBRICK_WAITING_ROOM_POLL_SECS", value_parser = clap::value_parser!(u32).range(5..=600))]
+    #[arg(long, env = "UNBRICK_WAITING_ROOM_POLL_SECS", value_parser = clap::value_parser!(u32).range(range::i(range::WAITING_ROOM_POLL_SECS)))]
     pub(crate) waiting_room_poll_secs: Option<u32>,
     /// A per-boot token is valid this many minutes (default 120), and ends with the run's
     /// final report.
-    #[arg(long, env = "UNBRICK_TOKEN_LIFETIME_MINS", value_parser = clap::value_parser!(u64).range(5..=720))]
+    #[arg(long, env = "UNBRICK_TOKEN_LIFETIME_MINS", value_parser = clap::value_parser!(u64).range(range::u(range::TOKEN_LIFETIME_MINS)))]
     pub(crate) token_lifetime_mins: Option<u64>,
     /// A management controller must answer each request within this many seconds (default 10).
-    #[arg(long, env = "UNBRICK_BMC_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(1..=120))]
+    #[arg(long, env = "UNBRICK_BMC_TIMEOUT_SECS", value_parser = clap::value_parser!(u64).range(range::u(range::BMC_TIMEOUT_SECS)))]
     pub(crate) bmc_timeout_secs: Option<u64>,
     /// Attempts of a controller operation that failed in a way that may pass (unreachable, no
     /// answer, 5xx), with backoff 2 s, 4 s, ... (default 3).
-    #[arg(long, env = "UNBRICK_BMC_ATTEMPTS", value_parser = clap::value_parser!(u32).range(1..=10))]
+    #[arg(long, env = "UNBRICK_BMC_ATTEMPTS", value_parser = clap::value_parser!(u32).range(range::i(range::BMC_ATTEMPTS)))]
     pub(crate) bmc_attempts: Option<u32>,
     /// At most this many host records (default 100000): an unknown network-booting MAC beyond
     /// it gets no record; a warning comes near it.
-    #[arg(long, env = "UNBRICK_MAX_HOSTS", value_parser = clap::value_parser!(u64).range(10..=10_000_000))]
+    #[arg(long, env = "UNBRICK_MAX_HOSTS", value_parser = clap::value_parser!(u64).range(range::u(range::MAX_HOSTS)))]
     pub(crate) max_hosts: Option<u64>,
     /// Unknown network-booting MACs made host records per second at most (default 200, bursts
     /// of ten times as many): a flood of spoofed MACs does not fill the store.
-    #[arg(long, env = "UNBRICK_NEW_HOSTS_PER_SEC", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    #[arg(long, env = "UNBRICK_NEW_HOSTS_PER_SEC", value_parser = clap::value_parser!(u32).range(range::i(range::NEW_HOSTS_PER_SEC)))]
     pub(crate) new_hosts_per_sec: Option<u32>,
     /// MiB kept free on the data directory's file system (default 64): below it the store
     /// refuses writes (agents get 503, full-mode DHCP no ACK, the console says "disk full")
     /// and goes on by itself once space is freed.
-    #[arg(long, env = "UNBRICK_STORE_RESERVE_MB", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, env = "UNBRICK_STORE_RESERVE_MB", value_parser = clap::value_parser!(u64).range(range::u(range::STORE_RESERVE_MB)))]
     pub(crate) store_reserve_mb: Option<u64>,
     /// MiB of memory the store may keep as a page cache (default 64). More makes console
     /// pages of a large fleet faster; the server's memory stays bounded either way.
-    #[arg(long, env = "UNBRICK_STORE_CACHE_MB", value_parser = clap::value_parser!(u64).range(4..=65_536))]
+    #[arg(long, env = "UNBRICK_STORE_CACHE_MB", value_parser = clap::value_parser!(u64).range(range::u(range::STORE_CACHE_MB)))]
     pub(crate) store_cache_mb: Option<u64>,
     /// Events kept per host timeline (default 2000): older ones go, summarised in one event;
     /// the audit log keeps every admin action and key release whatever this says.
-    #[arg(long, env = "UNBRICK_EVENTS_PER_HOST", value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    #[arg(long, env = "UNBRICK_EVENTS_PER_HOST", value_parser = clap::value_parser!(u64).range(range::u(range::EVENTS_PER_HOST)))]
     pub(crate) events_per_host: Option<u64>,
     /// UEFI clients get snponly.efi instead of shim (only where Secure Boot is off everywhere).
     #[arg(long, env = "UNBRICK_SECURE_BOOT_OFF")]

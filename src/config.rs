@@ -102,7 +102,13 @@ pub(crate) struct ConfigFile {
 impl ConfigFile {
     pub(crate) fn load(path: &Path) -> Result<Self, String> {
         match std::fs::read_to_string(path) {
-            Ok(s) => toml::from_str(&s).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(s) => {
+                let c: Self = toml::from_str(&s).map_err(|e| format!("{}: {e}", path.display()))?;
+                c.serve
+                    .check()
+                    .map_err(|e| format!("{}: [serve] {e}", path.display()))?;
+                Ok(c)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(format!("{}: {e}", path.display())),
         }

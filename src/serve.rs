@@ -470,16 +470,10 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
             "{e} (the trusted signing key; `unbrick init` writes it)"
         ))
     })?;
-    // The flag's range holds for the configuration file too: 0 would make a waiting fleet
-    // ask without pause.
+    // Ranges: the flags' through clap, the configuration file's in ConfigFile::load.
     let poll_secs = s
         .waiting_room_poll_secs
         .unwrap_or(netboot_server::booter::WAITING_ROOM_POLL_SECS);
-    if !(5..=600).contains(&poll_secs) {
-        return Err(Fail(format!(
-            "waiting_room_poll_secs = {poll_secs}: must be 5 to 600 seconds"
-        )));
-    }
     // Every field below has a built-in default (settings::Settings::defaults).
     let cfg = ServerConfig {
         interface,

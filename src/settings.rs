@@ -78,6 +78,38 @@ pub(crate) struct Settings {
     pub(crate) events_per_host: Option<u64>,
 }
 
+/// The range of each numeric setting, whichever layer sets it: the flags' parsers use these
+/// (clap refuses a flag out of range) and [`Settings::check`] holds the configuration file to
+/// them (a `0` there would otherwise pass: no TFTP transfers, a waiting fleet asking without
+/// pause, connections closed at once).
+pub(crate) mod range {
+    use std::ops::RangeInclusive;
+
+    /// A range as clap's parser of unsigned 64-bit flags takes it.
+    pub(crate) const fn u(r: (u64, u64)) -> RangeInclusive<u64> {
+        r.0..=r.1
+    }
+
+    /// A range as clap's parser of narrower flags takes it (all ends fit).
+    pub(crate) const fn i(r: (u64, u64)) -> RangeInclusive<i64> {
+        (r.0 as i64)..=(r.1 as i64)
+    }
+
+    pub(crate) const PORT: (u64, u64) = (1, 65_535);
+    pub(crate) const LEASE_SECS: (u64, u64) = (60, 31_536_000);
+    pub(crate) const MAX_TFTP_TRANSFERS: (u64, u64) = (1, 4096);
+    pub(crate) const IDLE_TIMEOUT_SECS: (u64, u64) = (1, 86_400);
+    pub(crate) const WAITING_ROOM_POLL_SECS: (u64, u64) = (5, 600);
+    pub(crate) const TOKEN_LIFETIME_MINS: (u64, u64) = (5, 720);
+    pub(crate) const BMC_TIMEOUT_SECS: (u64, u64) = (1, 120);
+    pub(crate) const BMC_ATTEMPTS: (u64, u64) = (1, 10);
+    pub(crate) const MAX_HOSTS: (u64, u64) = (10, 10_000_000);
+    pub(crate) const NEW_HOSTS_PER_SEC: (u64, u64) = (1, 100_000);
+    pub(crate) const STORE_RESERVE_MB: (u64, u64) = (1, 1_000_000);
+    pub(crate) const STORE_CACHE_MB: (u64, u64) = (4, 65_536);
+    pub(crate) const EVENTS_PER_HOST: (u64, u64) = (10, 1_000_000);
+}
+
 /// `a.or(b)` for every field: the first layer that sets a field wins.
 macro_rules! layered {
     ($a:ident, $b:ident: $($f:ident),*) => {
@@ -111,6 +143,54 @@ impl Settings {
             events_per_host: Some(fleet_service::fleetio::MAX_EVENTS_PER_HOST as u64),
             ..Self::default()
         }
+    }
+
+    /// Every numeric field that is set lies in its [`range`]; the first that does not is named
+    /// with its key, its value and the range (`idle_timeout_secs = 0: must be 1 to 86400
+    /// seconds`).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        fn wide<T: TryInto<u64>>(v: T) -> u64 {
+            v.try_into().unwrap_or(u64::MAX)
+        }
+        macro_rules! ranged {
+            ($($f:ident => $r:expr),* $(,)?) => {$(
+                if let Some(v) = self.$f {
+                    let r = range::u($r);
+                    if !r.contains(&wide(v)) {
+                        let key = stringify!($f);
+                        let unit = match key.rsplit('_').next() {
+                            Some("secs") => " seconds",
+                            Some("mins") => " minutes",
+                            Some("mb") => " MiB",
+                            _ => "",
+                        };
+                        return Err(format!(
+                            "{key} = {v}: must be {} to {}{unit}",
+                            r.start(),
+                            r.end()
+                        ));
+                    }
+                }
+            )*};
+        }
+        ranged!(
+            http_port => range::PORT,
+            https_port => range::PORT,
+            tftp_port => range::PORT,
+            lease_secs => range::LEASE_SECS,
+            max_tftp_transfers => range::MAX_TFTP_TRANSFERS,
+            idle_timeout_secs => range::IDLE_TIMEOUT_SECS,
+            waiting_room_poll_secs => range::WAITING_ROOM_POLL_SECS,
+            token_lifetime_mins => range::TOKEN_LIFETIME_MINS,
+            bmc_timeout_secs => range::BMC_TIMEOUT_SECS,
+            bmc_attempts => range::BMC_ATTEMPTS,
+            max_hosts => range::MAX_HOSTS,
+            new_hosts_per_sec => range::NEW_HOSTS_PER_SEC,
+            store_reserve_mb => range::STORE_RESERVE_MB,
+            store_cache_mb => range::STORE_CACHE_MB,
+            events_per_host => range::EVENTS_PER_HOST,
+        );
+        Ok(())
     }
 
     /// This layer with every unset field taken from `lower`.
@@ -162,6 +242,55 @@ mod tests {
             let e = toml::from_str::<Settings>(toml).unwrap_err().to_string();
             assert!(e.contains(want), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn every_ranged_key_is_held_to_its_range() {
+        for (toml, want) in [
+            (
+                "idle_timeout_secs = 0",
+                "idle_timeout_secs = 0: must be 1 to 86400 seconds",
+            ),
+            (
+                "waiting_room_poll_secs = 4",
+                "waiting_room_poll_secs = 4: must be 5 to 600 seconds",
+            ),
+            (
+                "token_lifetime_mins = 721",
+                "token_lifetime_mins = 721: must be 5 to 720 minutes",
+            ),
+            (
+                "max_tftp_transfers = 0",
+                "max_tftp_transfers = 0: must be 1 to 4096",
+            ),
+            (
+                "store_cache_mb = 1",
+                "store_cache_mb = 1: must be 4 to 65536 MiB",
+            ),
+            ("http_port = 0", "http_port = 0: must be 1 to 65535"),
+            (
+                "lease_secs = 10",
+                "lease_secs = 10: must be 60 to 31536000 seconds",
+            ),
+            (
+                "max_hosts = 9223372036854775807",
+                "max_hosts = 9223372036854775807: must be 10 to 10000000",
+            ),
+            ("bmc_attempts = 11", "bmc_attempts = 11: must be 1 to 10"),
+        ] {
+            let s: Settings = toml::from_str(toml).unwrap();
+            assert_eq!(s.check(), Err(want.to_string()), "{toml}");
+        }
+        // The ends of a range are in it; the defaults and an empty layer pass.
+        for toml in [
+            "idle_timeout_secs = 1\nwaiting_room_poll_secs = 600",
+            "tftp_port = 65535",
+            "",
+        ] {
+            let s: Settings = toml::from_str(toml).unwrap();
+            assert_eq!(s.check(), Ok(()), "{toml}");
+        }
+        assert_eq!(Settings::defaults().check(), Ok(()));
     }
 
     /// The commented template `unbrick init` writes shows the same defaults as the code.

@@ -301,15 +301,33 @@ fn server_refuses_to_start_with_a_tampered_image() {
         let err = refused(&lab, args);
         assert!(err.contains(expect), "{args}: {err}");
     }
-    // The waiting room's poll interval keeps its range in the configuration file too.
+    // The flags' ranges hold in the configuration file too (settings::range), named with the file.
     let conf = lab.data().join("unbrick.toml");
     let kept = std::fs::read(&conf).ok();
-    std::fs::write(&conf, "[serve]\nwaiting_room_poll_secs = 0\n").unwrap();
-    let err = refused(&lab, "--interface br0 --dhcp off");
-    assert!(
-        err.contains("waiting_room_poll_secs = 0: must be 5 to 600 seconds"),
-        "{err}"
-    );
+    for (file, expect) in [
+        (
+            "waiting_room_poll_secs = 0",
+            "[serve] waiting_room_poll_secs = 0: must be 5 to 600 seconds",
+        ),
+        (
+            "idle_timeout_secs = 0",
+            "[serve] idle_timeout_secs = 0: must be 1 to 86400 seconds",
+        ),
+        (
+            "max_tftp_transfers = 0",
+            "[serve] max_tftp_transfers = 0: must be 1 to 4096",
+        ),
+    ] {
+        std::fs::write(&conf, format!("[serve]\n{file}\n")).unwrap();
+        let err = refused(&lab, "--interface br0 --dhcp off");
+        assert!(
+            err.contains(expect) && err.contains("unbrick.toml"),
+            "{file}: {err}"
+        );
+    }
+    // A flag out of range is refused by its parser, before anything is read.
+    let err = refused(&lab, "--interface br0 --dhcp off --lease-secs 5");
+    assert!(err.contains("5 is not in 60..=31536000"), "{err}");
     match kept {
         Some(k) => std::fs::write(&conf, k).unwrap(),
         None => std::fs::remove_file(&conf).unwrap(),
