@@ -304,6 +304,41 @@ pub fn in_parallel<R: Send>(
     })
 }
 
+/// The marker that ends a module with an appended signature (`scripts/sign-file` output).
+pub const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
+
+/// Drops a module's appended signature (the PKCS#7 blob, the 12-byte `struct
+/// module_signature` that gives its length, and the marker), leaving the ELF image as it was
+/// before signing. Returns whether there was one; a malformed trailer (length beyond the file)
+/// is left as it is, for the kernel to judge.
+pub fn strip_signature(module: &mut Vec<u8>) -> bool {
+    let n = module.len();
+    if n < SIGNATURE_MARKER.len() + 12 || !module.ends_with(SIGNATURE_MARKER) {
+        return false;
+    }
+    let info = n - SIGNATURE_MARKER.len() - 12;
+    let sig_len = u32::from_be_bytes([
+        module[info + 8],
+        module[info + 9],
+        module[info + 10],
+        module[info + 11],
+    ]) as usize;
+    match info.checked_sub(sig_len) {
+        Some(end) => {
+            module.truncate(end);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether the running kernel loads a module without a signature: it is not locked down (the
+/// `lockdown` file says `none`; Debian's kernel locks itself down under Secure Boot) and
+/// `module.sig_enforce` is off. Anything unknown counts as no.
+pub fn signatures_optional(lockdown: Option<&str>, sig_enforce: Option<&str>) -> bool {
+    lockdown == Some("none") && sig_enforce == Some("N")
+}
+
 /// Names from `modules.builtin` (built into the kernel: nothing to load).
 pub fn parse_builtin(text: &str) -> BTreeSet<String> {
     text.lines()
@@ -315,6 +350,98 @@ pub fn parse_builtin(text: &str) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_appended_signature_is_dropped_and_nothing_else() {
+        let elf = b"\x7fELF the module's image".to_vec();
+        let sig = vec![0x30u8; 103];
+        let mut signed = elf.clone();
+        signed.extend_from_slice(&sig);
+        // algo, hash, id_type (2 = PKCS#7), signer_len, key_id_len, pad[3], sig_len (BE)
+        signed.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+        signed.extend_from_slice(&(sig.len() as u32).to_be_bytes());
+        signed.extend_from_slice(SIGNATURE_MARKER);
+        let mut m = signed.clone();
+        assert!(strip_signature(&mut m));
+        assert_eq!(m, elf);
+        // Unsigned: untouched.
+        let mut m = elf.clone();
+        assert!(!strip_signature(&mut m));
+        assert_eq!(m, elf);
+        // A length beyond the file, a marker alone, or a cut trailer: untouched.
+        let mut bad = signed.clone();
+        let at = bad.len() - SIGNATURE_MARKER.len() - 4;
+        bad[at..at + 4].copy_from_slice(&100_000u32.to_be_bytes());
+        let mut m = bad.clone();
+        assert!(!strip_signature(&mut m));
+        assert_eq!(m, bad);
+        for short in [
+            SIGNATURE_MARKER.to_vec(),
+            signed[signed.len() - 35..].to_vec(),
+        ] {
+            let mut m = short.clone();
+            assert!(!strip_signature(&mut m));
+            assert_eq!(m, short);
+        }
+    }
+
+    /// A real module of the image's kernel, where one is at hand: signed by Debian, its
+    /// stripped image is an ELF file that ends where the PKCS#7 blob began.
+    #[test]
+    fn a_real_debian_module_loses_exactly_its_signature() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/kernel/root/lib/modules"
+        );
+        let Some(ko) = std::fs::read_dir(dir)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| {
+                let p = e.ok()?.path().join("kernel/fs/efivarfs/efivarfs.ko.xz");
+                p.exists().then_some(p)
+            })
+        else {
+            eprintln!("no Debian kernel under {dir}: scripts/install-deps.sh fetches it");
+            return;
+        };
+        let out = std::process::Command::new("xz")
+            .arg("-dc")
+            .arg(&ko)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let mut m = out.stdout.clone();
+        assert!(strip_signature(&mut m));
+        assert!(m.starts_with(b"\x7fELF"));
+        // What was cut is a DER blob (Debian's build key: ECDSA, ~100 bytes), its info block
+        // and the marker, nothing more: the ELF section headers end inside what is left.
+        let cut = out.stdout.len() - m.len();
+        assert!((40 + 64..40 + 1024).contains(&cut), "{cut} bytes cut");
+        assert_eq!(
+            out.stdout[m.len()],
+            0x30,
+            "a DER SEQUENCE starts the signature"
+        );
+        let u = |at: usize, n: usize| {
+            m[at..at + n]
+                .iter()
+                .rev()
+                .fold(0usize, |a, b| (a << 8) | *b as usize)
+        };
+        let (shoff, shentsize, shnum) = (u(0x28, 8), u(0x3a, 2), u(0x3c, 2));
+        assert!(shoff + shentsize * shnum <= m.len());
+        assert!(!m.ends_with(SIGNATURE_MARKER));
+    }
+
+    #[test]
+    fn signatures_are_optional_only_without_lockdown_and_enforcement() {
+        assert!(signatures_optional(Some("none"), Some("N")));
+        assert!(!signatures_optional(Some("integrity"), Some("N")));
+        assert!(!signatures_optional(Some("confidentiality"), Some("N")));
+        assert!(!signatures_optional(Some("none"), Some("Y")));
+        assert!(!signatures_optional(None, Some("N")));
+        assert!(!signatures_optional(Some("none"), None));
+    }
 
     #[test]
     fn independent_modules_load_together_and_dependents_after_their_dependencies() {

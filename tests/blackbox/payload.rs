@@ -326,6 +326,22 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         );
     }
 
+    // Module signatures: dropped where the kernel is not locked down (it would check them for
+    // nothing), checked by the kernel under Secure Boot; either way every module loaded.
+    for (i, (name, fw, ..)) in specs.iter().enumerate() {
+        let line = serials[i]
+            .lines()
+            .find(|l| l.contains("modules in the image loaded"))
+            .unwrap_or_else(|| panic!("{name}: no modules line:\n{}", serials[i]));
+        let want = if matches!(fw, Firmware::UefiSb) {
+            "signatures checked by the kernel, lockdown integrity"
+        } else {
+            "no lockdown: loaded without their signatures"
+        };
+        assert!(line.contains(want), "{name}: {line}");
+        assert!(!line.contains("EKEYREJECTED"), "{name}: {line}");
+    }
+
     // grub (shim's chain) first tries kernel and initrd over HTTP. Debian 12's signed
     // grubnetx64 has no `http` module (its strings hold none of http.mod's: no "HTTP/1.1", no
     // "Content-Length"), so it says "disk not found" at once and the configuration falls back to
