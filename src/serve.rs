@@ -470,6 +470,9 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
             "{e} (the trusted signing key; `unbrick init` writes it)"
         ))
     })?;
+    let extra_cmdline = s.kernel_cmdline.clone().unwrap_or_default();
+    netboot_server::booter::check_extra_cmdline(&extra_cmdline)
+        .map_err(|e| Fail(format!("kernel command line: {e}")))?;
     // Ranges: the flags' through clap, the configuration file's in ConfigFile::load.
     let poll_secs = s
         .waiting_room_poll_secs
@@ -492,7 +495,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<(), Fail> {
         tftp_port: s.tftp_port.unwrap_or_default(),
         dhcp_ports,
         secure_boot_off: s.secure_boot_off.unwrap_or_default(),
-        extra_cmdline: s.kernel_cmdline.clone().unwrap_or_default(),
+        extra_cmdline,
         image_dir: d.image(),
         rules_dir: d.rules(),
         trusted_key: trusted,

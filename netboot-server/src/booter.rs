@@ -29,6 +29,7 @@ pub fn token_digest(token: &str) -> String {
     ))
 }
 
+pub use netboot_proto::boot::check_extra_cmdline;
 /// The default seconds between a waiting machine's polls.
 pub use netboot_proto::boot::POLL_SECONDS as WAITING_ROOM_POLL_SECS;
 

@@ -304,6 +304,84 @@ pub fn in_parallel<R: Send>(
     })
 }
 
+/// What the kernel command line says about loadable modules, as `modprobe` reads it from
+/// `/proc/cmdline` (the kernel applies `module.param=value` only to built-in code; for a loadable
+/// module it is the loader's job): each module's parameters, and the modules not to load at all
+/// (`modprobe.blacklist=a,b`; the kernel's own `module_blacklist=` it enforces itself).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CmdlineOptions {
+    /// Module (canonical name) -> its parameters as `init_module` takes them (`p=v q=w`).
+    pub params: BTreeMap<String, String>,
+    /// Modules the command line says not to load (canonical names).
+    pub blacklist: BTreeSet<String>,
+}
+
+impl CmdlineOptions {
+    /// Reads the module options from a kernel command line. Words with `"` quotes keep their
+    /// spaces (`mod.p="a b"`); a word without a module part (`quiet`, `console=ttyS0`) or of
+    /// the agent's own (`unbrick.*`) is not an option.
+    pub fn parse(cmdline: &str) -> Self {
+        let mut out = Self::default();
+        for word in cmdline_words(cmdline) {
+            let (key, value) = match word.split_once('=') {
+                Some((k, v)) => (k, Some(v)),
+                None => (word.as_str(), None),
+            };
+            let Some((module, param)) = key.split_once('.') else {
+                continue;
+            };
+            if module.is_empty() || param.is_empty() || module == "unbrick" {
+                continue;
+            }
+            let module = canonical(module);
+            if module == "modprobe" {
+                if param == "blacklist" {
+                    out.blacklist.extend(
+                        value
+                            .unwrap_or("")
+                            .split(',')
+                            .filter(|m| !m.is_empty())
+                            .map(canonical),
+                    );
+                }
+                continue;
+            }
+            let one = match value {
+                Some(v) if v.contains(' ') => format!("{param}=\"{v}\""),
+                Some(v) => format!("{param}={v}"),
+                None => param.to_string(),
+            };
+            let e = out.params.entry(module).or_default();
+            if !e.is_empty() {
+                e.push(' ');
+            }
+            e.push_str(&one);
+        }
+        out
+    }
+}
+
+/// The words of a kernel command line, as the kernel splits it: at spaces, except inside `"`
+/// quotes, which are dropped.
+fn cmdline_words(cmdline: &str) -> Vec<String> {
+    let (mut words, mut cur, mut quoted) = (Vec::new(), String::new(), false);
+    for c in cmdline.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    words
+}
+
 /// The marker that ends a module with an appended signature (`scripts/sign-file` output).
 pub const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
 
@@ -350,6 +428,30 @@ pub fn parse_builtin(text: &str) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn module_options_come_from_the_command_line_as_modprobe_reads_them() {
+        let o = CmdlineOptions::parse(
+            "BOOT_IMAGE=/vmlinuz initrd=initrd.img console=ttyS0,115200n8 quiet \
+             usb-storage.delay_use=0 nvme_core.default_ps_max_latency_us=0 \
+             libata.force=1.00:noncq,2.00:nolpm usb_storage.quirks=0bc2:2320:u \
+             e1000e.SmartPowerDownEnable unbrick.server=http://10.99.0.1:8080 unbrick.poweroff \
+             mlx5_core.x=\"a b\" modprobe.blacklist=nouveau,r8169 .x=1 y.=2 =3",
+        );
+        let p = |m: &str| o.params.get(m).map(String::as_str);
+        assert_eq!(p("usb_storage"), Some("delay_use=0 quirks=0bc2:2320:u"));
+        assert_eq!(p("nvme_core"), Some("default_ps_max_latency_us=0"));
+        assert_eq!(p("libata"), Some("force=1.00:noncq,2.00:nolpm"));
+        assert_eq!(p("e1000e"), Some("SmartPowerDownEnable"));
+        assert_eq!(p("mlx5_core"), Some("x=\"a b\""));
+        // Not modules: the agent's own words, plain words, console=, empty halves.
+        assert_eq!(o.params.len(), 5, "{o:?}");
+        assert_eq!(
+            o.blacklist.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["nouveau", "r8169"]
+        );
+        assert_eq!(CmdlineOptions::parse(""), CmdlineOptions::default());
+    }
 
     #[test]
     fn an_appended_signature_is_dropped_and_nothing_else() {

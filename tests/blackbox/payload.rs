@@ -118,7 +118,16 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         initrd <= 8 * 1024 * 1024,
         "initramfs is {initrd} bytes compressed; the target is 8 MB"
     );
-    lab.serve("--dhcp full --pool 10.99.0.100-10.99.0.150 --kernel-cmdline unbrick.poweroff");
+    // usb_storage.delay_use=0: the agent hands module options on the command line to the
+    // module (as modprobe does); the USB stick is then used at once instead of after the
+    // kernel's default 1 s.
+    lab.serve_as(
+        &[
+            "env",
+            "UNBRICK_KERNEL_CMDLINE=unbrick.poweroff usb_storage.delay_use=0",
+        ],
+        "--dhcp full --pool 10.99.0.100-10.99.0.150",
+    );
 
     let bad = channel_file(3, 40_000);
     let bad2 = channel_file(5, 30_000);
@@ -340,6 +349,30 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
         };
         assert!(line.contains(want), "{name}: {line}");
         assert!(!line.contains("EKEYREJECTED"), "{name}: {line}");
+        // The option reached the module where it is loaded (only the USB guest has it), and the
+        // module took it: the stick's disk follows its detection without the default 1 s wait.
+        assert_eq!(
+            line.contains("options from the command line: usb_storage delay_use=0"),
+            matches!(fw, Firmware::UefiSb),
+            "{name}: {line}"
+        );
+        if matches!(fw, Firmware::UefiSb) {
+            let at = |what: &str| {
+                serials[i]
+                    .lines()
+                    .find(|l| l.contains(what))
+                    .and_then(|l| l.strip_prefix('['))
+                    .and_then(|l| l.split(']').next())
+                    .and_then(|t| t.trim().parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("{name}: no kernel line {what:?}:\n{}", serials[i]))
+            };
+            let waited = at("[sda] Attached SCSI disk") - at("USB Mass Storage device detected");
+            assert!(
+                waited < 0.9,
+                "{name}: the USB disk came {waited:.2} s after its detection (delay_use not taken?)"
+            );
+            eprintln!("{name}: USB disk attached {waited:.2} s after its detection");
+        }
     }
 
     // grub (shim's chain) first tries kernel and initrd over HTTP. Debian 12's signed

@@ -297,6 +297,10 @@ fn server_refuses_to_start_with_a_tampered_image() {
             "is not inside br0's subnet",
         ),
         ("--interface br0 --dhcp full", "needs --pool"),
+        (
+            "--interface br0 --dhcp off --kernel-cmdline unbrick.token=forged",
+            "kernel command line: \"unbrick.token=forged\": the server sets unbrick.token",
+        ),
     ] {
         let err = refused(&lab, args);
         assert!(err.contains(expect), "{args}: {err}");

@@ -43,6 +43,42 @@ pub fn kernel_cmdline(p: &BootParams<'_>) -> String {
     s
 }
 
+/// The longest extra command line taken (the kernel's own limit on x86 is 2,048 bytes, and
+/// the server's words take about 300).
+pub const MAX_EXTRA_CMDLINE: usize = 1024;
+
+/// Whether `extra` may be added to the recovery kernel's command line: it goes unquoted into
+/// iPXE scripts and grub configurations, so it is held to the characters kernel and module
+/// options use (letters, digits, `. _ - = , : / + @ % ~ *`, words separated by spaces), and it
+/// may not set what the server sets per boot (`initrd=`, `unbrick.server/api/token/mac`: a later
+/// word would win over the server's). The error names the first word at fault.
+pub fn check_extra_cmdline(extra: &str) -> Result<(), String> {
+    if extra.len() > MAX_EXTRA_CMDLINE {
+        return Err(format!(
+            "{} bytes; at most {MAX_EXTRA_CMDLINE}",
+            extra.len()
+        ));
+    }
+    for word in extra.split(' ').filter(|w| !w.is_empty()) {
+        if let Some(c) = word
+            .chars()
+            .find(|c| !c.is_ascii_alphanumeric() && !"._-=,:/+@%~*".contains(*c))
+        {
+            return Err(format!(
+                "{word:?}: {c:?} is not allowed (letters, digits and . _ - = , : / + @ % ~ * only)"
+            ));
+        }
+        let key = word.split('=').next().unwrap_or(word);
+        if matches!(
+            key,
+            "initrd" | "unbrick.server" | "unbrick.api" | "unbrick.token" | "unbrick.mac"
+        ) {
+            return Err(format!("{word:?}: the server sets {key} for each boot"));
+        }
+    }
+    Ok(())
+}
+
 /// The default of [`BootParams::poll_secs`].
 pub const POLL_SECONDS: u32 = 30;
 
@@ -194,6 +230,37 @@ pub fn grub_config(d: &BootDecision, p: &BootParams<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_command_lines_hold_only_option_words() {
+        for ok in [
+            "",
+            "unbrick.poweroff",
+            "usb_storage.delay_use=0 libata.force=1.00:noncq,2.00:nolpm",
+            "modprobe.blacklist=nouveau unbrick.dirty=skip unbrick.keywait=600 pci=nomsi",
+        ] {
+            assert_eq!(check_extra_cmdline(ok), Ok(()), "{ok}");
+        }
+        for (bad, want) in [
+            ("quiet\nkernel http://evil/x", "'\\n' is not allowed"),
+            ("a=$x", "'$' is not allowed"),
+            ("a;reboot", "';' is not allowed"),
+            ("x=\"a b\"", "'\"' is not allowed"),
+            ("unbrick.token=forged", "the server sets unbrick.token"),
+            ("initrd=/other.img", "the server sets initrd"),
+            (
+                "unbrick.server=http://10.0.0.9:8080",
+                "the server sets unbrick.server",
+            ),
+        ] {
+            let e = check_extra_cmdline(bad).unwrap_err();
+            assert!(e.contains(want), "{bad:?}: {e}");
+        }
+        let long = "a".repeat(MAX_EXTRA_CMDLINE + 1);
+        assert!(check_extra_cmdline(&long)
+            .unwrap_err()
+            .contains("at most 1024"));
+    }
 
     fn p(ready: bool) -> BootParams<'static> {
         BootParams {

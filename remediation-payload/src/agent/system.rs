@@ -127,6 +127,11 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
         lockdown.as_deref(),
         read_trim("/sys/module/module/parameters/sig_enforce").as_deref(),
     );
+    // Module options from the kernel command line (`usb_storage.delay_use=0`,
+    // `modprobe.blacklist=...`), which the admin sets with `serve --kernel-cmdline`.
+    let opts = crate::modules::CmdlineOptions::parse(
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    );
     let order: Vec<String> = cfg.modules.iter().map(|(n, _)| n.clone()).collect();
     let paths: std::collections::BTreeMap<&str, &str> = cfg
         .modules
@@ -146,7 +151,14 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
             done.extend(todo.iter().cloned());
             for (m, (r, took)) in crate::modules::in_parallel(&todo, &cfg.deps, |m| {
                 let t = Instant::now();
-                (load_one(&base, paths.get(m).copied(), strip), t.elapsed())
+                if opts.blacklist.contains(m) {
+                    return (Load::Blacklisted, t.elapsed());
+                }
+                let params = opts.params.get(m).map(String::as_str).unwrap_or("");
+                (
+                    load_one(&base, paths.get(m).copied(), params, strip),
+                    t.elapsed(),
+                )
             }) {
                 match r {
                     Load::Loaded => {
@@ -154,6 +166,9 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
                         loaded.push(m);
                     }
                     Load::Skipped => {}
+                    Load::Blacklisted => {
+                        notes.push(format!("{m}: not loaded (modprobe.blacklist)"))
+                    }
                     Load::Failed(e) => notes.push(format!("{m}: {e}")),
                 }
             }
@@ -175,6 +190,18 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
         .take(3)
         .map(|(t, m)| format!("{m} {} ms", t.as_millis()))
         .collect();
+    let given: Vec<String> = opts
+        .params
+        .iter()
+        .filter(|(m, _)| loaded.contains(*m))
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    if !given.is_empty() {
+        notes.insert(
+            0,
+            format!("options from the command line: {}", given.join(", ")),
+        );
+    }
     notes.insert(
         0,
         format!(
@@ -201,12 +228,17 @@ enum Load {
     Loaded,
     /// Not in the image's list (built in), or already loaded.
     Skipped,
+    /// Named in `modprobe.blacklist=` on the command line.
+    Blacklisted,
     Failed(String),
 }
 
-fn load_one(base: &Path, rel: Option<&str>, strip: bool) -> Load {
+fn load_one(base: &Path, rel: Option<&str>, params: &str, strip: bool) -> Load {
     let Some(rel) = rel else {
         return Load::Skipped;
+    };
+    let Ok(params) = std::ffi::CString::new(params) else {
+        return Load::Failed("a NUL in its options".into());
     };
     let compressed = rel.ends_with(".xz") || rel.ends_with(".zst") || rel.ends_with(".gz");
     if strip && !compressed {
@@ -214,7 +246,7 @@ fn load_one(base: &Path, rel: Option<&str>, strip: bool) -> Load {
             return Load::Failed("missing from the image".into());
         };
         crate::modules::strip_signature(&mut image);
-        return match nix::kmod::init_module(&image, c"") {
+        return match nix::kmod::init_module(&image, &params) {
             Ok(()) => Load::Loaded,
             Err(nix::errno::Errno::EEXIST) => Load::Skipped,
             Err(e) => Load::Failed(e.to_string()),
@@ -230,7 +262,7 @@ fn load_one(base: &Path, rel: Option<&str>, strip: bool) -> Load {
     } else {
         nix::kmod::ModuleInitFlags::empty()
     };
-    match nix::kmod::finit_module(&f, c"", flags) {
+    match nix::kmod::finit_module(&f, &params, flags) {
         Ok(()) => Load::Loaded,
         Err(nix::errno::Errno::EEXIST) => Load::Skipped,
         Err(e) => Load::Failed(e.to_string()),
