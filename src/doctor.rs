@@ -96,6 +96,7 @@ pub(crate) fn run(sc: &Scope<'_>) -> Vec<Check> {
         }
     }
     out.push(arp_table(sc));
+    out.push(kernel_cmdline(sc));
     let trusted = signing::PublicKey::load(&sc.d.public_key()).ok();
     out.push(image(sc, trusted.as_ref()));
     out.push(rules(sc, trusted.as_ref()));
@@ -727,6 +728,26 @@ fn clock(sc: &Scope<'_>) -> Check {
             format!("{now}, not known to be synchronised"),
             "timedatectl set-ntp true (rules expiry and TLS dates are checked against it)".into(),
         )
+    }
+}
+
+/// The extra words for the recovery kernel's command line, held to what `serve` takes.
+fn kernel_cmdline(sc: &Scope<'_>) -> Check {
+    let extra = sc.s.kernel_cmdline.clone().unwrap_or_default();
+    match netboot_server::booter::check_extra_cmdline(&extra) {
+        Ok(()) if extra.trim().is_empty() => Check::ok(
+            "cmdline",
+            "no extra words for the recovery kernel".into(),
+        ),
+        Ok(()) => Check::ok(
+            "cmdline",
+            format!("extra words for the recovery kernel: {}", extra.trim()),
+        ),
+        Err(e) => Check::fail(
+            "cmdline",
+            e,
+            "set --kernel-cmdline (kernel_cmdline in unbrick.toml) to option words only; serve refuses this one".into(),
+        ),
     }
 }
 

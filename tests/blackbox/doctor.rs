@@ -56,6 +56,24 @@ fn doctor_names_each_problem_with_its_fix() {
     for check in ["arp table", "tls", "clock"] {
         line(&out, check);
     }
+    assert_eq!(
+        line(&out, "cmdline"),
+        "ok   cmdline: no extra words for the recovery kernel",
+        "{out}"
+    );
+    // A kernel command line serve would refuse fails here first, with the word and the fix.
+    let (code, out) = doctor(
+        &lab,
+        "--dhcp proxy --kernel-cmdline unbrick.mac=52:54:00:00:00:01",
+    );
+    assert_eq!(code, 1, "{out}");
+    let l = line(&out, "cmdline");
+    assert!(
+        l.starts_with(
+            "FAIL cmdline: \"unbrick.mac=52:54:00:00:00:01\": the server sets unbrick.mac"
+        ) && l.contains("fix: set --kernel-cmdline"),
+        "{out}"
+    );
     let (code, out) = doctor(&lab, "--dhcp full --pool 10.99.0.100-10.99.0.150");
     assert_eq!(code, 0, "{out}");
     assert!(
