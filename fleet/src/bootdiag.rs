@@ -180,11 +180,11 @@ fn fetch_of(e: &Event) -> Option<Fetch<'_>> {
         (EventSource::Tftp, "tftp") => {
             let mut words = e.message.split_whitespace();
             words.next();
-            let bytes = words
+            let (bytes, size): (u64, u64) = words
                 .next()
-                .and_then(|w| w.split('/').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+                .and_then(|w| w.split_once('/'))
+                .map(|(b, s)| (b.parse().unwrap_or(0), s.parse().unwrap_or(0)))
+                .unwrap_or((0, 0));
             let blksize = e
                 .message
                 .split("(blksize ")
@@ -195,7 +195,10 @@ fn fetch_of(e: &Event) -> Option<Fetch<'_>> {
             Some(Fetch {
                 time_ms: e.time_ms,
                 file,
-                complete: e.message.ends_with(": complete"),
+                // Only a short last block unacknowledged: its client had the file and left
+                // (the final ACK was lost); a long one may be what the path dropped.
+                complete: e.message.ends_with(": complete")
+                    || (e.message.ends_with(": unconfirmed") && size.saturating_sub(bytes) <= 512),
                 bytes,
                 blksize,
             })
@@ -567,6 +570,21 @@ mod tests {
         let mut cured = e.to_vec();
         cured.push(tftp(50_000, "shimx64.efi", 950_000, 512, "complete"));
         assert_ne!(problem(&cured, 51_000), Some(Problem::TftpStalls));
+        // The last block alone unacknowledged, twice: a stall only when that block is long.
+        let twice = |bytes: u64, size: u64| {
+            let mut out = Vec::new();
+            for t in [0, 30_000] {
+                out.push(offer(t, "shimx64.efi"));
+                let mut e = tftp(t + 1_000, "initrd.img", bytes, 1468, "unconfirmed");
+                e.message = e.message.replace("/9999999 ", &format!("/{size} "));
+                out.push(e);
+            }
+            out
+        };
+        assert_ne!(problem(&twice(0, 50), 40_000), Some(Problem::TftpStalls));
+        let f = diagnose(&twice(2936, 4404), 40_000, G).unwrap();
+        assert_eq!(f.problem, Problem::TftpStalls);
+        assert_eq!(f.stall.unwrap().block, 3);
     }
 
     #[test]

@@ -257,7 +257,14 @@ impl Stalls {
             return None;
         }
         // A transfer given up for a new request stopped where its client stopped listening.
-        let stopped = matches!(rec.outcome, Outcome::TimedOut | Outcome::Abandoned);
+        // One whose last block alone went unacknowledged stopped there only if that block is
+        // one a small-MTU path would drop; a short one got through, and its client left with
+        // the file (the final ACK was what got lost).
+        let stopped = match rec.outcome {
+            Outcome::TimedOut | Outcome::Abandoned => true,
+            Outcome::Unconfirmed => rec.size.saturating_sub(rec.bytes) > STALL_BLKSIZE as u64,
+            _ => false,
+        };
         if !stopped || rec.blksize <= STALL_BLKSIZE {
             return None;
         }
@@ -848,6 +855,20 @@ mod tests {
             };
             assert_eq!(s.note(&rec(b, "x", 0, 1468, e)), None);
         }
+        // Only the last block unacknowledged: a stall when that block is a large one, not when
+        // it is short (a one-block initrd grub took and left with).
+        let d = [10, 0, 0, 9];
+        let last = |bytes: u64, size: u64| TransferRecord {
+            size,
+            ..rec(d, "initrd.img", bytes, 1468, Outcome::Unconfirmed)
+        };
+        for _ in 0..3 {
+            assert_eq!(s.note(&last(0, 50)), None);
+            assert_eq!(s.note(&last(1468, 1518)), None);
+        }
+        assert_eq!(s.cap(IpAddr::from(d)), None);
+        assert_eq!(s.note(&last(1468, 2936)), None);
+        assert_eq!(s.note(&last(1468, 2936)), Some(STALL_BLKSIZE));
         // A complete transfer in between clears the pattern.
         let c = [10, 0, 0, 8];
         s.note(&rec(c, "x", 0, 1468, Outcome::TimedOut));

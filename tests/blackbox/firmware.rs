@@ -176,9 +176,10 @@ fn real_firmware_boots_through_unbrick() {
                 }
                 _ => {
                     // The initrd here is one 50-byte block: grub may take it and leave before
-                    // the server sees its one final ACK (seen under load: the server's record
-                    // says "timed-out" at 0 acknowledged bytes while the kernel reports the
-                    // initrd it was given). The kernel's word counts then.
+                    // the server sees its one final ACK (seen under load: the server then
+                    // records the transfer "unconfirmed", all blocks sent and the last not
+                    // acknowledged, while the kernel reports the initrd it was given). The
+                    // kernel's word counts then.
                     let initrd = log.lines().any(|l| {
                         l.contains(&format!("{} tftp: initrd.img", g.mac))
                             && l.ends_with("complete")

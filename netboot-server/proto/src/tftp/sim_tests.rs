@@ -327,6 +327,45 @@ fn silent_client_times_out_with_backoff() {
 }
 
 #[test]
+fn a_last_block_never_acknowledged_is_unconfirmed_not_timed_out() {
+    let exhaust = |t: &mut Transfer| {
+        while let Some(d) = t.deadline_ms() {
+            t.on_timeout(d);
+        }
+    };
+    // grub's way: options, ACK 0, the only block, then gone.
+    let opts = [("blksize".to_string(), "1024".to_string())];
+    let (mut t, _) = Transfer::start(
+        Bytes::from_static(b"50 bytes of initrd"),
+        &opts,
+        &Limits::default(),
+        0,
+    );
+    let data = t.on_packet(b"\x00\x04\x00\x00", 1);
+    assert_eq!(data.len(), 1);
+    exhaust(&mut t);
+    assert_eq!(t.outcome(), Some(&Outcome::Unconfirmed));
+    assert_eq!(t.outcome().unwrap().name(), "unconfirmed");
+    // Two blocks, the first acknowledged, the last not.
+    let (mut t, _) = Transfer::start(Bytes::from(vec![7u8; 700]), &[], &Limits::default(), 0);
+    t.on_packet(b"\x00\x04\x00\x01", 1);
+    exhaust(&mut t);
+    assert_eq!(t.outcome(), Some(&Outcome::Unconfirmed));
+    // The first of two blocks never acknowledged: it stopped there.
+    let (mut t, _) = Transfer::start(Bytes::from(vec![7u8; 700]), &[], &Limits::default(), 0);
+    exhaust(&mut t);
+    assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+    // A client that never answered at all, even for a one-block file: timed out.
+    let (mut t, _) = Transfer::start(Bytes::from_static(b"abc"), &[], &Limits::default(), 0);
+    exhaust(&mut t);
+    assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+    // The OACK never acknowledged: timed out.
+    let (mut t, _) = Transfer::start(Bytes::from_static(b"abc"), &opts, &Limits::default(), 0);
+    exhaust(&mut t);
+    assert_eq!(t.outcome(), Some(&Outcome::TimedOut));
+}
+
+#[test]
 fn a_new_request_ends_only_a_transfer_that_waits_on_a_retransmission() {
     let data = Bytes::from(file(5000));
     let (mut t, _) = Transfer::start(data, &[], &Limits::default(), 0);
@@ -390,6 +429,11 @@ proptest! {
         match r.outcome {
             Outcome::Complete => prop_assert_eq!(r.got, f),
             Outcome::TimedOut => prop_assert!(loss > 0 && r.elapsed_ms > 0),
+            // Every block but the last acknowledged: the client has all but at most that one.
+            Outcome::Unconfirmed => {
+                prop_assert!(loss > 0);
+                prop_assert!(f.starts_with(&r.got[..r.got.len().min(f.len())]));
+            }
             o => prop_assert!(false, "unexpected outcome {:?}", o),
         }
     }

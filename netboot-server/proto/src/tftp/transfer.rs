@@ -53,6 +53,11 @@ pub enum Outcome {
     },
     /// No acknowledgement after every retransmission.
     TimedOut,
+    /// Every block was sent and every block but the last acknowledged by a client that had
+    /// answered in this transfer; the last block's acknowledgement never came. Clients that
+    /// leave once they have the file do this when their final ACK is lost (grub and firmware
+    /// do not linger to answer a retransmission, as RFC 1350's dally would have them).
+    Unconfirmed,
     /// The per-transfer duration cap was reached.
     TooLong,
     /// The client sent something that makes no sense for a read transfer.
@@ -70,6 +75,7 @@ impl Outcome {
             Self::Complete => "complete",
             Self::ClientError { .. } => "client-error",
             Self::TimedOut => "timed-out",
+            Self::Unconfirmed => "unconfirmed",
             Self::TooLong => "too-long",
             Self::Protocol(_) => "protocol-error",
             Self::Abandoned => "abandoned",
@@ -106,6 +112,8 @@ pub struct Transfer {
     started_ms: u64,
     bytes_sent: u64,
     outcome: Option<Outcome>,
+    /// The client acknowledged something in this transfer (the OACK or a block).
+    heard: bool,
 }
 
 /// The options negotiated for a request; `None` fields were not asked for or not accepted.
@@ -189,6 +197,7 @@ impl Transfer {
             started_ms: now_ms,
             bytes_sent: 0,
             outcome: None,
+            heard: false,
         };
         let out = match &t.oack {
             Some(o) => vec![o.clone()],
@@ -322,6 +331,7 @@ impl Transfer {
             }
             self.phase = Phase::Data;
             self.retries = 0;
+            self.heard = true;
             return self.send_window(now_ms);
         }
         // Map the 16-bit block number onto the blocks in flight (acked ..= sent_upto).
@@ -338,6 +348,7 @@ impl Transfer {
         }
         self.acked = n;
         self.retries = 0;
+        self.heard = true;
         if self.acked == self.total_blocks {
             self.finish(Outcome::Complete);
             return Vec::new();
@@ -353,7 +364,15 @@ impl Transfer {
             return Vec::new();
         }
         if self.retries >= self.limits.max_retries {
-            self.finish(Outcome::TimedOut);
+            let only_last_open = self.phase == Phase::Data
+                && self.heard
+                && self.sent_upto == self.total_blocks
+                && self.acked + 1 == self.total_blocks;
+            self.finish(if only_last_open {
+                Outcome::Unconfirmed
+            } else {
+                Outcome::TimedOut
+            });
             return vec![error_packet(
                 ErrorCode::NotDefined as u16,
                 "timed out waiting for ACK",
