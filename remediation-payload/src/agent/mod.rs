@@ -120,20 +120,21 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
         std::thread::spawn(move || {
             let mut notes = Vec::new();
             say("loading modules");
-            load_modules(&cfg, &mut notes);
-            say(&notes.join("; "));
             // Storage drivers probe asynchronously: the disks and their partitions are taken
-            // once some have appeared and the list has not changed for 150 ms (at most 10 s).
+            // once some have appeared and the list has not changed for 150 ms, watched while
+            // the drivers load (at most 10 s after them).
+            let mut disks = Settle::new(block_devices(), Instant::now());
+            load_modules(&cfg, &mut notes, &mut || {
+                disks.observe(block_devices(), Instant::now())
+            });
+            say(&notes.join("; "));
             let t = Instant::now();
-            let (mut seen, mut since) = (block_devices(), Instant::now());
-            while t.elapsed() < Duration::from_secs(10)
-                && (seen.is_empty() || since.elapsed() < Duration::from_millis(150))
-            {
-                std::thread::sleep(Duration::from_millis(50));
-                let now = block_devices();
-                if now != seen {
-                    (seen, since) = (now, Instant::now());
+            loop {
+                disks.observe(block_devices(), Instant::now());
+                if disks.settled(Instant::now()) || t.elapsed() >= Duration::from_secs(10) {
+                    break;
                 }
+                std::thread::sleep(Duration::from_millis(50));
             }
             notes
         })

@@ -120,7 +120,14 @@ pub(super) fn modaliases() -> Vec<String> {
 /// (ECDSA P-384 in plain C, about half of a module's load under emulation) and proves nothing
 /// there, since whoever could change a module in this initramfs could change the agent beside
 /// it. Under Secure Boot (lockdown) the signatures are what counts, and they are kept.
-pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
+///
+/// `tick` is called on every round of the loop (about every 50 ms while it waits), for the
+/// caller to watch what the drivers bring meanwhile.
+pub(super) fn load_modules(
+    cfg: &crate::AgentConfig,
+    notes: &mut Vec<String>,
+    tick: &mut dyn FnMut(),
+) {
     let base = PathBuf::from("/lib/modules").join(&cfg.kernel_version);
     let lockdown = lockdown();
     let strip = crate::modules::signatures_optional(
@@ -144,6 +151,7 @@ pub(super) fn load_modules(cfg: &crate::AgentConfig, notes: &mut Vec<String>) {
     let mut last_change = start;
     let mut slowest = Vec::new();
     loop {
+        tick();
         let want =
             crate::modules::select(&modaliases(), &cfg.aliases, &cfg.always, &cfg.deps, &order);
         let todo: Vec<String> = want.into_iter().filter(|m| !done.contains(m)).collect();

@@ -8,7 +8,41 @@ use fleet::agent::VolumeReport;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long the block-device list must stay the same before the disks are taken.
+pub(super) const SETTLED: Duration = Duration::from_millis(150);
+
+/// The block-device list settling (storage drivers probe asynchronously, and a disk's
+/// partitions appear after it): watched from the start of driver loading, so the time the
+/// drivers take counts towards [`SETTLED`].
+#[derive(Debug)]
+pub(super) struct Settle {
+    seen: Vec<String>,
+    since: Instant,
+}
+
+impl Settle {
+    pub(super) fn new(devices: Vec<String>, at: Instant) -> Self {
+        Self {
+            seen: devices,
+            since: at,
+        }
+    }
+
+    /// The list as it is at `at`.
+    pub(super) fn observe(&mut self, devices: Vec<String>, at: Instant) {
+        if devices != self.seen {
+            self.seen = devices;
+            self.since = at;
+        }
+    }
+
+    /// Some devices have appeared and the list has not changed for [`SETTLED`].
+    pub(super) fn settled(&self, at: Instant) -> bool {
+        !self.seen.is_empty() && at.saturating_duration_since(self.since) >= SETTLED
+    }
+}
 
 /// Block devices and partitions worth reading: (device name, is whole disk).
 pub(super) fn block_devices() -> Vec<String> {
@@ -519,6 +553,26 @@ pub(super) fn do_volume(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_device_list_settles_after_150_ms_without_change() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let v = |d: &[&str]| d.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut s = Settle::new(Vec::new(), t0);
+        // Nothing yet: never settled, however long.
+        assert!(!s.settled(at(5_000)));
+        s.observe(v(&["sda"]), at(100));
+        assert!(!s.settled(at(200)));
+        // A partition appears: the clock starts again.
+        s.observe(v(&["sda", "sda1"]), at(200));
+        assert!(!s.settled(at(340)));
+        s.observe(v(&["sda", "sda1"]), at(340));
+        assert!(s.settled(at(350)));
+        // Devices present from the start (watched while drivers loaded) count from then.
+        let s = Settle::new(v(&["vda"]), t0);
+        assert!(s.settled(at(150)));
+    }
 
     #[test]
     fn crash_dumps_are_read_newest_first() {
