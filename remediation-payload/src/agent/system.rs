@@ -254,11 +254,12 @@ fn load_one(base: &Path, rel: Option<&str>, params: &str, strip: bool) -> Load {
             return Load::Failed("missing from the image".into());
         };
         crate::modules::strip_signature(&mut image);
-        return match nix::kmod::init_module(&image, &params) {
-            Ok(()) => Load::Loaded,
-            Err(nix::errno::Errno::EEXIST) => Load::Skipped,
-            Err(e) => Load::Failed(e.to_string()),
-        };
+        match nix::kmod::init_module(&image, &params) {
+            Ok(()) => return Load::Loaded,
+            Err(nix::errno::Errno::EEXIST) => return Load::Skipped,
+            Err(e) if refused_unsigned(e) => {} // loaded as it is, below, signature and all
+            Err(e) => return Load::Failed(e.to_string()),
+        }
     }
     let Ok(f) = std::fs::File::open(base.join(rel)) else {
         return Load::Failed("missing from the image".into());
@@ -275,6 +276,17 @@ fn load_one(base: &Path, rel: Option<&str>, params: &str, strip: bool) -> Load {
         Err(nix::errno::Errno::EEXIST) => Load::Skipped,
         Err(e) => Load::Failed(e.to_string()),
     }
+}
+
+/// Whether `init_module` refused an unsigned image for want of a signature or of a file to
+/// appraise (a policy the lockdown file does not show: IMA appraisal, LoadPin), so that the
+/// module is worth loading signed from its file instead.
+fn refused_unsigned(e: nix::errno::Errno) -> bool {
+    use nix::errno::Errno;
+    matches!(
+        e,
+        Errno::EPERM | Errno::EACCES | Errno::EKEYREJECTED | Errno::ENOKEY | Errno::EBADMSG
+    )
 }
 
 /// The machine's network controllers (PCI class 02) under `pci_devices` (`/sys/bus/pci/devices`)
@@ -365,6 +377,30 @@ pub(super) fn lockdown() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_unsigned_module_is_retried_signed_and_nothing_else() {
+        use nix::errno::Errno;
+        for e in [
+            Errno::EPERM,
+            Errno::EACCES,
+            Errno::EKEYREJECTED,
+            Errno::ENOKEY,
+            Errno::EBADMSG,
+        ] {
+            assert!(refused_unsigned(e), "{e}");
+        }
+        // A module that does not fit the kernel, or a device it cannot drive, fails as it is.
+        for e in [
+            Errno::ENOEXEC,
+            Errno::ENOENT,
+            Errno::EINVAL,
+            Errno::ENODEV,
+            Errno::ENOMEM,
+        ] {
+            assert!(!refused_unsigned(e), "{e}");
+        }
+    }
 
     #[test]
     fn network_controllers_name_pci_ids_and_driver() {
