@@ -382,6 +382,12 @@ fn cmdline_words(cmdline: &str) -> Vec<String> {
     words
 }
 
+/// Whether `now` (sorted modaliases) has a USB hub interface (class 09) that `before` had not.
+pub fn new_usb_hub(before: &[String], now: &[String]) -> bool {
+    now.iter()
+        .any(|m| m.starts_with("usb:") && m.contains("ic09isc") && before.binary_search(m).is_err())
+}
+
 /// The marker that ends a module with an appended signature (`scripts/sign-file` output).
 pub const SIGNATURE_MARKER: &[u8] = b"~Module signature appended~\n";
 
@@ -451,6 +457,26 @@ mod tests {
             ["nouveau", "r8169"]
         );
         assert_eq!(CmdlineOptions::parse(""), CmdlineOptions::default());
+    }
+
+    #[test]
+    fn a_new_usb_hub_is_noticed_and_nothing_else() {
+        let hub = "usb:v1D6Bp0003d0612dc09dsc00dp03ic09isc00ip00in00".to_string();
+        let stick = "usb:v46F4p0001d0000dc00dsc00dp00ic08isc06ip50in00".to_string();
+        let pci = "pci:v00001B36d0000000Dsv00001AF4sd00001100bc0Csc03i30".to_string();
+        let mut before = vec![pci.clone()];
+        let mut now = vec![hub.clone(), pci.clone()];
+        now.sort();
+        assert!(new_usb_hub(&before, &now));
+        before = now.clone();
+        assert!(!new_usb_hub(&before, &now), "the same hub again");
+        let mut later = vec![hub, pci, stick];
+        later.sort();
+        assert!(
+            !new_usb_hub(&before, &later),
+            "a storage device is not a hub"
+        );
+        assert!(!new_usb_hub(&[], &[]));
     }
 
     #[test]

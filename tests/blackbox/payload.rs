@@ -238,7 +238,8 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
             ],
         }],
     );
-    // uefi-sb: GPT on a USB stick (xHCI + usb-storage), no Windows at all (a data volume).
+    // uefi-sb: GPT on a USB stick behind a USB hub (xHCI + usb-hub + usb-storage), no Windows at
+    // all (a data volume).
     let d_sb = make_disk(
         &lab.dir,
         "uefisb",
@@ -277,7 +278,8 @@ fn payload_remediates_real_disks_on_every_boot_chain() {
             Firmware::UefiSb,
             "52:54:00:e0:00:04",
             &d_sb,
-            Bus::Usb,
+            // Behind a hub, as in a dock: the agent waits for the hub's own ports too.
+            Bus::UsbHub,
         ),
     ];
     let start = Instant::now();

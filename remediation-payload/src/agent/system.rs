@@ -110,8 +110,8 @@ pub(super) fn modaliases() -> Vec<String> {
 /// Loads the drivers for the devices present: a newly loaded bus driver (AHCI, xHCI) makes new
 /// devices appear, whose drivers are loaded as soon as their modalias shows up (looked for every
 /// 50 ms). Loading ends once no new driver was wanted for a quiet spell: 100 ms, or 1 s after a
-/// USB host controller's driver (a USB bus takes a while to enumerate), and at the latest 8 s
-/// after the start. The modules wanted at one moment load side by side (one thread each), each
+/// USB host controller's driver or the last USB hub that appeared (a USB bus takes a while to
+/// enumerate), and at the latest 8 s after the start. The modules wanted at one moment load side by side (one thread each), each
 /// once the modules it depends on (`modules.dep`) have been tried: a driver's init can take a
 /// while (probing its device), and independent ones need not wait for each other.
 ///
@@ -150,10 +150,17 @@ pub(super) fn load_modules(
     let start = Instant::now();
     let mut last_change = start;
     let mut slowest = Vec::new();
+    let mut seen_aliases: Vec<String> = Vec::new();
     loop {
         tick();
-        let want =
-            crate::modules::select(&modaliases(), &cfg.aliases, &cfg.always, &cfg.deps, &order);
+        let aliases = modaliases();
+        // A USB hub that appeared (built into usbcore: no module load marks it) has its own
+        // ports still to enumerate: the quiet spell starts again from it.
+        if crate::modules::new_usb_hub(&seen_aliases, &aliases) {
+            last_change = Instant::now();
+        }
+        let want = crate::modules::select(&aliases, &cfg.aliases, &cfg.always, &cfg.deps, &order);
+        seen_aliases = aliases;
         let todo: Vec<String> = want.into_iter().filter(|m| !done.contains(m)).collect();
         if !todo.is_empty() {
             done.extend(todo.iter().cloned());

@@ -90,6 +90,8 @@ pub enum Bus {
     Nvme,
     /// USB mass storage on xHCI.
     Usb,
+    /// USB mass storage behind a USB hub on xHCI (a dock, a hub in a keyboard).
+    UsbHub,
 }
 
 /// One guest: what it is and where its files go.
@@ -211,6 +213,14 @@ impl GuestSpec {
                     "qemu-xhci,id=xhci0",
                     "-device",
                     "usb-storage,bus=xhci0.0,drive=d0",
+                ],
+                Bus::UsbHub => &[
+                    "-device",
+                    "qemu-xhci,id=xhci0",
+                    "-device",
+                    "usb-hub,bus=xhci0.0,port=1",
+                    "-device",
+                    "usb-storage,bus=xhci0.0,port=1.1,drive=d0",
                 ],
             };
             args.extend(dev.iter().map(|s| (*s).to_string()));
