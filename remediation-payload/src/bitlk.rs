@@ -273,15 +273,18 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     /// The real Windows-made headers of ../shared/testdata (cryptsetup's test images), unpacked
-    /// once per test run.
+    /// once per test run into the build's own folder (target/), which keeps it: no copy is left
+    /// in /tmp by each run.
     fn images() -> Option<PathBuf> {
-        let tar =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/bitlk-images.tar.xz");
-        if !tar.exists() {
-            return None;
-        }
-        let dir = std::env::temp_dir().join(format!("unbrick-bitlk-{}", std::process::id()));
-        if !dir.join("bitlk-images/images.conf").exists() {
+        static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+        DIR.get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let tar = root.join("../../shared/testdata/bitlk-images.tar.xz");
+            if !tar.exists() {
+                return None;
+            }
+            let dir = root.join("../target/bitlk-test-images");
+            let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).unwrap();
             let st = std::process::Command::new("tar")
                 .arg("xJf")
@@ -291,8 +294,9 @@ mod tests {
                 .status()
                 .unwrap();
             assert!(st.success());
-        }
-        Some(dir.join("bitlk-images"))
+            Some(dir.join("bitlk-images"))
+        })
+        .clone()
     }
 
     fn read_file(p: &Path) -> Result<Info, Error> {
