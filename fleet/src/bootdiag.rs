@@ -171,6 +171,19 @@ struct Fetch<'a> {
     blksize: u16,
 }
 
+/// The block size a machine whose transfers stop at the same block twice is offered (and the
+/// largest last block that, sent and never acknowledged, is taken to have got through).
+pub const STALL_BLKSIZE: usize = 512;
+
+/// Whether a TFTP transfer that ended `unconfirmed` (every block sent, all but the last
+/// acknowledged; `acked` of `size` bytes) stopped where a path that drops large packets stops
+/// transfers: only when that last block is longer than [`STALL_BLKSIZE`]. A short one got
+/// through, and its client left with the file; its final ACK was what got lost. The server's
+/// stall detector and the boot diagnosis both judge by this.
+pub fn unconfirmed_stopped(size: u64, acked: u64) -> bool {
+    size.saturating_sub(acked) > STALL_BLKSIZE as u64
+}
+
 /// `vmlinuz 1234/5678 bytes to 10.0.0.5:1234 in 12 ms (blksize 1468, windowsize 1): timeout`
 /// (TFTP) or `vmlinuz (5678 bytes) to 10.0.0.5` (HTTP).
 fn fetch_of(e: &Event) -> Option<Fetch<'_>> {
@@ -195,10 +208,8 @@ fn fetch_of(e: &Event) -> Option<Fetch<'_>> {
             Some(Fetch {
                 time_ms: e.time_ms,
                 file,
-                // Only a short last block unacknowledged: its client had the file and left
-                // (the final ACK was lost); a long one may be what the path dropped.
                 complete: e.message.ends_with(": complete")
-                    || (e.message.ends_with(": unconfirmed") && size.saturating_sub(bytes) <= 512),
+                    || (e.message.ends_with(": unconfirmed") && !unconfirmed_stopped(size, bytes)),
                 bytes,
                 blksize,
             })

@@ -228,7 +228,7 @@ impl Newest {
 const MAX_HANDLERS: usize = 1024;
 
 /// The block size offered to a machine whose transfers stop at the same block twice.
-pub const STALL_BLKSIZE: usize = 512;
+pub use fleet::bootdiag::STALL_BLKSIZE;
 
 /// Transfers that stopped, per peer: when one stops at the same block of the same file as the
 /// one before it (a path that drops large packets), that peer is offered [`STALL_BLKSIZE`]
@@ -257,12 +257,9 @@ impl Stalls {
             return None;
         }
         // A transfer given up for a new request stopped where its client stopped listening.
-        // One whose last block alone went unacknowledged stopped there only if that block is
-        // one a small-MTU path would drop; a short one got through, and its client left with
-        // the file (the final ACK was what got lost).
         let stopped = match rec.outcome {
             Outcome::TimedOut | Outcome::Abandoned => true,
-            Outcome::Unconfirmed => rec.size.saturating_sub(rec.bytes) > STALL_BLKSIZE as u64,
+            Outcome::Unconfirmed => fleet::bootdiag::unconfirmed_stopped(rec.size, rec.bytes),
             _ => false,
         };
         if !stopped || rec.blksize <= STALL_BLKSIZE {

@@ -141,12 +141,7 @@ fn event_of(record: &Value, time_unix: i64) -> Option<LogEvent> {
             // "The previous system shutdown at %1 on %2 was unexpected": the time and the
             // date (local, as the machine wrote them) are the first two Data items; the rest
             // are internal.
-            let items: Vec<String> = match data.get("Data") {
-                Some(Value::Object(o)) => match o.get("#text") {
-                    Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
-                    Some(v) => text(v).into_iter().collect(),
-                    None => Vec::new(),
-                },
+            let items: Vec<String> = match data.get("Data").map(|d| d.get("#text").unwrap_or(d)) {
                 Some(Value::Array(a)) => a.iter().filter_map(text).collect(),
                 Some(v) => text(v).into_iter().collect(),
                 None => Vec::new(),

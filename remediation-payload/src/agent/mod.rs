@@ -124,7 +124,7 @@ fn run(start: Instant, poweroff: &mut bool) -> Result<(), String> {
             // once some have appeared and the list has not changed for 150 ms, watched while
             // the drivers load (at most 10 s after them).
             let mut disks = Settle::new(block_devices(), Instant::now());
-            load_modules(&cfg, &mut notes, &mut || {
+            load_modules(&cfg, &cmdline, &mut notes, &mut || {
                 disks.observe(block_devices(), Instant::now())
             });
             say(&notes.join("; "));

@@ -121,10 +121,12 @@ pub(super) fn modaliases() -> Vec<String> {
 /// there, since whoever could change a module in this initramfs could change the agent beside
 /// it. Under Secure Boot (lockdown) the signatures are what counts, and they are kept.
 ///
-/// `tick` is called on every round of the loop (about every 50 ms while it waits), for the
+/// `cmdline` is the kernel command line (module options, `modprobe.blacklist=`). `tick` is
+/// called on every round of the loop (about every 50 ms while it waits), for the
 /// caller to watch what the drivers bring meanwhile.
 pub(super) fn load_modules(
     cfg: &crate::AgentConfig,
+    cmdline: &str,
     notes: &mut Vec<String>,
     tick: &mut dyn FnMut(),
 ) {
@@ -136,9 +138,7 @@ pub(super) fn load_modules(
     );
     // Module options from the kernel command line (`usb_storage.delay_use=0`,
     // `modprobe.blacklist=...`), which the admin sets with `serve --kernel-cmdline`.
-    let opts = crate::modules::CmdlineOptions::parse(
-        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-    );
+    let opts = crate::modules::CmdlineOptions::parse(cmdline);
     let order: Vec<String> = cfg.modules.iter().map(|(n, _)| n.clone()).collect();
     let paths: std::collections::BTreeMap<&str, &str> = cfg
         .modules
